@@ -1,0 +1,84 @@
+"""The application factory: components, routers, error handlers and middleware."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from redis.asyncio import Redis
+
+from modelyard import __version__
+from modelyard.auth.passwords import PasswordHasher
+from modelyard.auth.router import api_keys_router, auth_router, users_router
+from modelyard.auth.tokens import TokenService
+from modelyard.config import Settings
+from modelyard.db.engine import make_engine, make_sessionmaker
+from modelyard.errors import install_error_handlers
+from modelyard.observability import health
+from modelyard.observability.logging import configure_logging
+from modelyard.observability.middleware import EdgeMiddleware
+from modelyard.state import AppState
+
+log = logging.getLogger(__name__)
+
+# Routes whose bodies are artifacts: they get MAX_UPLOAD_BYTES instead of MAX_REQUEST_BYTES.
+UPLOAD_PATHS = ("/api/v1/models/upload", "/api/v1/files/upload")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI app; with no settings they are read from the environment."""
+    settings = settings or Settings()
+    configure_logging(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.sqlalchemy_url)
+        state = AppState(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            passwords=PasswordHasher(settings),
+            tokens=TokenService(settings),
+            redis=Redis.from_url(settings.redis_url) if settings.redis_url else None,
+        )
+        app.state.modelyard = state
+        log.info("started", extra={"version": __version__, "env": settings.env.value})
+        try:
+            yield
+        finally:
+            # Readiness answers 503 from here on, so load balancers stop sending traffic.
+            state.shutting_down = True
+            if state.redis is not None:
+                await state.redis.aclose()
+            await engine.dispose()
+            log.info("stopped")
+
+    app = FastAPI(
+        title="Modelyard",
+        version=__version__,
+        summary="Model registry and serving platform",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (health.router, auth_router, api_keys_router, users_router):
+        app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "X-Process-Time"],
+        )
+    # Added last, so it is outermost: it sees every request, including CORS preflights.
+    app.add_middleware(
+        EdgeMiddleware,
+        max_request_bytes=settings.max_request_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        upload_paths=UPLOAD_PATHS,
+    )
+    return app

@@ -1,0 +1,159 @@
+"""Routes of `/api/v1/auth`, `/api/v1/api-keys` and `/api/v1/users`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from modelyard.auth import service
+from modelyard.auth.deps import AdminUser, CurrentUser
+from modelyard.auth.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyRead,
+    LoginRequest,
+    MeUpdate,
+    RefreshRequest,
+    TokenPair,
+    UserAdminUpdate,
+    UserCreate,
+    UserRead,
+)
+from modelyard.db.deps import SessionDep
+from modelyard.db.tables import User
+from modelyard.errors import UnsupportedMediaType
+from modelyard.schemas import Page, PageDep, make_page
+from modelyard.state import AppState, app_state
+
+StateDep = Annotated[AppState, Depends(app_state)]
+
+auth_router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+api_keys_router = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"])
+users_router = APIRouter(prefix="/api/v1/users", tags=["users"])
+
+_LOGIN_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": LoginRequest.model_json_schema()},
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["username", "password"],
+                    "properties": {
+                        "username": {"type": "string", "description": "the email"},
+                        "password": {"type": "string", "format": "password"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@auth_router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserRead)
+async def register(body: UserCreate, db: SessionDep, state: StateDep) -> User:
+    """Create an account."""
+    return await service.register_user(db, body, passwords=state.passwords)
+
+
+@auth_router.post("/login", response_model=TokenPair, openapi_extra=_LOGIN_BODY)
+async def login(request: Request, db: SessionDep, state: StateDep) -> TokenPair:
+    """Exchange email and password for tokens: JSON, or the OAuth2 password form of /docs."""
+    credentials = await _login_credentials(request)
+    pair = await service.login(
+        db,
+        credentials.email,
+        credentials.password,
+        passwords=state.passwords,
+        tokens=state.tokens,
+    )
+    return TokenPair.model_validate(pair)
+
+
+async def _login_credentials(request: Request) -> LoginRequest:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            form = await request.form()
+            return LoginRequest(
+                email=str(form.get("username", "")), password=str(form.get("password", ""))
+            )
+        if content_type in ("", "application/json"):
+            return LoginRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
+        ) from exc
+    raise UnsupportedMediaType("send JSON or an OAuth2 password form")
+
+
+@auth_router.post("/refresh", response_model=TokenPair)
+async def refresh(body: RefreshRequest, db: SessionDep, state: StateDep) -> TokenPair:
+    """Spend a refresh token for a new pair; replaying a spent one revokes the session."""
+    pair = await service.rotate_refresh_token(db, body.refresh_token, tokens=state.tokens)
+    return TokenPair.model_validate(pair)
+
+
+@auth_router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(body: RefreshRequest, user: CurrentUser, db: SessionDep, state: StateDep) -> None:
+    """End the session the refresh token belongs to."""
+    await service.logout(db, user, body.refresh_token, tokens=state.tokens)
+
+
+@auth_router.get("/me", response_model=UserRead)
+async def me(user: CurrentUser) -> User:
+    """Return the caller."""
+    return user
+
+
+@auth_router.patch("/me", response_model=UserRead)
+async def update_me(body: MeUpdate, user: CurrentUser, db: SessionDep, state: StateDep) -> User:
+    """Change the caller's name or password (the password needs `current_password`)."""
+    return await service.update_me(db, user, body, passwords=state.passwords)
+
+
+@api_keys_router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
+async def create_api_key(body: ApiKeyCreate, user: CurrentUser, db: SessionDep) -> ApiKeyCreated:
+    """Make an API key; its secret is in this answer only."""
+    new = await service.create_api_key(db, user, body)
+    return ApiKeyCreated(
+        id=new.row.id,
+        name=new.row.name,
+        prefix=new.row.prefix,
+        key=new.key,
+        created_at=new.row.created_at,
+        expires_at=new.row.expires_at,
+    )
+
+
+@api_keys_router.get("", response_model=Page[ApiKeyRead])
+async def list_api_keys(user: CurrentUser, db: SessionDep, page: PageDep) -> Page[ApiKeyRead]:
+    """List the caller's API keys (never their secrets)."""
+    rows, total = await service.list_api_keys(db, user, page)
+    return make_page(ApiKeyRead, rows, total, page)
+
+
+@api_keys_router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_api_key(key_id: uuid.UUID, user: CurrentUser, db: SessionDep) -> None:
+    """Revoke one of the caller's API keys; it stops working at once."""
+    await service.revoke_api_key(db, user, key_id)
+
+
+@users_router.get("", response_model=Page[UserRead])
+async def list_users(_: AdminUser, db: SessionDep, page: PageDep) -> Page[UserRead]:
+    """List every user (admin only)."""
+    rows, total = await service.list_users(db, page)
+    return make_page(UserRead, rows, total, page)
+
+
+@users_router.patch("/{user_id}", response_model=UserRead)
+async def update_user(
+    user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, db: SessionDep
+) -> User:
+    """Activate, deactivate, promote or demote a user (admin only)."""
+    return await service.update_user(db, admin, user_id, body)

@@ -1,0 +1,390 @@
+"""Use cases of authentication: accounts, logins, token rotation, API keys, user administration."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from modelyard.auth.passwords import PasswordHasher
+from modelyard.auth.schemas import ApiKeyCreate, MeUpdate, UserAdminUpdate, UserCreate
+from modelyard.auth.tokens import TokenService
+from modelyard.db.tables import ApiKey, RefreshToken, User
+from modelyard.db.types import utcnow
+from modelyard.errors import Conflict, Forbidden, NotFound, Unauthorized, Unprocessable
+from modelyard.schemas import PageParams
+
+log = logging.getLogger(__name__)
+
+API_KEY_MARKER = "myd_"
+API_KEY_PREFIX_LENGTH = len(API_KEY_MARKER) + 10
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+BAD_LOGIN = "invalid email or password"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewApiKey:
+    row: ApiKey
+    key: str
+
+
+def normalise_email(email: str) -> str:
+    """Return the form emails are stored and looked up in (case-insensitive)."""
+    return email.strip().lower()
+
+
+# --- accounts and sessions ----------------------------------------------------------------------
+
+
+async def register_user(
+    db: AsyncSession, data: UserCreate, *, passwords: PasswordHasher, is_admin: bool = False
+) -> User:
+    """Create an account.
+
+    Raises:
+        Conflict: the email is taken.
+    """
+    user = User(
+        email=normalise_email(data.email),
+        password_hash=await passwords.hash(data.password),
+        full_name=data.full_name,
+        is_admin=is_admin,
+    )
+    db.add(user)
+    try:
+        await db.commit()
+    except IntegrityError as exc:
+        await db.rollback()
+        raise Conflict("an account with this email already exists") from exc
+    log.info("user_registered", extra={"user_id": str(user.id)})
+    return user
+
+
+async def find_user_by_email(db: AsyncSession, email: str) -> User | None:
+    """Return the user with `email`, if any."""
+    result = await db.execute(select(User).where(User.email == normalise_email(email)))
+    return result.scalar_one_or_none()
+
+
+async def login(
+    db: AsyncSession,
+    email: str,
+    password: str,
+    *,
+    passwords: PasswordHasher,
+    tokens: TokenService,
+) -> IssuedPair:
+    """Check a password and start a new session (a new refresh token family).
+
+    Raises:
+        Unauthorized: the same answer for an unknown email, a wrong password and a disabled
+            account, so that the answer tells nothing about which accounts exist.
+    """
+    user = await find_user_by_email(db, email)
+    # Verified even when the user is unknown (against a dummy hash): same time, same answer.
+    valid = await passwords.verify(user.password_hash if user else None, password)
+    if user is None or not valid or not user.is_active:
+        raise Unauthorized(BAD_LOGIN)
+    if passwords.needs_rehash(user.password_hash):
+        user.password_hash = await passwords.hash(password)
+    pair = _issue_pair(db, user.id, uuid.uuid4(), tokens)
+    await db.commit()
+    log.info("user_logged_in", extra={"user_id": str(user.id)})
+    return pair
+
+
+def _issue_pair(
+    db: AsyncSession, user_id: uuid.UUID, family_id: uuid.UUID, tokens: TokenService
+) -> IssuedPair:
+    access = tokens.issue_access(user_id)
+    refresh = tokens.issue_refresh(user_id, family_id)
+    db.add(
+        RefreshToken(
+            id=refresh.claims.jti,
+            user_id=user_id,
+            family_id=family_id,
+            expires_at=refresh.claims.expires_at,
+        )
+    )
+    return IssuedPair(
+        access_token=access.token,
+        refresh_token=refresh.token,
+        expires_in=int(tokens.access_ttl.total_seconds()),
+    )
+
+
+async def rotate_refresh_token(
+    db: AsyncSession, refresh_token: str, *, tokens: TokenService
+) -> IssuedPair:
+    """Spend a refresh token and return a new pair in the same family.
+
+    Raises:
+        Unauthorized: the token is invalid, expired, revoked or already spent. Presenting a spent
+            token means it was stolen or replayed, so its whole family is revoked.
+    """
+    claims = tokens.verify(refresh_token, "refresh")
+    assert claims.family_id is not None  # noqa: S101 - verify() requires it on refresh tokens
+    now = utcnow()
+    # One conditional UPDATE spends the token: of two concurrent refreshes only one can win.
+    spent = await db.execute(
+        update(RefreshToken)
+        .where(
+            RefreshToken.id == claims.jti,
+            RefreshToken.used_at.is_(None),
+            RefreshToken.revoked_at.is_(None),
+        )
+        .values(used_at=now)
+    )
+    if spent.rowcount != 1:  # type: ignore[attr-defined]
+        if await db.get(RefreshToken, claims.jti) is not None:
+            await _revoke_family(db, claims.family_id, now)
+            await db.commit()
+            log.warning(
+                "refresh_token_reused",
+                extra={"user_id": str(claims.user_id), "family_id": str(claims.family_id)},
+            )
+            raise Unauthorized("refresh token already used; the session has been revoked")
+        raise Unauthorized("invalid token")
+    user = await db.get(User, claims.user_id)
+    if user is None or not user.is_active:
+        await db.rollback()
+        raise Unauthorized("invalid token")
+    pair = _issue_pair(db, user.id, claims.family_id, tokens)
+    await db.commit()
+    return pair
+
+
+async def logout(db: AsyncSession, user: User, refresh_token: str, *, tokens: TokenService) -> None:
+    """End the session a refresh token belongs to (its whole family).
+
+    Raises:
+        Unauthorized: the token is not a valid refresh token of `user`.
+    """
+    claims = tokens.verify(refresh_token, "refresh")
+    if claims.user_id != user.id or claims.family_id is None:
+        raise Unauthorized("invalid token")
+    await _revoke_family(db, claims.family_id, utcnow())
+    await db.commit()
+
+
+async def _revoke_family(db: AsyncSession, family_id: uuid.UUID, now: datetime) -> None:
+    await db.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+async def _revoke_user_sessions(db: AsyncSession, user_id: uuid.UUID) -> None:
+    await db.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+
+
+async def user_from_access_token(db: AsyncSession, token: str, *, tokens: TokenService) -> User:
+    """Return the active user an access token names.
+
+    Raises:
+        Unauthorized: invalid token, or the user is gone or deactivated.
+    """
+    claims = tokens.verify(token, "access")
+    user = await db.get(User, claims.user_id)
+    if user is None or not user.is_active:
+        raise Unauthorized("invalid token")
+    return user
+
+
+async def update_me(
+    db: AsyncSession, user: User, data: MeUpdate, *, passwords: PasswordHasher
+) -> User:
+    """Change the caller's name or password; a new password ends every other session.
+
+    Raises:
+        Unprocessable: a new password without `current_password`.
+        Forbidden: `current_password` is wrong.
+    """
+    if data.password is not None:
+        if data.current_password is None:
+            raise Unprocessable("changing the password needs current_password")
+        if not await passwords.verify(user.password_hash, data.current_password):
+            raise Forbidden("current_password is incorrect")
+        user.password_hash = await passwords.hash(data.password)
+        await _revoke_user_sessions(db, user.id)
+        log.info("password_changed", extra={"user_id": str(user.id)})
+    if "full_name" in data.model_fields_set:
+        user.full_name = data.full_name
+    user.updated_at = utcnow()
+    await db.commit()
+    return user
+
+
+# --- API keys -----------------------------------------------------------------------------------
+
+
+def _hash_key(key: str) -> str:
+    # SHA-256 suffices: the key carries 256 random bits, so no dictionary can guess it.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def create_api_key(db: AsyncSession, user: User, data: ApiKeyCreate) -> NewApiKey:
+    """Make a key for `user`; the secret is returned here and never stored.
+
+    Raises:
+        Unprocessable: `expires_at` is in the past.
+    """
+    if data.expires_at is not None and data.expires_at <= utcnow():
+        raise Unprocessable("expires_at must be in the future")
+    prefix = API_KEY_MARKER + secrets.token_hex((API_KEY_PREFIX_LENGTH - len(API_KEY_MARKER)) // 2)
+    key = f"{prefix}_{secrets.token_urlsafe(32)}"
+    row = ApiKey(
+        user_id=user.id,
+        name=data.name,
+        prefix=prefix,
+        key_hash=_hash_key(key),
+        expires_at=data.expires_at,
+    )
+    db.add(row)
+    await db.commit()
+    log.info("api_key_created", extra={"user_id": str(user.id), "api_key_id": str(row.id)})
+    return NewApiKey(row=row, key=key)
+
+
+async def list_api_keys(db: AsyncSession, user: User, page: PageParams) -> tuple[list[ApiKey], int]:
+    """Return a page of the caller's keys, newest first, and their total."""
+    where = ApiKey.user_id == user.id
+    total = await db.scalar(select(func.count()).select_from(ApiKey).where(where))
+    rows = await db.scalars(
+        select(ApiKey)
+        .where(where)
+        .order_by(ApiKey.created_at.desc(), ApiKey.id)
+        .limit(page.limit)
+        .offset(page.offset)
+    )
+    return list(rows), total or 0
+
+
+async def revoke_api_key(db: AsyncSession, user: User, key_id: uuid.UUID) -> None:
+    """Stop a key of the caller's from working.
+
+    Raises:
+        NotFound: no such key among the caller's.
+    """
+    row = await db.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user.id))
+    if row is None:
+        raise NotFound("API key not found")
+    if row.is_active:
+        row.is_active = False
+        row.revoked_at = utcnow()
+        await db.commit()
+
+
+def looks_like_api_key(credential: str) -> bool:
+    """Tell an API key from a JWT (a JWT starts with `eyJ`, its base64 JSON header)."""
+    return credential.startswith(API_KEY_MARKER)
+
+
+async def user_from_api_key(db: AsyncSession, key: str) -> User:
+    """Return the active owner of a valid, unexpired, unrevoked key.
+
+    Raises:
+        Unauthorized: for any other key.
+    """
+    prefix = key[:API_KEY_PREFIX_LENGTH]
+    if len(key) <= API_KEY_PREFIX_LENGTH or key[API_KEY_PREFIX_LENGTH] != "_":
+        raise Unauthorized("invalid API key")
+    row = await db.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    # Constant-time comparison, and a comparison even when the prefix is unknown.
+    expected = row.key_hash if row is not None else "0" * 64
+    if not hmac.compare_digest(expected, _hash_key(key)) or row is None:
+        raise Unauthorized("invalid API key")
+    now = utcnow()
+    if not row.is_active or (row.expires_at is not None and row.expires_at <= now):
+        raise Unauthorized("API key revoked or expired")
+    user = await db.get(User, row.user_id)
+    if user is None or not user.is_active:
+        raise Unauthorized("invalid API key")
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        # At most one write a minute per key: a busy key must not turn every request into one.
+        await db.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+        await db.commit()
+    return user
+
+
+# --- administration -----------------------------------------------------------------------------
+
+
+async def list_users(db: AsyncSession, page: PageParams) -> tuple[list[User], int]:
+    """Return a page of all users, oldest first, and their total."""
+    total = await db.scalar(select(func.count()).select_from(User))
+    rows = await db.scalars(
+        select(User).order_by(User.created_at, User.id).limit(page.limit).offset(page.offset)
+    )
+    return list(rows), total or 0
+
+
+async def update_user(
+    db: AsyncSession, admin: User, user_id: uuid.UUID, data: UserAdminUpdate
+) -> User:
+    """Activate, deactivate, promote or demote a user; deactivation ends their sessions.
+
+    Raises:
+        NotFound: no such user.
+        Conflict: an admin tried to deactivate or demote themselves (it would lock them out).
+    """
+    user = await db.get(User, user_id)
+    if user is None:
+        raise NotFound("user not found")
+    if user.id == admin.id and (data.is_active is False or data.is_admin is False):
+        raise Conflict("admins cannot deactivate or demote themselves")
+    if data.is_admin is not None:
+        user.is_admin = data.is_admin
+    if data.is_active is not None:
+        user.is_active = data.is_active
+        if not data.is_active:
+            await _revoke_user_sessions(db, user.id)
+    user.updated_at = utcnow()
+    await db.commit()
+    log.info(
+        "user_updated",
+        extra={"user_id": str(user.id), "by": str(admin.id), **data.model_dump(exclude_none=True)},
+    )
+    return user
+
+
+async def ensure_admin(
+    db: AsyncSession, email: str, password: str, *, passwords: PasswordHasher
+) -> tuple[User, bool]:
+    """Create an active admin with this email and password, or promote the existing account.
+
+    Returns the user and whether it was created.
+    """
+    user = await find_user_by_email(db, email)
+    if user is None:
+        created = await register_user(
+            db, UserCreate(email=email, password=password), passwords=passwords, is_admin=True
+        )
+        return created, True
+    user.is_admin = True
+    user.is_active = True
+    user.password_hash = await passwords.hash(password)
+    user.updated_at = utcnow()
+    await _revoke_user_sessions(db, user.id)
+    await db.commit()
+    return user, False

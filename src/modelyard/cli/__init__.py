@@ -1,0 +1,112 @@
+"""The `modelyard` command: serve, migrate, create-admin, version."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+
+from modelyard import __version__
+from modelyard.auth import service as auth_service
+from modelyard.auth.passwords import PasswordHasher
+from modelyard.auth.schemas import MIN_PASSWORD_LENGTH
+from modelyard.config import Settings
+from modelyard.db import migrate as migrations
+from modelyard.db.engine import make_engine, make_sessionmaker
+from modelyard.errors import ModelyardError
+
+app = typer.Typer(help="Modelyard: model registry and serving platform.", no_args_is_help=True)
+
+ADMIN_PASSWORD_ENV = "MODELYARD_ADMIN_PASSWORD"  # noqa: S105 - a variable name, not a secret
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            typer.echo(f"configuration error: {error['msg']}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def version() -> None:
+    """Print the Modelyard version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply pending database migrations."""
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrations.upgrade(settings.sqlalchemy_url)
+    typer.echo("database is up to date")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    workers: int = typer.Option(1, min=1, help="Worker processes."),
+) -> None:
+    """Serve the API (in development, pending migrations are applied first)."""
+    settings = _settings()
+    if not settings.is_production:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        migrations.upgrade(settings.sqlalchemy_url)
+    uvicorn.run(
+        "modelyard.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+@app.command("create-admin")
+def create_admin(
+    email: str = typer.Option(..., help="The admin's email."),
+    password: str | None = typer.Option(
+        None,
+        help=f"The password; else ${ADMIN_PASSWORD_ENV}, else asked for.",
+        show_default=False,
+    ),
+) -> None:
+    """Create an admin account, or make an existing account an admin with this password."""
+    settings = _settings()
+    password = password or os.environ.get(ADMIN_PASSWORD_ENV)
+    if not password:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        typer.echo(f"the password needs at least {MIN_PASSWORD_LENGTH} characters", err=True)
+        raise typer.Exit(2)
+    try:
+        created = asyncio.run(_create_admin(settings, email, password))
+    except (ModelyardError, ValidationError) as exc:
+        typer.echo(f"cannot create the admin: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{'created' if created else 'promoted'} admin {email}")
+
+
+async def _create_admin(settings: Settings, email: str, password: str) -> bool:
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        async with make_sessionmaker(engine)() as db:
+            _, created = await auth_service.ensure_admin(
+                db, email, password, passwords=PasswordHasher(settings)
+            )
+            return created
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    """Run the command line."""
+    app()

@@ -1,0 +1,156 @@
+"""Settings: every knob of a Modelyard process, read from `MODELYARD_*` variables and `.env`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_SECRET_KEY_BYTES = 32
+SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name, not a secret
+
+# Values that appear in examples and tutorials; a production key equal to one of them is refused.
+PLACEHOLDER_SECRET_KEYS = frozenset(
+    {"change-me", "changeme", "secret", "secret-key", "your-secret-key", "modelyard", ""}
+)
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """Configuration of one Modelyard process; built once and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELYARD_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    env: Environment = Environment.DEVELOPMENT
+    """`development` (laptop defaults, migrations applied at start) or `production`."""
+
+    data_dir: Path = Path("./data")
+    """Folder for the SQLite file, local artifacts and the generated development secret key."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL; default SQLite in `data_dir`. `postgresql://` is served by asyncpg."""
+
+    secret_key: SecretStr | None = None
+    """Signs tokens and URLs. Development: generated once into `data_dir`. Production: required,
+    at least 32 bytes."""
+
+    access_token_expire_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    """Lifetime of an access token."""
+
+    refresh_token_expire_days: int = Field(default=7, ge=1, le=365)
+    """Lifetime of a refresh token."""
+
+    cors_origins: Annotated[list[str], NoDecode] = []
+    """Browser origins allowed to call the API, comma-separated (`*` for any)."""
+
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Largest request body accepted outside the upload routes (413 past it)."""
+
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    """Largest artifact or file upload (413 while streaming past it)."""
+
+    redis_url: str | None = None
+    """Redis for shared caches, rate limits and events across replicas; optional."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Threshold of the process log."""
+
+    log_format: Literal["json", "console"] = "json"
+    """`json`, one object a line, or `console` for people."""
+
+    argon2_time_cost: int = Field(default=3, ge=1)
+    """Argon2id passes for password hashes."""
+
+    argon2_memory_kib: int = Field(default=65536, ge=8)
+    """Argon2id memory per password hash, in KiB."""
+
+    argon2_parallelism: int = Field(default=4, ge=1)
+    """Argon2id lanes per password hash."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_origins(cls, data: object) -> object:
+        if isinstance(data, dict) and isinstance(data.get("cors_origins"), str):
+            raw = data["cors_origins"]
+            data["cors_origins"] = [o.strip() for o in raw.split(",") if o.strip()]
+        return data
+
+    @model_validator(mode="after")
+    def _resolve_secret_key(self) -> Self:
+        key = self.secret_key.get_secret_value() if self.secret_key else None
+        if self.env is Environment.PRODUCTION:
+            if key is None:
+                raise ValueError("MODELYARD_SECRET_KEY is required in production")
+            if key.strip().lower() in PLACEHOLDER_SECRET_KEYS:
+                raise ValueError("MODELYARD_SECRET_KEY is a placeholder; generate a random one")
+            if len(key.encode()) < MIN_SECRET_KEY_BYTES:
+                raise ValueError(
+                    f"MODELYARD_SECRET_KEY must be at least {MIN_SECRET_KEY_BYTES} bytes"
+                )
+        elif key is None:
+            self.secret_key = SecretStr(_development_secret_key(self.data_dir))
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.env is Environment.PRODUCTION
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """Return the async driver URL for `database_url` (or the default SQLite file)."""
+        if not self.database_url:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'modelyard.db').resolve()}"
+        url = self.database_url
+        for plain, driver in (
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url.removeprefix(plain)
+        return url
+
+    @property
+    def secret(self) -> str:
+        """Return the signing key (always set after validation)."""
+        assert self.secret_key is not None  # noqa: S101 - guaranteed by _resolve_secret_key
+        return self.secret_key.get_secret_value()
+
+
+def _development_secret_key(data_dir: Path) -> str:
+    """Read the development key from `data_dir`, creating it (mode 0600) on first use."""
+    path = data_dir / SECRET_KEY_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    # Written aside, then linked into place: link fails if the name exists, so when two
+    # processes start together both end up with the one key that won, never a partial file.
+    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".secret_key.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+        os.link(tmp, path)
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        os.unlink(tmp)
+    return key

@@ -1,0 +1,1 @@
+"""Database: the async engine and sessions, the ORM tables and their migrations."""

@@ -1,0 +1,187 @@
+"""The ModelyardError family and its rendering as RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://modelyard.dev/problems/"
+DEPENDENCY_RETRY_AFTER_SECONDS = 5
+
+
+class ModelyardError(Exception):
+    """A failure whose message is safe to show to the client."""
+
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal Server Error"
+    type: ClassVar[str] = "internal-error"
+
+    def __init__(self, detail: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+class BadRequest(ModelyardError):
+    status, title, type = 400, "Bad Request", "bad-request"
+
+
+class Unauthorized(ModelyardError):
+    status, title, type = 401, "Unauthorized", "unauthorized"
+
+    def __init__(self, detail: str = "not authenticated") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ModelyardError):
+    status, title, type = 403, "Forbidden", "forbidden"
+
+
+class NotFound(ModelyardError):
+    status, title, type = 404, "Not Found", "not-found"
+
+
+class Conflict(ModelyardError):
+    status, title, type = 409, "Conflict", "conflict"
+
+
+class PayloadTooLarge(ModelyardError):
+    status, title, type = 413, "Content Too Large", "payload-too-large"
+
+
+class UnsupportedMediaType(ModelyardError):
+    status, title, type = 415, "Unsupported Media Type", "unsupported-media-type"
+
+
+class Unprocessable(ModelyardError):
+    status, title, type = 422, "Unprocessable Content", "unprocessable"
+
+
+class RateLimited(ModelyardError):
+    status, title, type = 429, "Too Many Requests", "rate-limited"
+
+    def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after_seconds))})
+
+
+class ServiceUnavailable(ModelyardError):
+    status, title, type = 503, "Service Unavailable", "service-unavailable"
+
+    def __init__(self, detail: str, *, retry_after_seconds: int = DEPENDENCY_RETRY_AFTER_SECONDS):
+        super().__init__(detail, headers={"Retry-After": str(retry_after_seconds)})
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from the request's receive channel when the body passes its limit.
+
+    An HTTPException on purpose: FastAPI re-raises those from body parsing unchanged (any other
+    exception there becomes a 400), so the 413 reaches the handlers below.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit} bytes")
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    type_: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Response:
+    """Render one problem+json response."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + type_ if type_ else "about:blank",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if extra:
+        body.update(extra)
+    return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def is_dependency_down(exc: BaseException) -> bool:
+    """Tell whether an exception means the database (or another service) cannot be reached."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError
+        )
+    # asyncpg surfaces a restarting server as raw ConnectionErrors, or as a bare OSError when
+    # every address refused; a full pool as TimeoutError. A missing file is not an outage.
+    return isinstance(exc, sa_exc.TimeoutError | ConnectionError | TimeoutError) or (
+        type(exc) is OSError
+    )
+
+
+async def _modelyard_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ModelyardError)  # noqa: S101 - registered for this class only
+    return problem_response(
+        exc.status, exc.detail, title=exc.title, type_=exc.type, headers=exc.headers
+    )
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for this class only
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    if exc.status_code == 404:
+        detail = "no such route"
+    headers = dict(exc.headers or {})
+    if exc.status_code == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    return problem_response(exc.status_code, detail, headers=headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for this class only
+    # Only loc, msg and type: pydantic's `input` would echo passwords and secrets back.
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return problem_response(
+        422,
+        "the request is not valid",
+        title="Unprocessable Content",
+        type_="validation-error",
+        extra={"errors": errors},
+    )
+
+
+async def _dependency_error(request: Request, exc: Exception) -> Response:
+    if not is_dependency_down(exc):
+        raise exc
+    log.warning(
+        "dependency_unavailable",
+        extra={"error": type(exc).__name__, "path": request.url.path},
+    )
+    return problem_response(
+        503,
+        "a service Modelyard depends on is unavailable; try again shortly",
+        type_="service-unavailable",
+        headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER_SECONDS)},
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error the app raises as problem+json (unexpected ones: see the middleware)."""
+    app.add_exception_handler(ModelyardError, _modelyard_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(sa_exc.DBAPIError, _dependency_error)
+    app.add_exception_handler(sa_exc.TimeoutError, _dependency_error)
+    app.add_exception_handler(OSError, _dependency_error)

@@ -1,0 +1,1 @@
+"""Observability: structured logs, the request middleware, health checks and metrics."""

@@ -1,0 +1,129 @@
+"""The HTTP edge: request ids, timing, the access log, body size limits and unexpected errors.
+
+A pure ASGI middleware (no BaseHTTPMiddleware) so that it costs one function call per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelyard.errors import BodyTooLarge, problem_response
+from modelyard.observability.logging import request_id_var
+
+log = logging.getLogger("modelyard.access")
+error_log = logging.getLogger("modelyard.errors")
+
+# A client-sent id is echoed only when it cannot inject anything into logs or headers.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+class EdgeMiddleware:
+    """Stamp, time, size-limit and log every HTTP request; turn crashes into a generic 500."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_request_bytes: int,
+        max_upload_bytes: int,
+        upload_paths: Iterable[str] = (),
+    ) -> None:
+        self.app = app
+        self.max_request_bytes = max_request_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.upload_paths = frozenset(upload_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        token = request_id_var.set(request_id)
+        status = 500
+        response_started = False
+        limit = (
+            self.max_upload_bytes if scope["path"] in self.upload_paths else self.max_request_bytes
+        )
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                headers.append((b"x-process-time", f"{elapsed_ms:.2f}".encode()))
+                message["headers"] = headers
+            await send(message)
+
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > limit:
+                response = problem_response(
+                    413, f"request body exceeds {limit} bytes", type_="payload-too-large"
+                )
+                await response(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, receive_limited, send_wrapper)
+        except Exception:
+            # Full traceback to the log only; the client sees a generic problem with the id.
+            error_log.exception(
+                "unhandled_error", extra={"method": scope["method"], "path": scope["path"]}
+            )
+            if not response_started:
+                response = problem_response(
+                    500, f"internal error; quote request id {request_id} when reporting it"
+                )
+                await response(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "route": getattr(route, "path", None) or "unmatched",
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                },
+            )
+            request_id_var.reset(token)
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if _SANE_REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

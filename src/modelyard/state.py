@@ -1,0 +1,34 @@
+"""The typed application state: the stateful components one process holds, built in the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
+
+from modelyard.auth.passwords import PasswordHasher
+from modelyard.auth.tokens import TokenService
+from modelyard.config import Settings
+
+CheckStatus = Literal["ok", "down", "disabled"]
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    passwords: PasswordHasher
+    tokens: TokenService
+    redis: Redis | None = None
+    shutting_down: bool = False
+    readiness: tuple[float, dict[str, CheckStatus]] | None = field(default=None, repr=False)
+
+
+def app_state(conn: HTTPConnection) -> AppState:
+    """Return the components of the app serving this request."""
+    state: AppState = conn.app.state.modelyard
+    return state

@@ -1,0 +1,157 @@
+"""Shared fixtures: settings on a temp data dir, both databases, the app in its lifespan, users."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import delete, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from modelyard.app import create_app
+from modelyard.config import Settings
+from modelyard.db import migrate
+from modelyard.db.engine import make_engine, make_sessionmaker
+from modelyard.db.tables import Base
+from tests import factories
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "MODELYARD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
+
+
+def service_missing(what: str, address: str, exc: BaseException) -> None:
+    """Skip a test whose service is absent; in CI a missing service is a failure."""
+    message = f"{what} not reachable at {address}: {type(exc).__name__}: {exc}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+async def _postgres_admin(sql: str) -> None:
+    engine = make_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep the developer's MODELYARD_* variables and .env file out of every test."""
+    for name in list(os.environ):
+        if name.startswith("MODELYARD_") and name != "MODELYARD_TEST_POSTGRES_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite database for this run, its schema made by the migrations."""
+    path = tmp_path_factory.mktemp("sqlite") / "modelyard.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[str]:
+    """A PostgreSQL database of this run's own (dropped at the end), made by the migrations."""
+    name = f"modelyard_test_{uuid.uuid4().hex[:12]}"
+    address = make_url(POSTGRES_ADMIN_URL).render_as_string(hide_password=True)
+    try:
+        asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, Exception) as exc:
+        service_missing("PostgreSQL", address, exc)
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def dialect(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, dialect: str) -> str:
+    return str(request.getfixturevalue(f"{dialect}_url"))
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the test database; every row is deleted after the test."""
+    engine = make_engine(database_url)
+    yield engine
+    async with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            await conn.execute(delete(table))
+    await engine.dispose()
+
+
+@pytest.fixture
+async def db(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    async with make_sessionmaker(engine)() as session:
+        yield session
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path, database_url)
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
+    """Settings for a test: its own data dir, cheap password hashing, the test database."""
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "database_url": database_url,
+        "secret_key": TEST_SECRET_KEY,
+        "argon2_time_cost": 1,
+        "argon2_memory_kib": 8,
+        "argon2_parallelism": 1,
+        "log_format": "json",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def app(settings: Settings, engine: AsyncEngine) -> AsyncIterator[FastAPI]:
+    app = create_app(settings)
+    async with LifespanManager(app):
+        yield app
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+@pytest.fixture
+async def user(client: httpx.AsyncClient) -> factories.Account:
+    return await factories.make_account(client)
+
+
+@pytest.fixture
+async def other_user(client: httpx.AsyncClient) -> factories.Account:
+    return await factories.make_account(client)
+
+
+@pytest.fixture
+async def admin(client: httpx.AsyncClient, app: FastAPI) -> factories.Account:
+    return await factories.make_account(client, admin_of=app)

@@ -1,0 +1,72 @@
+"""Typed helpers that make accounts and credentials through the real API."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import httpx
+from fastapi import FastAPI
+
+from modelyard.auth import service as auth_service
+from modelyard.state import AppState
+
+DEFAULT_PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Account:
+    id: str
+    email: str
+    password: str
+    access_token: str
+    refresh_token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+async def login(client: httpx.AsyncClient, email: str, password: str) -> dict[str, str]:
+    response = await client.post("/api/v1/auth/login", json={"email": email, "password": password})
+    assert response.status_code == 200, response.text
+    body: dict[str, str] = response.json()
+    return body
+
+
+async def make_account(
+    client: httpx.AsyncClient,
+    *,
+    email: str | None = None,
+    password: str = DEFAULT_PASSWORD,
+    admin_of: FastAPI | None = None,
+) -> Account:
+    """Register and log in a user; with `admin_of`, make it an admin of that app first."""
+    email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+    if admin_of is not None:
+        state: AppState = admin_of.state.modelyard
+        async with state.sessions() as db:
+            await auth_service.ensure_admin(db, email, password, passwords=state.passwords)
+    else:
+        response = await client.post(
+            "/api/v1/auth/register", json={"email": email, "password": password}
+        )
+        assert response.status_code == 201, response.text
+    tokens = await login(client, email, password)
+    me = await client.get(
+        "/api/v1/auth/me", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+    )
+    return Account(
+        id=me.json()["id"],
+        email=email,
+        password=password,
+        access_token=tokens["access_token"],
+        refresh_token=tokens["refresh_token"],
+    )
+
+
+async def make_api_key(client: httpx.AsyncClient, account: Account, name: str = "ci") -> str:
+    response = await client.post("/api/v1/api-keys", json={"name": name}, headers=account.headers)
+    assert response.status_code == 201, response.text
+    key: str = response.json()["key"]
+    return key
