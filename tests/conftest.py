@@ -123,6 +123,8 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
         "argon2_memory_kib": 8,
         "argon2_parallelism": 1,
         "log_format": "json",
+        # Tests log in far more often than a person; the limit has tests of its own.
+        "auth_rate_limit_per_minute": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

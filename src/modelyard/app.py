@@ -20,6 +20,7 @@ from modelyard.errors import install_error_handlers
 from modelyard.observability import health
 from modelyard.observability.logging import configure_logging
 from modelyard.observability.middleware import EdgeMiddleware
+from modelyard.ratelimit import RateLimiter
 from modelyard.state import AppState
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.sqlalchemy_url)
+        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
         state = AppState(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
             passwords=PasswordHasher(settings),
             tokens=TokenService(settings),
-            redis=Redis.from_url(settings.redis_url) if settings.redis_url else None,
+            rate_limiter=RateLimiter(redis),
+            redis=redis,
         )
         app.state.modelyard = state
         log.info("started", extra={"version": __version__, "env": settings.env.value})

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     """`json`, one object a line, or `console` for people."""
 
+    auth_rate_limit_per_minute: int = Field(default=20, ge=0)
+    """Register, login and refresh attempts per client address and minute (0: no limit)."""
+
     argon2_time_cost: int = Field(default=3, ge=1)
     """Argon2id passes for password hashes."""
 

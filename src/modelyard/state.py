@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
+from modelyard.ratelimit import RateLimiter
 
 CheckStatus = Literal["ok", "down", "disabled"]
 
@@ -23,6 +24,7 @@ class AppState:
     sessions: async_sessionmaker[AsyncSession]
     passwords: PasswordHasher
     tokens: TokenService
+    rate_limiter: RateLimiter
     redis: Redis | None = None
     shutting_down: bool = False
     readiness: tuple[float, dict[str, CheckStatus]] | None = field(default=None, repr=False)

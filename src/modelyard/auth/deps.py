@@ -55,3 +55,20 @@ async def admin_user(user: CurrentUser) -> User:
 
 
 AdminUser = Annotated[User, Depends(admin_user)]
+
+AUTH_RATE_WINDOW_SECONDS = 60
+
+
+async def auth_rate_limit(request: Request) -> None:
+    """Limit unauthenticated auth attempts per client address (password guessing, spraying).
+
+    Raises:
+        RateLimited: past `auth_rate_limit_per_minute`.
+    """
+    state = app_state(request)
+    address = request.client.host if request.client else "unknown"
+    await state.rate_limiter.hit(
+        f"auth:{address}",
+        limit=state.settings.auth_rate_limit_per_minute,
+        window_seconds=AUTH_RATE_WINDOW_SECONDS,
+    )

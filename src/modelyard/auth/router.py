@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from modelyard.auth import service
-from modelyard.auth.deps import AdminUser, CurrentUser
+from modelyard.auth.deps import AdminUser, CurrentUser, auth_rate_limit
 from modelyard.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -32,6 +32,7 @@ from modelyard.state import AppState, app_state
 StateDep = Annotated[AppState, Depends(app_state)]
 
 auth_router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+RATE_LIMITED = [Depends(auth_rate_limit)]
 api_keys_router = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"])
 users_router = APIRouter(prefix="/api/v1/users", tags=["users"])
 
@@ -55,13 +56,20 @@ _LOGIN_BODY: dict[str, Any] = {
 }
 
 
-@auth_router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserRead)
+@auth_router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserRead,
+    dependencies=RATE_LIMITED,
+)
 async def register(body: UserCreate, db: SessionDep, state: StateDep) -> User:
     """Create an account."""
     return await service.register_user(db, body, passwords=state.passwords)
 
 
-@auth_router.post("/login", response_model=TokenPair, openapi_extra=_LOGIN_BODY)
+@auth_router.post(
+    "/login", response_model=TokenPair, openapi_extra=_LOGIN_BODY, dependencies=RATE_LIMITED
+)
 async def login(request: Request, db: SessionDep, state: StateDep) -> TokenPair:
     """Exchange email and password for tokens: JSON, or the OAuth2 password form of /docs."""
     credentials = await _login_credentials(request)
@@ -80,9 +88,8 @@ async def _login_credentials(request: Request) -> LoginRequest:
     try:
         if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
             form = await request.form()
-            return LoginRequest(
-                email=str(form.get("username", "")), password=str(form.get("password", ""))
-            )
+            fields = {"email": form.get("username"), "password": form.get("password")}
+            return LoginRequest.model_validate({k: v for k, v in fields.items() if v is not None})
         if content_type in ("", "application/json"):
             return LoginRequest.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -92,7 +99,7 @@ async def _login_credentials(request: Request) -> LoginRequest:
     raise UnsupportedMediaType("send JSON or an OAuth2 password form")
 
 
-@auth_router.post("/refresh", response_model=TokenPair)
+@auth_router.post("/refresh", response_model=TokenPair, dependencies=RATE_LIMITED)
 async def refresh(body: RefreshRequest, db: SessionDep, state: StateDep) -> TokenPair:
     """Spend a refresh token for a new pair; replaying a spent one revokes the session."""
     pair = await service.rotate_refresh_token(db, body.refresh_token, tokens=state.tokens)
