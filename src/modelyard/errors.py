@@ -150,7 +150,7 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for this class only
     # Only loc, msg and type: pydantic's `input` would echo passwords and secrets back.
     errors = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        {"loc": list(e.get("loc", ())), "msg": _message(e), "type": e.get("type", "")}
         for e in exc.errors()
     ]
     return problem_response(
@@ -160,6 +160,14 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
         type_="validation-error",
         extra={"errors": errors},
     )
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    reason = (error.get("ctx") or {}).get("error")
+    if error.get("type") == "json_invalid" and isinstance(reason, str):
+        # The parser's reason says what is wrong: NaN, Infinity, a number that overflows.
+        return f"invalid JSON: {reason}"
+    return str(error.get("msg", ""))
 
 
 async def _dependency_error(request: Request, exc: Exception) -> Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import Depends, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -26,15 +26,16 @@ from modelyard.auth.schemas import (
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import User
 from modelyard.errors import UnsupportedMediaType
+from modelyard.routing import make_router
 from modelyard.schemas import Page, PageDep, make_page
 from modelyard.state import AppState, app_state
 
 StateDep = Annotated[AppState, Depends(app_state)]
 
-auth_router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+auth_router = make_router(prefix="/api/v1/auth", tags=["auth"])
 RATE_LIMITED = [Depends(auth_rate_limit)]
-api_keys_router = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"])
-users_router = APIRouter(prefix="/api/v1/users", tags=["users"])
+api_keys_router = make_router(prefix="/api/v1/api-keys", tags=["api keys"])
+users_router = make_router(prefix="/api/v1/users", tags=["users"])
 
 _LOGIN_BODY: dict[str, Any] = {
     "requestBody": {

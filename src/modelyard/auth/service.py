@@ -151,7 +151,10 @@ async def rotate_refresh_token(
         .values(used_at=now)
     )
     if spent.rowcount != 1:  # type: ignore[attr-defined]
-        if await db.get(RefreshToken, claims.jti) is not None:
+        row = await db.get(RefreshToken, claims.jti)
+        # Spent means replayed (stolen, or a client bug): end the session. A token revoked by
+        # logout, a password change or deactivation is simply no longer valid.
+        if row is not None and row.used_at is not None:
             await _revoke_family(db, claims.family_id, now)
             await db.commit()
             log.warning(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+from types import FrameType
 
 import typer
 import uvicorn
@@ -58,6 +60,9 @@ def serve(
     if not settings.is_production:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrations.upgrade(settings.sqlalchemy_url)
+    # Uvicorn handles SIGTERM itself (drain, lifespan shutdown), then restores the previous
+    # handler and raises the signal again: make that previous handler a clean exit, status 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "modelyard.app:create_app",
         factory=True,
@@ -68,6 +73,10 @@ def serve(
         proxy_headers=True,
         server_header=False,
     )
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 @app.command("create-admin")

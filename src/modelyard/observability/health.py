@@ -9,15 +9,16 @@ import time
 from collections.abc import Coroutine
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import Depends, Response
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from modelyard.routing import make_router
 from modelyard.state import AppState, CheckStatus, app_state
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["operations"])
+router = make_router(tags=["operations"])
 
 CHECK_TIMEOUT_SECONDS = 2.0
 READY_CACHE_SECONDS = 2.0

@@ -1,0 +1,130 @@
+"""`/health` (the process answers) and `/health/ready` (its dependencies answer)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from modelyard.app import create_app
+from modelyard.config import Settings
+from modelyard.state import AppState
+from tests.conftest import make_settings, service_missing
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+CLOSED_REDIS_URL = "redis://127.0.0.1:1/0"
+CLOSED_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:1/x"
+
+
+def unreachable_database_url(dialect: str, tmp_path: Path) -> str:
+    """Return a database URL of `dialect` that cannot be connected to."""
+    if dialect == "postgresql":
+        return CLOSED_POSTGRES_URL
+    return f"sqlite+aiosqlite:///{tmp_path / 'no-such-folder' / 'modelyard.db'}"
+
+
+def client_for(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """Run an app built from `settings` in its lifespan."""
+    app = create_app(settings)
+    async with LifespanManager(app), client_for(app) as client:
+        yield client
+
+
+async def require_redis() -> None:
+    """Skip (fail in CI) unless the test Redis answers."""
+    redis = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await redis.ping()
+    except Exception as exc:
+        service_missing("Redis", REDIS_URL, exc)
+    finally:
+        await redis.aclose()
+
+
+async def test_live_answers_ok_without_the_database(tmp_path: Path) -> None:
+    async with serve(make_settings(tmp_path, CLOSED_POSTGRES_URL)) as client:
+        response = await client.get("/health")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_ready_reports_every_check_ok(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "artifact_store": "ok", "redis": "disabled"},
+    }
+
+
+async def test_ready_is_503_naming_the_database_when_it_is_down(
+    dialect: str, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, unreachable_database_url(dialect, tmp_path))
+    async with serve(settings) as client:
+        response = await client.get("/health/ready")
+
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) > 0
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "down", "artifact_store": "ok", "redis": "disabled"},
+    }
+
+
+async def test_ready_reports_redis_ok_when_configured(tmp_path: Path, database_url: str) -> None:
+    await require_redis()
+    async with serve(make_settings(tmp_path, database_url, redis_url=REDIS_URL)) as client:
+        response = await client.get("/health/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "artifact_store": "ok", "redis": "ok"},
+    }
+
+
+async def test_ready_stays_200_when_redis_is_down(tmp_path: Path, database_url: str) -> None:
+    async with serve(make_settings(tmp_path, database_url, redis_url=CLOSED_REDIS_URL)) as client:
+        response = await client.get("/health/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "artifact_store": "ok", "redis": "down"},
+    }
+
+
+async def test_ready_is_503_once_shutdown_has_begun(app: FastAPI) -> None:
+    state: AppState = app.state.modelyard
+    state.shutting_down = True
+
+    async with client_for(app) as client:
+        response = await client.get("/health/ready")
+
+    assert response.status_code == 503
+    assert response.json()["status"] == "shutting down"
+
+
+async def test_ready_is_503_after_the_lifespan_has_ended(tmp_path: Path, database_url: str) -> None:
+    app = create_app(make_settings(tmp_path, database_url))
+    async with LifespanManager(app), client_for(app) as client:
+        assert (await client.get("/health/ready")).status_code == 200
+
+    async with client_for(app) as client:
+        response = await client.get("/health/ready")
+
+    assert response.status_code == 503
+    assert response.json()["status"] == "shutting down"

@@ -1,0 +1,201 @@
+"""The `modelyard` command: version, migrate, create-admin, and serve end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from modelyard import __version__
+from modelyard.cli import app
+from modelyard.db import migrate
+from modelyard.db.tables import Base
+
+ADMIN_EMAIL = "a@b.co"
+ADMIN_PASSWORD = "admin-password-1"
+CHEAP_ARGON2 = {
+    "MODELYARD_ARGON2_MEMORY_KIB": "8",
+    "MODELYARD_ARGON2_TIME_COST": "1",
+    "MODELYARD_ARGON2_PARALLELISM": "1",
+}
+SERVER_START_TIMEOUT_SECONDS = 30
+SERVER_STOP_TIMEOUT_SECONDS = 30
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def database_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the CLI at a fresh data dir and a SQLite file in it (not created yet)."""
+    data_dir = tmp_path / "data"
+    path = data_dir / "modelyard.db"
+    monkeypatch.setenv("MODELYARD_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("MODELYARD_DATABASE_URL", f"sqlite:///{path}")
+    for name, value in CHEAP_ARGON2.items():
+        monkeypatch.setenv(name, value)
+    return path
+
+
+@pytest.fixture
+def migrated_database(database_file: Path) -> Path:
+    database_file.parent.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(f"sqlite+aiosqlite:///{database_file}")
+    return database_file
+
+
+def table_names(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows}
+
+
+def users(path: Path) -> list[tuple[str, int, str]]:
+    """Return (email, is_admin, password_hash) of every user."""
+    with sqlite3.connect(path) as conn:
+        rows: list[tuple[str, int, str]] = conn.execute(
+            "SELECT email, is_admin, password_hash FROM users ORDER BY email"
+        ).fetchall()
+    return rows
+
+
+def test_version_prints_the_package_version() -> None:
+    result = runner.invoke(app, ["version"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == __version__
+
+
+def test_migrate_creates_the_tables_on_a_fresh_data_dir(database_file: Path) -> None:
+    result = runner.invoke(app, ["migrate"])
+
+    assert result.exit_code == 0, result.output
+    assert "up to date" in result.stdout
+    assert table_names(database_file) >= set(Base.metadata.tables) | {"alembic_version"}
+
+
+def test_create_admin_creates_an_admin_with_an_argon2id_hash(
+    migrated_database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELYARD_ADMIN_PASSWORD", ADMIN_PASSWORD)
+
+    result = runner.invoke(app, ["create-admin", "--email", ADMIN_EMAIL])
+
+    assert result.exit_code == 0, result.output
+    assert f"created admin {ADMIN_EMAIL}" in result.stdout
+    [(email, is_admin, password_hash)] = users(migrated_database)
+    assert email == ADMIN_EMAIL
+    assert is_admin == 1
+    assert password_hash.startswith("$argon2id$")
+    assert ADMIN_PASSWORD not in password_hash
+
+
+def test_create_admin_again_on_the_same_email_promotes(
+    migrated_database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELYARD_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    first = runner.invoke(app, ["create-admin", "--email", ADMIN_EMAIL])
+    assert first.exit_code == 0, first.output
+
+    result = runner.invoke(app, ["create-admin", "--email", ADMIN_EMAIL])
+
+    assert result.exit_code == 0, result.output
+    assert f"promoted admin {ADMIN_EMAIL}" in result.stdout
+    [(email, is_admin, _)] = users(migrated_database)
+    assert email == ADMIN_EMAIL
+    assert is_admin == 1
+
+
+def test_create_admin_with_a_short_password_fails_and_creates_nothing(
+    migrated_database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELYARD_ADMIN_PASSWORD", "abcde")
+
+    result = runner.invoke(app, ["create-admin", "--email", ADMIN_EMAIL])
+
+    assert result.exit_code != 0
+    assert "at least 8 characters" in result.stderr
+    assert users(migrated_database) == []
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """Start `modelyard serve` on a free port; yield the process, its base URL and its log."""
+    port = _free_port()
+    log_path = tmp_path / "server.log"
+    env = {**os.environ, **CHEAP_ARGON2, "MODELYARD_DATA_DIR": str(tmp_path / "data")}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
+            [sys.executable, "-m", "modelyard", "serve", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process, f"http://127.0.0.1:{port}", log_path
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_live(process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
+    """Poll /health until the server answers; fail if it dies or does not answer in time."""
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)  # polling interval, not an assertion
+    pytest.fail(f"server did not answer /health in time:\n{log_path.read_text()}")
+
+
+def test_serve_answers_auth_flow_and_exits_cleanly_on_sigterm(
+    server: tuple[subprocess.Popen[bytes], str, Path],
+) -> None:
+    process, base_url, log_path = server
+    _wait_until_live(process, base_url, log_path)
+    credentials = {"email": "ada@example.com", "password": "correct horse battery"}
+
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        registered = client.post("/api/v1/auth/register", json=credentials)
+        tokens = client.post("/api/v1/auth/login", json=credentials)
+        me = client.get(
+            "/api/v1/auth/me",
+            headers={"Authorization": f"Bearer {tokens.json().get('access_token')}"},
+        )
+
+    assert registered.status_code == 201, registered.text
+    assert tokens.status_code == 200, tokens.text
+    assert me.status_code == 200, me.text
+    assert me.json()["email"] == credentials["email"]
+
+    process.send_signal(signal.SIGTERM)
+    returncode = process.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
+
+    log = log_path.read_text()
+    events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
+    assert "stopped" in events, log
+    assert returncode == 0, log
