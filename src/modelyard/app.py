@@ -22,6 +22,7 @@ from modelyard.observability.logging import configure_logging
 from modelyard.observability.middleware import EdgeMiddleware
 from modelyard.ratelimit import RateLimiter
 from modelyard.state import AppState
+from modelyard.web.docs import install_docs
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Model registry and serving platform",
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs from local assets
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_docs(app)
     for router in (health.router, auth_router, api_keys_router, users_router):
         app.include_router(router)
     if settings.cors_origins:

@@ -74,6 +74,38 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     """`json`, one object a line, or `console` for people."""
 
+    storage_url: str | None = None
+    """Artifact store: `s3://bucket/prefix` for an S3-compatible store, or `file:///path` for a
+    folder; default the folder `artifacts` in `data_dir`."""
+
+    s3_endpoint_url: str | None = None
+    """Endpoint of a non-AWS S3 store such as MinIO (`http://minio:9000`); unset for AWS."""
+
+    s3_region: str = "us-east-1"
+    """Region of the S3 bucket."""
+
+    s3_access_key_id: str | None = None
+    """S3 access key; unset to use the standard AWS credential chain."""
+
+    s3_secret_access_key: SecretStr | None = None
+    """S3 secret key; unset to use the standard AWS credential chain."""
+
+    s3_addressing_style: Literal["path", "virtual", "auto"] = "path"
+    """`path` suits MinIO and most self-hosted stores; `virtual` suits AWS."""
+
+    presign_max_expires_seconds: int = Field(default=7 * 24 * 3600, ge=1, le=7 * 24 * 3600)
+    """Longest lifetime a presigned download URL may ask for (S3 allows at most 7 days)."""
+
+    allow_pickle: bool = True
+    """Accept pickle and joblib uploads, loaded only through the class allowlist; `false`
+    refuses them and leaves only the safe formats (skops, ONNX, XGBoost, LightGBM)."""
+
+    probe_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Time a child process gets to load and probe one uploaded model before it is killed."""
+
+    probe_memory_bytes: int = Field(default=2 * 1024**3, ge=64 * 1024**2)
+    """Address-space limit of the child process that loads and probes an upload."""
+
     auth_rate_limit_per_minute: int = Field(default=20, ge=0)
     """Register, login and refresh attempts per client address and minute (0: no limit)."""
 

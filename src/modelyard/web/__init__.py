@@ -1,0 +1,1 @@
+"""The browser side: the interactive API docs (and, later, the dashboard)."""
