@@ -1,0 +1,1 @@
+"""Loading uploaded models safely, probing them in child processes, and serving them."""
