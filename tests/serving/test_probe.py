@@ -1,0 +1,113 @@
+"""The child-process probe: legit models are described, hostile files refused and contained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelyard.config import Settings
+from modelyard.errors import ModelyardError
+from modelyard.serving.formats import (
+    Framework,
+    ModelFormat,
+    ModelRejected,
+    UnsupportedModelFormat,
+    detect_format,
+)
+from modelyard.serving.probe import ModelProber, ProbeReport
+from tests.serving import hostile, legit
+
+TEST_MEMORY_BYTES = 512 * 1024**2
+
+
+async def assert_lr_probe_works(prober: ModelProber, legit_files: dict[str, Path]) -> None:
+    report = await prober.probe(legit_files["lr_joblib"], ModelFormat.JOBLIB)
+    assert report.classes == legit.IRIS_CLASSES
+
+
+@pytest.mark.parametrize("case", legit.LEGIT_FILES, ids=lambda case: case.name)
+async def test_probe_describes_legit_model(
+    case: legit.LegitCase, legit_files: dict[str, Path], prober: ModelProber
+) -> None:
+    report = await prober.probe(legit_files[case.name], case.format)
+    assert isinstance(report, ProbeReport)
+    assert (report.framework, report.format) == (case.framework, case.format)
+    assert report.task_type == case.task_type
+    assert report.n_features == case.n_features
+    assert report.classes == case.classes
+    assert report.feature_names == case.feature_names
+    assert report.has_proba == (case.task_type == "classification")
+    assert report.outputs[0]["shape"][0] == -1
+
+
+async def test_probe_reports_sklearn_details(
+    legit_files: dict[str, Path], prober: ModelProber
+) -> None:
+    report = await prober.probe(legit_files["pipeline_skops"], ModelFormat.SKOPS)
+    assert report.model_class == "sklearn.pipeline.Pipeline"
+    assert report.outputs == [
+        {"name": "predictions", "type": "int", "shape": [-1]},
+        {"name": "probabilities", "type": "float", "shape": [-1, 3]},
+    ]
+
+
+@pytest.mark.parametrize("case", hostile.HOSTILE_FILES, ids=lambda case: case.name)
+async def test_probe_refuses_hostile_file(
+    case: hostile.HostileCase, tmp_path: Path, legit_files: dict[str, Path], prober: ModelProber
+) -> None:
+    marker = tmp_path / "marker"
+    path = case.build(tmp_path, marker)
+    with pytest.raises(ModelyardError) as info:
+        await prober.probe(path, detect_format(path))
+    assert info.value.status == case.status
+    assert case.reason in info.value.detail
+    assert not marker.exists()
+    await assert_lr_probe_works(prober, legit_files)
+
+
+async def test_probe_refuses_zlib_bomb_by_memory_limit(
+    tmp_path: Path, legit_files: dict[str, Path]
+) -> None:
+    prober = ModelProber(
+        timeout_seconds=30, memory_limit_bytes=TEST_MEMORY_BYTES, allow_pickle=True
+    )
+    path = hostile.joblib_zlib_bomb(tmp_path, tmp_path / "marker")
+    assert path.stat().st_size < 8 * 1024**2
+    with pytest.raises(ModelRejected, match="needs more than 512 MiB"):
+        await prober.probe(path, detect_format(path))
+    await assert_lr_probe_works(prober, legit_files)
+
+
+async def test_probe_times_out_on_slow_model(tmp_path: Path, legit_files: dict[str, Path]) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = legit.iris()
+    forest = RandomForestClassifier(n_estimators=400, random_state=0).fit(x, y)
+    path = legit.write_joblib(forest, tmp_path / "big_forest.joblib")
+    prober = ModelProber(timeout_seconds=0.05, memory_limit_bytes=2 * 1024**3, allow_pickle=True)
+    with pytest.raises(ModelRejected, match=r"took longer than 0\.05 s"):
+        await prober.probe(path, ModelFormat.JOBLIB)
+
+
+@pytest.mark.parametrize("name", ["lr_joblib", "lr_pickle", "lr_joblib_zlib"])
+async def test_probe_refuses_pickle_when_disabled(name: str, legit_files: dict[str, Path]) -> None:
+    prober = ModelProber(timeout_seconds=30, memory_limit_bytes=2 * 1024**3, allow_pickle=False)
+    with pytest.raises(UnsupportedModelFormat, match="pickle and joblib uploads are disabled"):
+        await prober.probe(legit_files[name], detect_format(legit_files[name]))
+
+
+async def test_probe_accepts_skops_when_pickle_disabled(legit_files: dict[str, Path]) -> None:
+    prober = ModelProber.from_settings(Settings(allow_pickle=False))
+    report = await prober.probe(legit_files["lr_skops"], ModelFormat.SKOPS)
+    assert report.framework is Framework.SKLEARN
+    await prober.aclose()
+
+
+async def test_probe_refuses_model_without_known_width(tmp_path: Path, prober: ModelProber) -> None:
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(legit.iris()[0])
+    path = legit.write_skops(scaler, tmp_path / "scaler.skops")
+    with pytest.raises(ModelRejected, match="no predict method"):
+        await prober.probe(path, ModelFormat.SKOPS)
