@@ -19,6 +19,7 @@ from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.errors import install_error_handlers
+from modelyard.files.router import router as files_router
 from modelyard.observability import health
 from modelyard.observability.logging import configure_logging
 from modelyard.observability.middleware import EdgeMiddleware
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api_keys_router,
         users_router,
         artifacts_router,
+        files_router,
     ):
         app.include_router(router)
     if settings.cors_origins:
