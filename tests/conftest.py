@@ -157,3 +157,75 @@ async def other_user(client: httpx.AsyncClient) -> factories.Account:
 @pytest.fixture
 async def admin(client: httpx.AsyncClient, app: FastAPI) -> factories.Account:
     return await factories.make_account(client, admin_of=app)
+
+
+# --- Artifact storage (artifacts owner) ------------------------------------------------------
+# `s3_endpoint`: a moto S3 server on loopback for the whole run; `s3_bucket`: a bucket in it.
+# `storage` (params "local", "s3") picks a backend; `storage_settings` are the make_settings
+# overrides for it (S3 objects under a prefix of the test's own); `store` is that backend built
+# by make_store on `tmp_path / "data"`. To run app tests on both backends, override `settings`
+# in a package conftest: `make_settings(tmp_path, database_url, **storage_settings)`.
+
+S3_TEST_BUCKET = "modelyard-test"
+S3_TEST_CREDENTIALS = {"s3_access_key_id": "testing", "s3_secret_access_key": "testing"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """The URL of an S3-protocol server (moto) running in this process for the whole run."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_endpoint: str) -> str:
+    """The test bucket, created once."""
+    import boto3
+
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    client.create_bucket(Bucket=S3_TEST_BUCKET)
+    client.close()
+    return S3_TEST_BUCKET
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def storage_settings(request: pytest.FixtureRequest, storage: str) -> dict[str, object]:
+    """make_settings overrides for the `storage` backend (empty for the default local folder)."""
+    if storage == "local":
+        return {}
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = request.getfixturevalue("s3_bucket")
+    return {
+        "storage_url": f"s3://{bucket}/run-{uuid.uuid4().hex[:12]}",
+        "s3_endpoint_url": endpoint,
+        **S3_TEST_CREDENTIALS,
+    }
+
+
+@pytest.fixture
+async def store(tmp_path: Path, storage_settings: dict[str, object]) -> AsyncIterator[object]:
+    """The `storage` backend, built from settings like the app builds it."""
+    from modelyard.artifacts import make_store
+
+    settings = make_settings(tmp_path, "sqlite+aiosqlite:///unused.db", **storage_settings)
+    built = make_store(settings)
+    yield built
+    await built.aclose()

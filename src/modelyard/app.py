@@ -11,12 +11,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import Redis
 
 from modelyard import __version__
+from modelyard.artifacts import make_store
+from modelyard.artifacts.router import router as artifacts_router
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.router import api_keys_router, auth_router, users_router
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.errors import install_error_handlers
+from modelyard.files.router import router as files_router
 from modelyard.observability import health
 from modelyard.observability.logging import configure_logging
 from modelyard.observability.middleware import EdgeMiddleware
@@ -47,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             passwords=PasswordHasher(settings),
             tokens=TokenService(settings),
             rate_limiter=RateLimiter(redis),
+            store=make_store(settings),
             redis=redis,
         )
         app.state.modelyard = state
@@ -58,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.shutting_down = True
             if state.redis is not None:
                 await state.redis.aclose()
+            await state.store.aclose()
             await engine.dispose()
             log.info("stopped")
 
@@ -71,7 +76,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_docs(app)
-    for router in (health.router, auth_router, api_keys_router, users_router):
+    for router in (
+        health.router,
+        auth_router,
+        api_keys_router,
+        users_router,
+        artifacts_router,
+        files_router,
+    ):
         app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
+from modelyard.artifacts.store import ArtifactStore
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
@@ -25,6 +26,7 @@ class AppState:
     passwords: PasswordHasher
     tokens: TokenService
     rate_limiter: RateLimiter
+    store: ArtifactStore
     redis: Redis | None = None
     shutting_down: bool = False
     readiness: tuple[float, dict[str, CheckStatus]] | None = field(default=None, repr=False)

@@ -128,3 +128,34 @@ async def test_ready_is_503_after_the_lifespan_has_ended(tmp_path: Path, databas
 
     assert response.status_code == 503
     assert response.json()["status"] == "shutting down"
+
+
+async def test_ready_is_503_naming_the_artifact_store_when_s3_is_down(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        storage_url="s3://modelyard-test/x",
+        s3_endpoint_url="http://127.0.0.1:1",
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
+    )
+    async with serve(settings) as client:
+        response = await client.get("/health/ready")
+
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "artifact_store": "down", "redis": "disabled"},
+    }
+
+
+async def test_ready_reports_an_s3_store_ok(
+    tmp_path: Path, database_url: str, storage_settings: dict[str, object]
+) -> None:
+    async with serve(make_settings(tmp_path, database_url, **storage_settings)) as client:
+        response = await client.get("/health/ready")
+
+    assert response.status_code == 200
+    assert response.json()["checks"]["artifact_store"] == "ok"

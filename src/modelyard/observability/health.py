@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Coroutine
 from typing import Annotated, Any, Literal
@@ -85,10 +84,7 @@ async def _database(state: AppState) -> None:
 
 
 async def _artifact_store(state: AppState) -> None:
-    # TODO(#3): ask the ArtifactStore once it exists; today artifacts live in the data folder.
-    data_dir = state.settings.data_dir
-    if not (data_dir.is_dir() and os.access(data_dir, os.W_OK)):
-        raise OSError("data folder is not writable")
+    await state.store.check()
 
 
 async def _redis(redis: Redis) -> None:

@@ -1,0 +1,81 @@
+"""What only the local folder backend must defend: symlinks, its temp folder, the disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelyard.artifacts import LocalStore, make_store
+from modelyard.artifacts.local import INCOMING
+from modelyard.artifacts.signing import UrlSigner
+from modelyard.artifacts.store import InvalidKey, StorageUnavailable
+from modelyard.errors import Conflict
+from tests.conftest import TEST_SECRET_KEY, make_settings
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store", signer=UrlSigner(TEST_SECRET_KEY))
+
+
+async def test_a_symlink_out_of_the_root_is_refused(local: LocalStore, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("secret")
+    (local.root / "files").mkdir()
+    (local.root / "files" / "link").symlink_to(outside)
+
+    with pytest.raises(InvalidKey):
+        await local.read_bytes("files/link/secret")
+    with pytest.raises(InvalidKey):
+        await local.put_file("files/link/new", local.root / "files" / "link" / "secret")
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+
+
+async def test_the_temp_folder_is_not_a_key(local: LocalStore) -> None:
+    with pytest.raises(InvalidKey):
+        await local.stat(f"{INCOMING}/x")
+    assert [info async for info in local.list("")] == []
+
+
+async def test_delete_prunes_empty_folders(local: LocalStore, tmp_path: Path) -> None:
+    source = tmp_path / "f"
+    source.write_bytes(b"x")
+    await local.put_file("files/u/deep/er/f", source)
+
+    await local.delete("files/u/deep/er/f")
+
+    assert sorted(p.name for p in local.root.iterdir()) == [INCOMING]
+
+
+async def test_a_key_cannot_be_a_file_and_a_folder(local: LocalStore, tmp_path: Path) -> None:
+    source = tmp_path / "f"
+    source.write_bytes(b"x")
+    await local.put_file("files/u/a", source)
+
+    with pytest.raises(Conflict):
+        await local.put_file("files/u/a/b", source)
+
+
+async def test_check_fails_when_the_folder_is_gone(local: LocalStore) -> None:
+    await local.check()
+    (local.root / INCOMING).rmdir()
+
+    with pytest.raises(StorageUnavailable):
+        await local.check()
+
+
+def test_make_store_reads_file_urls(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, "sqlite://", storage_url=f"file://{tmp_path}/elsewhere")
+
+    store = make_store(settings)
+
+    assert isinstance(store, LocalStore)
+    assert store.root == (tmp_path / "elsewhere").resolve()
+
+
+@pytest.mark.parametrize("url", ["file://relative/path", "ftp://host/x", "s3://"])
+def test_make_store_refuses_unusable_urls(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ValueError, match="MODELYARD_STORAGE_URL"):
+        make_store(make_settings(tmp_path, "sqlite://", storage_url=url))
