@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -70,3 +73,34 @@ async def make_api_key(client: httpx.AsyncClient, account: Account, name: str = 
     assert response.status_code == 201, response.text
     key: str = response.json()["key"]
     return key
+
+
+async def upload_model(
+    client: httpx.AsyncClient,
+    account: Account,
+    path: Path,
+    *,
+    name: str = "iris",
+    **fields: object,
+) -> httpx.Response:
+    """Upload `path` as the next version of `name`; JSON-typed fields may be given as objects."""
+    data = {"name": name}
+    for key, value in fields.items():
+        data[key] = value if isinstance(value, str) else json.dumps(value)
+    with path.open("rb") as f:
+        return await client.post(
+            "/api/v1/models/upload",
+            data=data,
+            files={"file": (path.name, f, "application/octet-stream")},
+            headers=account.headers,
+        )
+
+
+async def make_version(
+    client: httpx.AsyncClient, account: Account, path: Path, *, name: str = "iris", **fields: object
+) -> dict[str, Any]:
+    """Upload `path` and return the version it created."""
+    response = await upload_model(client, account, path, name=name, **fields)
+    assert response.status_code == 201, response.text
+    version: dict[str, Any] = response.json()
+    return version

@@ -18,6 +18,7 @@ from modelyard.app import create_app
 from modelyard.config import Settings
 from modelyard.db.tables import User
 from tests.conftest import make_settings
+from tests.factories import Account
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_KEYS = {"type", "title", "status", "detail"}
@@ -198,3 +199,17 @@ async def test_database_down_makes_login_503_with_retry_after(dialect: str, tmp_
     assert int(response.headers["retry-after"]) > 0
     assert "127.0.0.1" not in body["detail"]
     assert str(tmp_path) not in response.text
+
+
+async def test_text_the_database_cannot_store_is_a_422_not_a_500(
+    client: httpx.AsyncClient, user: Account, dialect: str
+) -> None:
+    response = await client.post(
+        "/api/v1/experiments", json={"name": "nul\u0000inside"}, headers=user.headers
+    )
+    if dialect == "postgresql":  # PostgreSQL text cannot hold NUL; SQLite stores it
+        assert response.status_code == 422
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "INSERT" not in response.text
+    else:
+        assert response.status_code == 201

@@ -19,11 +19,14 @@ from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.errors import install_error_handlers
+from modelyard.experiments.router import router as experiments_router
 from modelyard.files.router import router as files_router
 from modelyard.observability import health
 from modelyard.observability.logging import configure_logging
 from modelyard.observability.middleware import EdgeMiddleware
 from modelyard.ratelimit import RateLimiter
+from modelyard.registry.router import router as registry_router
+from modelyard.serving.probe import ModelProber
 from modelyard.state import AppState
 from modelyard.web.docs import install_docs
 
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tokens=TokenService(settings),
             rate_limiter=RateLimiter(redis),
             store=make_store(settings),
+            prober=ModelProber.from_settings(settings),
             redis=redis,
         )
         app.state.modelyard = state
@@ -62,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.shutting_down = True
             if state.redis is not None:
                 await state.redis.aclose()
+            await state.prober.aclose()
             await state.store.aclose()
             await engine.dispose()
             log.info("stopped")
@@ -82,7 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api_keys_router,
         users_router,
         artifacts_router,
+        registry_router,
         files_router,
+        experiments_router,
     ):
         app.include_router(router)
     if settings.cors_origins:

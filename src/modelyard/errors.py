@@ -170,7 +170,27 @@ def _message(error: Mapping[str, Any]) -> str:
     return str(error.get("msg", ""))
 
 
+# PostgreSQL text and JSONB cannot hold NUL (or a `\u0000` escape): character_not_in_repertoire,
+# untranslatable_character. Bad input, not a server fault; SQLite stores it either way.
+_UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
+
+
+def is_unstorable_text(exc: BaseException) -> bool:
+    """Tell whether the database refused a value because of a character it cannot store."""
+    return (
+        isinstance(exc, sa_exc.DBAPIError)
+        and getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES
+    )
+
+
 async def _dependency_error(request: Request, exc: Exception) -> Response:
+    if is_unstorable_text(exc):
+        return problem_response(
+            422,
+            "the request contains a character that cannot be stored (NUL)",
+            title="Unprocessable Content",
+            type_="unstorable-text",
+        )
     if not is_dependency_down(exc):
         raise exc
     log.warning(

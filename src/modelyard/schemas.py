@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Annotated, Generic, TypeVar
 
 from fastapi import Depends, Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -31,6 +32,11 @@ class Page(BaseModel, Generic[T]):
     total: int
     limit: int
     offset: int
+
+
+class DownloadUrl(BaseModel):
+    url: str = Field(description="downloads the object without credentials until `expires_at`")
+    expires_at: datetime
 
 
 class PageParams(BaseModel):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
+from fastapi import Depends
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
@@ -14,6 +15,7 @@ from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
 from modelyard.ratelimit import RateLimiter
+from modelyard.serving.probe import ModelProber
 
 CheckStatus = Literal["ok", "down", "disabled"]
 
@@ -27,6 +29,7 @@ class AppState:
     tokens: TokenService
     rate_limiter: RateLimiter
     store: ArtifactStore
+    prober: ModelProber
     redis: Redis | None = None
     shutting_down: bool = False
     readiness: tuple[float, dict[str, CheckStatus]] | None = field(default=None, repr=False)
@@ -36,3 +39,6 @@ def app_state(conn: HTTPConnection) -> AppState:
     """Return the components of the app serving this request."""
     state: AppState = conn.app.state.modelyard
     return state
+
+
+StateDep = Annotated[AppState, Depends(app_state)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import Depends, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -28,9 +28,7 @@ from modelyard.db.tables import User
 from modelyard.errors import UnsupportedMediaType
 from modelyard.routing import make_router
 from modelyard.schemas import Page, PageDep, make_page
-from modelyard.state import AppState, app_state
-
-StateDep = Annotated[AppState, Depends(app_state)]
+from modelyard.state import StateDep
 
 auth_router = make_router(prefix="/api/v1/auth", tags=["auth"])
 RATE_LIMITED = [Depends(auth_rate_limit)]

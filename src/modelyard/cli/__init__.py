@@ -1,10 +1,11 @@
-"""The `modelyard` command: serve, migrate, create-admin, version."""
+"""The `modelyard` command: serve, migrate, create-admin, gc, version."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+from datetime import timedelta
 from types import FrameType
 
 import typer
@@ -12,6 +13,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from modelyard import __version__
+from modelyard.artifacts import make_store
+from modelyard.artifacts.gc import collect_garbage
 from modelyard.auth import service as auth_service
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.schemas import MIN_PASSWORD_LENGTH
@@ -19,6 +22,7 @@ from modelyard.config import Settings
 from modelyard.db import migrate as migrations
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.errors import ModelyardError
+from modelyard.registry import service as registry_service
 
 app = typer.Typer(help="Modelyard: model registry and serving platform.", no_args_is_help=True)
 
@@ -113,6 +117,43 @@ async def _create_admin(settings: Settings, email: str, password: str) -> bool:
             )
             return created
     finally:
+        await engine.dispose()
+
+
+@app.command()
+def gc(
+    older_than_hours: float = typer.Option(
+        24.0, min=0.0, help="Keep unreferenced objects younger than this (uploads in flight)."
+    ),
+) -> None:
+    """Delete stored artifacts that no model version points to."""
+    settings = _settings()
+    try:
+        removed = asyncio.run(_gc(settings, timedelta(hours=older_than_hours)))
+    except ModelyardError as exc:
+        typer.echo(f"gc failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"removed {removed} unreferenced artifact(s)")
+
+
+async def _gc(settings: Settings, older_than: timedelta) -> int:
+    engine = make_engine(settings.sqlalchemy_url)
+    store = make_store(settings)
+    sessions = make_sessionmaker(engine)
+
+    async def referenced(keys: list[str]) -> set[str]:
+        async with sessions() as db:
+            return await registry_service.referenced_keys(db, keys)
+
+    try:
+        return await collect_garbage(
+            store,
+            prefix=registry_service.ARTIFACT_PREFIX,
+            referenced=referenced,
+            older_than=older_than,
+        )
+    finally:
+        await store.aclose()
         await engine.dispose()
 
 

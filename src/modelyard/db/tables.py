@@ -6,10 +6,22 @@ import uuid
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import ForeignKey, Index, MetaData, String, Uuid
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from modelyard.db.types import UTCDateTime, utcnow
+from modelyard.db.types import JSONType, UTCDateTime, utcnow
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -76,3 +88,132 @@ class RefreshToken(Base):
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+class RegisteredModel(Timestamped, Base):
+    """A model name owned by a user; each upload under it adds a `ModelVersion`."""
+
+    __tablename__ = "registered_models"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "name"),
+        Index("ix_registered_models_owner_id_created_at", "owner_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str | None] = mapped_column(Text)
+    task_type: Mapped[str | None] = mapped_column(String(32))
+    tags: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    # Bumped with UPDATE ... RETURNING in the upload transaction: the race-free version number.
+    version_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ModelVersion(Timestamped, Base):
+    """One uploaded artifact of a model, numbered 1, 2, 3, ... per model and never reused."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("model_id", "version"),
+        # At most one production version per model, whatever the races between promotions.
+        Index(
+            "uq_model_versions_one_production",
+            "model_id",
+            unique=True,
+            sqlite_where=text("stage = 'production'"),
+            postgresql_where=text("stage = 'production'"),
+        ),
+        Index("ix_model_versions_stage", "stage"),
+        Index("ix_model_versions_framework", "framework"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    model_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("registered_models.id", ondelete="CASCADE")
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(16), default="development")
+    framework: Mapped[str] = mapped_column(String(16))
+    format: Mapped[str] = mapped_column(String(16))
+    task_type: Mapped[str | None] = mapped_column(String(32))
+    storage_key: Mapped[str] = mapped_column(String(512), unique=True)
+    file_size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(Text)
+    input_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    output_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    metrics: Mapped[dict[str, float]] = mapped_column(JSONType, default=dict)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    tags: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # `metadata` is taken by SQLAlchemy's declarative base: the attribute gets a trailing _.
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    experiment_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="SET NULL"), index=True
+    )
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+
+    model: Mapped[RegisteredModel] = relationship(lazy="raise")
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+
+class ModelAlias(Timestamped, Base):
+    """A name such as `champion` pointing at one version of a model."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("model_id", "alias"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    model_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("registered_models.id", ondelete="CASCADE")
+    )
+    alias: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+
+
+# --- experiments ------------------------------------------------------------------------------
+
+
+class Experiment(Timestamped, Base):
+    """A training run or study: parameters, tags, metric history, the versions it produced."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    tags: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+
+
+class ExperimentMetric(Base):
+    """One point of a metric's history: (key, value, step, timestamp)."""
+
+    __tablename__ = "experiment_metrics"
+    __table_args__ = (
+        Index("ix_experiment_metrics_experiment_id_key_step", "experiment_id", "key", "step"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    experiment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE")
+    )
+    key: Mapped[str] = mapped_column(String(250))
+    value: Mapped[float] = mapped_column(Float)
+    step: Mapped[int] = mapped_column(BigInteger, default=0)
+    timestamp: Mapped[datetime] = mapped_column(default=utcnow)

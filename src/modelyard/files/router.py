@@ -13,9 +13,9 @@ from modelyard.artifacts.uploads import receive_upload
 from modelyard.auth.deps import CurrentUser
 from modelyard.db.deps import SessionDep
 from modelyard.files import service
-from modelyard.files.schemas import DownloadUrl, FileRead, FileStored
+from modelyard.files.schemas import FileRead, FileStored
 from modelyard.routing import make_router
-from modelyard.schemas import Page, PageDep
+from modelyard.schemas import DownloadUrl, Page, PageDep
 from modelyard.state import app_state
 
 router = make_router(prefix="/api/v1/files", tags=["files"])

@@ -17,8 +17,3 @@ class FileRead(BaseModel):
     path: str
     size: int
     modified_at: datetime
-
-
-class DownloadUrl(BaseModel):
-    url: str = Field(description="downloads the file without credentials until `expires_at`")
-    expires_at: datetime

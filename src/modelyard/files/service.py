@@ -10,8 +10,8 @@ from pathlib import PurePosixPath
 from modelyard.artifacts.store import ArtifactStore, ObjectNotFound, ObjectStream
 from modelyard.artifacts.uploads import ReceivedFile
 from modelyard.errors import BadRequest, Unprocessable
-from modelyard.files.schemas import DownloadUrl, FileRead, FileStored
-from modelyard.schemas import PageParams
+from modelyard.files.schemas import FileRead, FileStored
+from modelyard.schemas import DownloadUrl, PageParams
 
 MAX_PATH_BYTES = 1024
 FILES_PREFIX = "files"

@@ -1,0 +1,1 @@
+"""The model registry: models, versions, lifecycle stages, aliases, uploads and downloads."""

@@ -1,0 +1,53 @@
+"""The one place registry objects are filtered by who may see them, and cross-dialect helpers."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, literal, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from modelyard.db.tables import RegisteredModel, User
+
+
+def owned_models(user: User) -> Select[RegisteredModel]:
+    """Select the models `user` may act on: its own; admins may act on every model."""
+    query = select(RegisteredModel)
+    if not user.is_admin:
+        query = query.where(RegisteredModel.owner_id == user.id)
+    return query
+
+
+async def find_model(db: AsyncSession, user: User, ref: str) -> RegisteredModel | None:
+    """Find a model by UUID (any model the caller may act on) or by name (among its own)."""
+    try:
+        model_id = uuid.UUID(ref)
+    except ValueError:
+        query = select(RegisteredModel).where(
+            RegisteredModel.owner_id == user.id, RegisteredModel.name == ref
+        )
+    else:
+        query = owned_models(user).where(RegisteredModel.id == model_id)
+    return (await db.execute(query)).scalar_one_or_none()
+
+
+def json_array_contains(db: AsyncSession, column: Any, value: str) -> ColumnElement[bool]:
+    """Return `value in column` for a JSON array column, on PostgreSQL and on SQLite."""
+    if db.get_bind().dialect.name == "postgresql":
+        # JSONB containment; served by a GIN index if one is ever needed.
+        return column.op("@>")(func.jsonb_build_array(value))  # type: ignore[no-any-return]
+    items = func.json_each(column).table_valued("value")
+    return select(literal(1)).select_from(items).where(items.c.value == value).exists()
+
+
+def like_pattern(text: str) -> str:
+    """Return a LIKE pattern matching `text` anywhere, its wildcards escaped (escape `\\`)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def text_search(columns: list[Any], text: str) -> ColumnElement[bool]:
+    """Match `text` case-insensitively inside any of `columns`."""
+    pattern = like_pattern(text)
+    return or_(*(c.ilike(pattern, escape="\\") for c in columns))

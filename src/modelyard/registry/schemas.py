@@ -1,0 +1,190 @@
+"""API types of the registry: models, versions, stages, aliases, upload fields."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, StringConstraints
+
+from modelyard.schemas import ReadModel, StrictModel
+from modelyard.serving.formats import Framework, ModelFormat
+
+MAX_TAGS = 50
+
+
+class Stage(StrEnum):
+    DEVELOPMENT = "development"
+    STAGING = "staging"
+    PRODUCTION = "production"
+    DEPRECATED = "deprecated"
+    ARCHIVED = "archived"
+
+
+class TaskType(StrEnum):
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+    CLUSTERING = "clustering"
+    OTHER = "other"
+
+
+class ModelStatus(StrEnum):
+    ACTIVE = "active"
+    ARCHIVED = "archived"
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+RESERVED_ALIAS = re.compile(r"latest|v\d+")
+
+
+def _model_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            "a model name is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    # `{model}` in a path is a UUID or a name: a name that parses as a UUID would be ambiguous.
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return value
+    raise ValueError("a model name cannot be a UUID")
+
+
+def _alias_name(value: str) -> str:
+    if not _ALIAS.fullmatch(value):
+        raise ValueError(
+            "an alias is 1-64 lowercase letters, digits, '_' or '-', starting with a letter"
+        )
+    if RESERVED_ALIAS.fullmatch(value):
+        raise ValueError(f"alias {value!r} is reserved")
+    return value
+
+
+ModelName = Annotated[str, AfterValidator(_model_name)]
+AliasName = Annotated[str, AfterValidator(_alias_name)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS)]
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=250)]
+Metrics = dict[MetricName, float]
+Description = Annotated[str, StringConstraints(max_length=10_000)]
+
+
+class FeatureSpec(StrictModel):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    type: Literal["float", "int", "bool", "str"] = "float"
+
+
+class InputSchema(StrictModel):
+    """The model's features, in the order the model takes them."""
+
+    features: Annotated[list[FeatureSpec], Field(min_length=1, max_length=100_000)]
+
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+class UploadForm(StrictModel):
+    """The multipart fields of an upload besides `file` (JSON ones arrive as JSON strings)."""
+
+    name: ModelName
+    description: Description | None = None
+    framework: Framework | None = None
+    task_type: TaskType | None = None
+    input_schema: InputSchema | None = None
+    output_schema: dict[str, Any] | None = None
+    metrics: Metrics = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    tags: Tags = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    experiment_id: uuid.UUID | None = None
+
+
+UPLOAD_JSON_FIELDS = frozenset(
+    {"input_schema", "output_schema", "metrics", "hyperparameters", "tags", "metadata"}
+)
+UPLOAD_FIELDS = frozenset(UploadForm.model_fields) | {"file"}
+
+
+class ModelUpdate(StrictModel):
+    description: Description | None = None
+    task_type: TaskType | None = None
+    tags: Tags | None = None
+
+
+class VersionUpdate(StrictModel):
+    description: Description | None = None
+    metrics: Metrics | None = None
+    hyperparameters: dict[str, Any] | None = None
+    tags: Tags | None = None
+    metadata: dict[str, Any] | None = None
+    input_schema: InputSchema | None = None
+    output_schema: dict[str, Any] | None = None
+    experiment_id: uuid.UUID | None = None
+
+
+class StageChange(StrictModel):
+    stage: Stage
+
+
+class AliasTarget(StrictModel):
+    version: Annotated[int, Field(ge=1)]
+
+
+class VersionRead(ReadModel):
+    id: uuid.UUID
+    model_id: uuid.UUID
+    model_name: str
+    version: int
+    stage: Stage
+    framework: Framework
+    format: ModelFormat
+    task_type: str | None
+    file_size: int
+    sha256: str
+    description: str | None
+    input_schema: dict[str, Any] | None
+    output_schema: dict[str, Any] | None
+    metrics: dict[str, float]
+    hyperparameters: dict[str, Any]
+    tags: list[str]
+    metadata: dict[str, Any] = Field(validation_alias="metadata_")
+    experiment_id: uuid.UUID | None
+    created_by: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class VersionSummary(ReadModel):
+    id: uuid.UUID
+    version: int
+    stage: Stage
+    framework: Framework
+    format: ModelFormat
+    created_at: datetime
+
+
+class ModelRead(ReadModel):
+    id: uuid.UUID
+    name: str
+    owner_id: uuid.UUID
+    description: str | None
+    task_type: str | None
+    tags: list[str]
+    status: ModelStatus
+    latest_version: int | None
+    production_version: int | None
+    version_count: int
+    aliases: dict[str, int]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ModelDetail(ModelRead):
+    versions: list[VersionSummary]
+
+
+ModelSort = Literal["name", "-name", "created_at", "-created_at", "updated_at", "-updated_at"]
