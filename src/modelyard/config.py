@@ -106,6 +106,40 @@ class Settings(BaseSettings):
     probe_memory_bytes: int = Field(default=2 * 1024**3, ge=64 * 1024**2)
     """Address-space limit of the child process that loads and probes an upload."""
 
+    model_cache_max_models: int = Field(default=32, ge=1)
+    """Loaded model versions kept in memory per process (least recently used evicted first)."""
+
+    model_cache_max_bytes: int = Field(default=2 * 1024**3, ge=1024**2)
+    """Memory the loaded models of one process may take, estimated from their artifacts."""
+
+    max_batch_rows: int = Field(default=10_000, ge=1)
+    """Most rows one prediction request may carry (422 past it)."""
+
+    batch_max_size: int = Field(default=64, ge=1)
+    """Most rows adaptive batching merges into one predict call."""
+
+    batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    """Extra time a batch may wait for more requests once requests are queued; a lone request
+    never waits."""
+
+    prediction_log_payloads: bool = True
+    """Keep each prediction's inputs and outputs in the prediction log (`false`: metadata only)."""
+
+    prediction_log_batch_size: int = Field(default=500, ge=1)
+    """Rows the background log writer inserts per statement."""
+
+    prediction_log_flush_ms: int = Field(default=500, ge=1)
+    """Longest a logged prediction waits in memory before it is written."""
+
+    prediction_log_queue_size: int = Field(default=100_000, ge=1)
+    """Predictions held in memory while the database is slow; past it they are spooled to disk."""
+
+    predict_rate_limit_per_minute: int = Field(default=0, ge=0)
+    """Prediction requests per caller and minute (0: no limit)."""
+
+    metrics_token: SecretStr | None = None
+    """Bearer token a Prometheus scraper may use for `/metrics` (admins may always read it)."""
+
     auth_rate_limit_per_minute: int = Field(default=20, ge=0)
     """Register, login and refresh attempts per client address and minute (0: no limit)."""
 

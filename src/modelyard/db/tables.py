@@ -217,3 +217,39 @@ class ExperimentMetric(Base):
     value: Mapped[float] = mapped_column(Float)
     step: Mapped[int] = mapped_column(BigInteger, default=0)
     timestamp: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- predictions ------------------------------------------------------------------------------
+
+
+class Prediction(Base):
+    """One logged prediction request, success or failure; written by the background log writer.
+
+    No foreign keys: the log is append-only and outlives what it mentions, and a spooled row must
+    replay even if its model is gone. `owner_id` (the model's owner) makes "predictions on my
+    models" one indexed lookup.
+    """
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        Index("ix_predictions_model_id_created_at", "model_id", "created_at"),
+        Index("ix_predictions_user_id_created_at", "user_id", "created_at"),
+        Index("ix_predictions_owner_id_created_at", "owner_id", "created_at"),
+        Index("ix_predictions_created_at", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    model_id: Mapped[uuid.UUID | None]
+    version_id: Mapped[uuid.UUID | None]
+    version: Mapped[int | None]
+    owner_id: Mapped[uuid.UUID | None]
+    user_id: Mapped[uuid.UUID | None]
+    api_key_id: Mapped[uuid.UUID | None]
+    protocol: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    inputs: Mapped[Any | None] = mapped_column(JSONType)
+    outputs: Mapped[Any | None] = mapped_column(JSONType)
+    n_rows: Mapped[int] = mapped_column(Integer, default=0)
+    inference_time_ms: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
