@@ -1,0 +1,96 @@
+"""The Runtime interface every framework implements, and the helpers they share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from modelyard.errors import ModelyardError
+from modelyard.serving.formats import Framework, ModelFormat
+
+# The V2 protocol needs an input tensor name; models that do not name their input get this one.
+DEFAULT_INPUT_NAME: Final = "input-0"
+# Added to every estimate: interpreter objects, session and booster handles, small buffers.
+BASE_OVERHEAD_BYTES: Final = 256 * 1024
+# Loaded size per artifact byte, by format. Estimates from how each format stores a model, not
+# measurements: pickles and skops zips hold the arrays raw (plus Python objects around them);
+# compressed joblib files expand; ONNX Runtime keeps its own copy of the initializers next to
+# the optimised graph; XGBoost JSON and LightGBM text spell each node's numbers as decimal text,
+# several times larger than the binary trees they parse into, UBJ is close to binary.
+MEMORY_FACTOR: Final[dict[ModelFormat, float]] = {
+    ModelFormat.SKOPS: 1.5,
+    ModelFormat.JOBLIB: 1.5,
+    ModelFormat.PICKLE: 1.5,
+    ModelFormat.ONNX: 2.0,
+    ModelFormat.XGBOOST_JSON: 1.0,
+    ModelFormat.XGBOOST_UBJ: 1.5,
+    ModelFormat.LIGHTGBM_TEXT: 1.0,
+}
+COMPRESSED_JOBLIB_FACTOR: Final = 4.0
+# The magics of the compressors joblib writes (same list as formats.detect_format).
+_COMPRESSED_PREFIXES: Final = (b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x5d\x00")
+
+
+class ArtifactCorrupted(ModelyardError):
+    """A stored artifact's bytes do not match the sha256 recorded when it was uploaded."""
+
+    type: ClassVar[str] = "artifact-corrupted"
+
+    def __init__(self) -> None:
+        # Neither the key nor the digests: they name the store's layout, not the client's error.
+        super().__init__("the artifact of this model version failed its integrity check")
+
+
+class Runtime(ABC):
+    """A loaded model version behind one small interface."""
+
+    framework: Framework
+    format: ModelFormat
+    task_type: str | None
+    n_features: int | None
+    feature_names: list[str] | None
+    classes: list[int | float | str] | None
+    has_proba: bool
+    nbytes: int
+    input_dtype: np.dtype[Any]
+    input_name: str
+
+    @abstractmethod
+    def predict(self, x: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
+        """Return (predictions[n], probabilities[n, n_classes] or None) for a 2-D batch x.
+
+        `x` is [n, n_features] of `input_dtype`. Classifiers answer class labels (the values of
+        `classes`) and, when `has_proba`, probabilities whose columns follow `classes`;
+        regressors answer floats ([n, n_targets] for multi-output models) and no probabilities.
+        Safe to call from several threads at once.
+        """
+
+
+def estimate_nbytes(data: bytes, fmt: ModelFormat) -> int:
+    """Estimate the memory a model loaded from `data` takes (the cache's byte bound)."""
+    factor = MEMORY_FACTOR[fmt]
+    if fmt is ModelFormat.JOBLIB and data.startswith(_COMPRESSED_PREFIXES):
+        factor = COMPRESSED_JOBLIB_FACTOR
+    return int(len(data) * factor) + BASE_OVERHEAD_BYTES
+
+
+def as_output(values: Any) -> npt.NDArray[Any]:
+    """Return predictions as a numeric or object (Python str) array, never fixed-width strings."""
+    array = np.asarray(values)
+    if array.dtype.kind in "USV":
+        return array.astype(object)
+    return array
+
+
+def binary_probabilities(p: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """Turn P(class 1) of shape [n] into [n, 2] columns for classes 0 and 1."""
+    p = np.asarray(p, dtype=np.float64)
+    return np.column_stack([1.0 - p, p])
+
+
+def class_array(classes: list[int | float | str]) -> npt.NDArray[Any]:
+    """Return class labels as an array to index with argmax (object dtype for strings)."""
+    return as_output(np.asarray(classes))

@@ -1,0 +1,56 @@
+"""The scikit-learn runtime: any fitted estimator or pipeline loaded by the restricted loader."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modelyard.serving.formats import Framework, ModelFormat
+from modelyard.serving.runtimes.base import DEFAULT_INPUT_NAME, Runtime, as_output
+from modelyard.serving.sandbox import describe_sklearn
+
+
+def _single_threaded(model: Any) -> None:
+    """Set every n_jobs of the estimator (and its steps) to None, i.e. one job.
+
+    Each predict already runs on one of the batcher's worker threads; a forest with n_jobs=-1
+    would start a pool per call and fight the other requests for the cores.
+    """
+    get_params = getattr(model, "get_params", None)
+    if get_params is None:
+        return
+    names = [name for name in get_params(deep=True) if name.rpartition("__")[2] == "n_jobs"]
+    if names:
+        model.set_params(**dict.fromkeys(names))
+
+
+class SklearnRuntime(Runtime):
+    """A scikit-learn estimator: predict, and predict_proba when the estimator offers it."""
+
+    framework = Framework.SKLEARN
+
+    def __init__(self, model: Any, fmt: ModelFormat, *, nbytes: int) -> None:
+        _single_threaded(model)
+        # The upload probe's description, so that serving and upload agree on task and classes;
+        # it also predicts once on a row of zeros, refusing a model that cannot.
+        described = describe_sklearn(model)
+        self._model = model
+        self.format = fmt
+        self.task_type = described["task_type"]
+        self.n_features = described["n_features"]
+        self.feature_names = described["feature_names"]
+        self.classes = described["classes"]
+        self.has_proba = bool(described["has_proba"])
+        self.nbytes = nbytes
+        self.input_dtype = np.dtype(np.float64)
+        self.input_name = DEFAULT_INPUT_NAME
+
+    def predict(self, x: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
+        """Return the estimator's predict (labels for classifiers) and predict_proba."""
+        predictions = as_output(self._model.predict(x))
+        # Two calls rather than labels from argmax(proba): for some estimators (SVC with
+        # probability=True) predict and predict_proba disagree, and predict is the contract.
+        probabilities = np.asarray(self._model.predict_proba(x)) if self.has_proba else None
+        return predictions, probabilities
