@@ -438,7 +438,15 @@ class PredictionLog:
     async def _replay_file(self, path: Path) -> bool:
         """Replay one file and delete it; False if the database went away (the file stays)."""
         # Off the event loop: a file holds up to SPOOL_FILE_MAX_BYTES of JSON to parse.
-        claimed = await asyncio.to_thread(_claim, path)
+        claiming = asyncio.ensure_future(asyncio.to_thread(_claim, path))
+        try:
+            claimed = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # The thread goes on regardless: close what it opens, or the lock outlives us.
+            late = await claiming
+            if late is not None:
+                late[0].close()
+            raise
         if claimed is None:
             return True  # another process appends to it or replays it
         file, path, rows, bad = claimed
@@ -495,7 +503,9 @@ def _lines(rows: Iterable[Row], metrics: Metrics) -> bytes:
                 out += orjson.dumps({**row, "inputs": None, "outputs": None})
             except TypeError:
                 metrics.log_rows_dropped.inc()
-                log.error("prediction_log_row_unserializable", extra={"prediction_id": row["id"]})
+                log.error(
+                    "prediction_log_row_unserializable", extra={"prediction_id": str(row["id"])}
+                )
                 continue
             log.warning("prediction_log_payload_not_json", extra={"prediction_id": str(row["id"])})
         out += b"\n"
