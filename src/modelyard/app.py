@@ -23,7 +23,10 @@ from modelyard.experiments.router import router as experiments_router
 from modelyard.files.router import router as files_router
 from modelyard.observability import health
 from modelyard.observability.logging import configure_logging
+from modelyard.observability.metrics import Metrics
 from modelyard.observability.middleware import EdgeMiddleware
+from modelyard.predictions import history
+from modelyard.predictions.log import PredictionLog
 from modelyard.ratelimit import RateLimiter
 from modelyard.registry.router import router as registry_router
 from modelyard.serving.probe import ModelProber
@@ -40,30 +43,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app; with no settings they are read from the environment."""
     settings = settings or Settings()
     configure_logging(settings)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.sqlalchemy_url)
+        sessions = make_sessionmaker(engine)
         redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
         state = AppState(
             settings=settings,
             engine=engine,
-            sessions=make_sessionmaker(engine),
+            sessions=sessions,
             passwords=PasswordHasher(settings),
             tokens=TokenService(settings),
             rate_limiter=RateLimiter(redis),
             store=make_store(settings),
             prober=ModelProber.from_settings(settings),
+            metrics=metrics,
+            prediction_log=PredictionLog.from_settings(settings, sessions, metrics),
             redis=redis,
         )
         app.state.modelyard = state
+        await state.prediction_log.start()
         log.info("started", extra={"version": __version__, "env": settings.env.value})
         try:
             yield
         finally:
             # Readiness answers 503 from here on, so load balancers stop sending traffic.
             state.shutting_down = True
+            # First, while the database and engine are still there: no logged prediction is lost.
+            await state.prediction_log.aclose()
             if state.redis is not None:
                 await state.redis.aclose()
             await state.prober.aclose()
@@ -90,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry_router,
         files_router,
         experiments_router,
+        history.router,
     ):
         app.include_router(router)
     if settings.cors_origins:

@@ -14,6 +14,8 @@ from modelyard.artifacts.store import ArtifactStore
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
+from modelyard.observability.metrics import Metrics
+from modelyard.predictions.log import PredictionLog
 from modelyard.ratelimit import RateLimiter
 from modelyard.serving.probe import ModelProber
 
@@ -30,6 +32,8 @@ class AppState:
     rate_limiter: RateLimiter
     store: ArtifactStore
     prober: ModelProber
+    metrics: Metrics
+    prediction_log: PredictionLog
     redis: Redis | None = None
     shutting_down: bool = False
     readiness: tuple[float, dict[str, CheckStatus]] | None = field(default=None, repr=False)

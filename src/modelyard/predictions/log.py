@@ -1,0 +1,584 @@
+"""The prediction log writer: records queued in memory, written in batches by a background task,
+spooled to disk while the database is unavailable and replayed when it answers again.
+
+Every insert is `INSERT ... ON CONFLICT (id) DO NOTHING`, so writing a row twice is harmless;
+that is what makes the spool simple: whenever in doubt (an outage, a timeout after the commit may
+have happened, a crash mid-replay) the rows are spooled or replayed again.
+
+Spool files are JSON lines in `spool_dir`, named `<time_ns>-<pid>-<seq>.jsonl` so that sorting by
+name replays them in the order they were written. Worker processes of one data dir share the
+folder, so a process holds an exclusive `flock` on the file it appends to and a replayer skips
+files it cannot lock. A file is renamed `.replaying` before it is replayed: a crash mid-replay
+replays it again on the next start. Rows the database refuses one by one without an outage (a
+character PostgreSQL cannot store, say) are kept in `spool_dir/rejected/` for an operator and
+counted as dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Self
+
+import orjson
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from modelyard.config import Settings
+from modelyard.db.tables import Prediction
+from modelyard.errors import is_dependency_down
+from modelyard.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+SPOOL_SUFFIX = ".jsonl"
+REPLAYING_SUFFIX = ".replaying"
+REJECTED_DIR = "rejected"
+# Bounds what one replay step reads into memory; the writer starts a new file past it.
+SPOOL_FILE_MAX_BYTES = 16 * 1024 * 1024
+BACKOFF_INITIAL_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 30.0
+# A hung connection must not hold the writer (asyncpg's connect timeout is 60 s): the batch is
+# spooled instead, and if the commit did happen after all, the replay's duplicates are ignored.
+INSERT_TIMEOUT_SECONDS = 10.0
+# SQLSTATE classes of an unavailable server: connection exception, insufficient resources,
+# operator intervention (admin shutdown, "the database system is starting up").
+_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+_UUID_FIELDS = ("id", "model_id", "version_id", "owner_id", "user_id", "api_key_id")
+
+
+@dataclass(slots=True)
+class PredictionRecord:
+    """One prediction as the predict endpoints hand it to the log."""
+
+    id: uuid.UUID
+    model_id: uuid.UUID | None
+    version_id: uuid.UUID | None
+    version: int | None
+    owner_id: uuid.UUID | None  # the model's owner
+    user_id: uuid.UUID | None  # the caller
+    api_key_id: uuid.UUID | None  # the caller's API key, when it used one
+    protocol: str  # "rest" | "v2"
+    status: str  # "success" | "error"
+    error: str | None
+    inputs: Any  # JSON-safe (lists of numbers/strings) or None
+    outputs: Any  # JSON-safe or None
+    n_rows: int
+    inference_time_ms: float | None
+    created_at: datetime  # aware UTC
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(PredictionRecord))
+Row = dict[str, Any]
+
+
+class PredictionLog:
+    """Writes prediction records in the background: batched inserts, spooled to disk while the database is down."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        spool_dir: Path,
+        batch_size: int,
+        flush_ms: int,
+        queue_size: int,
+        keep_payloads: bool,
+        metrics: Metrics,
+    ) -> None:
+        self._sessions = sessions
+        self._spool_dir = spool_dir
+        self._batch_size = batch_size
+        self._flush_seconds = flush_ms / 1000
+        self._queue_size = queue_size
+        self._keep_payloads = keep_payloads
+        self._metrics = metrics
+        # (monotonic time queued, record); FIFO, so counts of queued and done are positions.
+        self._queue: deque[tuple[float, PredictionRecord]] = deque()
+        self._in_flight = 0
+        self._enqueued = 0
+        self._done = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._replayer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed = False
+        self._spool_file: IO[bytes] | None = None
+        self._spool_seq = 0
+        self._spool_pending = False
+        self._backoff = 0.0
+        # Before this monotonic time the database is not tried: batches go straight to the spool.
+        self._retry_at = 0.0
+        # Read at scrape time: the hot path pays nothing for the gauge.
+        metrics.log_queue_depth.set_function(lambda: self.pending)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, sessions: async_sessionmaker[AsyncSession], metrics: Metrics
+    ) -> Self:
+        """Build the log the settings describe; its spool is `data_dir/spool/predictions`."""
+        return cls(
+            sessions,
+            spool_dir=settings.data_dir / "spool" / "predictions",
+            batch_size=settings.prediction_log_batch_size,
+            flush_ms=settings.prediction_log_flush_ms,
+            queue_size=settings.prediction_log_queue_size,
+            keep_payloads=settings.prediction_log_payloads,
+            metrics=metrics,
+        )
+
+    @property
+    def pending(self) -> int:
+        """Records held in memory, not yet written or spooled."""
+        return len(self._queue) + self._in_flight
+
+    async def start(self) -> None:
+        """Start the writer task, and the replay of spool files an earlier run left behind."""
+        if self._writer is not None:
+            return
+        self._spool_pending = True  # the first replay finds out whether there are files
+        self._writer = asyncio.create_task(self._run(), name="prediction-log-writer")
+        self._kick_replay()
+
+    def record(self, rec: PredictionRecord) -> None:
+        """Queue one prediction for the log; never awaits, never raises.
+
+        Call it from the event loop thread. Past `queue_size` queued records (or after `aclose`)
+        the record is appended to the spool file at once, so memory stays bounded under overload.
+        """
+        try:
+            if not self._keep_payloads and (rec.inputs is not None or rec.outputs is not None):
+                rec = dataclasses.replace(rec, inputs=None, outputs=None)
+            if self._closed:
+                # No writer any more: spool it and close the file, which the next start replays.
+                self._spool_rows([_row(rec)])
+                self._close_spool_file()
+                return
+            if len(self._queue) >= self._queue_size:
+                self._spool_rows([_row(rec)])
+                return
+            self._queue.append((time.monotonic(), rec))
+            self._enqueued += 1
+            # The first record starts the flush window; a full batch is written at once.
+            if len(self._queue) == 1 or len(self._queue) >= self._batch_size:
+                self._wakeup.set()
+        except Exception:
+            self._metrics.log_rows_dropped.inc()
+            log.exception("prediction_log_record_dropped", extra={"prediction_id": str(rec.id)})
+
+    async def flush(self) -> None:
+        """Wait until every record queued before the call is written or spooled."""
+        target = self._enqueued
+        if self._done >= target:
+            return
+        writer = self._writer
+        if writer is None or writer.done():
+            await self._drain()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, waiter))
+        self._wakeup.set()
+        # The writer never ends while open, but if a bug ended it, do not wait forever.
+        await asyncio.wait({waiter, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            await self._drain()
+
+    async def aclose(self) -> None:
+        """Write what is queued (spool it if the database is down) and stop the writer.
+
+        A replay in progress is cancelled: its file stays on disk and replays on the next start.
+        """
+        if self._closed:
+            return
+        self._closing = True
+        self._wakeup.set()
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+        if self._writer is not None:
+            await self._writer
+        # Records queued while the writer finished its last batch.
+        await self._drain()
+        self._closed = True
+        self._close_spool_file()
+        self._notify()
+
+    # --- the writer -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wait_for_batch()
+                if self._queue:
+                    await self._write_next_batch()
+                elif self._closing:
+                    return
+                self._kick_replay()
+        except asyncio.CancelledError:
+            # Cancelled from outside (a loop torn down without aclose): keep what is queued.
+            self._spool_rows([_row(rec) for _, rec in self._queue])
+            self._queue.clear()
+            raise
+
+    async def _wait_for_batch(self) -> None:
+        """Return when a batch is due (full, its oldest record `flush_ms` old, a flush asked),
+        when closing, or when the spool is due for a retry."""
+        while True:
+            now = time.monotonic()
+            timeout: float | None = None
+            if self._queue:
+                if len(self._queue) >= self._batch_size or self._waiters or self._closing:
+                    return
+                timeout = self._queue[0][0] + self._flush_seconds - now
+            elif self._closing:
+                return
+            elif self._spool_pending and not self._replaying:
+                timeout = self._retry_at - now
+            if timeout is not None and timeout <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                return
+
+    async def _drain(self) -> None:
+        while self._queue:
+            await self._write_next_batch()
+
+    async def _write_next_batch(self) -> None:
+        n = min(len(self._queue), self._batch_size)
+        batch = [self._queue.popleft()[1] for _ in range(n)]
+        self._in_flight = n
+        try:
+            rows = [_storable(rec) for rec in batch]
+            if time.monotonic() < self._retry_at:
+                self._spool_rows(rows)
+            elif await self._write(rows):
+                self._metrics.log_rows_written.inc(len(rows))
+            else:
+                self._spool_rows(rows)
+        except asyncio.CancelledError:
+            self._spool_rows([_row(rec) for rec in batch])
+            raise
+        except Exception:
+            # Never end the loop: whatever went wrong, the batch goes to the spool.
+            log.exception("prediction_log_batch_failed", extra={"rows": n})
+            self._spool_rows([_row(rec) for rec in batch])
+        finally:
+            self._in_flight = 0
+            self._done += n
+            self._notify()
+
+    def _notify(self) -> None:
+        waiting = []
+        for target, waiter in self._waiters:
+            if target <= self._done or self._closed:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((target, waiter))
+        self._waiters = waiting
+
+    # --- the database -----------------------------------------------------------------------
+
+    async def _write(self, rows: list[Row]) -> bool:
+        """Insert `rows` idempotently; False if the database is unavailable (nothing is kept)."""
+        try:
+            await self._insert(rows)
+        except Exception as exc:
+            if not _is_refused_data(exc):
+                self._back_off(exc, len(rows))
+                return False
+            log.warning(
+                "prediction_log_batch_refused",
+                extra={"rows": len(rows), "error": type(exc).__name__},
+            )
+            return await self._write_one_by_one(rows)
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        return True
+
+    async def _write_one_by_one(self, rows: list[Row]) -> bool:
+        """Isolate the rows the database refuses; store them without payloads, else reject them."""
+        for row in rows:
+            for attempt in (row, {**row, "inputs": None, "outputs": None}):
+                try:
+                    await self._insert([attempt])
+                except Exception as exc:
+                    if not _is_refused_data(exc):
+                        self._back_off(exc, len(rows))
+                        return False
+                    continue
+                break
+            else:
+                self._reject(row)
+        return True
+
+    async def _insert(self, rows: list[Row]) -> None:
+        async with asyncio.timeout(INSERT_TIMEOUT_SECONDS), self._sessions() as db:
+            stmt: postgresql.Insert | sqlite.Insert
+            if db.get_bind().dialect.name == "postgresql":
+                stmt = postgresql.insert(Prediction).on_conflict_do_nothing(index_elements=["id"])
+            else:
+                stmt = sqlite.insert(Prediction).on_conflict_do_nothing(index_elements=["id"])
+            await db.execute(stmt, rows)
+            await db.commit()
+
+    def _back_off(self, exc: BaseException, rows: int) -> None:
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX_SECONDS) or BACKOFF_INITIAL_SECONDS
+        self._retry_at = time.monotonic() + self._backoff
+        log.warning(
+            "prediction_log_database_unavailable",
+            extra={"error": type(exc).__name__, "rows": rows, "retry_in_seconds": self._backoff},
+        )
+
+    # --- the spool --------------------------------------------------------------------------
+
+    def _spool_rows(self, rows: Sequence[Row]) -> None:
+        """Append rows to this process's spool file; what cannot be written is counted dropped."""
+        if not rows:
+            return
+        lines = _lines(rows, self._metrics)
+        try:
+            file = self._spool_file or self._open_spool_file()
+            file.write(lines)
+            file.flush()
+        except OSError:
+            self._metrics.log_rows_dropped.inc(len(rows))
+            log.exception("prediction_log_spool_failed", extra={"rows": len(rows)})
+            with contextlib.suppress(OSError):
+                self._close_spool_file()
+            return
+        self._metrics.log_rows_spooled.inc(len(rows))
+        self._spool_pending = True
+        if file.tell() >= SPOOL_FILE_MAX_BYTES:
+            self._close_spool_file()
+
+    def _open_spool_file(self) -> IO[bytes]:
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        self._spool_seq += 1
+        name = f"{time.time_ns():020d}-{os.getpid()}-{self._spool_seq:06d}"
+        # Locked under a name replayers ignore, then renamed: no replayer can take the file
+        # between its creation and the lock.
+        tmp = self._spool_dir / f".{name}.tmp"
+        file = tmp.open("ab")
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        tmp.rename(self._spool_dir / f"{name}{SPOOL_SUFFIX}")
+        self._spool_file = file
+        return file
+
+    def _close_spool_file(self) -> None:
+        file, self._spool_file = self._spool_file, None
+        if file is not None:
+            try:
+                file.flush()
+                os.fsync(file.fileno())
+            finally:
+                file.close()
+
+    def _reject(self, row: Row) -> None:
+        self._metrics.log_rows_dropped.inc()
+        log.error("prediction_log_row_rejected", extra={"prediction_id": str(row["id"])})
+        try:
+            folder = self._spool_dir / REJECTED_DIR
+            folder.mkdir(parents=True, exist_ok=True)
+            with (folder / f"{os.getpid()}{SPOOL_SUFFIX}").open("ab") as file:
+                file.write(_lines([row], self._metrics))
+        except OSError:
+            log.exception("prediction_log_reject_failed", extra={"prediction_id": str(row["id"])})
+
+    @property
+    def _replaying(self) -> bool:
+        return self._replayer is not None and not self._replayer.done()
+
+    def _kick_replay(self) -> None:
+        if (
+            self._spool_pending
+            and not self._closing
+            and not self._replaying
+            and time.monotonic() >= self._retry_at
+        ):
+            self._replayer = asyncio.create_task(self._replay(), name="prediction-log-replay")
+
+    async def _replay(self) -> None:
+        """Write back every spool file this process can lock, oldest first."""
+        try:
+            # This process's own file is locked by it: close it so that it can be replayed.
+            self._close_spool_file()
+            self._spool_pending = False
+            for path in _spool_files(self._spool_dir):
+                if not await self._replay_file(path):
+                    self._spool_pending = True
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("prediction_log_replay_failed")
+            self._spool_pending = True
+            self._back_off_quietly()
+        finally:
+            self._wakeup.set()
+
+    async def _replay_file(self, path: Path) -> bool:
+        """Replay one file and delete it; False if the database went away (the file stays)."""
+        # Off the event loop: a file holds up to SPOOL_FILE_MAX_BYTES of JSON to parse.
+        claiming = asyncio.ensure_future(asyncio.to_thread(_claim, path))
+        try:
+            claimed = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # The thread goes on regardless: close what it opens, or the lock outlives us.
+            late = await claiming
+            if late is not None:
+                late[0].close()
+            raise
+        if claimed is None:
+            return True  # another process appends to it or replays it
+        file, path, rows, bad = claimed
+        with file:
+            if bad:
+                self._metrics.log_rows_dropped.inc(bad)
+                log.error("prediction_log_spool_lines_unreadable", extra={"lines": bad})
+            for start in range(0, len(rows), self._batch_size):
+                chunk = rows[start : start + self._batch_size]
+                if not await self._write(chunk):
+                    return False
+                self._metrics.log_rows_replayed.inc(len(chunk))
+            await asyncio.to_thread(path.unlink)
+        log.info("prediction_log_spool_replayed", extra={"rows": len(rows), "file": path.name})
+        return True
+
+    def _back_off_quietly(self) -> None:
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX_SECONDS) or BACKOFF_INITIAL_SECONDS
+        self._retry_at = time.monotonic() + self._backoff
+
+
+def _row(rec: PredictionRecord) -> Row:
+    return {name: getattr(rec, name) for name in _FIELDS}
+
+
+def _storable(rec: PredictionRecord) -> Row:
+    """Return the row to insert: payloads made strictly JSON (NaN becomes null), no NUL in text."""
+    row = _row(rec)
+    row["inputs"] = _json_safe(rec.inputs)
+    row["outputs"] = _json_safe(rec.outputs)
+    if rec.error is not None and "\x00" in rec.error:
+        # PostgreSQL text cannot hold NUL; the message stays readable without it.
+        row["error"] = rec.error.replace("\x00", "\ufffd")
+    return row
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return orjson.loads(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        log.warning("prediction_log_payload_not_json", extra={"type": type(value).__name__})
+        return None
+
+
+def _lines(rows: Iterable[Row], metrics: Metrics) -> bytes:
+    out = bytearray()
+    for row in rows:
+        try:
+            out += orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:
+            try:
+                out += orjson.dumps({**row, "inputs": None, "outputs": None})
+            except TypeError:
+                metrics.log_rows_dropped.inc()
+                log.error(
+                    "prediction_log_row_unserializable", extra={"prediction_id": str(row["id"])}
+                )
+                continue
+            log.warning("prediction_log_payload_not_json", extra={"prediction_id": str(row["id"])})
+        out += b"\n"
+    return bytes(out)
+
+
+def _spool_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if p.suffix in (SPOOL_SUFFIX, REPLAYING_SUFFIX)]
+    return sorted(files, key=lambda p: p.stem)
+
+
+def _claim(path: Path) -> tuple[IO[bytes], Path, list[Row], int] | None:
+    """Lock a spool file, rename it `.replaying` and read it; None if another process has it.
+
+    The returned file holds the lock until it is closed.
+    """
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if path.suffix == SPOOL_SUFFIX:
+            replaying = path.with_suffix(REPLAYING_SUFFIX)
+            path.rename(replaying)
+            path = replaying
+        rows, bad = _read_spool(file)
+    except (BlockingIOError, FileNotFoundError):
+        # Locked: another process appends to it or replays it. Gone: replayed meanwhile.
+        file.close()
+        return None
+    except BaseException:
+        file.close()
+        raise
+    return file, path, rows, bad
+
+
+def _read_spool(file: IO[bytes]) -> tuple[list[Row], int]:
+    """Parse a spool file; the count is of lines that are not a record (a torn last write)."""
+    rows: list[Row] = []
+    bad = 0
+    for line in file:
+        if not line.strip():
+            continue
+        try:
+            rows.append(_parse_row(orjson.loads(line)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            bad += 1
+    return rows, bad
+
+
+def _parse_row(data: dict[str, Any]) -> Row:
+    row = {name: data[name] for name in _FIELDS}
+    for name in _UUID_FIELDS:
+        if row[name] is not None:
+            row[name] = uuid.UUID(row[name])
+    row["created_at"] = datetime.fromisoformat(row["created_at"])
+    if row["created_at"].tzinfo is None:
+        raise ValueError("naive created_at")
+    return row
+
+
+def _is_refused_data(exc: BaseException) -> bool:
+    """Tell whether the database answered and refused the rows (rather than being unreachable).
+
+    Only errors known to be about the statement qualify; anything unknown is treated as an
+    outage, which spools and retries the rows rather than dropping them.
+    """
+    if is_dependency_down(exc) or isinstance(exc, OSError | ConnectionError):
+        return False
+    if not isinstance(exc, sa_exc.StatementError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return sqlstate[:2] not in _OUTAGE_SQLSTATE_CLASSES

@@ -1,0 +1,108 @@
+"""Prediction log fixtures: records, model rows, and PostgreSQL behind a proxy the test can cut."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from modelyard.db.tables import ModelVersion, RegisteredModel
+from modelyard.db.types import utcnow
+from modelyard.predictions.log import PredictionRecord
+from tests.conftest import POSTGRES_ADMIN_URL
+from tests.tcpproxy import TcpProxy
+
+
+def make_record(**overrides: Any) -> PredictionRecord:
+    """A successful one-row prediction, fields overridable."""
+    values: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "model_id": uuid.uuid4(),
+        "version_id": uuid.uuid4(),
+        "version": 1,
+        "owner_id": uuid.uuid4(),
+        "user_id": uuid.uuid4(),
+        "api_key_id": None,
+        "protocol": "rest",
+        "status": "success",
+        "error": None,
+        "inputs": [[5.1, 3.5, 1.4, 0.2]],
+        "outputs": [0],
+        "n_rows": 1,
+        "inference_time_ms": 0.5,
+        "created_at": utcnow(),
+    }
+    values.update(overrides)
+    return PredictionRecord(**values)
+
+
+async def make_model(
+    db: AsyncSession, owner_id: str | uuid.UUID, *, name: str | None = None, versions: int = 1
+) -> tuple[RegisteredModel, list[ModelVersion]]:
+    """Insert a model and its versions as rows (uploads are slow and not what is tested here)."""
+    model = RegisteredModel(
+        owner_id=uuid.UUID(str(owner_id)),
+        name=name or f"model-{uuid.uuid4().hex[:8]}",
+        version_count=versions,
+    )
+    db.add(model)
+    await db.flush()
+    rows = []
+    for number in range(1, versions + 1):
+        key = uuid.uuid4().hex
+        rows.append(
+            ModelVersion(
+                model_id=model.id,
+                version=number,
+                framework="sklearn",
+                format="skops",
+                storage_key=f"models/{key}.skops",
+                file_size=1,
+                sha256="0" * 64,
+            )
+        )
+    db.add_all(rows)
+    await db.commit()
+    return model, rows
+
+
+def record_on(
+    model: RegisteredModel,
+    version: ModelVersion | None,
+    caller: str | uuid.UUID,
+    *,
+    created_at: datetime | None = None,
+    **overrides: Any,
+) -> PredictionRecord:
+    """A record of `caller` predicting with `version` of `model`."""
+    return make_record(
+        model_id=model.id,
+        version_id=version.id if version else None,
+        version=version.version if version else None,
+        owner_id=model.owner_id,
+        user_id=uuid.UUID(str(caller)),
+        created_at=created_at or utcnow(),
+        **overrides,
+    )
+
+
+@pytest.fixture
+async def pg_proxy() -> AsyncIterator[TcpProxy]:
+    """A proxy to the test PostgreSQL server that the test can cut and restore."""
+    target = make_url(POSTGRES_ADMIN_URL)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    yield proxy
+    await proxy.aclose()
+
+
+@pytest.fixture
+def proxied_postgresql_url(postgresql_url: str, pg_proxy: TcpProxy) -> str:
+    """The URL of this run's PostgreSQL database, through `pg_proxy`."""
+    url = make_url(postgresql_url).set(host="127.0.0.1", port=pg_proxy.port)
+    return url.render_as_string(hide_password=False)

@@ -1,0 +1,358 @@
+"""The prediction log writer: batches, idempotent replay, the spool, outages and SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from modelyard.db import migrate
+from modelyard.db.engine import make_engine, make_sessionmaker
+from modelyard.db.tables import Prediction
+from modelyard.observability.metrics import Metrics
+from modelyard.predictions.log import PredictionLog, PredictionRecord
+from tests.predictions import sigterm_writer
+from tests.predictions.conftest import make_record
+from tests.tcpproxy import TcpProxy
+
+# Bounds of the polling loops below: they wait for a final state, never assert a duration.
+WAIT_SECONDS = 60
+SLOW_FLUSH_MS = 600_000  # nothing is written by the flush window during a test
+
+
+def make_log(engine: AsyncEngine, spool_dir: Path, **overrides: Any) -> PredictionLog:
+    values: dict[str, Any] = {
+        "spool_dir": spool_dir,
+        "batch_size": 50,
+        "flush_ms": 20,
+        "queue_size": 10_000,
+        "keep_payloads": True,
+        "metrics": Metrics(),
+    }
+    values.update(overrides)
+    return PredictionLog(make_sessionmaker(engine), **values)
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+async def prediction_log(engine: AsyncEngine, spool_dir: Path) -> AsyncIterator[PredictionLog]:
+    log = make_log(engine, spool_dir)
+    await log.start()
+    yield log
+    await log.aclose()
+
+
+def sample(log_metrics: Metrics, name: str) -> float:
+    value = log_metrics.registry.get_sample_value(name)
+    return value or 0.0
+
+
+async def stored(engine: AsyncEngine) -> dict[uuid.UUID, Prediction]:
+    async with make_sessionmaker(engine)() as db:
+        return {p.id: p for p in await db.scalars(select(Prediction))}
+
+
+async def count_rows(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(Prediction)) or 0)
+
+
+async def wait_for_rows(engine: AsyncEngine, expected: int) -> int:
+    """Poll until the table holds `expected` rows (or the bound passes); return the last count."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    count = await count_rows(engine)
+    while count != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # polling interval, not an assertion
+        count = await count_rows(engine)
+    return count
+
+
+async def wait_for_empty_spool(spool_dir: Path) -> list[Path]:
+    deadline = time.monotonic() + WAIT_SECONDS
+    left = spool_files(spool_dir)
+    while left and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # polling interval, not an assertion
+        left = spool_files(spool_dir)
+    return left
+
+
+def spool_files(spool_dir: Path) -> list[Path]:
+    if not spool_dir.is_dir():
+        return []
+    return sorted(p for p in spool_dir.iterdir() if p.suffix in (".jsonl", ".replaying"))
+
+
+async def test_flush_writes_every_record_with_its_fields(
+    prediction_log: PredictionLog, engine: AsyncEngine
+) -> None:
+    records = [make_record(n_rows=i, inference_time_ms=i / 10) for i in range(120)]
+    records.append(make_record(status="error", error="2 features expected", outputs=None))
+    records.append(make_record(protocol="v2", api_key_id=uuid.uuid4(), inference_time_ms=None))
+
+    for rec in records:
+        prediction_log.record(rec)
+    await prediction_log.flush()
+
+    rows = await stored(engine)
+    assert len(rows) == len(records)
+    for rec in records:
+        row = rows[rec.id]
+        assert {name: getattr(row, name) for name in PredictionRecord.__dataclass_fields__} == {
+            name: getattr(rec, name) for name in PredictionRecord.__dataclass_fields__
+        }
+    assert prediction_log.pending == 0
+
+
+async def test_recording_the_same_ids_again_keeps_one_row_each(
+    prediction_log: PredictionLog, engine: AsyncEngine
+) -> None:
+    records = [make_record() for _ in range(30)]
+    for rec in records:
+        prediction_log.record(rec)
+    await prediction_log.flush()
+
+    for rec in records:
+        prediction_log.record(rec)
+    await prediction_log.flush()
+
+    assert await count_rows(engine) == 30
+
+
+async def test_without_payloads_no_inputs_or_outputs_are_stored(
+    engine: AsyncEngine, spool_dir: Path
+) -> None:
+    log = make_log(engine, spool_dir, keep_payloads=False)
+    await log.start()
+    rec = make_record(inputs=[[1.0, 2.0]], outputs=[1])
+
+    log.record(rec)
+    await log.flush()
+    await log.aclose()
+
+    row = (await stored(engine))[rec.id]
+    assert (row.inputs, row.outputs) == (None, None)
+    assert (row.status, row.n_rows) == ("success", rec.n_rows)
+    assert (rec.inputs, rec.outputs) == ([[1.0, 2.0]], [1])  # the caller's record is untouched
+
+
+async def test_nan_in_payloads_is_stored_as_null(
+    prediction_log: PredictionLog, engine: AsyncEngine
+) -> None:
+    rec = make_record(status="error", error="NaN not allowed", inputs=[[math.nan, 1.0]])
+
+    prediction_log.record(rec)
+    await prediction_log.flush()
+
+    assert (await stored(engine))[rec.id].inputs == [[None, 1.0]]
+
+
+async def test_a_row_the_database_refuses_is_kept_without_its_payload(
+    prediction_log: PredictionLog, engine: AsyncEngine, dialect: str
+) -> None:
+    # PostgreSQL cannot store NUL in JSONB: that one row must not sink its batch.
+    refused = make_record(inputs=[["a\x00b"]], error=None)
+    others = [make_record() for _ in range(5)]
+
+    for rec in [*others[:2], refused, *others[2:]]:
+        prediction_log.record(rec)
+    await prediction_log.flush()
+
+    rows = await stored(engine)
+    assert set(rows) == {refused.id, *(rec.id for rec in others)}
+    expected = None if dialect == "postgresql" else [["a\x00b"]]
+    assert rows[refused.id].inputs == expected
+
+
+async def test_aclose_writes_what_is_queued(engine: AsyncEngine, spool_dir: Path) -> None:
+    log = make_log(engine, spool_dir, batch_size=1000, flush_ms=SLOW_FLUSH_MS)
+    await log.start()
+    records = [make_record() for _ in range(300)]
+    for rec in records:
+        log.record(rec)
+
+    await log.aclose()
+
+    assert set(await stored(engine)) == {rec.id for rec in records}
+    assert spool_files(spool_dir) == []
+    assert log.pending == 0
+
+
+async def test_a_full_queue_spools_to_disk_and_the_writer_replays_it(
+    engine: AsyncEngine, spool_dir: Path
+) -> None:
+    metrics = Metrics()
+    log = make_log(engine, spool_dir, queue_size=5, flush_ms=SLOW_FLUSH_MS, metrics=metrics)
+    records = [make_record() for _ in range(20)]
+
+    for rec in records:  # the writer is not started yet: the queue cannot drain
+        log.record(rec)
+
+    assert log.pending == 5
+    assert sample(metrics, "modelyard_prediction_log_rows_spooled_total") == 15
+    assert len(spool_files(spool_dir)) == 1
+    await log.start()
+    await log.flush()
+    count = await wait_for_rows(engine, 20)
+    left = await wait_for_empty_spool(spool_dir)
+    await log.aclose()
+    assert count == 20
+    assert set(await stored(engine)) == {rec.id for rec in records}
+    assert left == []
+    assert sample(metrics, "modelyard_prediction_log_rows_replayed_total") == 15
+    assert sample(metrics, "modelyard_prediction_log_rows_written_total") == 5
+    assert sample(metrics, "modelyard_prediction_log_rows_dropped_total") == 0
+
+
+async def test_replaying_rows_already_written_adds_no_duplicates(
+    prediction_log: PredictionLog, engine: AsyncEngine, spool_dir: Path
+) -> None:
+    records = [make_record() for _ in range(20)]
+    for rec in records:
+        prediction_log.record(rec)
+    await prediction_log.flush()
+    metrics = Metrics()
+    again = make_log(engine, spool_dir, queue_size=1, flush_ms=SLOW_FLUSH_MS, metrics=metrics)
+    for rec in records:
+        again.record(rec)  # 1 queued, 19 spooled
+
+    await again.start()
+    left = await wait_for_empty_spool(spool_dir)
+    await again.aclose()
+
+    assert left == []
+    assert sample(metrics, "modelyard_prediction_log_rows_replayed_total") == 19
+    assert await count_rows(engine) == 20
+
+
+async def test_start_replays_a_file_left_mid_replay_by_a_crash(
+    engine: AsyncEngine, spool_dir: Path
+) -> None:
+    crashed = make_log(engine, spool_dir, queue_size=1, flush_ms=SLOW_FLUSH_MS)
+    records = [make_record() for _ in range(11)]
+    for rec in records:
+        crashed.record(rec)  # 1 queued (lost with the "crash"), 10 spooled
+    crashed._close_spool_file()  # what the process exit does to its file
+    [path] = spool_files(spool_dir)
+    path.rename(path.with_suffix(".replaying"))
+    log = make_log(engine, spool_dir)
+
+    await log.start()
+    left = await wait_for_empty_spool(spool_dir)
+    await log.aclose()
+
+    assert left == []
+    assert set(await stored(engine)) == {rec.id for rec in records[1:]}
+
+
+async def test_record_after_aclose_is_spooled_not_lost(
+    engine: AsyncEngine, spool_dir: Path
+) -> None:
+    log = make_log(engine, spool_dir)
+    await log.start()
+    await log.aclose()
+    rec = make_record()
+
+    log.record(rec)
+
+    [path] = spool_files(spool_dir)
+    assert str(rec.id) in path.read_text()
+    restarted = make_log(engine, spool_dir)
+    await restarted.start()
+    left = await wait_for_empty_spool(spool_dir)
+    await restarted.aclose()
+    assert left == []
+    assert set(await stored(engine)) == {rec.id}
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+async def test_postgresql_outage_spools_and_replays_every_row_once(
+    engine: AsyncEngine, proxied_postgresql_url: str, pg_proxy: TcpProxy, spool_dir: Path
+) -> None:
+    proxied = make_engine(proxied_postgresql_url)
+    metrics = Metrics()
+    log = PredictionLog(
+        make_sessionmaker(proxied),
+        spool_dir=spool_dir,
+        batch_size=10,
+        flush_ms=20,
+        queue_size=10_000,
+        keep_payloads=True,
+        metrics=metrics,
+    )
+    await log.start()
+    before = [make_record() for _ in range(25)]
+    during = [make_record() for _ in range(40)]
+    after = [make_record() for _ in range(15)]
+    try:
+        for rec in before:
+            log.record(rec)
+        await log.flush()
+        assert await count_rows(engine) == 25
+
+        await pg_proxy.cut()
+        for rec in during:
+            log.record(rec)
+            await asyncio.sleep(0)  # traffic over time, not one burst
+        await log.flush()
+        spooled = sample(metrics, "modelyard_prediction_log_rows_spooled_total")
+        rows_while_cut = await count_rows(engine)
+
+        await pg_proxy.restore()
+        for rec in after:
+            log.record(rec)
+        count = await wait_for_rows(engine, 80)
+        left = await wait_for_empty_spool(spool_dir)
+    finally:
+        await log.aclose()
+        await proxied.dispose()
+
+    assert rows_while_cut == 25
+    assert spooled == 40
+    assert count == 80
+    assert left == []
+    assert set(await stored(engine)) == {rec.id for rec in [*before, *during, *after]}
+    # Rows recorded while the writer still backs off after the restore are spooled too.
+    replayed = sample(metrics, "modelyard_prediction_log_rows_replayed_total")
+    assert replayed == sample(metrics, "modelyard_prediction_log_rows_spooled_total") >= 40
+    assert sample(metrics, "modelyard_prediction_log_rows_dropped_total") == 0
+
+
+def test_sigterm_writes_every_recorded_prediction(tmp_path: Path) -> None:
+    database = tmp_path / "log.db"
+    url = f"sqlite+aiosqlite:///{database}"
+    migrate.upgrade(url)
+    n = 300
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
+        [sys.executable, "-m", sigterm_writer.__name__, url, str(tmp_path / "spool"), str(n)],
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline()
+        assert ready.strip() == b"ready", process.stderr.read() if process.stderr else ""
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=WAIT_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 0, stderr.decode()
+    assert sigterm_writer.count_rows(database) == n
