@@ -22,6 +22,7 @@ from modelyard.db import migrate
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.db.tables import Base
 from tests import factories
+from tests.serving import legit
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "MODELYARD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -229,3 +230,33 @@ async def store(tmp_path: Path, storage_settings: dict[str, object]) -> AsyncIte
     built = make_store(settings)
     yield built
     await built.aclose()
+
+
+# --- model files ------------------------------------------------------------------------------
+# Legitimate model files of every format, built once per run (see tests/serving/legit.py).
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> legit.ModelFile:
+    """Return a function giving the path of a legitimate model file by case name (cached)."""
+    folder = tmp_path_factory.mktemp("models")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            case_folder = folder / name
+            case_folder.mkdir()
+            built[name] = legit.LEGIT_BY_NAME[name].build(case_folder)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture
+def iris_skops(model_file: legit.ModelFile) -> Path:
+    return model_file("lr_skops")
+
+
+@pytest.fixture
+def iris_bytes(iris_skops: Path) -> bytes:
+    return iris_skops.read_bytes()

@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import Redis
 
@@ -18,17 +18,23 @@ from modelyard.auth.router import api_keys_router, auth_router, users_router
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
-from modelyard.errors import install_error_handlers
+from modelyard.errors import install_error_handlers, v2_error_response
 from modelyard.experiments.router import router as experiments_router
 from modelyard.files.router import router as files_router
 from modelyard.observability import health
 from modelyard.observability.logging import configure_logging
 from modelyard.observability.metrics import Metrics
 from modelyard.observability.middleware import EdgeMiddleware
-from modelyard.predictions import history
+from modelyard.observability.scrape import router as metrics_router
+from modelyard.outage import OutageCache
+from modelyard.predictions import history, oip, v2
 from modelyard.predictions.log import PredictionLog
+from modelyard.predictions.router import router as predict_router
+from modelyard.predictions.service import Predictor
 from modelyard.ratelimit import RateLimiter
 from modelyard.registry.router import router as registry_router
+from modelyard.serving.batching import Batcher
+from modelyard.serving.cache import ModelCache
 from modelyard.serving.probe import ModelProber
 from modelyard.state import AppState
 from modelyard.web.docs import install_docs
@@ -51,6 +57,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.sqlalchemy_url)
         sessions = make_sessionmaker(engine)
         redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        store = make_store(settings)
+        prediction_log = PredictionLog.from_settings(settings, sessions, metrics)
+        predictor = Predictor(
+            store=store,
+            cache=ModelCache.from_settings(settings, metrics),
+            batcher=Batcher.from_settings(settings, metrics),
+            log=prediction_log,
+            metrics=metrics,
+        )
         state = AppState(
             settings=settings,
             engine=engine,
@@ -58,10 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             passwords=PasswordHasher(settings),
             tokens=TokenService(settings),
             rate_limiter=RateLimiter(redis),
-            store=make_store(settings),
+            store=store,
             prober=ModelProber.from_settings(settings),
             metrics=metrics,
-            prediction_log=PredictionLog.from_settings(settings, sessions, metrics),
+            prediction_log=prediction_log,
+            predictor=predictor,
+            outage_cache=OutageCache(max_age_seconds=settings.outage_cache_seconds),
             redis=redis,
         )
         app.state.modelyard = state
@@ -72,7 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             # Readiness answers 503 from here on, so load balancers stop sending traffic.
             state.shutting_down = True
-            # First, while the database and engine are still there: no logged prediction is lost.
+            # Uvicorn has finished in-flight requests; nothing new reaches the batcher.
+            await predictor.batcher.aclose()
+            # While the database and engine are still there: no logged prediction is lost.
             await state.prediction_log.aclose()
             if state.redis is not None:
                 await state.redis.aclose()
@@ -100,9 +119,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry_router,
         files_router,
         experiments_router,
+        predict_router,
         history.router,
+        v2.router,
+        metrics_router,
     ):
         app.include_router(router)
+    app.add_exception_handler(oip.OIPError, _oip_error)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -117,5 +140,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_request_bytes=settings.max_request_bytes,
         max_upload_bytes=settings.max_upload_bytes,
         upload_paths=UPLOAD_PATHS,
+        metrics=metrics,
     )
     return app
+
+
+async def _oip_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, oip.OIPError)  # noqa: S101 - registered for this class only
+    return v2_error_response(exc.status, exc.message)

@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     predict_rate_limit_per_minute: int = Field(default=0, ge=0)
     """Prediction requests per caller and minute (0: no limit)."""
 
+    outage_cache_seconds: float = Field(default=60.0, ge=0)
+    """How long a successful authentication or version resolution may still answer while the
+    database cannot be reached (0: never). Never used while the database answers."""
+
     metrics_token: SecretStr | None = None
     """Bearer token a Prometheus scraper may use for `/metrics` (admins may always read it)."""
 

@@ -102,8 +102,11 @@ def problem_response(
     type_: str | None = None,
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    path: str | None = None,
 ) -> Response:
-    """Render one problem+json response."""
+    """Render one problem+json response (or, under `/v2`, the protocol's `{"error": ...}`)."""
+    if path is not None and is_v2_path(path):
+        return v2_error_response(status, _v2_message(detail, extra), headers=headers)
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + type_ if type_ else "about:blank",
         "title": title or HTTPStatus(status).phrase,
@@ -113,6 +116,31 @@ def problem_response(
     if extra:
         body.update(extra)
     return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM_JSON)
+
+
+V2_PREFIX = "/v2"
+
+
+def is_v2_path(path: str) -> bool:
+    """Tell whether `path` belongs to the Open Inference Protocol, whose errors differ."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def v2_error_response(
+    status: int, message: str, *, headers: Mapping[str, str] | None = None
+) -> Response:
+    """Render an Open Inference Protocol error: `{"error": "..."}`."""
+    return Response(
+        orjson.dumps({"error": message}), status, headers=headers, media_type="application/json"
+    )
+
+
+def _v2_message(detail: str, extra: Mapping[str, Any] | None) -> str:
+    errors = (extra or {}).get("errors")
+    if not errors:
+        return detail
+    parts = [".".join(str(p) for p in e.get("loc", ())) + ": " + str(e.get("msg")) for e in errors]
+    return f"{detail}: " + "; ".join(parts)
 
 
 def is_dependency_down(exc: BaseException) -> bool:
@@ -128,14 +156,19 @@ def is_dependency_down(exc: BaseException) -> bool:
     )
 
 
-async def _modelyard_error(_: Request, exc: Exception) -> Response:
+async def _modelyard_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ModelyardError)  # noqa: S101 - registered for this class only
     return problem_response(
-        exc.status, exc.detail, title=exc.title, type_=exc.type, headers=exc.headers
+        exc.status,
+        exc.detail,
+        title=exc.title,
+        type_=exc.type,
+        headers=exc.headers,
+        path=request.url.path,
     )
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for this class only
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     if exc.status_code == 404:
@@ -143,10 +176,10 @@ async def _http_error(_: Request, exc: Exception) -> Response:
     headers = dict(exc.headers or {})
     if exc.status_code == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
-    return problem_response(exc.status_code, detail, headers=headers)
+    return problem_response(exc.status_code, detail, headers=headers, path=request.url.path)
 
 
-async def _validation_error(_: Request, exc: Exception) -> Response:
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for this class only
     # Only loc, msg and type: pydantic's `input` would echo passwords and secrets back.
     errors = [
@@ -159,6 +192,7 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
         title="Unprocessable Content",
         type_="validation-error",
         extra={"errors": errors},
+        path=request.url.path,
     )
 
 
@@ -190,6 +224,7 @@ async def _dependency_error(request: Request, exc: Exception) -> Response:
             "the request contains a character that cannot be stored (NUL)",
             title="Unprocessable Content",
             type_="unstorable-text",
+            path=request.url.path,
         )
     if not is_dependency_down(exc):
         raise exc
@@ -202,6 +237,7 @@ async def _dependency_error(request: Request, exc: Exception) -> Response:
         "a service Modelyard depends on is unavailable; try again shortly",
         type_="service-unavailable",
         headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER_SECONDS)},
+        path=request.url.path,
     )
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends
 from redis.asyncio import Redis
@@ -15,9 +16,13 @@ from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
 from modelyard.observability.metrics import Metrics
+from modelyard.outage import OutageCache
 from modelyard.predictions.log import PredictionLog
 from modelyard.ratelimit import RateLimiter
 from modelyard.serving.probe import ModelProber
+
+if TYPE_CHECKING:  # predictions.service depends on auth, which depends on this module
+    from modelyard.predictions.service import Predictor
 
 CheckStatus = Literal["ok", "down", "disabled"]
 
@@ -34,6 +39,8 @@ class AppState:
     prober: ModelProber
     metrics: Metrics
     prediction_log: PredictionLog
+    predictor: Predictor
+    outage_cache: OutageCache[Hashable, Any]
     redis: Redis | None = None
     shutting_down: bool = False
     readiness: tuple[float, dict[str, CheckStatus]] | None = field(default=None, repr=False)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.factories import Account, make_version, upload_model
-from tests.registry.conftest import ModelFile
+from tests.serving import legit
 
 API = "/api/v1/models"
 
@@ -217,7 +217,7 @@ async def test_patch_model_refuses_read_only_fields(
 
 
 async def test_list_filters_sorts_and_pages(
-    client: httpx.AsyncClient, user: Account, other_user: Account, model_file: ModelFile
+    client: httpx.AsyncClient, user: Account, other_user: Account, model_file: legit.ModelFile
 ) -> None:
     await make_version(client, user, model_file("lr_skops"), name="iris-lr", tags=["tabular"])
     await make_version(client, user, model_file("xgb_regressor_json"), name="house-prices")

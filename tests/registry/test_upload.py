@@ -15,7 +15,6 @@ from sqlalchemy import func, select
 from modelyard.db.tables import ModelVersion, RegisteredModel
 from modelyard.state import AppState
 from tests.factories import Account, make_version, upload_model
-from tests.registry.conftest import ModelFile
 from tests.serving import hostile, legit
 
 API = "/api/v1/models"
@@ -42,7 +41,7 @@ def temp_files(app: FastAPI) -> list[Path]:
 
 @pytest.mark.parametrize("case", legit.LEGIT_FILES, ids=lambda c: c.name)
 async def test_every_format_round_trips(
-    client: httpx.AsyncClient, user: Account, model_file: ModelFile, case: legit.LegitCase
+    client: httpx.AsyncClient, user: Account, model_file: legit.ModelFile, case: legit.LegitCase
 ) -> None:
     path = model_file(case.name)
     content = path.read_bytes()
@@ -221,7 +220,7 @@ async def test_pickle_uploads_can_be_switched_off(
     tmp_path: Path,
     database_url: str,
     engine: Any,
-    model_file: ModelFile,
+    model_file: legit.ModelFile,
 ) -> None:
     from asgi_lifespan import LifespanManager
 
@@ -308,7 +307,7 @@ async def test_upload_links_an_experiment_and_survives_its_deletion(
 
 
 async def test_decompression_bomb_is_refused_by_the_probe_memory_limit(
-    tmp_path: Path, database_url: str, engine: Any, model_file: ModelFile
+    tmp_path: Path, database_url: str, engine: Any, model_file: legit.ModelFile
 ) -> None:
     from asgi_lifespan import LifespanManager
 

@@ -336,3 +336,6 @@ LEGIT_FILES: list[LegitCase] = [
     ),
 ]
 LEGIT_BY_NAME = {case.name: case for case in LEGIT_FILES}
+
+# A function giving the path of a built legitimate model file by case name (fixture `model_file`).
+ModelFile = Callable[[str], Path]

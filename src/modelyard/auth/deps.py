@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -19,25 +21,55 @@ bearer_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=F
 api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-async def current_user(
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the user, and the API key it used (None for a token)."""
+
+    user: User
+    api_key_id: uuid.UUID | None
+
+
+async def current_caller(
     request: Request,
     db: SessionDep,
     bearer: Annotated[str | None, Depends(bearer_scheme)],
     api_key: Annotated[str | None, Depends(api_key_scheme)],
-) -> User:
-    """Return the active user behind the request's credential.
+) -> Caller:
+    """Return the active user behind the request's credential, and its API key if it used one.
 
     Raises:
         Unauthorized: no credential, or one that is invalid, expired, revoked or deactivated.
     """
-    if api_key:
-        return await service.user_from_api_key(db, api_key)
-    if not bearer:
-        raise Unauthorized("not authenticated")
     # Stock clients that can only set a bearer token send API keys that way too.
-    if service.looks_like_api_key(bearer):
-        return await service.user_from_api_key(db, bearer)
-    return await service.user_from_access_token(db, bearer, tokens=app_state(request).tokens)
+    if not api_key and bearer and service.looks_like_api_key(bearer):
+        api_key = bearer
+    if not api_key and not bearer:
+        raise Unauthorized("not authenticated")
+    state = app_state(request)
+
+    async def authenticate() -> Caller:
+        try:
+            if api_key:
+                user, key_id = await service.authenticate_api_key(db, api_key)
+                return Caller(user, key_id)
+            assert bearer is not None  # noqa: S101 - checked above
+            user = await service.user_from_access_token(db, bearer, tokens=state.tokens)
+            return Caller(user, None)
+        except Exception:
+            # The request's session goes on (to resolve a model, say): leave it usable.
+            await db.rollback()
+            raise
+
+    caller: Caller = await state.outage_cache.call(("caller", api_key or bearer), authenticate)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+async def current_user(caller: CallerDep) -> User:
+    """Return the active user behind the request's credential (see `current_caller`)."""
+    return caller.user
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

@@ -109,6 +109,7 @@ async def refresh(body: RefreshRequest, db: SessionDep, state: StateDep) -> Toke
 async def logout(body: RefreshRequest, user: CurrentUser, db: SessionDep, state: StateDep) -> None:
     """End the session the refresh token belongs to."""
     await service.logout(db, user, body.refresh_token, tokens=state.tokens)
+    state.outage_cache.clear()
 
 
 @auth_router.get("/me", response_model=UserRead)
@@ -145,9 +146,13 @@ async def list_api_keys(user: CurrentUser, db: SessionDep, page: PageDep) -> Pag
 
 
 @api_keys_router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def revoke_api_key(key_id: uuid.UUID, user: CurrentUser, db: SessionDep) -> None:
+async def revoke_api_key(
+    key_id: uuid.UUID, user: CurrentUser, db: SessionDep, state: StateDep
+) -> None:
     """Revoke one of the caller's API keys; it stops working at once."""
     await service.revoke_api_key(db, user, key_id)
+    # Not even a database outage may bring it back.
+    state.outage_cache.clear()
 
 
 @users_router.get("", response_model=Page[UserRead])
@@ -159,7 +164,9 @@ async def list_users(_: AdminUser, db: SessionDep, page: PageDep) -> Page[UserRe
 
 @users_router.patch("/{user_id}", response_model=UserRead)
 async def update_user(
-    user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, db: SessionDep
+    user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, db: SessionDep, state: StateDep
 ) -> User:
     """Activate, deactivate, promote or demote a user (admin only)."""
-    return await service.update_user(db, admin, user_id, body)
+    user = await service.update_user(db, admin, user_id, body)
+    state.outage_cache.clear()  # a deactivated user stays out during an outage too
+    return user

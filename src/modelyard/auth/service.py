@@ -309,6 +309,16 @@ async def user_from_api_key(db: AsyncSession, key: str) -> User:
     Raises:
         Unauthorized: for any other key.
     """
+    user, _ = await authenticate_api_key(db, key)
+    return user
+
+
+async def authenticate_api_key(db: AsyncSession, key: str) -> tuple[User, uuid.UUID]:
+    """Return the active owner of a valid, unexpired, unrevoked key, and the key's id.
+
+    Raises:
+        Unauthorized: for any other key.
+    """
     prefix = key[:API_KEY_PREFIX_LENGTH]
     if len(key) <= API_KEY_PREFIX_LENGTH or key[API_KEY_PREFIX_LENGTH] != "_":
         raise Unauthorized("invalid API key")
@@ -327,7 +337,7 @@ async def user_from_api_key(db: AsyncSession, key: str) -> User:
         # At most one write a minute per key: a busy key must not turn every request into one.
         await db.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
         await db.commit()
-    return user
+    return user, row.id
 
 
 # --- administration -----------------------------------------------------------------------------

@@ -15,12 +15,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.errors import BodyTooLarge, problem_response
 from modelyard.observability.logging import request_id_var
+from modelyard.observability.metrics import Metrics
 
 log = logging.getLogger("modelyard.access")
 error_log = logging.getLogger("modelyard.errors")
 
 # A client-sent id is echoed only when it cannot inject anything into logs or headers.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# Metric labels come from bounded sets: any other method a client invents counts as OTHER.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class EdgeMiddleware:
@@ -33,8 +36,10 @@ class EdgeMiddleware:
         max_request_bytes: int,
         max_upload_bytes: int,
         upload_paths: Iterable[str] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
+        self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.max_upload_bytes = max_upload_bytes
         self.upload_paths = frozenset(upload_paths)
@@ -80,7 +85,10 @@ class EdgeMiddleware:
             declared = _content_length(scope)
             if declared is not None and declared > limit:
                 response = problem_response(
-                    413, f"request body exceeds {limit} bytes", type_="payload-too-large"
+                    413,
+                    f"request body exceeds {limit} bytes",
+                    type_="payload-too-large",
+                    path=scope["path"],
                 )
                 await response(scope, receive, send_wrapper)
             else:
@@ -92,20 +100,27 @@ class EdgeMiddleware:
             )
             if not response_started:
                 response = problem_response(
-                    500, f"internal error; quote request id {request_id} when reporting it"
+                    500,
+                    f"internal error; quote request id {request_id} when reporting it",
+                    path=scope["path"],
                 )
                 await response(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            elapsed = time.perf_counter() - started
             log.info(
                 "request",
                 extra={
                     "method": scope["method"],
-                    "route": getattr(route, "path", None) or "unmatched",
+                    "route": route,
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "duration_ms": round(elapsed * 1000, 3),
                 },
             )
+            if self.metrics is not None:
+                method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+                self.metrics.http_requests.labels(route, method, str(status)).inc()
+                self.metrics.http_latency.labels(route, method).observe(elapsed)
             request_id_var.reset(token)
 
 

@@ -493,14 +493,23 @@ def _json_safe(value: Any) -> Any:
         return None
 
 
+def _uuid_subclasses(value: Any) -> str:
+    """Serialise what orjson leaves out: UUID subclasses (asyncpg returns its own)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
 def _lines(rows: Iterable[Row], metrics: Metrics) -> bytes:
     out = bytearray()
     for row in rows:
         try:
-            out += orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)
+            out += orjson.dumps(row, default=_uuid_subclasses, option=orjson.OPT_SERIALIZE_NUMPY)
         except TypeError:
             try:
-                out += orjson.dumps({**row, "inputs": None, "outputs": None})
+                out += orjson.dumps(
+                    {**row, "inputs": None, "outputs": None}, default=_uuid_subclasses
+                )
             except TypeError:
                 metrics.log_rows_dropped.inc()
                 log.error(

@@ -1,7 +1,8 @@
 """What runs inside the disposable probe process: limits, restricted load, one prediction.
 
-Imported by the forkserver (warm) and by each forked child; never by the server process,
-which only exchanges JSON bytes with the child.
+Imported by the forkserver (warm) and by each forked child. The server process imports only the
+`describe_*` helpers (serving describes a loaded runtime the way the probe did); it never runs
+`probe_child` or its limits, and an upload is first loaded only in a child.
 """
 
 from __future__ import annotations

@@ -1,0 +1,46 @@
+"""`GET /metrics`: the Prometheus exposition, for admins and the configured scrape token."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request, Response
+
+from modelyard.auth.deps import admin_user, api_key_scheme, bearer_scheme, current_caller
+from modelyard.db.deps import SessionDep
+from modelyard.observability.metrics import CONTENT_TYPE
+from modelyard.routing import make_router
+from modelyard.state import StateDep
+
+router = make_router(tags=["operations"])
+
+
+async def metrics_reader(
+    request: Request,
+    db: SessionDep,
+    state: StateDep,
+    bearer: Annotated[str | None, Depends(bearer_scheme)],
+    api_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> None:
+    """Let the scrape token through; anyone else must be an admin (401 / 403 otherwise)."""
+    token = state.settings.metrics_token
+    if (
+        token is not None
+        and bearer is not None
+        and hmac.compare_digest(bearer.encode(), token.get_secret_value().encode())
+    ):
+        return
+    caller = await current_caller(request, db, bearer, api_key)
+    await admin_user(caller.user)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE: {}}}},
+    dependencies=[Depends(metrics_reader)],
+)
+async def metrics(state: StateDep) -> Response:
+    """Serve the metrics: labelled by model ids, so for admins and the scraper only."""
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)

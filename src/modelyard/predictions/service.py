@@ -1,0 +1,368 @@
+"""The prediction path both protocols share: resolve a version, check inputs, predict, log."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from modelyard.artifacts import ArtifactStore
+from modelyard.auth.deps import Caller
+from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, User
+from modelyard.db.types import utcnow
+from modelyard.errors import Conflict, NotFound, Unprocessable
+from modelyard.observability.metrics import Metrics
+from modelyard.predictions.log import PredictionLog, PredictionRecord
+from modelyard.registry import service as registry_service
+from modelyard.registry.schemas import ModelStatus, Stage
+from modelyard.serving.batching import Batcher
+from modelyard.serving.cache import ModelCache
+from modelyard.serving.formats import Framework, ModelFormat
+from modelyard.serving.runtimes import Runtime, fetch_runtime
+
+log = logging.getLogger(__name__)
+
+
+class NotServable(Conflict):
+    """The model or version exists but is archived: it is never served."""
+
+
+class NoServableVersion(NotFound):
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r} has no version that can be served")
+
+
+class InvalidInput(Unprocessable):
+    """Inputs that do not fit the model; the message says what is wrong."""
+
+    type = "invalid-input"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A resolved model version: what serving needs, detached from any database session."""
+
+    model_id: uuid.UUID
+    model_name: str
+    owner_id: uuid.UUID
+    version_id: uuid.UUID
+    version: int
+    stage: str
+    framework: Framework
+    format: ModelFormat
+    task_type: str | None
+    storage_key: str
+    sha256: str
+    feature_names: list[str] | None
+
+    @classmethod
+    def of(cls, model: RegisteredModel, version: ModelVersion) -> Target:
+        features = (version.input_schema or {}).get("features")
+        # Plain UUIDs: asyncpg hands out a subclass that orjson will not serialise.
+        return cls(
+            model_id=uuid.UUID(int=model.id.int),
+            model_name=model.name,
+            owner_id=uuid.UUID(int=model.owner_id.int),
+            version_id=uuid.UUID(int=version.id.int),
+            version=version.version,
+            stage=version.stage,
+            framework=Framework(version.framework),
+            format=ModelFormat(version.format),
+            task_type=version.task_type,
+            storage_key=version.storage_key,
+            sha256=version.sha256,
+            feature_names=[f["name"] for f in features] if features else None,
+        )
+
+
+async def resolve_target(
+    db: AsyncSession,
+    user: User,
+    ref: str,
+    *,
+    version: int | None = None,
+    alias: str | None = None,
+    stage: Stage | None = None,
+) -> Target:
+    """Resolve `{model}` plus at most one of version, alias or stage to a servable version.
+
+    Without a selector: the production version, else the newest version not archived.
+
+    Raises:
+        ModelNotFound, VersionNotFound, AliasNotFound, NoServableVersion: nothing matches.
+        NotServable: the model or the chosen version is archived.
+        Unprocessable: more than one selector, or `stage=archived`.
+    """
+    if sum(s is not None for s in (version, alias, stage)) > 1:
+        raise Unprocessable("give at most one of version, alias and stage")
+    if stage == Stage.ARCHIVED:
+        raise Unprocessable("archived versions are never served")
+    model = await registry_service.get_model(db, user, ref)
+    if model.status == ModelStatus.ARCHIVED:
+        raise NotServable(f"model {model.name!r} is archived")
+    row: ModelVersion | None
+    if version is not None:
+        row = await registry_service.get_version(db, model, version)
+    elif alias is not None:
+        row = await db.scalar(
+            select(ModelVersion)
+            .join(ModelAlias, ModelAlias.version_id == ModelVersion.id)
+            .where(ModelAlias.model_id == model.id, ModelAlias.alias == alias)
+        )
+        if row is None:
+            raise registry_service.AliasNotFound(model.name, alias)
+    else:
+        query = select(ModelVersion).where(ModelVersion.model_id == model.id)
+        if stage is not None:
+            query = query.where(ModelVersion.stage == stage)
+        else:
+            # Production first, then the newest of the rest; archived never.
+            query = query.where(ModelVersion.stage != Stage.ARCHIVED).order_by(
+                (ModelVersion.stage == Stage.PRODUCTION).desc()
+            )
+        row = await db.scalar(query.order_by(ModelVersion.version.desc()).limit(1))
+        if row is None:
+            raise NoServableVersion(model.name)
+    if row.stage == Stage.ARCHIVED:
+        raise NotServable(f"version {row.version} of model {model.name!r} is archived")
+    return Target.of(model, row)
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+
+def input_matrix(inputs: Any, *, runtime: Runtime, target: Target, max_rows: int) -> np.ndarray:
+    """Turn `inputs` (rows of numbers, or records by feature name) into the model's 2D batch.
+
+    Raises:
+        InvalidInput: saying what is wrong: not a non-empty list, too many rows, mixed or
+            ragged rows, wrong feature count, missing/unknown names, non-numeric values.
+    """
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("inputs must be a non-empty list of rows or of records")
+    if len(inputs) > max_rows:
+        raise InvalidInput(f"{len(inputs)} rows is more than the {max_rows} allowed per request")
+    width = runtime.n_features or (len(target.feature_names) if target.feature_names else None)
+    first = inputs[0]
+    if isinstance(first, dict):
+        rows = _records_to_rows(inputs, names=target.feature_names or runtime.feature_names)
+    elif isinstance(first, list):
+        rows = inputs
+    else:
+        raise InvalidInput("inputs[0] must be a list of feature values or an object of features")
+    try:
+        matrix = np.array(rows)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidInput(_ragged_reason(rows)) from exc
+    if matrix.ndim != 2:
+        raise InvalidInput(_ragged_reason(rows))
+    if matrix.dtype.kind not in "iuf":
+        raise InvalidInput(_non_numeric_reason(rows))
+    if width is not None and matrix.shape[1] != width:
+        raise InvalidInput(f"the model takes {width} features; the rows have {matrix.shape[1]}")
+    return np.ascontiguousarray(matrix, dtype=runtime.input_dtype)
+
+
+def _records_to_rows(records: list[Any], *, names: list[str] | None) -> list[list[Any]]:
+    if names is None:
+        raise InvalidInput("this model does not name its features: send rows of values")
+    wanted = set(names)
+    rows = []
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise InvalidInput(f"inputs[{i}] is not a record like inputs[0]")
+        if record.keys() != wanted:
+            missing = sorted(wanted - record.keys())
+            unknown = sorted(record.keys() - wanted)
+            parts = []
+            if missing:
+                parts.append("missing " + ", ".join(missing))
+            if unknown:
+                parts.append("unknown " + ", ".join(unknown))
+            raise InvalidInput(f"inputs[{i}]: " + "; ".join(parts))
+        rows.append([record[n] for n in names])
+    return rows
+
+
+def _ragged_reason(rows: list[Any]) -> str:
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            return f"inputs[{i}] is not a list like inputs[0]"
+        if len(row) != len(rows[0]):
+            return f"inputs[{i}] has {len(row)} values; inputs[0] has {len(rows[0])}"
+        for j, value in enumerate(row):
+            if isinstance(value, list | dict):
+                return f"inputs[{i}][{j}] is not a number"
+    return "inputs must be rows of numbers of one length"
+
+
+def _non_numeric_reason(rows: list[Any]) -> str:
+    for i, row in enumerate(rows):
+        for j, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return f"inputs[{i}][{j}] is not a number: {type(value).__name__}"
+    return "inputs must be numbers"
+
+
+# --- predicting -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    prediction_id: uuid.UUID
+    predictions: np.ndarray
+    probabilities: np.ndarray | None
+    classes: list[Any] | None
+    inference_time_ms: float
+
+
+class Predictor:
+    """Serves predictions: the model cache, the batcher and the prediction log, together."""
+
+    def __init__(
+        self,
+        *,
+        store: ArtifactStore,
+        cache: ModelCache,
+        batcher: Batcher,
+        log: PredictionLog,
+        metrics: Metrics,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.batcher = batcher
+        self.log = log
+        self.metrics = metrics
+
+    async def runtime(self, target: Target) -> Runtime:
+        """Return the loaded runtime of `target`, loading it once per process."""
+        runtime = self.cache.peek(target.version_id)
+        if runtime is not None:
+            self.metrics.cache_hits.inc()
+            return runtime
+        return await self.cache.get(
+            target.version_id,
+            lambda: fetch_runtime(
+                self.store,
+                key=target.storage_key,
+                sha256=target.sha256,
+                fmt=target.format,
+                metrics=self.metrics,
+            ),
+        )
+
+    async def predict(
+        self,
+        target: Target,
+        runtime: Runtime,
+        matrix: np.ndarray,
+        *,
+        caller: Caller,
+        protocol: str,
+        inputs: Any,
+    ) -> Outcome:
+        """Predict `matrix` with `runtime` (batched with concurrent calls) and log it.
+
+        Raises:
+            InvalidInput: the model produced a non-finite value (logged as a failure).
+        """
+        prediction_id = uuid.uuid4()
+        started = time.perf_counter()
+        try:
+            result = await self.batcher.predict(target.version_id, runtime, matrix)
+        except (ValueError, TypeError) as exc:
+            # The model refused these values (a library check we did not anticipate).
+            error = "the model could not predict these inputs"
+            self.record_failure(
+                target, caller=caller, protocol=protocol, error=f"{error}: {type(exc).__name__}",
+                inputs=inputs, n_rows=len(matrix), prediction_id=prediction_id,
+            )  # fmt: skip
+            raise InvalidInput(error) from exc
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        predictions, probabilities = result.predictions, result.probabilities
+        if not _finite(predictions) or (probabilities is not None and not _finite(probabilities)):
+            error = "the model produced a value that is not a finite number"
+            self.record_failure(
+                target, caller=caller, protocol=protocol, error=error, inputs=inputs,
+                n_rows=len(matrix), prediction_id=prediction_id,
+            )  # fmt: skip
+            raise InvalidInput(error)
+        outputs: dict[str, Any] = {"predictions": predictions.tolist()}
+        if probabilities is not None:
+            outputs["probabilities"] = probabilities.tolist()
+        self.log.record(
+            PredictionRecord(
+                id=prediction_id,
+                model_id=target.model_id,
+                version_id=target.version_id,
+                version=target.version,
+                owner_id=target.owner_id,
+                user_id=caller.user.id,
+                api_key_id=caller.api_key_id,
+                protocol=protocol,
+                status="success",
+                error=None,
+                inputs=inputs,
+                outputs=outputs,
+                n_rows=len(matrix),
+                inference_time_ms=elapsed_ms,
+                created_at=utcnow(),
+            )
+        )
+        self.metrics.predictions.labels(
+            str(target.model_id), str(target.version), protocol, "success"
+        ).inc()
+        return Outcome(
+            prediction_id=prediction_id,
+            predictions=predictions,
+            probabilities=probabilities,
+            classes=runtime.classes if probabilities is not None else None,
+            inference_time_ms=elapsed_ms,
+        )
+
+    def record_failure(
+        self,
+        target: Target,
+        *,
+        caller: Caller,
+        protocol: str,
+        error: str,
+        inputs: Any,
+        n_rows: int = 0,
+        prediction_id: uuid.UUID | None = None,
+    ) -> uuid.UUID:
+        """Log a prediction that failed after its version was resolved."""
+        prediction_id = prediction_id or uuid.uuid4()
+        self.log.record(
+            PredictionRecord(
+                id=prediction_id,
+                model_id=target.model_id,
+                version_id=target.version_id,
+                version=target.version,
+                owner_id=target.owner_id,
+                user_id=caller.user.id,
+                api_key_id=caller.api_key_id,
+                protocol=protocol,
+                status="error",
+                error=error,
+                inputs=inputs,
+                outputs=None,
+                n_rows=n_rows,
+                inference_time_ms=None,
+                created_at=utcnow(),
+            )
+        )
+        self.metrics.predictions.labels(
+            str(target.model_id), str(target.version), protocol, "error"
+        ).inc()
+        return prediction_id
+
+
+def _finite(values: np.ndarray) -> bool:
+    return values.dtype.kind not in "fc" or bool(np.isfinite(values).all())

@@ -1,0 +1,226 @@
+"""The Open Inference Protocol (KServe V2) over the same prediction path as the REST route.
+
+Byte-compatible with what Triton, KServe and MLServer clients send and expect (see OIP.md):
+JSON or binary tensors in and out, `{"error": ...}` on every failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import Request, Response
+
+from modelyard import __version__
+from modelyard.auth.deps import Caller, CallerDep
+from modelyard.db.deps import SessionDep
+from modelyard.errors import v2_error_response
+from modelyard.predictions import oip, service
+from modelyard.routing import make_router
+from modelyard.serving.formats import Framework
+from modelyard.serving.runtimes import Runtime
+from modelyard.state import AppState, StateDep
+
+router = make_router(prefix="/v2", tags=["open inference protocol"])
+
+SERVER_NAME = "modelyard"
+PLATFORMS = {
+    Framework.SKLEARN: "sklearn",
+    Framework.ONNX: "onnxruntime_onnx",
+    Framework.XGBOOST: "xgboost",
+    Framework.LIGHTGBM: "lightgbm",
+}
+HEADER_LENGTH = "inference-header-content-length"
+
+
+@router.get("")
+async def server_metadata() -> dict[str, Any]:
+    """Describe the server and the protocol extensions it supports."""
+    return oip.server_metadata(name=SERVER_NAME, version=__version__)
+
+
+@router.get("/health/live")
+async def live() -> dict[str, bool]:
+    """Answer while the process runs."""
+    return {"live": True}
+
+
+@router.get("/health/ready")
+async def ready(state: StateDep) -> Response:
+    """Answer 200 while the server takes requests, 503 once shutdown has begun."""
+    if state.shutting_down:
+        return v2_error_response(503, "shutting down")
+    return Response(b'{"ready":true}', media_type="application/json")
+
+
+@router.get("/models/{name}")
+async def model_metadata(
+    name: str, caller: CallerDep, db: SessionDep, state: StateDep
+) -> dict[str, Any]:
+    """Describe a model's default version: its inputs and outputs."""
+    return await _metadata(name, None, caller, db, state)
+
+
+@router.get("/models/{name}/versions/{version}")
+async def version_metadata(
+    name: str, version: str, caller: CallerDep, db: SessionDep, state: StateDep
+) -> dict[str, Any]:
+    """Describe one version of a model."""
+    return await _metadata(name, _version_number(version), caller, db, state)
+
+
+@router.get("/models/{name}/ready")
+async def model_ready(name: str, caller: CallerDep, db: SessionDep) -> dict[str, Any]:
+    """Answer 200 when the model has a version that can be served."""
+    await service.resolve_target(db, caller.user, name)
+    return {"name": name, "ready": True}
+
+
+@router.get("/models/{name}/versions/{version}/ready")
+async def version_ready(
+    name: str, version: str, caller: CallerDep, db: SessionDep
+) -> dict[str, Any]:
+    """Answer 200 when this version can be served."""
+    await service.resolve_target(db, caller.user, name, version=_version_number(version))
+    return {"name": name, "ready": True}
+
+
+@router.post("/models/{name}/infer", response_class=Response)
+async def infer(
+    name: str, request: Request, caller: CallerDep, db: SessionDep, state: StateDep
+) -> Response:
+    """Run an inference request on the model's default version."""
+    return await _infer(name, None, request, caller, db, state)
+
+
+@router.post("/models/{name}/versions/{version}/infer", response_class=Response)
+async def infer_version(
+    name: str, version: str, request: Request, caller: CallerDep, db: SessionDep, state: StateDep
+) -> Response:
+    """Run an inference request on one version of a model."""
+    return await _infer(name, _version_number(version), request, caller, db, state)
+
+
+def _version_number(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) < 2**31:
+        raise oip.OIPError(f"version {raw!r} is not a version number of this server")
+    return int(raw)
+
+
+async def _metadata(
+    name: str, version: int | None, caller: Caller, db: SessionDep, state: AppState
+) -> dict[str, Any]:
+    target = await service.resolve_target(db, caller.user, name, version=version)
+    await db.close()
+    runtime = await state.predictor.runtime(target)
+    inputs = [
+        {
+            "name": runtime.input_name,
+            "datatype": oip.to_datatype(runtime.input_dtype),
+            "shape": [-1, runtime.n_features if runtime.n_features is not None else -1],
+        }
+    ]
+    outputs = [{"name": "predictions", "datatype": _label_datatype(runtime), "shape": [-1]}]
+    if runtime.has_proba:
+        n_classes = len(runtime.classes) if runtime.classes is not None else -1
+        outputs.append({"name": "probabilities", "datatype": "FP64", "shape": [-1, n_classes]})
+    return oip.model_metadata(
+        name=name,
+        versions=[str(target.version)],
+        platform=PLATFORMS[target.framework],
+        inputs=inputs,
+        outputs=outputs,
+    )
+
+
+def _label_datatype(runtime: Runtime) -> str:
+    if runtime.classes:
+        sample = runtime.classes[0]
+        if isinstance(sample, str):
+            return "BYTES"
+        if isinstance(sample, bool):
+            return "BOOL"
+        if isinstance(sample, int):
+            return "INT64"
+    return "FP64" if runtime.input_dtype == np.float64 else "FP32"
+
+
+async def _infer(
+    name: str,
+    version: int | None,
+    request: Request,
+    caller: Caller,
+    db: SessionDep,
+    state: AppState,
+) -> Response:
+    target: service.Target = await state.outage_cache.call(
+        ("target", caller.user.id, name, version, None, None),
+        lambda: service.resolve_target(db, caller.user, name, version=version),
+    )
+    await db.close()
+    predictor = state.predictor
+    body = await request.body()
+    try:
+        header = request.headers.get(HEADER_LENGTH)
+        if header is not None and not header.isdigit():
+            raise oip.OIPError(f"{HEADER_LENGTH} must be a byte count")
+        parsed = oip.parse_infer_request(body, json_length=int(header) if header else None)
+        runtime = await predictor.runtime(target)
+        matrix = _input_matrix(parsed, runtime, max_rows=state.settings.max_batch_rows)
+        available = ["predictions", "probabilities"] if runtime.has_proba else ["predictions"]
+        wanted = oip.select_outputs(parsed, available)
+    except oip.OIPError as exc:
+        predictor.record_failure(target, caller=caller, protocol="v2", error=str(exc), inputs=None)
+        return v2_error_response(exc.status, str(exc))
+    logged_inputs = matrix.tolist() if state.settings.prediction_log_payloads else None
+    outcome = await predictor.predict(
+        target, runtime, matrix, caller=caller, protocol="v2", inputs=logged_inputs
+    )
+    tensors = []
+    if "predictions" in wanted:
+        tensors.append(_tensor("predictions", outcome.predictions))
+    if "probabilities" in wanted and outcome.probabilities is not None:
+        tensors.append(_tensor("probabilities", outcome.probabilities.astype(np.float64)))
+    content, headers = oip.encode_infer_response(
+        model_name=name,
+        model_version=str(target.version),
+        request_id=parsed.id,
+        outputs=tensors,
+        binary_outputs=oip.wanted_binary_outputs(parsed, [t.name for t in tensors]),
+    )
+    return Response(content, headers=headers)
+
+
+def _input_matrix(request: oip.InferRequest, runtime: Runtime, *, max_rows: int) -> np.ndarray:
+    if len(request.inputs) != 1:
+        raise oip.OIPError(f"the model takes one input tensor; got {len(request.inputs)}")
+    tensor = request.inputs[0]
+    if tensor.datatype in ("BYTES", "BOOL"):
+        raise oip.OIPError(f"input {tensor.name!r} must be numeric, not {tensor.datatype}")
+    data = tensor.data
+    width = runtime.n_features
+    if data.ndim == 1 and width is not None and data.shape[0] == width:
+        data = data.reshape(1, width)
+    if data.ndim != 2:
+        raise oip.OIPError(f"input {tensor.name!r} must have shape [rows, features]")
+    if width is not None and data.shape[1] != width:
+        raise oip.OIPError(f"the model takes {width} features; input has {data.shape[1]}")
+    if data.shape[0] == 0:
+        raise oip.OIPError("the input has no rows")
+    if data.shape[0] > max_rows:
+        raise oip.OIPError(f"{data.shape[0]} rows is more than the {max_rows} allowed")
+    # Binary tensors can carry NaN and infinities, which JSON never could.
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise oip.OIPError("input values must be finite numbers")
+    matrix = np.ascontiguousarray(data, dtype=runtime.input_dtype)
+    # Binary tensors arrive as read-only views over the request body.
+    return matrix if matrix.flags.writeable else matrix.copy()
+
+
+def _tensor(name: str, values: np.ndarray) -> oip.Tensor:
+    if values.dtype.kind in "OUS":
+        values = np.asarray([str(v) for v in values.ravel()], dtype=object).reshape(values.shape)
+        datatype = "BYTES"
+    else:
+        datatype = oip.to_datatype(values.dtype)
+    return oip.Tensor(name=name, datatype=datatype, shape=list(values.shape), data=values)

@@ -1,0 +1,175 @@
+"""No prediction is lost: across a SIGTERM of a real server, and across a database outage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from modelyard.app import create_app
+from modelyard.db.tables import Prediction
+from modelyard.state import AppState
+from tests.conftest import make_settings
+from tests.factories import make_account, make_version
+from tests.predictions.live import free_port
+from tests.tcpproxy import TcpProxy
+from tests.test_cli import CHEAP_ARGON2, SERVER_START_TIMEOUT_SECONDS, SERVER_STOP_TIMEOUT_SECONDS
+
+IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+REPLAY_TIMEOUT_SECONDS = 90
+
+
+def start_server(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **CHEAP_ARGON2, "MODELYARD_DATA_DIR": str(data_dir)}
+    with log_path.open("ab") as log:
+        return subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
+            [sys.executable, "-m", "modelyard", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_until_live(process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)  # polling interval, not an assertion
+    pytest.fail(f"server did not answer /health in time:\n{log_path.read_text()}")
+
+
+def test_sigterm_loses_no_prediction_and_a_restart_sees_them_all(
+    tmp_path: Path, iris_skops: Path
+) -> None:
+    n = 60
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "server.log"
+    process = start_server(tmp_path / "data", port, log_path)
+    try:
+        wait_until_live(process, base_url, log_path)
+        credentials = {"email": "ada@example.com", "password": "correct horse battery"}
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            assert client.post("/api/v1/auth/register", json=credentials).status_code == 201
+            token = client.post("/api/v1/auth/login", json=credentials).json()["access_token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            with iris_skops.open("rb") as f:
+                upload = client.post(
+                    "/api/v1/models/upload",
+                    data={"name": "iris"},
+                    files={"file": f},
+                    headers=headers,
+                )
+            assert upload.status_code == 201, upload.text
+            for _ in range(n):
+                answer = client.post(
+                    "/api/v1/predict/iris", json={"inputs": IRIS_ROWS}, headers=headers
+                )
+                assert answer.status_code == 200, answer.text
+        # Straight after the last answer: the log writer has had no time to flush on its own.
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS) == 0
+
+        process = start_server(tmp_path / "data", port, log_path)
+        wait_until_live(process, base_url, log_path)
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            token = client.post("/api/v1/auth/login", json=credentials).json()["access_token"]
+            page = client.get(
+                "/api/v1/predictions",
+                params={"limit": 100},
+                headers={"Authorization": f"Bearer {token}"},
+            ).json()
+        assert page["total"] == n
+        assert len({p["id"] for p in page["items"]}) == n
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])  # the `engine` fixture cleans up after
+async def test_database_cut_mid_traffic_keeps_cached_models_answering_and_loses_nothing(
+    tmp_path: Path,
+    proxied_postgresql_url: str,
+    pg_proxy: TcpProxy,
+    engine: AsyncEngine,
+    iris_skops: Path,
+    iris_bytes: bytes,
+) -> None:
+    settings = make_settings(tmp_path, proxied_postgresql_url)
+    app = create_app(settings)
+    async with LifespanManager(app):
+        state: AppState = app.state.modelyard
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            account = await make_account(client)
+            key = (
+                await client.post("/api/v1/api-keys", json={"name": "k"}, headers=account.headers)
+            ).json()["key"]
+            headers = {"X-API-Key": key}
+            await make_version(client, account, iris_skops)
+
+            async def predict() -> httpx.Response:
+                return await client.post(
+                    "/api/v1/predict/iris", json={"inputs": IRIS_ROWS}, headers=headers
+                )
+
+            before = [await predict() for _ in range(5)]
+            await pg_proxy.cut()
+            during = [await predict() for _ in range(20)]
+            refused_upload = await client.post(
+                "/api/v1/models/upload",
+                data={"name": "other"},
+                files={"file": ("m.skops", iris_bytes)},
+                headers=headers,
+            )
+            # Everything so far is written or, the database being unreachable, spooled.
+            await state.prediction_log.flush()
+            await pg_proxy.restore()
+            after = [await predict() for _ in range(5)]
+
+            answers = before + during + after
+            assert [r.status_code for r in answers] == [200] * 30, [r.text for r in answers]
+            assert refused_upload.status_code == 503
+            assert refused_upload.headers["retry-after"]
+            ids = {r.json()["prediction_id"] for r in answers}
+            spooled = state.metrics.registry.get_sample_value(
+                "modelyard_prediction_log_rows_spooled_total"
+            )
+            assert spooled is not None
+            assert spooled > 0
+
+            # Wait (bounded) for the spool to be replayed once the database answers again.
+            deadline = time.monotonic() + REPLAY_TIMEOUT_SECONDS
+            stored: set[str] = set()
+            while time.monotonic() < deadline:
+                await state.prediction_log.flush()
+                async with state.sessions() as db:
+                    stored = {str(i) for i in await db.scalars(select(Prediction.id))}
+                if ids <= stored:
+                    break
+                await asyncio.sleep(0.2)  # polling interval, not an assertion
+            m = state.metrics.registry.get_sample_value
+            assert ids <= stored, [
+                m(f"modelyard_prediction_log_rows_{k}_total")
+                for k in ("written", "spooled", "replayed", "dropped")
+            ]
+            async with state.sessions() as db:
+                total = await db.scalar(select(func.count()).select_from(Prediction))
+            assert total == len(ids) == 30
