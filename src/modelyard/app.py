@@ -18,9 +18,11 @@ from modelyard.auth.router import api_keys_router, auth_router, users_router
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
+from modelyard.epochs import Epoch, Epochs
 from modelyard.errors import install_error_handlers, v2_error_response
 from modelyard.experiments.router import router as experiments_router
 from modelyard.files.router import router as files_router
+from modelyard.hotcache import EpochCache
 from modelyard.observability import health
 from modelyard.observability.logging import configure_logging
 from modelyard.observability.metrics import Metrics
@@ -43,6 +45,12 @@ log = logging.getLogger(__name__)
 
 # Routes whose bodies are artifacts: they get MAX_UPLOAD_BYTES instead of MAX_REQUEST_BYTES.
 UPLOAD_PATHS = ("/api/v1/models/upload", "/api/v1/files/upload")
+# A checked credential is reused this long unless something is revoked (epochs), so the API
+# key's last_used_at is still refreshed about once a minute.
+CALLER_CACHE_SECONDS = 60.0
+# Resolutions follow registry changes at once through the epochs; the lifetime bounds what a
+# replica on another host (no shared epochs yet) may serve after a promotion.
+TARGET_CACHE_SECONDS = 5.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log=prediction_log,
             metrics=metrics,
         )
+        epochs = Epochs(settings.data_dir)
         state = AppState(
             settings=settings,
             engine=engine,
@@ -79,6 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             prediction_log=prediction_log,
             predictor=predictor,
             outage_cache=OutageCache(max_age_seconds=settings.outage_cache_seconds),
+            epochs=epochs,
+            caller_cache=EpochCache(epochs, Epoch.AUTH, ttl_seconds=CALLER_CACHE_SECONDS),
+            target_cache=EpochCache(epochs, Epoch.REGISTRY, ttl_seconds=TARGET_CACHE_SECONDS),
             redis=redis,
         )
         app.state.modelyard = state
@@ -98,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.prober.aclose()
             await state.store.aclose()
             await engine.dispose()
+            epochs.close()
             log.info("stopped")
 
     app = FastAPI(

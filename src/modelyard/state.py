@@ -15,6 +15,8 @@ from modelyard.artifacts.store import ArtifactStore
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
+from modelyard.epochs import Epoch, Epochs
+from modelyard.hotcache import EpochCache
 from modelyard.observability.metrics import Metrics
 from modelyard.outage import OutageCache
 from modelyard.predictions.log import PredictionLog
@@ -22,7 +24,8 @@ from modelyard.ratelimit import RateLimiter
 from modelyard.serving.probe import ModelProber
 
 if TYPE_CHECKING:  # predictions.service depends on auth, which depends on this module
-    from modelyard.predictions.service import Predictor
+    from modelyard.auth.deps import Caller
+    from modelyard.predictions.service import Predictor, Target
 
 CheckStatus = Literal["ok", "down", "disabled"]
 
@@ -41,9 +44,21 @@ class AppState:
     prediction_log: PredictionLog
     predictor: Predictor
     outage_cache: OutageCache[Hashable, Any]
+    epochs: Epochs
+    caller_cache: EpochCache[str, Caller]
+    target_cache: EpochCache[Hashable, Target]
     redis: Redis | None = None
     shutting_down: bool = False
     readiness: tuple[float, dict[str, CheckStatus]] | None = field(default=None, repr=False)
+
+    def credentials_changed(self) -> None:
+        """Drop every remembered credential, in this process and in the host's other workers."""
+        self.outage_cache.clear()
+        self.epochs.bump(Epoch.AUTH)
+
+    def registry_changed(self) -> None:
+        """Make every worker resolve model versions afresh (a promotion, an archive, ...)."""
+        self.epochs.bump(Epoch.REGISTRY)
 
 
 def app_state(conn: HTTPConnection) -> AppState:

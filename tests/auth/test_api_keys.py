@@ -10,10 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.db.tables import ApiKey
+from modelyard.state import AppState
 from tests import factories
 
 KEYS = "/api/v1/api-keys"
@@ -62,7 +64,7 @@ async def key_row(db: AsyncSession, key_id: str) -> ApiKey:
     return row
 
 
-async def set_key_columns(db: AsyncSession, key_id: str, **values: datetime) -> None:
+async def set_key_columns(db: AsyncSession, key_id: str, **values: datetime | bool) -> None:
     await db.execute(update(ApiKey).where(ApiKey.id == uuid.UUID(key_id)).values(**values))
     await db.commit()
 
@@ -199,13 +201,35 @@ async def test_api_key_with_past_expiry_is_not_created(
     assert (await list_keys(client, user))["total"] == 0
 
 
-async def test_expired_api_key_is_refused(
+def forget_credentials(app: FastAPI) -> None:
+    """Tell the app's caches about a change made behind its back, straight in the database."""
+    state: AppState = app.state.modelyard
+    state.credentials_changed()
+
+
+async def test_a_checked_key_is_remembered_until_something_is_revoked(
     client: httpx.AsyncClient, db: AsyncSession, user: factories.Account
+) -> None:
+    created = await create_key(client, user)
+    assert (await me_with_key(client, created["key"])).status_code == 200
+    # A change behind the app's back is not seen at once (the hot path asks no database)...
+    await set_key_columns(db, created["id"], is_active=False)
+    assert (await me_with_key(client, created["key"])).status_code == 200
+    # ...but any revocation through the API makes every worker check again.
+    other = await create_key(client, user)
+    revoked = await client.delete(f"{KEYS}/{other['id']}", headers=user.headers)
+    assert revoked.status_code == 204
+    assert_unauthorized(await me_with_key(client, created["key"]))
+
+
+async def test_expired_api_key_is_refused(
+    client: httpx.AsyncClient, db: AsyncSession, user: factories.Account, app: FastAPI
 ) -> None:
     created = await create_key(client, user, expires_at=future().isoformat())
     assert (await me_with_key(client, created["key"])).status_code == 200
 
     await set_key_columns(db, created["id"], expires_at=datetime.now(UTC) - timedelta(minutes=1))
+    forget_credentials(app)
 
     assert_unauthorized(await me_with_key(client, created["key"]))
 
@@ -265,7 +289,7 @@ async def test_second_use_right_after_keeps_last_used_at(
 
 
 async def test_use_after_a_minute_updates_last_used_at(
-    client: httpx.AsyncClient, db: AsyncSession, user: factories.Account
+    client: httpx.AsyncClient, db: AsyncSession, user: factories.Account, app: FastAPI
 ) -> None:
     created = await create_key(client, user)
     assert (await me_with_key(client, created["key"])).status_code == 200
@@ -273,6 +297,7 @@ async def test_use_after_a_minute_updates_last_used_at(
     assert first is not None
     moved = first - timedelta(minutes=2)
     await set_key_columns(db, created["id"], last_used_at=moved)
+    forget_credentials(app)  # as a minute passing would: the checked key is not remembered
 
     assert (await me_with_key(client, created["key"])).status_code == 200
 

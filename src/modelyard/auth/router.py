@@ -109,7 +109,7 @@ async def refresh(body: RefreshRequest, db: SessionDep, state: StateDep) -> Toke
 async def logout(body: RefreshRequest, user: CurrentUser, db: SessionDep, state: StateDep) -> None:
     """End the session the refresh token belongs to."""
     await service.logout(db, user, body.refresh_token, tokens=state.tokens)
-    state.outage_cache.clear()
+    state.credentials_changed()
 
 
 @auth_router.get("/me", response_model=UserRead)
@@ -121,7 +121,9 @@ async def me(user: CurrentUser) -> User:
 @auth_router.patch("/me", response_model=UserRead)
 async def update_me(body: MeUpdate, user: CurrentUser, db: SessionDep, state: StateDep) -> User:
     """Change the caller's name or password (the password needs `current_password`)."""
-    return await service.update_me(db, user, body, passwords=state.passwords)
+    updated = await service.update_me(db, user, body, passwords=state.passwords)
+    state.credentials_changed()
+    return updated
 
 
 @api_keys_router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
@@ -151,8 +153,8 @@ async def revoke_api_key(
 ) -> None:
     """Revoke one of the caller's API keys; it stops working at once."""
     await service.revoke_api_key(db, user, key_id)
-    # Not even a database outage may bring it back.
-    state.outage_cache.clear()
+    # Every worker forgets it; not even a database outage may bring it back.
+    state.credentials_changed()
 
 
 @users_router.get("", response_model=Page[UserRead])
@@ -168,5 +170,5 @@ async def update_user(
 ) -> User:
     """Activate, deactivate, promote or demote a user (admin only)."""
     user = await service.update_user(db, admin, user_id, body)
-    state.outage_cache.clear()  # a deactivated user stays out during an outage too
+    state.credentials_changed()  # a deactivated user is out at once, outages included
     return user

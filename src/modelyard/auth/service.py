@@ -207,11 +207,23 @@ async def user_from_access_token(db: AsyncSession, token: str, *, tokens: TokenS
     Raises:
         Unauthorized: invalid token, or the user is gone or deactivated.
     """
+    user, _ = await authenticate_access_token(db, token, tokens=tokens)
+    return user
+
+
+async def authenticate_access_token(
+    db: AsyncSession, token: str, *, tokens: TokenService
+) -> tuple[User, datetime]:
+    """Return the active user an access token names, and when the token expires.
+
+    Raises:
+        Unauthorized: invalid token, or the user is gone or deactivated.
+    """
     claims = tokens.verify(token, "access")
     user = await db.get(User, claims.user_id)
     if user is None or not user.is_active:
         raise Unauthorized("invalid token")
-    return user
+    return user, claims.expires_at
 
 
 async def update_me(
@@ -309,12 +321,14 @@ async def user_from_api_key(db: AsyncSession, key: str) -> User:
     Raises:
         Unauthorized: for any other key.
     """
-    user, _ = await authenticate_api_key(db, key)
+    user, _, _ = await authenticate_api_key(db, key)
     return user
 
 
-async def authenticate_api_key(db: AsyncSession, key: str) -> tuple[User, uuid.UUID]:
-    """Return the active owner of a valid, unexpired, unrevoked key, and the key's id.
+async def authenticate_api_key(
+    db: AsyncSession, key: str
+) -> tuple[User, uuid.UUID, datetime | None]:
+    """Return the active owner of a valid, unexpired, unrevoked key, the key's id and expiry.
 
     Raises:
         Unauthorized: for any other key.
@@ -337,7 +351,7 @@ async def authenticate_api_key(db: AsyncSession, key: str) -> tuple[User, uuid.U
         # At most one write a minute per key: a busy key must not turn every request into one.
         await db.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
         await db.commit()
-    return user, row.id
+    return user, row.id, row.expires_at
 
 
 # --- administration -----------------------------------------------------------------------------

@@ -116,9 +116,11 @@ async def upload_model(
         allowed_fields=UPLOAD_FIELDS,
     ) as upload:
         form = parse_upload_form(upload.fields)
-        return await service.register_version(
+        version = await service.register_version(
             db, owner=user, form=form, file=upload.file, store=state.store, prober=state.prober
         )
+    state.registry_changed()  # "the newest version" may be this one now
+    return version
 
 
 @router.get("", response_model=Page[ModelRead])
@@ -163,9 +165,10 @@ async def update_model(model: OwnedModel, body: ModelUpdate, db: SessionDep) -> 
 
 
 @router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_model(model: OwnedModel, db: SessionDep) -> None:
+async def delete_model(model: OwnedModel, db: SessionDep, state: StateDep) -> None:
     """Archive a model and all its versions (soft delete: nothing is erased)."""
     await service.archive_model(db, model)
+    state.registry_changed()
 
 
 @router.get("/{model}/versions", response_model=Page[VersionRead])
@@ -188,37 +191,50 @@ async def update_version(
     body: VersionUpdate,
     db: SessionDep,
     user: CurrentUser,
+    state: StateDep,
 ) -> ModelVersion:
     """Change a version's description, metrics, hyperparameters, tags, metadata or schemas."""
-    return await service.update_version(db, user, model, version, body)
+    updated = await service.update_version(db, user, model, version, body)
+    state.registry_changed()  # the input schema names the features predictions are matched by
+    return updated
 
 
 @router.patch("/{model}/versions/{version}/lifecycle", response_model=VersionRead)
 async def transition_stage(
-    model: OwnedModel, version: VersionNumber, body: StageChange, db: SessionDep
+    model: OwnedModel, version: VersionNumber, body: StageChange, db: SessionDep, state: StateDep
 ) -> ModelVersion:
     """Move a version to another stage; a new production version deprecates the previous one."""
-    return await service.transition_stage(db, model, version, body.stage)
+    moved = await service.transition_stage(db, model, version, body.stage)
+    state.registry_changed()
+    return moved
 
 
 @router.delete("/{model}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)
-async def archive_version(model: OwnedModel, version: VersionNumber, db: SessionDep) -> None:
+async def archive_version(
+    model: OwnedModel, version: VersionNumber, db: SessionDep, state: StateDep
+) -> None:
     """Archive a version: kept and downloadable, never served."""
     await service.archive_version(db, model, version)
+    state.registry_changed()
 
 
 @router.put("/{model}/aliases/{alias}", response_model=VersionRead)
 async def set_alias(
-    model: OwnedModel, alias: AliasName, body: AliasTarget, db: SessionDep
+    model: OwnedModel, alias: AliasName, body: AliasTarget, db: SessionDep, state: StateDep
 ) -> ModelVersion:
     """Point an alias such as "champion" at one of the model's versions."""
-    return await service.set_alias(db, model, alias, body.version)
+    target = await service.set_alias(db, model, alias, body.version)
+    state.registry_changed()
+    return target
 
 
 @router.delete("/{model}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_alias(model: OwnedModel, alias: AliasName, db: SessionDep) -> None:
+async def delete_alias(
+    model: OwnedModel, alias: AliasName, db: SessionDep, state: StateDep
+) -> None:
     """Remove an alias."""
     await service.delete_alias(db, model, alias)
+    state.registry_changed()
 
 
 @router.get(

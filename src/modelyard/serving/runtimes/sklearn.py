@@ -26,6 +26,29 @@ def _single_threaded(model: Any) -> None:
         model.set_params(**dict.fromkeys(names))
 
 
+# Classifiers whose predict is, by construction, classes_[argmax(predict_proba)]: for them one
+# predict_proba call gives both outputs and halves the cost of a small model's request. (Not
+# SVC: its Platt-scaled probabilities may disagree with predict; not KNN: ties break apart.)
+_LABELS_FROM_PROBA = frozenset(
+    {
+        ("sklearn.linear_model._logistic", "LogisticRegression"),
+        ("sklearn.tree._classes", "DecisionTreeClassifier"),
+        ("sklearn.tree._classes", "ExtraTreeClassifier"),
+        ("sklearn.ensemble._forest", "RandomForestClassifier"),
+        ("sklearn.ensemble._forest", "ExtraTreesClassifier"),
+        ("sklearn.ensemble._gb", "GradientBoostingClassifier"),
+        ("sklearn.ensemble._hist_gradient_boosting.gradient_boosting", "HistGradientBoostingClassifier"),
+        ("sklearn.naive_bayes", "GaussianNB"),
+    }
+)  # fmt: skip
+
+
+def _labels_from_proba(model: Any) -> bool:
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    kind = (type(final).__module__, type(final).__qualname__)
+    return kind in _LABELS_FROM_PROBA and hasattr(final, "classes_")
+
+
 class SklearnRuntime(Runtime):
     """A scikit-learn estimator: predict, and predict_proba when the estimator offers it."""
 
@@ -46,9 +69,14 @@ class SklearnRuntime(Runtime):
         self.nbytes = nbytes
         self.input_dtype = np.dtype(np.float64)
         self.input_name = DEFAULT_INPUT_NAME
+        self._labels_from_proba = self.has_proba and _labels_from_proba(model)
 
     def predict(self, x: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
         """Return the estimator's predict (labels for classifiers) and predict_proba."""
+        if self._labels_from_proba:
+            proba = np.asarray(self._model.predict_proba(x))
+            labels = np.asarray(self._model.classes_).take(proba.argmax(axis=1))
+            return as_output(labels), proba
         predictions = as_output(self._model.predict(x))
         # Two calls rather than labels from argmax(proba): for some estimators (SVC with
         # probability=True) predict and predict_proba disagree, and predict is the contract.
