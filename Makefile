@@ -1,4 +1,5 @@
 # The two commands: `make run` serves Modelyard on http://127.0.0.1:8000, `make test` runs the suite.
+# `make bench BENCH_ARGS="--quick"` benchmarks it against a bare ASGI floor and MLServer (bench/).
 # Each sets up what it needs (virtual environment, dependencies) on a fresh clone.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -9,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: install run test lint format migrate clean
+.PHONY: install run test lint format migrate bench clean
 
 install: $(STAMP)
 
@@ -37,6 +38,10 @@ format: install
 
 migrate: install
 	$(BIN)/modelyard migrate
+
+bench: install
+	PYTHON=$(PYTHON) bench/setup.sh
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
