@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,6 +39,7 @@ from modelyard.registry.router import router as registry_router
 from modelyard.serving.batching import Batcher
 from modelyard.serving.cache import ModelCache
 from modelyard.serving.probe import ModelProber
+from modelyard.serving.warmup import warm_up
 from modelyard.state import AppState
 from modelyard.web.docs import install_docs
 
@@ -95,12 +97,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.modelyard = state
         await state.prediction_log.start()
+        # Background: the server answers at once; the first upload and load find things warm.
+        warming = asyncio.create_task(asyncio.to_thread(warm_up))
         log.info("started", extra={"version": __version__, "env": settings.env.value})
         try:
             yield
         finally:
             # Readiness answers 503 from here on, so load balancers stop sending traffic.
             state.shutting_down = True
+            if not warming.done():
+                warming.cancel()
             # Uvicorn has finished in-flight requests; nothing new reaches the batcher.
             await predictor.batcher.aclose()
             # While the database and engine are still there: no logged prediction is lost.
@@ -123,7 +129,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_docs(app)
+    # Starlette tries routes in order: the prediction routes first, they take the traffic.
     for router in (
+        predict_router,
+        v2.router,
         health.router,
         auth_router,
         api_keys_router,
@@ -132,9 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry_router,
         files_router,
         experiments_router,
-        predict_router,
         history.router,
-        v2.router,
         metrics_router,
     ):
         app.include_router(router)

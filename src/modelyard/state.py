@@ -67,4 +67,10 @@ def app_state(conn: HTTPConnection) -> AppState:
     return state
 
 
-StateDep = Annotated[AppState, Depends(app_state)]
+async def state_dependency(conn: HTTPConnection) -> AppState:
+    """Return the app's components (async: FastAPI runs a sync dependency in a thread pool)."""
+    state: AppState = conn.app.state.modelyard
+    return state
+
+
+StateDep = Annotated[AppState, Depends(state_dependency)]

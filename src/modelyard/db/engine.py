@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -18,10 +19,25 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """Create the engine; SQLite connections get WAL, foreign keys and a busy timeout."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, json_serializer=_json_dumps, **kwargs
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_timeout=10, **kwargs)
+    return create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=10,
+        json_serializer=_json_dumps,
+        **kwargs,
+    )
+
+
+def _json_dumps(value: Any) -> str:
+    """Serialise JSON columns with orjson: the prediction log writes thousands of payloads a
+    second, and the standard library encoder held the event loop for milliseconds per batch."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -6,15 +6,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import Depends, Response
+from fastapi import Response
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from sqlalchemy import text
 
 from modelyard.routing import make_router
-from modelyard.state import AppState, CheckStatus, app_state
+from modelyard.state import AppState, CheckStatus, StateDep
 
 log = logging.getLogger(__name__)
 router = make_router(tags=["operations"])
@@ -30,9 +30,6 @@ class Live(BaseModel):
 class Ready(BaseModel):
     status: Literal["ok", "unavailable", "shutting down"]
     checks: dict[str, CheckStatus]
-
-
-StateDep = Annotated[AppState, Depends(app_state)]
 
 
 @router.get("/health", response_model=Live)

@@ -28,6 +28,7 @@ from modelyard.serving.formats import (
     UnsupportedModelFormat,
 )
 from modelyard.serving.precheck import check_zip_bounds
+from modelyard.serving.warmup import MODEL_MODULES
 
 # Imported once by the forkserver, so each forked child starts warm (tens of ms, not seconds).
 # The first module pins native thread pools to one thread before numpy and friends load.
@@ -46,6 +47,8 @@ FORKSERVER_PRELOAD: Final = [
     "lightgbm",
     "modelyard.serving.sandbox",
     "modelyard.serving.probe",
+    # The estimator modules the allowlist names, so a child does not import them per upload.
+    *MODEL_MODULES,
 ]
 # A report is a few KiB; a bigger answer from the child is refused unread.
 MAX_REPORT_BYTES: Final = 4 * 1024**2
