@@ -152,3 +152,28 @@ async def test_access_log_marks_an_unknown_path_unmatched(
     assert len(lines) == 1
     assert lines[0]["route"] == "unmatched"
     assert lines[0]["status"] == 404
+
+
+async def test_a_client_that_goes_away_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    from starlette.requests import Request
+    from starlette.types import Message
+
+    from modelyard.observability.middleware import EdgeMiddleware
+
+    async def reads_body(scope: Any, receive: Any, send: Any) -> None:
+        await Request(scope, receive).body()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    edge = EdgeMiddleware(reads_body, max_request_bytes=1024, max_upload_bytes=1024)
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "query_string": b""}
+    with caplog.at_level("INFO"):
+        await edge(scope, receive, send)
+    assert sent == []  # nobody to answer
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

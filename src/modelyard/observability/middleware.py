@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterable
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.errors import BodyTooLarge, problem_response
@@ -93,6 +94,11 @@ class EdgeMiddleware:
                 await response(scope, receive, send_wrapper)
             else:
                 await self.app(scope, receive_limited, send_wrapper)
+        except ClientDisconnect:
+            # The client went away mid-request (a load generator stopping, a closed tab): there
+            # is nobody to answer and nothing broke.
+            status = 499
+            log.info("client_disconnected", extra={"path": scope["path"]})
         except Exception:
             # Full traceback to the log only; the client sees a generic problem with the id.
             error_log.exception(
