@@ -23,7 +23,8 @@ from tests.conftest import make_settings
 from tests.factories import make_account, make_version
 from tests.predictions.live import free_port
 from tests.tcpproxy import TcpProxy
-from tests.test_cli import CHEAP_ARGON2, SERVER_START_TIMEOUT_SECONDS, SERVER_STOP_TIMEOUT_SECONDS
+from tests.test_cli import CHEAP_ARGON2, SERVER_STOP_TIMEOUT_SECONDS
+from tests.test_cli import _wait_until_live as wait_until_live
 
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 REPLAY_TIMEOUT_SECONDS = 90
@@ -38,20 +39,6 @@ def start_server(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen[
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-
-
-def wait_until_live(process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)  # polling interval, not an assertion
-    pytest.fail(f"server did not answer /health in time:\n{log_path.read_text()}")
 
 
 def test_sigterm_loses_no_prediction_and_a_restart_sees_them_all(

@@ -296,6 +296,34 @@ class Predictor:
         outputs: dict[str, Any] = {"predictions": predictions.tolist()}
         if probabilities is not None:
             outputs["probabilities"] = probabilities.tolist()
+        self._record(
+            prediction_id, target, caller, protocol, inputs=inputs, outputs=outputs,
+            n_rows=len(matrix), inference_time_ms=elapsed_ms,
+        )  # fmt: skip
+        self.metrics.predictions.labels(
+            str(target.model_id), str(target.version), protocol, "success"
+        ).inc()
+        return Outcome(
+            prediction_id=prediction_id,
+            predictions=predictions,
+            probabilities=probabilities,
+            classes=runtime.classes if probabilities is not None else None,
+            inference_time_ms=elapsed_ms,
+        )
+
+    def _record(
+        self,
+        prediction_id: uuid.UUID,
+        target: Target,
+        caller: Caller,
+        protocol: str,
+        *,
+        inputs: Any,
+        n_rows: int,
+        outputs: Any = None,
+        error: str | None = None,
+        inference_time_ms: float | None = None,
+    ) -> None:
         self.log.record(
             PredictionRecord(
                 id=prediction_id,
@@ -306,24 +334,14 @@ class Predictor:
                 user_id=caller.user.id,
                 api_key_id=caller.api_key_id,
                 protocol=protocol,
-                status="success",
-                error=None,
+                status="success" if error is None else "error",
+                error=error,
                 inputs=inputs,
                 outputs=outputs,
-                n_rows=len(matrix),
-                inference_time_ms=elapsed_ms,
+                n_rows=n_rows,
+                inference_time_ms=inference_time_ms,
                 created_at=utcnow(),
             )
-        )
-        self.metrics.predictions.labels(
-            str(target.model_id), str(target.version), protocol, "success"
-        ).inc()
-        return Outcome(
-            prediction_id=prediction_id,
-            predictions=predictions,
-            probabilities=probabilities,
-            classes=runtime.classes if probabilities is not None else None,
-            inference_time_ms=elapsed_ms,
         )
 
     def record_failure(
@@ -339,24 +357,8 @@ class Predictor:
     ) -> uuid.UUID:
         """Log a prediction that failed after its version was resolved."""
         prediction_id = prediction_id or uuid.uuid4()
-        self.log.record(
-            PredictionRecord(
-                id=prediction_id,
-                model_id=target.model_id,
-                version_id=target.version_id,
-                version=target.version,
-                owner_id=target.owner_id,
-                user_id=caller.user.id,
-                api_key_id=caller.api_key_id,
-                protocol=protocol,
-                status="error",
-                error=error,
-                inputs=inputs,
-                outputs=None,
-                n_rows=n_rows,
-                inference_time_ms=None,
-                created_at=utcnow(),
-            )
+        self._record(
+            prediction_id, target, caller, protocol, inputs=inputs, error=error, n_rows=n_rows
         )
         self.metrics.predictions.labels(
             str(target.model_id), str(target.version), protocol, "error"
