@@ -487,7 +487,9 @@ def _json_safe(value: Any) -> Any:
     if value is None:
         return None
     try:
-        return orjson.loads(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+        # Serialised once, here (NaN becomes null); the JSON column and the spool embed the
+        # fragment as it is, without building the payload again as Python objects.
+        return orjson.Fragment(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         log.warning("prediction_log_payload_not_json", extra={"type": type(value).__name__})
         return None
