@@ -7,11 +7,12 @@ import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Self
 
-from modelyard.errors import BadRequest, NotFound, ServiceUnavailable
+from modelyard.errors import BadRequest, NotFound, ServiceUnavailable, Unprocessable
+from modelyard.schemas import DownloadUrl
 
 # S3's own limit on key length, applied to every backend so that keys stay portable.
 MAX_KEY_BYTES = 1024
@@ -179,3 +180,18 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+async def download_link(
+    store: ArtifactStore, key: str, *, filename: str, expires_in: int, max_expires_in: int
+) -> DownloadUrl:
+    """Return a URL that downloads `key` without credentials for `expires_in` seconds.
+
+    Raises:
+        Unprocessable: `expires_in` is not within 1..`max_expires_in` seconds.
+    """
+    if not 1 <= expires_in <= max_expires_in:
+        raise Unprocessable(f"expires_in must be between 1 and {max_expires_in} seconds")
+    expires_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=expires_in)
+    url = await store.presigned_url(key, expires_in=expires_in, filename=filename)
+    return DownloadUrl(url=url, expires_at=expires_at)

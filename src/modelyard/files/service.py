@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 
-from modelyard.artifacts.store import ArtifactStore, ObjectNotFound, ObjectStream
+from modelyard.artifacts.store import ArtifactStore, ObjectNotFound, ObjectStream, download_link
 from modelyard.artifacts.uploads import ReceivedFile
 from modelyard.errors import BadRequest, Unprocessable
 from modelyard.files.schemas import FileRead, FileStored
@@ -137,14 +136,16 @@ async def presign_file(
         Unprocessable: `expires_in` is not within 1..`max_expires_in` seconds.
         FileNotFound: the caller has no file at `path`.
     """
-    if not 1 <= expires_in <= max_expires_in:
-        raise Unprocessable(f"expires_in must be between 1 and {max_expires_in} seconds")
     key = file_key(owner_id, path)
-    if await store.stat(key) is None:
+    if 1 <= expires_in <= max_expires_in and await store.stat(key) is None:
         raise FileNotFound(path)
-    expires_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=expires_in)
-    url = await store.presigned_url(key, expires_in=expires_in, filename=PurePosixPath(path).name)
-    return DownloadUrl(url=url, expires_at=expires_at)
+    return await download_link(
+        store,
+        key,
+        filename=PurePosixPath(path).name,
+        expires_in=expires_in,
+        max_expires_in=max_expires_in,
+    )
 
 
 async def delete_file(store: ArtifactStore, *, owner_id: uuid.UUID, path: str) -> None:

@@ -57,20 +57,16 @@ async def predict(
         limit=settings.predict_rate_limit_per_minute,
         window_seconds=RATE_WINDOW_SECONDS,
     )
-    key = ("target", caller.user.id, model, version, alias, stage)
-    # Hot path: a resolution stays valid until the registry changes (epochs) or 5 s pass.
-    cached = state.target_cache.get(key)
-    if cached is None:
-        epoch = state.target_cache.current()
-        target: service.Target = await state.outage_cache.call(
-            ("target", caller.user.id, model, version, alias, stage),
-            lambda: service.resolve_target(
-                db, caller.user, model, version=version, alias=alias, stage=stage
-            ),
-        )
-        state.target_cache.put(key, target, epoch=epoch)
-    else:
-        target = cached
+    target = await service.resolve_cached(
+        db,
+        caller.user,
+        model,
+        version=version,
+        alias=alias,
+        stage=stage,
+        targets=state.target_cache,
+        outage=state.outage_cache,
+    )
     # Resolved: the connection goes back before the (possibly slow) load and predict.
     await db.close()
     predictor = state.predictor

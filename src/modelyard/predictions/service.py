@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,9 @@ from modelyard.auth.deps import Caller
 from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, User
 from modelyard.db.types import utcnow
 from modelyard.errors import Conflict, NotFound, Unprocessable
+from modelyard.hotcache import EpochCache
 from modelyard.observability.metrics import Metrics
+from modelyard.outage import OutageCache
 from modelyard.predictions.log import PredictionLog, PredictionRecord
 from modelyard.registry import service as registry_service
 from modelyard.registry.schemas import ModelStatus, Stage
@@ -132,6 +135,32 @@ async def resolve_target(
     if row.stage == Stage.ARCHIVED:
         raise NotServable(f"version {row.version} of model {model.name!r} is archived")
     return Target.of(model, row)
+
+
+async def resolve_cached(
+    db: AsyncSession,
+    user: User,
+    ref: str,
+    *,
+    targets: EpochCache[Hashable, Target],
+    outage: OutageCache[Hashable, Any],
+    version: int | None = None,
+    alias: str | None = None,
+    stage: Stage | None = None,
+) -> Target:
+    """`resolve_target` for the hot path: remembered until the registry changes (epochs) or for
+    a few seconds, and answered from the last success while the database is down."""
+    key = ("target", user.id, ref, version, alias, stage)
+    cached = targets.get(key)
+    if cached is not None:
+        return cached
+    epoch = targets.current()
+    target: Target = await outage.call(
+        key,
+        lambda: resolve_target(db, user, ref, version=version, alias=alias, stage=stage),
+    )
+    targets.put(key, target, epoch=epoch)
+    return target
 
 
 # --- inputs ---------------------------------------------------------------------------------------

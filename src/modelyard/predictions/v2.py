@@ -153,18 +153,14 @@ async def _infer(
     db: SessionDep,
     state: AppState,
 ) -> Response:
-    key = ("target", caller.user.id, name, version, None, None)
-    # Hot path: a resolution stays valid until the registry changes (epochs) or 5 s pass.
-    cached = state.target_cache.get(key)
-    if cached is None:
-        epoch = state.target_cache.current()
-        target: service.Target = await state.outage_cache.call(
-            ("target", caller.user.id, name, version, None, None),
-            lambda: service.resolve_target(db, caller.user, name, version=version),
-        )
-        state.target_cache.put(key, target, epoch=epoch)
-    else:
-        target = cached
+    target = await service.resolve_cached(
+        db,
+        caller.user,
+        name,
+        version=version,
+        targets=state.target_cache,
+        outage=state.outage_cache,
+    )
     await db.close()
     predictor = state.predictor
     body = await request.body()

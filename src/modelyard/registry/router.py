@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -11,11 +10,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from modelyard.artifacts.http import absolute_url, stream_object_response
+from modelyard.artifacts.store import download_link
 from modelyard.artifacts.uploads import receive_upload
 from modelyard.auth.deps import CurrentUser
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import ModelVersion
-from modelyard.db.types import utcnow
 from modelyard.registry import service
 from modelyard.registry.deps import OwnedModel, VersionNumber
 from modelyard.registry.schemas import (
@@ -263,26 +262,18 @@ async def download_url(
     version: VersionNumber,
     db: SessionDep,
     state: StateDep,
-    expires_in: Annotated[int, Query(ge=1, description="seconds the URL stays valid")] = 300,
+    expires_in: Annotated[int, Query(description="seconds, 1 up to the server's maximum")] = 300,
 ) -> DownloadUrl:
     """Return a URL that downloads the artifact without credentials until it expires."""
-    if expires_in > state.settings.presign_max_expires_seconds:
-        raise RequestValidationError(
-            [
-                {
-                    "loc": ("query", "expires_in"),
-                    "msg": f"at most {state.settings.presign_max_expires_seconds} seconds",
-                    "type": "less_than_equal",
-                }
-            ]
-        )
     row = await service.get_version(db, model, version)
-    url = await state.store.presigned_url(
-        row.storage_key, expires_in=expires_in, filename=service.download_filename(model, row)
+    link = await download_link(
+        state.store,
+        row.storage_key,
+        filename=service.download_filename(model, row),
+        expires_in=expires_in,
+        max_expires_in=state.settings.presign_max_expires_seconds,
     )
-    return DownloadUrl(
-        url=absolute_url(request, url), expires_at=utcnow() + timedelta(seconds=expires_in)
-    )
+    return DownloadUrl(url=absolute_url(request, link.url), expires_at=link.expires_at)
 
 
 def _model_fields(view: service.ModelView) -> dict[str, Any]:
