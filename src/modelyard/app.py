@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 
 from modelyard import __version__
@@ -30,7 +31,7 @@ from modelyard.observability.metrics import Metrics
 from modelyard.observability.middleware import EdgeMiddleware
 from modelyard.observability.scrape import router as metrics_router
 from modelyard.outage import OutageCache
-from modelyard.predictions import history, oip, v2
+from modelyard.predictions import fastpath, history, oip, v2
 from modelyard.predictions.log import PredictionLog
 from modelyard.predictions.router import router as predict_router
 from modelyard.predictions.service import Predictor
@@ -146,6 +147,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     app.add_exception_handler(oip.OIPError, _oip_error)
+    # Innermost: prediction requests answered from the caches skip FastAPI's routing.
+    app.add_middleware(
+        fastpath.PredictFastPath,
+        routes={
+            r.path: r
+            for r in (*predict_router.routes, *v2.router.routes)
+            if isinstance(r, APIRoute) and r.path in fastpath.ROUTES
+        },
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

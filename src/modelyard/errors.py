@@ -156,27 +156,24 @@ def is_dependency_down(exc: BaseException) -> bool:
     )
 
 
-async def _modelyard_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ModelyardError)  # noqa: S101 - registered for this class only
-    return problem_response(
-        exc.status,
-        exc.detail,
-        title=exc.title,
-        type_=exc.type,
-        headers=exc.headers,
-        path=request.url.path,
-    )
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for this class only
+def error_response(exc: Exception, path: str) -> Response:
+    """Render a ModelyardError or an HTTPException the way the app's handlers do."""
+    if isinstance(exc, ModelyardError):
+        return problem_response(
+            exc.status, exc.detail, title=exc.title, type_=exc.type, headers=exc.headers, path=path
+        )
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - the two kinds handled here
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     if exc.status_code == 404:
         detail = "no such route"
     headers = dict(exc.headers or {})
     if exc.status_code == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
-    return problem_response(exc.status_code, detail, headers=headers, path=request.url.path)
+    return problem_response(exc.status_code, detail, headers=headers, path=path)
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    return error_response(exc, request.url.path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -243,8 +240,8 @@ async def _dependency_error(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error the app raises as problem+json (unexpected ones: see the middleware)."""
-    app.add_exception_handler(ModelyardError, _modelyard_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ModelyardError, _error)
+    app.add_exception_handler(StarletteHTTPException, _error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(sa_exc.DBAPIError, _dependency_error)
     app.add_exception_handler(sa_exc.TimeoutError, _dependency_error)

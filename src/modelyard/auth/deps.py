@@ -49,11 +49,6 @@ async def current_caller(
         raise Unauthorized("not authenticated")
     state = app_state(request)
     credential: str = api_key or bearer or ""
-    # Hot path: a credential checked in the last minute, with nothing revoked since, is known.
-    cached = state.caller_cache.get(credential)
-    if cached is not None:
-        return cached
-    epoch = state.caller_cache.current()
 
     async def authenticate() -> Caller:
         try:
@@ -70,12 +65,14 @@ async def current_caller(
             await db.rollback()
             raise
 
-    caller: Caller = await state.outage_cache.call(("caller", credential), authenticate)
-    lifetime = None
-    if caller.valid_until is not None:
-        lifetime = (caller.valid_until - datetime.now(UTC)).total_seconds()
-    state.caller_cache.put(credential, caller, epoch=epoch, ttl_seconds=lifetime)
-    return caller
+    async def check() -> tuple[Caller, float | None]:
+        caller: Caller = await state.outage_cache.call(("caller", credential), authenticate)
+        if caller.valid_until is None:
+            return caller, None
+        return caller, (caller.valid_until - datetime.now(UTC)).total_seconds()
+
+    # Hot path: a credential checked in the last minute, with nothing revoked since, is known.
+    return await state.caller_cache.fill(credential, check)
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import numpy as np
 import orjson
 from fastapi import Query, Request, Response
 
-from modelyard.auth.deps import CallerDep
+from modelyard.auth.deps import Caller, CallerDep
 from modelyard.db.deps import SessionDep
 from modelyard.errors import BadRequest
 from modelyard.predictions import service
@@ -16,7 +15,7 @@ from modelyard.predictions.schemas import PredictRequest, PredictResponse
 from modelyard.registry.deps import ModelRef
 from modelyard.registry.schemas import AliasName, Stage
 from modelyard.routing import make_router
-from modelyard.state import StateDep
+from modelyard.state import AppState, StateDep
 
 router = make_router(prefix="/api/v1/predict", tags=["predictions"])
 
@@ -51,12 +50,7 @@ async def predict(
     (`[{"sepal_length": 5.1, ...}]`, any key order). Classifiers answer probabilities, classes
     and confidence too. Every call, success or failure, goes to the prediction log.
     """
-    settings = state.settings
-    await state.rate_limiter.hit(
-        f"predict:{caller.user.id}",
-        limit=settings.predict_rate_limit_per_minute,
-        window_seconds=RATE_WINDOW_SECONDS,
-    )
+    await admit(state, caller)
     target = await service.resolve_cached(
         db,
         caller.user,
@@ -69,9 +63,33 @@ async def predict(
     )
     # Resolved: the connection goes back before the (possibly slow) load and predict.
     await db.close()
+    return await answer(state, caller, target, await request.body())
+
+
+async def admit(state: AppState, caller: Caller) -> None:
+    """Count one prediction against the caller's `predict_rate_limit_per_minute` (both protocols).
+
+    Raises:
+        RateLimited: past the limit.
+    """
+    limit = state.settings.predict_rate_limit_per_minute
+    if limit > 0:
+        await state.rate_limiter.hit(
+            f"predict:{caller.user.id}", limit=limit, window_seconds=RATE_WINDOW_SECONDS
+        )
+
+
+async def answer(state: AppState, caller: Caller, target: service.Target, raw: bytes) -> Response:
+    """Predict a request body with a resolved version: the route's work after auth and lookup.
+
+    Shared with the fast path (`predictions.fastpath`), which resolves from memory.
+
+    Raises:
+        BadRequest, InvalidInput: the body or its inputs do not fit (logged as failures).
+    """
     predictor = state.predictor
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         predictor.record_failure(
             target, caller=caller, protocol="rest", error="invalid JSON", inputs=None
@@ -85,7 +103,7 @@ async def predict(
     runtime = await predictor.runtime(target)
     try:
         matrix = service.input_matrix(
-            inputs, runtime=runtime, target=target, max_rows=settings.max_batch_rows
+            inputs, runtime=runtime, target=target, max_rows=state.settings.max_batch_rows
         )
     except service.InvalidInput as exc:
         predictor.record_failure(
@@ -95,28 +113,21 @@ async def predict(
     outcome = await predictor.predict(
         target, runtime, matrix, caller=caller, protocol="rest", inputs=inputs
     )
-    answer: dict[str, Any] = {
+    document: dict[str, Any] = {
         "prediction_id": str(outcome.prediction_id),
         "model_id": str(target.model_id),
         "model_name": target.model_name,
         "version": target.version,
-        "predictions": _jsonable(outcome.predictions),
+        "predictions": service.jsonable(outcome.predictions),
     }
     if outcome.probabilities is not None:
-        answer["probabilities"] = _jsonable(outcome.probabilities)
-        answer["classes"] = outcome.classes
-        answer["confidence"] = _jsonable(outcome.probabilities.max(axis=1))
-    answer["inference_time_ms"] = round(outcome.inference_time_ms, 3)
+        document["probabilities"] = service.jsonable(outcome.probabilities)
+        document["classes"] = outcome.classes
+        document["confidence"] = service.jsonable(outcome.probabilities.max(axis=1))
+    document["inference_time_ms"] = round(outcome.inference_time_ms, 3)
     return Response(
-        orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+        orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
     )
-
-
-def _jsonable(values: Any) -> Any:
-    """Numeric arrays go to orjson as arrays (fast, but contiguous only); others as lists."""
-    if values.dtype.kind in "biuf":
-        return np.ascontiguousarray(values)
-    return values.tolist()
 
 
 def _loggable(inputs: Any) -> Any:

@@ -137,6 +137,18 @@ async def resolve_target(
     return Target.of(model, row)
 
 
+def target_key(
+    user_id: uuid.UUID,
+    ref: str,
+    *,
+    version: int | None = None,
+    alias: str | None = None,
+    stage: Stage | None = None,
+) -> Hashable:
+    """The key under which `resolve_cached` remembers a resolution."""
+    return ("target", user_id, ref, version, alias, stage)
+
+
 async def resolve_cached(
     db: AsyncSession,
     user: User,
@@ -150,17 +162,16 @@ async def resolve_cached(
 ) -> Target:
     """`resolve_target` for the hot path: remembered until the registry changes (epochs) or for
     a few seconds, and answered from the last success while the database is down."""
-    key = ("target", user.id, ref, version, alias, stage)
-    cached = targets.get(key)
-    if cached is not None:
-        return cached
-    epoch = targets.current()
-    target: Target = await outage.call(
-        key,
-        lambda: resolve_target(db, user, ref, version=version, alias=alias, stage=stage),
-    )
-    targets.put(key, target, epoch=epoch)
-    return target
+    key = target_key(user.id, ref, version=version, alias=alias, stage=stage)
+
+    async def resolve() -> tuple[Target, None]:
+        target: Target = await outage.call(
+            key,
+            lambda: resolve_target(db, user, ref, version=version, alias=alias, stage=stage),
+        )
+        return target, None
+
+    return await targets.fill(key, resolve)
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -322,9 +333,9 @@ class Predictor:
                 n_rows=len(matrix), prediction_id=prediction_id,
             )  # fmt: skip
             raise InvalidInput(error)
-        outputs: dict[str, Any] = {"predictions": predictions.tolist()}
+        outputs: dict[str, Any] = {"predictions": jsonable(predictions)}
         if probabilities is not None:
-            outputs["probabilities"] = probabilities.tolist()
+            outputs["probabilities"] = jsonable(probabilities)
         self._record(
             prediction_id, target, caller, protocol, inputs=inputs, outputs=outputs,
             n_rows=len(matrix), inference_time_ms=elapsed_ms,
@@ -393,6 +404,14 @@ class Predictor:
             str(target.model_id), str(target.version), protocol, "error"
         ).inc()
         return prediction_id
+
+
+def jsonable(values: np.ndarray) -> Any:
+    """Return an array for orjson: numeric ones as they are (fast, but contiguous only), others
+    as lists."""
+    if values.dtype.kind in "biuf":
+        return np.ascontiguousarray(values)
+    return values.tolist()
 
 
 def _finite(values: np.ndarray) -> bool:

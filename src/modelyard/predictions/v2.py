@@ -16,6 +16,7 @@ from modelyard.auth.deps import Caller, CallerDep
 from modelyard.db.deps import SessionDep
 from modelyard.errors import v2_error_response
 from modelyard.predictions import oip, service
+from modelyard.predictions.router import admit
 from modelyard.routing import make_router
 from modelyard.serving.formats import Framework
 from modelyard.serving.runtimes import Runtime
@@ -66,7 +67,7 @@ async def version_metadata(
     name: str, version: str, caller: CallerDep, db: SessionDep, state: StateDep
 ) -> dict[str, Any]:
     """Describe one version of a model."""
-    return await _metadata(name, _version_number(version), caller, db, state)
+    return await _metadata(name, version_number(version), caller, db, state)
 
 
 @router.get("/models/{name}/ready")
@@ -81,7 +82,7 @@ async def version_ready(
     name: str, version: str, caller: CallerDep, db: SessionDep
 ) -> dict[str, Any]:
     """Answer 200 when this version can be served."""
-    await service.resolve_target(db, caller.user, name, version=_version_number(version))
+    await service.resolve_target(db, caller.user, name, version=version_number(version))
     return {"name": name, "ready": True}
 
 
@@ -98,10 +99,15 @@ async def infer_version(
     name: str, version: str, request: Request, caller: CallerDep, db: SessionDep, state: StateDep
 ) -> Response:
     """Run an inference request on one version of a model."""
-    return await _infer(name, _version_number(version), request, caller, db, state)
+    return await _infer(name, version_number(version), request, caller, db, state)
 
 
-def _version_number(raw: str) -> int:
+def version_number(raw: str) -> int:
+    """Parse a path's version.
+
+    Raises:
+        OIPError: not a version number (400).
+    """
     if not raw.isdigit() or not 1 <= int(raw) < 2**31:
         raise oip.OIPError(f"version {raw!r} is not a version number of this server")
     return int(raw)
@@ -153,6 +159,7 @@ async def _infer(
     db: SessionDep,
     state: AppState,
 ) -> Response:
+    await admit(state, caller)
     target = await service.resolve_cached(
         db,
         caller.user,
@@ -162,13 +169,34 @@ async def _infer(
         outage=state.outage_cache,
     )
     await db.close()
-    predictor = state.predictor
     body = await request.body()
+    return await answer(state, caller, target, name, body, request.headers.get(HEADER_LENGTH))
+
+
+async def answer(
+    state: AppState,
+    caller: Caller,
+    target: service.Target,
+    name: str,
+    body: bytes,
+    header_length: str | None,
+) -> Response:
+    """Run an inference request on a resolved version: the route's work after auth and lookup.
+
+    Shared with the fast path (`predictions.fastpath`). `header_length` is the request's
+    Inference-Header-Content-Length, if any. A request that does not fit is answered with the
+    protocol's error and logged as a failure.
+
+    Raises:
+        InvalidInput: the model could not predict the values (logged as a failure).
+    """
+    predictor = state.predictor
     try:
-        header = request.headers.get(HEADER_LENGTH)
-        if header is not None and not header.isdigit():
+        if header_length is not None and not header_length.isdigit():
             raise oip.OIPError(f"{HEADER_LENGTH} must be a byte count")
-        parsed = oip.parse_infer_request(body, json_length=int(header) if header else None)
+        parsed = oip.parse_infer_request(
+            body, json_length=int(header_length) if header_length else None
+        )
         runtime = await predictor.runtime(target)
         matrix = _input_matrix(parsed, runtime, max_rows=state.settings.max_batch_rows)
         available = ["predictions", "probabilities"] if runtime.has_proba else ["predictions"]
