@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -253,3 +255,37 @@ async def test_a_chunked_body_over_the_limit_is_refused_on_the_fast_path(
     assert answer.status_code == 413, answer.text
     assert answer.headers["content-type"] == "application/problem+json"
     assert "1024" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("expired", ["credential", "resolution"])
+async def test_expired_answers_are_served_while_they_are_refreshed_in_the_background(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    user: Account,
+    iris_skops: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    expired: str,
+) -> None:
+    state: AppState = app.state.modelyard
+    if expired == "credential":
+        state.target_cache.ttl_seconds = 3600  # the resolution outlives the credential
+    await make_version(client, user, iris_skops)
+    assert (await client.post(NATIVE, json={"inputs": IRIS_ROWS}, headers=user.headers)).is_success
+    fastapi = handed_to_fastapi(app)
+    cache: Any = state.caller_cache if expired == "credential" else state.target_cache
+    (key,) = cache._entries
+    # Past the lifetime (60 s for credentials, 5 s for resolutions), within the grace.
+    later = time.monotonic() + cache.ttl_seconds + 1
+    monkeypatch.setattr(cache, "clock", lambda: later)
+    assert cache.lookup(key)[1] is True
+    answer = await client.post(NATIVE, json={"inputs": IRIS_ROWS}, headers=user.headers)
+    assert answer.status_code == 200, answer.text
+    assert fastapi == []  # no request waits for the database...
+    for _ in range(200):  # ...the refresh runs beside them
+        if not cache._refreshing:
+            break
+        await asyncio.sleep(0.01)
+    assert cache.lookup(key)[1] is False
+    answer = await client.post(NATIVE, json={"inputs": IRIS_ROWS}, headers=user.headers)
+    assert answer.status_code == 200
+    assert fastapi == []

@@ -9,12 +9,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.auth import service
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import User
 from modelyard.errors import Forbidden, Unauthorized
-from modelyard.state import app_state
+from modelyard.state import AppState, app_state
 
 # Declared as security schemes so that /docs offers the Authorize button for both. Neither
 # raises on its own: a missing credential is our 401 problem with WWW-Authenticate.
@@ -48,14 +49,29 @@ async def current_caller(
     if not api_key and not bearer:
         raise Unauthorized("not authenticated")
     state = app_state(request)
-    credential: str = api_key or bearer or ""
+    # Hot path: a credential checked in the last minute, with nothing revoked since, is known.
+    return await state.caller_cache.fill(
+        api_key or bearer or "", lambda: check_credential(state, db, api_key, bearer)
+    )
+
+
+async def check_credential(
+    state: AppState, db: AsyncSession, api_key: str | None, bearer: str | None
+) -> tuple[Caller, float | None]:
+    """Check an API key (else a bearer token) against the database, or while the database is
+    down against the last success; return the caller and the seconds its credential has left.
+
+    Raises:
+        Unauthorized: the credential is invalid, expired, revoked or deactivated.
+    """
 
     async def authenticate() -> Caller:
         try:
             if api_key:
                 user, key_id, expires_at = await service.authenticate_api_key(db, api_key)
                 return Caller(user, key_id, expires_at)
-            assert bearer is not None  # noqa: S101 - checked above
+            if not bearer:
+                raise Unauthorized("not authenticated")
             user, expires_at = await service.authenticate_access_token(
                 db, bearer, tokens=state.tokens
             )
@@ -65,14 +81,11 @@ async def current_caller(
             await db.rollback()
             raise
 
-    async def check() -> tuple[Caller, float | None]:
-        caller: Caller = await state.outage_cache.call(("caller", credential), authenticate)
-        if caller.valid_until is None:
-            return caller, None
-        return caller, (caller.valid_until - datetime.now(UTC)).total_seconds()
-
-    # Hot path: a credential checked in the last minute, with nothing revoked since, is known.
-    return await state.caller_cache.fill(credential, check)
+    credential = api_key or bearer
+    caller: Caller = await state.outage_cache.call(("caller", credential), authenticate)
+    if caller.valid_until is None:
+        return caller, None
+    return caller, (caller.valid_until - datetime.now(UTC)).total_seconds()
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]

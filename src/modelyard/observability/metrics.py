@@ -7,6 +7,9 @@ is registered, never by what clients send).
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -110,6 +113,32 @@ class Metrics:
             "Prediction log rows lost (neither written nor spooled)",
             registry=r,
         )
+
+        # Children of labelled series by label values: the hot path looks each set up once
+        # (`labels()` takes a lock and formats every value on each call).
+        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._predictions: dict[tuple[uuid.UUID, int, str, str], Any] = {}
+
+    def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count and time one answered HTTP request."""
+        children = self._http.get((route, method, status))
+        if children is None:
+            children = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_latency.labels(route, method),
+            )
+            self._http[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def prediction(self, model_id: uuid.UUID, version: int, protocol: str, status: str) -> None:
+        """Count one prediction request of a model version by protocol and outcome."""
+        key = (model_id, version, protocol, status)
+        child = self._predictions.get(key)
+        if child is None:
+            child = self.predictions.labels(str(model_id), str(version), protocol, status)
+            self._predictions[key] = child
+        child.inc()
 
     def render(self) -> bytes:
         """Return the Prometheus text exposition of every metric."""

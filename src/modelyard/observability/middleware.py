@@ -6,9 +6,9 @@ A pure ASGI middleware (no BaseHTTPMiddleware) so that it costs one function cal
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Iterable
 
 from starlette.requests import ClientDisconnect
@@ -125,8 +125,7 @@ class EdgeMiddleware:
             )
             if self.metrics is not None:
                 method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-                self.metrics.http_requests.labels(route, method, str(status)).inc()
-                self.metrics.http_latency.labels(route, method).observe(elapsed)
+                self.metrics.http_request(route, method, status, elapsed)
             request_id_var.reset(token)
 
 
@@ -137,7 +136,7 @@ def _request_id(scope: Scope) -> str:
             if _SANE_REQUEST_ID.fullmatch(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -13,6 +13,7 @@ FastAPI then fills the caches, so the next request takes this path.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,10 +22,12 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelyard.auth.deps import Caller
+from modelyard.auth.deps import Caller, check_credential
+from modelyard.auth.service import looks_like_api_key
+from modelyard.db.tables import User
 from modelyard.errors import ModelyardError, error_response
 from modelyard.predictions import oip, router, v2
-from modelyard.predictions.service import Target, target_key
+from modelyard.predictions.service import Target, resolve_fresh, target_key
 from modelyard.state import AppState
 
 NATIVE_PREFIX = "/api/v1/predict/"
@@ -65,26 +68,38 @@ class PredictFastPath:
             return
         route, name, version = match
         api_key = authorization = header_length = None
-        for key, value in scope["headers"]:
-            if key == b"x-api-key":
+        for header, value in scope["headers"]:
+            if header == b"x-api-key":
                 api_key = api_key if api_key is not None else value.decode("latin-1")
-            elif key == b"authorization":
+            elif header == b"authorization":
                 authorization = (
                     authorization if authorization is not None else value.decode("latin-1")
                 )
-            elif key == b"inference-header-content-length":
+            elif header == b"inference-header-content-length":
                 header_length = (
                     header_length if header_length is not None else value.decode("latin-1")
                 )
-        credential = _credential(api_key, authorization)
-        caller = state.caller_cache.get(credential) if credential else None
-        if caller is None:
+        api_key, bearer = _credentials(api_key, authorization)
+        credential = api_key or bearer
+        found = state.caller_cache.lookup(credential) if credential is not None else None
+        if credential is None or found is None:
             await self.app(scope, receive, send)
             return
-        target = state.target_cache.get(target_key(caller.user.id, name, version=version))
-        if target is None or state.predictor.cache.peek(target.version_id) is None:
+        caller, due = found
+        if due:  # past its lifetime: still served (for its grace) while it is checked again
+            state.caller_cache.refresh(
+                credential, functools.partial(_check, state, api_key, bearer)
+            )
+        key = target_key(caller.user.id, name, version=version)
+        resolved = state.target_cache.lookup(key)
+        if resolved is None or state.predictor.cache.peek(resolved[0].version_id) is None:
             await self.app(scope, receive, send)
             return
+        target, due = resolved
+        if due:
+            state.target_cache.refresh(
+                key, functools.partial(_resolve, state, caller.user, name, version)
+            )
         scope["route"] = self.routes[route]
         try:
             response = await _answer(state, route, target, caller, name, receive, header_length)
@@ -116,16 +131,31 @@ def _match(path: str) -> tuple[str, str, int | None] | None:
         return None  # the route answers the protocol's error
 
 
-def _credential(api_key: str | None, authorization: str | None) -> str | None:
-    """The credential as `auth.deps.current_caller` keys its cache: the API key header first,
-    else an `Authorization: Bearer` value (a token or an API key)."""
-    if api_key:
-        return api_key
+def _credentials(api_key: str | None, authorization: str | None) -> tuple[str | None, str | None]:
+    """Return (API key, bearer token) as `auth.deps.current_caller` receives them from FastAPI's
+    security schemes, an API key sent as a bearer token counted as an API key."""
+    bearer = None
     if authorization:
         scheme, _, param = authorization.partition(" ")
         if scheme.lower() == "bearer":
-            return param.strip() or None
-    return None
+            bearer = param.strip()
+    if not api_key and bearer and looks_like_api_key(bearer):
+        api_key = bearer
+    return api_key or None, bearer or None
+
+
+async def _check(
+    state: AppState, api_key: str | None, bearer: str | None
+) -> tuple[Caller, float | None]:
+    async with state.sessions() as db:
+        return await check_credential(state, db, api_key, bearer)
+
+
+async def _resolve(
+    state: AppState, user: User, name: str, version: int | None
+) -> tuple[Target, None]:
+    async with state.sessions() as db:
+        return await resolve_fresh(db, user, name, state.outage_cache, version=version)
 
 
 async def _answer(

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from modelyard.artifacts import ArtifactStore
 from modelyard.auth.deps import Caller
 from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, User
-from modelyard.db.types import utcnow
+from modelyard.db.types import utcnow, uuid7
 from modelyard.errors import Conflict, NotFound, Unprocessable
 from modelyard.hotcache import EpochCache
 from modelyard.observability.metrics import Metrics
@@ -163,15 +163,28 @@ async def resolve_cached(
     """`resolve_target` for the hot path: remembered until the registry changes (epochs) or for
     a few seconds, and answered from the last success while the database is down."""
     key = target_key(user.id, ref, version=version, alias=alias, stage=stage)
+    return await targets.fill(
+        key,
+        lambda: resolve_fresh(db, user, ref, outage, version=version, alias=alias, stage=stage),
+    )
 
-    async def resolve() -> tuple[Target, None]:
-        target: Target = await outage.call(
-            key,
-            lambda: resolve_target(db, user, ref, version=version, alias=alias, stage=stage),
-        )
-        return target, None
 
-    return await targets.fill(key, resolve)
+async def resolve_fresh(
+    db: AsyncSession,
+    user: User,
+    ref: str,
+    outage: OutageCache[Hashable, Any],
+    *,
+    version: int | None = None,
+    alias: str | None = None,
+    stage: Stage | None = None,
+) -> tuple[Target, None]:
+    """`resolve_target`, or while the database is down the last success; for `EpochCache.fill`."""
+    key = target_key(user.id, ref, version=version, alias=alias, stage=stage)
+    target: Target = await outage.call(
+        key, lambda: resolve_target(db, user, ref, version=version, alias=alias, stage=stage)
+    )
+    return target, None
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -312,7 +325,7 @@ class Predictor:
         Raises:
             InvalidInput: the model produced a non-finite value (logged as a failure).
         """
-        prediction_id = uuid.uuid4()
+        prediction_id = uuid7()
         started = time.perf_counter()
         try:
             result = await self.batcher.predict(target.version_id, runtime, matrix)
@@ -340,9 +353,7 @@ class Predictor:
             prediction_id, target, caller, protocol, inputs=inputs, outputs=outputs,
             n_rows=len(matrix), inference_time_ms=elapsed_ms,
         )  # fmt: skip
-        self.metrics.predictions.labels(
-            str(target.model_id), str(target.version), protocol, "success"
-        ).inc()
+        self.metrics.prediction(target.model_id, target.version, protocol, "success")
         return Outcome(
             prediction_id=prediction_id,
             predictions=predictions,
@@ -396,13 +407,11 @@ class Predictor:
         prediction_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
         """Log a prediction that failed after its version was resolved."""
-        prediction_id = prediction_id or uuid.uuid4()
+        prediction_id = prediction_id or uuid7()
         self._record(
             prediction_id, target, caller, protocol, inputs=inputs, error=error, n_rows=n_rows
         )
-        self.metrics.predictions.labels(
-            str(target.model_id), str(target.version), protocol, "error"
-        ).inc()
+        self.metrics.prediction(target.model_id, target.version, protocol, "error")
         return prediction_id
 
 
