@@ -204,7 +204,7 @@ async def answer(
     except oip.OIPError as exc:
         predictor.record_failure(target, caller=caller, protocol="v2", error=str(exc), inputs=None)
         return v2_error_response(exc.status, str(exc))
-    logged_inputs = matrix.tolist() if state.settings.prediction_log_payloads else None
+    logged_inputs = service.jsonable(matrix) if state.settings.prediction_log_payloads else None
     outcome = await predictor.predict(
         target, runtime, matrix, caller=caller, protocol="v2", inputs=logged_inputs
     )
