@@ -156,24 +156,47 @@ def is_dependency_down(exc: BaseException) -> bool:
     )
 
 
-def error_response(exc: Exception, path: str) -> Response:
-    """Render a ModelyardError or an HTTPException the way the app's handlers do."""
+def error_response(exc: Exception, path: str) -> Response | None:
+    """Render an exception the way the app's handlers do: our errors, HTTP exceptions, text the
+    database cannot store, an unreachable dependency. None for anything else (a bug: the edge
+    middleware logs it and answers a generic 500)."""
     if isinstance(exc, ModelyardError):
         return problem_response(
             exc.status, exc.detail, title=exc.title, type_=exc.type, headers=exc.headers, path=path
         )
-    assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - the two kinds handled here
-    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    if exc.status_code == 404:
-        detail = "no such route"
-    headers = dict(exc.headers or {})
-    if exc.status_code == 401:
-        headers.setdefault("WWW-Authenticate", "Bearer")
-    return problem_response(exc.status_code, detail, headers=headers, path=path)
+    if isinstance(exc, StarletteHTTPException):
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        if exc.status_code == 404:
+            detail = "no such route"
+        headers = dict(exc.headers or {})
+        if exc.status_code == 401:
+            headers.setdefault("WWW-Authenticate", "Bearer")
+        return problem_response(exc.status_code, detail, headers=headers, path=path)
+    if is_unstorable_text(exc):
+        return problem_response(
+            422,
+            "the request contains a character that cannot be stored (NUL)",
+            title="Unprocessable Content",
+            type_="unstorable-text",
+            path=path,
+        )
+    if is_dependency_down(exc):
+        log.warning("dependency_unavailable", extra={"error": type(exc).__name__, "path": path})
+        return problem_response(
+            503,
+            "a service Modelyard depends on is unavailable; try again shortly",
+            type_="service-unavailable",
+            headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER_SECONDS)},
+            path=path,
+        )
+    return None
 
 
 async def _error(request: Request, exc: Exception) -> Response:
-    return error_response(exc, request.url.path)
+    response = error_response(exc, request.url.path)
+    if response is None:
+        raise exc
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -214,35 +237,11 @@ def is_unstorable_text(exc: BaseException) -> bool:
     )
 
 
-async def _dependency_error(request: Request, exc: Exception) -> Response:
-    if is_unstorable_text(exc):
-        return problem_response(
-            422,
-            "the request contains a character that cannot be stored (NUL)",
-            title="Unprocessable Content",
-            type_="unstorable-text",
-            path=request.url.path,
-        )
-    if not is_dependency_down(exc):
-        raise exc
-    log.warning(
-        "dependency_unavailable",
-        extra={"error": type(exc).__name__, "path": request.url.path},
-    )
-    return problem_response(
-        503,
-        "a service Modelyard depends on is unavailable; try again shortly",
-        type_="service-unavailable",
-        headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER_SECONDS)},
-        path=request.url.path,
-    )
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error the app raises as problem+json (unexpected ones: see the middleware)."""
     app.add_exception_handler(ModelyardError, _error)
     app.add_exception_handler(StarletteHTTPException, _error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(sa_exc.DBAPIError, _dependency_error)
-    app.add_exception_handler(sa_exc.TimeoutError, _dependency_error)
-    app.add_exception_handler(OSError, _dependency_error)
+    app.add_exception_handler(sa_exc.DBAPIError, _error)
+    app.add_exception_handler(sa_exc.TimeoutError, _error)
+    app.add_exception_handler(OSError, _error)

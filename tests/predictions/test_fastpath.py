@@ -289,3 +289,29 @@ async def test_expired_answers_are_served_while_they_are_refreshed_in_the_backgr
     answer = await client.post(NATIVE, json={"inputs": IRIS_ROWS}, headers=user.headers)
     assert answer.status_code == 200
     assert fastapi == []
+
+
+async def test_an_unreachable_dependency_is_a_503_on_both_paths(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    user: Account,
+    iris_skops: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await make_version(client, user, iris_skops)
+    assert (await client.post(NATIVE, json={"inputs": IRIS_ROWS}, headers=user.headers)).is_success
+    state: AppState = app.state.modelyard
+
+    async def store_down(*_: Any) -> Any:
+        raise ConnectionRefusedError("artifact store")  # a model evicted, its store gone
+
+    monkeypatch.setattr(state.predictor, "runtime", store_down)
+    fastapi = handed_to_fastapi(app)
+    fast = await client.post(NATIVE, json={"inputs": IRIS_ROWS}, headers=user.headers)
+    routed = await client.post(
+        NATIVE, json={"inputs": IRIS_ROWS}, headers=user.headers, params={"via": "route"}
+    )
+    assert fastapi == [NATIVE]
+    assert fast.status_code == 503, fast.text
+    assert fast.headers["retry-after"] == routed.headers["retry-after"]
+    assert stable(fast) == stable(routed)

@@ -43,9 +43,7 @@ async def current_caller(
     Raises:
         Unauthorized: no credential, or one that is invalid, expired, revoked or deactivated.
     """
-    # Stock clients that can only set a bearer token send API keys that way too.
-    if not api_key and bearer and service.looks_like_api_key(bearer):
-        api_key = bearer
+    api_key, bearer = credentials(api_key, bearer)
     if not api_key and not bearer:
         raise Unauthorized("not authenticated")
     state = app_state(request)
@@ -53,6 +51,15 @@ async def current_caller(
     return await state.caller_cache.fill(
         api_key or bearer or "", lambda: check_credential(state, db, api_key, bearer)
     )
+
+
+def credentials(api_key: str | None, bearer: str | None) -> tuple[str | None, str | None]:
+    """Return the (API key, bearer token) to check, from the X-API-Key and Authorization: Bearer
+    values; the cache key of the caller is the first one set."""
+    # Stock clients that can only set a bearer token send API keys that way too.
+    if not api_key and bearer and service.looks_like_api_key(bearer):
+        api_key = bearer
+    return api_key or None, bearer or None
 
 
 async def check_credential(

@@ -17,15 +17,13 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
-from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi.security.utils import get_authorization_scheme_param
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelyard.auth.deps import Caller, check_credential
-from modelyard.auth.service import looks_like_api_key
+from modelyard.auth.deps import Caller, check_credential, credentials
 from modelyard.db.tables import User
-from modelyard.errors import ModelyardError, error_response
+from modelyard.errors import error_response
 from modelyard.predictions import oip, router, v2
 from modelyard.predictions.service import Target, resolve_fresh, target_key
 from modelyard.state import AppState
@@ -67,19 +65,13 @@ class PredictFastPath:
             await self.app(scope, receive, send)
             return
         route, name, version = match
-        api_key = authorization = header_length = None
-        for header, value in scope["headers"]:
-            if header == b"x-api-key":
-                api_key = api_key if api_key is not None else value.decode("latin-1")
-            elif header == b"authorization":
-                authorization = (
-                    authorization if authorization is not None else value.decode("latin-1")
-                )
-            elif header == b"inference-header-content-length":
-                header_length = (
-                    header_length if header_length is not None else value.decode("latin-1")
-                )
-        api_key, bearer = _credentials(api_key, authorization)
+        request = Request(scope, receive)
+        headers = request.headers
+        # As FastAPI's security schemes read them (`auth.deps.bearer_scheme`, `api_key_scheme`).
+        scheme, token = get_authorization_scheme_param(headers.get("authorization"))
+        api_key, bearer = credentials(
+            headers.get("x-api-key"), token if scheme.lower() == "bearer" else None
+        )
         credential = api_key or bearer
         found = state.caller_cache.lookup(credential) if credential is not None else None
         if credential is None or found is None:
@@ -102,9 +94,20 @@ class PredictFastPath:
             )
         scope["route"] = self.routes[route]
         try:
-            response = await _answer(state, route, target, caller, name, receive, header_length)
-        except (ModelyardError, HTTPException) as exc:
-            response = error_response(exc, path)
+            await router.admit(state, caller)
+            body = await request.body()
+            if route == NATIVE_ROUTE:
+                response = await router.answer(state, caller, target, body)
+            else:
+                header_length = headers.get(v2.HEADER_LENGTH)
+                response = await v2.answer(state, caller, target, name, body, header_length)
+        except Exception as exc:
+            # The routes' exception handlers, for what they handle; anything else is a bug
+            # (or a client gone), which the edge middleware deals with.
+            error = error_response(exc, path)
+            if error is None:
+                raise
+            response = error
         await response(scope, receive, send)
 
 
@@ -131,19 +134,6 @@ def _match(path: str) -> tuple[str, str, int | None] | None:
         return None  # the route answers the protocol's error
 
 
-def _credentials(api_key: str | None, authorization: str | None) -> tuple[str | None, str | None]:
-    """Return (API key, bearer token) as `auth.deps.current_caller` receives them from FastAPI's
-    security schemes, an API key sent as a bearer token counted as an API key."""
-    bearer = None
-    if authorization:
-        scheme, _, param = authorization.partition(" ")
-        if scheme.lower() == "bearer":
-            bearer = param.strip()
-    if not api_key and bearer and looks_like_api_key(bearer):
-        api_key = bearer
-    return api_key or None, bearer or None
-
-
 async def _check(
     state: AppState, api_key: str | None, bearer: str | None
 ) -> tuple[Caller, float | None]:
@@ -156,35 +146,3 @@ async def _resolve(
 ) -> tuple[Target, None]:
     async with state.sessions() as db:
         return await resolve_fresh(db, user, name, state.outage_cache, version=version)
-
-
-async def _answer(
-    state: AppState,
-    route: str,
-    target: Target,
-    caller: Caller,
-    name: str,
-    receive: Receive,
-    header_length: str | None,
-) -> Response:
-    await router.admit(state, caller)
-    body = await _read_body(receive)
-    if route == NATIVE_ROUTE:
-        return await router.answer(state, caller, target, body)
-    return await v2.answer(state, caller, target, name, body, header_length)
-
-
-async def _read_body(receive: Receive) -> bytes:
-    """Read the whole request body (the edge middleware's receive enforces the size limit).
-
-    Raises:
-        ClientDisconnect: the client went away first.
-    """
-    chunks = []
-    while True:
-        message: Message = await receive()
-        if message["type"] != "http.request":
-            raise ClientDisconnect
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
