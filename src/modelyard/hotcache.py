@@ -147,6 +147,3 @@ class EpochCache(Generic[K, V]):
             if not self._waiting[key]:
                 del self._waiting[key]
                 del self._fills[key]
-
-    def clear(self) -> None:
-        self._entries.clear()
