@@ -23,6 +23,7 @@ from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.db.tables import Base
 from tests import factories
 from tests.serving import legit
+from tests.tcpproxy import TcpProxy
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "MODELYARD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -129,6 +130,23 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def pg_proxy() -> AsyncIterator[TcpProxy]:
+    """A proxy to the test PostgreSQL server that the test can cut and restore."""
+    target = make_url(POSTGRES_ADMIN_URL)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    yield proxy
+    await proxy.aclose()
+
+
+@pytest.fixture
+def proxied_postgresql_url(postgresql_url: str, pg_proxy: TcpProxy) -> str:
+    """The URL of this run's PostgreSQL database, through `pg_proxy`."""
+    url = make_url(postgresql_url).set(host="127.0.0.1", port=pg_proxy.port)
+    return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture

@@ -49,7 +49,9 @@ async def make_account(
     if admin_of is not None:
         state: AppState = admin_of.state.modelyard
         async with state.sessions() as db:
-            await auth_service.ensure_admin(db, email, password, passwords=state.passwords)
+            await auth_service.ensure_admin(
+                db, email, password, passwords=state.passwords, events=state.events
+            )
     else:
         response = await client.post(
             "/api/v1/auth/register", json={"email": email, "password": password}

@@ -116,6 +116,45 @@ def test_create_admin_again_on_the_same_email_promotes(
     assert is_admin == 1
 
 
+def register(path: Path, email: str) -> None:
+    """Register a non-admin account straight in the database, as anyone could through the API."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO users (id, email, password_hash, is_active, is_admin, created_at,"
+            " updated_at) VALUES ('0123456789abcdef0123456789abcdef', ?, 'x', 1, 0,"
+            " '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+            (email,),
+        )
+
+
+def test_create_admin_refuses_to_promote_an_account_someone_registered(
+    migrated_database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELYARD_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    register(migrated_database, ADMIN_EMAIL)
+
+    result = runner.invoke(app, ["create-admin", "--email", ADMIN_EMAIL])
+
+    assert result.exit_code == 1
+    assert "--promote-existing" in result.stderr
+    assert users(migrated_database) == [(ADMIN_EMAIL, 0, "x")]
+
+
+def test_create_admin_promotes_an_existing_account_when_told_to(
+    migrated_database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELYARD_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    register(migrated_database, ADMIN_EMAIL)
+
+    result = runner.invoke(app, ["create-admin", "--email", ADMIN_EMAIL, "--promote-existing"])
+
+    assert result.exit_code == 0, result.output
+    assert f"promoted admin {ADMIN_EMAIL}" in result.stdout
+    [(_, is_admin, password_hash)] = users(migrated_database)
+    assert is_admin == 1
+    assert password_hash.startswith("$argon2id$")
+
+
 def test_create_admin_with_a_short_password_fails_and_creates_nothing(
     migrated_database: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,11 +17,13 @@ from modelyard.artifacts import make_store
 from modelyard.artifacts.router import router as artifacts_router
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.router import api_keys_router, auth_router, users_router
+from modelyard.auth.service import FailureLimit
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.epochs import Epoch, Epochs
 from modelyard.errors import install_error_handlers, v2_error_response
+from modelyard.events import LocalEvents
 from modelyard.experiments.router import router as experiments_router
 from modelyard.files.router import router as files_router
 from modelyard.hotcache import EpochCache
@@ -35,7 +37,7 @@ from modelyard.predictions import fastpath, history, oip, v2
 from modelyard.predictions.log import PredictionLog
 from modelyard.predictions.router import router as predict_router
 from modelyard.predictions.service import Predictor
-from modelyard.ratelimit import RateLimiter
+from modelyard.ratelimit import RateLimiter, SharedWindows
 from modelyard.registry.router import router as registry_router
 from modelyard.serving.batching import Batcher
 from modelyard.serving.cache import ModelCache
@@ -78,20 +80,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics,
         )
         epochs = Epochs(settings.data_dir)
+        rate_limiter = RateLimiter(redis, SharedWindows(settings.data_dir))
         state = AppState(
             settings=settings,
             engine=engine,
             sessions=sessions,
             passwords=PasswordHasher(settings),
             tokens=TokenService(settings),
-            rate_limiter=RateLimiter(redis),
+            rate_limiter=rate_limiter,
+            failures=FailureLimit(
+                rate_limiter,
+                limit=settings.password_failures_per_account,
+                window_seconds=settings.password_failure_window_seconds,
+            ),
             store=store,
             prober=ModelProber.from_settings(settings),
             metrics=metrics,
             prediction_log=prediction_log,
             predictor=predictor,
-            outage_cache=OutageCache(max_age_seconds=settings.outage_cache_seconds),
+            outage_cache=OutageCache(epochs, max_age_seconds=settings.outage_cache_seconds),
             epochs=epochs,
+            events=LocalEvents(epochs),
             caller_cache=EpochCache(epochs, Epoch.AUTH, ttl_seconds=CALLER_CACHE_SECONDS),
             target_cache=EpochCache(epochs, Epoch.REGISTRY, ttl_seconds=TARGET_CACHE_SECONDS),
             redis=redis,
@@ -117,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.prober.aclose()
             await state.store.aclose()
             await engine.dispose()
+            rate_limiter.close()
             epochs.close()
             log.info("stopped")
 

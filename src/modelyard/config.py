@@ -145,7 +145,16 @@ class Settings(BaseSettings):
     """Bearer token a Prometheus scraper may use for `/metrics` (admins may always read it)."""
 
     auth_rate_limit_per_minute: int = Field(default=20, ge=0)
-    """Register, login and refresh attempts per client address and minute (0: no limit)."""
+    """Register, login and refresh attempts per client address and minute, shared by the
+    host's workers (by every replica with Redis) (0: no limit)."""
+
+    # credentials and password guessing (#10)
+    password_failures_per_account: int = Field(default=10, ge=0)
+    """Failed password checks per account and window, login and `current_password` alike,
+    counted for unknown emails too (0: no limit). Past it: 429 with `Retry-After`."""
+
+    password_failure_window_seconds: int = Field(default=900, ge=1)
+    """The window of `password_failures_per_account`, in seconds."""
 
     argon2_time_cost: int = Field(default=3, ge=1)
     """Argon2id passes for password hashes."""

@@ -15,7 +15,8 @@ from modelyard.artifacts.store import ArtifactStore
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
-from modelyard.epochs import Epoch, Epochs
+from modelyard.epochs import Epochs
+from modelyard.events import Events
 from modelyard.hotcache import EpochCache
 from modelyard.observability.metrics import Metrics
 from modelyard.outage import OutageCache
@@ -24,7 +25,7 @@ from modelyard.ratelimit import RateLimiter
 from modelyard.serving.probe import ModelProber
 
 if TYPE_CHECKING:  # predictions.service depends on auth, which depends on this module
-    from modelyard.auth.deps import Caller
+    from modelyard.auth.service import Caller, FailureLimit
     from modelyard.predictions.service import Predictor, Target
 
 CheckStatus = Literal["ok", "down", "disabled"]
@@ -38,6 +39,7 @@ class AppState:
     passwords: PasswordHasher
     tokens: TokenService
     rate_limiter: RateLimiter
+    failures: FailureLimit
     store: ArtifactStore
     prober: ModelProber
     metrics: Metrics
@@ -45,20 +47,16 @@ class AppState:
     predictor: Predictor
     outage_cache: OutageCache[Hashable, Any]
     epochs: Epochs
+    events: Events
     caller_cache: EpochCache[str, Caller]
     target_cache: EpochCache[Hashable, Target]
     redis: Redis | None = None
     shutting_down: bool = False
     readiness: tuple[float, dict[str, CheckStatus]] | None = field(default=None, repr=False)
 
-    def credentials_changed(self) -> None:
-        """Drop every remembered credential, in this process and in the host's other workers."""
-        self.outage_cache.clear()
-        self.epochs.bump(Epoch.AUTH)
-
     def registry_changed(self) -> None:
         """Make every worker resolve model versions afresh (a promotion, an archive, ...)."""
-        self.epochs.bump(Epoch.REGISTRY)
+        self.events.registry_changed()
 
 
 def app_state(conn: HTTPConnection) -> AppState:

@@ -204,7 +204,7 @@ async def test_api_key_with_past_expiry_is_not_created(
 def forget_credentials(app: FastAPI) -> None:
     """Tell the app's caches about a change made behind its back, straight in the database."""
     state: AppState = app.state.modelyard
-    state.credentials_changed()
+    state.events.credentials_changed()
 
 
 async def test_a_checked_key_is_remembered_until_something_is_revoked(

@@ -39,6 +39,8 @@ def access_claims(user_id: str, **overrides: object) -> dict[str, object]:
         "jti": str(uuid.uuid4()),
         "iat": int(now.timestamp()),
         "exp": int((now + timedelta(minutes=5)).timestamp()),
+        "fam": str(uuid.uuid4()),  # the session (no refresh token of it was revoked)
+        "ver": 0,  # the user's credentials version: a new account's
     }
     claims.update(overrides)
     return claims
@@ -139,7 +141,7 @@ async def test_access_token_is_refused_as_refresh_token(
     assert_unauthorized(response)
 
 
-@pytest.mark.parametrize("claim", ["jti", "type", "sub", "exp", "iat"])
+@pytest.mark.parametrize("claim", ["jti", "type", "sub", "exp", "iat", "fam", "ver"])
 async def test_token_missing_a_required_claim_is_refused(
     client: httpx.AsyncClient, user: factories.Account, claim: str
 ) -> None:

@@ -173,7 +173,10 @@ async def test_promoted_user_can_list_users(
 
     assert response.status_code == 200
     assert response.json()["is_admin"] is True
-    listed = await client.get(USERS, headers=user.headers)
+    # Rights changed: the tokens issued before are ended; signed in again, the user is admin.
+    assert_problem(await client.get(USERS, headers=user.headers), 401)
+    tokens = await factories.login(client, user.email, user.password)
+    listed = await client.get(USERS, headers={"Authorization": f"Bearer {tokens['access_token']}"})
     assert listed.status_code == 200
     assert user.id in {item["id"] for item in listed.json()["items"]}
 

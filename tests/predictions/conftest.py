@@ -1,21 +1,16 @@
-"""Prediction log fixtures: records, model rows, and PostgreSQL behind a proxy the test can cut."""
+"""Prediction log fixtures: records and model rows."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-import pytest
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.db.tables import ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow
 from modelyard.predictions.log import PredictionRecord
-from tests.conftest import POSTGRES_ADMIN_URL
-from tests.tcpproxy import TcpProxy
 
 
 def make_record(**overrides: Any) -> PredictionRecord:
@@ -89,20 +84,3 @@ def record_on(
         created_at=created_at or utcnow(),
         **overrides,
     )
-
-
-@pytest.fixture
-async def pg_proxy() -> AsyncIterator[TcpProxy]:
-    """A proxy to the test PostgreSQL server that the test can cut and restore."""
-    target = make_url(POSTGRES_ADMIN_URL)
-    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
-    await proxy.start()
-    yield proxy
-    await proxy.aclose()
-
-
-@pytest.fixture
-def proxied_postgresql_url(postgresql_url: str, pg_proxy: TcpProxy) -> str:
-    """The URL of this run's PostgreSQL database, through `pg_proxy`."""
-    url = make_url(postgresql_url).set(host="127.0.0.1", port=pg_proxy.port)
-    return url.render_as_string(hide_password=False)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -12,8 +10,10 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.auth import service
+from modelyard.auth.service import Caller
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import User
+from modelyard.epochs import Epoch
 from modelyard.errors import Forbidden, Unauthorized
 from modelyard.state import AppState, app_state
 
@@ -21,15 +21,6 @@ from modelyard.state import AppState, app_state
 # raises on its own: a missing credential is our 401 problem with WWW-Authenticate.
 bearer_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
 api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling: the user, and the API key it used (None for a token)."""
-
-    user: User
-    api_key_id: uuid.UUID | None
-    valid_until: datetime | None = None  # the credential's own expiry
 
 
 async def current_caller(
@@ -89,7 +80,12 @@ async def check_credential(
             raise
 
     credential = api_key or bearer
-    caller: Caller = await state.outage_cache.call(("caller", credential), authenticate)
+    caller, recalled = await state.outage_cache.call(
+        ("caller", credential), authenticate, epoch=Epoch.AUTH
+    )
+    if recalled:
+        # Good for this request only: cached, it would outlive the outage.
+        return caller, 0.0
     if caller.valid_until is None:
         return caller, None
     return caller, (caller.valid_until - datetime.now(UTC)).total_seconds()

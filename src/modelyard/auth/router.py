@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from modelyard.auth import service
-from modelyard.auth.deps import AdminUser, CurrentUser, auth_rate_limit
+from modelyard.auth.deps import AdminUser, CallerDep, CurrentUser, auth_rate_limit
 from modelyard.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -78,6 +78,7 @@ async def login(request: Request, db: SessionDep, state: StateDep) -> TokenPair:
         credentials.password,
         passwords=state.passwords,
         tokens=state.tokens,
+        failures=state.failures,
     )
     return TokenPair.model_validate(pair)
 
@@ -107,9 +108,14 @@ async def refresh(body: RefreshRequest, db: SessionDep, state: StateDep) -> Toke
 
 @auth_router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(body: RefreshRequest, user: CurrentUser, db: SessionDep, state: StateDep) -> None:
-    """End the session the refresh token belongs to."""
-    await service.logout(db, user, body.refresh_token, tokens=state.tokens)
-    state.credentials_changed()
+    """End the session the refresh token belongs to: its refresh and access tokens."""
+    await service.logout(db, user, body.refresh_token, tokens=state.tokens, events=state.events)
+
+
+@auth_router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT)
+async def logout_all(user: CurrentUser, db: SessionDep, state: StateDep) -> None:
+    """End every session of the caller, this one included (API keys keep working)."""
+    await service.logout_everywhere(db, user, events=state.events)
 
 
 @auth_router.get("/me", response_model=UserRead)
@@ -120,16 +126,20 @@ async def me(user: CurrentUser) -> User:
 
 @auth_router.patch("/me", response_model=UserRead)
 async def update_me(body: MeUpdate, user: CurrentUser, db: SessionDep, state: StateDep) -> User:
-    """Change the caller's name or password (the password needs `current_password`)."""
-    updated = await service.update_me(db, user, body, passwords=state.passwords)
-    state.credentials_changed()
-    return updated
+    """Change the caller's name or password (the password needs `current_password`); a new
+    password ends every session, this one included, and revokes every API key."""
+    return await service.update_me(
+        db, user, body, passwords=state.passwords, failures=state.failures, events=state.events
+    )
 
 
 @api_keys_router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
-async def create_api_key(body: ApiKeyCreate, user: CurrentUser, db: SessionDep) -> ApiKeyCreated:
-    """Make an API key; its secret is in this answer only."""
-    new = await service.create_api_key(db, user, body)
+async def create_api_key(
+    body: ApiKeyCreate, caller: CallerDep, user: CurrentUser, db: SessionDep
+) -> ApiKeyCreated:
+    """Make an API key (from a signed-in session, not with another key); its secret is in this
+    answer only."""
+    new = await service.create_api_key(db, service.Caller(user, caller.api_key_id), body)
     return ApiKeyCreated(
         id=new.row.id,
         name=new.row.name,
@@ -152,9 +162,7 @@ async def revoke_api_key(
     key_id: uuid.UUID, user: CurrentUser, db: SessionDep, state: StateDep
 ) -> None:
     """Revoke one of the caller's API keys; it stops working at once."""
-    await service.revoke_api_key(db, user, key_id)
-    # Every worker forgets it; not even a database outage may bring it back.
-    state.credentials_changed()
+    await service.revoke_api_key(db, user, key_id, events=state.events)
 
 
 @users_router.get("", response_model=Page[UserRead])
@@ -168,7 +176,6 @@ async def list_users(_: AdminUser, db: SessionDep, page: PageDep) -> Page[UserRe
 async def update_user(
     user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, db: SessionDep, state: StateDep
 ) -> User:
-    """Activate, deactivate, promote or demote a user (admin only)."""
-    user = await service.update_user(db, admin, user_id, body)
-    state.credentials_changed()  # a deactivated user is out at once, outages included
-    return user
+    """Activate, deactivate, promote or demote a user (admin only); any change ends the
+    user's sessions and API keys."""
+    return await service.update_user(db, admin, user_id, body, events=state.events)

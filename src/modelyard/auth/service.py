@@ -6,11 +6,12 @@ import hashlib
 import hmac
 import logging
 import secrets
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +21,8 @@ from modelyard.auth.tokens import TokenService
 from modelyard.db.tables import ApiKey, RefreshToken, User
 from modelyard.db.types import utcnow
 from modelyard.errors import Conflict, Forbidden, NotFound, Unauthorized, Unprocessable
+from modelyard.events import Events
+from modelyard.ratelimit import RateLimiter
 from modelyard.schemas import PageParams
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,39 @@ API_KEY_MARKER = "myd_"
 API_KEY_PREFIX_LENGTH = len(API_KEY_MARKER) + 10
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 BAD_LOGIN = "invalid email or password"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the user, and the API key it used (None for a token)."""
+
+    user: User
+    api_key_id: uuid.UUID | None
+    valid_until: datetime | None = None  # the credential's own expiry
+
+
+@dataclass(frozen=True, slots=True)
+class FailureLimit:
+    """Failed password checks allowed per account and window (login and `current_password`
+    alike), counted whether or not the account exists; 0 turns it off."""
+
+    limiter: RateLimiter
+    limit: int
+    window_seconds: int
+
+    def key(self, email: str) -> str:
+        return f"password-failures:{normalise_email(email)}"
+
+    async def check(self, email: str) -> None:
+        """Raises RateLimited when the account has used up its failures for this window."""
+        await self.limiter.check(
+            self.key(email), limit=self.limit, window_seconds=self.window_seconds
+        )
+
+    async def failed(self, email: str) -> None:
+        """Count a failed password check."""
+        if self.limit > 0:
+            await self.limiter.add(self.key(email), window_seconds=self.window_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +80,9 @@ class NewApiKey:
 
 
 def normalise_email(email: str) -> str:
-    """Return the form emails are stored and looked up in (case-insensitive)."""
-    return email.strip().lower()
+    """Return the form emails are stored and looked up in: NFKC-normalised and case-folded, so
+    that a fullwidth `alice@example.com` and `ALICE@example.com` are `alice@example.com`."""
+    return unicodedata.normalize("NFKC", email.strip()).casefold()
 
 
 # --- accounts and sessions ----------------------------------------------------------------------
@@ -88,35 +125,40 @@ async def login(
     *,
     passwords: PasswordHasher,
     tokens: TokenService,
+    failures: FailureLimit,
 ) -> IssuedPair:
     """Check a password and start a new session (a new refresh token family).
 
     Raises:
+        RateLimited: the account had too many failed attempts in the window (counted for
+            unknown emails too, so the limit tells nothing about which accounts exist).
         Unauthorized: the same answer for an unknown email, a wrong password and a disabled
             account, so that the answer tells nothing about which accounts exist.
     """
+    await failures.check(email)
     user = await find_user_by_email(db, email)
     # Verified even when the user is unknown (against a dummy hash): same time, same answer.
     valid = await passwords.verify(user.password_hash if user else None, password)
     if user is None or not valid or not user.is_active:
+        await failures.failed(email)
         raise Unauthorized(BAD_LOGIN)
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = await passwords.hash(password)
-    pair = _issue_pair(db, user.id, uuid.uuid4(), tokens)
+    pair = _issue_pair(db, user, uuid.uuid4(), tokens)
     await db.commit()
     log.info("user_logged_in", extra={"user_id": str(user.id)})
     return pair
 
 
 def _issue_pair(
-    db: AsyncSession, user_id: uuid.UUID, family_id: uuid.UUID, tokens: TokenService
+    db: AsyncSession, user: User, family_id: uuid.UUID, tokens: TokenService
 ) -> IssuedPair:
-    access = tokens.issue_access(user_id)
-    refresh = tokens.issue_refresh(user_id, family_id)
+    access = tokens.issue_access(user.id, family_id, user.credentials_version)
+    refresh = tokens.issue_refresh(user.id, family_id)
     db.add(
         RefreshToken(
             id=refresh.claims.jti,
-            user_id=user_id,
+            user_id=user.id,
             family_id=family_id,
             expires_at=refresh.claims.expires_at,
         )
@@ -138,7 +180,6 @@ async def rotate_refresh_token(
             token means it was stolen or replayed, so its whole family is revoked.
     """
     claims = tokens.verify(refresh_token, "refresh")
-    assert claims.family_id is not None  # noqa: S101 - verify() requires it on refresh tokens
     now = utcnow()
     # One conditional UPDATE spends the token: of two concurrent refreshes only one can win.
     spent = await db.execute(
@@ -167,22 +208,33 @@ async def rotate_refresh_token(
     if user is None or not user.is_active:
         await db.rollback()
         raise Unauthorized("invalid token")
-    pair = _issue_pair(db, user.id, claims.family_id, tokens)
+    pair = _issue_pair(db, user, claims.family_id, tokens)
     await db.commit()
     return pair
 
 
-async def logout(db: AsyncSession, user: User, refresh_token: str, *, tokens: TokenService) -> None:
-    """End the session a refresh token belongs to (its whole family).
+async def logout(
+    db: AsyncSession, user: User, refresh_token: str, *, tokens: TokenService, events: Events
+) -> None:
+    """End the session a refresh token belongs to: its refresh and access tokens.
 
     Raises:
         Unauthorized: the token is not a valid refresh token of `user`.
     """
     claims = tokens.verify(refresh_token, "refresh")
-    if claims.user_id != user.id or claims.family_id is None:
+    if claims.user_id != user.id:
         raise Unauthorized("invalid token")
     await _revoke_family(db, claims.family_id, utcnow())
     await db.commit()
+    events.credentials_changed(user_id=user.id)
+
+
+async def logout_everywhere(db: AsyncSession, user: User, *, events: Events) -> None:
+    """End every session of `user`, this one included (API keys are left alone)."""
+    await _end_credentials(db, user, api_keys=False)
+    await db.commit()
+    log.info("user_logged_out_everywhere", extra={"user_id": str(user.id)})
+    events.credentials_changed(user_id=user.id)
 
 
 async def _revoke_family(db: AsyncSession, family_id: uuid.UUID, now: datetime) -> None:
@@ -193,22 +245,23 @@ async def _revoke_family(db: AsyncSession, family_id: uuid.UUID, now: datetime) 
     )
 
 
-async def _revoke_user_sessions(db: AsyncSession, user_id: uuid.UUID) -> None:
+async def _end_credentials(db: AsyncSession, user: User, *, api_keys: bool) -> None:
+    """End what `user` was issued before now: every access token (a new credentials version),
+    every session's refresh tokens and, with `api_keys`, every API key. The caller commits."""
+    now = utcnow()
+    user.credentials_version += 1
+    user.updated_at = now
     await db.execute(
         update(RefreshToken)
-        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
+        .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
     )
-
-
-async def user_from_access_token(db: AsyncSession, token: str, *, tokens: TokenService) -> User:
-    """Return the active user an access token names.
-
-    Raises:
-        Unauthorized: invalid token, or the user is gone or deactivated.
-    """
-    user, _ = await authenticate_access_token(db, token, tokens=tokens)
-    return user
+    if api_keys:
+        await db.execute(
+            update(ApiKey)
+            .where(ApiKey.user_id == user.id, ApiKey.is_active.is_(True))
+            .values(is_active=False, revoked_at=now)
+        )
 
 
 async def authenticate_access_token(
@@ -217,36 +270,58 @@ async def authenticate_access_token(
     """Return the active user an access token names, and when the token expires.
 
     Raises:
-        Unauthorized: invalid token, or the user is gone or deactivated.
+        Unauthorized: invalid token; the user is gone or deactivated; the token's session was
+            ended (logout, reuse of a refresh token) or its credentials version was (a change
+            of password or rights since it was issued).
     """
     claims = tokens.verify(token, "access")
-    user = await db.get(User, claims.user_id)
-    if user is None or not user.is_active:
+    session_ended = exists().where(
+        RefreshToken.family_id == claims.family_id, RefreshToken.revoked_at.is_not(None)
+    )
+    row = (await db.execute(select(User, session_ended).where(User.id == claims.user_id))).first()
+    if row is None or not row[0].is_active:
         raise Unauthorized("invalid token")
+    user, ended = row
+    if ended or user.credentials_version != claims.version:
+        raise Unauthorized("token revoked")
     return user, claims.expires_at
 
 
 async def update_me(
-    db: AsyncSession, user: User, data: MeUpdate, *, passwords: PasswordHasher
+    db: AsyncSession,
+    user: User,
+    data: MeUpdate,
+    *,
+    passwords: PasswordHasher,
+    failures: FailureLimit,
+    events: Events,
 ) -> User:
-    """Change the caller's name or password; a new password ends every other session.
+    """Change the caller's name or password.
+
+    A new password ends every credential issued before it: every session (this one included)
+    and every API key, so that whoever held one of them is out.
 
     Raises:
         Unprocessable: a new password without `current_password`.
+        RateLimited: too many wrong `current_password` guesses (shared with login's limit).
         Forbidden: `current_password` is wrong.
     """
     if data.password is not None:
         if data.current_password is None:
             raise Unprocessable("changing the password needs current_password")
+        await failures.check(user.email)
         if not await passwords.verify(user.password_hash, data.current_password):
+            await failures.failed(user.email)
             raise Forbidden("current_password is incorrect")
         user.password_hash = await passwords.hash(data.password)
-        await _revoke_user_sessions(db, user.id)
+        await _end_credentials(db, user, api_keys=True)
         log.info("password_changed", extra={"user_id": str(user.id)})
     if "full_name" in data.model_fields_set:
         user.full_name = data.full_name
     user.updated_at = utcnow()
     await db.commit()
+    # Also for a new name: remembered callers hold the user row as it was.
+    events.credentials_changed(user_id=user.id)
     return user
 
 
@@ -258,12 +333,17 @@ def _hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-async def create_api_key(db: AsyncSession, user: User, data: ApiKeyCreate) -> NewApiKey:
-    """Make a key for `user`; the secret is returned here and never stored.
+async def create_api_key(db: AsyncSession, caller: Caller, data: ApiKeyCreate) -> NewApiKey:
+    """Make a key for the caller; the secret is returned here and never stored.
 
     Raises:
+        Forbidden: the caller used an API key: keys are made from a signed-in session only, so
+            that a leaked key cannot mint others that outlive its revocation.
         Unprocessable: `expires_at` is in the past.
     """
+    if caller.api_key_id is not None:
+        raise Forbidden("API keys can only be created from a signed-in session, not with a key")
+    user = caller.user
     if data.expires_at is not None and data.expires_at <= utcnow():
         raise Unprocessable("expires_at must be in the future")
     prefix = API_KEY_MARKER + secrets.token_hex((API_KEY_PREFIX_LENGTH - len(API_KEY_MARKER)) // 2)
@@ -295,8 +375,10 @@ async def list_api_keys(db: AsyncSession, user: User, page: PageParams) -> tuple
     return list(rows), total or 0
 
 
-async def revoke_api_key(db: AsyncSession, user: User, key_id: uuid.UUID) -> None:
-    """Stop a key of the caller's from working.
+async def revoke_api_key(
+    db: AsyncSession, user: User, key_id: uuid.UUID, *, events: Events
+) -> None:
+    """Stop a key of the caller's from working, on every worker at once.
 
     Raises:
         NotFound: no such key among the caller's.
@@ -308,21 +390,13 @@ async def revoke_api_key(db: AsyncSession, user: User, key_id: uuid.UUID) -> Non
         row.is_active = False
         row.revoked_at = utcnow()
         await db.commit()
+    # Announced even if it was revoked already: not even an outage may bring it back.
+    events.credentials_changed(user_id=user.id, api_key_id=key_id)
 
 
 def looks_like_api_key(credential: str) -> bool:
     """Tell an API key from a JWT (a JWT starts with `eyJ`, its base64 JSON header)."""
     return credential.startswith(API_KEY_MARKER)
-
-
-async def user_from_api_key(db: AsyncSession, key: str) -> User:
-    """Return the active owner of a valid, unexpired, unrevoked key.
-
-    Raises:
-        Unauthorized: for any other key.
-    """
-    user, _, _ = await authenticate_api_key(db, key)
-    return user
 
 
 async def authenticate_api_key(
@@ -367,9 +441,13 @@ async def list_users(db: AsyncSession, page: PageParams) -> tuple[list[User], in
 
 
 async def update_user(
-    db: AsyncSession, admin: User, user_id: uuid.UUID, data: UserAdminUpdate
+    db: AsyncSession, admin: User, user_id: uuid.UUID, data: UserAdminUpdate, *, events: Events
 ) -> User:
-    """Activate, deactivate, promote or demote a user; deactivation ends their sessions.
+    """Activate, deactivate, promote or demote a user.
+
+    Any change of rights ends every credential the user was issued before it (sessions and API
+    keys): a deactivated user is out at once, and a promoted or demoted one signs in again
+    rather than keep tokens minted under other rights.
 
     Raises:
         NotFound: no such user.
@@ -380,27 +458,46 @@ async def update_user(
         raise NotFound("user not found")
     if user.id == admin.id and (data.is_active is False or data.is_admin is False):
         raise Conflict("admins cannot deactivate or demote themselves")
+    changed = (data.is_admin is not None and data.is_admin != user.is_admin) or (
+        data.is_active is not None and data.is_active != user.is_active
+    )
     if data.is_admin is not None:
         user.is_admin = data.is_admin
     if data.is_active is not None:
         user.is_active = data.is_active
-        if not data.is_active:
-            await _revoke_user_sessions(db, user.id)
+    if changed:
+        await _end_credentials(db, user, api_keys=True)
     user.updated_at = utcnow()
     await db.commit()
     log.info(
         "user_updated",
         extra={"user_id": str(user.id), "by": str(admin.id), **data.model_dump(exclude_none=True)},
     )
+    if changed:
+        events.credentials_changed(user_id=user.id)
     return user
 
 
 async def ensure_admin(
-    db: AsyncSession, email: str, password: str, *, passwords: PasswordHasher
+    db: AsyncSession,
+    email: str,
+    password: str,
+    *,
+    passwords: PasswordHasher,
+    events: Events,
+    promote_existing: bool = False,
 ) -> tuple[User, bool]:
-    """Create an active admin with this email and password, or promote the existing account.
+    """Create an active admin with this email and password; with `promote_existing`, make an
+    existing account that admin instead.
+
+    Whoever registered the email first owns that account: promoting it unasked would hand an
+    attacker who pre-registered the operator's address the admin rights. A promotion sets the
+    password and ends every credential the account held (sessions and API keys).
 
     Returns the user and whether it was created.
+
+    Raises:
+        Conflict: the account exists, is not an admin, and `promote_existing` is not set.
     """
     user = await find_user_by_email(db, email)
     if user is None:
@@ -408,10 +505,16 @@ async def ensure_admin(
             db, UserCreate(email=email, password=password), passwords=passwords, is_admin=True
         )
         return created, True
+    if not user.is_admin and not promote_existing:
+        raise Conflict(
+            "an account with this email exists and is not an admin; promote it explicitly "
+            "(--promote-existing) only if you know who registered it"
+        )
     user.is_admin = True
     user.is_active = True
     user.password_hash = await passwords.hash(password)
-    user.updated_at = utcnow()
-    await _revoke_user_sessions(db, user.id)
+    await _end_credentials(db, user, api_keys=True)
     await db.commit()
+    log.info("user_promoted_to_admin", extra={"user_id": str(user.id)})
+    events.credentials_changed(user_id=user.id)
     return user, False

@@ -25,7 +25,10 @@ class TokenClaims:
     jti: uuid.UUID
     type: TokenType
     expires_at: datetime
-    family_id: uuid.UUID | None = None
+    family_id: uuid.UUID  # the session: the login every token of it descends from
+    # Access tokens only: the user's credentials version when issued (a later change of
+    # password or rights ends the token).
+    version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,20 +45,31 @@ class TokenService:
         self.access_ttl = timedelta(minutes=settings.access_token_expire_minutes)
         self.refresh_ttl = timedelta(days=settings.refresh_token_expire_days)
 
-    def issue_access(self, user_id: uuid.UUID) -> IssuedToken:
-        """Sign an access token for `user_id`."""
-        return self._issue(user_id, "access", self.access_ttl, family_id=None)
+    def issue_access(self, user_id: uuid.UUID, family_id: uuid.UUID, version: int) -> IssuedToken:
+        """Sign an access token for `user_id` in session `family_id`, under the user's
+        credentials `version`."""
+        return self._issue(user_id, "access", self.access_ttl, family_id, version)
 
     def issue_refresh(self, user_id: uuid.UUID, family_id: uuid.UUID) -> IssuedToken:
         """Sign a refresh token of `family_id` (the login it descends from)."""
-        return self._issue(user_id, "refresh", self.refresh_ttl, family_id=family_id)
+        return self._issue(user_id, "refresh", self.refresh_ttl, family_id, None)
 
     def _issue(
-        self, user_id: uuid.UUID, type_: TokenType, ttl: timedelta, family_id: uuid.UUID | None
+        self,
+        user_id: uuid.UUID,
+        type_: TokenType,
+        ttl: timedelta,
+        family_id: uuid.UUID,
+        version: int | None,
     ) -> IssuedToken:
         now = utcnow()
         claims = TokenClaims(
-            user_id=user_id, jti=uuid.uuid4(), type=type_, expires_at=now + ttl, family_id=family_id
+            user_id=user_id,
+            jti=uuid.uuid4(),
+            type=type_,
+            expires_at=now + ttl,
+            family_id=family_id,
+            version=version,
         )
         payload: dict[str, object] = {
             "sub": str(user_id),
@@ -63,9 +77,10 @@ class TokenService:
             "jti": str(claims.jti),
             "iat": now,
             "exp": claims.expires_at,
+            "fam": str(family_id),
         }
-        if family_id is not None:
-            payload["fam"] = str(family_id)
+        if version is not None:
+            payload["ver"] = version
         return IssuedToken(jwt.encode(payload, self._key, algorithm=ALGORITHM), claims)
 
     def verify(self, token: str, expected: TokenType) -> TokenClaims:
@@ -86,16 +101,19 @@ class TokenService:
         if payload.get("type") != expected:
             raise Unauthorized(f"expected a token of type {expected!r}")
         try:
-            family = payload.get("fam")
+            version = payload.get("ver")
             claims = TokenClaims(
                 user_id=uuid.UUID(payload["sub"]),
                 jti=uuid.UUID(payload["jti"]),
                 type=expected,
                 expires_at=datetime.fromtimestamp(payload["exp"], tz=UTC),
-                family_id=uuid.UUID(family) if family is not None else None,
+                family_id=uuid.UUID(payload["fam"]),
+                version=version if type(version) is int else None,
             )
-        except (TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise Unauthorized("invalid token") from exc
-        if expected == "refresh" and claims.family_id is None:
+        # Every token names its session; an access token also the credentials version (tokens
+        # from before these claims existed are refused: their holders log in again).
+        if expected == "access" and claims.version is None:
             raise Unauthorized("invalid token")
         return claims

@@ -21,7 +21,9 @@ from modelyard.auth.schemas import MIN_PASSWORD_LENGTH
 from modelyard.config import Settings
 from modelyard.db import migrate as migrations
 from modelyard.db.engine import make_engine, make_sessionmaker
+from modelyard.epochs import Epochs
 from modelyard.errors import ModelyardError
+from modelyard.events import LocalEvents
 from modelyard.registry import service as registry_service
 
 app = typer.Typer(help="Modelyard: model registry and serving platform.", no_args_is_help=True)
@@ -91,8 +93,15 @@ def create_admin(
         help=f"The password; else ${ADMIN_PASSWORD_ENV}, else asked for.",
         show_default=False,
     ),
+    promote_existing: bool = typer.Option(
+        False,
+        "--promote-existing",
+        help="Make an existing non-admin account with this email the admin (only if you know "
+        "who registered it: anyone can register any address).",
+    ),
 ) -> None:
-    """Create an admin account, or make an existing account an admin with this password."""
+    """Create an admin account (or reset an admin's password); an existing non-admin account
+    is promoted only with --promote-existing, and every credential it held is ended."""
     settings = _settings()
     password = password or os.environ.get(ADMIN_PASSWORD_ENV)
     if not password:
@@ -101,22 +110,33 @@ def create_admin(
         typer.echo(f"the password needs at least {MIN_PASSWORD_LENGTH} characters", err=True)
         raise typer.Exit(2)
     try:
-        created = asyncio.run(_create_admin(settings, email, password))
+        created = asyncio.run(_create_admin(settings, email, password, promote_existing))
     except (ModelyardError, ValidationError) as exc:
         typer.echo(f"cannot create the admin: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"{'created' if created else 'promoted'} admin {email}")
 
 
-async def _create_admin(settings: Settings, email: str, password: str) -> bool:
+async def _create_admin(
+    settings: Settings, email: str, password: str, promote_existing: bool
+) -> bool:
     engine = make_engine(settings.sqlalchemy_url)
+    # The running server's workers on this host share these epochs: they drop what they
+    # remembered of the account's old credentials at once.
+    epochs = Epochs(settings.data_dir)
     try:
         async with make_sessionmaker(engine)() as db:
             _, created = await auth_service.ensure_admin(
-                db, email, password, passwords=PasswordHasher(settings)
+                db,
+                email,
+                password,
+                passwords=PasswordHasher(settings),
+                events=LocalEvents(epochs),
+                promote_existing=promote_existing,
             )
             return created
     finally:
+        epochs.close()
         await engine.dispose()
 
 

@@ -54,6 +54,9 @@ class User(Timestamped, Base):
     full_name: Mapped[str | None] = mapped_column(String(200))
     is_active: Mapped[bool] = mapped_column(default=True)
     is_admin: Mapped[bool] = mapped_column(default=False)
+    # Carried by every access token; raised by a password change, logout everywhere,
+    # deactivation and every change of rights, which ends all tokens issued before it.
+    credentials_version: Mapped[int] = mapped_column(default=0, server_default=text("0"))
 
 
 class ApiKey(Base):

@@ -21,7 +21,8 @@ from fastapi.security.utils import get_authorization_scheme_param
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelyard.auth.deps import Caller, check_credential, credentials
+from modelyard.auth.deps import check_credential, credentials
+from modelyard.auth.service import Caller
 from modelyard.db.tables import User
 from modelyard.errors import error_response
 from modelyard.predictions import oip, router, v2
@@ -143,6 +144,6 @@ async def _check(
 
 async def _resolve(
     state: AppState, user: User, name: str, version: int | None
-) -> tuple[Target, None]:
+) -> tuple[Target, float | None]:
     async with state.sessions() as db:
         return await resolve_fresh(db, user, name, state.outage_cache, version=version)

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Query, Request, Response
 
-from modelyard.auth.deps import Caller, CallerDep
+from modelyard.auth.deps import CallerDep
+from modelyard.auth.service import Caller
 from modelyard.db.deps import SessionDep
 from modelyard.errors import BadRequest
 from modelyard.predictions import service

@@ -14,9 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.artifacts import ArtifactStore
-from modelyard.auth.deps import Caller
+from modelyard.auth.service import Caller
 from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, User
 from modelyard.db.types import utcnow, uuid7
+from modelyard.epochs import Epoch
 from modelyard.errors import Conflict, NotFound, Unprocessable
 from modelyard.hotcache import EpochCache
 from modelyard.observability.metrics import Metrics
@@ -178,13 +179,16 @@ async def resolve_fresh(
     version: int | None = None,
     alias: str | None = None,
     stage: Stage | None = None,
-) -> tuple[Target, None]:
+) -> tuple[Target, float | None]:
     """`resolve_target`, or while the database is down the last success; for `EpochCache.fill`."""
     key = target_key(user.id, ref, version=version, alias=alias, stage=stage)
-    target: Target = await outage.call(
-        key, lambda: resolve_target(db, user, ref, version=version, alias=alias, stage=stage)
+    target, recalled = await outage.call(
+        key,
+        lambda: resolve_target(db, user, ref, version=version, alias=alias, stage=stage),
+        epoch=Epoch.REGISTRY,
     )
-    return target, None
+    # A recalled answer serves this request only: cached, it would outlive the outage.
+    return target, 0.0 if recalled else None
 
 
 # --- inputs ---------------------------------------------------------------------------------------

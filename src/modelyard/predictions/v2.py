@@ -12,7 +12,8 @@ import numpy as np
 from fastapi import Request, Response
 
 from modelyard import __version__
-from modelyard.auth.deps import Caller, CallerDep
+from modelyard.auth.deps import CallerDep
+from modelyard.auth.service import Caller
 from modelyard.db.deps import SessionDep
 from modelyard.errors import v2_error_response
 from modelyard.predictions import oip, service
