@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends
 from redis.asyncio import Redis
@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 
 from modelyard.artifacts.store import ArtifactStore
 from modelyard.auth.passwords import PasswordHasher
+from modelyard.auth.service import Caller, FailureLimit
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
 from modelyard.epochs import Epochs
@@ -21,12 +22,9 @@ from modelyard.hotcache import EpochCache
 from modelyard.observability.metrics import Metrics
 from modelyard.outage import OutageCache
 from modelyard.predictions.log import PredictionLog
+from modelyard.predictions.service import Predictor, Target
 from modelyard.ratelimit import RateLimiter
 from modelyard.serving.probe import ModelProber
-
-if TYPE_CHECKING:  # predictions.service depends on auth, which depends on this module
-    from modelyard.auth.service import Caller, FailureLimit
-    from modelyard.predictions.service import Predictor, Target
 
 CheckStatus = Literal["ok", "down", "disabled"]
 
@@ -53,10 +51,6 @@ class AppState:
     redis: Redis | None = None
     shutting_down: bool = False
     readiness: tuple[float, dict[str, CheckStatus]] | None = field(default=None, repr=False)
-
-    def registry_changed(self) -> None:
-        """Make every worker resolve model versions afresh (a promotion, an archive, ...)."""
-        self.events.registry_changed()
 
 
 def app_state(conn: HTTPConnection) -> AppState:

@@ -116,9 +116,14 @@ async def upload_model(
     ) as upload:
         form = parse_upload_form(upload.fields)
         version = await service.register_version(
-            db, owner=user, form=form, file=upload.file, store=state.store, prober=state.prober
+            db,
+            owner=user,
+            form=form,
+            file=upload.file,
+            store=state.store,
+            prober=state.prober,
+            events=state.events,
         )
-    state.registry_changed()  # "the newest version" may be this one now
     return version
 
 
@@ -166,8 +171,7 @@ async def update_model(model: OwnedModel, body: ModelUpdate, db: SessionDep) -> 
 @router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_model(model: OwnedModel, db: SessionDep, state: StateDep) -> None:
     """Archive a model and all its versions (soft delete: nothing is erased)."""
-    await service.archive_model(db, model)
-    state.registry_changed()
+    await service.archive_model(db, model, events=state.events)
 
 
 @router.get("/{model}/versions", response_model=Page[VersionRead])
@@ -193,9 +197,7 @@ async def update_version(
     state: StateDep,
 ) -> ModelVersion:
     """Change a version's description, metrics, hyperparameters, tags, metadata or schemas."""
-    updated = await service.update_version(db, user, model, version, body)
-    state.registry_changed()  # the input schema names the features predictions are matched by
-    return updated
+    return await service.update_version(db, user, model, version, body, events=state.events)
 
 
 @router.patch("/{model}/versions/{version}/lifecycle", response_model=VersionRead)
@@ -203,9 +205,7 @@ async def transition_stage(
     model: OwnedModel, version: VersionNumber, body: StageChange, db: SessionDep, state: StateDep
 ) -> ModelVersion:
     """Move a version to another stage; a new production version deprecates the previous one."""
-    moved = await service.transition_stage(db, model, version, body.stage)
-    state.registry_changed()
-    return moved
+    return await service.transition_stage(db, model, version, body.stage, events=state.events)
 
 
 @router.delete("/{model}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)
@@ -213,8 +213,7 @@ async def archive_version(
     model: OwnedModel, version: VersionNumber, db: SessionDep, state: StateDep
 ) -> None:
     """Archive a version: kept and downloadable, never served."""
-    await service.archive_version(db, model, version)
-    state.registry_changed()
+    await service.archive_version(db, model, version, events=state.events)
 
 
 @router.put("/{model}/aliases/{alias}", response_model=VersionRead)
@@ -222,9 +221,7 @@ async def set_alias(
     model: OwnedModel, alias: AliasName, body: AliasTarget, db: SessionDep, state: StateDep
 ) -> ModelVersion:
     """Point an alias such as "champion" at one of the model's versions."""
-    target = await service.set_alias(db, model, alias, body.version)
-    state.registry_changed()
-    return target
+    return await service.set_alias(db, model, alias, body.version, events=state.events)
 
 
 @router.delete("/{model}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
@@ -232,8 +229,7 @@ async def delete_alias(
     model: OwnedModel, alias: AliasName, db: SessionDep, state: StateDep
 ) -> None:
     """Remove an alias."""
-    await service.delete_alias(db, model, alias)
-    state.registry_changed()
+    await service.delete_alias(db, model, alias, events=state.events)
 
 
 @router.get(

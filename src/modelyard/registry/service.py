@@ -22,6 +22,7 @@ from modelyard.artifacts.uploads import ReceivedFile
 from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, User
 from modelyard.db.types import utcnow
 from modelyard.errors import Conflict, NotFound, Unprocessable
+from modelyard.events import Events
 from modelyard.experiments import service as experiments_service
 from modelyard.registry import queries
 from modelyard.registry.schemas import (
@@ -204,7 +205,7 @@ async def update_model(db: AsyncSession, model: RegisteredModel, data: ModelUpda
     return await describe_model(db, model)
 
 
-async def archive_model(db: AsyncSession, model: RegisteredModel) -> None:
+async def archive_model(db: AsyncSession, model: RegisteredModel, *, events: Events) -> None:
     """Soft-delete a model: it and all its versions become archived (artifacts are kept)."""
     now = utcnow()
     await _lock_model(db, model)
@@ -217,6 +218,7 @@ async def archive_model(db: AsyncSession, model: RegisteredModel) -> None:
     model.updated_at = now
     await db.commit()
     log.info("model_archived", extra={"model_id": str(model.id)})
+    events.registry_changed(model_id=model.id)
 
 
 async def _lock_model(db: AsyncSession, model: RegisteredModel) -> None:
@@ -270,7 +272,13 @@ async def get_version(db: AsyncSession, model: RegisteredModel, number: int) -> 
 
 
 async def update_version(
-    db: AsyncSession, user: User, model: RegisteredModel, number: int, data: VersionUpdate
+    db: AsyncSession,
+    user: User,
+    model: RegisteredModel,
+    number: int,
+    data: VersionUpdate,
+    *,
+    events: Events,
 ) -> ModelVersion:
     """Change a version's descriptive fields (never its artifact, number or stage)."""
     version = await get_version(db, model, number)
@@ -281,11 +289,13 @@ async def update_version(
         setattr(version, "metadata_" if name == "metadata" else name, value)
     version.updated_at = utcnow()
     await db.commit()
+    # The input schema names the features predictions are matched by.
+    events.registry_changed(model_id=model.id)
     return version
 
 
 async def transition_stage(
-    db: AsyncSession, model: RegisteredModel, number: int, stage: Stage
+    db: AsyncSession, model: RegisteredModel, number: int, stage: Stage, *, events: Events
 ) -> ModelVersion:
     """Move a version to `stage`; promoting to production deprecates the previous one.
 
@@ -324,10 +334,13 @@ async def transition_stage(
         "stage_changed",
         extra={"model_id": str(model.id), "version": number, "from": previous, "to": stage},
     )
+    events.registry_changed(model_id=model.id)
     return version
 
 
-async def archive_version(db: AsyncSession, model: RegisteredModel, number: int) -> None:
+async def archive_version(
+    db: AsyncSession, model: RegisteredModel, number: int, *, events: Events
+) -> None:
     """Archive a version: it is kept (and downloadable) but never served."""
     await _lock_model(db, model)
     version = await get_version(db, model, number)
@@ -335,13 +348,14 @@ async def archive_version(db: AsyncSession, model: RegisteredModel, number: int)
         version.stage = Stage.ARCHIVED
         version.updated_at = utcnow()
     await db.commit()
+    events.registry_changed(model_id=model.id)
 
 
 # --- aliases ------------------------------------------------------------------------------------
 
 
 async def set_alias(
-    db: AsyncSession, model: RegisteredModel, alias: str, number: int
+    db: AsyncSession, model: RegisteredModel, alias: str, number: int, *, events: Events
 ) -> ModelVersion:
     """Point `alias` at version `number` of `model` (moving it if it pointed elsewhere).
 
@@ -362,10 +376,13 @@ async def set_alias(
         row.version_id = version.id
         row.updated_at = utcnow()
     await db.commit()
+    events.registry_changed(model_id=model.id)
     return version
 
 
-async def delete_alias(db: AsyncSession, model: RegisteredModel, alias: str) -> None:
+async def delete_alias(
+    db: AsyncSession, model: RegisteredModel, alias: str, *, events: Events
+) -> None:
     """Remove `alias` from `model`.
 
     Raises:
@@ -379,6 +396,7 @@ async def delete_alias(db: AsyncSession, model: RegisteredModel, alias: str) -> 
         raise AliasNotFound(model.name, alias)
     await db.delete(row)
     await db.commit()
+    events.registry_changed(model_id=model.id)
 
 
 # --- uploads ------------------------------------------------------------------------------------
@@ -392,6 +410,7 @@ async def register_version(
     file: ReceivedFile,
     store: ArtifactStore,
     prober: ModelProber,
+    events: Events,
 ) -> ModelVersion:
     """Check an uploaded artifact, store it and record it as the model's next version.
 
@@ -465,6 +484,7 @@ async def register_version(
             "size": file.size,
         },
     )
+    events.registry_changed(model_id=model_id)  # "the newest version" may be this one now
     return version
 
 
