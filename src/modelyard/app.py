@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
@@ -17,16 +18,16 @@ from modelyard.artifacts import make_store
 from modelyard.artifacts.router import router as artifacts_router
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.router import api_keys_router, auth_router, users_router
-from modelyard.auth.service import FailureLimit
+from modelyard.auth.service import Caller, FailureLimit
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.epochs import Epoch, Epochs
 from modelyard.errors import install_error_handlers, v2_error_response
-from modelyard.events import LocalEvents
+from modelyard.events import LocalEvents, RedisEvents
 from modelyard.experiments.router import router as experiments_router
 from modelyard.files.router import router as files_router
-from modelyard.hotcache import EpochCache
+from modelyard.hotcache import REFRESH_GRACE_SECONDS, EpochCache
 from modelyard.observability import health
 from modelyard.observability.logging import configure_logging
 from modelyard.observability.metrics import Metrics
@@ -36,7 +37,7 @@ from modelyard.outage import OutageCache
 from modelyard.predictions import fastpath, history, oip, v2
 from modelyard.predictions.log import PredictionLog
 from modelyard.predictions.router import router as predict_router
-from modelyard.predictions.service import Predictor
+from modelyard.predictions.service import Predictor, Target
 from modelyard.ratelimit import RateLimiter, SharedWindows
 from modelyard.registry.router import router as registry_router
 from modelyard.serving.batching import Batcher
@@ -53,9 +54,28 @@ UPLOAD_PATHS = ("/api/v1/models/upload", "/api/v1/files/upload")
 # A checked credential is reused this long unless something is revoked (epochs), so the API
 # key's last_used_at is still refreshed about once a minute.
 CALLER_CACHE_SECONDS = 60.0
-# Resolutions follow registry changes at once through the epochs; the lifetime bounds what a
-# replica on another host (no shared epochs yet) may serve after a promotion.
+# Resolutions follow registry changes at once through the epochs; without Redis, the lifetime
+# bounds what a replica on another host may serve after a promotion.
 TARGET_CACHE_SECONDS = 5.0
+# With Redis, other replicas' changes arrive as events: resolutions may live as long as callers.
+TARGET_CACHE_SECONDS_WITH_EVENTS = 60.0
+# Redis configured but unreachable: other replicas' events may be missed, so answers are kept
+# this long (plus the fast path's grace) and replicas converge within these bounds.
+DEGRADED_CALLER_CACHE_SECONDS = 5.0
+DEGRADED_TARGET_CACHE_SECONDS = 2.0
+DEGRADED_GRACE_SECONDS = 1.0
+
+
+def _follow(
+    callers: EpochCache[str, Caller], targets: EpochCache[Hashable, Target], healthy: bool
+) -> None:
+    """Keep remembered answers briefly while other replicas' events cannot arrive."""
+    callers.ttl_seconds = CALLER_CACHE_SECONDS if healthy else DEGRADED_CALLER_CACHE_SECONDS
+    targets.ttl_seconds = (
+        TARGET_CACHE_SECONDS_WITH_EVENTS if healthy else DEGRADED_TARGET_CACHE_SECONDS
+    )
+    grace = REFRESH_GRACE_SECONDS if healthy else DEGRADED_GRACE_SECONDS
+    callers.grace_seconds = targets.grace_seconds = grace
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -81,6 +101,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         epochs = Epochs(settings.data_dir)
         rate_limiter = RateLimiter(redis, SharedWindows(settings.data_dir))
+        caller_cache: EpochCache[str, Caller] = EpochCache(
+            epochs, Epoch.AUTH, ttl_seconds=CALLER_CACHE_SECONDS
+        )
+        target_cache: EpochCache[Hashable, Target] = EpochCache(
+            epochs,
+            Epoch.REGISTRY,
+            ttl_seconds=TARGET_CACHE_SECONDS_WITH_EVENTS if redis else TARGET_CACHE_SECONDS,
+        )
+        events: LocalEvents
+        if redis is None:
+            events = LocalEvents(epochs)
+        else:
+            events = RedisEvents(
+                epochs, redis, on_health=functools.partial(_follow, caller_cache, target_cache)
+            )
         state = AppState(
             settings=settings,
             engine=engine,
@@ -100,13 +135,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             predictor=predictor,
             outage_cache=OutageCache(epochs, max_age_seconds=settings.outage_cache_seconds),
             epochs=epochs,
-            events=LocalEvents(epochs),
-            caller_cache=EpochCache(epochs, Epoch.AUTH, ttl_seconds=CALLER_CACHE_SECONDS),
-            target_cache=EpochCache(epochs, Epoch.REGISTRY, ttl_seconds=TARGET_CACHE_SECONDS),
+            events=events,
+            caller_cache=caller_cache,
+            target_cache=target_cache,
             redis=redis,
         )
         app.state.modelyard = state
         await state.prediction_log.start()
+        if isinstance(events, RedisEvents):
+            events.start()
         # Background: the server answers at once; the first upload and load find things warm.
         warming = asyncio.create_task(asyncio.to_thread(warm_up))
         log.info("started", extra={"version": __version__, "env": settings.env.value})
@@ -118,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if not warming.done():
                 warming.cancel()
             # Uvicorn has finished in-flight requests; nothing new reaches the batcher.
+            await events.aclose()
             await predictor.batcher.aclose()
             # While the database and engine are still there: no logged prediction is lost.
             await state.prediction_log.aclose()

@@ -201,10 +201,10 @@ async def test_api_key_with_past_expiry_is_not_created(
     assert (await list_keys(client, user))["total"] == 0
 
 
-def forget_credentials(app: FastAPI) -> None:
+async def forget_credentials(app: FastAPI) -> None:
     """Tell the app's caches about a change made behind its back, straight in the database."""
     state: AppState = app.state.modelyard
-    state.events.credentials_changed()
+    await state.events.credentials_changed()
 
 
 async def test_a_checked_key_is_remembered_until_something_is_revoked(
@@ -229,7 +229,7 @@ async def test_expired_api_key_is_refused(
     assert (await me_with_key(client, created["key"])).status_code == 200
 
     await set_key_columns(db, created["id"], expires_at=datetime.now(UTC) - timedelta(minutes=1))
-    forget_credentials(app)
+    await forget_credentials(app)
 
     assert_unauthorized(await me_with_key(client, created["key"]))
 
@@ -297,7 +297,7 @@ async def test_use_after_a_minute_updates_last_used_at(
     assert first is not None
     moved = first - timedelta(minutes=2)
     await set_key_columns(db, created["id"], last_used_at=moved)
-    forget_credentials(app)  # as a minute passing would: the checked key is not remembered
+    await forget_credentials(app)  # as a minute passing would: the checked key is not remembered
 
     assert (await me_with_key(client, created["key"])).status_code == 200
 

@@ -226,7 +226,7 @@ async def logout(
         raise Unauthorized("invalid token")
     await _revoke_family(db, claims.family_id, utcnow())
     await db.commit()
-    events.credentials_changed(user_id=user.id)
+    await events.credentials_changed(user_id=user.id)
 
 
 async def logout_everywhere(db: AsyncSession, user: User, *, events: Events) -> None:
@@ -234,7 +234,7 @@ async def logout_everywhere(db: AsyncSession, user: User, *, events: Events) -> 
     await _end_credentials(db, user, api_keys=False)
     await db.commit()
     log.info("user_logged_out_everywhere", extra={"user_id": str(user.id)})
-    events.credentials_changed(user_id=user.id)
+    await events.credentials_changed(user_id=user.id)
 
 
 async def _revoke_family(db: AsyncSession, family_id: uuid.UUID, now: datetime) -> None:
@@ -321,7 +321,7 @@ async def update_me(
     user.updated_at = utcnow()
     await db.commit()
     # Also for a new name: remembered callers hold the user row as it was.
-    events.credentials_changed(user_id=user.id)
+    await events.credentials_changed(user_id=user.id)
     return user
 
 
@@ -391,7 +391,7 @@ async def revoke_api_key(
         row.revoked_at = utcnow()
         await db.commit()
     # Announced even if it was revoked already: not even an outage may bring it back.
-    events.credentials_changed(user_id=user.id, api_key_id=key_id)
+    await events.credentials_changed(user_id=user.id, api_key_id=key_id)
 
 
 def looks_like_api_key(credential: str) -> bool:
@@ -474,7 +474,7 @@ async def update_user(
         extra={"user_id": str(user.id), "by": str(admin.id), **data.model_dump(exclude_none=True)},
     )
     if changed:
-        events.credentials_changed(user_id=user.id)
+        await events.credentials_changed(user_id=user.id)
     return user
 
 
@@ -516,5 +516,5 @@ async def ensure_admin(
     await _end_credentials(db, user, api_keys=True)
     await db.commit()
     log.info("user_promoted_to_admin", extra={"user_id": str(user.id)})
-    events.credentials_changed(user_id=user.id)
+    await events.credentials_changed(user_id=user.id)
     return user, False

@@ -11,6 +11,7 @@ from types import FrameType
 import typer
 import uvicorn
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from modelyard import __version__
 from modelyard.artifacts import make_store
@@ -23,7 +24,7 @@ from modelyard.db import migrate as migrations
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.epochs import Epochs
 from modelyard.errors import ModelyardError
-from modelyard.events import LocalEvents
+from modelyard.events import LocalEvents, RedisEvents
 from modelyard.registry import service as registry_service
 
 app = typer.Typer(help="Modelyard: model registry and serving platform.", no_args_is_help=True)
@@ -121,9 +122,11 @@ async def _create_admin(
     settings: Settings, email: str, password: str, promote_existing: bool
 ) -> bool:
     engine = make_engine(settings.sqlalchemy_url)
-    # The running server's workers on this host share these epochs: they drop what they
-    # remembered of the account's old credentials at once.
+    # The running server's workers share these epochs (and, with Redis, every replica hears the
+    # event): they drop what they remembered of the account's old credentials at once.
     epochs = Epochs(settings.data_dir)
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    events = LocalEvents(epochs) if redis is None else RedisEvents(epochs, redis)
     try:
         async with make_sessionmaker(engine)() as db:
             _, created = await auth_service.ensure_admin(
@@ -131,11 +134,13 @@ async def _create_admin(
                 email,
                 password,
                 passwords=PasswordHasher(settings),
-                events=LocalEvents(epochs),
+                events=events,
                 promote_existing=promote_existing,
             )
             return created
     finally:
+        if redis is not None:
+            await redis.aclose()
         epochs.close()
         await engine.dispose()
 

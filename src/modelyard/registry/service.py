@@ -218,7 +218,7 @@ async def archive_model(db: AsyncSession, model: RegisteredModel, *, events: Eve
     model.updated_at = now
     await db.commit()
     log.info("model_archived", extra={"model_id": str(model.id)})
-    events.registry_changed(model_id=model.id)
+    await events.registry_changed(model_id=model.id)
 
 
 async def _lock_model(db: AsyncSession, model: RegisteredModel) -> None:
@@ -290,7 +290,7 @@ async def update_version(
     version.updated_at = utcnow()
     await db.commit()
     # The input schema names the features predictions are matched by.
-    events.registry_changed(model_id=model.id)
+    await events.registry_changed(model_id=model.id)
     return version
 
 
@@ -334,7 +334,7 @@ async def transition_stage(
         "stage_changed",
         extra={"model_id": str(model.id), "version": number, "from": previous, "to": stage},
     )
-    events.registry_changed(model_id=model.id)
+    await events.registry_changed(model_id=model.id)
     return version
 
 
@@ -348,7 +348,7 @@ async def archive_version(
         version.stage = Stage.ARCHIVED
         version.updated_at = utcnow()
     await db.commit()
-    events.registry_changed(model_id=model.id)
+    await events.registry_changed(model_id=model.id)
 
 
 # --- aliases ------------------------------------------------------------------------------------
@@ -376,7 +376,7 @@ async def set_alias(
         row.version_id = version.id
         row.updated_at = utcnow()
     await db.commit()
-    events.registry_changed(model_id=model.id)
+    await events.registry_changed(model_id=model.id)
     return version
 
 
@@ -396,7 +396,7 @@ async def delete_alias(
         raise AliasNotFound(model.name, alias)
     await db.delete(row)
     await db.commit()
-    events.registry_changed(model_id=model.id)
+    await events.registry_changed(model_id=model.id)
 
 
 # --- uploads ------------------------------------------------------------------------------------
@@ -484,7 +484,7 @@ async def register_version(
             "size": file.size,
         },
     )
-    events.registry_changed(model_id=model_id)  # "the newest version" may be this one now
+    await events.registry_changed(model_id=model_id)  # "the newest version" may be this one now
     return version
 
 
