@@ -102,15 +102,45 @@ async def infer_version(
     return await _infer(name, version_number(version), request, caller, db, state)
 
 
+# Longest decimal a byte count or a version may take; also keeps int() far from its digit limit.
+_MAX_DIGITS = 18
+
+
+def ascii_number(raw: str) -> int | None:
+    """Return a client's decimal (ASCII digits only, at most 18 of them), or None if it is not one.
+
+    `str.isdigit()` and `int()` alone accept other scripts' digits, and `isdigit()` even accepts
+    some that `int()` then refuses ("²"): the cause of a 500 on a header.
+    """
+    if not raw or len(raw) > _MAX_DIGITS or not raw.isascii() or not raw.isdigit():
+        return None
+    return int(raw)
+
+
 def version_number(raw: str) -> int:
     """Parse a path's version.
 
     Raises:
         OIPError: not a version number (400).
     """
-    if not raw.isdigit() or not 1 <= int(raw) < 2**31:
-        raise oip.OIPError(f"version {raw!r} is not a version number of this server")
-    return int(raw)
+    number = ascii_number(raw)
+    if number is None or not 1 <= number < 2**31:
+        raise oip.OIPError(f"version {raw[:32]!r} is not a version number of this server")
+    return number
+
+
+def header_length_value(raw: str | None) -> int | None:
+    """Parse the Inference-Header-Content-Length header (None when absent).
+
+    Raises:
+        OIPError: present but not a byte count (400).
+    """
+    if raw is None:
+        return None
+    number = ascii_number(raw)
+    if number is None:
+        raise oip.OIPError(f"{HEADER_LENGTH} must be a byte count")
+    return number
 
 
 async def _metadata(
@@ -192,11 +222,7 @@ async def answer(
     """
     predictor = state.predictor
     try:
-        if header_length is not None and not header_length.isdigit():
-            raise oip.OIPError(f"{HEADER_LENGTH} must be a byte count")
-        parsed = oip.parse_infer_request(
-            body, json_length=int(header_length) if header_length else None
-        )
+        parsed = oip.parse_infer_request(body, json_length=header_length_value(header_length))
         runtime = await predictor.runtime(target)
         matrix = _input_matrix(parsed, runtime, max_rows=state.settings.max_batch_rows)
         available = ["predictions", "probabilities"] if runtime.has_proba else ["predictions"]
