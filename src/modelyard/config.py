@@ -134,6 +134,12 @@ class Settings(BaseSettings):
     prediction_log_queue_size: int = Field(default=100_000, ge=1)
     """Predictions held in memory while the database is slow; past it they are spooled to disk."""
 
+    # prediction input and log bounds (#10)
+    max_predict_elements: int = Field(default=1_000_000, ge=1)
+    """Most input values one prediction request may carry: rows times features, over every V2
+    tensor (422 on `/api`, 400 on `/v2` past it). Checked from the declared shapes and lengths
+    before any value is read, so a refused request costs no per-value work."""
+
     predict_rate_limit_per_minute: int = Field(default=0, ge=0)
     """Prediction requests per caller and minute (0: no limit)."""
 
