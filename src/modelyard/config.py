@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     tensor (422 on `/api`, 400 on `/v2` past it). Checked from the declared shapes and lengths
     before any value is read, so a refused request costs no per-value work."""
 
+    prediction_log_max_payload_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest serialised inputs, outputs or error the prediction log stores per prediction; a
+    larger payload is stored as `{"truncated": true, "bytes": <size>, "preview": "<its first
+    bytes as text>"}` and a longer error is cut, saying how much was left out."""
+
     predict_rate_limit_per_minute: int = Field(default=0, ge=0)
     """Prediction requests per caller and minute (0: no limit)."""
 

@@ -16,10 +16,12 @@ import orjson
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.app import create_app
 from tests.conftest import make_settings
 from tests.factories import Account, make_account, make_version
+from tests.predictions.conftest import truncation
 from tests.predictions.test_fastpath import (
     IRIS_ROWS,
     NATIVE,
@@ -30,6 +32,7 @@ from tests.predictions.test_fastpath import (
 )
 
 V2_VERSION_PATH = "/v2/models/iris/versions/{}/infer"
+LOG_BUDGET = 64 * 1024  # MODELYARD_PREDICTION_LOG_MAX_PAYLOAD_BYTES's default
 
 
 async def warm(client: httpx.AsyncClient, user: Account, iris_skops: Path, path: str) -> None:
@@ -204,6 +207,8 @@ async def test_a_record_with_many_unknown_keys_gets_a_short_answer(
     assert_same(fast, routed)
     rows = await logged(app)
     assert [r.error for r in rows[1:]] == [detail, detail]
+    for row in rows[1:]:  # the record itself, 2.6 MB, is not stored whole
+        truncation(row.inputs, budget=LOG_BUDGET)
 
 
 async def test_long_unknown_keys_are_listed_cut_short(
@@ -231,8 +236,11 @@ async def test_a_row_wider_than_the_model_is_refused_by_its_length(
 
 
 @pytest.fixture
-async def small(tmp_path: Path, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """An app allowing at most 100 input values per prediction request."""
+async def small(
+    tmp_path: Path, database_url: str, engine: AsyncEngine
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An app allowing at most 100 input values per prediction request (`engine` deletes its
+    rows after the test)."""
     app = create_app(make_settings(tmp_path, database_url, max_predict_elements=100))
     async with LifespanManager(app):
         transport = httpx.ASGITransport(app=app)
@@ -264,3 +272,24 @@ async def test_requests_past_the_element_limit_are_refused_on_both_protocols(
         "error": "input 'x': shape [26,4] holds 104 elements, more than the limit of 100"
     }
     assert_same(fast, routed)
+
+
+# --- finding 6: the prediction log's payload budget -------------------------------------------
+
+
+async def test_a_large_successful_batch_is_logged_within_the_budget(
+    app: FastAPI, client: httpx.AsyncClient, user: Account, iris_skops: Path
+) -> None:
+    await make_version(client, user, iris_skops)
+    rows = IRIS_ROWS * 5000  # 10,000 rows: about 200 KB of inputs, more of outputs
+    native = await client.post(NATIVE, json={"inputs": rows}, headers=user.headers)
+    tensor = {"name": "x", "shape": [len(rows), 4], "datatype": "FP64", "data": rows}
+    v2 = await client.post(V2, json={"inputs": [tensor]}, headers=user.headers)
+    assert (native.status_code, v2.status_code) == (200, 200), native.text + v2.text
+    assert len(native.json()["predictions"]) == len(rows)
+    logged_rows = await logged(app)
+    assert [(r.status, r.n_rows) for r in logged_rows] == [("success", len(rows))] * 2
+    for row in logged_rows:
+        truncation(row.outputs, budget=LOG_BUDGET)
+        inputs = truncation(row.inputs, budget=LOG_BUDGET)
+        assert inputs["preview"].startswith("[[5.1,3.5,1.4,0.2],[6.7,3.0,5.2,2.3],")
