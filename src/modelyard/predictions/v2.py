@@ -263,15 +263,14 @@ def _check_input(header: oip.InferHeader, runtime: Runtime, *, max_rows: int) ->
     if len(header.inputs) != 1:
         raise oip.OIPError(f"the model takes one input tensor; got {len(header.inputs)}")
     tensor = header.inputs[0]
-    where = f"input {oip.quote(tensor.name)}"
     if tensor.datatype in ("BYTES", "BOOL"):
-        raise oip.OIPError(f"{where} must be numeric, not {tensor.datatype}")
+        raise oip.OIPError(f"input {oip.quote(tensor.name)} must be numeric, not {tensor.datatype}")
     shape = tensor.shape
     width = runtime.n_features
     if len(shape) == 1 and width is not None and shape[0] == width:
         shape = [1, width]  # one row, sent flat
     if len(shape) != 2:
-        raise oip.OIPError(f"{where} must have shape [rows, features]")
+        raise oip.OIPError(f"input {oip.quote(tensor.name)} must have shape [rows, features]")
     if width is not None and shape[1] != width:
         raise oip.OIPError(f"the model takes {width} features; input has {shape[1]}")
     if shape[0] == 0:
