@@ -134,6 +134,17 @@ class Settings(BaseSettings):
     prediction_log_queue_size: int = Field(default=100_000, ge=1)
     """Predictions held in memory while the database is slow; past it they are spooled to disk."""
 
+    # prediction input and log bounds (#10)
+    max_predict_elements: int = Field(default=1_000_000, ge=1)
+    """Most input values one prediction request may carry: rows times features, over every V2
+    tensor (422 on `/api`, 400 on `/v2` past it). Checked from the declared shapes and lengths
+    before any value is read, so a refused request costs no per-value work."""
+
+    prediction_log_max_payload_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest serialised inputs, outputs or error the prediction log stores per prediction; a
+    larger payload is stored as `{"truncated": true, "bytes": <size>, "preview": "<its first
+    bytes as text>"}` and a longer error is cut, saying how much was left out."""
+
     predict_rate_limit_per_minute: int = Field(default=0, ge=0)
     """Prediction requests per caller and minute (0: no limit)."""
 

@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.db.tables import ModelVersion, RegisteredModel
@@ -34,6 +35,16 @@ def make_record(**overrides: Any) -> PredictionRecord:
     }
     values.update(overrides)
     return PredictionRecord(**values)
+
+
+def truncation(payload: object, *, budget: int) -> dict[str, Any]:
+    """Check that a stored payload is the log's truncation marker within `budget`; return it."""
+    assert isinstance(payload, dict), payload
+    assert set(payload) == {"truncated", "bytes", "preview"}
+    assert payload["truncated"] is True
+    assert payload["bytes"] > budget
+    assert len(orjson.dumps(payload)) <= budget
+    return payload
 
 
 async def make_model(

@@ -31,6 +31,7 @@ async def main(url: str, spool_dir: Path, n: int) -> None:
         flush_ms=FLUSH_MS,
         queue_size=n + 1,
         keep_payloads=True,
+        max_payload_bytes=64 * 1024,
         metrics=Metrics(),
     )
     await log.start()

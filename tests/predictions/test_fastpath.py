@@ -15,6 +15,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Receive, Scope, Send
 
 from modelyard.app import create_app
@@ -216,8 +217,11 @@ async def test_another_users_credential_never_reaches_a_cached_model(
 
 
 @pytest.fixture
-async def limited(tmp_path: Path, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """An app allowing 3 predictions a minute per user, with a 1 KiB request body limit."""
+async def limited(
+    tmp_path: Path, database_url: str, engine: AsyncEngine
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An app allowing 3 predictions a minute per user, with a 1 KiB request body limit
+    (`engine` deletes its rows after the test)."""
     settings = make_settings(
         tmp_path, database_url, predict_rate_limit_per_minute=3, max_request_bytes=1024
     )

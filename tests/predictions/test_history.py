@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.db.types import utcnow
+from modelyard.predictions.history import LIST_ERROR_CUT, LIST_ERROR_MAX_CHARS
 from modelyard.predictions.log import PredictionRecord
 from modelyard.state import AppState
 from tests import factories
@@ -135,6 +136,45 @@ async def test_get_shows_a_visible_prediction_with_its_fields(
     assert datetime.fromisoformat(body["created_at"]) == rec.created_at
 
 
+async def test_list_leaves_payloads_out_unless_asked(
+    client: httpx.AsyncClient, user: factories.Account, matrix: dict[str, PredictionRecord]
+) -> None:
+    rec = matrix["other_on_mine"]
+    params = {"model_id": str(rec.model_id), "status": "error"}
+
+    summary = await client.get(PREDICTIONS, params=params, headers=user.headers)
+    full = await client.get(
+        PREDICTIONS, params={**params, "include": "payloads"}, headers=user.headers
+    )
+    one = await client.get(f"{PREDICTIONS}/{rec.id}", headers=user.headers)
+
+    assert summary.status_code == full.status_code == one.status_code == 200
+    [item], [full_item] = summary.json()["items"], full.json()["items"]
+    assert (item["inputs"], item["outputs"]) == (None, None)
+    assert (full_item["inputs"], full_item["outputs"]) == (rec.inputs, rec.outputs)
+    assert full_item == one.json()
+    assert {k: v for k, v in item.items() if k not in {"inputs", "outputs"}} == {
+        k: v for k, v in full_item.items() if k not in {"inputs", "outputs"}
+    }
+
+
+async def test_list_cuts_long_errors_unless_payloads_are_asked(
+    app: FastAPI, client: httpx.AsyncClient, db: AsyncSession, user: factories.Account
+) -> None:
+    model, [version] = await make_model(db, user.id)
+    error = "unknown " + "\u00e9" * 3000  # within the log's budget: stored whole
+    rec = record_on(model, version, user.id, status="error", error=error)
+    await log_records(app, [rec])
+
+    summary = await client.get(PREDICTIONS, headers=user.headers)
+    full = await client.get(PREDICTIONS, params={"include": "payloads"}, headers=user.headers)
+    one = await client.get(f"{PREDICTIONS}/{rec.id}", headers=user.headers)
+
+    cut = error[:LIST_ERROR_MAX_CHARS] + LIST_ERROR_CUT
+    assert summary.json()["items"][0]["error"] == cut
+    assert full.json()["items"][0]["error"] == one.json()["error"] == error
+
+
 async def test_get_of_an_invisible_prediction_is_404(
     client: httpx.AsyncClient,
     user: factories.Account,
@@ -188,6 +228,7 @@ async def test_list_filters_by_model_status_and_time(
         {"status": "pending"},
         {"model_id": "iris"},
         {"limit": "0"},
+        {"include": "everything"},
     ],
 )
 async def test_list_rejects_bad_filters(

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,7 +24,7 @@ from modelyard.db.tables import Prediction
 from modelyard.observability.metrics import Metrics
 from modelyard.predictions.log import PredictionLog, PredictionRecord
 from tests.predictions import sigterm_writer
-from tests.predictions.conftest import make_record
+from tests.predictions.conftest import make_record, truncation
 from tests.tcpproxy import TcpProxy
 
 # Bounds of the polling loops below: they wait for a final state, never assert a duration.
@@ -38,6 +39,7 @@ def make_log(engine: AsyncEngine, spool_dir: Path, **overrides: Any) -> Predicti
         "flush_ms": 20,
         "queue_size": 10_000,
         "keep_payloads": True,
+        "max_payload_bytes": 64 * 1024,
         "metrics": Metrics(),
     }
     values.update(overrides)
@@ -159,6 +161,69 @@ async def test_nan_in_payloads_is_stored_as_null(
     await prediction_log.flush()
 
     assert (await stored(engine))[rec.id].inputs == [[None, 1.0]]
+
+
+BUDGET = 1024
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param([[1.5, 2.25, 3.0, 4.125]] * 500, id="numbers"),
+        pytest.param([['"\\'] * 2000], id="escaped-twice-in-the-preview"),
+        pytest.param([["\u00e9\u4e2d\U0001f600"] * 500], id="multi-byte"),
+    ],
+)
+async def test_payloads_past_the_budget_are_stored_as_a_truncation_marker(
+    engine: AsyncEngine, spool_dir: Path, value: Any
+) -> None:
+    log = make_log(engine, spool_dir, max_payload_bytes=BUDGET)
+    await log.start()
+    full = orjson.dumps(value)
+    rec = make_record(status="error", error="bad", inputs=value, outputs={"predictions": value})
+
+    log.record(rec)
+    await log.aclose()
+
+    row = (await stored(engine))[rec.id]
+    inputs = truncation(row.inputs, budget=BUDGET)
+    outputs = truncation(row.outputs, budget=BUDGET)
+    assert inputs["bytes"] == len(full)
+    assert full.decode().startswith(inputs["preview"])
+    assert min(len(inputs["preview"]), len(outputs["preview"])) > BUDGET // 3
+
+
+async def test_payloads_within_the_budget_are_stored_whole(
+    engine: AsyncEngine, spool_dir: Path
+) -> None:
+    log = make_log(engine, spool_dir, max_payload_bytes=BUDGET)
+    await log.start()
+    value = ["x" * (BUDGET - 4)]  # ["x..."]: exactly the budget
+    assert len(orjson.dumps(value)) == BUDGET
+    rec = make_record(inputs=value, outputs=[1])
+
+    log.record(rec)
+    await log.aclose()
+
+    assert (await stored(engine))[rec.id].inputs == value
+
+
+async def test_an_error_past_the_budget_is_cut_and_says_its_size(
+    engine: AsyncEngine, spool_dir: Path
+) -> None:
+    log = make_log(engine, spool_dir, max_payload_bytes=BUDGET)
+    await log.start()
+    error = "unknown " + "\u00e9" * 10_000
+    rec = make_record(status="error", error=error, inputs=None, outputs=None)
+
+    log.record(rec)
+    await log.aclose()
+
+    stored_error = (await stored(engine))[rec.id].error
+    assert stored_error is not None
+    assert len(stored_error.encode()) <= BUDGET
+    assert stored_error.startswith("unknown \u00e9\u00e9")
+    assert stored_error.endswith(f"... (truncated from {len(error.encode())} bytes)")
 
 
 async def test_a_row_the_database_refuses_is_kept_without_its_payload(
@@ -292,6 +357,7 @@ async def test_postgresql_outage_spools_and_replays_every_row_once(
         flush_ms=20,
         queue_size=10_000,
         keep_payloads=True,
+        max_payload_bytes=64 * 1024,
         metrics=metrics,
     )
     await log.start()

@@ -14,13 +14,17 @@ from tritonclient.http._utils import _get_inference_request
 
 from modelyard.predictions.oip import (
     DATATYPES,
+    MAX_TENSORS,
+    QUOTE_MAX_CHARS,
     InferRequest,
     OIPError,
     RequestedOutput,
     Tensor,
+    decode_inputs,
     encode_infer_response,
     model_metadata,
     parse_infer_request,
+    read_infer_request,
     select_outputs,
     server_metadata,
     to_datatype,
@@ -808,6 +812,58 @@ def test_refuses_malformed_binary_bytes(raw: bytes, message: str) -> None:
     body, length = binary_body((binary_input("x", "BYTES", [2], len(raw)), raw))
 
     assert refused(body, length) == f"input 'x': {message}"
+
+
+def test_reading_a_request_leaves_its_values_for_decoding() -> None:
+    raw = bytes_elements(b"a") + b"\x05\x00"  # a torn element: decoding refuses it
+    body, length = binary_body((binary_input("x", "BYTES", [2], len(raw)), raw))
+
+    header = read_infer_request(body, json_length=length)
+
+    assert [(t.name, t.datatype, t.shape, t.count) for t in header.inputs] == [
+        ("x", "BYTES", [2], 2)
+    ]
+    with pytest.raises(OIPError, match="ends inside an element's length prefix"):
+        decode_inputs(header)
+
+
+def test_refuses_more_tensors_than_the_limit() -> None:
+    tensor = one_input()["inputs"][0]
+    many = [{**tensor, "name": f"x{i}"} for i in range(MAX_TENSORS + 1)]
+
+    assert refused_json({"inputs": many}) == (
+        f"inputs has {MAX_TENSORS + 1} tensors, more than the limit of {MAX_TENSORS}"
+    )
+    outputs = [{"name": f"y{i}"} for i in range(MAX_TENSORS + 1)]
+    assert refused_json({**one_input(), "outputs": outputs}) == (
+        f"outputs has {MAX_TENSORS + 1} tensors, more than the limit of {MAX_TENSORS}"
+    )
+
+
+def test_a_duplicate_among_many_inputs_is_found_in_one_pass() -> None:
+    tensor = one_input(shape=[1], data=[1.0])["inputs"][0]
+    names = [f"x{i}" for i in range(MAX_TENSORS - 1)] + ["x0"]
+
+    assert refused_json({"inputs": [{**tensor, "name": n} for n in names]}) == (
+        "input 'x0' appears more than once"
+    )
+
+
+def test_client_chosen_names_are_quoted_cut_short() -> None:
+    name = "n" * 10_000
+
+    assert refused_json(one_input(name=name, datatype="FP99")).startswith(
+        f"input {'n' * QUOTE_MAX_CHARS!r}... (10000 characters): unknown datatype 'FP99'"
+    )
+    assert refused_json(one_input(datatype=["FP64"] * 10_000)).startswith(
+        "input 'x': unknown datatype ['FP64', 'FP64', 'FP64', 'FP64', ...]"
+    )
+    request = request_json({**one_input(), "outputs": [{"name": name}]})
+    with pytest.raises(OIPError) as caught:
+        select_outputs(request, ["predict"])
+    assert caught.value.message == (
+        f"unknown output {'n' * QUOTE_MAX_CHARS!r}... (10000 characters); the model has predict"
+    )
 
 
 def test_select_outputs_refuses_an_unknown_output() -> None:

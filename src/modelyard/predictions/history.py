@@ -18,9 +18,10 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Query
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, Field
 from sqlalchemy import ColumnElement, Date, Select, and_, case, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from modelyard.auth.deps import CurrentUser
 from modelyard.db.deps import SessionDep
@@ -34,6 +35,10 @@ from modelyard.schemas import Page, PageDep, PageParams, ReadModel
 router = make_router(tags=["predictions"])
 
 MAX_USAGE_DAYS = 365
+# Characters of an error a list shows; the prediction itself shows it whole. Cut in SQL, so a
+# page of rows logged before errors had a budget does not carry megabytes each.
+LIST_ERROR_MAX_CHARS = 1024
+LIST_ERROR_CUT = "... (cut short in lists; the prediction itself shows it whole)"
 # Nearest-rank percentiles as fractions, so that ceil(p * n) is exact integer arithmetic.
 P50 = (50, 100)
 P95 = (95, 100)
@@ -49,16 +54,25 @@ class PredictionNotFound(NotFound):
         super().__init__(f"prediction '{ref}' not found")
 
 
+class Include(StrEnum):
+    PAYLOADS = "payloads"
+
+
 class PredictionRead(ReadModel):
     id: uuid.UUID
     model_id: uuid.UUID | None
     model_name: str | None = None
     version: int | None
     status: str
-    error: str | None
+    error: str | None = Field(
+        description=f"in lists, at most {LIST_ERROR_MAX_CHARS} characters unless `include=payloads`"
+    )
     protocol: str
-    inputs: Any
-    outputs: Any
+    inputs: Any = Field(
+        description="null in lists unless `include=payloads`; a payload larger than the log's "
+        'budget is stored as {"truncated": true, "bytes": N, "preview": "..."}'
+    )
+    outputs: Any = Field(description="as `inputs`")
     n_rows: int
     inference_time_ms: float | None
     created_at: datetime
@@ -108,6 +122,26 @@ def _read(prediction: Prediction, model_name: str | None) -> PredictionRead:
     return read
 
 
+# What a list reads of each row without `include=payloads`: payloads are never loaded, and the
+# error only up to LIST_ERROR_MAX_CHARS (one more tells whether it was cut).
+_SUMMARY_FIELDS = tuple(
+    name for name in PredictionRead.model_fields if name not in {"inputs", "outputs", "error"}
+)
+_SUMMARY_OPTIONS = (
+    defer(Prediction.inputs, raiseload=True),
+    defer(Prediction.outputs, raiseload=True),
+    defer(Prediction.error, raiseload=True),
+)
+_ERROR_HEAD = func.substr(Prediction.error, 1, LIST_ERROR_MAX_CHARS + 1).label("error_head")
+
+
+def _summary(prediction: Prediction, model_name: str | None, error: str | None) -> PredictionRead:
+    if error is not None and len(error) > LIST_ERROR_MAX_CHARS:
+        error = error[:LIST_ERROR_MAX_CHARS] + LIST_ERROR_CUT
+    fields = {name: getattr(prediction, name) for name in _SUMMARY_FIELDS if name != "model_name"}
+    return PredictionRead(**fields, model_name=model_name, error=error, inputs=None, outputs=None)
+
+
 def _time_window(since: datetime | None, until: datetime | None) -> list[ColumnElement[bool]]:
     conditions = []
     if since is not None:
@@ -126,22 +160,32 @@ async def list_predictions(
     status: PredictionStatus | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    payloads: bool = False,
 ) -> Page[PredictionRead]:
-    """Return one page of the predictions the caller may see, newest first, and their total."""
+    """Return one page of the predictions the caller may see, newest first, and their total.
+
+    Without `payloads`, items leave inputs and outputs out (null) and cut errors at
+    LIST_ERROR_MAX_CHARS, in SQL: a page costs the same whatever was logged.
+    """
     query = visible_predictions(user).where(*_time_window(since, until))
     if model_id is not None:
         query = query.where(Prediction.model_id == model_id)
     if status is not None:
         query = query.where(Prediction.status == status.value)
     total = await db.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await db.execute(
+    ordered = (
         _with_model_name(query)
         .order_by(Prediction.created_at.desc(), Prediction.id.desc())
         .limit(page.limit)
         .offset(page.offset)
     )
+    if payloads:
+        items = [_read(prediction, name) for prediction, name in await db.execute(ordered)]
+    else:
+        rows = await db.execute(ordered.add_columns(_ERROR_HEAD).options(*_SUMMARY_OPTIONS))
+        items = [_summary(prediction, name, error) for prediction, name, error in rows]
     return Page[PredictionRead](
-        items=[_read(prediction, name) for prediction, name in rows],
+        items=items,
         total=total or 0,
         limit=page.limit,
         offset=page.offset,
@@ -353,10 +397,25 @@ async def list_prediction_log(
     status: PredictionStatus | None = None,
     since: Since = None,
     until: Until = None,
+    include: Annotated[
+        Include | None,
+        Query(description="`payloads`: each item's inputs, outputs and whole error too"),
+    ] = None,
 ) -> Page[PredictionRead]:
-    """List the logged predictions the caller may see (its own, and those on its models), newest first."""
+    """List the logged predictions the caller may see (its own, and those on its models), newest first.
+
+    Items leave inputs and outputs out (null) and cut errors at 1024 characters unless
+    `include=payloads`; `GET /api/v1/predictions/{id}` shows one prediction whole.
+    """
     return await list_predictions(
-        db, user, page=page, model_id=model_id, status=status, since=since, until=until
+        db,
+        user,
+        page=page,
+        model_id=model_id,
+        status=status,
+        since=since,
+        until=until,
+        payloads=include is Include.PAYLOADS,
     )
 
 

@@ -59,6 +59,8 @@ STATEMENT_ROWS = 100
 # operator intervention (admin shutdown, "the database system is starting up").
 _OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
 _UUID_FIELDS = ("id", "model_id", "version_id", "owner_id", "user_id", "api_key_id")
+# Room an error's truncation note takes, within the payload budget.
+_MARKER_BYTES = 64
 
 
 @dataclass(slots=True)
@@ -99,6 +101,7 @@ class PredictionLog:
         flush_ms: int,
         queue_size: int,
         keep_payloads: bool,
+        max_payload_bytes: int,
         metrics: Metrics,
     ) -> None:
         self._sessions = sessions
@@ -107,6 +110,7 @@ class PredictionLog:
         self._flush_seconds = flush_ms / 1000
         self._queue_size = queue_size
         self._keep_payloads = keep_payloads
+        self._max_payload_bytes = max_payload_bytes
         self._metrics = metrics
         # Rows to insert, FIFO, so counts of queued and done are positions; `_queued_at` holds
         # each one's monotonic time beside it. A row holds its payloads as serialised JSON and
@@ -144,6 +148,7 @@ class PredictionLog:
             flush_ms=settings.prediction_log_flush_ms,
             queue_size=settings.prediction_log_queue_size,
             keep_payloads=settings.prediction_log_payloads,
+            max_payload_bytes=settings.prediction_log_max_payload_bytes,
             metrics=metrics,
         )
 
@@ -165,10 +170,11 @@ class PredictionLog:
 
         Call it from the event loop thread. Past `queue_size` queued records (or after `aclose`)
         the record is appended to the spool file at once, so memory stays bounded under overload.
+        Inputs, outputs and error longer than `max_payload_bytes` are cut here (see `_storable`).
         """
         try:
-            # Stored as it will be inserted: payloads as JSON, no NUL in text.
-            row = _storable(rec, payloads=self._keep_payloads)
+            # Stored as it will be inserted: payloads as JSON within budget, no NUL in text.
+            row = _storable(rec, payloads=self._keep_payloads, max_bytes=self._max_payload_bytes)
             if self._closed:
                 # No writer any more: spool it and close the file, which the next start replays.
                 self._spool_rows([row])
@@ -481,28 +487,64 @@ class PredictionLog:
         self._retry_at = time.monotonic() + self._backoff
 
 
-def _storable(rec: PredictionRecord, *, payloads: bool) -> Row:
+def _storable(rec: PredictionRecord, *, payloads: bool, max_bytes: int) -> Row:
     """Return the row to insert: payloads made strictly JSON (NaN becomes null) or left out,
-    no NUL in text."""
+    each payload and the error at most `max_bytes` long, no NUL in text.
+
+    A payload past the budget is stored as `{"truncated": true, "bytes": <its size as JSON>,
+    "preview": "<its first bytes, as text>"}`; an error past it is cut and says its size. One
+    15 MB failing request stored 30 MB, and listing a hundred such rows took 1.6 GiB.
+    """
     row = {name: getattr(rec, name) for name in _FIELDS}
-    row["inputs"] = _json_safe(rec.inputs) if payloads else None
-    row["outputs"] = _json_safe(rec.outputs) if payloads else None
-    if rec.error is not None and "\x00" in rec.error:
-        # PostgreSQL text cannot hold NUL; the message stays readable without it.
-        row["error"] = rec.error.replace("\x00", "\ufffd")
+    row["inputs"] = _json_safe(rec.inputs, max_bytes) if payloads else None
+    row["outputs"] = _json_safe(rec.outputs, max_bytes) if payloads else None
+    error = rec.error
+    if error is not None:
+        if "\x00" in error:
+            # PostgreSQL text cannot hold NUL; the message stays readable without it.
+            error = error.replace("\x00", "\ufffd")
+        # Characters are 1-4 bytes: only a long message needs encoding to be measured.
+        if len(error) * 4 > max_bytes and len(encoded := error.encode()) > max_bytes:
+            kept = encoded[: max_bytes - _MARKER_BYTES].decode(errors="ignore")
+            error = f"{kept}... (truncated from {len(encoded)} bytes)"
+        row["error"] = error
     return row
 
 
-def _json_safe(value: Any) -> Any:
+def _json_safe(value: Any, max_bytes: int) -> Any:
     if value is None or isinstance(value, orjson.Fragment):
         return value
     try:
         # Serialised once, here (NaN becomes null); the JSON column and the spool embed the
         # fragment as it is, without building the payload again as Python objects.
-        return orjson.Fragment(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+        data = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         log.warning("prediction_log_payload_not_json", extra={"type": type(value).__name__})
         return None
+    return orjson.Fragment(data if len(data) <= max_bytes else _truncated(data, max_bytes))
+
+
+def _truncated(data: bytes, max_bytes: int) -> bytes:
+    """Return what stands for a payload past the budget: valid JSON of at most `max_bytes`."""
+
+    def marker(keep: int) -> bytes:
+        # A cut through a UTF-8 sequence drops its bytes; JSON text has no other invalid ones.
+        preview = data[: max(0, keep)].decode(errors="ignore")
+        return orjson.dumps({"truncated": True, "bytes": len(data), "preview": preview})
+
+    fixed = len(marker(0))
+    keep = max_bytes - fixed
+    stored = marker(keep)
+    if len(stored) > max_bytes:
+        # Escaping made the preview longer (a quote is written \"): shrink it in proportion...
+        keep = keep * (max_bytes - fixed) // (len(stored) - fixed)
+        stored = marker(keep)
+    while len(stored) > max_bytes:
+        # ...and if this prefix escapes more than the average, cut the excess: each byte cut
+        # shortens the marker by at least one, so this pass always fits.
+        keep -= len(stored) - max_bytes
+        stored = marker(keep)
+    return stored
 
 
 def _uuid_subclasses(value: Any) -> str:

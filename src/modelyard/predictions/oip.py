@@ -9,6 +9,7 @@ uses by default.
 from __future__ import annotations
 
 import math
+import reprlib
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -68,9 +69,24 @@ _EXPECTED_WORDS: Final[dict[str, str]] = {
 
 # numpy's limit on dimensions; a longer shape could never be built.
 _MAX_DIMS: Final = 64
+# Most input or output tensors one request may name: a bound on the per-tensor work done before
+# a server can tell whether the request fits its model.
+MAX_TENSORS: Final = 1024
+# Longest client-chosen text (a name, a datatype) an error message quotes in full.
+QUOTE_MAX_CHARS: Final = 64
 _LENGTH_PREFIX: Final = struct.Struct("<I")
 
 EXTENSIONS: Final[tuple[str, ...]] = ("binary_tensor_data",)
+
+
+def _bounded_repr() -> reprlib.Repr:
+    bounded = reprlib.Repr()  # keyword arguments only from Python 3.12
+    bounded.maxlevel, bounded.maxlist, bounded.maxdict = 2, 4, 4
+    bounded.maxstring = bounded.maxlong = bounded.maxother = QUOTE_MAX_CHARS
+    return bounded
+
+
+_QUOTE: Final = _bounded_repr()
 
 
 def to_numpy_dtype(datatype: str) -> np.dtype[Any]:
@@ -83,7 +99,7 @@ def to_numpy_dtype(datatype: str) -> np.dtype[Any]:
         return _NUMPY_DTYPES[datatype]
     except (KeyError, TypeError):
         raise OIPError(
-            f"unknown datatype {datatype!r}; expected one of {', '.join(sorted(DATATYPES))}"
+            f"unknown datatype {quote(datatype)}; expected one of {', '.join(sorted(DATATYPES))}"
         ) from None
 
 
@@ -139,6 +155,19 @@ class InferRequest:
     binary_data_output: bool
 
 
+def quote(value: object) -> str:
+    """Return `repr(value)` for an error message, bounded: a long string is cut, its length told.
+
+    A client chooses names and datatypes; quoting a 10 MB one would send and log it back whole.
+    """
+    if isinstance(value, str):
+        if len(value) <= QUOTE_MAX_CHARS:
+            return repr(value)
+        return f"{value[:QUOTE_MAX_CHARS]!r}... ({len(value)} characters)"
+    # reprlib reads only the first few items of a list or an object, however long it is.
+    return _QUOTE.repr(value)
+
+
 def _shape_text(shape: list[int] | tuple[int, ...]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
@@ -157,8 +186,8 @@ def _parameters(value: object, where: str) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
-class _InputHeader:
-    """An input's JSON part, validated before any array is built."""
+class InputHeader:
+    """An input's JSON part, validated before any array is built: what it declares costs O(1)."""
 
     name: str
     datatype: str
@@ -169,14 +198,48 @@ class _InputHeader:
     binary_size: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class InferHeader:
+    """An inference request read up to its tensors' values: the JSON document validated, every
+    input's datatype, shape, element count and binary size known, no array built yet.
+
+    What a server checks against its model here costs no per-element work; `decode_inputs` then
+    builds the arrays.
+    """
+
+    id: str | None
+    inputs: list[InputHeader]
+    outputs: list[RequestedOutput]
+    parameters: dict[str, Any]
+    binary_data_output: bool
+    body: bytes
+    binary_offset: int  # where the first binary tensor starts in `body`
+
+
 def parse_infer_request(
     body: bytes, *, json_length: int | None, max_elements: int = 50_000_000
 ) -> InferRequest:
     """Parse and validate an inference request body, JSON or JSON plus binary tensors.
 
+    `read_infer_request` then `decode_inputs`; see them.
+
+    Raises:
+        OIPError: anything the protocol or these limits refuse (status 400), message naming it.
+    """
+    return decode_inputs(
+        read_infer_request(body, json_length=json_length, max_elements=max_elements)
+    )
+
+
+def read_infer_request(
+    body: bytes, *, json_length: int | None, max_elements: int = 50_000_000
+) -> InferHeader:
+    """Read and validate an inference request up to its tensors' values (no array is built).
+
     `json_length` is the `Inference-Header-Content-Length` header: the JSON is `body[:json_length]`
     and the binary tensors follow in input order. Without it the whole body is JSON. At most
-    `max_elements` elements over all inputs are accepted.
+    `max_elements` elements over all inputs and `MAX_TENSORS` inputs and outputs are accepted;
+    those bounds are checked from the declared shapes, before any value is read.
 
     Raises:
         OIPError: anything the protocol or these limits refuse (status 400), message naming it.
@@ -210,13 +273,18 @@ def parse_infer_request(
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise OIPError("inputs must be a non-empty list")
+    if len(raw_inputs) > MAX_TENSORS:
+        raise OIPError(
+            f"inputs has {len(raw_inputs)} tensors, more than the limit of {MAX_TENSORS}"
+        )
     headers = [
         _parse_input_header(raw, index, max_elements) for index, raw in enumerate(raw_inputs)
     ]
-    names = [header.name for header in headers]
-    if len(set(names)) != len(names):
-        duplicate = next(name for name in names if names.count(name) > 1)
-        raise OIPError(f"input {duplicate!r} appears more than once")
+    seen: set[str] = set()
+    for header in headers:
+        if header.name in seen:
+            raise OIPError(f"input {quote(header.name)} appears more than once")
+        seen.add(header.name)
     total = sum(header.count for header in headers)
     if total > max_elements:
         raise OIPError(f"inputs hold {total} elements, more than the limit of {max_elements}")
@@ -226,7 +294,7 @@ def parse_infer_request(
         if header.binary_size is not None:
             if json_length is None:
                 raise OIPError(
-                    f"input {header.name!r} has binary_data_size but the request has no "
+                    f"input {quote(header.name)} has binary_data_size but the request has no "
                     "Inference-Header-Content-Length header"
                 )
             binary_total += header.binary_size
@@ -236,44 +304,62 @@ def parse_infer_request(
             "bytes follow the JSON header"
         )
 
-    inputs: list[Tensor] = []
-    offset = 0 if json_length is None else json_length
-    for header in headers:
-        if header.binary_size is None:
-            array = _array_from_json(header)
-        else:
-            array = _array_from_binary(header, header.binary_size, body, offset)
-            offset += header.binary_size
-        inputs.append(
-            Tensor(
-                name=header.name,
-                datatype=header.datatype,
-                shape=header.shape,
-                data=array,
-                parameters=header.parameters,
-            )
-        )
-
-    return InferRequest(
+    return InferHeader(
         id=request_id,
-        inputs=inputs,
+        inputs=headers,
         outputs=_parse_outputs(document.get("outputs")),
         parameters=parameters,
         binary_data_output=binary_data_output,
+        body=body,
+        binary_offset=0 if json_length is None else json_length,
     )
 
 
-def _parse_input_header(raw: object, index: int, max_elements: int) -> _InputHeader:
+def decode_inputs(header: InferHeader) -> InferRequest:
+    """Build the input arrays of a request read by `read_infer_request`.
+
+    This is the per-element work (bounded by the `max_elements` the header was read with).
+
+    Raises:
+        OIPError: values that do not fit their datatype or shape (status 400).
+    """
+    inputs: list[Tensor] = []
+    offset = header.binary_offset
+    for tensor in header.inputs:
+        if tensor.binary_size is None:
+            array = _array_from_json(tensor)
+        else:
+            array = _array_from_binary(tensor, tensor.binary_size, header.body, offset)
+            offset += tensor.binary_size
+        inputs.append(
+            Tensor(
+                name=tensor.name,
+                datatype=tensor.datatype,
+                shape=tensor.shape,
+                data=array,
+                parameters=tensor.parameters,
+            )
+        )
+    return InferRequest(
+        id=header.id,
+        inputs=inputs,
+        outputs=header.outputs,
+        parameters=header.parameters,
+        binary_data_output=header.binary_data_output,
+    )
+
+
+def _parse_input_header(raw: object, index: int, max_elements: int) -> InputHeader:
     if not isinstance(raw, dict):
         raise OIPError(f"inputs[{index}] must be an object")
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise OIPError(f"inputs[{index}]: name must be a non-empty string")
-    where = f"input {name!r}"
+    where = f"input {quote(name)}"
     datatype = raw.get("datatype")
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise OIPError(
-            f"{where}: unknown datatype {datatype!r}; expected one of "
+            f"{where}: unknown datatype {quote(datatype)}; expected one of "
             f"{', '.join(sorted(DATATYPES))}"
         )
     shape = raw.get("shape")
@@ -308,13 +394,13 @@ def _parse_input_header(raw: object, index: int, max_elements: int) -> _InputHea
         raise OIPError(f"{where}: data is missing (and no binary_data_size is given)")
     elif not isinstance(data, list):
         raise OIPError(f"{where}: data must be a list")
-    return _InputHeader(name, datatype, shape, count, parameters, data or [], binary_size)
+    return InputHeader(name, datatype, shape, count, parameters, data or [], binary_size)
 
 
-def _array_from_json(header: _InputHeader) -> npt.NDArray[Any]:
+def _array_from_json(header: InputHeader) -> npt.NDArray[Any]:
     if header.datatype == "BYTES":
         return _bytes_from_json(header, header.data)
-    where = f"input {header.name!r}"
+    where = f"input {quote(header.name)}"
     dtype = _NUMPY_DTYPES[header.datatype]
     try:
         # Infer first, convert after: converting directly would turn "1.5" into 1.5 and 1.5 into 1.
@@ -362,7 +448,7 @@ def _array_from_json(header: _InputHeader) -> npt.NDArray[Any]:
     return inferred.astype(dtype, copy=False)
 
 
-def _large_integers(header: _InputHeader, inferred: npt.NDArray[Any]) -> npt.NDArray[Any]:
+def _large_integers(header: InputHeader, inferred: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """Return integers numpy promoted to float64 exactly, as the datatype, or else `inferred`."""
     # numpy promotes a list mixing ints of int64's range and ints past it (up to UINT64's
     # maximum) to float64, losing precision; only then is a loop over the values worth it.
@@ -372,7 +458,7 @@ def _large_integers(header: _InputHeader, inferred: npt.NDArray[Any]) -> npt.NDA
     dtype = _NUMPY_DTYPES[header.datatype]
     info = np.iinfo(dtype)
     if min(values) < info.min or max(values) > info.max:
-        raise OIPError(f"input {header.name!r}: a value is out of range for {header.datatype}")
+        raise OIPError(f"input {quote(header.name)}: a value is out of range for {header.datatype}")
     return np.array(values, dtype=dtype).reshape(inferred.shape)
 
 
@@ -389,8 +475,8 @@ def _describe_kind(array: npt.NDArray[Any]) -> str:
     return "mixed or non-scalar values"
 
 
-def _bytes_from_json(header: _InputHeader, data: list[Any]) -> npt.NDArray[Any]:
-    where = f"input {header.name!r}"
+def _bytes_from_json(header: InputHeader, data: list[Any]) -> npt.NDArray[Any]:
+    where = f"input {quote(header.name)}"
     shape = header.shape
     elements: list[bytes] = []
 
@@ -423,9 +509,9 @@ def _bytes_from_json(header: _InputHeader, data: list[Any]) -> npt.NDArray[Any]:
 
 
 def _array_from_binary(
-    header: _InputHeader, size: int, body: bytes, offset: int
+    header: InputHeader, size: int, body: bytes, offset: int
 ) -> npt.NDArray[Any]:
-    where = f"input {header.name!r}"
+    where = f"input {quote(header.name)}"
     if header.datatype == "BYTES":
         return _bytes_from_binary(header, size, body, offset)
     dtype = _NUMPY_DTYPES[header.datatype]
@@ -445,9 +531,9 @@ def _array_from_binary(
 
 
 def _bytes_from_binary(
-    header: _InputHeader, size: int, body: bytes, offset: int
+    header: InputHeader, size: int, body: bytes, offset: int
 ) -> npt.NDArray[Any]:
-    where = f"input {header.name!r}"
+    where = f"input {quote(header.name)}"
     end = offset + size
     elements: list[bytes] = []
     position = offset
@@ -477,6 +563,10 @@ def _parse_outputs(raw_outputs: object) -> list[RequestedOutput]:
         return []
     if not isinstance(raw_outputs, list):
         raise OIPError("outputs must be a list")
+    if len(raw_outputs) > MAX_TENSORS:
+        raise OIPError(
+            f"outputs has {len(raw_outputs)} tensors, more than the limit of {MAX_TENSORS}"
+        )
     outputs: list[RequestedOutput] = []
     seen: set[str] = set()
     for index, raw in enumerate(raw_outputs):
@@ -485,7 +575,7 @@ def _parse_outputs(raw_outputs: object) -> list[RequestedOutput]:
         name = raw.get("name")
         if not isinstance(name, str) or not name:
             raise OIPError(f"outputs[{index}]: name must be a non-empty string")
-        where = f"output {name!r}"
+        where = f"output {quote(name)}"
         if name in seen:
             raise OIPError(f"{where} is requested more than once")
         seen.add(name)
@@ -502,7 +592,7 @@ def _parse_outputs(raw_outputs: object) -> list[RequestedOutput]:
     return outputs
 
 
-def select_outputs(request: InferRequest, available: list[str]) -> list[str]:
+def select_outputs(request: InferRequest | InferHeader, available: list[str]) -> list[str]:
     """Return the outputs to send: those requested, in request order, or all available.
 
     Raises:
@@ -514,12 +604,12 @@ def select_outputs(request: InferRequest, available: list[str]) -> list[str]:
     for output in request.outputs:
         if output.name not in known:
             raise OIPError(
-                f"unknown output {output.name!r}; the model has {', '.join(available) or 'none'}"
+                f"unknown output {quote(output.name)}; the model has {', '.join(available) or 'none'}"
             )
     return [output.name for output in request.outputs]
 
 
-def wanted_binary_outputs(request: InferRequest, available: list[str]) -> set[str]:
+def wanted_binary_outputs(request: InferRequest | InferHeader, available: list[str]) -> set[str]:
     """Return which outputs to send as binary: per-output binary_data, else binary_data_output."""
     choices = {output.name: output.binary_data for output in request.outputs}
     wanted: set[str] = set()

@@ -97,14 +97,18 @@ async def answer(state: AppState, caller: Caller, target: service.Target, raw: b
         )
         raise BadRequest(f"invalid JSON: {exc}") from exc
     inputs = body.get("inputs") if isinstance(body, dict) else None
-    if not isinstance(body, dict) or set(body) != {"inputs"}:
+    if not isinstance(body, dict) or len(body) != 1 or "inputs" not in body:
         error = 'the body must be {"inputs": [...]} and nothing else'
         predictor.record_failure(target, caller=caller, protocol="rest", error=error, inputs=None)
         raise service.InvalidInput(error)
     runtime = await predictor.runtime(target)
     try:
         matrix = service.input_matrix(
-            inputs, runtime=runtime, target=target, max_rows=state.settings.max_batch_rows
+            inputs,
+            runtime=runtime,
+            target=target,
+            max_rows=state.settings.max_batch_rows,
+            max_elements=state.settings.max_predict_elements,
         )
     except service.InvalidInput as exc:
         predictor.record_failure(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -193,13 +194,23 @@ async def resolve_fresh(
 
 # --- inputs ---------------------------------------------------------------------------------------
 
+# Most names (and characters of each) an error message lists; it says how many more there are.
+LISTED_NAMES = 5
+NAME_MAX_CHARS = 64
 
-def input_matrix(inputs: Any, *, runtime: Runtime, target: Target, max_rows: int) -> np.ndarray:
+
+def input_matrix(
+    inputs: Any, *, runtime: Runtime, target: Target, max_rows: int, max_elements: int
+) -> np.ndarray:
     """Turn `inputs` (rows of numbers, or records by feature name) into the model's 2D batch.
 
+    Sizes are checked first, from lengths alone (rows, the first row's width, a record's key
+    count): a request that cannot fit is refused before any per-value work, and every message
+    lists a bounded number of names.
+
     Raises:
-        InvalidInput: saying what is wrong: not a non-empty list, too many rows, mixed or
-            ragged rows, wrong feature count, missing/unknown names, non-numeric values.
+        InvalidInput: saying what is wrong: not a non-empty list, too many rows or values, mixed
+            or ragged rows, wrong feature count, missing/unknown names, non-numeric values.
     """
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("inputs must be a non-empty list of rows or of records")
@@ -208,8 +219,13 @@ def input_matrix(inputs: Any, *, runtime: Runtime, target: Target, max_rows: int
     width = runtime.n_features or (len(target.feature_names) if target.feature_names else None)
     first = inputs[0]
     if isinstance(first, dict):
-        rows = _records_to_rows(inputs, names=target.feature_names or runtime.feature_names)
+        names = target.feature_names or runtime.feature_names
+        _check_size(len(inputs), len(names) if names else len(first), max_elements)
+        rows = _records_to_rows(inputs, names=names)
     elif isinstance(first, list):
+        if width is not None and len(first) != width:
+            raise InvalidInput(f"the model takes {width} features; inputs[0] has {len(first)}")
+        _check_size(len(inputs), len(first), max_elements)
         rows = inputs
     else:
         raise InvalidInput("inputs[0] must be a list of feature values or an object of features")
@@ -226,6 +242,14 @@ def input_matrix(inputs: Any, *, runtime: Runtime, target: Target, max_rows: int
     return np.ascontiguousarray(matrix, dtype=runtime.input_dtype)
 
 
+def _check_size(rows: int, width: int, max_elements: int) -> None:
+    if rows * width > max_elements:
+        raise InvalidInput(
+            f"{rows} rows of {width} values is {rows * width} values, more than the "
+            f"{max_elements} allowed per request"
+        )
+
+
 def _records_to_rows(records: list[Any], *, names: list[str] | None) -> list[list[Any]]:
     if names is None:
         raise InvalidInput("this model does not name its features: send rows of values")
@@ -235,16 +259,33 @@ def _records_to_rows(records: list[Any], *, names: list[str] | None) -> list[lis
         if not isinstance(record, dict):
             raise InvalidInput(f"inputs[{i}] is not a record like inputs[0]")
         if record.keys() != wanted:
-            missing = sorted(wanted - record.keys())
-            unknown = sorted(record.keys() - wanted)
-            parts = []
-            if missing:
-                parts.append("missing " + ", ".join(missing))
-            if unknown:
-                parts.append("unknown " + ", ".join(unknown))
-            raise InvalidInput(f"inputs[{i}]: " + "; ".join(parts))
+            raise InvalidInput(f"inputs[{i}]: " + _key_mismatch(record, names, wanted))
         rows.append([record[n] for n in names])
     return rows
+
+
+def _key_mismatch(record: dict[str, Any], names: list[str], wanted: set[str]) -> str:
+    """Say which names a record misses and which it has unknown, listing a few of each.
+
+    O(features + LISTED_NAMES), whatever the record's size: a record with a million unknown
+    keys is described by its first few and a count, never by sorting or joining them all.
+    """
+    missing = [name for name in names if name not in record]
+    # len(record) = known + unknown keys, and the known ones are len(names) - len(missing).
+    n_unknown = len(record) - (len(names) - len(missing))
+    unknown = list(itertools.islice((key for key in record if key not in wanted), LISTED_NAMES))
+    parts = []
+    if missing:
+        parts.append("missing " + _listed(missing[:LISTED_NAMES], len(missing)))
+    if n_unknown:
+        parts.append("unknown " + _listed(unknown, n_unknown))
+    return "; ".join(parts)
+
+
+def _listed(names: list[str], total: int) -> str:
+    shown = [n if len(n) <= NAME_MAX_CHARS else n[:NAME_MAX_CHARS] + "..." for n in names]
+    more = total - len(names)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
 def _ragged_reason(rows: list[Any]) -> str:

@@ -103,15 +103,45 @@ async def infer_version(
     return await _infer(name, version_number(version), request, caller, db, state)
 
 
+# Longest decimal a byte count or a version may take; also keeps int() far from its digit limit.
+_MAX_DIGITS = 18
+
+
+def ascii_number(raw: str) -> int | None:
+    """Return a client's decimal (ASCII digits only, at most 18 of them), or None if it is not one.
+
+    `str.isdigit()` and `int()` alone accept other scripts' digits, and `isdigit()` even accepts
+    some that `int()` then refuses ("²"): the cause of a 500 on a header.
+    """
+    if not raw or len(raw) > _MAX_DIGITS or not raw.isascii() or not raw.isdigit():
+        return None
+    return int(raw)
+
+
 def version_number(raw: str) -> int:
     """Parse a path's version.
 
     Raises:
         OIPError: not a version number (400).
     """
-    if not raw.isdigit() or not 1 <= int(raw) < 2**31:
-        raise oip.OIPError(f"version {raw!r} is not a version number of this server")
-    return int(raw)
+    number = ascii_number(raw)
+    if number is None or not 1 <= number < 2**31:
+        raise oip.OIPError(f"version {oip.quote(raw)} is not a version number of this server")
+    return number
+
+
+def header_length_value(raw: str | None) -> int | None:
+    """Parse the Inference-Header-Content-Length header (None when absent).
+
+    Raises:
+        OIPError: present but not a byte count (400).
+    """
+    if raw is None:
+        return None
+    number = ascii_number(raw)
+    if number is None:
+        raise oip.OIPError(f"{HEADER_LENGTH} must be a byte count")
+    return number
 
 
 async def _metadata(
@@ -192,20 +222,25 @@ async def answer(
         InvalidInput: the model could not predict the values (logged as a failure).
     """
     predictor = state.predictor
+    settings = state.settings
     try:
-        if header_length is not None and not header_length.isdigit():
-            raise oip.OIPError(f"{HEADER_LENGTH} must be a byte count")
-        parsed = oip.parse_infer_request(
-            body, json_length=int(header_length) if header_length else None
+        header = oip.read_infer_request(
+            body,
+            json_length=header_length_value(header_length),
+            max_elements=settings.max_predict_elements,
         )
         runtime = await predictor.runtime(target)
-        matrix = _input_matrix(parsed, runtime, max_rows=state.settings.max_batch_rows)
+        # Cheap checks first: whether the declared tensor fits the model costs O(1); building
+        # the arrays (a Python loop per element for BYTES) only happens for one that does.
+        _check_input(header, runtime, max_rows=settings.max_batch_rows)
         available = ["predictions", "probabilities"] if runtime.has_proba else ["predictions"]
-        wanted = oip.select_outputs(parsed, available)
+        wanted = oip.select_outputs(header, available)
+        parsed = oip.decode_inputs(header)
+        matrix = _input_matrix(parsed, runtime)
     except oip.OIPError as exc:
         predictor.record_failure(target, caller=caller, protocol="v2", error=str(exc), inputs=None)
         return v2_error_response(exc.status, str(exc))
-    logged_inputs = service.jsonable(matrix) if state.settings.prediction_log_payloads else None
+    logged_inputs = service.jsonable(matrix) if settings.prediction_log_payloads else None
     outcome = await predictor.predict(
         target, runtime, matrix, caller=caller, protocol="v2", inputs=logged_inputs
     )
@@ -224,24 +259,32 @@ async def answer(
     return Response(content, headers=headers)
 
 
-def _input_matrix(request: oip.InferRequest, runtime: Runtime, *, max_rows: int) -> np.ndarray:
-    if len(request.inputs) != 1:
-        raise oip.OIPError(f"the model takes one input tensor; got {len(request.inputs)}")
-    tensor = request.inputs[0]
+def _check_input(header: oip.InferHeader, runtime: Runtime, *, max_rows: int) -> None:
+    """Refuse a request whose declared inputs do not fit the model, before any value is read."""
+    if len(header.inputs) != 1:
+        raise oip.OIPError(f"the model takes one input tensor; got {len(header.inputs)}")
+    tensor = header.inputs[0]
     if tensor.datatype in ("BYTES", "BOOL"):
-        raise oip.OIPError(f"input {tensor.name!r} must be numeric, not {tensor.datatype}")
-    data = tensor.data
+        raise oip.OIPError(f"input {oip.quote(tensor.name)} must be numeric, not {tensor.datatype}")
+    shape = tensor.shape
     width = runtime.n_features
-    if data.ndim == 1 and width is not None and data.shape[0] == width:
-        data = data.reshape(1, width)
-    if data.ndim != 2:
-        raise oip.OIPError(f"input {tensor.name!r} must have shape [rows, features]")
-    if width is not None and data.shape[1] != width:
-        raise oip.OIPError(f"the model takes {width} features; input has {data.shape[1]}")
-    if data.shape[0] == 0:
+    if len(shape) == 1 and width is not None and shape[0] == width:
+        shape = [1, width]  # one row, sent flat
+    if len(shape) != 2:
+        raise oip.OIPError(f"input {oip.quote(tensor.name)} must have shape [rows, features]")
+    if width is not None and shape[1] != width:
+        raise oip.OIPError(f"the model takes {width} features; input has {shape[1]}")
+    if shape[0] == 0:
         raise oip.OIPError("the input has no rows")
-    if data.shape[0] > max_rows:
-        raise oip.OIPError(f"{data.shape[0]} rows is more than the {max_rows} allowed")
+    if shape[0] > max_rows:
+        raise oip.OIPError(f"{shape[0]} rows is more than the {max_rows} allowed")
+
+
+def _input_matrix(request: oip.InferRequest, runtime: Runtime) -> np.ndarray:
+    """Return the model's batch from the one input `_check_input` accepted."""
+    data = request.inputs[0].data
+    if data.ndim == 1:
+        data = data.reshape(1, -1)
     # Binary tensors can carry NaN and infinities, which JSON never could.
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise oip.OIPError("input values must be finite numbers")
