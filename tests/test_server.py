@@ -232,3 +232,23 @@ def test_requests_past_the_concurrency_limit_answer_503(busy_server: Server) -> 
     assert int(headers["retry-after"]) >= 1
     assert headers["content-type"] == "application/problem+json"
     assert json.loads(body)["status"] == 503
+
+
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with the default proxy settings and a login limit of two a minute."""
+    yield from start_server(tmp_path_factory.mktemp("limited"), auth_rate_limit_per_minute="2")
+
+
+def test_a_spoofed_forwarded_for_does_not_dodge_the_login_limit(limited_server: Server) -> None:
+    statuses = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{limited_server.port}", timeout=10) as client:
+        for n in range(3):
+            response = client.post(
+                "/api/v1/auth/login",
+                json={"email": f"user{n}@example.com", "password": "wrong-password"},
+                headers={"X-Forwarded-For": f"203.0.113.{n + 1}"},
+            )
+            statuses.append(response.status_code)
+
+    assert statuses == [401, 401, 429]
