@@ -21,10 +21,14 @@ from tests.conftest import TEST_SECRET_KEY
         ("model.onnx", "attachment; filename=\"model.onnx\"; filename*=UTF-8''model.onnx"),
         ("é x.bin", "attachment; filename=\"_ x.bin\"; filename*=UTF-8''%C3%A9%20x.bin"),
         ('a"b\\c', "attachment; filename=\"a_b_c\"; filename*=UTF-8''a%22b%5Cc"),
-        ("a\r\nSet-Cookie: x", "attachment; filename=\"a__Set-Cookie: x\"; filename*=UTF-8''a%0D%0ASet-Cookie%3A%20x"),
+        ("a\r\nSet-Cookie: x", "attachment; filename=\"a__Set-Cookie: x\"; filename*=UTF-8''a__Set-Cookie%3A%20x"),
         ("", "attachment; filename=\"download\"; filename*=UTF-8''download"),
+        ("invoice\u202efdp.exe", "attachment; filename=\"invoice_fdp.exe\"; filename*=UTF-8''invoice_fdp.exe"),
+        ("a\u2028b\u2029c.txt", "attachment; filename=\"a_b_c.txt\"; filename*=UTF-8''a_b_c.txt"),
+        ("\u2066x\u2069\u200b\u200e.csv", "attachment; filename=\"_x___.csv\"; filename*=UTF-8''_x___.csv"),
+        ("r\u00e9sum\u00e9\u0085.pdf", "attachment; filename=\"r_sum__.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9_.pdf"),
     ],
-    ids=["ascii", "unicode", "quotes", "crlf", "empty"],
+    ids=["ascii", "unicode", "quotes", "crlf", "empty", "rtl-override", "line-separators", "bidi-isolates-zero-width", "c1-control"],
 )  # fmt: skip
 def test_content_disposition(filename: str, expected: str) -> None:
     assert content_disposition(filename) == expected

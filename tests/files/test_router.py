@@ -357,3 +357,19 @@ async def test_upload_past_the_body_limit_is_413_with_no_temp_file(
     assert response.headers["content-type"] == "application/problem+json"
     assert list((state.settings.data_dir / "tmp").iterdir()) == []
     assert (await client.get("/api/v1/files", headers=user.headers)).json()["total"] == 0
+
+
+async def test_download_name_carries_no_bidi_override_or_line_separator(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    path = "invoice\u202efdp\u2028.exe"
+    assert (await upload(client, user, b"MZ", path=path)).status_code == 201
+
+    response = await client.get(f"/api/v1/files/download/{path}", headers=user.headers)
+
+    disposition = response.headers["content-disposition"]
+    assert response.status_code == 200
+    assert (
+        disposition
+        == "attachment; filename=\"invoice_fdp_.exe\"; filename*=UTF-8''invoice_fdp_.exe"
+    )
