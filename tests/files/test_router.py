@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from modelyard.artifacts.signing import UrlSigner
+from modelyard.artifacts.signing import LinkTarget, UrlSigner
 from modelyard.config import Settings
 from modelyard.state import AppState
 from tests.artifacts.multipart import CONTENT_TYPE, body, in_chunks, part
@@ -159,7 +160,8 @@ async def test_local_download_link_stops_working_when_expired(
         pytest.skip("S3 enforces its own expiry; moto does not check presigned signatures")
     await upload(client, user, b"x", path="x.bin")
     key = f"files/{user.id}/x.bin"
-    expired = UrlSigner(TEST_SECRET_KEY).url(key, int(time.time()) - 5, "x.bin")
+    target = LinkTarget(key, uuid.UUID(user.id), hashlib.sha256(b"x").hexdigest())
+    expired = UrlSigner(TEST_SECRET_KEY).url(target, int(time.time()) - 5, "x.bin")
 
     response = await client.get(expired)
 
