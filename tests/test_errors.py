@@ -11,12 +11,15 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.app import create_app
 from modelyard.config import Settings
 from modelyard.db.tables import User
+from modelyard.errors import error_response, is_dependency_down
+from modelyard.state import AppState
 from tests.conftest import make_settings
 from tests.factories import Account
 
@@ -213,3 +216,72 @@ async def test_text_the_database_cannot_store_is_a_422_not_a_500(
         assert "INSERT" not in response.text
     else:
         assert response.status_code == 201
+
+
+class _DriverError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"SQLSTATE {sqlstate} at /srv/db")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize("sqlstate", ["55000", "55P03", "57P01", "57P03", "53300", "08006"])
+def test_server_side_sqlstates_mean_the_dependency_is_down(sqlstate: str) -> None:
+    exc = sa_exc.DBAPIError("SELECT 1", None, _DriverError(sqlstate))
+
+    response = error_response(exc, "/api/v1/models")
+
+    assert response is not None
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) > 0
+    assert b"SELECT" not in response.body
+    assert b"/srv/db" not in response.body
+
+
+@pytest.mark.parametrize("sqlstate", ["23505", "22P02", "42P01"])
+def test_other_sqlstates_are_not_an_outage(sqlstate: str) -> None:
+    assert not is_dependency_down(sa_exc.DBAPIError("SELECT 1", None, _DriverError(sqlstate)))
+
+
+# Statements that make a real PostgreSQL answer with a "not now" SQLSTATE.
+_UNAVAILABLE_STATEMENTS = {
+    # object_not_in_prerequisite_state: currval before nextval in this session.
+    "55000": ["CREATE TEMP SEQUENCE edge_seq", "SELECT currval('edge_seq')"],
+    # query_canceled by statement_timeout.
+    "57014": ["SET LOCAL statement_timeout = '1ms'", "SELECT pg_sleep(5)"],
+    # read_only_sql_transaction: a write reaching a standby.
+    "25006": ["SET TRANSACTION READ ONLY", "CREATE TABLE edge_never (i int)"],
+}
+
+
+@pytest.mark.parametrize("sqlstate", [*_UNAVAILABLE_STATEMENTS, "55P03"])
+async def test_real_postgresql_not_now_errors_answer_503(
+    tmp_path: Path, postgresql_url: str, sqlstate: str
+) -> None:
+    async def run() -> None:
+        state = app_state_of(app)
+        async with state.engine.connect() as conn, conn.begin():
+            if sqlstate == "55P03":
+                # lock_not_available: another transaction holds the lock, NOWAIT.
+                async with state.engine.connect() as other, other.begin():
+                    await other.execute(text("LOCK TABLE users IN ACCESS EXCLUSIVE MODE"))
+                    await conn.execute(text("LOCK TABLE users IN ACCESS EXCLUSIVE MODE NOWAIT"))
+            for statement in _UNAVAILABLE_STATEMENTS.get(sqlstate, []):
+                await conn.execute(text(statement))
+
+    app = create_app(make_settings(tmp_path, postgresql_url))
+    app.add_api_route("/pg", run)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.get("/pg")
+
+    body = assert_problem(response, 503)
+    assert int(response.headers["retry-after"]) > 0
+    for leak in ("SELECT", "LOCK", "CREATE", "edge_", "sqlstate", sqlstate):
+        assert leak not in response.text
+    assert body["detail"].startswith("a service Modelyard depends on is unavailable")
+
+
+def app_state_of(app: FastAPI) -> AppState:
+    state: AppState = app.state.modelyard
+    return state

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from redis.asyncio import Redis
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from modelyard import __version__
 from modelyard.artifacts import make_store
@@ -220,6 +221,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_paths=UPLOAD_PATHS,
         metrics=metrics,
     )
+    if settings.forwarded_allow_ips:
+        # Outside the edge: rate limits and logs see the client a trusted proxy names. Any
+        # other peer's X-Forwarded-For is ignored (a new one per request dodged the login limit).
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     return app
 
 

@@ -65,6 +65,36 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     """Largest artifact or file upload (413 while streaming past it)."""
 
+    # HTTP edge (#10)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request head (request line and headers) `modelyard serve` reads; past it the
+    request answers 431 and the connection is closed, before the rest is buffered."""
+
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Time a client has to send a whole request head once it has started it (408 past it)."""
+
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Longest a request body may stall (no new bytes while the server waits for them); 408
+    past it. A pause, not a total: a slow but steady upload is never cut."""
+
+    idle_timeout_seconds: float = Field(default=5.0, gt=0)
+    """How long a connection may stay open without a request: after a response (keep-alive) and
+    after connecting."""
+
+    max_concurrency: int = Field(default=1000, ge=1)
+    """Connections or requests in flight one worker process takes at once; past it a new request
+    answers 503 with `Retry-After` and its connection is closed."""
+
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = []
+    """Addresses or networks of the reverse proxies whose `X-Forwarded-For` and
+    `X-Forwarded-Proto` are believed, comma-separated (`10.0.0.5,10.1.0.0/16`; `*` trusts every
+    peer). Empty: the headers are ignored and the client is the connection's peer."""
+
+    download_links_via_app: bool = False
+    """On S3 storage, make download links point at this server, which checks the object's
+    sha256, the version and its owner at every download, instead of presigned bucket URLs that
+    only the bucket checks (until they expire). Local storage always links through the app."""
+
     redis_url: str | None = None
     """Redis for shared caches, rate limits and events across replicas; optional."""
 
@@ -178,10 +208,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _split_origins(cls, data: object) -> object:
-        if isinstance(data, dict) and isinstance(data.get("cors_origins"), str):
-            raw = data["cors_origins"]
-            data["cors_origins"] = [o.strip() for o in raw.split(",") if o.strip()]
+    def _split_lists(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for name in ("cors_origins", "forwarded_allow_ips"):
+                if isinstance(data.get(name), str):
+                    data[name] = [o.strip() for o in data[name].split(",") if o.strip()]
         return data
 
     @model_validator(mode="after")

@@ -143,9 +143,23 @@ def _v2_message(detail: str, extra: Mapping[str, Any] | None) -> str:
     return f"{detail}: " + "; ".join(parts)
 
 
+# PostgreSQL errors that say "not now" about the server, never "bad input": 08 connection,
+# 53 insufficient resources (disk, memory, too many connections), 55 object not in prerequisite
+# state (55P03 lock not available, 55006 object in use), 57P operator intervention (admin or
+# crash shutdown, cannot connect now), 57014 a statement cancelled (statement_timeout), 25006 a
+# write reaching a read-only server (a standby after a failover).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "55", "57P")
+_UNAVAILABLE_SQLSTATES = frozenset({"57014", "25006"})
+
+
 def is_dependency_down(exc: BaseException) -> bool:
     """Tell whether an exception means the database (or another service) cannot be reached."""
     if isinstance(exc, sa_exc.DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if isinstance(sqlstate, str) and (
+            sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASSES) or sqlstate in _UNAVAILABLE_SQLSTATES
+        ):
+            return True
         return exc.connection_invalidated or isinstance(
             exc, sa_exc.OperationalError | sa_exc.InterfaceError
         )

@@ -4,21 +4,45 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
+import orjson
 from fastapi import Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 MAX_PAGE_SIZE = 100
+# Free-form JSON fields (parameters, hyperparameters, metadata): nesting past ~254 levels made the
+# database's JSON encoder fail (a 500); nobody's parameters are that deep or that big.
+MAX_JSON_DEPTH = 32
+MAX_JSON_BYTES = 256 * 1024
 
 
 class StrictModel(BaseModel):
     """A request body: unknown or read-only fields and non-finite numbers answer 422."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_strip_whitespace=False)
+
+
+def bounded_json(value: dict[str, Any]) -> dict[str, Any]:
+    """Return a free-form JSON object if it nests at most 32 levels and encodes to 256 KiB."""
+    # Iterative: a recursive walk would itself overflow on what it is meant to refuse.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    if len(orjson.dumps(value)) > MAX_JSON_BYTES:
+        raise ValueError(f"larger than {MAX_JSON_BYTES} bytes as JSON")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(bounded_json)]
+"""A free-form JSON object from a client, bounded in depth and size (422 past them)."""
 
 
 class ReadModel(BaseModel):

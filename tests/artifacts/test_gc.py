@@ -9,12 +9,10 @@ from pathlib import Path
 
 from modelyard.artifacts import LocalStore
 from modelyard.artifacts.gc import collect_garbage
-from modelyard.artifacts.signing import UrlSigner
-from tests.conftest import TEST_SECRET_KEY
 
 
 async def test_unreferenced_old_objects_are_deleted_in_batches(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "store", signer=UrlSigner(TEST_SECRET_KEY))
+    store = LocalStore(tmp_path / "store")
     keys = [f"models/m/{n:02d}" for n in range(7)]
     for n, key in enumerate([*keys, "files/u/outside-the-prefix"]):
         source = tmp_path / f"f{n}"

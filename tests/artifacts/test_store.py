@@ -160,6 +160,7 @@ async def test_s3_presigned_url_works_without_credentials(
     await store.put_file("files/u/report.csv", local_file(tmp_path, b"a,b\n1,2\n"))
 
     url = await store.presigned_url("files/u/report.csv", expires_in=60, filename="report.csv")
+    assert url is not None
     async with httpx.AsyncClient() as plain:
         good = await plain.get(url)
         # moto checks that a request is signed, not the SigV4 signature itself: tampering is

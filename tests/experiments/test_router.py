@@ -229,3 +229,47 @@ async def test_malformed_experiment_id_is_a_validation_error(
 ) -> None:
     response = await client.get(f"{API}/not-a-uuid", headers=user.headers)
     assert response.status_code == 422
+
+
+def nested(depth: int) -> str:
+    """A JSON object nested `depth` levels deep."""
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("depth", [33, 300, 900])
+async def test_deeply_nested_parameters_answer_422(
+    client: httpx.AsyncClient, user: Account, depth: int
+) -> None:
+    body = '{"name": "deep", "parameters": ' + nested(depth) + "}"
+    response = await client.post(
+        API, content=body, headers={**user.headers, "Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "nested deeper than 32 levels" in response.json()["errors"][0]["msg"]
+
+
+async def test_parameters_nested_32_levels_are_kept(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    body = '{"name": "deep", "parameters": ' + nested(31) + "}"
+    response = await client.post(
+        API, content=body, headers={**user.headers, "Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 201, response.text
+
+
+async def test_huge_parameters_answer_422_on_update(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    created = await create(client, user)
+    response = await client.patch(
+        f"{API}/{created['id']}",
+        json={"parameters": {f"p{n}": "x" * 1000 for n in range(300)}},
+        headers=user.headers,
+    )
+
+    assert response.status_code == 422
+    assert "larger than 262144 bytes as JSON" in response.json()["errors"][0]["msg"]

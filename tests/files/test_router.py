@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from modelyard.artifacts.signing import UrlSigner
+from modelyard.artifacts.signing import LinkTarget, UrlSigner
 from modelyard.config import Settings
 from modelyard.state import AppState
 from tests.artifacts.multipart import CONTENT_TYPE, body, in_chunks, part
@@ -159,7 +160,8 @@ async def test_local_download_link_stops_working_when_expired(
         pytest.skip("S3 enforces its own expiry; moto does not check presigned signatures")
     await upload(client, user, b"x", path="x.bin")
     key = f"files/{user.id}/x.bin"
-    expired = UrlSigner(TEST_SECRET_KEY).url(key, int(time.time()) - 5, "x.bin")
+    target = LinkTarget(key, uuid.UUID(user.id), hashlib.sha256(b"x").hexdigest())
+    expired = UrlSigner(TEST_SECRET_KEY).url(target, int(time.time()) - 5, "x.bin")
 
     response = await client.get(expired)
 
@@ -357,3 +359,19 @@ async def test_upload_past_the_body_limit_is_413_with_no_temp_file(
     assert response.headers["content-type"] == "application/problem+json"
     assert list((state.settings.data_dir / "tmp").iterdir()) == []
     assert (await client.get("/api/v1/files", headers=user.headers)).json()["total"] == 0
+
+
+async def test_download_name_carries_no_bidi_override_or_line_separator(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    path = "invoice\u202efdp\u2028.exe"
+    assert (await upload(client, user, b"MZ", path=path)).status_code == 201
+
+    response = await client.get(f"/api/v1/files/download/{path}", headers=user.headers)
+
+    disposition = response.headers["content-disposition"]
+    assert response.status_code == 200
+    assert (
+        disposition
+        == "attachment; filename=\"invoice_fdp_.exe\"; filename*=UTF-8''invoice_fdp_.exe"
+    )

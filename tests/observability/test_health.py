@@ -15,10 +15,13 @@ from modelyard.app import create_app
 from modelyard.config import Settings
 from modelyard.state import AppState
 from tests.conftest import make_settings, service_missing
+from tests.factories import Account
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 CLOSED_REDIS_URL = "redis://127.0.0.1:1/0"
 CLOSED_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:1/x"
+SCRAPE_TOKEN = "scrape-token-for-the-health-tests"
+SCRAPER = {"Authorization": f"Bearer {SCRAPE_TOKEN}"}
 
 
 def unreachable_database_url(dialect: str, tmp_path: Path) -> str:
@@ -59,8 +62,10 @@ async def test_live_answers_ok_without_the_database(tmp_path: Path) -> None:
     assert response.json() == {"status": "ok"}
 
 
-async def test_ready_reports_every_check_ok(client: httpx.AsyncClient) -> None:
-    response = await client.get("/health/ready")
+async def test_ready_reports_every_check_ok_to_an_admin(
+    client: httpx.AsyncClient, admin: Account
+) -> None:
+    response = await client.get("/health/ready", headers=admin.headers)
 
     assert response.status_code == 200
     assert response.json() == {
@@ -72,9 +77,11 @@ async def test_ready_reports_every_check_ok(client: httpx.AsyncClient) -> None:
 async def test_ready_is_503_naming_the_database_when_it_is_down(
     dialect: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(tmp_path, unreachable_database_url(dialect, tmp_path))
+    settings = make_settings(
+        tmp_path, unreachable_database_url(dialect, tmp_path), metrics_token=SCRAPE_TOKEN
+    )
     async with serve(settings) as client:
-        response = await client.get("/health/ready")
+        response = await client.get("/health/ready", headers=SCRAPER)
 
     assert response.status_code == 503
     assert int(response.headers["retry-after"]) > 0
@@ -86,8 +93,10 @@ async def test_ready_is_503_naming_the_database_when_it_is_down(
 
 async def test_ready_reports_redis_ok_when_configured(tmp_path: Path, database_url: str) -> None:
     await require_redis()
-    async with serve(make_settings(tmp_path, database_url, redis_url=REDIS_URL)) as client:
-        response = await client.get("/health/ready")
+    async with serve(
+        make_settings(tmp_path, database_url, redis_url=REDIS_URL, metrics_token=SCRAPE_TOKEN)
+    ) as client:
+        response = await client.get("/health/ready", headers=SCRAPER)
 
     assert response.status_code == 200
     assert response.json() == {
@@ -97,8 +106,12 @@ async def test_ready_reports_redis_ok_when_configured(tmp_path: Path, database_u
 
 
 async def test_ready_stays_200_when_redis_is_down(tmp_path: Path, database_url: str) -> None:
-    async with serve(make_settings(tmp_path, database_url, redis_url=CLOSED_REDIS_URL)) as client:
-        response = await client.get("/health/ready")
+    async with serve(
+        make_settings(
+            tmp_path, database_url, redis_url=CLOSED_REDIS_URL, metrics_token=SCRAPE_TOKEN
+        )
+    ) as client:
+        response = await client.get("/health/ready", headers=SCRAPER)
 
     assert response.status_code == 200
     assert response.json() == {
@@ -140,9 +153,10 @@ async def test_ready_is_503_naming_the_artifact_store_when_s3_is_down(
         s3_endpoint_url="http://127.0.0.1:1",
         s3_access_key_id="testing",
         s3_secret_access_key="testing",
+        metrics_token=SCRAPE_TOKEN,
     )
     async with serve(settings) as client:
-        response = await client.get("/health/ready")
+        response = await client.get("/health/ready", headers=SCRAPER)
 
     assert response.status_code == 503
     assert response.json() == {
@@ -154,8 +168,42 @@ async def test_ready_is_503_naming_the_artifact_store_when_s3_is_down(
 async def test_ready_reports_an_s3_store_ok(
     tmp_path: Path, database_url: str, storage_settings: dict[str, object]
 ) -> None:
-    async with serve(make_settings(tmp_path, database_url, **storage_settings)) as client:
-        response = await client.get("/health/ready")
+    async with serve(
+        make_settings(tmp_path, database_url, **storage_settings, metrics_token=SCRAPE_TOKEN)
+    ) as client:
+        response = await client.get("/health/ready", headers=SCRAPER)
 
     assert response.status_code == 200
     assert response.json()["checks"]["artifact_store"] == "ok"
+
+
+async def test_ready_shows_only_the_status_without_credentials(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_ready_shows_only_the_status_to_a_user_who_is_not_admin(
+    client: httpx.AsyncClient, user: Account
+) -> None:
+    response = await client.get("/health/ready", headers=user.headers)
+
+    assert response.json() == {"status": "ok"}
+
+
+async def test_ready_without_credentials_names_no_failing_dependency(
+    dialect: str, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, unreachable_database_url(dialect, tmp_path))
+    async with serve(settings) as client:
+        anonymous = await client.get("/health/ready")
+        with_a_bad_token = await client.get(
+            "/health/ready", headers={"Authorization": "Bearer not-a-token"}
+        )
+
+    assert anonymous.status_code == 503
+    assert int(anonymous.headers["retry-after"]) > 0
+    assert anonymous.json() == {"status": "unavailable"}
+    assert with_a_bad_token.status_code == 503
+    assert with_a_bad_token.json() == {"status": "unavailable"}

@@ -329,3 +329,15 @@ async def test_decompression_bomb_is_refused_by_the_probe_memory_limit(
             assert await stored_keys(app) == []
             ok = await upload_model(c, account, model_file("lr_joblib"))
             assert ok.status_code == 201
+
+
+@pytest.mark.parametrize("field", ["hyperparameters", "metadata", "output_schema"])
+async def test_upload_with_deeply_nested_json_field_answers_422(
+    app: FastAPI, client: httpx.AsyncClient, user: Account, iris_skops: Path, field: str
+) -> None:
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    response = await upload_model(client, user, iris_skops, **{field: deep})
+
+    assert response.status_code == 422
+    assert "nested deeper than 32 levels" in response.text
+    assert await row_counts(app) == (0, 0)

@@ -7,7 +7,6 @@ from urllib.parse import unquote, urlsplit
 
 from modelyard.artifacts.local import LocalStore
 from modelyard.artifacts.s3 import S3Store
-from modelyard.artifacts.signing import UrlSigner
 from modelyard.artifacts.store import (
     ArtifactStore,
     ObjectInfo,
@@ -37,13 +36,13 @@ def make_store(settings: Settings) -> ArtifactStore:
     """
     url = settings.storage_url
     if not url:
-        return LocalStore(settings.data_dir / "artifacts", signer=UrlSigner(settings.secret))
+        return LocalStore(settings.data_dir / "artifacts")
     parts = urlsplit(url)
     if parts.scheme == "file":
         path = Path(unquote(parts.path))
         if parts.netloc not in ("", "localhost") or not path.is_absolute():
             raise ValueError("MODELYARD_STORAGE_URL: use file:///absolute/path for a folder")
-        return LocalStore(path, signer=UrlSigner(settings.secret))
+        return LocalStore(path)
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ValueError("MODELYARD_STORAGE_URL: use s3://bucket or s3://bucket/prefix")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
@@ -16,12 +17,25 @@ _ATTR_CHARS = "!#$&+-.^_`|~"
 FALLBACK_FILENAME = "download"
 
 
+# Control, format (bidi overrides such as U+202E, zero-width), line and paragraph separators,
+# private-use, surrogate and unassigned characters: none belongs in a file name, and a right-to-
+# left override makes `invoice\u202efdp.exe` display as `invoiceexe.pdf`.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"})
+
+
+def safe_filename(filename: str) -> str:
+    """Return `filename` with every control, format or separator character replaced by `_`."""
+    return "".join("_" if unicodedata.category(ch) in _UNSAFE_CATEGORIES else ch for ch in filename)
+
+
 def content_disposition(filename: str) -> str:
     """Return an RFC 6266 `attachment` header value that any browser saves under `filename`.
 
-    Old clients read the ASCII `filename` (non-ASCII, quotes, backslashes and control characters
-    become `_`); the others read the exact UTF-8 name from `filename*`.
+    Control, bidi and other format characters and line separators become `_` in both names.
+    Old clients read the ASCII `filename` (non-ASCII, quotes and backslashes also become `_`);
+    the others read the UTF-8 name from `filename*`.
     """
+    filename = safe_filename(filename)
     ascii_name = "".join(
         ch if " " <= ch <= "~" and ch not in '"\\' else "_" for ch in filename
     ).strip()

@@ -9,17 +9,17 @@ import hashlib
 import logging
 import os
 import shutil
-import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from modelyard.artifacts.signing import UrlSigner
 from modelyard.artifacts.store import (
+    HASH_CHUNK_BYTES,
     ArtifactStore,
     InvalidKey,
+    ObjectChanged,
     ObjectInfo,
     ObjectNotFound,
     ObjectStream,
@@ -39,9 +39,8 @@ INCOMING = ".incoming"
 class LocalStore(ArtifactStore):
     """Objects as files under `root`; every key is checked to resolve inside it."""
 
-    def __init__(self, root: Path, *, signer: UrlSigner) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root.resolve()
-        self._signer = signer
         try:
             (self.root / INCOMING).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -98,14 +97,27 @@ class LocalStore(ArtifactStore):
         finally:
             await asyncio.to_thread(_unlink, tmp)
 
-    async def open(self, key: str, *, chunk_size: int = 1 << 20) -> ObjectStream:
+    async def open(
+        self, key: str, *, chunk_size: int = 1 << 20, sha256: str | None = None
+    ) -> ObjectStream:
         path = self.path(key)
         try:
             f = await asyncio.to_thread(path.open, "rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ObjectNotFound from exc
         # fstat of the open file: a rename over the key from now on does not change these bytes.
-        info = _info(key, os.fstat(f.fileno()))
+        info = _info(key, os.fstat(f.fileno()), sha256)
+        if sha256 is not None:
+            # The folder keeps no digests: hash the opened file itself, then stream it from the
+            # start, so what was checked is exactly what is sent.
+            try:
+                actual = await asyncio.to_thread(_rewound_sha256, f)
+            except BaseException:
+                f.close()
+                raise
+            if actual != sha256:
+                f.close()
+                raise ObjectChanged
         return ObjectStream(info, _read_chunks(f, chunk_size))
 
     async def read_bytes(self, key: str) -> bytes:
@@ -133,9 +145,11 @@ class LocalStore(ArtifactStore):
         for info in await asyncio.to_thread(self._list, prefix):
             yield info
 
-    async def presigned_url(self, key: str, *, expires_in: int, filename: str | None = None) -> str:
+    async def presigned_url(
+        self, key: str, *, expires_in: int, filename: str | None = None
+    ) -> str | None:
         self.path(key)
-        return self._signer.url(key, int(time.time()) + expires_in, filename)
+        return None  # a folder serves nothing itself: the app signs its own links
 
     async def check(self) -> None:
         incoming = self.root / INCOMING
@@ -204,6 +218,14 @@ class LocalStore(ArtifactStore):
         # The order S3 lists in (UTF-8 bytes), so both backends page alike.
         found.sort(key=lambda info: info.key.encode())
         return found
+
+
+def _rewound_sha256(f: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := f.read(HASH_CHUNK_BYTES):
+        digest.update(chunk)
+    f.seek(0)
+    return digest.hexdigest()
 
 
 async def _read_chunks(f: BinaryIO, chunk_size: int) -> AsyncIterator[bytes]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import Query, Request, Response
 
 from modelyard.artifacts.deps import StoreDep
-from modelyard.artifacts.http import stream_object_response
-from modelyard.artifacts.signing import SIGNED_PATH, UrlSigner
+from modelyard.artifacts.http import object_response
+from modelyard.artifacts.links import LinkGone, check_link
+from modelyard.artifacts.signing import SIGNED_PATH, BadSignature, LinkTarget, UrlSigner
+from modelyard.artifacts.store import ObjectNotFound
+from modelyard.db.deps import SessionDep
 from modelyard.routing import make_router
 from modelyard.state import app_state
 
@@ -16,10 +20,13 @@ router = make_router(prefix=SIGNED_PATH, tags=["artifacts"])
 
 _SIGNED_DESCRIPTION = """\
 Download an object through a link made by a `download-url` or `presigned-url` route of this
-server (local storage; S3 storage gives links to the bucket instead). No credentials: the link
-is the credential. The key, expiry and filename are signed with HMAC-SHA256; any change answers
-**403** `download-link-invalid`, and a link past `expires` answers **403**
-`download-link-expired`.
+server (local storage, or S3 with `MODELYARD_DOWNLOAD_LINKS_VIA_APP`; S3 storage otherwise gives
+links to the bucket). No credentials: the link is the credential. The key, the object's sha256,
+its owner, the model version, the expiry and the filename are signed with HMAC-SHA256; any
+change answers **403** `download-link-invalid`, and a link past `expires` answers **403**
+`download-link-expired`. A link whose object was deleted or replaced (another sha256), whose
+version or model was archived, or whose owner was deactivated answers **410**
+`download-link-gone`.
 """
 
 
@@ -30,7 +37,7 @@ is the credential. The key, expiry and filename are signed with HMAC-SHA256; any
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "the bytes"},
         403: {"description": "signature invalid or link expired"},
-        404: {"description": "the object no longer exists"},
+        410: {"description": "the object, its version or its owner is no longer available"},
     },
 )
 async def download_signed(
@@ -39,11 +46,24 @@ async def download_signed(
     signature: Annotated[str, Query(max_length=128)],
     request: Request,
     store: StoreDep,
+    db: SessionDep,
+    owner: uuid.UUID | None = None,
+    sha256: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
+    version: uuid.UUID | None = None,
     filename: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> Response:
-    """Stream an object to whoever holds a valid, unexpired signed link."""
-    signer = UrlSigner(app_state(request).settings.secret)
-    signer.verify(key, expires, filename, signature)
-    return await stream_object_response(
-        store, key, filename=filename or key.rsplit("/", 1)[-1], etag=None, request=request
+    """Stream an object to whoever holds a valid, unexpired link that still holds."""
+    if owner is None or sha256 is None:  # a link from before links were bound
+        raise BadSignature
+    target = LinkTarget(key=key, owner_id=owner, sha256=sha256, version_id=version)
+    UrlSigner(app_state(request).settings.secret).verify(target, expires, filename, signature)
+    await check_link(db, target)
+    # Checked: give the connection back before a possibly long download.
+    await db.close()
+    try:
+        stream = await store.open(key, sha256=sha256)
+    except ObjectNotFound as exc:  # deleted, or replaced by other bytes
+        raise LinkGone from exc
+    return object_response(
+        stream, filename=filename or key.rsplit("/", 1)[-1], etag=sha256, request=request
     )

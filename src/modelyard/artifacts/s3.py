@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from modelyard.artifacts.http import content_disposition
 from modelyard.artifacts.store import (
     ArtifactStore,
+    ObjectChanged,
     ObjectInfo,
     ObjectNotFound,
     ObjectStream,
@@ -199,10 +200,17 @@ class S3Store(ArtifactStore):
         except (ClientError, BotoCoreError):
             log.warning("multipart_abort_failed", extra={"key": full})
 
-    async def open(self, key: str, *, chunk_size: int = 1 << 20) -> ObjectStream:
+    async def open(
+        self, key: str, *, chunk_size: int = 1 << 20, sha256: str | None = None
+    ) -> ObjectStream:
         full = self.full_key(key)
         answer = await self._call(self._client.get_object, Bucket=self.bucket, Key=full)
         info = _info(key, answer)
+        # The digest recorded with the object describes this very GET's bytes (S3 replaces an
+        # object with its metadata atomically); an object without one is not trusted.
+        if sha256 is not None and info.sha256 != sha256:
+            answer["Body"].close()
+            raise ObjectChanged
         return ObjectStream(info, self._read_chunks(answer["Body"], chunk_size))
 
     async def _read_chunks(self, body: Any, chunk_size: int) -> AsyncIterator[bytes]:
@@ -258,7 +266,9 @@ class S3Store(ArtifactStore):
                 return
             token = answer["NextContinuationToken"]
 
-    async def presigned_url(self, key: str, *, expires_in: int, filename: str | None = None) -> str:
+    async def presigned_url(
+        self, key: str, *, expires_in: int, filename: str | None = None
+    ) -> str | None:
         params: dict[str, str] = {"Bucket": self.bucket, "Key": self.full_key(key)}
         if filename is not None:
             params["ResponseContentDisposition"] = content_disposition(filename)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 
+from modelyard.artifacts.signing import LinkTarget, UrlSigner
 from modelyard.errors import BadRequest, NotFound, ServiceUnavailable, Unprocessable
 from modelyard.schemas import DownloadUrl
 
@@ -35,6 +37,13 @@ class ObjectNotFound(NotFound):
     def __init__(self, detail: str = "object not found") -> None:
         # Never the key: it names the store's internal layout (user ids, version uuids).
         super().__init__(detail)
+
+
+class ObjectChanged(ObjectNotFound):
+    type = "object-changed"
+
+    def __init__(self) -> None:
+        super().__init__("the object is no longer the one asked for")
 
 
 class StorageUnavailable(ServiceUnavailable):
@@ -99,11 +108,17 @@ class ArtifactStore(ABC):
         """
 
     @abstractmethod
-    async def open(self, key: str, *, chunk_size: int = 1 << 20) -> ObjectStream:
+    async def open(
+        self, key: str, *, chunk_size: int = 1 << 20, sha256: str | None = None
+    ) -> ObjectStream:
         """Start reading an object; close the stream (`aclose`) if not read to its end.
+
+        With `sha256`, the stream yields the object only if these are its bytes (checked on the
+        opened object itself, so a replacement landing meanwhile changes nothing).
 
         Raises:
             ObjectNotFound: before anything is read.
+            ObjectChanged: the object's digest is not `sha256` (or cannot be known).
         """
 
     @abstractmethod
@@ -127,11 +142,13 @@ class ArtifactStore(ABC):
         """Yield the objects whose key starts with `prefix` (a plain string prefix), by key."""
 
     @abstractmethod
-    async def presigned_url(self, key: str, *, expires_in: int, filename: str | None = None) -> str:
-        """Return a URL that downloads the object without credentials for `expires_in` seconds.
+    async def presigned_url(
+        self, key: str, *, expires_in: int, filename: str | None = None
+    ) -> str | None:
+        """Return a URL of the store that downloads the object without credentials for
+        `expires_in` seconds, or None when the store cannot serve one (the app signs its own).
 
-        S3 gives an absolute URL; the local store a path of this app (make it absolute with the
-        request's base URL). `filename` becomes the download's `Content-Disposition`.
+        `filename` becomes the download's `Content-Disposition`.
         """
 
     @abstractmethod
@@ -182,16 +199,49 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+async def object_sha256(store: ArtifactStore, key: str) -> str:
+    """Return the sha256 of an object: as recorded by the store, else by reading it.
+
+    Raises:
+        ObjectNotFound: no object has this key.
+    """
+    stream = await store.open(key)
+    try:
+        if stream.info.sha256 is not None:
+            return stream.info.sha256
+        digest = hashlib.sha256()
+        async for chunk in stream:
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        await stream.aclose()
+
+
 async def download_link(
-    store: ArtifactStore, key: str, *, filename: str, expires_in: int, max_expires_in: int
+    store: ArtifactStore,
+    signer: UrlSigner,
+    target: LinkTarget,
+    *,
+    filename: str,
+    expires_in: int,
+    max_expires_in: int,
+    via_app: bool,
 ) -> DownloadUrl:
-    """Return a URL that downloads `key` without credentials for `expires_in` seconds.
+    """Return a URL that downloads `target` without credentials for `expires_in` seconds.
+
+    A link of the app (always on local storage, and with `via_app`) is checked at every
+    download against the object's sha256, the version and the owner (see `links`); a store's
+    presigned URL (S3) is checked by the store alone: key and expiry.
 
     Raises:
         Unprocessable: `expires_in` is not within 1..`max_expires_in` seconds.
     """
     if not 1 <= expires_in <= max_expires_in:
         raise Unprocessable(f"expires_in must be between 1 and {max_expires_in} seconds")
-    expires_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=expires_in)
-    url = await store.presigned_url(key, expires_in=expires_in, filename=filename)
-    return DownloadUrl(url=url, expires_at=expires_at)
+    now = int(time.time())
+    url = None
+    if not via_app:
+        url = await store.presigned_url(target.key, expires_in=expires_in, filename=filename)
+    if url is None:
+        url = signer.url(target, now + expires_in, filename)
+    return DownloadUrl(url=url, expires_at=datetime.fromtimestamp(now + expires_in, UTC))

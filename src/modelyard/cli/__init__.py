@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 from datetime import timedelta
@@ -26,6 +27,7 @@ from modelyard.epochs import Epochs
 from modelyard.errors import ModelyardError
 from modelyard.events import LocalEvents, RedisEvents
 from modelyard.registry import service as registry_service
+from modelyard.server import EdgeLimits, EdgeProtocolFactory
 
 app = typer.Typer(help="Modelyard: model registry and serving platform.", no_args_is_help=True)
 
@@ -77,8 +79,16 @@ def serve(
         port=port,
         workers=workers,
         log_config=None,
-        proxy_headers=True,
+        # The app believes X-Forwarded-* from MODELYARD_FORWARDED_ALLOW_IPS only; uvicorn's own
+        # handling would trust any local peer.
+        proxy_headers=False,
         server_header=False,
+        # A callable, not a class (hence the ignore): uvicorn calls it per connection and
+        # pickles it for --workers (see modelyard.server).
+        http=EdgeProtocolFactory(EdgeLimits.from_settings(settings)),  # type: ignore[arg-type]
+        ws="none",
+        timeout_keep_alive=math.ceil(settings.idle_timeout_seconds),
+        limit_concurrency=settings.max_concurrency,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field, StringConstraints
 
 from modelyard.registry.schemas import Description, MetricName, Stage, Tags
-from modelyard.schemas import ReadModel, StrictModel
+from modelyard.schemas import JsonObject, ReadModel, StrictModel
 
 ExperimentName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 MAX_METRICS_PER_REQUEST = 1000
@@ -26,14 +26,14 @@ class ExperimentStatus(StrEnum):
 class ExperimentCreate(StrictModel):
     name: ExperimentName
     description: Description | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: JsonObject = Field(default_factory=dict)
     tags: Tags = Field(default_factory=list)
 
 
 class ExperimentUpdate(StrictModel):
     name: ExperimentName | None = None
     description: Description | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: JsonObject | None = None
     tags: Tags | None = None
     status: ExperimentStatus | None = None
 

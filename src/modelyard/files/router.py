@@ -9,6 +9,7 @@ from fastapi import Query, Request, Response, status
 
 from modelyard.artifacts.deps import StoreDep
 from modelyard.artifacts.http import absolute_url, object_response
+from modelyard.artifacts.signing import UrlSigner
 from modelyard.artifacts.uploads import receive_upload
 from modelyard.auth.deps import CurrentUser
 from modelyard.db.deps import SessionDep
@@ -106,7 +107,10 @@ async def download_file(
     "/presigned-url/{path:path}",
     response_model=DownloadUrl,
     description="A URL that downloads the file without credentials until it expires (S3 presign "
-    "on S3 storage, a link signed by this server on local storage). " + _PATH_RULES,
+    "on S3 storage, a link signed by this server on local storage or with "
+    "`MODELYARD_DOWNLOAD_LINKS_VIA_APP`). A link of this server is bound to the file's content "
+    "and its owner: once the file is deleted or replaced, or the owner deactivated, it answers "
+    "410. " + _PATH_RULES,
 )
 async def presigned_url(
     path: str,
@@ -116,12 +120,15 @@ async def presigned_url(
     expires_in: Annotated[int, Query(description="seconds, 1 up to the server's maximum")] = 300,
 ) -> DownloadUrl:
     """Make a temporary download link for one of the caller's files."""
+    settings = app_state(request).settings
     link = await service.presign_file(
         store,
+        UrlSigner(settings.secret),
         owner_id=user.id,
         path=path,
         expires_in=expires_in,
-        max_expires_in=app_state(request).settings.presign_max_expires_seconds,
+        max_expires_in=settings.presign_max_expires_seconds,
+        via_app=settings.download_links_via_app,
     )
     return DownloadUrl(url=absolute_url(request, link.url), expires_at=link.expires_at)
 

@@ -6,7 +6,14 @@ import unicodedata
 import uuid
 from pathlib import PurePosixPath
 
-from modelyard.artifacts.store import ArtifactStore, ObjectNotFound, ObjectStream, download_link
+from modelyard.artifacts.signing import LinkTarget, UrlSigner
+from modelyard.artifacts.store import (
+    ArtifactStore,
+    ObjectNotFound,
+    ObjectStream,
+    download_link,
+    object_sha256,
+)
 from modelyard.artifacts.uploads import ReceivedFile
 from modelyard.errors import BadRequest, Unprocessable
 from modelyard.files.schemas import FileRead, FileStored
@@ -124,27 +131,38 @@ async def open_file(store: ArtifactStore, *, owner_id: uuid.UUID, path: str) -> 
 
 async def presign_file(
     store: ArtifactStore,
+    signer: UrlSigner,
     *,
     owner_id: uuid.UUID,
     path: str,
     expires_in: int,
     max_expires_in: int,
+    via_app: bool,
 ) -> DownloadUrl:
     """Return a URL that downloads one of the caller's files without credentials for a while.
+
+    A link of the app is bound to the file's current content and to its owner: it stops
+    working once the file is deleted or replaced, or the owner deactivated.
 
     Raises:
         Unprocessable: `expires_in` is not within 1..`max_expires_in` seconds.
         FileNotFound: the caller has no file at `path`.
     """
     key = file_key(owner_id, path)
-    if 1 <= expires_in <= max_expires_in and await store.stat(key) is None:
-        raise FileNotFound(path)
+    if not 1 <= expires_in <= max_expires_in:
+        raise Unprocessable(f"expires_in must be between 1 and {max_expires_in} seconds")
+    try:
+        sha256 = await object_sha256(store, key)
+    except ObjectNotFound as exc:
+        raise FileNotFound(path) from exc
     return await download_link(
         store,
-        key,
+        signer,
+        LinkTarget(key=key, owner_id=owner_id, sha256=sha256),
         filename=PurePosixPath(path).name,
         expires_in=expires_in,
         max_expires_in=max_expires_in,
+        via_app=via_app,
     )
 
 

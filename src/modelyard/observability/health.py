@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Coroutine
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Response
-from pydantic import BaseModel
+from fastapi import Depends, Request, Response
+from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
+from modelyard.auth.deps import api_key_scheme, bearer_scheme, check_credential, credentials
+from modelyard.errors import ModelyardError
 from modelyard.routing import make_router
 from modelyard.state import AppState, CheckStatus, StateDep
 
@@ -29,7 +33,10 @@ class Live(BaseModel):
 
 class Ready(BaseModel):
     status: Literal["ok", "unavailable", "shutting down"]
-    checks: dict[str, CheckStatus]
+    checks: dict[str, CheckStatus] | None = Field(
+        default=None,
+        description="each dependency's state: only for admins and the metrics scrape token",
+    )
 
 
 @router.get("/health", response_model=Live)
@@ -38,22 +45,61 @@ async def live() -> Live:
     return Live()
 
 
-@router.get("/health/ready", response_model=Ready, responses={503: {"model": Ready}})
-async def ready(state: StateDep, response: Response) -> Ready:
-    """Report whether the database and artifact store answer (Redis is reported, not required)."""
+@router.get(
+    "/health/ready",
+    response_model=Ready,
+    response_model_exclude_none=True,
+    responses={503: {"model": Ready}},
+)
+async def ready(
+    request: Request,
+    state: StateDep,
+    response: Response,
+    bearer: Annotated[str | None, Depends(bearer_scheme)],
+    api_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> Ready:
+    """Answer 200 while the database and artifact store answer, 503 otherwise (Redis does not
+    count). Anyone gets `{"status": ...}`; admins and the metrics scrape token also get `checks`,
+    the state of each dependency."""
     if state.shutting_down:
         response.status_code = 503
-        return Ready(status="shutting down", checks={})
+        return Ready(status="shutting down")
     now = time.monotonic()
     # Cached briefly: probes from every load balancer must not become load on the database.
     if state.readiness is None or now - state.readiness[0] >= READY_CACHE_SECONDS:
         state.readiness = (now, await _check(state))
     checks = state.readiness[1]
+    status: Literal["ok", "unavailable"] = "ok"
     if checks["database"] != "ok" or checks["artifact_store"] != "ok":
         response.status_code = 503
         response.headers["Retry-After"] = "5"
-        return Ready(status="unavailable", checks=checks)
-    return Ready(status="ok", checks=checks)
+        status = "unavailable"
+    # Which of our dependencies is down is of use to an attacker timing one: operators only.
+    shown = (
+        checks if (bearer or api_key) and await _may_see_checks(state, bearer, api_key) else None
+    )
+    return Ready(status=status, checks=shown)
+
+
+async def _may_see_checks(state: AppState, bearer: str | None, api_key: str | None) -> bool:
+    """Tell whether the caller is the scrape token or an admin; never fail readiness over it."""
+    token = state.settings.metrics_token
+    if (
+        token is not None
+        and bearer is not None
+        and hmac.compare_digest(bearer.encode(), token.get_secret_value().encode())
+    ):
+        return True
+    api_key, bearer = credentials(api_key, bearer)
+    try:
+        async with state.sessions() as db:
+            caller, _ = await asyncio.wait_for(
+                check_credential(state, db, api_key, bearer), CHECK_TIMEOUT_SECONDS
+            )
+    except (ModelyardError, SQLAlchemyError, OSError, TimeoutError):
+        # A bad credential or the database down: the answer is the summary, not an error.
+        return False
+    return caller.user.is_admin
 
 
 async def _check(state: AppState) -> dict[str, CheckStatus]:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints
 
-from modelyard.schemas import ReadModel, StrictModel
+from modelyard.schemas import JsonObject, ReadModel, StrictModel
 from modelyard.serving.formats import Framework, ModelFormat
 
 MAX_TAGS = 50
@@ -95,11 +95,11 @@ class UploadForm(StrictModel):
     framework: Framework | None = None
     task_type: TaskType | None = None
     input_schema: InputSchema | None = None
-    output_schema: dict[str, Any] | None = None
+    output_schema: JsonObject | None = None
     metrics: Metrics = Field(default_factory=dict)
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: JsonObject = Field(default_factory=dict)
     tags: Tags = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: JsonObject = Field(default_factory=dict)
     experiment_id: uuid.UUID | None = None
 
 
@@ -118,11 +118,11 @@ class ModelUpdate(StrictModel):
 class VersionUpdate(StrictModel):
     description: Description | None = None
     metrics: Metrics | None = None
-    hyperparameters: dict[str, Any] | None = None
+    hyperparameters: JsonObject | None = None
     tags: Tags | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: JsonObject | None = None
     input_schema: InputSchema | None = None
-    output_schema: dict[str, Any] | None = None
+    output_schema: JsonObject | None = None
     experiment_id: uuid.UUID | None = None
 
 
