@@ -391,6 +391,136 @@ def onnx_custom_domain(tmp: Path, marker: Path) -> Path:
     return path
 
 
+def _onnx_file(tmp: Path, name: str, nodes: list[Any], initializers: list[Any]) -> Path:
+    """Write a one-input ONNX graph X[N, 4] -> Y from nodes (opset 17)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp / f"{name}.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _onnx_max_of_x() -> list[Any]:
+    """Nodes computing n = int64(max(X)) as a 1-element tensor: a count chosen by the caller."""
+    from onnx import TensorProto, helper
+
+    return [
+        helper.make_node("ReduceMax", ["X"], ["m"], keepdims=0),
+        helper.make_node("Reshape", ["m", "one_dim"], ["m1"]),
+        helper.make_node("Cast", ["m1"], ["n"], to=TensorProto.INT64),
+    ]
+
+
+def _onnx_one_dim() -> Any:
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor("one_dim", TensorProto.INT64, [1], [1])
+
+
+def onnx_loop_trip_count(tmp: Path, marker: Path) -> Path:
+    """The 27.5 s attack: a Loop whose trip count is int64(max(X)); instant on zeros."""
+    del marker
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor("step", TensorProto.FLOAT, [1], [1.0])],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["X"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["trips"], to=TensorProto.INT64),
+        helper.make_node("Loop", ["trips", "true", "zero"], ["Y"], body=body),
+    ]
+    initializers = [
+        helper.make_tensor("true", TensorProto.BOOL, [], [True]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]),
+    ]
+    return _onnx_file(tmp, "loop_trip_count", nodes, initializers)
+
+
+def onnx_constant_of_shape_from_values(tmp: Path, marker: Path) -> Path:
+    """The 4.3 GiB attack: ConstantOfShape(int64(max(X))) allocates what the caller asks."""
+    del marker
+    from onnx import TensorProto, helper
+
+    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0])
+    nodes = [
+        *_onnx_max_of_x(),
+        helper.make_node("ConstantOfShape", ["n"], ["big"], value=fill),
+        helper.make_node("ReduceSum", ["big"], ["Y"], keepdims=0),
+    ]
+    return _onnx_file(tmp, "constant_of_shape", nodes, [_onnx_one_dim()])
+
+
+def onnx_tile_from_values(tmp: Path, marker: Path) -> Path:
+    """Tile X by repeats computed from X's values, hidden behind arithmetic on the count."""
+    del marker
+    from onnx import TensorProto, helper
+
+    nodes = [
+        *_onnx_max_of_x(),
+        helper.make_node("Concat", ["n", "one_dim"], ["repeats"], axis=0),
+        helper.make_node("Tile", ["X", "repeats"], ["Y"]),
+    ]
+    del TensorProto
+    return _onnx_file(tmp, "tile_from_values", nodes, [_onnx_one_dim()])
+
+
+def onnx_range_in_scan(tmp: Path, marker: Path) -> Path:
+    """A Scan over X's rows whose body builds Range(0, row max): the shape rule holds in bodies."""
+    del marker
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["row"], ["limit"], keepdims=0),
+            helper.make_node("Range", ["start", "limit", "delta"], ["steps"]),
+            helper.make_node("ReduceSum", ["steps"], ["total"], keepdims=0),
+            helper.make_node("Identity", ["state_in"], ["state_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("row", TensorProto.FLOAT, [4]),
+        ],
+        [
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+        ],
+    )
+    nodes = [
+        helper.make_node("Scan", ["zero", "X"], ["last", "Y"], body=body, num_scan_inputs=1),
+    ]
+    initializers = [
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("start", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("delta", TensorProto.FLOAT, [], [1.0]),
+    ]
+    return _onnx_file(tmp, "range_in_scan", nodes, initializers)
+
+
 def junk(tmp: Path, marker: Path) -> Path:
     """Bytes in no model format."""
     del marker
@@ -449,6 +579,15 @@ HOSTILE_FILES: list[HostileCase] = [
     HostileCase("skops_zip_bomb", skops_zip_bomb, REFUSED, "compressed more than 200:1"),
     HostileCase("onnx_external", onnx_external_data, REFUSED, "external data"),
     HostileCase("onnx_custom_domain", onnx_custom_domain, REFUSED, "custom operator domain"),
+    HostileCase("onnx_loop", onnx_loop_trip_count, REFUSED, "ONNX operator 'Loop'"),
+    HostileCase(
+        "onnx_constant_of_shape",
+        onnx_constant_of_shape_from_values,
+        REFUSED,
+        "operator 'ConstantOfShape' takes a shape or count from input values",
+    ),
+    HostileCase("onnx_tile", onnx_tile_from_values, REFUSED, "operator 'Tile' takes a shape"),
+    HostileCase("onnx_range_in_scan", onnx_range_in_scan, REFUSED, "operator 'Range' takes"),
     HostileCase("junk", junk, 415, "unrecognised model file"),
 ]
 HOSTILE_BY_NAME = {case.name: case for case in HOSTILE_FILES}

@@ -49,6 +49,10 @@ REFUSED_AT_LOAD = [
     "xgb_ubj_feature",
     "lgb_child",
     "onnx_custom_domain",
+    "onnx_loop",
+    "onnx_constant_of_shape",
+    "onnx_tile",
+    "onnx_range_in_scan",
 ]
 
 

@@ -18,6 +18,7 @@ from joblib.numpy_pickle import NumpyArrayWrapper, NumpyUnpickler
 from joblib.numpy_pickle_utils import _detect_compressor, _validate_fileobject_and_memmap
 
 from modelyard.serving.formats import ModelFormat, ModelRejected, UnsupportedModelFormat
+from modelyard.serving.onnx_graph import check_onnx_graph
 from modelyard.serving.precheck import DEFAULT_MAX_EXPANDED_BYTES, check_zip_bounds
 from modelyard.serving.structure import check_lightgbm_text, check_structure
 
@@ -395,7 +396,9 @@ def _onnx_graphs(graph: Any) -> Iterator[Any]:
 
 
 def check_onnx(data: bytes) -> Any:
-    """Parse an ONNX model and refuse external data and custom operator domains.
+    """Parse an ONNX model; refuse external data, custom domains and data-driven shapes.
+
+    The operator and shape rules are modelyard.serving.onnx_graph's.
 
     Returns the parsed onnx.ModelProto.
     """
@@ -429,6 +432,7 @@ def check_onnx(data: bytes) -> Any:
         for tensor in tensors:
             if tensor.data_location == external or len(tensor.external_data):
                 raise ModelRejected("model refused: ONNX tensors stored as external data")
+    check_onnx_graph(model.graph)
     return model
 
 
