@@ -106,6 +106,15 @@ class Settings(BaseSettings):
     probe_memory_bytes: int = Field(default=2 * 1024**3, ge=64 * 1024**2)
     """Address-space limit of the child process that loads and probes an upload."""
 
+    # upload probes and inference bounds (#10)
+    predict_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Longest one ONNX inference may run: ONNX Runtime stops it and the request answers 422.
+    (scikit-learn, XGBoost and LightGBM cannot be stopped mid-call.)"""
+
+    onnx_memory_bytes: int = Field(default=1024**3, ge=16 * 1024**2)
+    """Memory the running ONNX inferences of one server process may allocate together (model
+    weights not included); a prediction that needs more answers 422."""
+
     model_cache_max_models: int = Field(default=32, ge=1)
     """Loaded model versions kept in memory per process (least recently used evicted first)."""
 

@@ -521,6 +521,26 @@ def onnx_range_in_scan(tmp: Path, marker: Path) -> Path:
     return _onnx_file(tmp, "range_in_scan", nodes, initializers)
 
 
+def onnx_costly_per_row(tmp: Path, *, repeats: int, passes: int) -> Path:
+    """An ONNX model the graph rules accept whose cost grows with the rows sent.
+
+    Tile by constant repeats makes each row `4 * repeats` floats, and `passes` Sin nodes each
+    walk them all: cheap on the probe's one row, heavy (time or memory) on many. What the run
+    budget and the memory cap are for.
+    """
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Tile", ["X", "repeats"], ["t0"])]
+    for number in range(passes):
+        nodes.append(helper.make_node("Sin", [f"t{number}"], [f"t{number + 1}"]))
+    nodes.append(helper.make_node("ReduceSum", [f"t{passes}", "axes"], ["Y"], keepdims=1))
+    initializers = [
+        helper.make_tensor("repeats", TensorProto.INT64, [2], [1, repeats]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+    ]
+    return _onnx_file(tmp, f"costly_{repeats}_{passes}", nodes, initializers)
+
+
 def junk(tmp: Path, marker: Path) -> Path:
     """Bytes in no model format."""
     del marker

@@ -22,6 +22,8 @@ from modelyard.serving.runtimes import (
     fetch_runtime,
     load_runtime,
 )
+from modelyard.serving.runtimes.base import InferenceLimitExceeded
+from modelyard.serving.runtimes.onnx import DEFAULT_MEMORY_BYTES, cap_onnx_memory
 from tests.serving import hostile, legit
 
 # The fitted estimator each sklearn case was written from (longest prefix first).
@@ -278,3 +280,30 @@ async def test_fetch_runtime_refuses_an_object_that_changed_in_the_store(
         "modelyard_model_load_duration_seconds_count", {"framework": "lightgbm"}
     )
     assert count is None
+
+
+def test_onnx_run_past_its_time_budget_is_stopped(tmp_path: Path) -> None:
+    # One row (the load's description) is ~1e7 sines; 32 rows are 100x that.
+    data = hostile.onnx_costly_per_row(tmp_path, repeats=25_000, passes=100).read_bytes()
+    runtime = load_runtime(data, ModelFormat.ONNX, sha256=sha(data), run_timeout_seconds=0.01)
+
+    with pytest.raises(InferenceLimitExceeded, match=r"took longer than 0\.01 s"):
+        runtime.predict(np.ones((32, 4), dtype=np.float32))
+
+
+def test_onnx_run_past_the_memory_cap_is_refused(tmp_path: Path) -> None:
+    # Each row becomes 4 M floats (16 MiB): one row fits the cap, eight do not.
+    data = hostile.onnx_costly_per_row(tmp_path, repeats=1_000_000, passes=0).read_bytes()
+    cap_onnx_memory(64 * 1024**2)
+    try:
+        runtime = load_runtime(data, ModelFormat.ONNX, sha256=sha(data))
+        with pytest.raises(InferenceLimitExceeded, match="more memory for these inputs"):
+            runtime.predict(np.ones((8, 4), dtype=np.float32))
+        predictions, _ = runtime.predict(np.ones((1, 4), dtype=np.float32))
+        assert predictions.shape == (1,)
+    finally:
+        cap_onnx_memory(DEFAULT_MEMORY_BYTES)
+
+
+def test_onnx_runtime_never_claims_a_shape_bounded_cost(legit_files: dict[str, Path]) -> None:
+    assert load(legit_files["onnx_regressor"]).is_cost_bounded_by_shape is False

@@ -444,6 +444,8 @@ def load_onnx(data: bytes) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
+    # The capped arena of modelyard.serving.runtimes.onnx.cap_onnx_memory, once registered.
+    options.add_session_config_entry("session.use_env_allocators", "1")
     try:
         # From bytes, not a path: ONNX Runtime then has no folder to read external data from.
         return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])

@@ -35,6 +35,7 @@ class LightGBMRuntime(Runtime):
 
     framework = Framework.LIGHTGBM
     format = ModelFormat.LIGHTGBM_TEXT
+    is_cost_bounded_by_shape = True
 
     def __init__(self, booster: Any, text: str, *, nbytes: int) -> None:
         described = describe_lightgbm(booster)

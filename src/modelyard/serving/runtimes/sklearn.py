@@ -53,6 +53,7 @@ class SklearnRuntime(Runtime):
     """A scikit-learn estimator: predict, and predict_proba when the estimator offers it."""
 
     framework = Framework.SKLEARN
+    is_cost_bounded_by_shape = True
 
     def __init__(self, model: Any, fmt: ModelFormat, *, nbytes: int) -> None:
         _single_threaded(model)

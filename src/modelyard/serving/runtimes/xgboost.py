@@ -25,6 +25,7 @@ class XGBoostRuntime(Runtime):
     """An XGBoost Booster; classifiers map the booster's class indices to `classes`."""
 
     framework = Framework.XGBOOST
+    is_cost_bounded_by_shape = True
 
     def __init__(self, booster: Any, fmt: ModelFormat, *, nbytes: int) -> None:
         described = describe_xgboost(booster)
