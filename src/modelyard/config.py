@@ -118,7 +118,8 @@ class Settings(BaseSettings):
 
     predict_timeout_seconds: float = Field(default=10.0, gt=0)
     """Longest one ONNX inference may run: ONNX Runtime stops it and the request answers 422.
-    (scikit-learn, XGBoost and LightGBM cannot be stopped mid-call.)"""
+    (scikit-learn, XGBoost and LightGBM cannot be stopped mid-call: their trees are held to
+    at most 1,000,000 nodes walked per row at load instead.)"""
 
     onnx_memory_bytes: int = Field(default=1024**3, ge=16 * 1024**2)
     """Memory the running ONNX inferences of one server process may allocate together (model

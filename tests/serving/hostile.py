@@ -189,6 +189,58 @@ def _crafted_tree(
     return build
 
 
+def _shared_child(nodes: Any) -> None:
+    """Point the second-to-last internal node's left child at the last one's child (a DAG)."""
+    internal = np.flatnonzero(nodes["left_child"] != -1)
+    nodes["left_child"][internal[-2]] = nodes["left_child"][internal[-1]]
+
+
+def chain_tree(path_nodes: int) -> Any:
+    """A DecisionTreeRegressor rewritten into a chain `path_nodes` long (one feature).
+
+    Every internal node sends x <= -1 left, to the next internal node, and anything else right,
+    to a leaf: zeros (the probe's row) leave at the root, a row of -1e9 walks the whole chain.
+    """
+    from sklearn.tree import DecisionTreeRegressor
+
+    inner = path_nodes - 1
+    rng = np.random.default_rng(0)
+    # inner + 1 distinct points with distinct targets grow exactly 2 * inner + 1 nodes.
+    model = DecisionTreeRegressor(random_state=0).fit(
+        rng.random((inner + 1, 1)), rng.random(inner + 1)
+    )
+
+    def chain(nodes: Any) -> None:
+        assert len(nodes) == 2 * inner + 1
+        nodes["left_child"][:] = -1
+        nodes["right_child"][:] = -1
+        nodes["feature"][:] = -2
+        nodes["threshold"][:] = -2.0
+        internal = np.arange(inner) * 2
+        nodes["left_child"][internal] = internal + 2
+        nodes["right_child"][internal] = internal + 1
+        nodes["feature"][internal] = 0
+        nodes["threshold"][internal] = -1.0
+
+    _tree_state(model.tree_, chain)
+    return model
+
+
+def forest_sharing_one_deep_tree(tmp: Path, marker: Path) -> Path:
+    """A forest listing one 4,001-node-deep tree object 250 times: pickle keeps it one object.
+
+    Each row may walk 1,000,250 nodes, while the file holds 8,001.
+    """
+    del marker
+    from sklearn.ensemble import RandomForestRegressor
+
+    tree = chain_tree(4001)
+    forest = RandomForestRegressor(n_estimators=1, random_state=0).fit(np.zeros((2, 1)), [0, 1])
+    forest.estimators_ = [tree] * 250
+    forest.n_estimators = 250
+    return legit.write_joblib(forest, tmp / "shared_deep_forest.joblib")
+
+
 def hgb_bad_child(tmp: Path, marker: Path) -> Path:
     """HistGradientBoosting predictor whose root points past its node array."""
     del marker
@@ -581,6 +633,15 @@ HOSTILE_FILES: list[HostileCase] = [
     HostileCase("forest_cycle_skops", _crafted_tree(_cycle, "skops", True), REFUSED, "child"),
     HostileCase(
         "forest_feature_joblib", _crafted_tree(_bad_feature, "joblib", True), REFUSED, "feature"
+    ),
+    HostileCase(
+        "tree_node_twice_skops", _crafted_tree(_shared_child, "skops", False), REFUSED, "twice"
+    ),
+    HostileCase(
+        "forest_shared_deep_tree",
+        forest_sharing_one_deep_tree,
+        REFUSED,
+        "a row may walk 1000250 tree nodes, more than 1000000",
     ),
     HostileCase("hgb_child", hgb_bad_child, REFUSED, "child"),
     HostileCase("hgb_feature", hgb_bad_feature, REFUSED, "feature"),

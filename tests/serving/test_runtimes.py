@@ -51,6 +51,8 @@ REFUSED_AT_LOAD = [
     "xgb_ubj_feature",
     "lgb_child",
     "onnx_custom_domain",
+    "tree_node_twice_skops",
+    "forest_shared_deep_tree",
     "onnx_loop",
     "onnx_constant_of_shape",
     "onnx_tile",
@@ -307,3 +309,29 @@ def test_onnx_run_past_the_memory_cap_is_refused(tmp_path: Path) -> None:
 
 def test_onnx_runtime_never_claims_a_shape_bounded_cost(legit_files: dict[str, Path]) -> None:
     assert load(legit_files["onnx_regressor"]).is_cost_bounded_by_shape is False
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("lr_skops", True),
+        ("tree_joblib", True),
+        ("xgb_classifier_json", True),
+        ("lgb_classifier", True),
+        ("knn_joblib", False),
+    ],
+)
+def test_runtime_says_whether_its_cost_follows_the_input_shape(
+    name: str, expected: bool, legit_files: dict[str, Path]
+) -> None:
+    assert load(legit_files[name]).is_cost_bounded_by_shape is expected
+
+
+def test_deep_tree_is_never_cheap_enough_for_the_event_loop(tmp_path: Path) -> None:
+    # Zeros leave this tree at its root; a row of -1e9 walks all 5,000 nodes of the chain.
+    path = legit.write_joblib(hostile.chain_tree(5000), tmp_path / "chain.joblib")
+    runtime = load(path)
+
+    assert runtime.is_cost_bounded_by_shape is False
+    predictions, _ = runtime.predict(np.array([[0.0], [-1e9]]))
+    assert predictions.shape == (2,)

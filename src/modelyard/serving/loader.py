@@ -20,7 +20,7 @@ from joblib.numpy_pickle_utils import _detect_compressor, _validate_fileobject_a
 from modelyard.serving.formats import ModelFormat, ModelRejected, UnsupportedModelFormat
 from modelyard.serving.onnx_graph import check_onnx_graph
 from modelyard.serving.precheck import DEFAULT_MAX_EXPANDED_BYTES, check_zip_bounds
-from modelyard.serving.structure import check_lightgbm_text, check_structure
+from modelyard.serving.structure import StructureCost, check_lightgbm_text, check_structure
 
 # Every global a joblib or pickle upload may name: exact (module, qualname) pairs, no prefixes
 # (SECURITY.md items 1-2). Derived by recording the find_class calls made while loading ~45
@@ -493,6 +493,15 @@ def load_model(path: Path, fmt: ModelFormat) -> Any:
     Raises:
         ModelRejected: the file failed a check or did not load; the message names the reason.
     """
+    return load_checked_model(path, fmt)[0]
+
+
+def load_checked_model(path: Path, fmt: ModelFormat) -> tuple[Any, StructureCost]:
+    """Load and check a model like load_model; also return the worst cost of one of its rows.
+
+    Raises:
+        ModelRejected: the file failed a check or did not load; the message names the reason.
+    """
     match fmt:
         case ModelFormat.JOBLIB | ModelFormat.PICKLE:
             model = load_pickle(path)
@@ -506,8 +515,7 @@ def load_model(path: Path, fmt: ModelFormat) -> Any:
             model = load_lightgbm(path.read_bytes())
         case _:
             raise UnsupportedModelFormat(f"unsupported model format {fmt!s}")
-    check_structure(model)
-    return model
+    return model, check_structure(model)
 
 
 __all__ = [
@@ -515,5 +523,6 @@ __all__ = [
     "SKOPS_TRUSTED",
     "RestrictedUnpickler",
     "check_onnx",
+    "load_checked_model",
     "load_model",
 ]

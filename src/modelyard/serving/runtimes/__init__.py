@@ -16,7 +16,7 @@ from pathlib import Path
 from modelyard.artifacts.store import ArtifactStore
 from modelyard.observability.metrics import Metrics
 from modelyard.serving.formats import FRAMEWORK_OF, Framework, ModelFormat
-from modelyard.serving.loader import load_model
+from modelyard.serving.loader import load_checked_model
 from modelyard.serving.runtimes.base import ArtifactCorrupted, Runtime, estimate_nbytes
 from modelyard.serving.runtimes.lightgbm import LightGBMRuntime
 from modelyard.serving.runtimes.onnx import DEFAULT_RUN_TIMEOUT_SECONDS, OnnxRuntime
@@ -48,17 +48,17 @@ def load_runtime(
     with tempfile.TemporaryDirectory(prefix="modelyard-load-") as folder:
         path = Path(folder) / "artifact"
         path.write_bytes(data)
-        model = load_model(path, fmt)
+        model, cost = load_checked_model(path, fmt)
     match FRAMEWORK_OF[fmt]:
         case Framework.SKLEARN:
-            return SklearnRuntime(model, fmt, nbytes=nbytes)
+            return SklearnRuntime(model, fmt, nbytes=nbytes, cost=cost)
         case Framework.ONNX:
             return OnnxRuntime(model, data, nbytes=nbytes, run_timeout_seconds=run_timeout_seconds)
         case Framework.XGBOOST:
-            return XGBoostRuntime(model, fmt, nbytes=nbytes)
+            return XGBoostRuntime(model, fmt, nbytes=nbytes, cost=cost)
         case Framework.LIGHTGBM:
             # load_model has already checked that the text decodes.
-            return LightGBMRuntime(model, data.decode("utf-8"), nbytes=nbytes)
+            return LightGBMRuntime(model, data.decode("utf-8"), nbytes=nbytes, cost=cost)
 
 
 async def fetch_runtime(
