@@ -44,6 +44,7 @@ from modelyard.registry.router import router as registry_router
 from modelyard.serving.batching import Batcher
 from modelyard.serving.cache import ModelCache
 from modelyard.serving.probe import ModelProber
+from modelyard.serving.runtimes.onnx import cap_onnx_memory
 from modelyard.serving.warmup import warm_up
 from modelyard.state import AppState
 from modelyard.web.docs import install_docs
@@ -99,7 +100,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batcher=Batcher.from_settings(settings, metrics),
             log=prediction_log,
             metrics=metrics,
+            run_timeout_seconds=settings.predict_timeout_seconds,
         )
+        # Before any ONNX session exists (sessions pick the arena up when they are created);
+        # in a thread: importing ONNX Runtime takes a moment.
+        await asyncio.to_thread(cap_onnx_memory, settings.onnx_memory_bytes)
         epochs = Epochs(settings.data_dir)
         rate_limiter = RateLimiter(redis, SharedWindows(settings.data_dir))
         caller_cache: EpochCache[str, Caller] = EpochCache(

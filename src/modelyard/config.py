@@ -136,6 +136,25 @@ class Settings(BaseSettings):
     probe_memory_bytes: int = Field(default=2 * 1024**3, ge=64 * 1024**2)
     """Address-space limit of the child process that loads and probes an upload."""
 
+    # upload probes and inference bounds (#10)
+    probe_max_concurrent: int = Field(default=4, ge=1)
+    """Upload probes one server process runs at once; past it an upload answers 503 with
+    `Retry-After`. Each probe may take `probe_memory_bytes`: a worker's probes together take at
+    most this many times that."""
+
+    probe_max_concurrent_per_user: int = Field(default=2, ge=1)
+    """Upload probes one user may have running in one server process; past it an upload
+    answers 429 with `Retry-After`."""
+
+    predict_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Longest one ONNX inference may run: ONNX Runtime stops it and the request answers 422.
+    (scikit-learn, XGBoost and LightGBM cannot be stopped mid-call: their trees are held to
+    at most 1,000,000 nodes walked per row at load instead.)"""
+
+    onnx_memory_bytes: int = Field(default=1024**3, ge=16 * 1024**2)
+    """Memory the running ONNX inferences of one server process may allocate together (model
+    weights not included); a prediction that needs more answers 422."""
+
     model_cache_max_models: int = Field(default=32, ge=1)
     """Loaded model versions kept in memory per process (least recently used evicted first)."""
 

@@ -252,3 +252,31 @@ async def test_concurrent_first_requests_load_the_model_once(
     after = state.metrics.registry.get_sample_value("modelyard_model_cache_misses_total") or 0
     assert after - misses == 1
     assert len(await logged(app)) == 12
+
+
+async def test_onnx_prediction_past_its_time_budget_answers_422_and_is_logged(
+    tmp_path: Path, database_url: str, engine: Any
+) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from modelyard.app import create_app
+    from tests.conftest import make_settings
+    from tests.factories import make_account
+    from tests.serving import hostile
+
+    # Cheap on the probe's one row, ~100x heavier on 32: the shape of the attack.
+    model = hostile.onnx_costly_per_row(tmp_path, repeats=25_000, passes=100)
+    app = create_app(make_settings(tmp_path, database_url, predict_timeout_seconds=0.01))
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            account = await make_account(c)
+            await make_version(c, account, model, name="costly")
+            response = await predict(c, account, "costly", {"inputs": [[1.0] * 4] * 32})
+            assert response.status_code == 422, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            body = response.json()
+            assert body["type"].endswith("/inference-limit-exceeded")
+            assert body["detail"] == "the model took longer than 0.01 s on these inputs"
+            rows = await logged(app)
+            assert [(r.status, r.error) for r in rows] == [("error", body["detail"])]

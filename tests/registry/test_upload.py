@@ -267,17 +267,32 @@ async def test_hostile_file_is_refused_and_leaves_nothing(
 
 
 async def test_concurrent_uploads_of_a_new_name_number_versions_one_to_n(
-    app: FastAPI, client: httpx.AsyncClient, user: Account, iris_skops: Path
+    tmp_path: Path, database_url: str, engine: Any, iris_skops: Path
 ) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from modelyard.app import create_app
+    from tests.conftest import make_settings
+    from tests.factories import make_account
+
     n = 8
-    responses = await asyncio.gather(
-        *(upload_model(client, user, iris_skops, name="race") for _ in range(n))
+    # Probe bounds wide enough for all n at once: this test is about numbering, not probes.
+    settings = make_settings(
+        tmp_path, database_url, probe_max_concurrent=n, probe_max_concurrent_per_user=n
     )
-    assert [r.status_code for r in responses] == [201] * n, [r.text for r in responses]
-    assert sorted(r.json()["version"] for r in responses) == list(range(1, n + 1))
-    assert len({r.json()["model_id"] for r in responses}) == 1
-    assert await row_counts(app) == (1, n)
-    assert len(await stored_keys(app)) == n
+    app = create_app(settings)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            user = await make_account(client)
+            responses = await asyncio.gather(
+                *(upload_model(client, user, iris_skops, name="race") for _ in range(n))
+            )
+            assert [r.status_code for r in responses] == [201] * n, [r.text for r in responses]
+            assert sorted(r.json()["version"] for r in responses) == list(range(1, n + 1))
+            assert len({r.json()["model_id"] for r in responses}) == 1
+            assert await row_counts(app) == (1, n)
+            assert len(await stored_keys(app)) == n
 
 
 async def test_upload_links_an_experiment_and_survives_its_deletion(
@@ -341,3 +356,43 @@ async def test_upload_with_deeply_nested_json_field_answers_422(
     assert response.status_code == 422
     assert "nested deeper than 32 levels" in response.text
     assert await row_counts(app) == (0, 0)
+
+
+async def test_upload_past_the_probe_bounds_answers_429_or_503_and_keeps_nothing(
+    tmp_path: Path, database_url: str, engine: Any, model_file: legit.ModelFile
+) -> None:
+    import uuid
+
+    from asgi_lifespan import LifespanManager
+
+    from modelyard.app import create_app
+    from tests.conftest import make_settings
+    from tests.factories import make_account
+
+    settings = make_settings(
+        tmp_path, database_url, probe_max_concurrent=2, probe_max_concurrent_per_user=1
+    )
+    app = create_app(settings)
+    async with LifespanManager(app):
+        state: AppState = app.state.modelyard
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            alice, bob = await make_account(c), await make_account(c)
+            # Alice's first upload is being probed: the slot is held here, deterministically.
+            with state.prober.slot(uuid.UUID(alice.id)):
+                refused = await upload_model(c, alice, model_file("lr_skops"))
+                assert refused.status_code == 429
+                assert refused.headers["retry-after"] == "5"
+                assert refused.headers["content-type"] == "application/problem+json"
+                assert "uploads being checked" in refused.json()["detail"]
+                with state.prober.slot(None):
+                    busy = await upload_model(c, bob, model_file("lr_skops"))
+                    assert busy.status_code == 503
+                    assert busy.headers["retry-after"] == "5"
+                assert await row_counts(app) == (0, 0)
+                assert await stored_keys(app) == []
+                assert temp_files(app) == []
+                accepted = await upload_model(c, bob, model_file("lr_skops"))
+                assert accepted.status_code == 201
+            again = await upload_model(c, alice, model_file("lr_skops"))
+            assert again.status_code == 201

@@ -26,6 +26,7 @@ class FakeRuntime(Runtime):
     classes: list[int | float | str] | None = None
     has_proba = False
     input_name = "input-0"
+    is_cost_bounded_by_shape = True
 
     def __init__(
         self, *, nbytes: int = 1000, n_features: int = 2, gate: threading.Event | None = None

@@ -189,6 +189,58 @@ def _crafted_tree(
     return build
 
 
+def _shared_child(nodes: Any) -> None:
+    """Point the second-to-last internal node's left child at the last one's child (a DAG)."""
+    internal = np.flatnonzero(nodes["left_child"] != -1)
+    nodes["left_child"][internal[-2]] = nodes["left_child"][internal[-1]]
+
+
+def chain_tree(path_nodes: int) -> Any:
+    """A DecisionTreeRegressor rewritten into a chain `path_nodes` long (one feature).
+
+    Every internal node sends x <= -1 left, to the next internal node, and anything else right,
+    to a leaf: zeros (the probe's row) leave at the root, a row of -1e9 walks the whole chain.
+    """
+    from sklearn.tree import DecisionTreeRegressor
+
+    inner = path_nodes - 1
+    rng = np.random.default_rng(0)
+    # inner + 1 distinct points with distinct targets grow exactly 2 * inner + 1 nodes.
+    model = DecisionTreeRegressor(random_state=0).fit(
+        rng.random((inner + 1, 1)), rng.random(inner + 1)
+    )
+
+    def chain(nodes: Any) -> None:
+        assert len(nodes) == 2 * inner + 1
+        nodes["left_child"][:] = -1
+        nodes["right_child"][:] = -1
+        nodes["feature"][:] = -2
+        nodes["threshold"][:] = -2.0
+        internal = np.arange(inner) * 2
+        nodes["left_child"][internal] = internal + 2
+        nodes["right_child"][internal] = internal + 1
+        nodes["feature"][internal] = 0
+        nodes["threshold"][internal] = -1.0
+
+    _tree_state(model.tree_, chain)
+    return model
+
+
+def forest_sharing_one_deep_tree(tmp: Path, marker: Path) -> Path:
+    """A forest listing one 4,001-node-deep tree object 250 times: pickle keeps it one object.
+
+    Each row may walk 1,000,250 nodes, while the file holds 8,001.
+    """
+    del marker
+    from sklearn.ensemble import RandomForestRegressor
+
+    tree = chain_tree(4001)
+    forest = RandomForestRegressor(n_estimators=1, random_state=0).fit(np.zeros((2, 1)), [0, 1])
+    forest.estimators_ = [tree] * 250
+    forest.n_estimators = 250
+    return legit.write_joblib(forest, tmp / "shared_deep_forest.joblib")
+
+
 def hgb_bad_child(tmp: Path, marker: Path) -> Path:
     """HistGradientBoosting predictor whose root points past its node array."""
     del marker
@@ -391,6 +443,156 @@ def onnx_custom_domain(tmp: Path, marker: Path) -> Path:
     return path
 
 
+def _onnx_file(tmp: Path, name: str, nodes: list[Any], initializers: list[Any]) -> Path:
+    """Write a one-input ONNX graph X[N, 4] -> Y from nodes (opset 17)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp / f"{name}.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _onnx_max_of_x() -> list[Any]:
+    """Nodes computing n = int64(max(X)) as a 1-element tensor: a count chosen by the caller."""
+    from onnx import TensorProto, helper
+
+    return [
+        helper.make_node("ReduceMax", ["X"], ["m"], keepdims=0),
+        helper.make_node("Reshape", ["m", "one_dim"], ["m1"]),
+        helper.make_node("Cast", ["m1"], ["n"], to=TensorProto.INT64),
+    ]
+
+
+def _onnx_one_dim() -> Any:
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor("one_dim", TensorProto.INT64, [1], [1])
+
+
+def onnx_loop_trip_count(tmp: Path, marker: Path) -> Path:
+    """The 27.5 s attack: a Loop whose trip count is int64(max(X)); instant on zeros."""
+    del marker
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor("step", TensorProto.FLOAT, [1], [1.0])],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["X"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["trips"], to=TensorProto.INT64),
+        helper.make_node("Loop", ["trips", "true", "zero"], ["Y"], body=body),
+    ]
+    initializers = [
+        helper.make_tensor("true", TensorProto.BOOL, [], [True]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]),
+    ]
+    return _onnx_file(tmp, "loop_trip_count", nodes, initializers)
+
+
+def onnx_constant_of_shape_from_values(tmp: Path, marker: Path) -> Path:
+    """The 4.3 GiB attack: ConstantOfShape(int64(max(X))) allocates what the caller asks."""
+    del marker
+    from onnx import TensorProto, helper
+
+    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0])
+    nodes = [
+        *_onnx_max_of_x(),
+        helper.make_node("ConstantOfShape", ["n"], ["big"], value=fill),
+        helper.make_node("ReduceSum", ["big"], ["Y"], keepdims=0),
+    ]
+    return _onnx_file(tmp, "constant_of_shape", nodes, [_onnx_one_dim()])
+
+
+def onnx_tile_from_values(tmp: Path, marker: Path) -> Path:
+    """Tile X by repeats computed from X's values, hidden behind arithmetic on the count."""
+    del marker
+    from onnx import TensorProto, helper
+
+    nodes = [
+        *_onnx_max_of_x(),
+        helper.make_node("Concat", ["n", "one_dim"], ["repeats"], axis=0),
+        helper.make_node("Tile", ["X", "repeats"], ["Y"]),
+    ]
+    del TensorProto
+    return _onnx_file(tmp, "tile_from_values", nodes, [_onnx_one_dim()])
+
+
+def onnx_range_in_scan(tmp: Path, marker: Path) -> Path:
+    """A Scan over X's rows whose body builds Range(0, row max): the shape rule holds in bodies."""
+    del marker
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["row"], ["limit"], keepdims=0),
+            helper.make_node("Range", ["start", "limit", "delta"], ["steps"]),
+            helper.make_node("ReduceSum", ["steps"], ["total"], keepdims=0),
+            helper.make_node("Identity", ["state_in"], ["state_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("row", TensorProto.FLOAT, [4]),
+        ],
+        [
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+        ],
+    )
+    nodes = [
+        helper.make_node("Scan", ["zero", "X"], ["last", "Y"], body=body, num_scan_inputs=1),
+    ]
+    initializers = [
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("start", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("delta", TensorProto.FLOAT, [], [1.0]),
+    ]
+    return _onnx_file(tmp, "range_in_scan", nodes, initializers)
+
+
+def onnx_costly_per_row(tmp: Path, *, repeats: int, passes: int) -> Path:
+    """An ONNX model the graph rules accept whose cost grows with the rows sent.
+
+    Tile by constant repeats makes each row `4 * repeats` floats, and `passes` Sin nodes each
+    walk them all: cheap on the probe's one row, heavy (time or memory) on many. What the run
+    budget and the memory cap are for.
+    """
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Tile", ["X", "repeats"], ["t0"])]
+    for number in range(passes):
+        nodes.append(helper.make_node("Sin", [f"t{number}"], [f"t{number + 1}"]))
+    nodes.append(helper.make_node("ReduceSum", [f"t{passes}", "axes"], ["Y"], keepdims=1))
+    initializers = [
+        helper.make_tensor("repeats", TensorProto.INT64, [2], [1, repeats]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+    ]
+    return _onnx_file(tmp, f"costly_{repeats}_{passes}", nodes, initializers)
+
+
 def junk(tmp: Path, marker: Path) -> Path:
     """Bytes in no model format."""
     del marker
@@ -432,6 +634,15 @@ HOSTILE_FILES: list[HostileCase] = [
     HostileCase(
         "forest_feature_joblib", _crafted_tree(_bad_feature, "joblib", True), REFUSED, "feature"
     ),
+    HostileCase(
+        "tree_node_twice_skops", _crafted_tree(_shared_child, "skops", False), REFUSED, "twice"
+    ),
+    HostileCase(
+        "forest_shared_deep_tree",
+        forest_sharing_one_deep_tree,
+        REFUSED,
+        "a row may walk 1000250 tree nodes, more than 1000000",
+    ),
     HostileCase("hgb_child", hgb_bad_child, REFUSED, "child"),
     HostileCase("hgb_feature", hgb_bad_feature, REFUSED, "feature"),
     HostileCase("knn_index", knn_bad_index, REFUSED, "index array out of range"),
@@ -449,6 +660,15 @@ HOSTILE_FILES: list[HostileCase] = [
     HostileCase("skops_zip_bomb", skops_zip_bomb, REFUSED, "compressed more than 200:1"),
     HostileCase("onnx_external", onnx_external_data, REFUSED, "external data"),
     HostileCase("onnx_custom_domain", onnx_custom_domain, REFUSED, "custom operator domain"),
+    HostileCase("onnx_loop", onnx_loop_trip_count, REFUSED, "ONNX operator 'Loop'"),
+    HostileCase(
+        "onnx_constant_of_shape",
+        onnx_constant_of_shape_from_values,
+        REFUSED,
+        "operator 'ConstantOfShape' takes a shape or count from input values",
+    ),
+    HostileCase("onnx_tile", onnx_tile_from_values, REFUSED, "operator 'Tile' takes a shape"),
+    HostileCase("onnx_range_in_scan", onnx_range_in_scan, REFUSED, "operator 'Range' takes"),
     HostileCase("junk", junk, 415, "unrecognised model file"),
 ]
 HOSTILE_BY_NAME = {case.name: case for case in HOSTILE_FILES}

@@ -240,6 +240,21 @@ async def test_cheap_runtime_runs_on_the_event_loop_after_its_first_call(
     assert runtime.threads[1] == threading.get_ident()
 
 
+async def test_cheap_runtime_whose_cost_follows_its_values_stays_off_the_event_loop(
+    make_batcher: MakeBatcher,
+) -> None:
+    # An ONNX graph cheap on every call so far can still be slow on the next call's values.
+    batcher = make_batcher(inline_below_seconds=float("inf"))
+    runtime = FakeRuntime()
+    runtime.is_cost_bounded_by_shape = False
+
+    for start in range(3):
+        await batcher.predict("v1", runtime, rows(start, 1))
+
+    assert threading.get_ident() not in runtime.threads
+    assert not batcher.runs_inline(runtime, 1)
+
+
 async def test_costly_runtime_stays_off_the_event_loop(make_batcher: MakeBatcher) -> None:
     batcher = make_batcher(inline_below_seconds=0)
     runtime = FakeRuntime()

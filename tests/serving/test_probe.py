@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from modelyard.config import Settings
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelyardError, RateLimited, ServiceUnavailable
 from modelyard.serving.formats import (
     Framework,
     ModelFormat,
@@ -111,3 +115,78 @@ async def test_probe_refuses_model_without_known_width(tmp_path: Path, prober: M
     path = legit.write_skops(scaler, tmp_path / "scaler.skops")
     with pytest.raises(ModelRejected, match="no predict method"):
         await prober.probe(path, ModelFormat.SKOPS)
+
+
+def bounded_prober(*, max_concurrent: int, per_owner: int) -> ModelProber:
+    return ModelProber(
+        timeout_seconds=30,
+        memory_limit_bytes=TEST_MEMORY_BYTES,
+        allow_pickle=True,
+        max_concurrent=max_concurrent,
+        max_concurrent_per_owner=per_owner,
+    )
+
+
+async def test_probe_past_the_per_user_bound_answers_429_with_retry_after(
+    legit_files: dict[str, Path],
+) -> None:
+    prober = bounded_prober(max_concurrent=2, per_owner=1)
+    path = legit_files["onnx_regressor"]
+    with prober.slot("alice"):
+        with pytest.raises(RateLimited) as info:
+            await prober.probe(path, ModelFormat.ONNX, owner="alice")
+        assert info.value.status == 429
+        assert info.value.headers["Retry-After"] == "5"
+        assert "already have 1 uploads being checked" in info.value.detail
+        # Another user still gets the process's second slot.
+        report = await prober.probe(path, ModelFormat.ONNX, owner="bob")
+        assert report.n_features == 5
+    assert (await prober.probe(path, ModelFormat.ONNX, owner="alice")).n_features == 5
+    await prober.aclose()
+
+
+async def test_probe_past_the_process_bound_answers_503_with_retry_after(
+    legit_files: dict[str, Path],
+) -> None:
+    prober = bounded_prober(max_concurrent=1, per_owner=1)
+    path = legit_files["onnx_regressor"]
+    with prober.slot("alice"):
+        with pytest.raises(ServiceUnavailable) as info:
+            await prober.probe(path, ModelFormat.ONNX, owner="bob")
+        assert info.value.status == 503
+        assert info.value.headers["Retry-After"] == "5"
+    assert (await prober.probe(path, ModelFormat.ONNX, owner="bob")).n_features == 5
+    await prober.aclose()
+
+
+async def test_refused_probe_gives_back_no_slot(legit_files: dict[str, Path]) -> None:
+    prober = bounded_prober(max_concurrent=1, per_owner=1)
+    with pytest.raises(ModelRejected):
+        await prober.probe(legit_files["lr_skops"], ModelFormat.ONNX, owner="alice")
+    assert (await prober.probe(legit_files["onnx_regressor"], ModelFormat.ONNX)).n_features == 5
+    await prober.aclose()
+
+
+class RecordingExecutor(ThreadPoolExecutor):
+    """A default executor that records what is submitted to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.submitted: list[Callable[..., Any]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submitted.append(fn)
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_probe_waits_outside_the_default_thread_pool(
+    legit_files: dict[str, Path], prober: ModelProber
+) -> None:
+    # The pool password hashing and file I/O share: 12 waiting probes once starved a login.
+    executor = RecordingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+
+    await prober.probe(legit_files["onnx_regressor"], ModelFormat.ONNX, owner="alice")
+    await prober.probe(legit_files["lr_skops"], ModelFormat.SKOPS, owner="alice")
+
+    assert executor.submitted == []

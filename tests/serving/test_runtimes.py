@@ -22,6 +22,8 @@ from modelyard.serving.runtimes import (
     fetch_runtime,
     load_runtime,
 )
+from modelyard.serving.runtimes.base import InferenceLimitExceeded
+from modelyard.serving.runtimes.onnx import DEFAULT_MEMORY_BYTES, cap_onnx_memory
 from tests.serving import hostile, legit
 
 # The fitted estimator each sklearn case was written from (longest prefix first).
@@ -49,6 +51,12 @@ REFUSED_AT_LOAD = [
     "xgb_ubj_feature",
     "lgb_child",
     "onnx_custom_domain",
+    "tree_node_twice_skops",
+    "forest_shared_deep_tree",
+    "onnx_loop",
+    "onnx_constant_of_shape",
+    "onnx_tile",
+    "onnx_range_in_scan",
 ]
 
 
@@ -274,3 +282,56 @@ async def test_fetch_runtime_refuses_an_object_that_changed_in_the_store(
         "modelyard_model_load_duration_seconds_count", {"framework": "lightgbm"}
     )
     assert count is None
+
+
+def test_onnx_run_past_its_time_budget_is_stopped(tmp_path: Path) -> None:
+    # One row (the load's description) is ~1e7 sines; 32 rows are 100x that.
+    data = hostile.onnx_costly_per_row(tmp_path, repeats=25_000, passes=100).read_bytes()
+    runtime = load_runtime(data, ModelFormat.ONNX, sha256=sha(data), run_timeout_seconds=0.01)
+
+    with pytest.raises(InferenceLimitExceeded, match=r"took longer than 0\.01 s"):
+        runtime.predict(np.ones((32, 4), dtype=np.float32))
+
+
+def test_onnx_run_past_the_memory_cap_is_refused(tmp_path: Path) -> None:
+    # Each row becomes 4 M floats (16 MiB): one row fits the cap, eight do not.
+    data = hostile.onnx_costly_per_row(tmp_path, repeats=1_000_000, passes=0).read_bytes()
+    cap_onnx_memory(64 * 1024**2)
+    try:
+        runtime = load_runtime(data, ModelFormat.ONNX, sha256=sha(data))
+        with pytest.raises(InferenceLimitExceeded, match="more memory for these inputs"):
+            runtime.predict(np.ones((8, 4), dtype=np.float32))
+        predictions, _ = runtime.predict(np.ones((1, 4), dtype=np.float32))
+        assert predictions.shape == (1,)
+    finally:
+        cap_onnx_memory(DEFAULT_MEMORY_BYTES)
+
+
+def test_onnx_runtime_never_claims_a_shape_bounded_cost(legit_files: dict[str, Path]) -> None:
+    assert load(legit_files["onnx_regressor"]).is_cost_bounded_by_shape is False
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("lr_skops", True),
+        ("tree_joblib", True),
+        ("xgb_classifier_json", True),
+        ("lgb_classifier", True),
+        ("knn_joblib", False),
+    ],
+)
+def test_runtime_says_whether_its_cost_follows_the_input_shape(
+    name: str, expected: bool, legit_files: dict[str, Path]
+) -> None:
+    assert load(legit_files[name]).is_cost_bounded_by_shape is expected
+
+
+def test_deep_tree_is_never_cheap_enough_for_the_event_loop(tmp_path: Path) -> None:
+    # Zeros leave this tree at its root; a row of -1e9 walks all 5,000 nodes of the chain.
+    path = legit.write_joblib(hostile.chain_tree(5000), tmp_path / "chain.joblib")
+    runtime = load(path)
+
+    assert runtime.is_cost_bounded_by_shape is False
+    predictions, _ = runtime.predict(np.array([[0.0], [-1e9]]))
+    assert predictions.shape == (2,)

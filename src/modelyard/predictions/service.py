@@ -30,6 +30,8 @@ from modelyard.serving.batching import Batcher
 from modelyard.serving.cache import ModelCache
 from modelyard.serving.formats import Framework, ModelFormat
 from modelyard.serving.runtimes import Runtime, fetch_runtime
+from modelyard.serving.runtimes.base import InferenceLimitExceeded
+from modelyard.serving.runtimes.onnx import DEFAULT_RUN_TIMEOUT_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +333,9 @@ class Predictor:
         batcher: Batcher,
         log: PredictionLog,
         metrics: Metrics,
+        run_timeout_seconds: float = DEFAULT_RUN_TIMEOUT_SECONDS,
     ) -> None:
+        self.run_timeout_seconds = run_timeout_seconds
         self.store = store
         self.cache = cache
         self.batcher = batcher
@@ -352,6 +356,7 @@ class Predictor:
                 sha256=target.sha256,
                 fmt=target.format,
                 metrics=self.metrics,
+                run_timeout_seconds=self.run_timeout_seconds,
             ),
         )
 
@@ -382,6 +387,12 @@ class Predictor:
                 inputs=inputs, n_rows=len(matrix), prediction_id=prediction_id,
             )  # fmt: skip
             raise InvalidInput(error) from exc
+        except InferenceLimitExceeded as exc:
+            self.record_failure(
+                target, caller=caller, protocol=protocol, error=exc.detail, inputs=inputs,
+                n_rows=len(matrix), prediction_id=prediction_id,
+            )  # fmt: skip
+            raise
         elapsed_ms = (time.perf_counter() - started) * 1000
         predictions, probabilities = result.predictions, result.probabilities
         if not _finite(predictions) or (probabilities is not None and not _finite(probabilities)):

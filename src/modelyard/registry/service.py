@@ -436,7 +436,7 @@ async def register_version(
         raise Unprocessable(
             f"the file is a {fmt.value} file ({framework.value}), not {form.framework.value}"
         )
-    report = await prober.probe(file.path, fmt)
+    report = await prober.probe(file.path, fmt, owner=owner_id)
     task_type = _reconcile_task_type(form, report)
     input_schema = _input_schema(form.input_schema, report)
     output_schema = form.output_schema if form.output_schema is not None else _outputs(report)

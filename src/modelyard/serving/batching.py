@@ -7,7 +7,8 @@ and the next call takes them together. A lone request never waits for company.
 Where a call runs is adaptive too. A thread hop costs ~50-100 us, as much as a logistic
 regression's whole predict, while a 100-tree forest's ~3 ms would stall every other request if
 it ran on the event loop. So each runtime's recent call cost is tracked, and cheap calls run on
-the loop, the rest on a small thread pool.
+the loop, the rest on a small thread pool. Only for runtimes whose cost the input's shape fixes
+(`Runtime.is_cost_bounded_by_shape`): for the others, past calls do not predict the next.
 """
 
 from __future__ import annotations
@@ -143,9 +144,13 @@ class Batcher:
     def runs_inline(self, runtime: Runtime, rows: int) -> bool:
         """Tell whether a call of `rows` rows to `runtime` would run on the event loop.
 
-        Only runtimes with a measured cost below the threshold, and only calls no larger than a
+        Only runtimes whose cost is fixed by the input's shape (past calls predict the next one;
+        an ONNX graph or a deep tree made cheap calls on zeros, then stalled the loop on chosen
+        values), with a measured cost below the threshold, and only calls no larger than a
         batch: the average was learnt from such calls, and a 10,000-row request costs more.
         """
+        if not runtime.is_cost_bounded_by_shape:
+            return False
         cost = self._costs.get(runtime)
         return cost is not None and cost < self.inline_below_seconds and rows <= self.max_rows
 

@@ -18,8 +18,9 @@ from joblib.numpy_pickle import NumpyArrayWrapper, NumpyUnpickler
 from joblib.numpy_pickle_utils import _detect_compressor, _validate_fileobject_and_memmap
 
 from modelyard.serving.formats import ModelFormat, ModelRejected, UnsupportedModelFormat
+from modelyard.serving.onnx_graph import check_onnx_graph
 from modelyard.serving.precheck import DEFAULT_MAX_EXPANDED_BYTES, check_zip_bounds
-from modelyard.serving.structure import check_lightgbm_text, check_structure
+from modelyard.serving.structure import StructureCost, check_lightgbm_text, check_structure
 
 # Every global a joblib or pickle upload may name: exact (module, qualname) pairs, no prefixes
 # (SECURITY.md items 1-2). Derived by recording the find_class calls made while loading ~45
@@ -395,7 +396,9 @@ def _onnx_graphs(graph: Any) -> Iterator[Any]:
 
 
 def check_onnx(data: bytes) -> Any:
-    """Parse an ONNX model and refuse external data and custom operator domains.
+    """Parse an ONNX model; refuse external data, custom domains and data-driven shapes.
+
+    The operator and shape rules are modelyard.serving.onnx_graph's.
 
     Returns the parsed onnx.ModelProto.
     """
@@ -429,6 +432,7 @@ def check_onnx(data: bytes) -> Any:
         for tensor in tensors:
             if tensor.data_location == external or len(tensor.external_data):
                 raise ModelRejected("model refused: ONNX tensors stored as external data")
+    check_onnx_graph(model.graph)
     return model
 
 
@@ -440,6 +444,8 @@ def load_onnx(data: bytes) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
+    # The capped arena of modelyard.serving.runtimes.onnx.cap_onnx_memory, once registered.
+    options.add_session_config_entry("session.use_env_allocators", "1")
     try:
         # From bytes, not a path: ONNX Runtime then has no folder to read external data from.
         return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
@@ -487,6 +493,15 @@ def load_model(path: Path, fmt: ModelFormat) -> Any:
     Raises:
         ModelRejected: the file failed a check or did not load; the message names the reason.
     """
+    return load_checked_model(path, fmt)[0]
+
+
+def load_checked_model(path: Path, fmt: ModelFormat) -> tuple[Any, StructureCost]:
+    """Load and check a model like load_model; also return the worst cost of one of its rows.
+
+    Raises:
+        ModelRejected: the file failed a check or did not load; the message names the reason.
+    """
     match fmt:
         case ModelFormat.JOBLIB | ModelFormat.PICKLE:
             model = load_pickle(path)
@@ -500,8 +515,7 @@ def load_model(path: Path, fmt: ModelFormat) -> Any:
             model = load_lightgbm(path.read_bytes())
         case _:
             raise UnsupportedModelFormat(f"unsupported model format {fmt!s}")
-    check_structure(model)
-    return model
+    return model, check_structure(model)
 
 
 __all__ = [
@@ -509,5 +523,6 @@ __all__ = [
     "SKOPS_TRUSTED",
     "RestrictedUnpickler",
     "check_onnx",
+    "load_checked_model",
     "load_model",
 ]

@@ -4,6 +4,12 @@ SECURITY.md items 3-4: a refused pickle can poison the process that read it, and
 trees or truncated files crash native code. So the server never loads an upload itself: each
 upload gets a new process forked from a warm forkserver (which never loads uploads), under
 memory, CPU and wall-clock limits, and only JSON comes back.
+
+Probes are bounded per process and per user (#10: 12 concurrent uploads of a 519-byte file ran
+12 children of ~800 MB; another user's login then waited 27.6 s for the default thread pool):
+a probe past either bound is refused at once with Retry-After, and a probe's blocking calls
+(starting the child, waiting for its answer, reaping it) run on the prober's own threads, one
+per allowed probe, never on the default pool that password hashing and file I/O share.
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ import json
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Final, Self
 
 from modelyard.config import Settings
+from modelyard.errors import RateLimited, ServiceUnavailable
 from modelyard.serving.formats import (
     PICKLE_FORMATS,
     Framework,
@@ -53,6 +62,8 @@ FORKSERVER_PRELOAD: Final = [
 # A report is a few KiB; a bigger answer from the child is refused unread.
 MAX_REPORT_BYTES: Final = 4 * 1024**2
 PROBE_FAILED = "model could not be loaded and probed"
+# A warm probe takes 20-50 ms, a slow one up to its timeout: a few seconds is a fair first retry.
+PROBE_RETRY_AFTER_SECONDS: Final = 5
 
 
 @dataclass(frozen=True)
@@ -117,14 +128,30 @@ class ModelProber:
     """Loads and probes uploads in disposable child processes."""
 
     def __init__(
-        self, *, timeout_seconds: float, memory_limit_bytes: int, allow_pickle: bool
+        self,
+        *,
+        timeout_seconds: float,
+        memory_limit_bytes: int,
+        allow_pickle: bool,
+        max_concurrent: int = 4,
+        max_concurrent_per_owner: int = 2,
     ) -> None:
         self.timeout_seconds = timeout_seconds
         self.memory_limit_bytes = memory_limit_bytes
         self.allow_pickle = allow_pickle
+        self.max_concurrent = max_concurrent
+        self.max_concurrent_per_owner = max_concurrent_per_owner
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(FORKSERVER_PRELOAD)
         self._running: set[Any] = set()
+        # One thread per allowed probe: each probe makes one blocking call at a time.
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_concurrent, thread_name_prefix="modelyard-probe"
+        )
+        # Counted on the event loop (no await between a check and its count): no lock needed,
+        # and nothing bound to one loop, so a prober may outlive a test's loop.
+        self._active = 0
+        self._by_owner: dict[Hashable, int] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -133,22 +160,74 @@ class ModelProber:
             timeout_seconds=settings.probe_timeout_seconds,
             memory_limit_bytes=settings.probe_memory_bytes,
             allow_pickle=settings.allow_pickle,
+            max_concurrent=settings.probe_max_concurrent,
+            max_concurrent_per_owner=settings.probe_max_concurrent_per_user,
         )
 
-    async def probe(self, path: Path, fmt: ModelFormat) -> ProbeReport:
+    @contextlib.contextmanager
+    def slot(self, owner: Hashable | None) -> Iterator[None]:
+        """Hold one of the process's probe slots, and one of `owner`'s, while the block runs.
+
+        Raises:
+            RateLimited: `owner` already runs as many probes as one user may (429).
+            ServiceUnavailable: the process already runs as many probes as it may (503).
+        """
+        if owner is not None and self._by_owner.get(owner, 0) >= self.max_concurrent_per_owner:
+            raise RateLimited(
+                f"you already have {self.max_concurrent_per_owner} uploads being checked; "
+                "retry when one has finished",
+                retry_after_seconds=PROBE_RETRY_AFTER_SECONDS,
+            )
+        if self._active >= self.max_concurrent:
+            raise ServiceUnavailable(
+                "the server is checking as many uploads as it can; try again shortly",
+                retry_after_seconds=PROBE_RETRY_AFTER_SECONDS,
+            )
+        self._active += 1
+        if owner is not None:
+            self._by_owner[owner] = self._by_owner.get(owner, 0) + 1
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if owner is not None:
+                left = self._by_owner.pop(owner) - 1
+                if left:
+                    self._by_owner[owner] = left
+
+    async def probe(
+        self, path: Path, fmt: ModelFormat, *, owner: Hashable | None = None
+    ) -> ProbeReport:
         """Load, check and predict once with an uploaded model in a fresh child process.
+
+        `owner` (the uploading user's id) counts the probe against that user's bound.
 
         Raises:
             UnsupportedModelFormat: pickle or joblib while this server refuses them.
+            RateLimited: `owner` already runs as many probes as one user may.
+            ServiceUnavailable: this process already runs as many probes as it may.
             ModelRejected: the model failed a check, crashed, timed out or ran out of memory.
         """
         if fmt in PICKLE_FORMATS and not self.allow_pickle:
             raise UnsupportedModelFormat("pickle and joblib uploads are disabled on this server")
-        if fmt is ModelFormat.SKOPS:
-            # Reads only the zip's central directory: safe in the server, and it spares a child.
-            await asyncio.to_thread(check_zip_bounds, path, self.memory_limit_bytes // 2)
-        answer = await self._run_child(path, fmt)
+        with self.slot(owner):
+            if fmt is ModelFormat.SKOPS:
+                # Reads only the zip's central directory: safe in the server, spares a child.
+                await self._blocking(check_zip_bounds, path, self.memory_limit_bytes // 2)
+            answer = await self._run_child(path, fmt)
         return self._outcome(answer)
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking call on the prober's threads (never the default pool)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _reap(self, process: Any) -> None:
+        """Wait for a finished or killed child to exit."""
+        try:
+            await self._blocking(process.join)
+        except RuntimeError:
+            # aclose has stopped the threads after killing this child: it exits at once.
+            process.join(timeout=1)
 
     async def _run_child(self, path: Path, fmt: ModelFormat) -> tuple[bytes | None, int | None]:
         receiver, sender = self._context.Pipe(duplex=False)
@@ -159,15 +238,15 @@ class ModelProber:
         )
         try:
             # start() talks to the forkserver (and starts it, seconds, the first time).
-            await asyncio.to_thread(process.start)
+            await self._blocking(process.start)
             self._running.add(process)
             sender.close()  # so the child's death reads as EOF here
-            answer = await asyncio.to_thread(_wait_for_report, receiver, self.timeout_seconds)
+            answer = await self._blocking(_wait_for_report, receiver, self.timeout_seconds)
         finally:
             if process.pid is not None:
                 if process.is_alive():
                     _kill(process)
-                await asyncio.to_thread(process.join)
+                await self._reap(process)
                 self._running.discard(process)
             receiver.close()
             sender.close()
@@ -207,6 +286,7 @@ class ModelProber:
         raise ModelRejected(str(message.get("reason") or f"model refused: {PROBE_FAILED}"))
 
     async def aclose(self) -> None:
-        """Kill probes still running (their uploads are abandoned)."""
+        """Kill probes still running (their uploads are abandoned) and stop the probe threads."""
         for process in list(self._running):
             _kill(process)
+        self._executor.shutdown(wait=False)

@@ -3,7 +3,13 @@
 SECURITY.md item 4: crafted child or feature indices segfault or hang predict in scikit-learn
 trees, HistGradientBoosting, KNN trees, XGBoost and LightGBM, and one probe prediction does not
 walk every branch. So every load checks every node: children in range and pointing forward
-(which also rules out cycles), feature indices below the model's width.
+(which also rules out cycles), each node reached once, feature indices below the model's width.
+
+A row's cost is the tree nodes it walks, at most the sum of the trees' depths, and its values
+choose the path: a degenerate chain tree answers zeros at its root and walks its whole length
+for a chosen row. So the checks also measure that sum (`StructureCost.path_nodes`), refuse
+models past `MAX_ROW_PATH_NODES`, and let the batcher run cheap calls on the event loop only
+for models whose worst row stays small (`INLINE_MAX_ROW_PATH_NODES`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -27,6 +34,36 @@ VALIDATING_META_ESTIMATORS: Final = frozenset(
 )
 # How deep the walk through nested estimators goes; real pipelines are a handful of levels.
 MAX_NESTING: Final = 50
+# Most tree nodes one row may walk, summed over a model's trees. Large real ensembles stay well
+# below: 5,000 XGBoost rounds x 10 classes x depth 8 is 400,000; 1,000 unpruned forest trees of
+# depth ~60 are 60,000. A crafted chain of millions of nodes made each row cost the model's size.
+MAX_ROW_PATH_NODES: Final = 1_000_000
+# Below this, a row's worst path costs microseconds: a call measured cheap stays cheap whatever
+# its values, so it may run on the event loop (a 64-row batch walks at most ~260,000 nodes).
+INLINE_MAX_ROW_PATH_NODES: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class StructureCost:
+    """What the structure checks learnt about the worst cost of one row."""
+
+    path_nodes: int = 0
+    """Tree nodes a row walks at most, summed over every tree of the model."""
+    has_search_index: bool = False
+    """A KD-tree or ball tree: a neighbour search's cost follows the query's values."""
+
+    @property
+    def is_bounded_by_shape(self) -> bool:
+        """Tell whether a call's cost is fixed by its shape within a small factor."""
+        return not self.has_search_index and self.path_nodes <= INLINE_MAX_ROW_PATH_NODES
+
+
+class _Tally:
+    """What a walk through a model found: its trees' longest paths, summed, and indices."""
+
+    def __init__(self) -> None:
+        self.path_nodes = 0
+        self.has_search_index = False
 
 
 def _reject(where: str, what: str) -> ModelRejected:
@@ -46,16 +83,55 @@ def _check_children(
     leaf: npt.NDArray[np.bool_],
     n_nodes: int,
     where: str,
-) -> None:
-    """Check that each internal node's children come after it and exist."""
+) -> int:
+    """Check that each internal node's children come after it, exist and have one parent.
+
+    Returns the number of nodes on the tree's longest root-to-leaf path.
+    """
     index = np.arange(n_nodes)[~leaf]
     for name, children in (("left", left[~leaf]), ("right", right[~leaf])):
         if np.any(children <= index) or np.any(children >= n_nodes):
             raise _reject(where, f"{name} child index out of range or not after its parent")
+    parent = np.full(n_nodes, -1, dtype=np.int64)
+    _set_parents(parent, index, left[~leaf], right[~leaf], where)
+    return _longest_path(parent)
 
 
-def check_sklearn_tree(tree: Any, width: int | None, where: str = "tree") -> None:
-    """Check a fitted sklearn.tree._tree.Tree."""
+def _set_parents(
+    parent: npt.NDArray[np.int64],
+    index: npt.NDArray[np.int64],
+    left: npt.NDArray[np.int64],
+    right: npt.NDArray[np.int64],
+    where: str,
+) -> None:
+    """Record each child's parent, refusing a node reached twice (a DAG walks paths twice)."""
+    children = np.concatenate([left, right])
+    if len(np.unique(children)) != len(children):
+        raise _reject(where, "a node is reached twice")
+    parent[left] = index
+    parent[right] = index
+
+
+def _longest_path(parent: npt.NDArray[np.int64]) -> int:
+    """Return the nodes on the longest path to a root, by pointer jumping (log-depth passes).
+
+    Nodes nothing points to (XGBoost's deleted nodes) count as roots of their own.
+    """
+    if len(parent) == 0:
+        return 0
+    ancestor = parent.copy()
+    distance = (parent >= 0).astype(np.int64)
+    live = np.flatnonzero(ancestor >= 0)
+    while len(live):
+        up = ancestor[live]
+        distance[live] += distance[up]
+        ancestor[live] = ancestor[up]
+        live = live[ancestor[live] >= 0]
+    return int(distance.max()) + 1
+
+
+def check_sklearn_tree(tree: Any, width: int | None, where: str = "tree") -> int:
+    """Check a fitted sklearn.tree._tree.Tree; return the nodes on its longest path."""
     n_nodes = int(tree.node_count)
     left = _int_array(tree.children_left, where, "children_left")
     right = _int_array(tree.children_right, where, "children_right")
@@ -68,17 +144,18 @@ def check_sklearn_tree(tree: Any, width: int | None, where: str = "tree") -> Non
     leaf = left == -1
     if np.any(leaf != (right == -1)):
         raise _reject(where, "node with exactly one child")
-    _check_children(left, right, leaf, n_nodes, where)
+    path_nodes = _check_children(left, right, leaf, n_nodes, where)
     limit = int(tree.n_features) if width is None else min(int(tree.n_features), width)
     split = feature[~leaf]
     if np.any(split < 0) or np.any(split >= limit):
         raise _reject(where, f"split feature index outside 0..{limit - 1}")
     if np.any(np.isnan(threshold[~leaf])):
         raise _reject(where, "NaN split threshold")
+    return path_nodes
 
 
-def check_hist_predictor(predictor: Any, width: int | None, where: str) -> None:
-    """Check one HistGradientBoosting TreePredictor's node array."""
+def check_hist_predictor(predictor: Any, width: int | None, where: str) -> int:
+    """Check one HistGradientBoosting TreePredictor's nodes; return its longest path."""
     nodes = np.asarray(predictor.nodes)
     names = nodes.dtype.names or ()
     if nodes.ndim != 1 or not {"left", "right", "feature_idx", "is_leaf"} <= set(names):
@@ -89,7 +166,7 @@ def check_hist_predictor(predictor: Any, width: int | None, where: str) -> None:
     leaf = nodes["is_leaf"].astype(bool)
     left = nodes["left"].astype(np.int64)
     right = nodes["right"].astype(np.int64)
-    _check_children(left, right, leaf, n_nodes, where)
+    path_nodes = _check_children(left, right, leaf, n_nodes, where)
     feature = nodes["feature_idx"].astype(np.int64)[~leaf]
     if width is not None and (np.any(feature < 0) or np.any(feature >= width)):
         raise _reject(where, f"split feature index outside 0..{width - 1}")
@@ -100,6 +177,7 @@ def check_hist_predictor(predictor: Any, width: int | None, where: str) -> None:
         limit = min(len(bitsets), len(binned))
         if np.any(nodes["bitset_idx"][categorical].astype(np.int64) >= limit):
             raise _reject(where, "categorical bitset index out of range")
+    return path_nodes
 
 
 def check_binary_tree(tree: Any, where: str) -> None:
@@ -142,31 +220,45 @@ def _width_of(estimator: Any, inherited: int | None) -> int | None:
     return inherited
 
 
-def _check_sklearn(obj: Any, width: int | None, where: str, depth: int, seen: set[int]) -> None:
-    """Walk an sklearn object graph, checking every tree, predictor and index in it."""
+def _check_sklearn(
+    obj: Any, width: int | None, where: str, depth: int, memo: dict[int, int], tally: _Tally
+) -> int:
+    """Walk an sklearn object graph, checking every tree, predictor and index in it.
+
+    Returns the longest paths of the trees under `obj`, summed. An object reached again is
+    checked once but counted again: a pickle can list one tree object 1,000 times in a forest,
+    and predict then walks it 1,000 times. (`memo` maps each object met to its sum.)
+    """
     if depth > MAX_NESTING:
         raise _reject(where, "estimators nested too deeply")
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
+    if id(obj) in memo:
+        return memo[id(obj)]
+    memo[id(obj)] = 0  # while its children are walked: a cycle adds nothing
+    path_nodes = _check_sklearn_object(obj, width, where, depth, memo, tally)
+    memo[id(obj)] = path_nodes
+    return path_nodes
+
+
+def _check_sklearn_object(
+    obj: Any, width: int | None, where: str, depth: int, memo: dict[int, int], tally: _Tally
+) -> int:
     module = type(obj).__module__
     name = type(obj).__name__
     if module == "sklearn.tree._tree" and name == "Tree":
-        check_sklearn_tree(obj, width, where)
-        return
+        return check_sklearn_tree(obj, width, where)
     if name == "TreePredictor":
-        check_hist_predictor(obj, width, where)
-        return
+        return check_hist_predictor(obj, width, where)
     if name in {"KDTree", "BallTree"}:
         check_binary_tree(obj, where)
-        return
+        tally.has_search_index = True
+        return 0
     if isinstance(obj, dict):
         children: Iterable[tuple[str, Any]] = ((str(k), v) for k, v in obj.items())
     elif isinstance(obj, list | tuple):
         children = ((str(i), v) for i, v in enumerate(obj))
     elif isinstance(obj, np.ndarray):
         if obj.dtype != object:
-            return
+            return 0
         children = ((str(i), v) for i, v in enumerate(obj.ravel()))
     elif module.startswith("sklearn.") and hasattr(obj, "__dict__"):
         width = _width_of(obj, width)
@@ -176,9 +268,11 @@ def _check_sklearn(obj: Any, width: int | None, where: str, depth: int, seen: se
             width = None
         children = ((key, value) for key, value in vars(obj).items())
     else:
-        return
-    for key, value in children:
-        _check_sklearn(value, width, f"{where}.{key}", depth + 1, seen)
+        return 0
+    return sum(
+        _check_sklearn(value, width, f"{where}.{key}", depth + 1, memo, tally)
+        for key, value in children
+    )
 
 
 def _check_sklearn_arrays(estimator: Any, width: int | None, where: str) -> None:
@@ -201,8 +295,8 @@ def _check_sklearn_arrays(estimator: Any, width: int | None, where: str) -> None
                     raise _reject(where, "neighbour label index out of range")
 
 
-def check_xgboost_json(model: dict[str, Any]) -> None:
-    """Check every tree of an XGBoost model in its JSON form."""
+def check_xgboost_json(model: dict[str, Any]) -> int:
+    """Check every tree of an XGBoost model in its JSON form; return their longest paths' sum."""
     try:
         learner = model["learner"]
         num_feature = int(learner["learner_model_param"]["num_feature"])
@@ -212,7 +306,7 @@ def check_xgboost_json(model: dict[str, Any]) -> None:
         if booster["name"] == "dart":
             booster = booster["gbtree"]
         if booster["name"] == "gblinear":
-            return
+            return 0
         trees_model = booster["model"]
         trees = trees_model["trees"]
         tree_info = trees_model["tree_info"]
@@ -229,11 +323,13 @@ def check_xgboost_json(model: dict[str, Any]) -> None:
         or (indptr and (indptr[0] != 0 or indptr[-1] != len(trees)))
     ):
         raise _reject("xgboost", "iteration_indptr does not match the trees")
-    for number, tree in enumerate(trees):
+    return sum(
         _check_xgboost_tree(tree, num_feature, f"xgboost tree {number}")
+        for number, tree in enumerate(trees)
+    )
 
 
-def _check_xgboost_tree(tree: dict[str, Any], num_feature: int, where: str) -> None:
+def _check_xgboost_tree(tree: dict[str, Any], num_feature: int, where: str) -> int:
     try:
         n_nodes = int(tree["tree_param"]["num_nodes"])
         left = _int_array(tree["left_children"], where, "left_children")
@@ -249,7 +345,7 @@ def _check_xgboost_tree(tree: dict[str, Any], num_feature: int, where: str) -> N
     leaf = left == -1
     if np.any(leaf != (right == -1)):
         raise _reject(where, "node with exactly one child")
-    _check_children(left, right, leaf, n_nodes, where)
+    path_nodes = _check_children(left, right, leaf, n_nodes, where)
     if np.any(split[~leaf] < 0) or np.any(split[~leaf] >= num_feature):
         raise _reject(where, f"split feature index outside 0..{num_feature - 1}")
     nodes = tree.get("categories_nodes") or []
@@ -261,6 +357,7 @@ def _check_xgboost_tree(tree: dict[str, Any], num_feature: int, where: str) -> N
     for node, segment, size in zip(nodes, segments, sizes, strict=True):
         if not 0 <= node < n_nodes or segment < 0 or size < 0 or segment + size > total:
             raise _reject(where, "categorical split out of range")
+    return path_nodes
 
 
 def _lightgbm_sections(text: str) -> tuple[dict[str, str], list[dict[str, str]]]:
@@ -298,8 +395,11 @@ def _numbers(
     return values
 
 
-def check_lightgbm_text(text: str) -> None:
-    """Check a LightGBM text model: header, every tree's arrays and child indices."""
+def check_lightgbm_text(text: str) -> int:
+    """Check a LightGBM text model: header, every tree's arrays and child indices.
+
+    Returns the sum of its trees' longest paths.
+    """
     header, trees = _lightgbm_sections(text)
     if not header.get("version", "").startswith("v"):
         raise _reject("lightgbm", "missing version")
@@ -316,11 +416,13 @@ def check_lightgbm_text(text: str) -> None:
     sizes = header.get("tree_sizes")
     if sizes is not None and len(sizes.split()) != len(trees):
         raise _reject("lightgbm", "tree_sizes does not match the trees")
-    for number, fields in enumerate(trees):
+    return sum(
         _check_lightgbm_tree(fields, n_features, f"lightgbm tree {number}")
+        for number, fields in enumerate(trees)
+    )
 
 
-def _check_lightgbm_tree(fields: dict[str, str], n_features: int, where: str) -> None:
+def _check_lightgbm_tree(fields: dict[str, str], n_features: int, where: str) -> int:
     try:
         n_leaves = int(fields["num_leaves"])
         n_cat = int(fields.get("num_cat", "0"))
@@ -333,7 +435,7 @@ def _check_lightgbm_tree(fields: dict[str, str], n_features: int, where: str) ->
     _numbers(fields, "leaf_value", n_leaves, where, integer=False)
     n_inner = n_leaves - 1
     if n_inner == 0:
-        return
+        return 1
     split = np.array(_numbers(fields, "split_feature", n_inner, where, integer=True))
     threshold = _numbers(fields, "threshold", n_inner, where, integer=False)
     decision = np.array(_numbers(fields, "decision_type", n_inner, where, integer=True))
@@ -352,6 +454,12 @@ def _check_lightgbm_tree(fields: dict[str, str], n_features: int, where: str) ->
     reached = np.concatenate([left, right])
     if len(set(reached.tolist())) != len(reached):
         raise _reject(where, "a node is reached twice")
+    # Internal nodes only (a leaf ends each path: one more node).
+    parent = np.full(n_inner, -1, dtype=np.int64)
+    for children in (left, right):
+        inner = children >= 0
+        parent[children[inner]] = index[inner]
+    path_nodes = _longest_path(parent) + 1
     categorical = (decision & 1).astype(bool)
     if np.any(categorical):
         if n_cat == 0:
@@ -368,18 +476,30 @@ def _check_lightgbm_tree(fields: dict[str, str], n_features: int, where: str) ->
             value = threshold[position]
             if not (math.isfinite(value) and value == int(value) and 0 <= value < n_cat):
                 raise _reject(where, "categorical threshold out of range")
+    return path_nodes
 
 
-def check_structure(model: Any) -> None:
+def check_structure(model: Any) -> StructureCost:
     """Check the trees and indices of a loaded model before anything predicts with it.
 
+    Returns what the checks learnt about the worst cost of one row.
+
     Raises:
-        ModelRejected: a node, feature or index is out of range, or a tree has a cycle.
+        ModelRejected: a node, feature or index is out of range, a tree has a cycle or a node
+            reached twice, or a row may walk more than MAX_ROW_PATH_NODES tree nodes.
     """
     module = type(model).__module__
+    tally = _Tally()
     if module.startswith("sklearn."):
-        _check_sklearn(model, None, type(model).__name__, 0, set())
+        tally.path_nodes = _check_sklearn(model, None, type(model).__name__, 0, {}, tally)
     elif module.startswith("xgboost"):
-        check_xgboost_json(json.loads(bytes(model.save_raw("json"))))
+        tally.path_nodes = check_xgboost_json(json.loads(bytes(model.save_raw("json"))))
     elif module.startswith("lightgbm"):
-        check_lightgbm_text(model.model_to_string())
+        tally.path_nodes = check_lightgbm_text(model.model_to_string())
+    if tally.path_nodes > MAX_ROW_PATH_NODES:
+        raise _reject(
+            "trees",
+            f"a row may walk {tally.path_nodes} tree nodes, more than {MAX_ROW_PATH_NODES} "
+            "(trees this deep make each prediction cost up to the model's size)",
+        )
+    return StructureCost(tally.path_nodes, tally.has_search_index)

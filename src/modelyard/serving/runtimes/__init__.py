@@ -16,17 +16,23 @@ from pathlib import Path
 from modelyard.artifacts.store import ArtifactStore
 from modelyard.observability.metrics import Metrics
 from modelyard.serving.formats import FRAMEWORK_OF, Framework, ModelFormat
-from modelyard.serving.loader import load_model
+from modelyard.serving.loader import load_checked_model
 from modelyard.serving.runtimes.base import ArtifactCorrupted, Runtime, estimate_nbytes
 from modelyard.serving.runtimes.lightgbm import LightGBMRuntime
-from modelyard.serving.runtimes.onnx import OnnxRuntime
+from modelyard.serving.runtimes.onnx import DEFAULT_RUN_TIMEOUT_SECONDS, OnnxRuntime
 from modelyard.serving.runtimes.sklearn import SklearnRuntime
 from modelyard.serving.runtimes.xgboost import XGBoostRuntime
 
 log = logging.getLogger(__name__)
 
 
-def load_runtime(data: bytes, fmt: ModelFormat, *, sha256: str) -> Runtime:
+def load_runtime(
+    data: bytes,
+    fmt: ModelFormat,
+    *,
+    sha256: str,
+    run_timeout_seconds: float = DEFAULT_RUN_TIMEOUT_SECONDS,
+) -> Runtime:
     """Verify an artifact's digest, load it with the restricted loader and wrap it in a Runtime.
 
     CPU-bound (hashing, unpickling, tree checks, one prediction on zeros): call it in a thread.
@@ -42,21 +48,27 @@ def load_runtime(data: bytes, fmt: ModelFormat, *, sha256: str) -> Runtime:
     with tempfile.TemporaryDirectory(prefix="modelyard-load-") as folder:
         path = Path(folder) / "artifact"
         path.write_bytes(data)
-        model = load_model(path, fmt)
+        model, cost = load_checked_model(path, fmt)
     match FRAMEWORK_OF[fmt]:
         case Framework.SKLEARN:
-            return SklearnRuntime(model, fmt, nbytes=nbytes)
+            return SklearnRuntime(model, fmt, nbytes=nbytes, cost=cost)
         case Framework.ONNX:
-            return OnnxRuntime(model, data, nbytes=nbytes)
+            return OnnxRuntime(model, data, nbytes=nbytes, run_timeout_seconds=run_timeout_seconds)
         case Framework.XGBOOST:
-            return XGBoostRuntime(model, fmt, nbytes=nbytes)
+            return XGBoostRuntime(model, fmt, nbytes=nbytes, cost=cost)
         case Framework.LIGHTGBM:
             # load_model has already checked that the text decodes.
-            return LightGBMRuntime(model, data.decode("utf-8"), nbytes=nbytes)
+            return LightGBMRuntime(model, data.decode("utf-8"), nbytes=nbytes, cost=cost)
 
 
 async def fetch_runtime(
-    store: ArtifactStore, *, key: str, sha256: str, fmt: ModelFormat, metrics: Metrics
+    store: ArtifactStore,
+    *,
+    key: str,
+    sha256: str,
+    fmt: ModelFormat,
+    metrics: Metrics,
+    run_timeout_seconds: float = DEFAULT_RUN_TIMEOUT_SECONDS,
 ) -> Runtime:
     """Read an artifact from the store and load it off the event loop.
 
@@ -70,7 +82,9 @@ async def fetch_runtime(
     data = await store.read_bytes(key)
     # Hashing and loading take milliseconds to seconds of CPU; on the loop they would stall
     # every other request of this process for that long.
-    runtime = await asyncio.to_thread(load_runtime, data, fmt, sha256=sha256)
+    runtime = await asyncio.to_thread(
+        load_runtime, data, fmt, sha256=sha256, run_timeout_seconds=run_timeout_seconds
+    )
     seconds = time.perf_counter() - started
     metrics.model_load_time.labels(framework=runtime.framework.value).observe(seconds)
     log.info(

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Final
 import numpy as np
 import numpy.typing as npt
 
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelyardError, Unprocessable
 from modelyard.serving.formats import Framework, ModelFormat
 
 # The V2 protocol needs an input tensor name; models that do not name their input get this one.
@@ -44,8 +44,25 @@ class ArtifactCorrupted(ModelyardError):
         super().__init__("the artifact of this model version failed its integrity check")
 
 
+class InferenceLimitExceeded(Unprocessable):
+    """One prediction call passed the time or memory a server allows it.
+
+    A 422, not a 503: the cost comes from this model on these inputs, so the same request
+    would fail the same way again; a 5xx with Retry-After would invite clients (and load
+    balancers) to repeat the costly request, and count a client's input as a server fault.
+    """
+
+    type: ClassVar[str] = "inference-limit-exceeded"
+
+
 class Runtime(ABC):
     """A loaded model version behind one small interface."""
+
+    # Whether a call's cost is fixed by the input's shape, within a small factor: then the cost
+    # of past calls predicts the next one's, and the batcher may run cheap calls on the event
+    # loop. False when input values can make a call much slower (data-driven graphs, deep
+    # trees, neighbour searches): such calls always run on the predict threads.
+    is_cost_bounded_by_shape: bool = False
 
     framework: Framework
     format: ModelFormat

@@ -1,20 +1,119 @@
-"""The ONNX runtime: an ONNX Runtime session with one input tensor, run on one thread."""
+"""The ONNX runtime: an ONNX Runtime session with one input tensor, run on one thread.
+
+Every run is bounded where it runs (SECURITY.md, cost that depends on the input): the graph
+rules (modelyard.serving.onnx_graph) make a call's cost a function of the input's shape, and
+what remains — big constants times many rows — meets a time budget ONNX Runtime enforces
+(`RunOptions.terminate`, set by a watchdog thread, checked between nodes and loop iterations)
+and a memory cap on the tensors of running inferences (a shared CPU arena, `cap_onnx_memory`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import heapq
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from modelyard.serving.formats import Framework, ModelFormat, ModelRejected
 from modelyard.serving.loader import check_onnx
-from modelyard.serving.runtimes.base import Runtime, as_output
+from modelyard.serving.runtimes.base import InferenceLimitExceeded, Runtime, as_output
 from modelyard.serving.sandbox import CLASSIFICATION, ONNX_DTYPES, describe_onnx
+
+DEFAULT_RUN_TIMEOUT_SECONDS: Final = 10.0
+DEFAULT_MEMORY_BYTES: Final = 1024**3
+# How ONNX Runtime words a refused allocation: its arena's own check, or C++'s bad_alloc.
+_ALLOCATION_FAILURES: Final = (
+    "Available memory of",
+    "bfc_arena",
+    "bad_alloc",
+    "Failed to allocate",
+)
 
 
 def _is_tensor(kind: str) -> bool:
     return kind.startswith("tensor(")
+
+
+def cap_onnx_memory(max_bytes: int) -> None:
+    """Register the CPU arena every ONNX session of this process allocates from, capped.
+
+    Process-wide: the running inferences of all ONNX models share `max_bytes` (initializers are
+    not counted: sessions keep them apart). An allocation past the cap fails the run at once,
+    before any work on the tensor; sessions created earlier keep the arena they had. Each run
+    also asks the arena to give its free memory back, so one big request does not keep it.
+    """
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo(
+        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+    )
+    # (max_mem, arena_extend_strategy, initial_chunk_size_bytes, max_dead_bytes_per_chunk);
+    # -1 keeps ONNX Runtime's default.
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(max_bytes, -1, -1, -1))
+
+
+@dataclass(eq=False, slots=True)
+class _Watch:
+    deadline: float
+    options: Any
+    is_fired: bool = False
+    is_done: bool = False
+
+
+@dataclass(eq=False)
+class _Watchdog:
+    """One daemon thread that sets `terminate` on the ONNX runs past their deadline.
+
+    A thread of its own rather than a timer per call (a thread start each) or the event loop
+    (whose stall is what the budget protects against).
+    """
+
+    _condition: threading.Condition = field(default_factory=threading.Condition)
+    _heap: list[tuple[float, int, _Watch]] = field(default_factory=list)
+    _order: itertools.count[int] = field(default_factory=itertools.count)
+    _thread: threading.Thread | None = None
+
+    def watch(self, options: Any, seconds: float) -> _Watch:
+        """Terminate the runs made with `options` once `seconds` have passed."""
+        watch = _Watch(time.monotonic() + seconds, options)
+        with self._condition:
+            heapq.heappush(self._heap, (watch.deadline, next(self._order), watch))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="modelyard-onnx-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._condition.notify()
+        return watch
+
+    def release(self, watch: _Watch) -> None:
+        """Forget a watch whose run has ended (its entry leaves the heap when it comes up)."""
+        with self._condition:
+            watch.is_done = True
+
+    def _run(self) -> None:
+        with self._condition:
+            while True:
+                while self._heap and self._heap[0][2].is_done:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._condition.wait()
+                    continue
+                remaining = self._heap[0][0] - time.monotonic()
+                if remaining > 0:
+                    self._condition.wait(remaining)
+                    continue
+                watch = heapq.heappop(self._heap)[2]
+                watch.is_fired = True
+                watch.options.terminate = True
+
+
+_WATCHDOG: Final = _Watchdog()
 
 
 class OnnxRuntime(Runtime):
@@ -22,14 +121,25 @@ class OnnxRuntime(Runtime):
 
     framework = Framework.ONNX
     format = ModelFormat.ONNX
+    # Even within the graph rules, a few rows can meet big constants (Tile, MatMul); and a
+    # budget hit must not stall the event loop: always on the predict threads.
+    is_cost_bounded_by_shape = False
 
-    def __init__(self, session: Any, data: bytes, *, nbytes: int) -> None:
+    def __init__(
+        self,
+        session: Any,
+        data: bytes,
+        *,
+        nbytes: int,
+        run_timeout_seconds: float = DEFAULT_RUN_TIMEOUT_SECONDS,
+    ) -> None:
         # The probe's description (one run on zeros included), from the parsed graph: the
         # session does not expose the classifier's label attributes.
         described = describe_onnx(session, check_onnx(data))
         graph_input = session.get_inputs()[0]
         outputs = session.get_outputs()
         self._session = session
+        self.run_timeout_seconds = run_timeout_seconds
         self.task_type = described["task_type"]
         self.n_features = described["n_features"]
         self.feature_names = None
@@ -49,8 +159,35 @@ class OnnxRuntime(Runtime):
             self._output_names = [str(outputs[0].name)]
 
     def predict(self, x: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
-        """Run the session once, asking only for the outputs served."""
-        results = self._session.run(self._output_names, {self.input_name: x})
+        """Run the session once, asking only for the outputs served, within the budgets.
+
+        Raises:
+            InferenceLimitExceeded: the run passed its time budget or the memory cap.
+            ValueError: ONNX Runtime refused to run the model on these inputs.
+        """
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        # A terminated or refused run is reported by the exception below, not ONNX Runtime's log.
+        options.log_severity_level = 4
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        watch = _WATCHDOG.watch(options, self.run_timeout_seconds)
+        try:
+            results = self._session.run(self._output_names, {self.input_name: x}, options)
+        except Exception as exc:  # ONNX Runtime's errors share no base class but Exception
+            if watch.is_fired:
+                raise InferenceLimitExceeded(
+                    f"the model took longer than {self.run_timeout_seconds:g} s on these inputs"
+                ) from exc
+            if any(marker in str(exc) for marker in _ALLOCATION_FAILURES):
+                raise InferenceLimitExceeded(
+                    "the model needs more memory for these inputs than this server allows its "
+                    "ONNX inferences; send fewer rows"
+                ) from exc
+            # Not the message: it carries ONNX Runtime's source paths.
+            raise ValueError("ONNX Runtime could not run the model on these inputs") from exc
+        finally:
+            _WATCHDOG.release(watch)
         predictions = as_output(results[0])
         if predictions.ndim == 2 and predictions.shape[1] == 1:
             # Regressors export [n, 1]; single-target predictions are [n] across frameworks.

@@ -16,6 +16,7 @@ from modelyard.serving.runtimes.base import (
     class_array,
 )
 from modelyard.serving.sandbox import CLASSIFICATION, describe_xgboost
+from modelyard.serving.structure import StructureCost
 
 # binary:logitraw answers a margin: class 1 when it is positive (sigmoid(0) = 0.5).
 MARGIN_OBJECTIVES: Final = frozenset({"binary:logitraw"})
@@ -26,7 +27,9 @@ class XGBoostRuntime(Runtime):
 
     framework = Framework.XGBOOST
 
-    def __init__(self, booster: Any, fmt: ModelFormat, *, nbytes: int) -> None:
+    def __init__(
+        self, booster: Any, fmt: ModelFormat, *, nbytes: int, cost: StructureCost | None = None
+    ) -> None:
         described = describe_xgboost(booster)
         self._booster = booster
         self._objective = str(json.loads(booster.save_config())["learner"]["objective"]["name"])
@@ -37,6 +40,8 @@ class XGBoostRuntime(Runtime):
         self.classes = described["classes"]
         self.has_proba = bool(described["has_proba"])
         self.nbytes = nbytes
+        # Unmeasured (None) counts as unbounded: such a runtime never runs on the event loop.
+        self.is_cost_bounded_by_shape = cost is not None and cost.is_bounded_by_shape
         self.input_dtype = np.dtype(np.float32)
         self.input_name = DEFAULT_INPUT_NAME
         self._labels = class_array(self.classes) if self.classes is not None else None
