@@ -24,7 +24,10 @@ API = "/api/v1/models"
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str, storage_settings: dict[str, object]) -> Settings:
-    return make_settings(tmp_path, database_url, **storage_settings)
+    # One user uploads four versions at once below: let all four be probed together.
+    return make_settings(
+        tmp_path, database_url, probe_max_concurrent_per_user=4, **storage_settings
+    )
 
 
 async def stored_keys(app: FastAPI) -> list[str]:
