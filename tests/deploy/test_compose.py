@@ -47,7 +47,9 @@ def raw() -> dict[str, Any]:
 def filled_env() -> dict[str, str]:
     """.env.example with its empty secrets filled in, as a user is asked to."""
     values = read_dotenv(ENV_EXAMPLE)
-    return {name: value or f"generated-{name.lower()}-0123456789abcdef" for name, value in values.items()}  # fmt: skip
+    for name in SECRETS:
+        values[name] = f"generated-{name.lower()}-0123456789abcdef"
+    return values
 
 
 @pytest.fixture(scope="module")
