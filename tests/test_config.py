@@ -109,3 +109,36 @@ def test_cors_origins_default_to_empty(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, data_dir=tmp_path / "data")
 
     assert settings.cors_origins == []
+
+
+def test_process_settings_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {
+        "ROLE": "serving",
+        "HOST": "10.0.0.7",
+        "PORT": "9000",
+        "WORKERS": "3",
+    }.items():
+        monkeypatch.setenv(f"MODELYARD_{name}", value)
+
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data")
+
+    assert (settings.role, settings.host, settings.port, settings.workers) == (
+        "serving",
+        "10.0.0.7",
+        9000,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("ROLE", "worker"), ("PORT", "0"), ("PORT", "65536"), ("WORKERS", "0")]
+)
+def test_process_settings_out_of_range_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(f"MODELYARD_{name}", value)
+
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, data_dir=tmp_path / "data")

@@ -59,6 +59,21 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     """Browser origins allowed to call the API, comma-separated (`*` for any)."""
 
+    # process: role, address, workers (#12, #13)
+    role: Literal["all", "api", "serving"] = "all"
+    """Which routes this process serves: `all`, `api` (the whole API) or `serving` (predictions,
+    V2, health and metrics). Read by the deployment files today; the routes follow it once the
+    scale-out work (#12) lands, until then every role serves everything."""
+
+    host: str = "127.0.0.1"
+    """Address `modelyard serve` listens on (`0.0.0.0` in a container)."""
+
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Port `modelyard serve` listens on."""
+
+    workers: int = Field(default=1, ge=1)
+    """Worker processes of `modelyard serve`."""
+
     max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     """Largest request body accepted outside the upload routes (413 past it)."""
 
