@@ -60,12 +60,26 @@ def migrate() -> None:
 
 @app.command()
 def serve(
-    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    port: int = typer.Option(8000, help="Port to listen on."),
-    workers: int = typer.Option(1, min=1, help="Worker processes."),
+    host: str | None = typer.Option(
+        None,
+        help="Address to listen on [default: $MODELYARD_HOST, else 127.0.0.1].",
+        show_default=False,
+    ),
+    port: int | None = typer.Option(
+        None, help="Port to listen on [default: $MODELYARD_PORT, else 8000].", show_default=False
+    ),
+    workers: int | None = typer.Option(
+        None,
+        min=1,
+        help="Worker processes [default: $MODELYARD_WORKERS, else 1].",
+        show_default=False,
+    ),
 ) -> None:
     """Serve the API (in development, pending migrations are applied first)."""
     settings = _settings()
+    host = settings.host if host is None else host
+    port = settings.port if port is None else port
+    workers = settings.workers if workers is None else workers
     if not settings.is_production:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrations.upgrade(settings.sqlalchemy_url)
