@@ -183,22 +183,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    install_docs(app)
     # Starlette tries routes in order: the prediction routes first, they take the traffic.
-    for router in (
-        predict_router,
-        v2.router,
-        health.router,
-        auth_router,
-        api_keys_router,
-        users_router,
-        artifacts_router,
-        registry_router,
-        files_router,
-        experiments_router,
-        history.router,
-        metrics_router,
-    ):
+    routers = [predict_router, v2.router, health.router]
+    if settings.role != "serving":
+        # A serving replica answers predictions only: everything else is 404 there, never a
+        # half-working 500 (no uploads, so no upload probe; no docs of routes it lacks).
+        install_docs(app)
+        routers += [
+            auth_router,
+            api_keys_router,
+            users_router,
+            artifacts_router,
+            registry_router,
+            files_router,
+            experiments_router,
+            history.router,
+        ]
+    for router in (*routers, metrics_router):
         app.include_router(router)
     app.add_exception_handler(oip.OIPError, _oip_error)
     # Innermost: prediction requests answered from the caches skip FastAPI's routing.

@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_KEY_BYTES = 32
+# Predictions per caller and minute when replicas share Redis and no limit was chosen: 500/s.
+SHARED_PREDICT_RATE_LIMIT_PER_MINUTE = 30_000
 SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name, not a secret
 
 # Values that appear in examples and tutorials; a production key equal to one of them is refused.
@@ -61,9 +63,8 @@ class Settings(BaseSettings):
 
     # process: role, address, workers (#12, #13)
     role: Literal["all", "api", "serving"] = "all"
-    """Which routes this process serves: `all`, `api` (the whole API) or `serving` (predictions,
-    V2, health and metrics). Read by the deployment files today; the routes follow it once the
-    scale-out work (#12) lands, until then every role serves everything."""
+    """What this process serves: `all` or `api` (the whole API), or `serving` (predictions, V2,
+    health and metrics only; every other route answers 404 and no upload probe runs)."""
 
     host: str = "127.0.0.1"
     """Address `modelyard serve` listens on (`0.0.0.0` in a container)."""
@@ -210,7 +211,9 @@ class Settings(BaseSettings):
     bytes as text>"}` and a longer error is cut, saying how much was left out."""
 
     predict_rate_limit_per_minute: int = Field(default=0, ge=0)
-    """Prediction requests per caller and minute (0: no limit)."""
+    """Prediction requests per caller (API key, else user) and minute, native and V2 together,
+    counted by every replica through Redis (0: no limit). Unset: 30,000 when `redis_url` is set
+    (a shared service protects itself from one runaway caller), else no limit."""
 
     outage_cache_seconds: float = Field(default=60.0, ge=0)
     """How long a successful authentication or version resolution may still answer while the
@@ -248,6 +251,12 @@ class Settings(BaseSettings):
                 if isinstance(data.get(name), str):
                     data[name] = [o.strip() for o in data[name].split(",") if o.strip()]
         return data
+
+    @model_validator(mode="after")
+    def _shared_service_limits(self) -> Self:
+        if "predict_rate_limit_per_minute" not in self.model_fields_set and self.redis_url:
+            self.predict_rate_limit_per_minute = SHARED_PREDICT_RATE_LIMIT_PER_MINUTE
+        return self
 
     @model_validator(mode="after")
     def _resolve_secret_key(self) -> Self:
