@@ -75,8 +75,10 @@ async def admit(state: AppState, caller: Caller) -> None:
     """
     limit = state.settings.predict_rate_limit_per_minute
     if limit > 0:
-        await state.rate_limiter.hit(
-            f"predict:{caller.user.id}", limit=limit, window_seconds=RATE_WINDOW_SECONDS
+        await state.rate_limiter.take(
+            f"predict:{caller.api_key_id or caller.user.id}",
+            limit=limit,
+            window_seconds=RATE_WINDOW_SECONDS,
         )
 
 

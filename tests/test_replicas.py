@@ -1,0 +1,330 @@
+"""Two replicas on two "hosts" (separate data folders), two workers each, sharing PostgreSQL,
+Redis and an S3 endpoint: what one answers, the other follows within a second (#12).
+
+Replica A serves the whole API; replica B is a `serving` replica. Redis sits behind a proxy the
+test cuts and restores. Propagation delays are measured from the answer of the change on A to
+the first answer on B that shows it; their maxima are printed for the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from modelyard.db.tables import Prediction
+from tests.conftest import S3_TEST_CREDENTIALS, TEST_SECRET_KEY, service_missing
+from tests.servers import CHEAP_ARGON2, SRC, ServerProcess, running_server
+from tests.serving import legit
+from tests.tcpproxy import TcpProxy
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+PROPAGATION_BOUND_SECONDS = 1.0  # the issue's promise with Redis
+# Redis down: resolutions live 2 s, the fast path's grace 1 s, detecting the outage 0.5 s.
+FALLBACK_BOUND_SECONDS = 5.0
+GIVE_UP_SECONDS = 15.0  # a wait that reaches this has failed
+PREDICT_LIMIT_PER_MINUTE = 600
+ROW = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
+
+pytestmark = pytest.mark.parametrize("dialect", ["postgresql"])
+
+
+@pytest.fixture
+async def redis_proxy() -> AsyncIterator[TcpProxy]:
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        await redis.ping()
+    except OSError as exc:
+        service_missing("Redis", REDIS_URL, exc)
+    finally:
+        await redis.aclose()
+    proxy = TcpProxy("127.0.0.1", 6379)
+    await proxy.start()
+    yield proxy
+    await proxy.aclose()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class Replica:
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.client = httpx.AsyncClient(base_url=server.url, timeout=30)
+        self.predictions = 0  # 200 answers to predict requests
+
+    async def predict(self, headers: dict[str, str], name: str = "iris") -> httpx.Response:
+        response = await self.client.post(f"/api/v1/predict/{name}", json=ROW, headers=headers)
+        if response.status_code == 200:
+            self.predictions += 1
+        return response
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]],
+    *,
+    what: str,
+    every: float = 0.005,
+    give_up: float = GIVE_UP_SECONDS,
+) -> float:
+    """Call `check` every `every` seconds until it holds; return the seconds it took (fail
+    past `give_up`)."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > give_up:
+            pytest.fail(f"{what}: not seen within {give_up} s")
+        await asyncio.sleep(every)  # polling interval, not an assertion
+    return time.monotonic() - start
+
+
+async def served_version(replica: Replica, headers: dict[str, str]) -> int:
+    response = await replica.predict(headers)
+    assert response.status_code == 200, response.text
+    version: int = response.json()["version"]
+    return version
+
+
+async def json_of(response: Awaitable[httpx.Response], status: int) -> Any:
+    answer = await response
+    assert answer.status_code == status, answer.text
+    return answer.json() if answer.content else None
+
+
+async def test_two_replicas_agree_within_a_second(
+    tmp_path: Path,
+    postgresql_url: str,
+    engine: AsyncEngine,
+    s3_endpoint: str,
+    s3_bucket: str,
+    redis_proxy: TcpProxy,
+    model_file: legit.ModelFile,
+) -> None:
+    shared = {
+        "database_url": postgresql_url,
+        "redis_url": f"redis://127.0.0.1:{redis_proxy.port}/0",
+        "storage_url": f"s3://{s3_bucket}/replicas-{uuid.uuid4().hex[:12]}",
+        "s3_endpoint_url": s3_endpoint,
+        "secret_key": TEST_SECRET_KEY,
+        "auth_rate_limit_per_minute": "0",
+        "predict_rate_limit_per_minute": str(PREDICT_LIMIT_PER_MINUTE),
+        "log_level": "WARNING",
+        **{name: str(value) for name, value in S3_TEST_CREDENTIALS.items()},
+    }
+    with (
+        running_server(tmp_path / "host-a", "--workers", "2", role="all", **shared) as server_a,
+        running_server(tmp_path / "host-b", "--workers", "2", role="serving", **shared) as server_b,
+    ):
+        a, b = Replica(server_a), Replica(server_b)
+        try:
+            await _exercise(a, b, redis_proxy, model_file, shared)
+        finally:
+            await a.client.aclose()
+            await b.client.aclose()
+        # Both flush their prediction logs on SIGTERM: every answered prediction is one row.
+        # In a thread: the Redis proxy lives on this event loop and must keep running.
+        assert await asyncio.to_thread(server_a.stop) == 0
+        assert await asyncio.to_thread(server_b.stop) == 0
+    async with engine.connect() as conn:
+        rows = await conn.scalar(select(func.count()).select_from(Prediction))
+        distinct = await conn.scalar(select(func.count(func.distinct(Prediction.id))))
+        succeeded = await conn.scalar(
+            select(func.count()).select_from(Prediction).where(Prediction.status == "success")
+        )
+    assert rows == distinct
+    assert succeeded == a.predictions + b.predictions
+    assert a.predictions > 0
+    assert b.predictions > 0
+
+
+async def _exercise(
+    a: Replica,
+    b: Replica,
+    redis_proxy: TcpProxy,
+    model_file: legit.ModelFile,
+    shared: dict[str, str],
+) -> None:
+    user = {"email": f"ada-{uuid.uuid4().hex[:8]}@example.com", "password": "correct horse"}
+    await json_of(a.client.post("/api/v1/auth/register", json=user), 201)
+    token = (await json_of(a.client.post("/api/v1/auth/login", json=user), 200))["access_token"]
+    me = bearer(token)
+
+    # Upload on A, predict on B; B is a serving replica: no uploads there.
+    path = model_file("lr_skops")
+    for _ in range(2):
+        with path.open("rb") as f:
+            await json_of(
+                a.client.post(
+                    "/api/v1/models/upload",
+                    data={"name": "iris"},
+                    files={"file": ("iris.skops", f)},
+                    headers=me,
+                ),
+                201,
+            )
+    assert await served_version(b, me) == 2
+    with path.open("rb") as f:
+        refused = await b.client.post(
+            "/api/v1/models/upload", data={"name": "iris"}, files={"file": f}, headers=me
+        )
+    assert refused.status_code == 404
+    assert (await b.client.get("/api/v1/models", headers=me)).status_code == 404
+
+    # Promotions on A reach B within a second.
+    delays = []
+    for i in range(20):
+        target = 1 + i % 2
+        await json_of(
+            a.client.patch(
+                f"/api/v1/models/iris/versions/{target}/lifecycle",
+                json={"stage": "production"},
+                headers=me,
+            ),
+            200,
+        )
+        delays.append(
+            await until(
+                lambda t=target: _serves(b, me, t),  # type: ignore[misc]
+                what=f"promotion {i} on B",
+            )
+        )
+    print(f"\npromotion propagation A→B: max {max(delays) * 1000:.1f} ms over 20")  # noqa: T201
+    assert max(delays) <= PROPAGATION_BOUND_SECONDS
+
+    # A revoked key and a deactivated user are refused on B within a second.
+    created = await json_of(a.client.post("/api/v1/api-keys", json={"name": "k"}, headers=me), 201)
+    key = {"X-API-Key": created["key"]}
+    assert (await b.predict(key)).status_code == 200
+    await json_of(a.client.delete(f"/api/v1/api-keys/{created['id']}", headers=me), 204)
+    revoked = await until(lambda: _status(b, key, 401), what="revoked key on B")
+    other = {"email": f"bob-{uuid.uuid4().hex[:8]}@example.com", "password": "correct horse"}
+    await json_of(a.client.post("/api/v1/auth/register", json=other), 201)
+    other_login = await json_of(a.client.post("/api/v1/auth/login", json=other), 200)
+    other_headers = bearer(other_login["access_token"])
+    assert (await b.predict(other_headers, name="iris")).status_code == 404  # not bob's model
+    admin = await _admin(a, shared)
+    await json_of(
+        a.client.patch(
+            f"/api/v1/users/{(await json_of(a.client.get('/api/v1/auth/me', headers=other_headers), 200))['id']}",
+            json={"is_active": False},
+            headers=admin,
+        ),
+        200,
+    )
+    deactivated = await until(lambda: _status(b, other_headers, 401), what="deactivated on B")
+    print(f"revocation A→B: key {revoked * 1000:.1f} ms, user {deactivated * 1000:.1f} ms")  # noqa: T201
+    assert max(revoked, deactivated) <= PROPAGATION_BOUND_SECONDS
+
+    # The predict limit is one count for both replicas.
+    await _rate_limit_is_shared(a, b, me)
+
+    # Redis stopped mid-traffic: predictions go on; replicas converge by the fallback lifetimes.
+    await redis_proxy.cut()
+    for replica in (a, b, a, b):
+        assert (await replica.predict(me)).status_code == 200
+    current = await served_version(b, me)
+    target = 2 if current == 1 else 1
+    await json_of(
+        a.client.patch(
+            f"/api/v1/models/iris/versions/{target}/lifecycle",
+            json={"stage": "production"},
+            headers=me,
+        ),
+        200,
+    )
+    fallback = await until(
+        lambda: _serves(b, me, target), what="promotion while Redis is down", every=0.05
+    )
+    print(f"promotion A→B with Redis down: {fallback * 1000:.1f} ms")  # noqa: T201
+    assert fallback <= FALLBACK_BOUND_SECONDS
+
+    # Redis back: events resume.
+    await redis_proxy.restore()
+    await until(lambda: _redis_ready(b, admin), what="B's Redis back")
+    await asyncio.sleep(1.5)  # B's listener reconnects (1 s backoff); not an assertion
+    delays = []
+    for i in range(5):
+        target = 2 if target == 1 else 1
+        await json_of(
+            a.client.patch(
+                f"/api/v1/models/iris/versions/{target}/lifecycle",
+                json={"stage": "production"},
+                headers=me,
+            ),
+            200,
+        )
+        delays.append(await until(lambda t=target: _serves(b, me, t), what=f"resumed {i}"))  # type: ignore[misc]
+    print(f"promotion A→B after Redis came back: max {max(delays) * 1000:.1f} ms")  # noqa: T201
+    assert max(delays) <= PROPAGATION_BOUND_SECONDS
+
+
+async def _serves(replica: Replica, headers: dict[str, str], version: int) -> bool:
+    return await served_version(replica, headers) == version
+
+
+async def _status(replica: Replica, headers: dict[str, str], status: int) -> bool:
+    return (await replica.predict(headers)).status_code == status
+
+
+async def _redis_ready(replica: Replica, admin: dict[str, str]) -> bool:
+    ready = await replica.client.get("/health/ready", headers=admin)
+    return bool(ready.json().get("checks", {}).get("redis") == "ok")
+
+
+async def _admin(a: Replica, shared: dict[str, str]) -> dict[str, str]:
+    email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
+    env = {
+        **{f"MODELYARD_{k.upper()}": v for k, v in shared.items()},
+        **CHEAP_ARGON2,
+        "MODELYARD_DATA_DIR": str(a.server.log_path.parent / "data"),
+        "MODELYARD_ADMIN_PASSWORD": "admin password",
+        "PYTHONPATH": SRC,
+        "PATH": "/usr/bin:/bin",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "modelyard",
+        "create-admin",
+        "--email",
+        email,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, output.decode()
+    login = await json_of(
+        a.client.post("/api/v1/auth/login", json={"email": email, "password": "admin password"}),
+        200,
+    )
+    return bearer(login["access_token"])
+
+
+async def _rate_limit_is_shared(a: Replica, b: Replica, me: dict[str, str]) -> None:
+    created = await json_of(a.client.post("/api/v1/api-keys", json={"name": "rl"}, headers=me), 201)
+    key = {"X-API-Key": created["key"]}
+    # One fixed window for the whole count: start early in a minute.
+    if time.time() % 60 > 40:
+        await asyncio.sleep(60 - time.time() % 60 + 0.1)  # scheduling, not an assertion
+    statuses: dict[str, list[int]] = {"a": [], "b": []}
+    for _ in range(PREDICT_LIMIT_PER_MINUTE // 2 + 50):
+        for name, replica in (("a", a), ("b", b)):
+            statuses[name].append((await replica.predict(key)).status_code)
+    granted = sum(s.count(200) for s in statuses.values())
+    block = max(1, PREDICT_LIMIT_PER_MINUTE // 100)
+    # Four workers may each hold one unspent block when the limit is reached.
+    assert PREDICT_LIMIT_PER_MINUTE - 4 * block <= granted <= PREDICT_LIMIT_PER_MINUTE
+    assert 429 in statuses["a"]
+    assert 429 in statuses["b"]
+    assert set(statuses["a"] + statuses["b"]) == {200, 429}
