@@ -129,3 +129,27 @@ async def test_take_counts_on_the_host_without_redis(tmp_path: Path) -> None:
     for worker in workers:
         worker.close()
     assert through == [4, 1]
+
+
+async def test_password_failures_per_account_are_shared_through_redis(
+    tmp_path: Path, database_url: str, engine: AsyncEngine, redis_url: str
+) -> None:
+    # Two hosts (two data folders): only Redis can make them count together.
+    apps = [
+        create_app(
+            make_settings(
+                tmp_path / host, database_url, password_failures_per_account=2, redis_url=redis_url
+            )
+        )
+        for host in ("a", "b")
+    ]
+    bad_login = {"email": f"nobody-{uuid.uuid4().hex[:8]}@example.com", "password": "guess"}
+    async with LifespanManager(apps[0]), LifespanManager(apps[1]):
+        statuses = []
+        for app, address in zip(
+            apps * 2, ["10.1.1.1", "10.2.2.2", "10.3.3.3", "10.4.4.4"], strict=True
+        ):
+            transport = httpx.ASGITransport(app=app, client=(address, 1234))
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                statuses.append((await client.post(LOGIN, json=bad_login)).status_code)
+    assert statuses == [401, 401, 429, 429]
