@@ -7,11 +7,13 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from redis.asyncio import Redis
 from sqlalchemy import delete, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -130,6 +132,32 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+REDIS_TEST_URL = os.environ.get("MODELYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+async def redis_url() -> str:
+    """The test Redis server's URL (the test is skipped, in CI failed, when it is not running)."""
+    redis = Redis.from_url(REDIS_TEST_URL)
+    try:
+        await redis.ping()
+    except OSError as exc:
+        service_missing("Redis", REDIS_TEST_URL, exc)
+    finally:
+        await redis.aclose()
+    return REDIS_TEST_URL
+
+
+@pytest.fixture
+async def redis_proxy(redis_url: str) -> AsyncIterator[TcpProxy]:
+    """A proxy to the test Redis server that the test can cut and restore."""
+    target = urlsplit(redis_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    await proxy.start()
+    yield proxy
+    await proxy.aclose()
 
 
 @pytest.fixture

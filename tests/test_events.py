@@ -13,10 +13,9 @@ from redis.asyncio import Redis
 
 from modelyard.epochs import Epoch, Epochs
 from modelyard.events import Event, EventKind, LocalEvents, RedisEvents
-from tests.conftest import service_missing
+from tests.conftest import REDIS_TEST_URL as REDIS_URL
 from tests.tcpproxy import TcpProxy
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 WAIT_SECONDS = 10.0  # a bound, not a measurement: conditions are met in milliseconds
 
 
@@ -25,21 +24,6 @@ async def wait_until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(WAIT_SECONDS):
         while not condition():  # noqa: ASYNC110 - the state lives in a file other hosts bump
             await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def redis_proxy() -> AsyncIterator[TcpProxy]:
-    redis = Redis.from_url(REDIS_URL)
-    try:
-        await redis.ping()
-    except OSError as exc:
-        service_missing("Redis", REDIS_URL, exc)
-    finally:
-        await redis.aclose()
-    proxy = TcpProxy("127.0.0.1", 6379)
-    await proxy.start()
-    yield proxy
-    await proxy.aclose()
 
 
 class Host:

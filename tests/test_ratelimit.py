@@ -17,9 +17,8 @@ from modelyard.app import create_app
 from modelyard.config import Settings
 from modelyard.errors import RateLimited
 from modelyard.ratelimit import RateLimiter, SharedWindows
-from tests.conftest import make_settings, service_missing
+from tests.conftest import make_settings
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 LOGIN = "/api/v1/auth/login"
 BAD_LOGIN = {"email": "nobody@example.com", "password": "wrong-password"}
 
@@ -31,18 +30,6 @@ async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
-
-
-@pytest.fixture
-async def redis_url() -> str:
-    redis = Redis.from_url(REDIS_URL)
-    try:
-        await redis.ping()
-    except OSError as exc:
-        service_missing("Redis", REDIS_URL, exc)
-    finally:
-        await redis.aclose()
-    return REDIS_URL
 
 
 async def test_login_is_rate_limited_per_client(

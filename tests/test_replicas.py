@@ -12,23 +12,21 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.db.tables import Prediction
-from tests.conftest import S3_TEST_CREDENTIALS, TEST_SECRET_KEY, service_missing
+from tests.conftest import S3_TEST_CREDENTIALS, TEST_SECRET_KEY
 from tests.servers import CHEAP_ARGON2, SRC, ServerProcess, running_server
 from tests.serving import legit
 from tests.tcpproxy import TcpProxy
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 PROPAGATION_BOUND_SECONDS = 1.0  # the promise with Redis
 # Redis down: resolutions live 2 s, the fast path's grace 1 s, detecting the outage 0.5 s.
 FALLBACK_BOUND_SECONDS = 5.0
@@ -37,21 +35,6 @@ PREDICT_LIMIT_PER_MINUTE = 600
 ROW = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
 
 pytestmark = pytest.mark.parametrize("dialect", ["postgresql"])
-
-
-@pytest.fixture
-async def redis_proxy() -> AsyncIterator[TcpProxy]:
-    redis = Redis.from_url(REDIS_URL)
-    try:
-        await redis.ping()
-    except OSError as exc:
-        service_missing("Redis", REDIS_URL, exc)
-    finally:
-        await redis.aclose()
-    proxy = TcpProxy("127.0.0.1", 6379)
-    await proxy.start()
-    yield proxy
-    await proxy.aclose()
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -184,14 +167,7 @@ async def _exercise(
     delays = []
     for i in range(20):
         target = 1 + i % 2
-        await json_of(
-            a.client.patch(
-                f"/api/v1/models/iris/versions/{target}/lifecycle",
-                json={"stage": "production"},
-                headers=me,
-            ),
-            200,
-        )
+        await _promote(a, me, target)
         delays.append(
             await until(
                 lambda t=target: _serves(b, me, t),  # type: ignore[misc]
@@ -234,14 +210,7 @@ async def _exercise(
         assert (await replica.predict(me)).status_code == 200
     current = await served_version(b, me)
     target = 2 if current == 1 else 1
-    await json_of(
-        a.client.patch(
-            f"/api/v1/models/iris/versions/{target}/lifecycle",
-            json={"stage": "production"},
-            headers=me,
-        ),
-        200,
-    )
+    await _promote(a, me, target)
     fallback = await until(
         lambda: _serves(b, me, target), what="promotion while Redis is down", every=0.05
     )
@@ -255,17 +224,21 @@ async def _exercise(
     delays = []
     for i in range(5):
         target = 2 if target == 1 else 1
-        await json_of(
-            a.client.patch(
-                f"/api/v1/models/iris/versions/{target}/lifecycle",
-                json={"stage": "production"},
-                headers=me,
-            ),
-            200,
-        )
+        await _promote(a, me, target)
         delays.append(await until(lambda t=target: _serves(b, me, t), what=f"resumed {i}"))  # type: ignore[misc]
     print(f"promotion A→B after Redis came back: max {max(delays) * 1000:.1f} ms")  # noqa: T201
     assert max(delays) <= PROPAGATION_BOUND_SECONDS
+
+
+async def _promote(a: Replica, headers: dict[str, str], version: int) -> None:
+    await json_of(
+        a.client.patch(
+            f"/api/v1/models/iris/versions/{version}/lifecycle",
+            json={"stage": "production"},
+            headers=headers,
+        ),
+        200,
+    )
 
 
 async def _serves(replica: Replica, headers: dict[str, str], version: int) -> bool:

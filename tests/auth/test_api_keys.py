@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from modelyard.db.tables import ApiKey
 from modelyard.state import AppState
 from tests import factories
+from tests.problems import assert_problem, assert_unauthorized
 
 KEYS = "/api/v1/api-keys"
 ME = "/api/v1/auth/me"
@@ -79,19 +80,6 @@ def secret_of(created: dict[str, Any]) -> str:
     prefix: str = created["prefix"]
     assert key.startswith(prefix + "_")
     return key.removeprefix(prefix + "_")
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    return body
-
-
-def assert_unauthorized(response: httpx.Response) -> None:
-    assert_problem(response, 401)
-    assert response.headers["www-authenticate"].startswith("Bearer")
 
 
 async def test_created_api_key_is_shown_with_its_secret(

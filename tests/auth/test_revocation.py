@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +27,7 @@ from modelyard.errors import Conflict
 from modelyard.state import AppState
 from tests import factories
 from tests.conftest import make_settings
+from tests.problems import assert_problem
 from tests.tcpproxy import TcpProxy
 
 ME = "/api/v1/auth/me"
@@ -46,14 +46,6 @@ def bearer(token: str) -> dict[str, str]:
 
 def key_header(key: str) -> dict[str, str]:
     return {"X-API-Key": key}
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    return body
 
 
 async def status_of(client: httpx.AsyncClient, headers: dict[str, str], path: str = ME) -> int:

@@ -9,25 +9,13 @@ import httpx
 import pytest
 
 from tests import factories
+from tests.problems import assert_problem, assert_unauthorized
 
 USERS = "/api/v1/users"
 ME = "/api/v1/auth/me"
 LOGIN = "/api/v1/auth/login"
 REFRESH = "/api/v1/auth/refresh"
 USER_FIELDS = {"id", "email", "full_name", "is_active", "is_admin", "created_at", "updated_at"}
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    return body
-
-
-def assert_unauthorized(response: httpx.Response) -> None:
-    assert_problem(response, 401)
-    assert response.headers["www-authenticate"].startswith("Bearer")
 
 
 async def patch_user(
