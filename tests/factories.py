@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
+from modelyard.app import create_app
 from modelyard.auth import service as auth_service
+from modelyard.config import Settings
 from modelyard.state import AppState
 
 DEFAULT_PASSWORD = "correct horse battery staple"
@@ -28,6 +33,16 @@ class Account:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.access_token}"}
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """Run an app built from `settings` in its lifespan, with a client for it."""
+    app = create_app(settings)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
 
 
 async def login(client: httpx.AsyncClient, email: str, password: str) -> dict[str, str]:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
-from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from modelyard.app import create_app
-from modelyard.config import Settings
 from modelyard.epochs import Epoch, Epochs
+from tests import factories
 from tests.conftest import make_settings
 from tests.factories import make_account, make_version
 
@@ -31,20 +26,11 @@ def test_a_bump_is_seen_through_another_mapping_of_the_file(tmp_path: Path) -> N
         two.close()
 
 
-@asynccontextmanager
-async def worker(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            yield c
-
-
 async def test_revocation_and_promotion_in_one_worker_reach_the_other(
     tmp_path: Path, database_url: str, engine: AsyncEngine, iris_skops: Path
 ) -> None:
     settings = make_settings(tmp_path, database_url)
-    async with worker(settings) as first, worker(settings) as second:
+    async with factories.serve(settings) as first, factories.serve(settings) as second:
         account = await make_account(first)
         await make_version(first, account, iris_skops)
         await make_version(first, account, iris_skops)

@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests import factories
 from tests.conftest import make_settings
-from tests.test_ratelimit import LOGIN, serve
+from tests.test_ratelimit import LOGIN
 
 
 def spoofed_login(client: httpx.AsyncClient) -> httpx.Request:
@@ -30,7 +31,7 @@ async def test_forwarded_for_from_a_trusted_proxy_names_the_client(
     settings = make_settings(
         tmp_path, database_url, auth_rate_limit_per_minute=2, forwarded_allow_ips=["127.0.0.1"]
     )
-    async with serve(settings) as client:
+    async with factories.serve(settings) as client:
         statuses = [(await client.send(spoofed_login(client))).status_code for _ in range(4)]
 
     assert statuses == [401, 401, 401, 401]
@@ -40,7 +41,7 @@ async def test_forwarded_for_is_ignored_by_default(
     tmp_path: Path, database_url: str, engine: AsyncEngine
 ) -> None:
     settings = make_settings(tmp_path, database_url, auth_rate_limit_per_minute=2)
-    async with serve(settings) as client:
+    async with factories.serve(settings) as client:
         statuses = [(await client.send(spoofed_login(client))).status_code for _ in range(3)]
 
     assert statuses == [401, 401, 429]

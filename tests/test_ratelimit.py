@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -14,29 +12,20 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.app import create_app
-from modelyard.config import Settings
 from modelyard.errors import RateLimited
 from modelyard.ratelimit import RateLimiter, SharedWindows
+from tests import factories
 from tests.conftest import make_settings
 
 LOGIN = "/api/v1/auth/login"
 BAD_LOGIN = {"email": "nobody@example.com", "password": "wrong-password"}
 
 
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
-
-
 async def test_login_is_rate_limited_per_client(
     tmp_path: Path, database_url: str, engine: AsyncEngine
 ) -> None:
     settings = make_settings(tmp_path, database_url, auth_rate_limit_per_minute=3)
-    async with serve(settings) as client:
+    async with factories.serve(settings) as client:
         statuses = [(await client.post(LOGIN, json=BAD_LOGIN)).status_code for _ in range(4)]
         limited = await client.post(LOGIN, json=BAD_LOGIN)
     assert statuses[:3] == [401, 401, 401]

@@ -8,8 +8,6 @@ revoked credentials answering through a database outage, password guessing.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -211,15 +209,6 @@ async def test_a_demoted_admins_old_token_loses_admin_rights(
 # --- password guessing: per account, whatever the address; current_password too --------------
 
 
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
-
-
 def client_at(app: FastAPI, address: str) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, client=(address, 1234))
     return httpx.AsyncClient(transport=transport, base_url="http://testserver")
@@ -251,7 +240,7 @@ async def test_current_password_guesses_are_limited(
     tmp_path: Path, database_url: str, engine: AsyncEngine
 ) -> None:
     settings = make_settings(tmp_path, database_url, password_failures_per_account=2)
-    async with serve(settings) as client:
+    async with factories.serve(settings) as client:
         account = await factories.make_account(client)
         statuses = []
         for n in range(3):

@@ -6,31 +6,17 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
-from modelyard.app import create_app
-from modelyard.config import Settings
 from tests import factories
 from tests.conftest import make_settings
 
 GENERATED_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
-
-
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """Run an app built from `settings` in its lifespan; its log handler binds sys.stderr now."""
-    app = create_app(settings)
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
 
 
 @pytest.fixture
@@ -100,7 +86,7 @@ async def test_process_time_header_is_on_every_response(
 async def test_access_log_line_carries_the_request_fields(
     tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with serve(make_settings(tmp_path, database_url)) as client:
+    async with factories.serve(make_settings(tmp_path, database_url)) as client:
         account = await factories.make_account(client)
         response = await client.get(
             "/api/v1/auth/me", headers={**account.headers, "X-Request-ID": "access-log-1"}
@@ -124,7 +110,7 @@ async def test_access_log_names_the_route_template_not_the_raw_path(
     tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     user_id = str(uuid.uuid4())
-    async with serve(make_settings(tmp_path, database_url)) as client:
+    async with factories.serve(make_settings(tmp_path, database_url)) as client:
         response = await client.patch(
             f"/api/v1/users/{user_id}", json={}, headers={"X-Request-ID": "access-log-2"}
         )
@@ -143,7 +129,7 @@ async def test_access_log_names_the_route_template_not_the_raw_path(
 async def test_access_log_marks_an_unknown_path_unmatched(
     tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with serve(make_settings(tmp_path, database_url)) as client:
+    async with factories.serve(make_settings(tmp_path, database_url)) as client:
         response = await client.get("/no/such/path", headers={"X-Request-ID": "access-log-3"})
     assert response.status_code == 404
 
