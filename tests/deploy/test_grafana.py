@@ -19,6 +19,7 @@ from modelyard.db import migrate
 from tests.conftest import make_settings
 from tests.deploy.sources import DASHBOARD
 from tests.factories import make_account, make_version
+from tests.observability.workers import serve_workers
 
 SCRAPE_TOKEN = "dashboard-scrape-token-0123456789"
 # Labels Prometheus adds to every scraped series.
@@ -117,26 +118,35 @@ def scrape_database(tmp_path: Path) -> str:
     return url
 
 
-@pytest.fixture
-async def scraped(tmp_path: Path, scrape_database: str, iris_skops: Path) -> AsyncIterator[str]:
-    """The text of /metrics after an upload, predictions (success and error) and a 404."""
+async def _scrape_after_traffic(client: httpx.AsyncClient, iris_skops: Path) -> str:
+    """Upload, predict (success and error), ask for a missing route, then scrape."""
+    user = await make_account(client)
+    await make_version(client, user, iris_skops)
+    for inputs in ([[5.1, 3.5, 1.4, 0.2]], [[1.0]]):
+        await client.post("/api/v1/predict/iris", json={"inputs": inputs}, headers=user.headers)
+    await client.get("/no/such/route")
+    response = await client.get("/metrics", headers={"Authorization": f"Bearer {SCRAPE_TOKEN}"})
+    assert response.status_code == 200
+    return response.text
+
+
+@pytest.fixture(params=["one process", "serve --workers 2"])
+async def scraped(
+    request: pytest.FixtureRequest, tmp_path: Path, scrape_database: str, iris_skops: Path
+) -> AsyncIterator[str]:
+    """The text of /metrics after an upload, predictions (success and error) and a 404: from
+    the app in this process, and merged across the workers of a real `serve --workers 2`."""
+    if request.param == "serve --workers 2":
+        with serve_workers(tmp_path, metrics_token=SCRAPE_TOKEN) as server:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+                yield await _scrape_after_traffic(client, iris_skops)
+        return
     settings = make_settings(tmp_path, scrape_database, metrics_token=SCRAPE_TOKEN)
     app = create_app(settings)
     async with LifespanManager(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            user = await make_account(client)
-            await make_version(client, user, iris_skops)
-            for inputs in ([[5.1, 3.5, 1.4, 0.2]], [[1.0]]):
-                await client.post(
-                    "/api/v1/predict/iris", json={"inputs": inputs}, headers=user.headers
-                )
-            await client.get("/no/such/route")
-            response = await client.get(
-                "/metrics", headers={"Authorization": f"Bearer {SCRAPE_TOKEN}"}
-            )
-            assert response.status_code == 200
-            yield response.text
+            yield await _scrape_after_traffic(client, iris_skops)
 
 
 def _labels_by_sample_name(text: str) -> dict[str, set[str]]:

@@ -283,6 +283,26 @@ async def test_a_full_queue_spools_to_disk_and_the_writer_replays_it(
     assert sample(metrics, "modelyard_prediction_log_rows_dropped_total") == 0
 
 
+async def test_the_queue_depth_gauge_follows_batches_not_each_record(
+    engine: AsyncEngine, spool_dir: Path
+) -> None:
+    metrics = Metrics()
+    log = make_log(engine, spool_dir, batch_size=10, flush_ms=SLOW_FLUSH_MS, metrics=metrics)
+    depth = "modelyard_prediction_log_queue_depth"
+
+    for _ in range(25):  # the writer is not started yet: as if it were stuck on the database
+        log.record(make_record())
+    published = sample(metrics, depth)
+    await log.start()
+    await log.flush()
+    flushed = sample(metrics, depth)
+    await log.aclose()
+
+    # Published every batch_size records while queued, and when a batch is done.
+    assert published == 20
+    assert flushed == 0
+
+
 async def test_replaying_rows_already_written_adds_no_duplicates(
     prediction_log: PredictionLog, engine: AsyncEngine, spool_dir: Path
 ) -> None:

@@ -26,6 +26,7 @@ from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.epochs import Epochs
 from modelyard.errors import ModelyardError
 from modelyard.events import LocalEvents, RedisEvents
+from modelyard.observability import metrics
 from modelyard.registry import service as registry_service
 from modelyard.server import EdgeLimits, EdgeProtocolFactory
 
@@ -86,6 +87,19 @@ def serve(
     # Uvicorn handles SIGTERM itself (drain, lifespan shutdown), then restores the previous
     # handler and raises the signal again: make that previous handler a clean exit, status 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    if workers == 1:
+        # One process: its metrics live in memory (an inherited folder would only cost mmap
+        # writes on every request).
+        os.environ.pop(metrics.MULTIPROC_DIR_ENV, None)
+        _run(settings, host, port, workers)
+        return
+    # Several: each worker writes its values to a file in a fresh folder that any worker's
+    # /metrics merges, so one scrape shows the sum over the workers.
+    with metrics.multiprocess_dir():
+        _run(settings, host, port, workers)
+
+
+def _run(settings: Settings, host: str, port: int, workers: int) -> None:
     uvicorn.run(
         "modelyard.app:create_app",
         factory=True,

@@ -3,17 +3,37 @@
 Labels come from bounded sets only: route templates (never raw paths), methods, status codes,
 frameworks, outcome names, and model ids and version numbers of the registry (bounded by what
 is registered, never by what clients send).
+
+Across workers: `modelyard serve --workers N` (N > 1) points `PROMETHEUS_MULTIPROC_DIR` at a
+fresh folder of its own before the workers start (`multiprocess_dir`). In the workers, which
+inherit it, prometheus-client then keeps every value in a per-process mmap file there, and a
+scrape answered by any worker merges all the files (`MultiProcessCollector`): counters and
+histograms are summed over every worker the process ever had (a restarted worker's counts are
+kept, so totals never go back), gauges are aggregated by their `multiprocess_mode`, over live
+workers only. Without the variable (one worker, tests, `create_app` alone) values live in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# prometheus-client's own switch: read once, when it is first imported.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The files of gauges whose mode counts live processes only: `gauge_live<mode>_<pid>.db`.
+_LIVE_GAUGE_FILES = "gauge_live*_*.db"
 
 # From 0.1 ms (a cached linear model) to 10 s (a slow upload or a huge batch).
 LATENCY_BUCKETS = (
@@ -26,6 +46,8 @@ class Metrics:
     """The metrics of one app; components receive it and update their own series."""
 
     def __init__(self) -> None:
+        # Where the workers' values are merged from, or None: values in this process only.
+        self.multiprocess_dir = _multiprocess_dir()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = Counter(
@@ -75,11 +97,20 @@ class Metrics:
         self.cache_evictions = Counter(
             "modelyard_model_cache_evictions_total", "Models evicted from the cache", registry=r
         )
+        # Gauges across workers (multiprocess mode): each worker holds its own cache and log
+        # queue, so the process's figure is the sum over its live workers ("livesum": a worker
+        # that exited no longer holds anything, its figure is dropped).
         self.cache_models = Gauge(
-            "modelyard_model_cache_models", "Models held in the cache", registry=r
+            "modelyard_model_cache_models",
+            "Models held in the cache",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.cache_bytes = Gauge(
-            "modelyard_model_cache_bytes", "Estimated bytes held by cached models", registry=r
+            "modelyard_model_cache_bytes",
+            "Estimated bytes held by cached models",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.model_load_time = Histogram(
             "modelyard_model_load_duration_seconds",
@@ -92,6 +123,7 @@ class Metrics:
             "modelyard_prediction_log_queue_depth",
             "Predictions waiting to be written to the log",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.log_rows_written = Counter(
             "modelyard_prediction_log_rows_written_total",
@@ -118,6 +150,12 @@ class Metrics:
         # (`labels()` takes a lock and formats every value on each call).
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._predictions: dict[tuple[uuid.UUID, int, str, str], Any] = {}
+        # The scrape's view across workers: the files, not this process's metric objects.
+        self._exposed = self.registry
+        if self.multiprocess_dir is not None:
+            self._exposed = CollectorRegistry()
+            # prometheus-client's multiprocess module has no annotations.
+            MultiProcessCollector(self._exposed, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
 
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count and time one answered HTTP request."""
@@ -141,5 +179,69 @@ class Metrics:
         child.inc()
 
     def render(self) -> bytes:
-        """Return the Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        """Return the Prometheus text exposition of every metric (of every worker, if several).
+
+        Blocking: it reads every worker's file in multiprocess mode.
+        """
+        if self.multiprocess_dir is not None:
+            _forget_dead_workers(self.multiprocess_dir)
+        return generate_latest(self._exposed)
+
+
+def _multiprocess_dir() -> Path | None:
+    """Return the folder of `PROMETHEUS_MULTIPROC_DIR`, or None when it is not set.
+
+    Raises:
+        RuntimeError: it was set after prometheus-client chose in-memory values (the workers'
+            values would never reach the folder).
+    """
+    path = os.environ.get(MULTIPROC_DIR_ENV)
+    if not path:
+        return None
+    if not getattr(prometheus_values.ValueClass, "_multiprocess", False):
+        raise RuntimeError(f"{MULTIPROC_DIR_ENV} was set after prometheus_client was imported")
+    return Path(path)
+
+
+def _forget_dead_workers(path: Path) -> None:
+    """Drop the live-gauge files of workers that are gone (exited, crashed, killed).
+
+    Their counters and histograms stay: what a worker counted before it died still happened.
+    The folder belongs to one `serve` process, so its workers share this pid namespace.
+    """
+    for file in path.glob(_LIVE_GAUGE_FILES):
+        pid = file.stem.rpartition("_")[2]
+        if pid.isdigit() and not _is_running(int(pid)):
+            mark_process_dead(int(pid), str(path))  # type: ignore[no-untyped-call]  # unannotated, as above
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def multiprocess_dir() -> Iterator[Path]:
+    """Point `PROMETHEUS_MULTIPROC_DIR` at a new empty folder for the workers about to start.
+
+    The folder is removed on exit. It is this process's own, in the temporary directory rather
+    than the data folder: several `serve` processes may share one data folder (compose's api and
+    serving do), and neither may wipe, sum or sweep the other's workers. Set before the workers
+    are spawned: prometheus-client reads the variable when a worker first imports it.
+    """
+    path = Path(tempfile.mkdtemp(prefix="modelyard-metrics-"))
+    previous = os.environ.get(MULTIPROC_DIR_ENV)
+    os.environ[MULTIPROC_DIR_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROC_DIR_ENV, None)
+        else:
+            os.environ[MULTIPROC_DIR_ENV] = previous
+        shutil.rmtree(path, ignore_errors=True)

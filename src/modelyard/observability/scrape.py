@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Annotated
 
@@ -42,5 +43,10 @@ async def metrics_reader(
     dependencies=[Depends(metrics_reader)],
 )
 async def metrics(state: StateDep) -> Response:
-    """Serve the metrics: labelled by model ids, so for admins and the scraper only."""
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+    """Serve the metrics: labelled by model ids, so for admins and the scraper only.
+
+    With several workers, whichever answers serves the sum over all of them.
+    """
+    # In a thread: with several workers it reads and merges every worker's file.
+    body = await asyncio.to_thread(state.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE)

@@ -133,8 +133,7 @@ class PredictionLog:
         self._backoff = 0.0
         # Before this monotonic time the database is not tried: batches go straight to the spool.
         self._retry_at = 0.0
-        # Read at scrape time: the hot path pays nothing for the gauge.
-        metrics.log_queue_depth.set_function(lambda: self.pending)
+        self._depth = metrics.log_queue_depth
 
     @classmethod
     def from_settings(
@@ -186,9 +185,13 @@ class PredictionLog:
             self._queue.append(row)
             self._queued_at.append(time.monotonic())
             self._enqueued += 1
+            queued = len(self._queue)
             # The first record starts the flush window; a full batch is written at once.
-            if len(self._queue) == 1 or len(self._queue) >= self._batch_size:
+            if queued == 1 or queued >= self._batch_size:
                 self._wakeup.set()
+            if queued % self._batch_size == 0:
+                # While the writer is stuck (a slow database) the gauge still follows.
+                self._publish_depth()
         except Exception:
             self._metrics.log_rows_dropped.inc()
             log.exception("prediction_log_record_dropped", extra={"prediction_id": str(rec.id)})
@@ -247,6 +250,7 @@ class PredictionLog:
             self._spool_rows(list(self._queue))
             self._queue.clear()
             self._queued_at.clear()
+            self._publish_depth()
             raise
 
     async def _wait_for_batch(self) -> None:
@@ -282,6 +286,7 @@ class PredictionLog:
         for _ in range(n):
             self._queued_at.popleft()
         self._in_flight = n
+        self._publish_depth()
         try:
             if time.monotonic() < self._retry_at:
                 self._spool_rows(rows)
@@ -299,7 +304,14 @@ class PredictionLog:
         finally:
             self._in_flight = 0
             self._done += n
+            self._publish_depth()
             self._notify()
+
+    def _publish_depth(self) -> None:
+        """Set the queue depth gauge: when a batch is taken or done, and every `batch_size`
+        records queued, never per record (with several workers a gauge write is an mmap write,
+        and a scrape cannot ask the other workers for a value: see observability.metrics)."""
+        self._depth.set(self.pending)
 
     def _notify(self) -> None:
         waiting = []
