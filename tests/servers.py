@@ -9,10 +9,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -26,8 +27,10 @@ CHEAP_ARGON2 = {
     "MODELYARD_ARGON2_TIME_COST": "1",
     "MODELYARD_ARGON2_PARALLELISM": "1",
 }
-START_TIMEOUT_SECONDS = 60  # a bound: a server that needs it has failed
+# Bounds: a wait that reaches one has failed. Every wait polls for a state, none asserts a time.
+START_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 30
+WAIT_SECONDS = 30
 
 
 def free_port() -> int:
@@ -37,30 +40,10 @@ def free_port() -> int:
     return port
 
 
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> int:
-        """SIGTERM (in-flight requests finish, the prediction log is flushed); return the code."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-
-
-@contextmanager
-def running_server(folder: Path, *args: str, **settings: str) -> Iterator[ServerProcess]:
-    """Run `modelyard serve ARGS` in `folder` with these MODELYARD_* settings (names in lower
-    case, without the prefix) until the block ends."""
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log_path = folder / "server.log"
-    env = {
+def environment(folder: Path, **settings: str) -> dict[str, str]:
+    """The environment of a server in `folder` with these MODELYARD_* settings (names in lower
+    case, without the prefix): its data in `folder`/data, this checkout's code."""
+    return {
         **os.environ,
         **CHEAP_ARGON2,
         "MODELYARD_DATA_DIR": str(folder / "data"),
@@ -68,37 +51,112 @@ def running_server(folder: Path, *args: str, **settings: str) -> Iterator[Server
         "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
         **{f"MODELYARD_{name.upper()}": value for name, value in settings.items()},
     }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-            [sys.executable, "-m", "modelyard", "serve", "--port", str(port), *args],
-            env=env,
-            cwd=folder,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = ServerProcess(process, port, log_path)
+
+
+@dataclass
+class ServerProcess:
+    """`modelyard serve ARGS` run in `folder` with `env`, its output in `folder`/server.log."""
+
+    folder: Path
+    args: tuple[str, ...]
+    env: dict[str, str]
+    # In a session of its own, its workers can be killed with it if it does not stop.
+    start_new_session: bool = False
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] = field(init=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "server.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def launch(self) -> None:
+        """Start the process (again, once stopped: same port, data folder and log)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
+                [sys.executable, "-m", "modelyard", "serve", "--port", str(self.port), *self.args],
+                env=self.env,
+                cwd=self.folder,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=self.start_new_session,
+            )
+
+    def start(self) -> None:
+        """Launch the server and wait until it answers."""
+        self.launch()
+        wait_until_live(self)
+
+    def stop(self) -> int:
+        """SIGTERM (in-flight requests finish, the prediction log is flushed); return the code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    def close(self) -> None:
+        """End the process if it still runs: killed; in a session of its own, stopped, and
+        its whole session killed if it does not stop in time."""
+        if self.process.poll() is not None:
+            return
+        if not self.start_new_session:
+            self.process.kill()
+            self.process.wait()
+            return
+        try:
+            self.stop()
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def wait_for(
+        self, condition: str, check: Callable[[], bool], timeout: float = WAIT_SECONDS
+    ) -> None:
+        """Poll `check` until it holds; fail with the server's log if the server exits first
+        or `check` does not hold within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not check():
+            if self.process.poll() is not None:
+                pytest.fail(f"server exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{condition}: not in time\n{self.log()}")
+            time.sleep(0.1)  # polling interval, not an assertion
+
+
+ServerT = TypeVar("ServerT", bound=ServerProcess)
+
+
+@contextmanager
+def running(server: ServerT) -> Iterator[ServerT]:
+    """Start `server`, wait until it answers, and end it (`close`) when the block ends."""
+    server.launch()
     try:
         wait_until_live(server)
         yield server
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        server.close()
+
+
+@contextmanager
+def running_server(folder: Path, *args: str, **settings: str) -> Iterator[ServerProcess]:
+    """Run `modelyard serve ARGS` in `folder` with these MODELYARD_* settings (names in lower
+    case, without the prefix) until the block ends."""
+    with running(ServerProcess(folder, args, environment(folder, **settings))) as server:
+        yield server
 
 
 def wait_until_live(server: ServerProcess) -> None:
     """Poll /health until the server answers; fail if it dies or never answers."""
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while True:
-        if server.process.poll() is not None:
-            pytest.fail(
-                f"server exited with {server.process.returncode}:\n{server.log_path.read_text()}"
-            )
+
+    def answers() -> bool:
         try:
-            if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
-                return
+            return httpx.get(f"{server.url}/health", timeout=1).status_code == 200
         except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"server did not answer /health in time:\n{server.log_path.read_text()}")
-        time.sleep(0.1)  # polling interval, not an assertion
+            return False
+
+    server.wait_for("the server answers /health", answers, timeout=START_TIMEOUT_SECONDS)

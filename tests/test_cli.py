@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,16 +15,10 @@ from modelyard import __version__
 from modelyard.cli import app
 from modelyard.db import migrate
 from modelyard.db.tables import Base
+from tests.servers import CHEAP_ARGON2, ServerProcess, running_server
 
 ADMIN_EMAIL = "a@b.co"
 ADMIN_PASSWORD = "admin-password-1"
-CHEAP_ARGON2 = {
-    "MODELYARD_ARGON2_MEMORY_KIB": "8",
-    "MODELYARD_ARGON2_TIME_COST": "1",
-    "MODELYARD_ARGON2_PARALLELISM": "1",
-}
-SERVER_START_TIMEOUT_SECONDS = 30
-SERVER_STOP_TIMEOUT_SECONDS = 30
 
 runner = CliRunner()
 
@@ -167,58 +155,17 @@ def test_create_admin_with_a_short_password_fails_and_creates_nothing(
     assert users(migrated_database) == []
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    """Start `modelyard serve` on a free port; yield the process, its base URL and its log."""
-    port = _free_port()
-    log_path = tmp_path / "server.log"
-    env = {**os.environ, **CHEAP_ARGON2, "MODELYARD_DATA_DIR": str(tmp_path / "data")}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-            [sys.executable, "-m", "modelyard", "serve", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process, f"http://127.0.0.1:{port}", log_path
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """`modelyard serve` on a free port, answering /health."""
+    with running_server(tmp_path) as server:
+        yield server
 
 
-def _wait_until_live(process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
-    """Poll /health until the server answers; fail if it dies or does not answer in time."""
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)  # polling interval, not an assertion
-    pytest.fail(f"server did not answer /health in time:\n{log_path.read_text()}")
-
-
-def test_serve_answers_auth_flow_and_exits_cleanly_on_sigterm(
-    server: tuple[subprocess.Popen[bytes], str, Path],
-) -> None:
-    process, base_url, log_path = server
-    _wait_until_live(process, base_url, log_path)
+def test_serve_answers_auth_flow_and_exits_cleanly_on_sigterm(server: ServerProcess) -> None:
     credentials = {"email": "ada@example.com", "password": "correct horse battery"}
 
-    with httpx.Client(base_url=base_url, timeout=10) as client:
+    with httpx.Client(base_url=server.url, timeout=10) as client:
         registered = client.post("/api/v1/auth/register", json=credentials)
         tokens = client.post("/api/v1/auth/login", json=credentials)
         me = client.get(
@@ -231,10 +178,9 @@ def test_serve_answers_auth_flow_and_exits_cleanly_on_sigterm(
     assert me.status_code == 200, me.text
     assert me.json()["email"] == credentials["email"]
 
-    process.send_signal(signal.SIGTERM)
-    returncode = process.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
+    returncode = server.stop()
 
-    log = log_path.read_text()
+    log = server.log()
     events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
     assert "stopped" in events, log
     assert returncode == 0, log

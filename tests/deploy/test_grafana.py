@@ -138,7 +138,7 @@ async def scraped(
     the app in this process, and merged across the workers of a real `serve --workers 2`."""
     if request.param == "serve --workers 2":
         with serve_workers(tmp_path, metrics_token=SCRAPE_TOKEN) as server:
-            async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
                 yield await _scrape_after_traffic(client, iris_skops)
         return
     settings = make_settings(tmp_path, scrape_database, metrics_token=SCRAPE_TOKEN)

@@ -17,7 +17,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.observability import metrics
 from tests.observability.workers import Server, scrape, serve_workers, worker_pids
-from tests.test_cli import SERVER_STOP_TIMEOUT_SECONDS
 
 SCRAPE_TOKEN = "workers-scrape-token-0123456789"
 # Not /health: the start-up polls count there.
@@ -69,7 +68,7 @@ def scraped_count(samples: Samples) -> float:
 def send_until_every_worker_answered(server: Server) -> int:
     """Send rounds of requests on new connections until both workers counted some; return how
     many were sent."""
-    url = f"{server.base_url}{COUNTED_ROUTE}"
+    url = f"{server.url}{COUNTED_ROUTE}"
 
     def get(_: int) -> int:
         return httpx.get(url, timeout=10).status_code
@@ -123,8 +122,7 @@ def _is_running(pid: int) -> bool:
 
 
 def test_serve_removes_the_workers_folder_when_it_stops(server: Server) -> None:
-    server.process.send_signal(signal.SIGTERM)
-    returncode = server.process.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
+    returncode = server.stop()
 
     assert returncode == 0, server.log()
     assert not server.metrics_dir.exists()

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,38 +17,20 @@ from modelyard.db.tables import Prediction
 from modelyard.state import AppState
 from tests.conftest import make_settings
 from tests.factories import make_account, make_version
-from tests.predictions.live import free_port
+from tests.servers import running_server
 from tests.tcpproxy import TcpProxy
-from tests.test_cli import CHEAP_ARGON2, SERVER_STOP_TIMEOUT_SECONDS
-from tests.test_cli import _wait_until_live as wait_until_live
 
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 REPLAY_TIMEOUT_SECONDS = 90
-
-
-def start_server(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **CHEAP_ARGON2, "MODELYARD_DATA_DIR": str(data_dir)}
-    with log_path.open("ab") as log:
-        return subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-            [sys.executable, "-m", "modelyard", "serve", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def test_sigterm_loses_no_prediction_and_a_restart_sees_them_all(
     tmp_path: Path, iris_skops: Path
 ) -> None:
     n = 60
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "server.log"
-    process = start_server(tmp_path / "data", port, log_path)
-    try:
-        wait_until_live(process, base_url, log_path)
+    with running_server(tmp_path) as server:
         credentials = {"email": "ada@example.com", "password": "correct horse battery"}
-        with httpx.Client(base_url=base_url, timeout=30) as client:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
             assert client.post("/api/v1/auth/register", json=credentials).status_code == 201
             token = client.post("/api/v1/auth/login", json=credentials).json()["access_token"]
             headers = {"Authorization": f"Bearer {token}"}
@@ -70,12 +48,10 @@ def test_sigterm_loses_no_prediction_and_a_restart_sees_them_all(
                 )
                 assert answer.status_code == 200, answer.text
         # Straight after the last answer: the log writer has had no time to flush on its own.
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS) == 0
+        assert server.stop() == 0
 
-        process = start_server(tmp_path / "data", port, log_path)
-        wait_until_live(process, base_url, log_path)
-        with httpx.Client(base_url=base_url, timeout=30) as client:
+        server.start()  # again: the same port, data folder and log
+        with httpx.Client(base_url=server.url, timeout=30) as client:
             token = client.post("/api/v1/auth/login", json=credentials).json()["access_token"]
             page = client.get(
                 "/api/v1/predictions",
@@ -84,10 +60,6 @@ def test_sigterm_loses_no_prediction_and_a_restart_sees_them_all(
             ).json()
         assert page["total"] == n
         assert len({p["id"] for p in page["items"]}) == n
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"])  # the `engine` fixture cleans up after
