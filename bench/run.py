@@ -903,7 +903,7 @@ class Bench:
         lines += [
             "Modelyard: before the upload and after every worker served the model (the host's "
             "upload probe process, started by `serve`, is one of the processes from the start; "
-            "each worker imports scikit-learn in the background after start). "
+            "each worker imports scikit-learn at start, before its first request). "
             "modelyard-serving: a `MODELYARD_ROLE=serving` replica with one worker on the same "
             "data, after serving every model. Others: all models loaded and warm. PSS counts "
             "pages shared between processes (libraries) once.",
