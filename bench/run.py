@@ -42,6 +42,13 @@ RESULTS = BENCH / "results"
 LUA = BENCH / "wrk" / "post.lua"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 WARMUP_REQUESTS = 40
+WARM_UPLOADS = 10  # uploads of the logistic regression timed after the first (p50)
+# The targets of issue #12 (a lean process), checked in the report.
+TARGET_TWO_WORKERS_MIB = 600.0
+TARGET_SERVING_VS_MLSERVER = 1.3
+TARGET_WARM_UPLOAD_MS = 300.0
+TARGET_FIRST_UPLOAD_MS = 1000.0
+TARGET_COLD_START_MS = 100.0
 SYSTEMS = ("modelyard", "floor", "mlserver")
 MLSERVER_CONFIGS: dict[str, dict[str, Any]] = {
     "mlserver": {},
@@ -87,6 +94,8 @@ class Report:
     cold_start: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     prediction_log: dict[str, Any] = field(default_factory=dict)
+    uploads: dict[str, Any] = field(default_factory=dict)
+    targets: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -118,6 +127,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--connections", type=csv(int), default=[1, 8, 64])
     p.add_argument("--routes", type=csv(str, ("native", "v2")), default=["native", "v2"])
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
+    p.add_argument(
+        "--no-serving-replica",
+        dest="serving_replica",
+        action="store_false",
+        help="skip measuring a MODELYARD_ROLE=serving replica's memory",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.duration = 3.0
@@ -195,6 +210,17 @@ def rss_by_process(pid: int) -> dict[str, int]:
                 if line.startswith("VmRSS:"):
                     found[f"{current} {command[:100]}"] = int(line.split()[1])
     return found
+
+
+def pss_tree(pid: int) -> int:
+    """Proportional set size in KiB of `pid` and its descendants: shared pages counted once."""
+    total = 0
+    for key in rss_by_process(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{key.split()[0]}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def rss_tree(pid: int) -> tuple[int, int]:
@@ -308,6 +334,7 @@ class Bench:
         self.modelyard_ok = 0  # 2xx answers from Modelyard: wrk's plus the driver's own
         self.modelyard_non_2xx = 0
         self.modelyard_in_flight = 0  # sent by wrk but not answered by its deadline
+        self.ready_at = 0.0  # when Modelyard's /health first answered
 
     # -- cells
 
@@ -436,11 +463,14 @@ class Bench:
             str(self.args.workers),
         ]
         proc = start(argv, env=env, cwd=self.work, log=log)
+        target: Target | None = None
         try:
             base = f"http://127.0.0.1:{port}"
             wait_http(base + "/health", proc, log)
+            self.ready_at = time.perf_counter()
             target = Target("modelyard", base, proc, api_key=self.account(base))
             self.upload_models(target)
+            self.time_uploads(target)
             self.modelyard_ok += self.warm_up(target)
             self.measure(target)
             self.report.prediction_log["api"] = self.logged_via_api(target)
@@ -448,10 +478,70 @@ class Bench:
             stop(proc)
             try:
                 self.report.prediction_log["table"] = self.logged_in_table(data, database)
+                if self.args.serving_replica and target is not None:
+                    self.run_serving_replica(env, target, log)
             finally:
                 if database is not None:
                     pg(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         self.check_prediction_log()
+
+    def time_uploads(self, target: Target) -> None:
+        """Upload the logistic regression WARM_UPLOADS more times: p50 of warm uploads."""
+        headers = {"X-API-Key": target.api_key or ""}
+        path = self.work / "models-skops" / f"{self.args.models[0]}.skops"
+        durations = []
+        with httpx.Client(base_url=target.base, timeout=120, headers=headers) as client:
+            for _ in range(WARM_UPLOADS):
+                started = time.perf_counter()
+                with path.open("rb") as f:
+                    answer = client.post(
+                        "/api/v1/models/upload",
+                        files={"file": (path.name, f, "application/octet-stream")},
+                        data={"name": "bench-uploads"},
+                    )
+                durations.append((time.perf_counter() - started) * 1000)
+                expect(answer, 201, "warm upload")
+        first = self.report.cold_start[self.args.models[0]]
+        self.report.uploads = {
+            "model": self.args.models[0],
+            "file_bytes": path.stat().st_size,
+            "first_upload_ms": first["upload_ms"],
+            "first_upload_after_ready_ms": first["upload_after_ready_ms"],
+            "warm_p50_ms": round(float(np.median(durations)), 1),
+            "warm_max_ms": round(max(durations), 1),
+            "warm_ms": [round(d, 1) for d in durations],
+        }
+        say(
+            f"modelyard uploads of {path.name}: first {first['upload_ms']} ms "
+            f"({first['upload_after_ready_ms']} ms after /health answered), "
+            f"warm p50 {self.report.uploads['warm_p50_ms']} ms over {WARM_UPLOADS}"
+        )
+
+    def run_serving_replica(self, env: dict[str, str], main: Target, log: Path) -> None:
+        """A `serving` replica, one worker, on the same data: its memory with the models loaded."""
+        port = free_port()
+        argv = [str(VENV_BIN / "modelyard"), "serve", "--port", str(port), "--workers", "1"]
+        proc = start(argv, env={**env, "MODELYARD_ROLE": "serving"}, cwd=self.work, log=log)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_http(base + "/health", proc, log)
+            replica = Target("modelyard-serving", base, proc, api_key=main.api_key)
+            for model in self.args.models:
+                self.warm_up_model(replica, model)
+            time.sleep(0.5)
+            per_process = rss_by_process(proc.pid)
+            self.report.memory["modelyard-serving"] = {
+                "rss_mib": round(sum(per_process.values()) / 1024, 1),
+                "pss_mib": round(pss_tree(proc.pid) / 1024, 1),
+                "processes": len(per_process),
+                "models": list(self.args.models),
+            }
+            say(f"modelyard serving replica: {self.report.memory['modelyard-serving']}")
+        except BenchError as exc:
+            say(f"serving replica FAILED: {exc}")
+            self.report.skipped["modelyard-serving"] = str(exc).splitlines()[0]
+        finally:
+            stop(proc)
 
     def account(self, base: str) -> str:
         email, password = f"bench-{uuid.uuid4().hex[:8]}@example.com", uuid.uuid4().hex
@@ -502,6 +592,7 @@ class Bench:
                 self.modelyard_ok += 1
                 self.report.cold_start[model] = {
                     "upload_ms": round((uploaded - started) * 1000, 1),
+                    "upload_after_ready_ms": round((uploaded - self.ready_at) * 1000, 1),
                     "upload_to_first_prediction_ms": round((answered - uploaded) * 1000, 1),
                     "attempts": attempts,
                     "file_bytes": path.stat().st_size,
@@ -514,6 +605,7 @@ class Bench:
                 self.report.memory[f"modelyard/{model}"] = {
                     "rss_before_mib": round(rss_before / 1024, 1),
                     "rss_after_mib": round(rss_after / 1024, 1),
+                    "pss_after_mib": round(pss_tree(target.proc.pid) / 1024, 1),
                     "delta_mib": round((rss_after - rss_before) / 1024, 1),
                     "processes": processes,
                     "after_by_process_mib": {k: round(v / 1024, 1) for k, v in per_process.items()},
@@ -693,6 +785,68 @@ class Bench:
             r.vs_mlserver = round(r.rps / ml, 2) if ml else None
             r.vs_floor = round(r.rps / fl, 2) if fl else None
 
+    def check_targets(self) -> None:
+        """Set the lean-process targets (#12) beside what this run measured."""
+        memory, uploads = self.report.memory, self.report.uploads
+        first_model = self.args.models[0]
+        rows: list[tuple[str, str, float | None, float, str]] = []
+        two = memory.get(f"modelyard/{first_model}")
+        if two and self.args.workers == 2:
+            rows.append(
+                (
+                    f"`serve --workers 2` with one {first_model} model, total RSS",
+                    "MiB",
+                    two["rss_after_mib"],
+                    TARGET_TWO_WORKERS_MIB,
+                    "≤",
+                )
+            )
+        serving, mlserver = memory.get("modelyard-serving"), memory.get("mlserver")
+        if serving and mlserver:
+            rows.append(
+                (
+                    "`serving` replica, 1 worker, RSS ÷ MLServer's (same models)",
+                    "x",
+                    round(serving["rss_mib"] / mlserver["rss_mib"], 2),
+                    TARGET_SERVING_VS_MLSERVER,
+                    "≤",
+                )
+            )
+        if uploads:
+            rows.append(
+                ("skops upload p50, warm", "ms", uploads["warm_p50_ms"], TARGET_WARM_UPLOAD_MS, "≤")
+            )
+            rows.append(
+                (
+                    "first upload after start",
+                    "ms",
+                    uploads["first_upload_ms"],
+                    TARGET_FIRST_UPLOAD_MS,
+                    "≤",
+                )
+            )
+        cold = self.report.cold_start.get(first_model)
+        if cold:
+            rows.append(
+                (
+                    f"{first_model} cold start (upload answered → first prediction)",
+                    "ms",
+                    cold["upload_to_first_prediction_ms"],
+                    TARGET_COLD_START_MS,
+                    "≤",
+                )
+            )
+        self.report.targets = [
+            {
+                "what": what,
+                "unit": unit,
+                "measured": measured,
+                "target": goal,
+                "met": measured is not None and measured <= goal,
+            }
+            for what, unit, measured, goal, _ in rows
+        ]
+
     def markdown(self) -> str:
         m = self.report.meta
         lines = [
@@ -728,23 +882,45 @@ class Bench:
                 f"| {model} | {c['upload_ms']} | {c['upload_to_first_prediction_ms']} "
                 f"| {c['file_bytes']:,} |"
             )
+        up = self.report.uploads
+        if up:
+            lines += [
+                "",
+                f"Uploads of the {up['model']} skops file ({up['file_bytes']:,} bytes): the first "
+                f"after start {up['first_upload_ms']} ms (answered "
+                f"{up['first_upload_after_ready_ms']} ms after `/health` first answered); then "
+                f"{len(up['warm_ms'])} more, p50 {up['warm_p50_ms']} ms, max {up['warm_max_ms']} ms.",
+            ]
+        if self.report.targets:
+            lines += ["", "## Targets (#12, a lean process)", ""]
+            lines += ["| what | measured | target | met |", "|---|---:|---:|---|"]
+            for t in self.report.targets:
+                lines.append(
+                    f"| {t['what']} | {t['measured']} {t['unit']} | ≤ {t['target']:g} {t['unit']} "
+                    f"| {'yes' if t['met'] else '**no**'} |"
+                )
         lines += ["", "## Memory (VmRSS of the server process and its children)", ""]
         lines += [
-            "Modelyard: before the upload and after every worker served the model; the first "
-            "model's delta includes each worker importing scikit-learn and the upload probe's "
-            "process (created on the first upload). Others: all models loaded and warm.",
+            "Modelyard: before the upload and after every worker served the model (the host's "
+            "upload probe process, started by `serve`, is one of the processes from the start; "
+            "each worker imports scikit-learn at start, before its first request). "
+            "modelyard-serving: a `MODELYARD_ROLE=serving` replica with one worker on the same "
+            "data, after serving every model. Others: all models loaded and warm. PSS counts "
+            "pages shared between processes (libraries) once.",
             "",
-            "| what | processes | before MiB | after MiB | delta MiB |",
-            "|---|---:|---:|---:|---:|",
+            "| what | processes | before MiB | after MiB | delta MiB | PSS after MiB |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for what, mem in self.report.memory.items():
             if "delta_mib" in mem:
                 lines.append(
                     f"| {what} | {mem['processes']} | {mem['rss_before_mib']} "
-                    f"| {mem['rss_after_mib']} | {mem['delta_mib']} |"
+                    f"| {mem['rss_after_mib']} | {mem['delta_mib']} | {mem['pss_after_mib']} |"
                 )
             else:
-                lines.append(f"| {what} | {mem['processes']} | | {mem['rss_mib']} | |")
+                lines.append(
+                    f"| {what} | {mem['processes']} | | {mem['rss_mib']} | | {mem['pss_mib']} |"
+                )
         last = [m for w, m in self.report.memory.items() if "after_by_process_mib" in m]
         if last:
             lines += ["", "Modelyard's processes at the end of the uploads (MiB):", ""]
@@ -782,7 +958,11 @@ class Bench:
 
 def memory_after(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     kib, processes = rss_tree(proc.pid)
-    return {"rss_mib": round(kib / 1024, 1), "processes": processes}
+    return {
+        "rss_mib": round(kib / 1024, 1),
+        "pss_mib": round(pss_tree(proc.pid) / 1024, 1),
+        "processes": processes,
+    }
 
 
 def fmt_ratio(value: float | None) -> str:
@@ -831,6 +1011,7 @@ def main(argv: list[str]) -> int:
             say(f"--- {system}")
             bench.run_system(system)
         bench.compare()
+        bench.check_targets()
         print(bench.write())  # noqa: T201
         say(f"written to {RESULTS / (bench.stamp + '.md')} and latest.md/json")
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,6 +24,8 @@ from modelyard.config import Settings
 from modelyard.db import migrate
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.db.tables import Base
+from modelyard.serving import probehost
+from modelyard.serving.warmup import DEFAULT_FRAMEWORKS, warm_up
 from tests import factories
 from tests.serving import legit
 from tests.tcpproxy import TcpProxy
@@ -31,6 +34,9 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "MODELYARD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
+# One upload probe process for the run, as one host's workers share one: otherwise each test's
+# app (each with its own data folder) would start its own and import scikit-learn in it.
+PROBE_SOCKET = Path(tempfile.mkdtemp(prefix="modelyard-test-probe-")) / probehost.SOCKET_NAME
 
 
 def service_missing(what: str, address: str, exc: BaseException) -> None:
@@ -57,6 +63,21 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         if name.startswith("MODELYARD_") and name != "MODELYARD_TEST_POSTGRES_URL":
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _probe_process() -> Iterator[None]:
+    """Hold the run's probe process from the first test to the last (it exits after its last
+    lease: without this one, between two tests); import what an app's start-up imports."""
+    started = probehost.ensure_running(PROBE_SOCKET)
+    # An app's lifespan imports scikit-learn and skops before it serves (a second or two, more
+    # on a busy machine): done once here, so no test's start-up waits for it.
+    warm_up(DEFAULT_FRAMEWORKS)
+    lease, _ = probehost.lease(PROBE_SOCKET)
+    yield
+    lease.close()
+    if started is not None:
+        started.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -129,6 +150,7 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
         "log_format": "json",
         # Tests log in far more often than a person; the limit has tests of its own.
         "auth_rate_limit_per_minute": 0,
+        "probe_socket": PROBE_SOCKET,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

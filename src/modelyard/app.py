@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Hashable
@@ -43,9 +42,9 @@ from modelyard.ratelimit import RateLimiter, SharedWindows
 from modelyard.registry.router import router as registry_router
 from modelyard.serving.batching import Batcher
 from modelyard.serving.cache import ModelCache
-from modelyard.serving.probe import ModelProber
-from modelyard.serving.runtimes.onnx import cap_onnx_memory
-from modelyard.serving.warmup import warm_up
+from modelyard.serving.probe import make_prober
+from modelyard.serving.runtimes.onnx import configure_onnx_memory
+from modelyard.serving.warmup import warm_up_process
 from modelyard.state import AppState
 from modelyard.web.docs import install_docs
 
@@ -102,9 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics,
             run_timeout_seconds=settings.predict_timeout_seconds,
         )
-        # Before any ONNX session exists (sessions pick the arena up when they are created);
-        # in a thread: importing ONNX Runtime takes a moment.
-        await asyncio.to_thread(cap_onnx_memory, settings.onnx_memory_bytes)
+        # Registered with the first ONNX session (sessions pick the arena up when created).
+        configure_onnx_memory(settings.onnx_memory_bytes)
         epochs = Epochs(settings.data_dir)
         rate_limiter = RateLimiter(redis, SharedWindows(settings.data_dir))
         caller_cache: EpochCache[str, Caller] = EpochCache(
@@ -135,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 window_seconds=settings.password_failure_window_seconds,
             ),
             store=store,
-            prober=ModelProber.from_settings(settings),
+            prober=make_prober(settings),
             metrics=metrics,
             prediction_log=prediction_log,
             predictor=predictor,
@@ -150,16 +148,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await state.prediction_log.start()
         if isinstance(events, RedisEvents):
             events.start()
-        # Background: the server answers at once; the first upload and load find things warm.
-        warming = asyncio.create_task(asyncio.to_thread(warm_up))
+        # Before the first request: the upload probe is starting and the registry's frameworks
+        # are imported (a second or two), so neither an upload nor a first prediction waits.
+        await warm_up_process(state.prober, sessions)
         log.info("started", extra={"version": __version__, "env": settings.env.value})
         try:
             yield
         finally:
             # Readiness answers 503 from here on, so load balancers stop sending traffic.
             state.shutting_down = True
-            if not warming.done():
-                warming.cancel()
             # Uvicorn has finished in-flight requests; nothing new reaches the batcher.
             await events.aclose()
             await predictor.batcher.aclose()

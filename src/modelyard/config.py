@@ -152,15 +152,20 @@ class Settings(BaseSettings):
     probe_memory_bytes: int = Field(default=2 * 1024**3, ge=64 * 1024**2)
     """Address-space limit of the child process that loads and probes an upload."""
 
-    # upload probes and inference bounds (#10)
+    # upload probes and inference bounds (#10, #12)
     probe_max_concurrent: int = Field(default=4, ge=1)
-    """Upload probes one server process runs at once; past it an upload answers 503 with
-    `Retry-After`. Each probe may take `probe_memory_bytes`: a worker's probes together take at
-    most this many times that."""
+    """Upload probes one host runs at once (its workers share one probe process); past it an
+    upload answers 503 with `Retry-After`. Each probe may take `probe_memory_bytes`: the host's
+    probes together take at most this many times that."""
 
     probe_max_concurrent_per_user: int = Field(default=2, ge=1)
-    """Upload probes one user may have running in one server process; past it an upload
-    answers 429 with `Retry-After`."""
+    """Upload probes one user may have running on one host; past it an upload answers 429
+    with `Retry-After`."""
+
+    probe_socket: Path | None = None
+    """Unix socket of the host's upload probe process, which the server processes of a host
+    share (default: `probe.sock` in `data_dir`, or a short path in /tmp when that is too long
+    for a socket)."""
 
     predict_timeout_seconds: float = Field(default=10.0, gt=0)
     """Longest one ONNX inference may run: ONNX Runtime stops it and the request answers 422.

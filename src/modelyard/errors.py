@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request
+    from starlette.responses import Response
+
+# FastAPI, SQLAlchemy and Starlette's responses are imported where they are used: the upload
+# probe process raises these errors too (formats, loader), and needs none of them (~45 MiB).
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,8 @@ def problem_response(
     }
     if extra:
         body.update(extra)
+    from starlette.responses import Response
+
     return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM_JSON)
 
 
@@ -130,6 +135,8 @@ def v2_error_response(
     status: int, message: str, *, headers: Mapping[str, str] | None = None
 ) -> Response:
     """Render an Open Inference Protocol error: `{"error": "..."}`."""
+    from starlette.responses import Response
+
     return Response(
         orjson.dumps({"error": message}), status, headers=headers, media_type="application/json"
     )
@@ -154,6 +161,8 @@ _UNAVAILABLE_SQLSTATES = frozenset({"57014", "25006"})
 
 def is_dependency_down(exc: BaseException) -> bool:
     """Tell whether an exception means the database (or another service) cannot be reached."""
+    from sqlalchemy import exc as sa_exc
+
     if isinstance(exc, sa_exc.DBAPIError):
         sqlstate = getattr(exc.orig, "sqlstate", None)
         if isinstance(sqlstate, str) and (
@@ -214,6 +223,8 @@ async def _error(request: Request, exc: Exception) -> Response:
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
+    from fastapi.exceptions import RequestValidationError
+
     assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for this class only
     # Only loc, msg and type: pydantic's `input` would echo passwords and secrets back.
     errors = [
@@ -245,6 +256,8 @@ _UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
 
 def is_unstorable_text(exc: BaseException) -> bool:
     """Tell whether the database refused a value because of a character it cannot store."""
+    from sqlalchemy import exc as sa_exc
+
     return (
         isinstance(exc, sa_exc.DBAPIError)
         and getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES
@@ -253,6 +266,9 @@ def is_unstorable_text(exc: BaseException) -> bool:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error the app raises as problem+json (unexpected ones: see the middleware)."""
+    from fastapi.exceptions import RequestValidationError
+    from sqlalchemy import exc as sa_exc
+
     app.add_exception_handler(ModelyardError, _error)
     app.add_exception_handler(StarletteHTTPException, _error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -24,7 +24,7 @@ from modelyard.outage import OutageCache
 from modelyard.predictions.log import PredictionLog
 from modelyard.predictions.service import Predictor, Target
 from modelyard.ratelimit import RateLimiter
-from modelyard.serving.probe import ModelProber
+from modelyard.serving.probe import Prober
 
 CheckStatus = Literal["ok", "down", "disabled"]
 
@@ -39,7 +39,7 @@ class AppState:
     rate_limiter: RateLimiter
     failures: FailureLimit
     store: ArtifactStore
-    prober: ModelProber
+    prober: Prober
     metrics: Metrics
     prediction_log: PredictionLog
     predictor: Predictor

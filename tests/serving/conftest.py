@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.serving.probe import ModelProber
+from tests.conftest import PROBE_SOCKET
 from tests.serving import legit
 
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
@@ -23,5 +24,8 @@ def legit_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def prober() -> ModelProber:
     """A prober with the default limits (it holds no event-loop state, so one per run)."""
     return ModelProber(
-        timeout_seconds=30, memory_limit_bytes=DEFAULT_MEMORY_BYTES, allow_pickle=True
+        timeout_seconds=30,
+        memory_limit_bytes=DEFAULT_MEMORY_BYTES,
+        allow_pickle=True,
+        socket_path=PROBE_SOCKET,
     )

@@ -20,6 +20,7 @@ from modelyard.serving.formats import (
     detect_format,
 )
 from modelyard.serving.probe import ModelProber, ProbeReport
+from tests.conftest import PROBE_SOCKET
 from tests.serving import hostile, legit
 
 TEST_MEMORY_BYTES = 512 * 1024**2
@@ -74,7 +75,10 @@ async def test_probe_refuses_zlib_bomb_by_memory_limit(
     tmp_path: Path, legit_files: dict[str, Path]
 ) -> None:
     prober = ModelProber(
-        timeout_seconds=30, memory_limit_bytes=TEST_MEMORY_BYTES, allow_pickle=True
+        timeout_seconds=30,
+        memory_limit_bytes=TEST_MEMORY_BYTES,
+        allow_pickle=True,
+        socket_path=PROBE_SOCKET,
     )
     path = hostile.joblib_zlib_bomb(tmp_path, tmp_path / "marker")
     assert path.stat().st_size < 8 * 1024**2
@@ -89,20 +93,30 @@ async def test_probe_times_out_on_slow_model(tmp_path: Path, legit_files: dict[s
     x, y = legit.iris()
     forest = RandomForestClassifier(n_estimators=400, random_state=0).fit(x, y)
     path = legit.write_joblib(forest, tmp_path / "big_forest.joblib")
-    prober = ModelProber(timeout_seconds=0.05, memory_limit_bytes=2 * 1024**3, allow_pickle=True)
+    prober = ModelProber(
+        timeout_seconds=0.05,
+        memory_limit_bytes=2 * 1024**3,
+        allow_pickle=True,
+        socket_path=PROBE_SOCKET,
+    )
     with pytest.raises(ModelRejected, match=r"took longer than 0\.05 s"):
         await prober.probe(path, ModelFormat.JOBLIB)
 
 
 @pytest.mark.parametrize("name", ["lr_joblib", "lr_pickle", "lr_joblib_zlib"])
 async def test_probe_refuses_pickle_when_disabled(name: str, legit_files: dict[str, Path]) -> None:
-    prober = ModelProber(timeout_seconds=30, memory_limit_bytes=2 * 1024**3, allow_pickle=False)
+    prober = ModelProber(
+        timeout_seconds=30,
+        memory_limit_bytes=2 * 1024**3,
+        allow_pickle=False,
+        socket_path=PROBE_SOCKET,
+    )
     with pytest.raises(UnsupportedModelFormat, match="pickle and joblib uploads are disabled"):
         await prober.probe(legit_files[name], detect_format(legit_files[name]))
 
 
 async def test_probe_accepts_skops_when_pickle_disabled(legit_files: dict[str, Path]) -> None:
-    prober = ModelProber.from_settings(Settings(allow_pickle=False))
+    prober = ModelProber.from_settings(Settings(allow_pickle=False, probe_socket=PROBE_SOCKET))
     report = await prober.probe(legit_files["lr_skops"], ModelFormat.SKOPS)
     assert report.framework is Framework.SKLEARN
     await prober.aclose()
@@ -124,6 +138,7 @@ def bounded_prober(*, max_concurrent: int, per_owner: int) -> ModelProber:
         allow_pickle=True,
         max_concurrent=max_concurrent,
         max_concurrent_per_owner=per_owner,
+        socket_path=PROBE_SOCKET,
     )
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from modelyard.artifacts.local import LocalStore
-from modelyard.artifacts.s3 import S3Store
 from modelyard.artifacts.store import (
     ArtifactStore,
     ObjectInfo,
@@ -15,6 +15,9 @@ from modelyard.artifacts.store import (
     StorageUnavailable,
 )
 from modelyard.config import Settings
+
+if TYPE_CHECKING:
+    from modelyard.artifacts.s3 import S3Store
 
 __all__ = [
     "ArtifactStore",
@@ -26,6 +29,15 @@ __all__ = [
     "StorageUnavailable",
     "make_store",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # boto3 takes ~10 MiB and half a second to import: only processes that use S3 pay for it.
+    if name == "S3Store":
+        from modelyard.artifacts.s3 import S3Store
+
+        return S3Store
+    raise AttributeError(name)
 
 
 def make_store(settings: Settings) -> ArtifactStore:
@@ -46,6 +58,8 @@ def make_store(settings: Settings) -> ArtifactStore:
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ValueError("MODELYARD_STORAGE_URL: use s3://bucket or s3://bucket/prefix")
+        from modelyard.artifacts.s3 import S3Store
+
         secret = settings.s3_secret_access_key
         return S3Store(
             parts.netloc,

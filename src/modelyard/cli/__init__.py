@@ -1,34 +1,32 @@
-"""The `modelyard` command: serve, migrate, create-admin, gc, version."""
+"""The `modelyard` command: serve, migrate, create-admin, gc, version.
+
+Each command imports what it uses: with `--workers N`, the `serve` process only watches the
+workers, and the database, model and cloud libraries would sit in its memory unused.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from datetime import timedelta
 from types import FrameType
 
 import typer
 import uvicorn
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
 from modelyard import __version__
-from modelyard.artifacts import make_store
-from modelyard.artifacts.gc import collect_garbage
-from modelyard.auth import service as auth_service
-from modelyard.auth.passwords import PasswordHasher
-from modelyard.auth.schemas import MIN_PASSWORD_LENGTH
 from modelyard.config import Settings
-from modelyard.db import migrate as migrations
-from modelyard.db.engine import make_engine, make_sessionmaker
-from modelyard.epochs import Epochs
 from modelyard.errors import ModelyardError
-from modelyard.events import LocalEvents, RedisEvents
 from modelyard.observability import metrics
-from modelyard.registry import service as registry_service
 from modelyard.server import EdgeLimits, EdgeProtocolFactory
+from modelyard.serving import probehost
 
 app = typer.Typer(help="Modelyard: model registry and serving platform.", no_args_is_help=True)
 
@@ -53,6 +51,8 @@ def version() -> None:
 @app.command()
 def migrate() -> None:
     """Apply pending database migrations."""
+    from modelyard.db import migrate as migrations
+
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrations.upgrade(settings.sqlalchemy_url)
@@ -81,25 +81,60 @@ def serve(
     host = settings.host if host is None else host
     port = settings.port if port is None else port
     workers = settings.workers if workers is None else workers
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not settings.is_production:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        migrations.upgrade(settings.sqlalchemy_url)
+        # In a child process: Alembic and the migrations would stay in this one's memory.
+        migrated = subprocess.run([sys.executable, "-m", "modelyard", "migrate"], check=False)
+        if migrated.returncode:
+            raise typer.Exit(migrated.returncode)
     # Uvicorn handles SIGTERM itself (drain, lifespan shutdown), then restores the previous
     # handler and raises the signal again: make that previous handler a clean exit, status 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    if workers == 1:
-        # One process: its metrics live in memory (an inherited folder would only cost mmap
-        # writes on every request).
-        os.environ.pop(metrics.MULTIPROC_DIR_ENV, None)
-        _run(settings, host, port, workers)
+    with _probe_host(settings):
+        if workers == 1:
+            # One process: its metrics live in memory (an inherited folder would only cost
+            # mmap writes on every request).
+            os.environ.pop(metrics.MULTIPROC_DIR_ENV, None)
+            _run_uvicorn(settings, host, port, workers)
+            return
+        # Several: each worker writes its values to a file in a fresh folder that any worker's
+        # /metrics merges, so one scrape shows the sum over the workers.
+        with metrics.multiprocess_dir():
+            _run_uvicorn(settings, host, port, workers)
+
+
+@contextlib.contextmanager
+def _probe_host(settings: Settings) -> Iterator[None]:
+    """Start the host's upload probe before the workers, and hold it until they have stopped.
+
+    It imports the model libraries while the workers start, so the first upload finds it warm;
+    the workers share it. A `serving` process takes no uploads and starts none.
+    """
+    if settings.role == "serving":
+        yield
         return
-    # Several: each worker writes its values to a file in a fresh folder that any worker's
-    # /metrics merges, so one scrape shows the sum over the workers.
-    with metrics.multiprocess_dir():
-        _run(settings, host, port, workers)
+    path = probehost.socket_path(settings.data_dir, settings.probe_socket)
+    try:
+        started = probehost.ensure_running(path)
+        lease, _ = probehost.lease(path)
+    except (OSError, probehost.ProbeHostUnavailable) as exc:
+        # The workers start it themselves when they can; uploads answer 503 until then.
+        typer.echo(f"the upload probe did not start: {exc}", err=True)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lease.close()  # the probe process exits once the workers' leases are gone too
+        if started is not None:
+            try:
+                started.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                started.kill()
+                started.wait()
 
 
-def _run(settings: Settings, host: str, port: int, workers: int) -> None:
+def _run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
     uvicorn.run(
         "modelyard.app:create_app",
         factory=True,
@@ -141,6 +176,8 @@ def create_admin(
 ) -> None:
     """Create an admin account (or reset an admin's password); an existing non-admin account
     is promoted only with --promote-existing, and every credential it held is ended."""
+    from modelyard.auth.schemas import MIN_PASSWORD_LENGTH
+
     settings = _settings()
     password = password or os.environ.get(ADMIN_PASSWORD_ENV)
     if not password:
@@ -159,6 +196,14 @@ def create_admin(
 async def _create_admin(
     settings: Settings, email: str, password: str, promote_existing: bool
 ) -> bool:
+    from redis.asyncio import Redis
+
+    from modelyard.auth import service as auth_service
+    from modelyard.auth.passwords import PasswordHasher
+    from modelyard.db.engine import make_engine, make_sessionmaker
+    from modelyard.epochs import Epochs
+    from modelyard.events import LocalEvents, RedisEvents
+
     engine = make_engine(settings.sqlalchemy_url)
     # The running server's workers share these epochs (and, with Redis, every replica hears the
     # event): they drop what they remembered of the account's old credentials at once.
@@ -200,6 +245,11 @@ def gc(
 
 
 async def _gc(settings: Settings, older_than: timedelta) -> int:
+    from modelyard.artifacts import make_store
+    from modelyard.artifacts.gc import collect_garbage
+    from modelyard.db.engine import make_engine, make_sessionmaker
+    from modelyard.registry import service as registry_service
+
     engine = make_engine(settings.sqlalchemy_url)
     store = make_store(settings)
     sessions = make_sessionmaker(engine)

@@ -35,8 +35,8 @@ from modelyard.registry.schemas import (
     VersionUpdate,
 )
 from modelyard.schemas import PageParams
-from modelyard.serving.formats import FRAMEWORK_OF, detect_format
-from modelyard.serving.probe import ModelProber, ProbeReport
+from modelyard.serving.formats import FRAMEWORK_OF, Framework, detect_format
+from modelyard.serving.probe import Prober, ProbeReport
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ async def register_version(
     form: UploadForm,
     file: ReceivedFile,
     store: ArtifactStore,
-    prober: ModelProber,
+    prober: Prober,
     events: Events,
 ) -> ModelVersion:
     """Check an uploaded artifact, store it and record it as the model's next version.
@@ -578,3 +578,9 @@ async def referenced_keys(db: AsyncSession, keys: Sequence[str]) -> set[str]:
 def download_filename(model: RegisteredModel, version: ModelVersion) -> str:
     """Return the file name a download is saved as: `<model>-v<version><ext>`."""
     return f"{model.name}-v{version.version}{FILE_EXTENSIONS.get(version.format, '')}"
+
+
+async def frameworks_in_use(db: AsyncSession) -> set[Framework]:
+    """Return the frameworks of the registry's versions (what a process may be asked to serve)."""
+    rows = await db.scalars(select(ModelVersion.framework).distinct())
+    return {Framework(value) for value in rows if value in set(Framework)}

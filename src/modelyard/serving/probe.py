@@ -1,15 +1,18 @@
-"""The upload probe: load, check and try each uploaded model in a fresh, limited child process.
+"""The upload probe's client: each upload is loaded, checked and tried in a fresh, limited child.
 
 SECURITY.md items 3-4: a refused pickle can poison the process that read it, and crafted
-trees or truncated files crash native code. So the server never loads an upload itself: each
-upload gets a new process forked from a warm forkserver (which never loads uploads), under
-memory, CPU and wall-clock limits, and only JSON comes back.
+trees or truncated files crash native code. So the server never loads an upload itself: the
+host's probe process (modelyard.serving.probehost, one per host, shared by its workers) forks
+a new child for each upload under memory, CPU and wall-clock limits, and only JSON comes back.
 
-Probes are bounded per process and per user (#10: 12 concurrent uploads of a 519-byte file ran
+Probes are bounded per user and in total (#10: 12 concurrent uploads of a 519-byte file ran
 12 children of ~800 MB; another user's login then waited 27.6 s for the default thread pool):
-a probe past either bound is refused at once with Retry-After, and a probe's blocking calls
-(starting the child, waiting for its answer, reaping it) run on the prober's own threads, one
-per allowed probe, never on the default pool that password hashing and file I/O share.
+a probe past either bound is refused at once with Retry-After. Each worker counts its own probes
+(refused without asking), and the probe process counts the host's with the same bounds, so
+however many workers a host runs, at most `max_concurrent` children exist on it and at most
+`max_concurrent_per_owner` belong to one user. Waiting for an answer is a socket read on the
+event loop; the few blocking calls (starting the probe process, reading a zip's directory) run
+on the prober's own threads, never on the default pool that password hashing and file I/O share.
 """
 
 from __future__ import annotations
@@ -17,18 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import multiprocessing
 import os
+import select
 import signal
+import socket
+import tempfile
+import threading
+import weakref
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from functools import cache
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final, Protocol, Self
 
 from modelyard.config import Settings
-from modelyard.errors import RateLimited, ServiceUnavailable
+from modelyard.errors import NotFound, RateLimited, ServiceUnavailable
+from modelyard.serving import probehost
 from modelyard.serving.formats import (
     PICKLE_FORMATS,
     Framework,
@@ -37,33 +45,15 @@ from modelyard.serving.formats import (
     UnsupportedModelFormat,
 )
 from modelyard.serving.precheck import check_zip_bounds
-from modelyard.serving.warmup import MODEL_MODULES
 
-# Imported once by the forkserver, so each forked child starts warm (tens of ms, not seconds).
-# The first module pins native thread pools to one thread before numpy and friends load.
-# "__main__" first: multiprocessing re-imports the main script in each child unless the
-# forkserver already did (and the server's entry point is guarded by __name__ checks).
-FORKSERVER_PRELOAD: Final = [
-    "__main__",
-    "modelyard.serving.threads",
-    "numpy",
-    "scipy.sparse",
-    "sklearn",
-    "skops.io",
-    "onnx",
-    "onnxruntime",
-    "xgboost",
-    "lightgbm",
-    "modelyard.serving.sandbox",
-    "modelyard.serving.probe",
-    # The estimator modules the allowlist names, so a child does not import them per upload.
-    *MODEL_MODULES,
-]
-# A report is a few KiB; a bigger answer from the child is refused unread.
-MAX_REPORT_BYTES: Final = 4 * 1024**2
 PROBE_FAILED = "model could not be loaded and probed"
 # A warm probe takes 20-50 ms, a slow one up to its timeout: a few seconds is a fair first retry.
 PROBE_RETRY_AFTER_SECONDS: Final = 5
+# Past the child's own timeout, how long an answer may take: the probe process may still be
+# importing the model libraries (seconds, more on a busy host) when the first upload arrives.
+HOST_SLACK_SECONDS: Final = 60.0
+# The answer is one JSON line carrying the child's report (ASCII JSON, escaped once more).
+MAX_ANSWER_BYTES: Final = 2 * probehost.MAX_REPORT_BYTES + 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -96,36 +86,76 @@ class ProbeReport:
         )
 
 
-def _child_main(
-    path: str, fmt: str, memory_limit_bytes: int, timeout_seconds: float, conn: Connection
-) -> None:
-    """Run in the forked child; the sandbox module is already imported by the forkserver."""
-    from modelyard.serving import sandbox
-
-    sandbox.run_probe(path, fmt, memory_limit_bytes, timeout_seconds, conn)
+@cache
+def _private_socket_path() -> Path:
+    """A probe process of this Python process's own, for probers built without a data folder."""
+    return Path(tempfile.mkdtemp(prefix="modelyard-probe-")) / probehost.SOCKET_NAME
 
 
-def _wait_for_report(conn: Connection, timeout_seconds: float) -> bytes | None:
-    """Wait for the child's answer; None on timeout, b"" when the child died without one."""
-    if not conn.poll(timeout_seconds):
-        return None
-    try:
-        return conn.recv_bytes(MAX_REPORT_BYTES)
-    except (EOFError, OSError):
-        return b""
+class Prober(Protocol):
+    """What the upload path needs of a prober."""
+
+    def slot(self, owner: Hashable | None) -> contextlib.AbstractContextManager[None]:
+        """Hold one of the process's probe slots, and one of `owner`'s."""
+
+    async def probe(
+        self, path: Path, fmt: ModelFormat, *, owner: Hashable | None = None
+    ) -> ProbeReport:
+        """Load, check and predict once with an uploaded model in a fresh child process."""
+
+    def start(self) -> None:
+        """Have the host's probe process running (blocking, ~0.1 s)."""
+
+    async def aclose(self) -> None:
+        """Let go of the probe process."""
 
 
-def _kill(process: Any) -> None:
-    """SIGKILL the child and anything it started in its session."""
-    if process.exitcode is not None:
-        return
-    process.kill()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+class UploadsNotServed(NotFound):
+    """This process does not take uploads (MODELYARD_ROLE=serving)."""
+
+    def __init__(self) -> None:
+        super().__init__("uploads are not served here")
+
+
+class NoProber:
+    """The prober of a `serving` process: no probe process, every upload refused (404)."""
+
+    host_pid: int | None = None
+
+    def slot(self, owner: Hashable | None) -> contextlib.AbstractContextManager[None]:
+        """Refuse: nothing is probed here.
+
+        Raises:
+            UploadsNotServed: always.
+        """
+        raise UploadsNotServed
+
+    async def probe(
+        self, path: Path, fmt: ModelFormat, *, owner: Hashable | None = None
+    ) -> ProbeReport:
+        """Refuse: nothing is probed here.
+
+        Raises:
+            UploadsNotServed: always.
+        """
+        raise UploadsNotServed
+
+    def start(self) -> None:
+        """Start nothing."""
+
+    async def aclose(self) -> None:
+        """Close nothing."""
+
+
+def make_prober(settings: Settings) -> Prober:
+    """Return the prober of a process: the host's shared probe; none in a `serving` process."""
+    if settings.role == "serving":
+        return NoProber()
+    return ModelProber.from_settings(settings)
 
 
 class ModelProber:
-    """Loads and probes uploads in disposable child processes."""
+    """Loads and probes uploads in disposable children of the host's probe process."""
 
     def __init__(
         self,
@@ -135,16 +165,20 @@ class ModelProber:
         allow_pickle: bool,
         max_concurrent: int = 4,
         max_concurrent_per_owner: int = 2,
+        socket_path: Path | None = None,
     ) -> None:
         self.timeout_seconds = timeout_seconds
         self.memory_limit_bytes = memory_limit_bytes
         self.allow_pickle = allow_pickle
         self.max_concurrent = max_concurrent
         self.max_concurrent_per_owner = max_concurrent_per_owner
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(FORKSERVER_PRELOAD)
-        self._running: set[Any] = set()
-        # One thread per allowed probe: each probe makes one blocking call at a time.
+        self.socket_path = socket_path or _private_socket_path()
+        # Held open while this prober lives: the probe process exits after its last lease.
+        self._lease: socket.socket | None = None
+        self._lease_lock = threading.Lock()
+        self._closed = False
+        self.host_pid: int | None = None
+        # One thread per allowed probe: each probe makes at most one blocking call at a time.
         self._executor = ThreadPoolExecutor(
             max_workers=max_concurrent, thread_name_prefix="modelyard-probe"
         )
@@ -155,14 +189,42 @@ class ModelProber:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
-        """Build the prober from the probe settings."""
+        """Build the prober from the probe settings; it shares the host's probe process."""
         return cls(
             timeout_seconds=settings.probe_timeout_seconds,
             memory_limit_bytes=settings.probe_memory_bytes,
             allow_pickle=settings.allow_pickle,
             max_concurrent=settings.probe_max_concurrent,
             max_concurrent_per_owner=settings.probe_max_concurrent_per_user,
+            socket_path=probehost.socket_path(settings.data_dir, settings.probe_socket),
         )
+
+    def start(self) -> None:
+        """Have the host's probe process running and hold a lease on it (blocking, ~0.1 s).
+
+        Raises:
+            ProbeHostUnavailable: the probe process could not be started.
+        """
+        with self._lease_lock:
+            if self._closed:
+                raise probehost.ProbeHostUnavailable("the prober is closed")
+            if self._lease is not None:
+                readable, _, _ = select.select([self._lease], [], [], 0)
+                if not readable:
+                    return  # a lease says nothing: readable means the probe process is gone
+                self._lease.close()
+                self._lease = None
+            started = probehost.ensure_running(self.socket_path)
+            if started is not None:
+                # The probe process outlives this prober while other processes lease it; a
+                # thread reaps it whenever it exits.
+                threading.Thread(target=started.wait, daemon=True).start()
+            try:
+                self._lease, self.host_pid = probehost.lease(self.socket_path)
+            except OSError as exc:
+                raise probehost.ProbeHostUnavailable(str(exc)) from exc
+            # A prober dropped without aclose (a script, a test) still lets go of its lease.
+            weakref.finalize(self, self._lease.close)
 
     @contextlib.contextmanager
     def slot(self, owner: Hashable | None) -> Iterator[None]:
@@ -173,16 +235,9 @@ class ModelProber:
             ServiceUnavailable: the process already runs as many probes as it may (503).
         """
         if owner is not None and self._by_owner.get(owner, 0) >= self.max_concurrent_per_owner:
-            raise RateLimited(
-                f"you already have {self.max_concurrent_per_owner} uploads being checked; "
-                "retry when one has finished",
-                retry_after_seconds=PROBE_RETRY_AFTER_SECONDS,
-            )
+            raise self._owner_busy()
         if self._active >= self.max_concurrent:
-            raise ServiceUnavailable(
-                "the server is checking as many uploads as it can; try again shortly",
-                retry_after_seconds=PROBE_RETRY_AFTER_SECONDS,
-            )
+            raise self._host_busy()
         self._active += 1
         if owner is not None:
             self._by_owner[owner] = self._by_owner.get(owner, 0) + 1
@@ -195,6 +250,19 @@ class ModelProber:
                 if left:
                     self._by_owner[owner] = left
 
+    def _owner_busy(self) -> RateLimited:
+        return RateLimited(
+            f"you already have {self.max_concurrent_per_owner} uploads being checked; "
+            "retry when one has finished",
+            retry_after_seconds=PROBE_RETRY_AFTER_SECONDS,
+        )
+
+    def _host_busy(self) -> ServiceUnavailable:
+        return ServiceUnavailable(
+            "the server is checking as many uploads as it can; try again shortly",
+            retry_after_seconds=PROBE_RETRY_AFTER_SECONDS,
+        )
+
     async def probe(
         self, path: Path, fmt: ModelFormat, *, owner: Hashable | None = None
     ) -> ProbeReport:
@@ -205,7 +273,8 @@ class ModelProber:
         Raises:
             UnsupportedModelFormat: pickle or joblib while this server refuses them.
             RateLimited: `owner` already runs as many probes as one user may.
-            ServiceUnavailable: this process already runs as many probes as it may.
+            ServiceUnavailable: the host already runs as many probes as it may, or its probe
+                process cannot be reached.
             ModelRejected: the model failed a check, crashed, timed out or ran out of memory.
         """
         if fmt in PICKLE_FORMATS and not self.allow_pickle:
@@ -214,52 +283,82 @@ class ModelProber:
             if fmt is ModelFormat.SKOPS:
                 # Reads only the zip's central directory: safe in the server, spares a child.
                 await self._blocking(check_zip_bounds, path, self.memory_limit_bytes // 2)
-            answer = await self._run_child(path, fmt)
+            # The probe process may run in another folder than this one.
+            absolute = await self._blocking(os.path.abspath, path)
+            answer = await self._ask(
+                {
+                    "op": "probe",
+                    "path": absolute,
+                    "format": fmt.value,
+                    "memory_limit_bytes": self.memory_limit_bytes,
+                    "timeout_seconds": self.timeout_seconds,
+                    "owner": None if owner is None else str(owner),
+                    "max_concurrent": self.max_concurrent,
+                    "max_per_owner": self.max_concurrent_per_owner,
+                }
+            )
         return self._outcome(answer)
 
     async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking call on the prober's threads (never the default pool)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _reap(self, process: Any) -> None:
-        """Wait for a finished or killed child to exit."""
-        try:
-            await self._blocking(process.join)
-        except RuntimeError:
-            # aclose has stopped the threads after killing this child: it exits at once.
-            process.join(timeout=1)
+    async def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one request to the host's probe process and wait for its answer.
 
-    async def _run_child(self, path: Path, fmt: ModelFormat) -> tuple[bytes | None, int | None]:
-        receiver, sender = self._context.Pipe(duplex=False)
-        process = self._context.Process(
-            target=_child_main,
-            args=(str(path), fmt.value, self.memory_limit_bytes, self.timeout_seconds, sender),
-            daemon=True,
+        A probe process that is gone (its last lease ended, or it was killed) is started again
+        and asked once more: a probe is a fresh child each time, so asking twice is harmless.
+        """
+        for attempt in range(2):
+            try:
+                await self._blocking(self.start)
+                return await self._exchange(request)
+            except (OSError, EOFError, probehost.ProbeHostUnavailable) as exc:
+                if attempt:
+                    raise ServiceUnavailable(
+                        "uploads cannot be checked right now; try again shortly",
+                        retry_after_seconds=PROBE_RETRY_AFTER_SECONDS,
+                    ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        reader, writer = await asyncio.open_unix_connection(
+            str(self.socket_path), limit=MAX_ANSWER_BYTES
         )
         try:
-            # start() talks to the forkserver (and starts it, seconds, the first time).
-            await self._blocking(process.start)
-            self._running.add(process)
-            sender.close()  # so the child's death reads as EOF here
-            answer = await self._blocking(_wait_for_report, receiver, self.timeout_seconds)
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            try:
+                line = await asyncio.wait_for(
+                    reader.readline(), self.timeout_seconds + HOST_SLACK_SECONDS
+                )
+            except TimeoutError as exc:
+                # Closing the connection below tells the probe process to kill the child.
+                raise ServiceUnavailable(
+                    "the upload checker did not answer in time; try again shortly",
+                    retry_after_seconds=PROBE_RETRY_AFTER_SECONDS,
+                ) from exc
+            except ValueError as exc:  # past MAX_ANSWER_BYTES
+                raise ModelRejected(f"model refused: {PROBE_FAILED}") from exc
         finally:
-            if process.pid is not None:
-                if process.is_alive():
-                    _kill(process)
-                await self._reap(process)
-                self._running.discard(process)
-            receiver.close()
-            sender.close()
-        return answer, process.exitcode
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        if not line.endswith(b"\n"):
+            raise EOFError("the probe process closed the connection without an answer")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
 
-    def _outcome(self, answer: tuple[bytes | None, int | None]) -> ProbeReport:
-        data, exitcode = answer
-        if data is None:
+    def _outcome(self, answer: dict[str, Any]) -> ProbeReport:
+        if answer.get("outcome") == "busy":
+            raise self._owner_busy() if answer.get("scope") == "owner" else self._host_busy()
+        report, exitcode = answer.get("report"), answer.get("exitcode")
+        if report is None:
             raise ModelRejected(
                 f"model refused: it took longer than {self.timeout_seconds:g} s to load and probe"
             )
-        if not data:
-            if exitcode is not None and exitcode < 0:
+        if not report:
+            if isinstance(exitcode, int) and exitcode < 0:
                 name = signal.Signals(-exitcode).name
                 if -exitcode in {signal.SIGXCPU, signal.SIGKILL}:
                     raise ModelRejected(
@@ -269,7 +368,7 @@ class ModelProber:
                 raise ModelRejected(f"model refused: model crashed the loader (signal {name})")
             raise ModelRejected(f"model refused: the loader exited without an answer ({exitcode})")
         try:
-            message = json.loads(data)
+            message = json.loads(report)
             status = message["status"]
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelRejected(f"model refused: {PROBE_FAILED}") from exc
@@ -286,7 +385,14 @@ class ModelProber:
         raise ModelRejected(str(message.get("reason") or f"model refused: {PROBE_FAILED}"))
 
     async def aclose(self) -> None:
-        """Kill probes still running (their uploads are abandoned) and stop the probe threads."""
-        for process in list(self._running):
-            _kill(process)
+        """Let go of the probe process (it exits after its last lease) and stop the threads.
+
+        Probes still running are abandoned: their connections close, and the probe process
+        kills their children.
+        """
+        with self._lease_lock:
+            self._closed = True
+            if self._lease is not None:
+                self._lease.close()
+                self._lease = None
         self._executor.shutdown(wait=False)

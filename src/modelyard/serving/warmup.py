@@ -1,46 +1,84 @@
-"""Pay the one-time costs of loading models at start-up, not on the first upload or prediction.
+"""Import what the models a process will serve need, before it takes its first request.
 
-Restricted loading imports each estimator's module by name the first time a model uses it
-(scikit-learn's submodules take a second or more together), and the probe's forkserver takes
-seconds to start. Both happen in a background thread while the server already answers.
+A framework is imported where it is used: loading the first model of a framework imports it
+(modelyard.serving.loader), and a process that never serves ONNX, XGBoost or LightGBM never
+pays for them (~50 MiB together). Importing scikit-learn and skops takes a second or more,
+though, which the first prediction of a freshly uploaded model should not wait for: so at
+start-up a process imports the frameworks its registry's versions use (scikit-learn when the
+registry is empty: the commonest first upload), while the host's probe process starts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import logging
 import time
-from multiprocessing import forkserver
+from collections.abc import Iterable
+from typing import Final
 
-from modelyard.serving.loader import ALLOWED_GLOBALS
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from modelyard.registry import service as registry_service
+from modelyard.serving.formats import Framework
+from modelyard.serving.probe import Prober
+from modelyard.serving.probehost import ProbeHostUnavailable
+from modelyard.serving.runtimes.onnx import ensure_onnx_memory_cap
 
 log = logging.getLogger(__name__)
 
-# The loaders (imported lazily by serving.loader: skops alone takes over half a second), and
-# every module the allowlist names: what a legitimate model can make the loader import.
-LOADER_MODULES = ["skops.io", "onnx", "onnxruntime", "xgboost", "lightgbm"]
-MODEL_MODULES = LOADER_MODULES + sorted(
-    {module for module, _ in ALLOWED_GLOBALS} - {"builtins", "__builtin__"}
-)
+# What loading a model of each framework imports (skops.io lists every scikit-learn estimator
+# when it is imported, so it brings the estimator modules along).
+FRAMEWORK_MODULES: Final[dict[Framework, tuple[str, ...]]] = {
+    Framework.SKLEARN: ("sklearn", "skops.io"),
+    Framework.ONNX: ("onnx", "onnxruntime"),
+    Framework.XGBOOST: ("xgboost",),
+    Framework.LIGHTGBM: ("lightgbm",),
+}
+# Warmed when the registry has no version yet (or cannot be read at start).
+DEFAULT_FRAMEWORKS: Final = frozenset({Framework.SKLEARN})
+# Asking the registry which frameworks it holds; a slow database skips that.
+QUERY_TIMEOUT_SECONDS: Final = 2.0
 
 
-def import_model_modules() -> None:
-    """Import the modules models are made of (each at most once per process)."""
-    for name in MODEL_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError:  # a private module a newer library moved: loading will say so
-            log.debug("warmup_import_failed", extra={"module": name})
+async def warm_up_process(prober: Prober, sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Have the host's probe process started, then import what the registry's models need."""
+    try:
+        # Ahead of the first upload (`modelyard serve` has usually started it already).
+        await asyncio.to_thread(prober.start)
+    except ProbeHostUnavailable as exc:
+        log.warning("probe_start_failed", extra={"error": str(exc)})
+    frameworks: frozenset[Framework] | set[Framework] = DEFAULT_FRAMEWORKS
+    try:
+        async with asyncio.timeout(QUERY_TIMEOUT_SECONDS), sessions() as db:
+            frameworks = await registry_service.frameworks_in_use(db) or DEFAULT_FRAMEWORKS
+    except (TimeoutError, OSError, SQLAlchemyError) as exc:
+        log.warning("warmup_query_failed", extra={"error": type(exc).__name__})
+    await asyncio.to_thread(warm_up, frameworks)
 
 
-def warm_up() -> None:
-    """Import the model modules and start the probe's forkserver (blocking; run in a thread)."""
+def warm_up(frameworks: Iterable[Framework]) -> None:
+    """Import the modules the given frameworks' models need (blocking; run in a thread)."""
     started = time.perf_counter()
-    import_model_modules()
-    forkserver.ensure_running()
+    wanted = sorted(set(frameworks))
+    for framework in wanted:
+        for name in FRAMEWORK_MODULES[framework]:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # an optional framework not installed: loading will say so
+                log.warning("warmup_import_failed", extra={"module": name})
+    if Framework.ONNX in wanted:
+        ensure_onnx_memory_cap()
     # Everything imported so far lives as long as the process: move it out of the collector's
     # sight, or each full collection walks millions of library objects and stalls requests for
     # hundreds of milliseconds (the p99 spikes under load).
     gc.freeze()
-    log.info("warmed_up", extra={"duration_ms": round((time.perf_counter() - started) * 1000)})
+    log.info(
+        "warmed_up",
+        extra={
+            "frameworks": [f.value for f in wanted],
+            "duration_ms": round((time.perf_counter() - started) * 1000),
+        },
+    )

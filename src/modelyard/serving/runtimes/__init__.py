@@ -19,7 +19,11 @@ from modelyard.serving.formats import FRAMEWORK_OF, Framework, ModelFormat
 from modelyard.serving.loader import load_checked_model
 from modelyard.serving.runtimes.base import ArtifactCorrupted, Runtime, estimate_nbytes
 from modelyard.serving.runtimes.lightgbm import LightGBMRuntime
-from modelyard.serving.runtimes.onnx import DEFAULT_RUN_TIMEOUT_SECONDS, OnnxRuntime
+from modelyard.serving.runtimes.onnx import (
+    DEFAULT_RUN_TIMEOUT_SECONDS,
+    OnnxRuntime,
+    ensure_onnx_memory_cap,
+)
 from modelyard.serving.runtimes.sklearn import SklearnRuntime
 from modelyard.serving.runtimes.xgboost import XGBoostRuntime
 
@@ -44,6 +48,8 @@ def load_runtime(
     if hashlib.sha256(data).hexdigest() != sha256.lower():
         raise ArtifactCorrupted
     nbytes = estimate_nbytes(data, fmt)
+    if FRAMEWORK_OF[fmt] is Framework.ONNX:
+        ensure_onnx_memory_cap()  # before the session: sessions keep the arena they start with
     # load_model reads a path: the same code path as the upload probe, for every format.
     with tempfile.TemporaryDirectory(prefix="modelyard-load-") as folder:
         path = Path(folder) / "artifact"

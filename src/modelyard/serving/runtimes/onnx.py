@@ -39,6 +39,32 @@ def _is_tensor(kind: str) -> bool:
     return kind.startswith("tensor(")
 
 
+# The cap this process's settings ask for, and the one ONNX Runtime has registered: importing
+# ONNX Runtime costs ~30 MiB and is deferred to the first ONNX model, so is the arena.
+_configured_cap_bytes: int | None = None
+_registered_cap_bytes: int | None = None
+_cap_lock = threading.Lock()
+
+
+def configure_onnx_memory(max_bytes: int) -> None:
+    """Cap ONNX inferences of this process at `max_bytes`, from the first ONNX session on.
+
+    Imports nothing: `ensure_onnx_memory_cap` registers the arena before the first session.
+    """
+    global _configured_cap_bytes
+    with _cap_lock:
+        _configured_cap_bytes = max_bytes
+        if _registered_cap_bytes is not None and _registered_cap_bytes != max_bytes:
+            cap_onnx_memory(max_bytes)  # already in use: new sessions get the new cap
+
+
+def ensure_onnx_memory_cap() -> None:
+    """Register the configured arena unless one is registered (before creating a session)."""
+    with _cap_lock:
+        if _registered_cap_bytes is None and _configured_cap_bytes is not None:
+            cap_onnx_memory(_configured_cap_bytes)
+
+
 def cap_onnx_memory(max_bytes: int) -> None:
     """Register the CPU arena every ONNX session of this process allocates from, capped.
 
@@ -55,6 +81,8 @@ def cap_onnx_memory(max_bytes: int) -> None:
     # (max_mem, arena_extend_strategy, initial_chunk_size_bytes, max_dead_bytes_per_chunk);
     # -1 keeps ONNX Runtime's default.
     ort.create_and_register_allocator(info, ort.OrtArenaCfg(max_bytes, -1, -1, -1))
+    global _registered_cap_bytes
+    _registered_cap_bytes = max_bytes
 
 
 @dataclass(eq=False, slots=True)
