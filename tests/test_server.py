@@ -163,12 +163,15 @@ def test_an_idle_keep_alive_connection_is_closed(server: ServerProcess) -> None:
 
 
 def test_requests_past_the_concurrency_limit_answer_503(busy_server: ServerProcess) -> None:
-    with connect(busy_server) as first, connect(busy_server) as second:
-        # One whole exchange: the server holds the first connection, idle, for a minute.
+    with connect(busy_server) as first:
+        # One whole exchange: the server holds the first connection, idle, for a minute. The
+        # second connects only then (uvicorn counts open connections, so two open before the
+        # first request would already refuse it).
         first.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_one_response(first)[0] == 200
-        second.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = read_response(second)
+        with connect(busy_server) as second:
+            second.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = read_response(second)
 
     status, headers, body = split_response(data)
     assert status == 503
