@@ -411,7 +411,8 @@ def predict(
         if result.confidence is not None:
             row["confidence"] = result.confidence[i]
         if result.probabilities is not None and result.classes is not None:
-            row["probabilities"] = dict(zip(result.classes, result.probabilities[i], strict=False))
+            probabilities = zip(result.classes, result.probabilities[i], strict=False)
+            row["probabilities"] = {str(c): round(p, 4) for c, p in probabilities}
         table_rows.append(type("Row", (), row)())
     columns = ["row", "prediction"]
     if result.confidence is not None:
