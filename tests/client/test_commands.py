@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner, Result
 
 from modelyard_client.cli import make_app
+from modelyard_client.cli.commands import PROGRESS_MIN_BYTES
 from tests.client.conftest import Login, eventually
 from tests.servers import ServerProcess
+from tests.serving import legit
 
 runner = CliRunner()
 
@@ -319,3 +323,25 @@ def test_the_server_commands_join_the_same_command(live: ServerProcess) -> None:
     result = run(app, "--help")
     for name in ("serve", "migrate", "create-admin", "gc", "push", "predict", "login"):
         assert name in result.stdout
+
+
+def test_push_of_a_large_model_shows_the_progress_bar_to_the_end(
+    app: typer.Typer, login: Login, tmp_path: Path
+) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = legit.iris()
+    noisy = x + np.random.default_rng(0).normal(scale=0.3, size=x.shape)
+    forest = RandomForestClassifier(n_estimators=60, bootstrap=False, random_state=0).fit(noisy, y)
+    path = legit.write_skops(forest, tmp_path / "forest.skops")
+    assert path.stat().st_size > PROGRESS_MIN_BYTES
+
+    result = run(app, "push", str(path), "--name", "forest", env=as_key(login))
+
+    assert result.exit_code == 0, result.output
+    size_mb = f"{path.stat().st_size / 1e6:.1f}"
+    assert re.search(rf"forest\.skops .*{size_mb}/{size_mb} MB", result.stderr), result.stderr
+    assert "pushed forest version 1" in result.stderr
+    quiet = run(app, "push", str(path), "--name", "forest", "--no-progress", env=as_key(login))
+    assert quiet.exit_code == 0, quiet.output
+    assert " MB" not in quiet.stderr
