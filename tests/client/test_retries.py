@@ -107,3 +107,38 @@ def test_validation_errors_list_each_field() -> None:
         client.me()
 
     assert "body.stage: Input should be 'production'" in str(caught.value)
+
+
+def test_an_expired_login_is_renewed_with_the_refresh_token_once() -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.headers.get("authorization")))
+        if request.url.path == "/api/v1/auth/login":
+            return httpx.Response(200, json={"access_token": "old", "refresh_token": "r1"})
+        if request.url.path == "/api/v1/auth/refresh":
+            assert request.read() == b'{"refresh_token":"r1"}'
+            return httpx.Response(200, json={"access_token": "new", "refresh_token": "r2"})
+        if request.headers.get("authorization") == "Bearer new":
+            return httpx.Response(200, json=ME)
+        return problem(401, "token expired")
+
+    with Client("http://test", transport=httpx.MockTransport(handle)) as client:
+        client.login("a@b.co", "pw")
+        assert client.me().email == "a@b.co"
+
+    assert [path for path, _ in seen] == [
+        "/api/v1/auth/login", "/api/v1/auth/me", "/api/v1/auth/refresh", "/api/v1/auth/me",
+    ]  # fmt: skip
+
+
+def test_a_refused_refresh_raises_the_original_401() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/auth/login":
+            return httpx.Response(200, json={"access_token": "old", "refresh_token": "r1"})
+        return problem(401, "token expired")
+
+    with Client("http://test", transport=httpx.MockTransport(handle)) as client:
+        client.login("a@b.co", "pw")
+        with pytest.raises(ApiError, match="token expired"):
+            client.me()

@@ -45,6 +45,7 @@ class AsyncClient:
         credentials = resolve(url, api_key=api_key, token=token)
         self.url = credentials.url
         self.retry = retry or RetryPolicy()
+        self._refresh_token: str | None = None
         self._http = httpx.AsyncClient(
             base_url=credentials.url,
             headers={"User-Agent": f"modelyard-client/{__version__}", **credentials.headers},
@@ -68,6 +69,7 @@ class AsyncClient:
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         attempt = 0
+        refreshed = False
         while True:
             try:
                 response = await self._http.request(method, path, **kwargs)
@@ -76,6 +78,12 @@ class AsyncClient:
                 if wait is None:
                     raise ConnectionFailed(f"cannot reach {self.url}: {exc}") from exc
             else:
+                if response.status_code == 401 and not refreshed and self._refresh_token:
+                    # The access token of login() lives 30 minutes: trade the refresh token for
+                    # a new pair once, then send the request again.
+                    refreshed = True
+                    if await self._refresh():
+                        continue
                 wait = self.retry.wait_after(response, attempt)
                 if wait is None:
                     if response.is_error:
@@ -83,6 +91,25 @@ class AsyncClient:
                     return response
             await asyncio.sleep(wait)
             attempt += 1
+
+    async def _refresh(self) -> bool:
+        """Renew the login's tokens; tell whether that worked."""
+        try:
+            answer = await self._http.post(
+                calls.REFRESH_PATH, json={"refresh_token": self._refresh_token}
+            )
+        except httpx.TransportError:
+            return False
+        if answer.status_code != 200:
+            self._refresh_token = None
+            return False
+        self._use_tokens(t.parse(t.Tokens, answer.json()))
+        return True
+
+    def _use_tokens(self, tokens: t.Tokens) -> None:
+        self._refresh_token = tokens.refresh_token
+        self._http.headers.pop("X-API-Key", None)
+        self._http.headers["Authorization"] = f"Bearer {tokens.access_token}"
 
     async def _run(self, call: calls.Call[T]) -> T:
         kwargs: dict[str, Any] = {"params": call.params}
@@ -125,10 +152,10 @@ class AsyncClient:
     # --- auth and API keys -----------------------------------------------------------------
 
     async def login(self, email: str, password: str) -> t.Tokens:
-        """Log in with an email and password; this client then uses the access token."""
+        """Log in with an email and password; this client then uses the access token,
+        renewed with the refresh token when it expires."""
         tokens = await self._run(calls.login(email, password))
-        self._http.headers.pop("X-API-Key", None)
-        self._http.headers["Authorization"] = f"Bearer {tokens.access_token}"
+        self._use_tokens(tokens)
         return tokens
 
     async def register(self, email: str, password: str, *, full_name: str | None = None) -> t.User:

@@ -21,6 +21,7 @@ from modelyard_client.inputs import to_rows
 T = TypeVar("T")
 API = "/api/v1"
 DEFAULT_LIMIT = 20
+REFRESH_PATH = f"{API}/auth/refresh"
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ class Client:
         credentials = resolve(url, api_key=api_key, token=token)
         self.url = credentials.url
         self.retry = retry or RetryPolicy()
+        self._refresh_token: str | None = None
         self._http = httpx.Client(
             base_url=credentials.url,
             headers={"User-Agent": f"modelyard-client/{__version__}", **credentials.headers},
@@ -67,6 +68,7 @@ class Client:
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         attempt = 0
+        refreshed = False
         while True:
             try:
                 response = self._http.request(method, path, **kwargs)
@@ -75,6 +77,12 @@ class Client:
                 if wait is None:
                     raise ConnectionFailed(f"cannot reach {self.url}: {exc}") from exc
             else:
+                if response.status_code == 401 and not refreshed and self._refresh_token:
+                    # The access token of login() lives 30 minutes: trade the refresh token for
+                    # a new pair once, then send the request again.
+                    refreshed = True
+                    if self._refresh():
+                        continue
                 wait = self.retry.wait_after(response, attempt)
                 if wait is None:
                     if response.is_error:
@@ -82,6 +90,25 @@ class Client:
                     return response
             time.sleep(wait)
             attempt += 1
+
+    def _refresh(self) -> bool:
+        """Renew the login's tokens; tell whether that worked."""
+        try:
+            answer = self._http.post(
+                calls.REFRESH_PATH, json={"refresh_token": self._refresh_token}
+            )
+        except httpx.TransportError:
+            return False
+        if answer.status_code != 200:
+            self._refresh_token = None
+            return False
+        self._use_tokens(t.parse(t.Tokens, answer.json()))
+        return True
+
+    def _use_tokens(self, tokens: t.Tokens) -> None:
+        self._refresh_token = tokens.refresh_token
+        self._http.headers.pop("X-API-Key", None)
+        self._http.headers["Authorization"] = f"Bearer {tokens.access_token}"
 
     def _run(self, call: calls.Call[T]) -> T:
         kwargs: dict[str, Any] = {"params": call.params}
@@ -124,10 +151,10 @@ class Client:
     # --- auth and API keys -----------------------------------------------------------------
 
     def login(self, email: str, password: str) -> t.Tokens:
-        """Log in with an email and password; this client then uses the access token."""
+        """Log in with an email and password; this client then uses the access token,
+        renewed with the refresh token when it expires."""
         tokens = self._run(calls.login(email, password))
-        self._http.headers.pop("X-API-Key", None)
-        self._http.headers["Authorization"] = f"Bearer {tokens.access_token}"
+        self._use_tokens(tokens)
         return tokens
 
     def register(self, email: str, password: str, *, full_name: str | None = None) -> t.User:
