@@ -345,3 +345,38 @@ def test_push_of_a_large_model_shows_the_progress_bar_to_the_end(
     quiet = run(app, "push", str(path), "--name", "forest", "--no-progress", env=as_key(login))
     assert quiet.exit_code == 0, quiet.output
     assert " MB" not in quiet.stderr
+
+
+def test_every_client_command_takes_json(app: typer.Typer) -> None:
+    def leaves(command: Any, path: str) -> list[tuple[str, Any]]:
+        if hasattr(command, "commands"):  # a group (typer vendors its own click)
+            return [
+                leaf
+                for name, sub in command.commands.items()
+                for leaf in leaves(sub, f"{path} {name}")
+            ]
+        return [(path, command)]
+
+    root = typer.main.get_command(app)
+    found = leaves(root, "modelyard")
+    assert len(found) > 30
+    for path, command in found:
+        flags = {flag for param in command.params for flag in getattr(param, "opts", [])}
+        assert "--json" in flags, path
+
+
+def test_download_and_deletes_answer_json(
+    app: typer.Typer, login: Login, iris_skops: Path, tmp_path: Path
+) -> None:
+    env = as_key(login)
+    created = push_iris(app, login, iris_skops)
+
+    saved = parsed(run(app, "download", "iris", "-o", str(tmp_path), "--json", env=env))
+    assert saved == {
+        "path": str(tmp_path / "iris-v1.skops"),
+        "version": 1,
+        "sha256": created["sha256"],
+    }
+    assert parsed(run(app, "models", "delete", "iris", "-y", "--json", env=env)) == {
+        "archived": "iris"
+    }

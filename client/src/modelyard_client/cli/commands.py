@@ -109,16 +109,21 @@ def _root(
     ctx.obj = {"url": url, "api_key": api_key}
 
 
-def version() -> None:
+def version(as_json: JsonFlag = False) -> None:
     """Print the client's version (and the server package's, when installed)."""
-    typer.echo(f"modelyard-client {__version__}")
     from importlib.metadata import entry_points
 
     from modelyard_client.cli import ENTRY_POINT_GROUP
 
+    versions = {"modelyard-client": __version__}
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.dist is not None:
-            typer.echo(f"{entry.dist.name} {entry.dist.version}")
+            versions[entry.dist.name] = entry.dist.version
+    if as_json:
+        print_json(versions)
+        return
+    for name, number in versions.items():
+        typer.echo(f"{name} {number}")
 
 
 def login(
@@ -131,6 +136,7 @@ def login(
         str | None, typer.Option(help="Log in with an email and password instead.")
     ] = None,
     password: Annotated[str | None, typer.Option(help="The password (default: asked for).")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Log in and store the server URL and an API key (file mode 0600).
 
@@ -159,13 +165,17 @@ def login(
         credentials.StoredLogin(url=url, api_key=api_key, email=user.email, api_key_id=key_id)
     )
     say(f"logged in to {url} as {user.email} (stored in {path})")
+    if as_json:
+        print_json({"url": url, "email": user.email, "config": str(path)})
 
 
-def logout(ctx: typer.Context) -> None:
+def logout(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Forget the stored login (and revoke its API key if `login` made it)."""
     stored = credentials.load_login()
     if stored is None:
         say("not logged in")
+        if as_json:
+            print_json({"logged_out": False})
         return
     if stored.api_key_id:
         try:
@@ -175,6 +185,8 @@ def logout(ctx: typer.Context) -> None:
             say(f"warning: could not revoke the stored API key: {exc}")
     credentials.delete_login()
     say(f"logged out of {stored.url}")
+    if as_json:
+        print_json({"logged_out": True, "url": stored.url})
 
 
 def whoami(ctx: typer.Context, as_json: JsonFlag = False) -> None:
@@ -239,6 +251,7 @@ def models_delete(
     ctx: typer.Context,
     name: str,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Archive a model and all its versions."""
     if not yes:
@@ -246,6 +259,8 @@ def models_delete(
     with _client(ctx) as client:
         client.delete_model(name)
     say(f"archived model {name}")
+    if as_json:
+        print_json({"archived": name})
 
 
 # --- versions, push, promote, aliases, download ----------------------------------------------
@@ -354,11 +369,13 @@ def alias_set(
 
 
 @alias.command("delete")
-def alias_delete(ctx: typer.Context, name: str, alias_name: str) -> None:
+def alias_delete(ctx: typer.Context, name: str, alias_name: str, as_json: JsonFlag = False) -> None:
     """Remove an alias."""
     with _client(ctx) as client:
         client.delete_alias(name, alias_name)
     say(f"removed {name}@{alias_name}")
+    if as_json:
+        print_json({"model": name, "alias": alias_name, "deleted": True})
 
 
 def download(
@@ -371,6 +388,7 @@ def download(
         Path | None, typer.Option("--output", "-o", help="File or folder (default: here).")
     ] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Download a version's model file (default: what predict would serve)."""
     with _client(ctx) as client:
@@ -378,7 +396,10 @@ def download(
         with _progress_bar(name, found.file_size, progress) as bar:
             path = client.download(name, found.version, dest=output, progress=bar)
     say(f"saved {path}")
-    typer.echo(str(path))
+    if as_json:
+        print_json({"path": str(path), "version": found.version, "sha256": found.sha256})
+    else:
+        typer.echo(str(path))
 
 
 def predict(
@@ -461,11 +482,13 @@ def keys_list(
 
 
 @keys.command("revoke")
-def keys_revoke(ctx: typer.Context, key_id: str) -> None:
+def keys_revoke(ctx: typer.Context, key_id: str, as_json: JsonFlag = False) -> None:
     """Revoke an API key: it stops working at once."""
     with _client(ctx) as client:
         client.revoke_api_key(key_id)
     say(f"revoked {key_id}")
+    if as_json:
+        print_json({"revoked": key_id})
 
 
 # --- experiments -----------------------------------------------------------------------------
@@ -553,11 +576,13 @@ def experiments_metrics(
 
 
 @experiments.command("delete")
-def experiments_delete(ctx: typer.Context, experiment_id: str) -> None:
+def experiments_delete(ctx: typer.Context, experiment_id: str, as_json: JsonFlag = False) -> None:
     """Delete an experiment (its versions stay)."""
     with _client(ctx) as client:
         client.delete_experiment(experiment_id)
     say(f"deleted experiment {experiment_id}")
+    if as_json:
+        print_json({"deleted": experiment_id})
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -602,19 +627,22 @@ def files_download(
     ctx: typer.Context,
     path: str,
     output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Download a file of your area."""
     with _client(ctx) as client:
         saved = client.download_file(path, output)
-    typer.echo(str(saved))
+    print_json({"path": str(saved)}) if as_json else typer.echo(str(saved))
 
 
 @files.command("delete")
-def files_delete(ctx: typer.Context, path: str) -> None:
+def files_delete(ctx: typer.Context, path: str, as_json: JsonFlag = False) -> None:
     """Delete a file of your area."""
     with _client(ctx) as client:
         client.delete_file(path)
     say(f"deleted {path}")
+    if as_json:
+        print_json({"deleted": path})
 
 
 # --- predictions and analytics ---------------------------------------------------------------
