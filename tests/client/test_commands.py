@@ -216,6 +216,10 @@ def test_predict_from_json_and_csv(
     )
 
     assert by_json["predictions"] == by_csv["predictions"] == [0, 2]
+    piped = runner.invoke(
+        app, ["predict", "iris", "--input", "-", "--json"], input=rows.read_text(), env=env
+    )
+    assert json.loads(piped.stdout)["predictions"] == [0, 2]
     assert by_json["classes"] == [0, 1, 2]
     human = run(app, "predict", "iris", "--input", str(rows), env=env)
     assert human.exit_code == 0, human.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,10 @@ def _plain(value: Any) -> Any:
 
 
 def read_input_file(path: Path) -> Rows:
-    """Read prediction rows from a .json file (rows, records or {"inputs": ...}) or a .csv
-    file with a header row (records by column name)."""
+    """Read prediction rows from a .json file (rows, records or {"inputs": ...}), a .csv
+    file with a header row (records by column name), or JSON on stdin (`-`)."""
     try:
-        text = path.read_text()
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
     except OSError as exc:
         raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if path.suffix.lower() == ".csv":

@@ -411,7 +411,7 @@ def predict(
             "--input",
             "-i",
             help='rows.json (rows, records or {"inputs": ...}) '
-            "or data.csv (a header row, columns matched by name).",
+            "or data.csv (a header row, columns matched by name); - reads JSON from stdin.",
         ),
     ],
     version: VersionOpt = None,
