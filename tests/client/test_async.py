@@ -92,3 +92,27 @@ async def test_experiments_and_keys(sdk: AsyncClient, app: FastAPI) -> None:
         await sdk.revoke_api_key(created.id)
         with pytest.raises(Unauthorized):
             await keyed.me()
+
+
+async def test_account_and_user_administration(
+    sdk: AsyncClient, app: FastAPI, admin: Account, user: Account
+) -> None:
+    transport = httpx.ASGITransport(app=app)
+    assert (await sdk.update_me(full_name="Ada")).full_name == "Ada"
+    async with AsyncClient("http://testserver", token=admin.access_token, transport=transport) as a:
+        assert user.email in [u.email for u in (await a.list_users(limit=100)).items]
+        assert (await a.update_user(user.id, is_active=False)).is_active is False
+    with pytest.raises(Unauthorized):
+        await sdk.me()
+
+
+async def test_logout_ends_the_session(app: FastAPI, user: Account) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with AsyncClient("http://testserver", transport=transport) as session:
+        tokens = await session.login(user.email, user.password)
+        await session.logout()
+    async with AsyncClient(
+        "http://testserver", token=tokens.access_token, transport=transport
+    ) as old:
+        with pytest.raises(Unauthorized):
+            await old.me()

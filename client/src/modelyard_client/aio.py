@@ -166,6 +166,35 @@ class AsyncClient:
         """Return the user these credentials belong to."""
         return await self._run(calls.me())
 
+    async def update_me(self, **fields: Any) -> t.User:
+        """Change your full_name, or your password (with current_password: this ends every
+        session and API key you had)."""
+        return await self._run(calls.update_me(fields))
+
+    async def logout(self, *, everywhere: bool = False) -> None:
+        """End this login session (or, with `everywhere`, every session of the account)."""
+        if everywhere:
+            await self._run(calls.logout_all())
+        elif self._refresh_token:
+            await self._run(calls.logout(self._refresh_token))
+        self._refresh_token = None
+        self._http.headers.pop("Authorization", None)
+
+    async def list_users(
+        self, *, limit: int = calls.DEFAULT_LIMIT, offset: int = 0
+    ) -> t.Page[t.User]:
+        """List every user (admins only)."""
+        return await self._run(calls.list_users(limit, offset))
+
+    async def update_user(
+        self, user_id: str, *, is_active: bool | None = None, is_admin: bool | None = None
+    ) -> t.User:
+        """Activate, deactivate, promote or demote a user (admins only)."""
+        fields = {
+            k: v for k, v in (("is_active", is_active), ("is_admin", is_admin)) if v is not None
+        }
+        return await self._run(calls.update_user(user_id, fields))
+
     async def create_api_key(
         self, name: str, *, expires_at: datetime | None = None
     ) -> t.ApiKeyCreated:

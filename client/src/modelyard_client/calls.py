@@ -102,6 +102,27 @@ def me() -> Call[t.User]:
     return Call("GET", f"{API}/auth/me", _one(t.User))
 
 
+def update_me(fields: Mapping[str, Any]) -> Call[t.User]:
+    return Call("PATCH", f"{API}/auth/me", _one(t.User), json=dict(fields))
+
+
+def logout(refresh_token: str) -> Call[None]:
+    return Call("POST", f"{API}/auth/logout", _none, json={"refresh_token": refresh_token})
+
+
+def logout_all() -> Call[None]:
+    return Call("POST", f"{API}/auth/logout-all", _none)
+
+
+def list_users(limit: int, offset: int) -> Call[t.Page[t.User]]:
+    return Call("GET", f"{API}/users", _page(t.User), params=_params(limit=limit, offset=offset))
+
+
+def update_user(user_id: str, fields: Mapping[str, Any]) -> Call[t.User]:
+    path = f"{API}/users/{quote(user_id, safe='')}"
+    return Call("PATCH", path, _one(t.User), json=dict(fields))
+
+
 def create_api_key(name: str, expires_at: datetime | None) -> Call[t.ApiKeyCreated]:
     body = _body(name=name, expires_at=None if expires_at is None else expires_at.isoformat())
     return Call("POST", f"{API}/api-keys", _one(t.ApiKeyCreated), json=body)

@@ -165,6 +165,33 @@ class Client:
         """Return the user these credentials belong to."""
         return self._run(calls.me())
 
+    def update_me(self, **fields: Any) -> t.User:
+        """Change your full_name, or your password (with current_password: this ends every
+        session and API key you had)."""
+        return self._run(calls.update_me(fields))
+
+    def logout(self, *, everywhere: bool = False) -> None:
+        """End this login session (or, with `everywhere`, every session of the account)."""
+        if everywhere:
+            self._run(calls.logout_all())
+        elif self._refresh_token:
+            self._run(calls.logout(self._refresh_token))
+        self._refresh_token = None
+        self._http.headers.pop("Authorization", None)
+
+    def list_users(self, *, limit: int = calls.DEFAULT_LIMIT, offset: int = 0) -> t.Page[t.User]:
+        """List every user (admins only)."""
+        return self._run(calls.list_users(limit, offset))
+
+    def update_user(
+        self, user_id: str, *, is_active: bool | None = None, is_admin: bool | None = None
+    ) -> t.User:
+        """Activate, deactivate, promote or demote a user (admins only)."""
+        fields = {
+            k: v for k, v in (("is_active", is_active), ("is_admin", is_admin)) if v is not None
+        }
+        return self._run(calls.update_user(user_id, fields))
+
     def create_api_key(self, name: str, *, expires_at: datetime | None = None) -> t.ApiKeyCreated:
         """Make an API key (needs a login session); its `key` is shown this once only."""
         return self._run(calls.create_api_key(name, expires_at))
