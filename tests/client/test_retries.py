@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from modelyard_client import ApiError, Client
-from modelyard_client.errors import RateLimited, Unavailable
+from modelyard_client.errors import ModelyardClientError, RateLimited, Unavailable
 from modelyard_client.transfer import RetryPolicy
 
 ME = {"id": "u1", "email": "a@b.co"}
@@ -142,3 +142,13 @@ def test_a_refused_refresh_raises_the_original_401() -> None:
         client.login("a@b.co", "pw")
         with pytest.raises(ApiError, match="token expired"):
             client.me()
+
+
+def test_an_answer_that_is_not_modelyards_raises_a_clear_error() -> None:
+    transport, _ = scripted(httpx.Response(200, text="<html>login page</html>"))
+
+    with (
+        Client("http://test", api_key="k", transport=transport) as client,
+        pytest.raises(ModelyardClientError, match="is it a Modelyard server"),
+    ):
+        client.me()

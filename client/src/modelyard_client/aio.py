@@ -15,7 +15,7 @@ import httpx
 from modelyard_client import __version__, artifacts, calls
 from modelyard_client import types as t
 from modelyard_client.credentials import resolve
-from modelyard_client.errors import ApiError, ConnectionFailed
+from modelyard_client.errors import ApiError, ConnectionFailed, ModelyardClientError
 from modelyard_client.sync import _download_target
 from modelyard_client.transfer import Progress, ProgressFile, RetryPolicy, is_retryable_error
 from modelyard_client.versions import pick_version
@@ -119,13 +119,26 @@ class AsyncClient:
             kwargs["data"] = call.data
         if call.files is not None:
             kwargs["files"] = call.files
-        return call.read(await self._send(call.method, call.path, **kwargs))
+        response = await self._send(call.method, call.path, **kwargs)
+        try:
+            return call.read(response)
+        except (ValueError, KeyError, TypeError) as exc:
+            # Not a Modelyard answer: a proxy's page, another service on that port, ...
+            raise ModelyardClientError(
+                f"unexpected answer from {self.url}{call.path} (is it a Modelyard server?): "
+                f"HTTP {response.status_code}, {response.headers.get('content-type', 'no type')}"
+            ) from exc
 
     async def _download(self, path: str, dest: Path, progress: Progress | None) -> Path:
         attempt = 0
+        refreshed = False
         while True:
             try:
                 async with self._http.stream("GET", path) as response:
+                    if response.status_code == 401 and not refreshed and self._refresh_token:
+                        refreshed = True
+                        if await self._refresh():
+                            continue
                     wait = self.retry.wait_after(response, attempt)
                     if wait is None:
                         if response.is_error:
