@@ -103,3 +103,24 @@ def test_python_dash_m_modelyard_runs_both_sets_of_commands() -> None:
     assert done.returncode == 0, done.stderr
     assert "serve" in done.stdout
     assert "push" in done.stdout
+
+
+def test_python_dash_m_modelyard_serves_even_without_the_client_installed(
+    tmp_path: Path,
+) -> None:
+    # A stand-in package that fails to import, first on the path: a stale environment.
+    (tmp_path / "modelyard_client").mkdir()
+    (tmp_path / "modelyard_client" / "__init__.py").write_text("raise ImportError('stale')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO / "src")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "modelyard", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "modelyard-client is not installed" in done.stderr
+    assert "serve" in done.stdout

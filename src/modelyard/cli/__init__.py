@@ -221,8 +221,14 @@ def register(root: typer.Typer) -> None:
 def main() -> None:
     """Run `modelyard`, client and server commands, without needing installed entry points
     (`python -m modelyard` in a checkout)."""
-    from modelyard_client.cli import make_app
-
+    try:
+        from modelyard_client.cli import make_app
+    except ImportError:
+        # modelyard-client is a dependency, but an environment installed before it existed
+        # lacks it until reinstalled (`make install`): keep serving meanwhile.
+        typer.echo("warning: modelyard-client is not installed; server commands only", err=True)
+        app(prog_name="modelyard")
+        return
     root = make_app()
     register(root)
     root(prog_name="modelyard")
