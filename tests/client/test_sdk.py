@@ -201,6 +201,8 @@ def test_download_and_download_url(client: Client, iris: Version, tmp_path: Path
 
     assert path == tmp_path / "iris-v1.skops"
     assert path.stat().st_size == iris.file_size
+    assert client.download("iris", 1, dest=f"{tmp_path}/new/").parent == tmp_path / "new"
+    assert client.download("iris", 1, dest=tmp_path / "a" / "m.skops").is_file()
     link = client.download_url("iris", 1, expires_in=60)
     assert link.url
     assert link.expires_at is not None

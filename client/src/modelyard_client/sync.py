@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -577,4 +578,8 @@ def _download_target(found: t.Version, dest: str | Path | None) -> Path:
     if dest is None:
         return Path(filename)
     target = Path(dest)
-    return target / filename if target.is_dir() else target
+    if target.is_dir() or str(dest).endswith(("/", os.sep)):
+        target.mkdir(parents=True, exist_ok=True)
+        return target / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
