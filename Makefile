@@ -14,10 +14,14 @@ WORKERS ?= 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The client (./client) owns the `modelyard` command; the server depends on it and adds its
+# commands. Upgrading a virtual environment where the server still owned the script, pip removes
+# the script with the old server after installing the client: reinstall the client then.
+$(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e ./client -e '.[dev]'
+	test -x $(BIN)/modelyard || $(BIN)/python -m pip install --quiet --no-deps --force-reinstall -e ./client
 	touch $(STAMP)
 
 run: install
@@ -28,13 +32,13 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests client
+	$(BIN)/ruff format --check src tests client
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests client
+	$(BIN)/ruff check --fix src tests client
 
 migrate: install
 	$(BIN)/modelyard migrate

@@ -1,4 +1,8 @@
-"""The `modelyard` command: serve, migrate, create-admin, gc, version.
+"""The server's commands: serve, migrate, create-admin, gc (and version).
+
+The `modelyard` command belongs to the client package (modelyard_client.cli); the server adds
+these commands to it through the `modelyard.commands` entry point (`register`). `app` alone is
+the server's commands, for tests and for `python -m modelyard.cli`.
 
 Each command imports what it uses: with `--workers N`, the `serve` process only watches the
 workers, and the database, model and cloud libraries would sit in its memory unused.
@@ -270,6 +274,24 @@ async def _gc(settings: Settings, older_than: timedelta) -> int:
         await engine.dispose()
 
 
+def register(root: typer.Typer) -> None:
+    """Add the server's commands to the `modelyard` command (the client owns `version`)."""
+    for command in app.registered_commands:
+        if command.callback is not version:
+            root.registered_commands.append(command)
+
+
 def main() -> None:
-    """Run the command line."""
-    app()
+    """Run `modelyard`, client and server commands, without needing installed entry points
+    (`python -m modelyard` in a checkout)."""
+    try:
+        from modelyard_client.cli import make_app
+    except ImportError:
+        # modelyard-client is a dependency, but an environment installed before it existed
+        # lacks it until reinstalled (`make install`): keep serving meanwhile.
+        typer.echo("warning: modelyard-client is not installed; server commands only", err=True)
+        app(prog_name="modelyard")
+        return
+    root = make_app()
+    register(root)
+    root(prog_name="modelyard")

@@ -1,0 +1,572 @@
+"""`AsyncClient`: the asynchronous twin of `modelyard_client.sync.Client`, method for method."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from modelyard_client import __version__, artifacts, calls
+from modelyard_client import types as t
+from modelyard_client.credentials import resolve
+from modelyard_client.errors import ApiError, ConnectionFailed, ModelyardClientError
+from modelyard_client.sync import _download_target
+from modelyard_client.transfer import Progress, ProgressFile, RetryPolicy, is_retryable_error
+from modelyard_client.versions import pick_version
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=300.0)  # a large upload is probed before it answers
+
+
+class AsyncClient:
+    """A Modelyard server, from asyncio code (`async with AsyncClient() as client:`).
+
+    `Client()` reads MODELYARD_URL and MODELYARD_API_KEY (or MODELYARD_TOKEN), else the login
+    stored by `modelyard login`. Every refusal raises `ApiError` (status, title, detail); 429
+    and 503 answers are retried with backoff, honouring Retry-After.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        token: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        credentials = resolve(url, api_key=api_key, token=token)
+        self.url = credentials.url
+        self.retry = retry or RetryPolicy()
+        self._refresh_token: str | None = None
+        self._http = httpx.AsyncClient(
+            base_url=credentials.url,
+            headers={"User-Agent": f"modelyard-client/{__version__}", **credentials.headers},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    # --- sending ---------------------------------------------------------------------------
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        attempt = 0
+        refreshed = False
+        while True:
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                wait = self.retry.wait_after(None, attempt) if is_retryable_error(exc) else None
+                if wait is None:
+                    raise ConnectionFailed(f"cannot reach {self.url}: {exc}") from exc
+            else:
+                if response.status_code == 401 and not refreshed and self._refresh_token:
+                    # The access token of login() lives 30 minutes: trade the refresh token for
+                    # a new pair once, then send the request again.
+                    refreshed = True
+                    if await self._refresh():
+                        continue
+                wait = self.retry.wait_after(response, attempt)
+                if wait is None:
+                    if response.is_error:
+                        raise ApiError.from_response(response)
+                    return response
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    async def _refresh(self) -> bool:
+        """Renew the login's tokens; tell whether that worked."""
+        try:
+            answer = await self._http.post(
+                calls.REFRESH_PATH, json={"refresh_token": self._refresh_token}
+            )
+        except httpx.TransportError:
+            return False
+        if answer.status_code != 200:
+            self._refresh_token = None
+            return False
+        self._use_tokens(t.parse(t.Tokens, answer.json()))
+        return True
+
+    def _use_tokens(self, tokens: t.Tokens) -> None:
+        self._refresh_token = tokens.refresh_token
+        self._http.headers.pop("X-API-Key", None)
+        self._http.headers["Authorization"] = f"Bearer {tokens.access_token}"
+
+    async def _run(self, call: calls.Call[T]) -> T:
+        kwargs: dict[str, Any] = {"params": call.params}
+        if call.json is not None:
+            kwargs["json"] = call.json
+        if call.data is not None:
+            kwargs["data"] = call.data
+        if call.files is not None:
+            kwargs["files"] = call.files
+        response = await self._send(call.method, call.path, **kwargs)
+        try:
+            return call.read(response)
+        except (ValueError, KeyError, TypeError) as exc:
+            # Not a Modelyard answer: a proxy's page, another service on that port, ...
+            raise ModelyardClientError(
+                f"unexpected answer from {self.url}{call.path} (is it a Modelyard server?): "
+                f"HTTP {response.status_code}, {response.headers.get('content-type', 'no type')}"
+            ) from exc
+
+    async def _download(self, path: str, dest: Path, progress: Progress | None) -> Path:
+        attempt = 0
+        refreshed = False
+        while True:
+            try:
+                async with self._http.stream("GET", path) as response:
+                    if response.status_code == 401 and not refreshed and self._refresh_token:
+                        refreshed = True
+                        if await self._refresh():
+                            continue
+                    wait = self.retry.wait_after(response, attempt)
+                    if wait is None:
+                        if response.is_error:
+                            await response.aread()
+                            raise ApiError.from_response(response)
+                        total = int(response.headers.get("content-length") or 0)
+                        partial = dest.with_name(dest.name + ".part")
+                        done = 0
+                        with partial.open("wb") as f:
+                            async for chunk in response.aiter_bytes():
+                                f.write(chunk)
+                                done += len(chunk)
+                                if progress is not None:
+                                    progress(done, total)
+                        partial.replace(dest)
+                        return dest
+            except httpx.TransportError as exc:
+                wait = self.retry.wait_after(None, attempt) if is_retryable_error(exc) else None
+                if wait is None:
+                    raise ConnectionFailed(f"cannot reach {self.url}: {exc}") from exc
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    # --- auth and API keys -----------------------------------------------------------------
+
+    async def login(self, email: str, password: str) -> t.Tokens:
+        """Log in with an email and password; this client then uses the access token,
+        renewed with the refresh token when it expires."""
+        tokens = await self._run(calls.login(email, password))
+        self._use_tokens(tokens)
+        return tokens
+
+    async def register(self, email: str, password: str, *, full_name: str | None = None) -> t.User:
+        """Create an account."""
+        return await self._run(calls.register(email, password, full_name))
+
+    async def me(self) -> t.User:
+        """Return the user these credentials belong to."""
+        return await self._run(calls.me())
+
+    async def update_me(self, **fields: Any) -> t.User:
+        """Change your full_name, or your password (with current_password: this ends every
+        session and API key you had)."""
+        return await self._run(calls.update_me(fields))
+
+    async def logout(self, *, everywhere: bool = False) -> None:
+        """End this login session (or, with `everywhere`, every session of the account)."""
+        if everywhere:
+            await self._run(calls.logout_all())
+        elif self._refresh_token:
+            await self._run(calls.logout(self._refresh_token))
+        self._refresh_token = None
+        self._http.headers.pop("Authorization", None)
+
+    async def list_users(
+        self, *, limit: int = calls.DEFAULT_LIMIT, offset: int = 0
+    ) -> t.Page[t.User]:
+        """List every user (admins only)."""
+        return await self._run(calls.list_users(limit, offset))
+
+    async def update_user(
+        self, user_id: str, *, is_active: bool | None = None, is_admin: bool | None = None
+    ) -> t.User:
+        """Activate, deactivate, promote or demote a user (admins only)."""
+        fields = {
+            k: v for k, v in (("is_active", is_active), ("is_admin", is_admin)) if v is not None
+        }
+        return await self._run(calls.update_user(user_id, fields))
+
+    async def create_api_key(
+        self, name: str, *, expires_at: datetime | None = None
+    ) -> t.ApiKeyCreated:
+        """Make an API key (needs a login session); its `key` is shown this once only."""
+        return await self._run(calls.create_api_key(name, expires_at))
+
+    async def list_api_keys(
+        self, *, limit: int = calls.DEFAULT_LIMIT, offset: int = 0
+    ) -> t.Page[t.ApiKey]:
+        """List your API keys (prefixes only, never secrets)."""
+        return await self._run(calls.list_api_keys(limit, offset))
+
+    async def revoke_api_key(self, key_id: str) -> None:
+        """Revoke an API key: it stops working at once."""
+        await self._run(calls.revoke_api_key(key_id))
+
+    # --- registry --------------------------------------------------------------------------
+
+    async def list_models(
+        self,
+        *,
+        search: str | None = None,
+        stage: str | None = None,
+        framework: str | None = None,
+        task_type: str | None = None,
+        tag: str | None = None,
+        include_archived: bool = False,
+        sort: str | None = None,
+        limit: int = calls.DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> t.Page[t.Model]:
+        """List your models."""
+        return await self._run(
+            calls.list_models(
+                search=search,
+                stage=stage,
+                framework=framework,
+                task_type=task_type,
+                tag=tag,
+                include_archived=include_archived,
+                sort=sort,
+                limit=limit,
+                offset=offset,
+            )
+        )
+
+    async def get_model(self, name: str) -> t.Model:
+        """Return a model (by name or id) with its versions summarised."""
+        return await self._run(calls.get_model(name))
+
+    async def update_model(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        task_type: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> t.Model:
+        """Change a model's description, task type or tags."""
+        return await self._run(
+            calls.update_model(name, description=description, task_type=task_type, tags=tags)
+        )
+
+    async def delete_model(self, name: str) -> None:
+        """Archive a model and its versions (soft delete)."""
+        await self._run(calls.delete_model(name))
+
+    async def list_versions(
+        self, name: str, *, limit: int = calls.DEFAULT_LIMIT, offset: int = 0
+    ) -> t.Page[t.Version]:
+        """List a model's versions, newest first."""
+        return await self._run(calls.list_versions(name, limit, offset))
+
+    async def get_version(
+        self,
+        name: str,
+        version: int | None = None,
+        *,
+        alias: str | None = None,
+        stage: str | None = None,
+    ) -> t.Version:
+        """Return one version: by number, alias or stage (default: what predict would serve)."""
+        if version is None:
+            version = pick_version(await self.get_model(name), alias=alias, stage=stage)
+        return await self._run(calls.get_version(name, version))
+
+    async def update_version(self, name: str, version: int, **fields: Any) -> t.Version:
+        """Change a version's description, metrics, hyperparameters, tags, metadata, schemas
+        or experiment_id."""
+        return await self._run(calls.update_version(name, version, fields))
+
+    async def set_stage(self, name: str, version: int, stage: str) -> t.Version:
+        """Move a version to a lifecycle stage; production demotes the previous one."""
+        return await self._run(calls.set_stage(name, version, stage))
+
+    promote = set_stage
+
+    async def delete_version(self, name: str, version: int) -> None:
+        """Archive a version (soft delete)."""
+        await self._run(calls.delete_version(name, version))
+
+    async def set_alias(self, name: str, alias: str, version: int) -> t.Version:
+        """Point an alias such as "champion" at a version."""
+        return await self._run(calls.set_alias(name, alias, version))
+
+    async def delete_alias(self, name: str, alias: str) -> None:
+        """Remove an alias."""
+        await self._run(calls.delete_alias(name, alias))
+
+    async def upload(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        description: str | None = None,
+        framework: str | None = None,
+        task_type: str | None = None,
+        input_schema: Mapping[str, Any] | None = None,
+        output_schema: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        hyperparameters: Mapping[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        experiment_id: str | None = None,
+        progress: Progress | None = None,
+    ) -> t.Version:
+        """Upload a model file as the next version of `name` (streamed from disk)."""
+        path = Path(path)
+        with ProgressFile(path, progress) as file:
+            return await self._run(
+                calls.upload(
+                    file,
+                    path.name,
+                    name,
+                    description=description,
+                    framework=framework,
+                    task_type=task_type,
+                    input_schema=input_schema,
+                    output_schema=output_schema,
+                    metrics=metrics,
+                    hyperparameters=hyperparameters,
+                    tags=tags,
+                    metadata=metadata,
+                    experiment_id=experiment_id,
+                )
+            )
+
+    async def download(
+        self,
+        name: str,
+        version: int | None = None,
+        *,
+        alias: str | None = None,
+        stage: str | None = None,
+        dest: str | Path | None = None,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Download a version's artifact to `dest` (a file or folder; default: here, named
+        `<model>-v<N>.<format>`) and return its path."""
+        found = await self.get_version(name, version, alias=alias, stage=stage)
+        target = _download_target(found, dest)
+        return await self._download(calls.download_path(name, found.version), target, progress)
+
+    async def download_url(
+        self, name: str, version: int, *, expires_in: int | None = None
+    ) -> t.DownloadLink:
+        """A link that downloads the artifact without credentials until it expires."""
+        return await self._run(calls.download_url(name, version, expires_in))
+
+    # --- files -----------------------------------------------------------------------------
+
+    async def upload_file(
+        self, path: str | Path, dest_path: str | None = None, *, progress: Progress | None = None
+    ) -> t.StoredFile:
+        """Store a file in your file area (at `dest_path`, default: its own name)."""
+        path = Path(path)
+        with ProgressFile(path, progress) as file:
+            return await self._run(calls.upload_file(file, path.name, dest_path))
+
+    async def list_files(
+        self, *, prefix: str | None = None, limit: int = calls.DEFAULT_LIMIT, offset: int = 0
+    ) -> t.Page[t.FileInfo]:
+        """List the files in your area."""
+        return await self._run(calls.list_files(prefix, limit, offset))
+
+    async def download_file(self, path: str, dest: str | Path | None = None) -> Path:
+        """Download a file of your area to `dest` (default: its name, here)."""
+        target = Path(dest) if dest is not None else Path(Path(path).name)
+        if target.is_dir():
+            target = target / Path(path).name
+        return await self._download(calls.file_download_path(path), target, None)
+
+    async def file_url(self, path: str, *, expires_in: int | None = None) -> t.DownloadLink:
+        """A link that downloads the file without credentials until it expires."""
+        return await self._run(calls.file_url(path, expires_in))
+
+    async def delete_file(self, path: str) -> None:
+        """Delete a file of your area."""
+        await self._run(calls.delete_file(path))
+
+    # --- experiments -----------------------------------------------------------------------
+
+    async def create_experiment(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> t.Experiment:
+        """Create an experiment."""
+        return await self._run(
+            calls.create_experiment(name, description=description, parameters=parameters, tags=tags)
+        )
+
+    async def list_experiments(
+        self,
+        *,
+        search: str | None = None,
+        tag: str | None = None,
+        limit: int = calls.DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> t.Page[t.Experiment]:
+        """List your experiments."""
+        return await self._run(calls.list_experiments(search, tag, limit, offset))
+
+    async def get_experiment(self, experiment_id: str) -> t.Experiment:
+        """Return an experiment with its latest metrics and the versions it produced."""
+        return await self._run(calls.get_experiment(experiment_id))
+
+    async def update_experiment(self, experiment_id: str, **fields: Any) -> t.Experiment:
+        """Change an experiment's name, description, parameters, tags or status."""
+        return await self._run(calls.update_experiment(experiment_id, fields))
+
+    async def delete_experiment(self, experiment_id: str) -> None:
+        """Delete an experiment (its versions stay, unlinked)."""
+        await self._run(calls.delete_experiment(experiment_id))
+
+    async def log_metrics(
+        self,
+        experiment_id: str,
+        metrics: Mapping[str, float] | Sequence[t.Metric],
+        *,
+        step: int | None = None,
+    ) -> list[t.Metric]:
+        """Record metric points ({"loss": 0.2} at `step`, or Metric objects)."""
+        return await self._run(calls.log_metrics(experiment_id, metrics, step))
+
+    async def get_metrics(self, experiment_id: str, key: str | None = None) -> list[t.Metric]:
+        """Return an experiment's metric history, ordered by step."""
+        return await self._run(calls.get_metrics(experiment_id, key))
+
+    # --- predictions and analytics ---------------------------------------------------------
+
+    async def predict(
+        self,
+        name: str,
+        inputs: Any,
+        *,
+        version: int | None = None,
+        alias: str | None = None,
+        stage: str | None = None,
+    ) -> t.Prediction:
+        """Predict on rows, records, a NumPy array or a DataFrame (columns matched by name)."""
+        return await self._run(
+            calls.predict(name, inputs, version=version, alias=alias, stage=stage)
+        )
+
+    async def list_predictions(
+        self,
+        *,
+        model_id: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        include_payloads: bool = False,
+        limit: int = calls.DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> t.Page[t.LoggedPrediction]:
+        """List logged predictions you made or that were made on your models."""
+        return await self._run(
+            calls.list_predictions(
+                model_id=model_id,
+                status=status,
+                since=since,
+                until=until,
+                include_payloads=include_payloads,
+                limit=limit,
+                offset=offset,
+            )
+        )
+
+    async def get_prediction(self, prediction_id: str) -> t.LoggedPrediction:
+        """Return one logged prediction with its inputs and outputs."""
+        return await self._run(calls.get_prediction(prediction_id))
+
+    async def model_analytics(
+        self,
+        *,
+        model_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[t.VersionStats]:
+        """Per model version: totals, failures and inference time percentiles."""
+        return await self._run(calls.model_analytics(model_id, since, until))
+
+    async def usage(self, *, days: int = 30, model_id: str | None = None) -> list[t.DailyUsage]:
+        """One row a day: predictions, failures, average inference time."""
+        return await self._run(calls.usage(days, model_id))
+
+    # --- estimators ------------------------------------------------------------------------
+
+    async def log_model(
+        self,
+        estimator: Any,
+        name: str,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+        input_example: Any = None,
+        experiment: str | t.Experiment | None = None,
+        description: str | None = None,
+    ) -> t.Version:
+        """Save an estimator in its safe format and upload it as the next version of `name`.
+
+        scikit-learn goes through skops; ONNX, XGBoost and LightGBM through their native
+        formats. The input schema is inferred from `input_example` (a DataFrame gives names).
+        """
+        with tempfile.TemporaryDirectory(prefix="modelyard-") as folder:
+            # Serialising a large estimator is CPU-bound: off the event loop.
+            saved = await asyncio.to_thread(
+                artifacts.save_model, estimator, Path(folder), input_example
+            )
+            return await self.upload(
+                saved.path,
+                name,
+                description=description,
+                input_schema=saved.input_schema,
+                metrics=metrics,
+                hyperparameters=params,
+                tags=tags,
+                experiment_id=experiment.id if isinstance(experiment, t.Experiment) else experiment,
+            )
+
+    async def load_model(
+        self,
+        name: str,
+        version: int | None = None,
+        *,
+        alias: str | None = None,
+        stage: str | None = None,
+    ) -> Any:
+        """Download a version and load it through the safe loaders (skops with the server's
+        trusted types, ONNX Runtime, XGBoost, LightGBM); pickle and joblib are refused."""
+        found = await self.get_version(name, version, alias=alias, stage=stage)
+        with tempfile.TemporaryDirectory(prefix="modelyard-") as folder:
+            path = await self._download(
+                calls.download_path(name, found.version), Path(folder) / "model", None
+            )
+            # Loading is CPU-bound: off the event loop.
+            return await asyncio.to_thread(artifacts.load_model_file, path, found.format)

@@ -1,0 +1,731 @@
+"""The client's commands: login, models, push, versions, promote, alias, download, predict,
+keys, experiments, files, predictions, analytics."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from modelyard_client import __version__, credentials
+from modelyard_client.cli.output import print_json, print_record, print_table, say
+from modelyard_client.errors import ConfigurationError
+from modelyard_client.inputs import read_input_file
+from modelyard_client.sync import Client
+from modelyard_client.transfer import Progress as ProgressCallback
+
+PROGRESS_MIN_BYTES = 1024 * 1024  # smaller transfers finish before a bar would help
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Limit = Annotated[int, typer.Option(min=1, max=100, help="Items per page.")]
+Offset = Annotated[int, typer.Option(min=0, help="Items to skip.")]
+VersionOpt = Annotated[int | None, typer.Option("--version", "-v", min=1, help="Version number.")]
+AliasOpt = Annotated[str | None, typer.Option(help="Alias, e.g. champion.")]
+StageOpt = Annotated[str | None, typer.Option(help="Stage, e.g. production or staging.")]
+
+MODEL_COLUMNS = ("name", "latest_version", "production_version", "version_count", "task_type", "status", "updated_at")  # fmt: skip
+VERSION_COLUMNS = ("version", "stage", "framework", "format", "task_type", "file_size", "created_at")  # fmt: skip
+
+
+def _client(ctx: typer.Context) -> Client:
+    options: dict[str, Any] = ctx.find_root().obj or {}
+    return Client(options.get("url"), api_key=options.get("api_key"))
+
+
+def _pairs(values: list[str] | None, what: str, *, numbers: bool) -> dict[str, Any] | None:
+    """Parse repeated KEY=VALUE options; values as numbers (metrics) or JSON-ish (params)."""
+    if not values:
+        return None
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{what} {item!r} is not KEY=VALUE")
+        if numbers:
+            try:
+                out[key] = float(raw)
+            except ValueError as exc:
+                raise typer.BadParameter(f"{what} {key!r} must be a number, got {raw!r}") from exc
+        else:
+            try:
+                out[key] = json.loads(raw)
+            except ValueError:
+                out[key] = raw
+    return out
+
+
+@contextmanager
+def _progress_bar(label: str, size: int, show: bool | None) -> Iterator[ProgressCallback | None]:
+    """A progress bar on stderr for transfers of `size` bytes (auto: from 1 MiB)."""
+    if show is False or (show is None and size < PROGRESS_MIN_BYTES):
+        yield None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    task = bar.add_task(label, total=size or None)
+    with bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+
+        yield advance
+
+
+# --- root ------------------------------------------------------------------------------------
+
+
+def _root(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None,
+        typer.Option(help="Server URL (default: $MODELYARD_URL, else the stored login)."),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="API key (default: $MODELYARD_API_KEY, else the stored login)."),
+    ] = None,
+) -> None:
+    ctx.obj = {"url": url, "api_key": api_key}
+
+
+def version(as_json: JsonFlag = False) -> None:
+    """Print the client's version (and the server package's, when installed)."""
+    from importlib.metadata import entry_points
+
+    from modelyard_client.cli import ENTRY_POINT_GROUP
+
+    versions = {"modelyard-client": __version__}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.dist is not None:
+            versions[entry.dist.name] = entry.dist.version
+    if as_json:
+        print_json(versions)
+        return
+    for name, number in versions.items():
+        typer.echo(f"{name} {number}")
+
+
+def login(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(help="Server URL.")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="Log in with this API key (stored as is).")
+    ] = None,
+    email: Annotated[
+        str | None, typer.Option(help="Log in with an email and password instead.")
+    ] = None,
+    password: Annotated[str | None, typer.Option(help="The password (default: asked for).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Log in and store the server URL and an API key (file mode 0600).
+
+    With an email and password, an API key named after this machine is made and stored.
+    """
+    root: dict[str, Any] = ctx.find_root().obj or {}
+    url = credentials.normalize_url(
+        url or root.get("url") or typer.prompt("Server URL", default=credentials.DEFAULT_URL)
+    )
+    api_key = api_key or root.get("api_key")
+    if not api_key and not email:
+        email = typer.prompt("Email")
+    key_id: str | None = None
+    if api_key:
+        with Client(url, api_key=api_key) as client:
+            user = client.me()
+    else:
+        assert email is not None  # noqa: S101 - asked for above
+        password = password or typer.prompt("Password", hide_input=True)
+        with Client(url) as client:
+            client.login(email, password)
+            user = client.me()
+            created = client.create_api_key(f"modelyard cli on {platform.node() or 'host'}")
+        api_key, key_id = created.key, created.id
+    path = credentials.save_login(
+        credentials.StoredLogin(url=url, api_key=api_key, email=user.email, api_key_id=key_id)
+    )
+    say(f"logged in to {url} as {user.email} (stored in {path})")
+    if as_json:
+        print_json({"url": url, "email": user.email, "config": str(path)})
+
+
+def logout(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Forget the stored login (and revoke its API key if `login` made it)."""
+    stored = credentials.load_login()
+    if stored is None:
+        say("not logged in")
+        if as_json:
+            print_json({"logged_out": False})
+        return
+    if stored.api_key_id:
+        try:
+            with Client(stored.url, api_key=stored.api_key) as client:
+                client.revoke_api_key(stored.api_key_id)
+        except Exception as exc:  # the local login goes whatever the server says
+            say(f"warning: could not revoke the stored API key: {exc}")
+    credentials.delete_login()
+    say(f"logged out of {stored.url}")
+    if as_json:
+        print_json({"logged_out": True, "url": stored.url})
+
+
+def whoami(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Show who the credentials belong to."""
+    with _client(ctx) as client:
+        user = client.me()
+        print_json(user) if as_json else print_record(
+            user, ("email", "full_name", "is_admin", "id")
+        )
+
+
+# --- models ----------------------------------------------------------------------------------
+
+models = typer.Typer(help="List, show and delete models.", no_args_is_help=True)
+
+
+@models.command("list")
+def models_list(
+    ctx: typer.Context,
+    search: Annotated[str | None, typer.Option(help="Name contains.")] = None,
+    stage: StageOpt = None,
+    tag: Annotated[str | None, typer.Option(help="Has this tag.")] = None,
+    include_archived: Annotated[bool, typer.Option(help="Include archived models.")] = False,
+    limit: Limit = 20,
+    offset: Offset = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """List your models."""
+    with _client(ctx) as client:
+        page = client.list_models(
+            search=search,
+            stage=stage,
+            tag=tag,
+            include_archived=include_archived,
+            limit=limit,
+            offset=offset,
+        )
+    if as_json:
+        print_json(page)
+    else:
+        print_table(page.items, MODEL_COLUMNS, total=page.total)
+
+
+@models.command("show")
+def models_show(ctx: typer.Context, name: str, as_json: JsonFlag = False) -> None:
+    """Show a model and its versions."""
+    with _client(ctx) as client:
+        model = client.get_model(name)
+    if as_json:
+        print_json(model)
+        return
+    print_record(
+        model,
+        ("name", "id", "description", "task_type", "tags", "status", "latest_version",
+         "production_version", "aliases", "created_at", "updated_at"),
+    )  # fmt: skip
+    print_table(model.versions, ("version", "stage", "framework", "format", "created_at"))
+
+
+@models.command("delete")
+def models_delete(
+    ctx: typer.Context,
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Archive a model and all its versions."""
+    if not yes:
+        typer.confirm(f"Archive model {name!r} and all its versions?", abort=True)
+    with _client(ctx) as client:
+        client.delete_model(name)
+    say(f"archived model {name}")
+    if as_json:
+        print_json({"archived": name})
+
+
+# --- versions, push, promote, aliases, download ----------------------------------------------
+
+
+def versions(
+    ctx: typer.Context,
+    name: str,
+    limit: Limit = 20,
+    offset: Offset = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """List a model's versions, newest first."""
+    with _client(ctx) as client:
+        page = client.list_versions(name, limit=limit, offset=offset)
+    if as_json:
+        print_json(page)
+    else:
+        print_table(page.items, VERSION_COLUMNS, title=name, total=page.total)
+
+
+def push(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    name: Annotated[str, typer.Option("--name", "-n", help="The model's name.")],
+    description: Annotated[str | None, typer.Option(help="What this version is.")] = None,
+    framework: Annotated[str | None, typer.Option(help="sklearn, onnx, xgboost, lightgbm.")] = None,
+    task_type: Annotated[str | None, typer.Option(help="classification, regression, ...")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", "-m", help="KEY=NUMBER, repeatable.")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE, repeatable.")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Repeatable.")] = None,
+    experiment: Annotated[str | None, typer.Option(help="Experiment id.")] = None,
+    input_schema: Annotated[
+        Path | None, typer.Option(help='JSON file: {"features": [{"name": ...}]}.')
+    ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Show a progress bar (default: from 1 MiB)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Upload a model file as the next version of a model."""
+    metrics = _pairs(metric, "metric", numbers=True)
+    params = _pairs(param, "param", numbers=False)
+    schema = None
+    if input_schema is not None:
+        try:
+            schema = json.loads(input_schema.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"cannot read the input schema {input_schema}: {exc}") from exc
+    with _client(ctx) as client, _progress_bar(file.name, file.stat().st_size, progress) as bar:
+        created = client.upload(
+            file,
+            name,
+            description=description,
+            framework=framework,
+            task_type=task_type,
+            input_schema=schema,
+            metrics=metrics,
+            hyperparameters=params,
+            tags=tag,
+            experiment_id=experiment,
+            progress=bar,
+        )
+    if as_json:
+        print_json(created)
+    else:
+        say(f"pushed {created.model_name} version {created.version} ({created.framework}, "
+            f"{created.format}, stage {created.stage})")  # fmt: skip
+
+
+def promote(
+    ctx: typer.Context,
+    name: str,
+    version: int,
+    stage: Annotated[str, typer.Option(help="The stage to move to.")] = "production",
+    as_json: JsonFlag = False,
+) -> None:
+    """Move a version to a stage (production demotes the previous production version)."""
+    with _client(ctx) as client:
+        changed = client.set_stage(name, version, stage)
+    if as_json:
+        print_json(changed)
+    else:
+        say(f"{changed.model_name} version {changed.version} is now {changed.stage}")
+
+
+alias = typer.Typer(help="Name versions: champion, challenger, ...", no_args_is_help=True)
+
+
+@alias.command("set")
+def alias_set(
+    ctx: typer.Context, name: str, alias_name: str, version: int, as_json: JsonFlag = False
+) -> None:
+    """Point ALIAS_NAME at VERSION of model NAME."""
+    with _client(ctx) as client:
+        target = client.set_alias(name, alias_name, version)
+    if as_json:
+        print_json(target)
+    else:
+        say(f"{name}@{alias_name} -> version {target.version}")
+
+
+@alias.command("delete")
+def alias_delete(ctx: typer.Context, name: str, alias_name: str, as_json: JsonFlag = False) -> None:
+    """Remove an alias."""
+    with _client(ctx) as client:
+        client.delete_alias(name, alias_name)
+    say(f"removed {name}@{alias_name}")
+    if as_json:
+        print_json({"model": name, "alias": alias_name, "deleted": True})
+
+
+def download(
+    ctx: typer.Context,
+    name: str,
+    version: VersionOpt = None,
+    alias_name: Annotated[str | None, typer.Option("--alias", help="Alias, e.g. champion.")] = None,
+    stage: StageOpt = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File or folder (default: here).")
+    ] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Download a version's model file (default: what predict would serve)."""
+    with _client(ctx) as client:
+        found = client.get_version(name, version, alias=alias_name, stage=stage)
+        with _progress_bar(name, found.file_size, progress) as bar:
+            path = client.download(name, found.version, dest=output, progress=bar)
+    say(f"saved {path}")
+    if as_json:
+        print_json({"path": str(path), "version": found.version, "sha256": found.sha256})
+    else:
+        typer.echo(str(path))
+
+
+def predict(
+    ctx: typer.Context,
+    name: str,
+    input_file: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            "-i",
+            help='rows.json (rows, records or {"inputs": ...}) '
+            "or data.csv (a header row, columns matched by name); - reads JSON from stdin.",
+        ),
+    ],
+    version: VersionOpt = None,
+    alias_name: Annotated[str | None, typer.Option("--alias", help="Alias, e.g. champion.")] = None,
+    stage: StageOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Predict on the rows of a JSON or CSV file."""
+    rows = read_input_file(input_file)
+    with _client(ctx) as client:
+        result = client.predict(name, rows, version=version, alias=alias_name, stage=stage)
+    if as_json:
+        print_json(result)
+        return
+    table_rows = []
+    for i, value in enumerate(result.predictions):
+        row: dict[str, Any] = {"row": i, "prediction": value}
+        if result.confidence is not None:
+            row["confidence"] = result.confidence[i]
+        if result.probabilities is not None and result.classes is not None:
+            probabilities = zip(result.classes, result.probabilities[i], strict=False)
+            row["probabilities"] = {str(c): round(p, 4) for c, p in probabilities}
+        table_rows.append(type("Row", (), row)())
+    columns = ["row", "prediction"]
+    if result.confidence is not None:
+        columns.append("confidence")
+    if result.probabilities is not None and result.classes is not None:
+        columns.append("probabilities")
+    print_table(table_rows, columns, title=f"{result.model_name} v{result.version}")
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+keys = typer.Typer(help="API keys for scripts and CI.", no_args_is_help=True)
+
+
+@keys.command("create")
+def keys_create(
+    ctx: typer.Context,
+    name: str,
+    expires_at: Annotated[
+        datetime | None, typer.Option(help="When it stops working (UTC if no offset).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Make an API key (needs an email/password session, or a token); shown once."""
+    with _client(ctx) as client:
+        created = client.create_api_key(name, expires_at=expires_at)
+    if as_json:
+        print_json(created)
+    else:
+        say(f"API key {created.name} ({created.id}); it is shown this once only:")
+        typer.echo(created.key)
+
+
+@keys.command("list")
+def keys_list(
+    ctx: typer.Context, limit: Limit = 20, offset: Offset = 0, as_json: JsonFlag = False
+) -> None:
+    """List your API keys (prefixes only)."""
+    with _client(ctx) as client:
+        page = client.list_api_keys(limit=limit, offset=offset)
+    if as_json:
+        print_json(page)
+    else:
+        columns = ("id", "name", "prefix", "is_active", "created_at", "last_used_at", "expires_at")
+        print_table(page.items, columns, total=page.total)
+
+
+@keys.command("revoke")
+def keys_revoke(ctx: typer.Context, key_id: str, as_json: JsonFlag = False) -> None:
+    """Revoke an API key: it stops working at once."""
+    with _client(ctx) as client:
+        client.revoke_api_key(key_id)
+    say(f"revoked {key_id}")
+    if as_json:
+        print_json({"revoked": key_id})
+
+
+# --- experiments -----------------------------------------------------------------------------
+
+experiments = typer.Typer(help="Experiments, their parameters and metrics.", no_args_is_help=True)
+EXPERIMENT_COLUMNS = ("id", "name", "status", "tags", "created_at")
+
+
+@experiments.command("list")
+def experiments_list(
+    ctx: typer.Context,
+    search: Annotated[str | None, typer.Option(help="Name contains.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Has this tag.")] = None,
+    limit: Limit = 20,
+    offset: Offset = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """List your experiments."""
+    with _client(ctx) as client:
+        page = client.list_experiments(search=search, tag=tag, limit=limit, offset=offset)
+    print_json(page) if as_json else print_table(page.items, EXPERIMENT_COLUMNS, total=page.total)
+
+
+@experiments.command("create")
+def experiments_create(
+    ctx: typer.Context,
+    name: str,
+    description: Annotated[str | None, typer.Option()] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an experiment."""
+    params = _pairs(param, "param", numbers=False)
+    with _client(ctx) as client:
+        created = client.create_experiment(
+            name, description=description, parameters=params, tags=tag
+        )
+    if as_json:
+        print_json(created)
+    else:
+        say(f"created experiment {created.name}")
+        typer.echo(created.id)
+
+
+@experiments.command("show")
+def experiments_show(ctx: typer.Context, experiment_id: str, as_json: JsonFlag = False) -> None:
+    """Show an experiment, its latest metrics and the versions it produced."""
+    with _client(ctx) as client:
+        found = client.get_experiment(experiment_id)
+    if as_json:
+        print_json(found)
+        return
+    print_record(found, ("name", "id", "description", "status", "parameters", "tags", "created_at"))
+    print_table(found.metrics, ("key", "value", "step", "timestamp"), title="metrics")
+    print_table(found.model_versions, ("model_name", "version", "stage"), title="versions")
+
+
+@experiments.command("log")
+def experiments_log(
+    ctx: typer.Context,
+    experiment_id: str,
+    metric: Annotated[list[str], typer.Option("--metric", "-m", help="KEY=NUMBER, repeatable.")],
+    step: Annotated[int | None, typer.Option(min=0)] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Record metric points."""
+    points = _pairs(metric, "metric", numbers=True) or {}
+    with _client(ctx) as client:
+        logged = client.log_metrics(experiment_id, points, step=step)
+    print_json(logged) if as_json else say(f"logged {len(logged)} point(s)")
+
+
+@experiments.command("metrics")
+def experiments_metrics(
+    ctx: typer.Context,
+    experiment_id: str,
+    key: Annotated[str | None, typer.Option(help="Only this metric.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show an experiment's metric history."""
+    with _client(ctx) as client:
+        history = client.get_metrics(experiment_id, key)
+    print_json(history) if as_json else print_table(history, ("key", "step", "value", "timestamp"))
+
+
+@experiments.command("delete")
+def experiments_delete(ctx: typer.Context, experiment_id: str, as_json: JsonFlag = False) -> None:
+    """Delete an experiment (its versions stay)."""
+    with _client(ctx) as client:
+        client.delete_experiment(experiment_id)
+    say(f"deleted experiment {experiment_id}")
+    if as_json:
+        print_json({"deleted": experiment_id})
+
+
+# --- files -----------------------------------------------------------------------------------
+
+files = typer.Typer(
+    help="Your file area: datasets, reports, extra artifacts.", no_args_is_help=True
+)
+
+
+@files.command("list")
+def files_list(
+    ctx: typer.Context,
+    prefix: Annotated[str | None, typer.Option()] = None,
+    limit: Limit = 20,
+    offset: Offset = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """List your files."""
+    with _client(ctx) as client:
+        page = client.list_files(prefix=prefix, limit=limit, offset=offset)
+    columns = ("path", "size", "modified_at")
+    print_json(page) if as_json else print_table(page.items, columns, total=page.total)
+
+
+@files.command("upload")
+def files_upload(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    path: Annotated[
+        str | None, typer.Option(help="Where in your area (default: its name).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Upload a file to your area."""
+    with _client(ctx) as client, _progress_bar(file.name, file.stat().st_size, None) as bar:
+        stored = client.upload_file(file, path, progress=bar)
+    print_json(stored) if as_json else say(f"stored {stored.path} ({stored.size} bytes)")
+
+
+@files.command("download")
+def files_download(
+    ctx: typer.Context,
+    path: str,
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Download a file of your area."""
+    with _client(ctx) as client:
+        saved = client.download_file(path, output)
+    print_json({"path": str(saved)}) if as_json else typer.echo(str(saved))
+
+
+@files.command("delete")
+def files_delete(ctx: typer.Context, path: str, as_json: JsonFlag = False) -> None:
+    """Delete a file of your area."""
+    with _client(ctx) as client:
+        client.delete_file(path)
+    say(f"deleted {path}")
+    if as_json:
+        print_json({"deleted": path})
+
+
+# --- predictions and analytics ---------------------------------------------------------------
+
+predictions = typer.Typer(help="The prediction log.", no_args_is_help=True)
+
+
+@predictions.command("list")
+def predictions_list(
+    ctx: typer.Context,
+    model_id: Annotated[str | None, typer.Option(help="Only this model (id).")] = None,
+    status: Annotated[str | None, typer.Option(help="success or error.")] = None,
+    since: Annotated[datetime | None, typer.Option()] = None,
+    until: Annotated[datetime | None, typer.Option()] = None,
+    limit: Limit = 20,
+    offset: Offset = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """List logged predictions."""
+    with _client(ctx) as client:
+        page = client.list_predictions(
+            model_id=model_id, status=status, since=since, until=until, limit=limit, offset=offset
+        )
+    columns = ("id", "model_name", "version", "status", "n_rows", "inference_time_ms", "created_at")
+    print_json(page) if as_json else print_table(page.items, columns, total=page.total)
+
+
+@predictions.command("show")
+def predictions_show(ctx: typer.Context, prediction_id: str, as_json: JsonFlag = False) -> None:
+    """Show one logged prediction with its inputs and outputs."""
+    with _client(ctx) as client:
+        found = client.get_prediction(prediction_id)
+    print_json(found) if as_json else print_record(found)
+
+
+analytics = typer.Typer(help="Prediction analytics of your models.", no_args_is_help=True)
+
+
+@analytics.command("models")
+def analytics_models(
+    ctx: typer.Context,
+    model_id: Annotated[str | None, typer.Option(help="Only this model (id).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Per model version: predictions, failures, inference time percentiles."""
+    with _client(ctx) as client:
+        stats = client.model_analytics(model_id=model_id)
+    columns = ("model_name", "version", "total_predictions", "failed_predictions",
+               "avg_inference_time_ms", "p50_inference_time_ms", "p95_inference_time_ms",
+               "last_prediction_at")  # fmt: skip
+    print_json(stats) if as_json else print_table(stats, columns)
+
+
+@analytics.command("usage")
+def analytics_usage(
+    ctx: typer.Context,
+    days: Annotated[int, typer.Option(min=1, max=366)] = 30,
+    model_id: Annotated[str | None, typer.Option(help="Only this model (id).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """One row a day: predictions, failures, average inference time."""
+    with _client(ctx) as client:
+        rows = client.usage(days=days, model_id=model_id)
+    columns = ("date", "prediction_count", "failed_count", "avg_inference_time_ms")
+    print_json(rows) if as_json else print_table(rows, columns)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the client's commands to the root command."""
+    app.callback()(_root)
+    app.command()(version)
+    app.command()(login)
+    app.command()(logout)
+    app.command()(whoami)
+    app.command()(versions)
+    app.command()(push)
+    app.command()(promote)
+    app.command()(download)
+    app.command()(predict)
+    app.add_typer(models, name="models")
+    app.add_typer(alias, name="alias")
+    app.add_typer(keys, name="keys")
+    app.add_typer(experiments, name="experiments")
+    app.add_typer(files, name="files")
+    app.add_typer(predictions, name="predictions")
+    app.add_typer(analytics, name="analytics")

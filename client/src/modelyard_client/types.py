@@ -1,0 +1,293 @@
+"""What the API answers, as dataclasses (fields the server adds later are ignored)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Stage(StrEnum):
+    DEVELOPMENT = "development"
+    STAGING = "staging"
+    PRODUCTION = "production"
+    DEPRECATED = "deprecated"
+    ARCHIVED = "archived"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    email: str
+    full_name: str | None = None
+    is_active: bool = True
+    is_admin: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    access_token: str
+    refresh_token: str
+    token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
+    expires_in: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    prefix: str
+    is_active: bool = True
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyCreated:
+    id: str
+    name: str
+    prefix: str
+    key: str = field(repr=False)
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionSummary:
+    id: str
+    version: int
+    stage: str
+    framework: str
+    format: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    id: str
+    name: str
+    owner_id: str
+    description: str | None = None
+    task_type: str | None = None
+    tags: list[str] = field(default_factory=list)
+    status: str = "active"
+    latest_version: int | None = None
+    production_version: int | None = None
+    version_count: int = 0
+    aliases: dict[str, int] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    versions: list[VersionSummary] = field(default_factory=list)
+    """Filled by `get_model` only."""
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    id: str
+    model_id: str
+    model_name: str
+    version: int
+    stage: str
+    framework: str
+    format: str
+    task_type: str | None = None
+    file_size: int = 0
+    sha256: str = ""
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+    output_schema: dict[str, Any] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    experiment_id: str | None = None
+    created_by: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def feature_names(self) -> list[str] | None:
+        """The input schema's feature names, in order, when the version has one."""
+        features = (self.input_schema or {}).get("features")
+        if not isinstance(features, list):
+            return None
+        return [str(f.get("name")) for f in features if isinstance(f, dict)]
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadLink:
+    url: str
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    path: str
+    size: int
+    sha256: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    path: str
+    size: int
+    modified_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    key: str
+    value: float
+    step: int = 0
+    timestamp: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentVersion:
+    id: str
+    model_id: str
+    model_name: str
+    version: int
+    stage: str
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    id: str
+    name: str
+    owner_id: str = ""
+    description: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    status: str = "active"
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    metrics: list[Metric] = field(default_factory=list)
+    """Filled by `get_experiment` only: the latest point of each key."""
+    model_versions: list[ExperimentVersion] = field(default_factory=list)
+    """Filled by `get_experiment` only."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """The answer of `predict`: one prediction per input row."""
+
+    prediction_id: str
+    model_id: str
+    model_name: str
+    version: int
+    predictions: list[Any]
+    probabilities: list[list[float]] | None = None
+    classes: list[Any] | None = None
+    confidence: list[float] | None = None
+    inference_time_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedPrediction:
+    """A row of the prediction log."""
+
+    id: str
+    model_id: str | None
+    version: int | None
+    status: str
+    protocol: str = "rest"
+    model_name: str | None = None
+    error: str | None = None
+    inputs: Any = None
+    outputs: Any = None
+    n_rows: int = 0
+    inference_time_ms: float | None = None
+    created_at: datetime | None = None
+    user_id: str | None = None
+    api_key_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStats:
+    model_id: str
+    model_name: str | None
+    version: int | None
+    total_predictions: int
+    failed_predictions: int
+    avg_inference_time_ms: float | None = None
+    p50_inference_time_ms: float | None = None
+    p95_inference_time_ms: float | None = None
+    last_prediction_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    date: date
+    prediction_count: int
+    failed_count: int
+    avg_inference_time_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list: `items`, and the `total` across pages."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+def parse(cls: type[T], data: Any) -> T:
+    """Build dataclass `cls` from a JSON object, converting times, dates and nested objects."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    values = {
+        f.name: _convert(hints[f.name], data[f.name])
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]  # T is always a dataclass
+        if f.name in data
+    }
+    return cls(**values)
+
+
+def parse_page(cls: type[T], data: Any) -> Page[T]:
+    """Build a page of `cls` items."""
+    return Page(
+        items=[parse(cls, item) for item in data["items"]],
+        total=int(data["total"]),
+        limit=int(data["limit"]),
+        offset=int(data["offset"]),
+    )
+
+
+def parse_list(cls: type[T], data: Any) -> list[T]:
+    """Build a list of `cls` items."""
+    return [parse(cls, item) for item in data]
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(options[0], value) if len(options) == 1 else value
+    if hint is datetime and isinstance(value, str):
+        return datetime.fromisoformat(value)
+    if hint is date and isinstance(value, str):
+        return date.fromisoformat(value)
+    if origin is list and isinstance(value, list):
+        (item,) = typing.get_args(hint) or (Any,)
+        if dataclasses.is_dataclass(item):
+            return [_convert(item, v) for v in value]
+        return value
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return parse(hint, value)
+    return value

@@ -1,0 +1,94 @@
+"""A live `modelyard serve` per test module (SQLite), an account and an API key on it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import pytest
+
+from modelyard_client.errors import NotFound
+from tests.factories import DEFAULT_PASSWORD
+from tests.servers import ServerProcess, running_server
+from tests.serving import legit
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Login:
+    url: str
+    email: str
+    password: str
+    api_key: str
+    access_token: str
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module's tests (each test uses an account of its own)."""
+    folder = tmp_path_factory.mktemp("live")
+    with running_server(
+        folder,
+        secret_key="client-tests-secret-key-that-is-long-enough",
+        auth_rate_limit_per_minute="0",
+        predict_rate_limit_per_minute="0",
+        max_upload_bytes=str(3 * 1024 * 1024),
+        prediction_log_flush_ms="20",
+    ) as server:
+        yield server
+        server.stop()
+
+
+def make_login(url: str) -> Login:
+    """Register an account on the server, log in, and make an API key."""
+    email = f"user-{uuid.uuid4().hex[:10]}@example.com"
+    with httpx.Client(base_url=url) as http:
+        registered = http.post(
+            "/api/v1/auth/register", json={"email": email, "password": DEFAULT_PASSWORD}
+        )
+        assert registered.status_code == 201, registered.text
+        tokens = http.post(
+            "/api/v1/auth/login", json={"email": email, "password": DEFAULT_PASSWORD}
+        ).json()
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+        key = http.post("/api/v1/api-keys", json={"name": "tests"}, headers=headers)
+        assert key.status_code == 201, key.text
+    return Login(url, email, DEFAULT_PASSWORD, key.json()["key"], tokens["access_token"])
+
+
+def eventually(check: Callable[[], T], *, seconds: float = 10.0) -> T:
+    """Return check()'s value once it stops raising AssertionError or NotFound (the prediction
+    log is written in the background), failing after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return check()
+        except (AssertionError, NotFound):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)  # polling interval, not an assertion
+
+
+@pytest.fixture
+def login(live: ServerProcess) -> Login:
+    return make_login(live.url)
+
+
+@pytest.fixture(scope="session")
+def iris_skops(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An iris logistic regression saved with skops."""
+    return legit.write_skops(legit.iris_lr(), tmp_path_factory.mktemp("models") / "iris.skops")
+
+
+@pytest.fixture(autouse=True)
+def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep the stored login of every client test in its own folder, never the user's."""
+    path = tmp_path / "config" / "credentials.json"
+    monkeypatch.setenv("MODELYARD_CLIENT_CONFIG", str(path))
+    return path
