@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from modelyard.db.deps import SessionDep
@@ -263,6 +264,8 @@ class WebRoute(APIRoute):
                 for name, value in exc.headers.items():
                     if name.lower() == "retry-after":
                         response.headers[name] = value
+            except StarletteHTTPException as exc:  # a body past its limit (413)
+                response = _error_page(request, exc.status_code, "Request refused", str(exc.detail))
             except RequestValidationError as exc:
                 wrong = ", ".join(
                     str(e.get("loc", ["?"])[-1]) for e in exc.errors() if isinstance(e, dict)

@@ -186,7 +186,12 @@ async def upload(request: Request, page: UserPage, db: SessionDep) -> Response:
             allowed_fields=UPLOAD_FIELDS | {CSRF_FIELD},
         ) as received:
             check_csrf(page, received.fields)
-            fields = {k: v for k, v in received.fields.items() if k != CSRF_FIELD}
+            # Fields a person left empty are not given (the API reads "" as invalid JSON).
+            fields = {
+                k: v
+                for k, v in received.fields.items()
+                if k != CSRF_FIELD and (v.strip() or k == "name")
+            }
             name = fields.get("name", "")
             form = parse_upload_form(fields)
             version = await registry_service.register_version(
