@@ -11,6 +11,10 @@ PAD_LEFT = 44
 PAD_RIGHT = 8
 PAD_TOP = 10
 PAD_BOTTOM = 28
+# A line keeps at most this many vertices (more cannot be told apart at this width); vertices
+# get a hover box with their value only when there are few of them.
+MAX_LINE_POINTS = 320
+MAX_MARKED_POINTS = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +145,12 @@ def lines(
             round(PAD_TOP + plot_h * (1 - (y - y_min) / span_y), 2),
         )
 
-    for s, (name, pts) in enumerate(series):
+    for s, (name, all_pts) in enumerate(series):
+        pts = _thin(all_pts, MAX_LINE_POINTS)
         placed = [at(x, y) for x, y in pts]
         chart.lines.append((s, " ".join(f"{px},{py}" for px, py in placed)))
+        if len(pts) > MAX_MARKED_POINTS:
+            continue
         for (x, y), (px, py) in zip(pts, placed, strict=True):
             chart.points.append(
                 Bar(px - 2, py - 2, 4, 4, s, f"{name} @ {x_label}{_fmt(x)}: {_fmt(y)}")
@@ -157,3 +164,14 @@ def lines(
     ]
     chart.summary = f"{title}: " + ", ".join(f"{n} ({len(p)} points)" for n, p in series)
     return chart
+
+
+def _thin(points: Sequence[tuple[float, float]], limit: int) -> Sequence[tuple[float, float]]:
+    """Keep every n-th point (and the last) so that at most about `limit` remain."""
+    if len(points) <= limit:
+        return points
+    stride = -(-len(points) // limit)
+    kept = list(points[::stride])
+    if kept[-1] != points[-1]:
+        kept.append(points[-1])
+    return kept
