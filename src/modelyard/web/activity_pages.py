@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -122,12 +121,12 @@ async def experiments(
 @router.get("/experiments/{experiment_id}")
 async def experiment(experiment_id: uuid.UUID, page: UserPage, db: SessionDep) -> Response:
     found = await experiments_service.get_experiment(db, page.signed_in, experiment_id)
-    points = await experiments_service.metric_history(db, found)
-    by_key: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for point in points:
-        by_key[point.key].append((float(point.step), point.value))
+    series = await experiments_service.metric_series(db, found)
     metric_charts = [
-        charts.lines(key, [(key, series)], x_label="step ") for key, series in by_key.items()
+        charts.lines(
+            key, [(key, [(float(step), value) for step, value in points])], x_label="step "
+        )
+        for key, points in series.items()
     ]
     latest = await experiments_service.latest_metrics(db, found)
     versions = await experiments_service.produced_versions(db, found)

@@ -14,10 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -39,11 +40,24 @@ def text_of(driver: WebDriver, css: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, css).text)
 
 
+def gone(element: WebElement) -> Callable[[WebDriver], bool]:
+    """Wait condition: the element's page has been replaced."""
+
+    def check(_: WebDriver) -> bool:
+        try:
+            element.is_enabled()
+        except WebDriverException:  # stale, or "node does not belong to the document"
+            return True
+        return False
+
+    return check
+
+
 def submit(driver: WebDriver, css: str) -> None:
     """Click a submit button and wait for the next page."""
     old = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.CSS_SELECTOR, css).click()
-    wait(driver).until(ec.staleness_of(old))
+    wait(driver).until(gone(old))
 
 
 def shoot(driver: WebDriver, path: Path) -> None:
@@ -79,7 +93,7 @@ def sign_in_with_keyboard(
     assert focused.get_attribute("id") == "password"
     old = driver.find_element(By.TAG_NAME, "html")
     focused.send_keys(password + Keys.ENTER)
-    wait(driver).until(ec.staleness_of(old))
+    wait(driver).until(gone(old))
 
 
 def upload(driver: WebDriver, server: ServerProcess, path: Path, name: str, **fields: str) -> None:
