@@ -399,3 +399,28 @@ async def test_missing_objects_are_html_404s(client: httpx.AsyncClient, path: st
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("text/html")
     assert "content-security-policy" in response.headers
+
+
+async def test_page_assets_are_served_by_the_app(client: httpx.AsyncClient) -> None:
+    page = await client.get("/sign-in")
+    assets = [a for a in re.findall(r'(?:src|href)="([^"]+)"', page.text) if "/static/" in a]
+    assert assets
+    assert all(a.startswith("/static/web/") for a in assets), assets
+    for asset in assets:
+        served = await client.get(asset)
+        assert served.status_code == 200, asset
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", page.text)  # no inline script
+
+
+async def test_serving_role_has_no_dashboard(tmp_path: Path, database_url: str) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from modelyard.app import create_app
+    from tests.conftest import make_settings
+
+    app = create_app(make_settings(tmp_path, database_url, role="serving"))
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            assert (await c.get("/")).status_code == 404
+            assert (await c.get("/sign-in")).status_code == 404
