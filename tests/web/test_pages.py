@@ -424,3 +424,18 @@ async def test_serving_role_has_no_dashboard(tmp_path: Path, database_url: str) 
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             assert (await c.get("/")).status_code == 404
             assert (await c.get("/sign-in")).status_code == 404
+
+
+async def test_signing_in_again_clears_ended_sessions(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    from sqlalchemy import func, select
+
+    from modelyard.db.tables import WebSession
+
+    email = await sign_up(client)
+    for _ in range(3):
+        await post_form(client, "/", "/sign-out")
+        await post_form(client, "/sign-in", "/sign-in", email=email, password=PASSWORD)
+    async with app.state.modelyard.sessions() as db:
+        assert await db.scalar(select(func.count()).select_from(WebSession)) == 1

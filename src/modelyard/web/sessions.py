@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.db.tables import User, WebSession
@@ -37,9 +37,19 @@ def _hash(token: str) -> str:
 
 
 async def start_session(db: AsyncSession, user: User, *, lifetime: timedelta) -> StartedSession:
-    """Open a browser session for `user` and commit; the token goes into the cookie."""
+    """Open a browser session for `user` and commit; the token goes into the cookie.
+
+    The user's ended sessions (expired or signed out) are deleted on the way: the table holds
+    about as many rows as there are live sessions.
+    """
     token = secrets.token_urlsafe(32)
     now = utcnow()
+    await db.execute(
+        delete(WebSession).where(
+            WebSession.user_id == user.id,
+            or_(WebSession.expires_at <= now, WebSession.revoked_at.is_not(None)),
+        )
+    )
     row = WebSession(
         user_id=user.id,
         token_hash=_hash(token),
