@@ -46,12 +46,14 @@ from modelyard.serving.probe import make_prober
 from modelyard.serving.runtimes.onnx import configure_onnx_memory
 from modelyard.serving.warmup import warm_up_process
 from modelyard.state import AppState
+from modelyard.web.dashboard import install_dashboard
 from modelyard.web.docs import install_docs
+from modelyard.web.model_pages import UPLOAD_PATH
 
 log = logging.getLogger(__name__)
 
 # Routes whose bodies are artifacts: they get MAX_UPLOAD_BYTES instead of MAX_REQUEST_BYTES.
-UPLOAD_PATHS = ("/api/v1/models/upload", "/api/v1/files/upload")
+UPLOAD_PATHS = ("/api/v1/models/upload", "/api/v1/files/upload", UPLOAD_PATH)
 # A checked credential is reused this long unless something is revoked (epochs), so the API
 # key's last_used_at is still refreshed about once a minute.
 CALLER_CACHE_SECONDS = 60.0
@@ -198,6 +200,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
     for router in (*routers, metrics_router):
         app.include_router(router)
+    if settings.role != "serving":
+        # After the API: its routes are tried first.
+        install_dashboard(app)
     app.add_exception_handler(oip.OIPError, _oip_error)
     # Innermost: prediction requests answered from the caches skip FastAPI's routing.
     app.add_middleware(

@@ -25,10 +25,10 @@ async def test_docs_oauth2_redirect_page_is_served(client: httpx.AsyncClient) ->
     assert "oauth2" in page.text.lower()
 
 
-async def test_root_leads_to_the_docs(client: httpx.AsyncClient) -> None:
+async def test_root_is_the_dashboard(client: httpx.AsyncClient) -> None:
     response = await client.get("/")
-    assert response.status_code == 307
-    assert response.headers["location"] == "/docs"
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/sign-in")
 
 
 async def test_redoc_is_not_offered(client: httpx.AsyncClient) -> None:

@@ -130,6 +130,26 @@ async def login(
     """Check a password and start a new session (a new refresh token family).
 
     Raises:
+        RateLimited, Unauthorized: as `check_password`.
+    """
+    user = await check_password(db, email, password, passwords=passwords, failures=failures)
+    pair = _issue_pair(db, user, uuid.uuid4(), tokens)
+    await db.commit()
+    log.info("user_logged_in", extra={"user_id": str(user.id)})
+    return pair
+
+
+async def check_password(
+    db: AsyncSession,
+    email: str,
+    password: str,
+    *,
+    passwords: PasswordHasher,
+    failures: FailureLimit,
+) -> User:
+    """Return the active user with this email and password (rehashed if due; the caller commits).
+
+    Raises:
         RateLimited: the account had too many failed attempts in the window (counted for
             unknown emails too, so the limit tells nothing about which accounts exist).
         Unauthorized: the same answer for an unknown email, a wrong password and a disabled
@@ -144,10 +164,7 @@ async def login(
         raise Unauthorized(BAD_LOGIN)
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = await passwords.hash(password)
-    pair = _issue_pair(db, user, uuid.uuid4(), tokens)
-    await db.commit()
-    log.info("user_logged_in", extra={"user_id": str(user.id)})
-    return pair
+    return user
 
 
 def _issue_pair(

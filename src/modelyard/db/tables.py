@@ -93,6 +93,27 @@ class RefreshToken(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class WebSession(Base):
+    """A signed-in browser: the dashboard's cookie carries a secret whose SHA-256 is `token_hash`.
+
+    Checked on every request: it ends at sign-out (`revoked_at`), at expiry, and when the user's
+    credentials version moves on (password change, logout everywhere, deactivation, rights).
+    """
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    credentials_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
 # --- registry ---------------------------------------------------------------------------------
 
 

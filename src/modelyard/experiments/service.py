@@ -151,6 +151,27 @@ async def metric_history(
     return list(rows)
 
 
+async def metric_series(
+    db: AsyncSession, experiment: Experiment
+) -> dict[str, list[tuple[int, float]]]:
+    """Return each metric's (step, value) points in step order, as plain tuples (for charts:
+    thousands of points cost no ORM objects)."""
+    rows = await db.execute(
+        select(ExperimentMetric.key, ExperimentMetric.step, ExperimentMetric.value)
+        .where(ExperimentMetric.experiment_id == experiment.id)
+        .order_by(
+            ExperimentMetric.key,
+            ExperimentMetric.step,
+            ExperimentMetric.timestamp,
+            ExperimentMetric.id,
+        )
+    )
+    series: dict[str, list[tuple[int, float]]] = {}
+    for key, step, value in rows:
+        series.setdefault(key, []).append((step, value))
+    return series
+
+
 async def latest_metrics(db: AsyncSession, experiment: Experiment) -> list[ExperimentMetric]:
     """Return the latest point (highest step, then newest) of each metric key."""
     rank = (

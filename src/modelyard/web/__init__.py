@@ -1,1 +1,1 @@
-"""The browser side: the interactive API docs (and, later, the dashboard)."""
+"""The browser side: the dashboard (pages, templates, static files) and the API docs."""

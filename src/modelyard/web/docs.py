@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
@@ -15,7 +15,7 @@ OAUTH2_REDIRECT = "/docs/oauth2-redirect"
 
 
 def install_docs(app: FastAPI) -> None:
-    """Serve `/docs` (with the OAuth2 Authorize flow) and send `/` there until the dashboard."""
+    """Serve `/docs` (with the OAuth2 Authorize flow); `/` is the dashboard (web.dashboard)."""
     app.mount(ASSETS, StaticFiles(directory=Path(str(swagger_ui_path))), name="swagger-ui")
 
     @app.get("/docs", include_in_schema=False)
@@ -33,8 +33,3 @@ def install_docs(app: FastAPI) -> None:
     @app.get(OAUTH2_REDIRECT, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
-
-    # TODO(#4): the web dashboard takes over `/`.
-    @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")

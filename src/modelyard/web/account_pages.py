@@ -1,0 +1,246 @@
+"""Dashboard pages of people: sign in, sign up, sign out, account, API keys, admin users."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import HTMLResponse
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from modelyard.auth import service as auth_service
+from modelyard.auth.deps import auth_rate_limit
+from modelyard.auth.schemas import ApiKeyCreate, MeUpdate, UserAdminUpdate, UserCreate
+from modelyard.db.deps import SessionDep
+from modelyard.errors import Forbidden, ModelyardError
+from modelyard.schemas import PageParams
+from modelyard.web import sessions
+from modelyard.web.http import (
+    FormDep,
+    Page,
+    PageDep,
+    UserPage,
+    WebRoute,
+    clear_session_cookie,
+    redirect,
+    render,
+    safe_next,
+    set_session_cookie,
+)
+
+router = APIRouter(route_class=WebRoute, include_in_schema=False)
+
+PAGE_SIZE = 25
+Offset = Annotated[int, Query(ge=0, le=2**31)]
+
+
+def _lifetime(page: Page) -> timedelta:
+    return timedelta(days=page.state.settings.refresh_token_expire_days)
+
+
+def _text(form: FormDep, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+@router.get("/sign-in")
+async def sign_in_form(page: PageDep, next: str | None = None) -> Response:
+    if page.user is not None:
+        return redirect(safe_next(next))
+    return render(page, "sign_in.html", next=safe_next(next), email="", error=None)
+
+
+@router.post("/sign-in", dependencies=[Depends(auth_rate_limit)])
+async def sign_in(page: PageDep, form: FormDep, db: SessionDep) -> Response:
+    email, password = _text(form, "email")[:320], _text(form, "password")[:1024]
+    target = safe_next(_text(form, "next"))
+    state = page.state
+    try:
+        user = await auth_service.check_password(
+            db, email, password, passwords=state.passwords, failures=state.failures
+        )
+    except ModelyardError as exc:
+        return render(page, "sign_in.html", exc.status, next=target, email=email, error=exc.detail)
+    started = await sessions.start_session(db, user, lifetime=_lifetime(page))
+    response = redirect(target)
+    set_session_cookie(response, state, started.token, _lifetime(page))
+    return response
+
+
+@router.get("/sign-up")
+async def sign_up_form(page: PageDep) -> Response:
+    if page.user is not None:
+        return redirect("/")
+    return render(page, "sign_up.html", email="", full_name="", error=None)
+
+
+@router.post("/sign-up", dependencies=[Depends(auth_rate_limit)])
+async def sign_up(page: PageDep, form: FormDep, db: SessionDep) -> Response:
+    email, full_name = _text(form, "email"), _text(form, "full_name")
+    state = page.state
+
+    def again(status: int, error: str) -> HTMLResponse:
+        return render(page, "sign_up.html", status, email=email, full_name=full_name, error=error)
+
+    if _text(form, "password") != _text(form, "password_again"):
+        return again(422, "the two passwords differ")
+    try:
+        data = UserCreate(
+            email=email, password=_text(form, "password"), full_name=full_name or None
+        )
+    except ValidationError as exc:
+        return again(422, _validation_message(exc))
+    try:
+        user = await auth_service.register_user(db, data, passwords=state.passwords)
+    except ModelyardError as exc:
+        return again(exc.status, exc.detail)
+    started = await sessions.start_session(db, user, lifetime=_lifetime(page))
+    response = redirect("/")
+    set_session_cookie(response, state, started.token, _lifetime(page))
+    return response
+
+
+@router.post("/sign-out")
+async def sign_out(page: PageDep, form: FormDep, db: SessionDep) -> Response:
+    if page.session is not None:
+        await sessions.end_session(db, page.session)
+    response = redirect("/sign-in")
+    clear_session_cookie(response, page.state)
+    return response
+
+
+# --- account ------------------------------------------------------------------------------------
+
+
+@router.get("/account")
+async def account(page: UserPage) -> Response:
+    return render(page, "account.html", message=None, error=None)
+
+
+@router.post("/account")
+async def update_account(page: UserPage, form: FormDep, db: SessionDep) -> Response:
+    user = page.signed_in
+    state = page.state
+    fields: dict[str, str | None] = {}
+    if "full_name" in form:
+        fields["full_name"] = _text(form, "full_name") or None
+    if _text(form, "password"):
+        fields["password"] = _text(form, "password")
+        fields["current_password"] = _text(form, "current_password")
+    try:
+        data = MeUpdate.model_validate(fields)
+        await auth_service.update_me(
+            db, user, data, passwords=state.passwords, failures=state.failures, events=state.events
+        )
+    except ValidationError as exc:
+        return render(page, "account.html", 422, message=None, error=_validation_message(exc))
+    except ModelyardError as exc:
+        return render(page, "account.html", exc.status, message=None, error=exc.detail)
+    if "password" in fields:
+        # Every session ended with the old password, this one too: sign in with the new one.
+        response = redirect("/sign-in")
+        clear_session_cookie(response, state)
+        return response
+    return render(page, "account.html", message="Saved.", error=None)
+
+
+@router.post("/account/sign-out-everywhere")
+async def sign_out_everywhere(page: UserPage, form: FormDep, db: SessionDep) -> Response:
+    await auth_service.logout_everywhere(db, page.signed_in, events=page.state.events)
+    response = redirect("/sign-in")
+    clear_session_cookie(response, page.state)
+    return response
+
+
+# --- API keys -----------------------------------------------------------------------------------
+
+
+async def _keys_page(
+    page: Page, db: SessionDep, offset: int, status: int = 200, **extra: object
+) -> HTMLResponse:
+    keys, total = await auth_service.list_api_keys(
+        db, page.signed_in, PageParams(limit=PAGE_SIZE, offset=offset)
+    )
+    context: dict[str, object] = {"created": None, "error": None, **extra}
+    return render(
+        page,
+        "api_keys.html",
+        status,
+        keys=keys,
+        total=total,
+        offset=offset,
+        limit=PAGE_SIZE,
+        **context,
+    )
+
+
+@router.get("/api-keys")
+async def api_keys(page: UserPage, db: SessionDep, offset: Offset = 0) -> Response:
+    return await _keys_page(page, db, offset)
+
+
+@router.post("/api-keys")
+async def create_api_key(page: UserPage, form: FormDep, db: SessionDep) -> Response:
+    expires = _text(form, "expires_at")
+    try:
+        data = ApiKeyCreate.model_validate(
+            {"name": _text(form, "name"), "expires_at": f"{expires}T00:00:00Z" if expires else None}
+        )
+        created = await auth_service.create_api_key(
+            db, auth_service.Caller(page.signed_in, None), data
+        )
+    except ValidationError as exc:
+        return await _keys_page(page, db, 0, 422, error=_validation_message(exc))
+    except ModelyardError as exc:
+        return await _keys_page(page, db, 0, exc.status, error=exc.detail)
+    # Shown on this answer only (not a redirect): the secret is never stored to be shown again.
+    return await _keys_page(page, db, 0, 201, created=created)
+
+
+@router.post("/api-keys/{key_id}/revoke")
+async def revoke_api_key(
+    key_id: uuid.UUID, page: UserPage, form: FormDep, db: SessionDep
+) -> Response:
+    await auth_service.revoke_api_key(db, page.signed_in, key_id, events=page.state.events)
+    return redirect("/api-keys")
+
+
+# --- administration -----------------------------------------------------------------------------
+
+
+def _admin(page: Page) -> None:
+    if not page.signed_in.is_admin:
+        raise Forbidden("this page is for administrators")
+
+
+@router.get("/admin/users")
+async def admin_users(page: UserPage, db: SessionDep, offset: Offset = 0) -> Response:
+    _admin(page)
+    users, total = await auth_service.list_users(db, PageParams(limit=PAGE_SIZE, offset=offset))
+    return render(
+        page, "admin_users.html", users=users, total=total, offset=offset, limit=PAGE_SIZE
+    )
+
+
+@router.post("/admin/users/{user_id}")
+async def admin_update_user(
+    user_id: uuid.UUID, page: UserPage, form: FormDep, db: SessionDep
+) -> Response:
+    _admin(page)
+    changes: dict[str, bool] = {}
+    for name in ("is_active", "is_admin"):
+        if name in form:
+            changes[name] = _text(form, name) == "true"
+    await auth_service.update_user(
+        db, page.signed_in, user_id, UserAdminUpdate(**changes), events=page.state.events
+    )
+    return redirect("/admin/users")

@@ -1,0 +1,141 @@
+"""Dashboard pages of what happened: the prediction log and experiments."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+from starlette.responses import Response
+
+from modelyard.db.deps import SessionDep
+from modelyard.db.tables import RegisteredModel
+from modelyard.experiments import service as experiments_service
+from modelyard.predictions import history
+from modelyard.schemas import PageParams
+from modelyard.web import charts
+from modelyard.web.http import UserPage, WebRoute, render
+
+router = APIRouter(route_class=WebRoute, include_in_schema=False)
+
+PAGE_SIZE = 25
+MODEL_CHOICES = 200  # models offered in the log's filter
+Offset = Annotated[int, Query(ge=0, le=2**31)]
+
+
+def _as_json(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+
+
+def _day(text: str) -> datetime | None:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+@router.get("/predictions")
+async def predictions(
+    page: UserPage,
+    db: SessionDep,
+    model_id: str = "",
+    status: str = "",
+    since: str = "",
+    until: str = "",
+    offset: Offset = 0,
+) -> Response:
+    user = page.signed_in
+    try:
+        chosen_model = uuid.UUID(model_id) if model_id else None
+    except ValueError:
+        chosen_model = None
+    chosen_status = history.PredictionStatus(status) if status in ("success", "error") else None
+    listed = await history.list_predictions(
+        db,
+        user,
+        page=PageParams(limit=PAGE_SIZE, offset=offset),
+        model_id=chosen_model,
+        status=chosen_status,
+        since=_day(since),
+        until=_day(until),
+    )
+    models = (
+        await db.execute(
+            select(RegisteredModel.id, RegisteredModel.name)
+            .where(RegisteredModel.owner_id == user.id)
+            .order_by(RegisteredModel.name)
+            .limit(MODEL_CHOICES)
+        )
+    ).all()
+    return render(
+        page,
+        "predictions.html",
+        listed=listed,
+        offset=offset,
+        limit=PAGE_SIZE,
+        models=models,
+        model_id=str(chosen_model or ""),
+        status=status if chosen_status else "",
+        since=since if _day(since) else "",
+        until=until if _day(until) else "",
+        query={
+            "model_id": str(chosen_model or ""),
+            "status": status if chosen_status else "",
+            "since": since if _day(since) else "",
+            "until": until if _day(until) else "",
+        },
+    )
+
+
+@router.get("/predictions/{prediction_id}")
+async def prediction(prediction_id: uuid.UUID, page: UserPage, db: SessionDep) -> Response:
+    found = await history.get_prediction(db, page.signed_in, prediction_id)
+    return render(page, "prediction.html", p=found, json=_as_json)
+
+
+@router.get("/experiments")
+async def experiments(
+    page: UserPage,
+    db: SessionDep,
+    q: Annotated[str, Query(max_length=200)] = "",
+    offset: Offset = 0,
+) -> Response:
+    rows, total = await experiments_service.list_experiments(
+        db, page.signed_in, page=PageParams(limit=PAGE_SIZE, offset=offset), search=q or None
+    )
+    return render(
+        page,
+        "experiments.html",
+        experiments=rows,
+        total=total,
+        offset=offset,
+        limit=PAGE_SIZE,
+        q=q,
+        query={"q": q},
+    )
+
+
+@router.get("/experiments/{experiment_id}")
+async def experiment(experiment_id: uuid.UUID, page: UserPage, db: SessionDep) -> Response:
+    found = await experiments_service.get_experiment(db, page.signed_in, experiment_id)
+    series = await experiments_service.metric_series(db, found)
+    metric_charts = [
+        charts.lines(
+            key, [(key, [(float(step), value) for step, value in points])], x_label="step "
+        )
+        for key, points in series.items()
+    ]
+    latest = await experiments_service.latest_metrics(db, found)
+    versions = await experiments_service.produced_versions(db, found)
+    return render(
+        page,
+        "experiment.html",
+        experiment=found,
+        metric_charts=metric_charts,
+        latest=latest,
+        versions=versions,
+        json=_as_json,
+    )

@@ -1,0 +1,16 @@
+"""The web dashboard at `/`: server-rendered pages over the services, assets served by the app."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from modelyard.web import account_pages, activity_pages, model_pages
+from modelyard.web.http import HERE, STATIC_URL
+
+
+def install_dashboard(app: FastAPI) -> None:
+    """Mount the dashboard's pages and its static files (CSS, a little JavaScript)."""
+    app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name="web-static")
+    for router in (account_pages.router, model_pages.router, activity_pages.router):
+        app.include_router(router)

@@ -1,0 +1,77 @@
+// Modelyard dashboard: the little JavaScript the pages use. Every page works without it.
+"use strict";
+
+// Copy buttons: shown only when the clipboard can be written.
+function setUpCopyButtons() {
+  if (!navigator.clipboard) return;
+  for (const button of document.querySelectorAll("button.copy[data-copy]")) {
+    const source = document.getElementById(button.dataset.copy);
+    if (!source) continue;
+    button.hidden = false;
+    button.addEventListener("click", async () => {
+      try {
+        await navigator.clipboard.writeText(source.textContent);
+        button.textContent = "Copied";
+      } catch (error) {
+        button.textContent = "Copy failed";
+      }
+      setTimeout(() => { button.textContent = "Copy"; }, 2000);
+    });
+  }
+}
+
+// Uploads: send the form with XMLHttpRequest to show progress; on success go where the server
+// redirected, on refusal show its reason (read as text from the error page, never as HTML).
+function setUpUpload() {
+  const form = document.getElementById("upload-form");
+  if (!form || !window.XMLHttpRequest || !window.FormData) return;
+  const progress = document.getElementById("upload-progress");
+  const error = document.getElementById("upload-error");
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const button = form.querySelector("button[type=submit]");
+    const request = new XMLHttpRequest();
+    request.open("POST", form.action);
+    request.responseType = "document";
+    error.hidden = true;
+    progress.hidden = false;
+    progress.value = 0;
+    button.disabled = true;
+    request.upload.addEventListener("progress", (e) => {
+      if (e.lengthComputable) {
+        progress.value = Math.round((100 * e.loaded) / e.total);
+        progress.textContent = progress.value + "%";
+      }
+    });
+    request.addEventListener("load", () => {
+      if (request.status >= 200 && request.status < 300) {
+        window.location.assign(request.responseURL);
+        return;
+      }
+      let reason = "the upload was refused (" + request.status + ")";
+      const page = request.response;
+      const shown = page && (page.getElementById("upload-error") || page.getElementById("error-detail"));
+      if (shown && shown.textContent.trim()) {
+        reason = shown.textContent.trim();
+      } else if (request.status === 413) {
+        reason = "the file is larger than this server accepts";
+      }
+      error.textContent = reason;
+      error.hidden = false;
+      progress.hidden = true;
+      button.disabled = false;
+    });
+    request.addEventListener("error", () => {
+      error.textContent = "the upload failed: the connection was lost";
+      error.hidden = false;
+      progress.hidden = true;
+      button.disabled = false;
+    });
+    request.send(new FormData(form));
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setUpCopyButtons();
+  setUpUpload();
+});
