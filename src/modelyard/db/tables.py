@@ -8,12 +8,14 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
+    Column,
     Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     Uuid,
@@ -256,3 +258,38 @@ class Prediction(Base):
     n_rows: Mapped[int] = mapped_column(Integer, default=0)
     inference_time_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# The latency distribution of prediction_rollups: counts in fixed, log-spaced buckets (see
+# modelyard.predictions.rollups for the boundaries and the percentile error they give).
+ROLLUP_BUCKETS = 90
+
+
+def rollup_bucket_column(index: int) -> str:
+    """Name the column holding the count of bucket `index` of a rollup's latency distribution."""
+    return f"b{index:02d}"
+
+
+# A Core table rather than a mapped class: ninety counters read and written by name, never as
+# objects. One row per model version and period (60 s or 3600 s) starting at `start_at`.
+prediction_rollups = Table(
+    "prediction_rollups",
+    Base.metadata,
+    Column("period_s", Integer, primary_key=True),
+    Column("start_at", UTCDateTime(), primary_key=True),
+    Column("model_id", Uuid(), primary_key=True),
+    # The nil UUID for failures logged before a version was resolved: a key cannot hold NULL.
+    Column("version_id", Uuid(), primary_key=True),
+    Column("owner_id", Uuid(), nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("failures", BigInteger, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("timed", BigInteger, nullable=False),
+    Column("time_sum_ms", Float, nullable=False),
+    Column("time_min_ms", Float, nullable=True),
+    Column("time_max_ms", Float, nullable=True),
+    Column("last_at", UTCDateTime(), nullable=False),
+    *(Column(rollup_bucket_column(i), BigInteger, nullable=False) for i in range(ROLLUP_BUCKETS)),
+    Index("ix_prediction_rollups_owner_id_period_s_start_at", "owner_id", "period_s", "start_at"),
+)

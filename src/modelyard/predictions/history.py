@@ -4,9 +4,11 @@ Visibility is filtered in one place, `visible_predictions`: a caller sees the pr
 and those on models it owns; anything else does not exist for it (404, never 403). Analytics are
 for owners: they cover the predictions on the caller's own models, whoever made them.
 
-Aggregates are computed in SQL on both dialects. Percentiles use the nearest-rank definition: the
-p-th percentile of n sorted times is the value at rank ceil(p * n) (1-based), always a measured
-time, never an interpolation; only successful predictions with a time count toward times.
+Analytics read the rollups the log writer keeps (`modelyard.predictions.rollups`), so they cost
+the same at 100 M logged rows as at 1,000: sums in SQL, then percentiles from the summed latency
+buckets. Percentiles follow the nearest-rank definition (the value at rank ceil(p * n) of n sorted
+times), estimated within the error `rollups` documents; only successful predictions with a time
+count toward times. Analytics windows are whole minutes (`since` and `until` widened to them).
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ from typing import Annotated, Any
 
 from fastapi import Query
 from pydantic import AwareDatetime, Field
-from sqlalchemy import ColumnElement, Date, Select, and_, case, cast, func, or_, select
+from sqlalchemy import ColumnElement, Date, Select, and_, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from modelyard.auth.deps import CurrentUser
 from modelyard.db.deps import SessionDep
-from modelyard.db.tables import Prediction, RegisteredModel, User
+from modelyard.db.tables import Prediction, RegisteredModel, User, prediction_rollups
 from modelyard.db.types import utcnow
 from modelyard.errors import NotFound
+from modelyard.predictions import rollups
 from modelyard.registry.service import ModelNotFound
 from modelyard.routing import make_router
 from modelyard.schemas import Page, PageDep, PageParams, ReadModel
@@ -42,6 +45,7 @@ LIST_ERROR_CUT = "... (cut short in lists; the prediction itself shows it whole)
 # Nearest-rank percentiles as fractions, so that ceil(p * n) is exact integer arithmetic.
 P50 = (50, 100)
 P95 = (95, 100)
+P99 = (99, 100)
 
 
 class PredictionStatus(StrEnum):
@@ -89,6 +93,7 @@ class VersionStats(ReadModel):
     avg_inference_time_ms: float | None
     p50_inference_time_ms: float | None
     p95_inference_time_ms: float | None
+    p99_inference_time_ms: float | None
     last_prediction_at: datetime
 
 
@@ -218,10 +223,30 @@ async def _check_owned_model(db: AsyncSession, user: User, model_id: uuid.UUID |
         raise ModelNotFound(str(model_id))
 
 
-def _nearest_rank(count: ColumnElement[int], fraction: tuple[int, int]) -> ColumnElement[int]:
-    """Return ceil(num / den * count) in integer arithmetic, the same on SQLite and PostgreSQL."""
-    num, den = fraction
-    return (count * num + (den - 1)) // den
+def _rollup_window(since: datetime | None, until: datetime | None) -> ColumnElement[bool]:
+    """Select the rollups covering [since, until) widened to whole minutes: whole hours from
+    the hourly rollups, the minutes at either edge from the per-minute ones."""
+    r = prediction_rollups.c
+    low = rollups.floor_to(since, rollups.MINUTE) if since is not None else None
+    high = rollups.ceil_to(until, rollups.MINUTE) if until is not None else None
+    first_hour = rollups.ceil_to(low, rollups.HOUR) if low is not None else None
+    end_hour = rollups.floor_to(high, rollups.HOUR) if high is not None else None
+    if (
+        low is not None
+        and high is not None
+        and rollups.ceil_to(low, rollups.HOUR) >= rollups.floor_to(high, rollups.HOUR)
+    ):
+        # Within one hour, or across one hour boundary: minutes only.
+        return and_(r.period_s == rollups.MINUTE, r.start_at >= low, r.start_at < high)
+    hours = [r.period_s == rollups.HOUR]
+    parts = []
+    if first_hour is not None:
+        hours.append(r.start_at >= first_hour)
+        parts.append(and_(r.period_s == rollups.MINUTE, r.start_at >= low, r.start_at < first_hour))
+    if end_hour is not None:
+        hours.append(r.start_at < end_hour)
+        parts.append(and_(r.period_s == rollups.MINUTE, r.start_at >= end_hour, r.start_at < high))
+    return or_(and_(*hours), *parts)
 
 
 async def version_stats(
@@ -234,96 +259,61 @@ async def version_stats(
 ) -> list[VersionStats]:
     """Return per model version statistics of the predictions on the caller's models.
 
+    Read from the rollups: `since` and `until` are widened to whole minutes; counts and the
+    mean are exact, percentiles are within the error documented in `rollups`.
+
     Raises:
         ModelNotFound: `model_id` is not one of the caller's models.
     """
     await _check_owned_model(db, user, model_id)
-    scope = [Prediction.owner_id == user.id, Prediction.model_id.is_not(None)]
-    scope += _time_window(since, until)
+    r = prediction_rollups.c
+    scope = [r.owner_id == user.id, _rollup_window(since, until)]
     if model_id is not None:
-        scope.append(Prediction.model_id == model_id)
-    key = (Prediction.model_id, Prediction.version_id)
-    is_timed = and_(Prediction.status == "success", Prediction.inference_time_ms.is_not(None))
-
+        scope.append(r.model_id == model_id)
     totals = (
         select(
-            Prediction.model_id,
-            Prediction.version_id,
-            Prediction.version,
-            func.count().label("total"),
-            func.sum(case((Prediction.status == "error", 1), else_=0)).label("failed"),
-            func.avg(case((is_timed, Prediction.inference_time_ms))).label("avg_ms"),
-            func.max(Prediction.created_at).label("last_at"),
+            r.model_id,
+            r.version_id,
+            func.max(r.version).label("version"),
+            func.sum(r.requests).label("total"),
+            func.sum(r.failures).label("failed"),
+            func.sum(r.timed).label("timed"),
+            func.sum(r.time_sum_ms).label("time_sum"),
+            func.min(r.time_min_ms).label("low"),
+            func.max(r.time_max_ms).label("high"),
+            func.max(r.last_at).label("last_at"),
+            *(func.sum(r[name]).label(name) for name in rollups.BUCKET_COLUMNS),
         )
         .where(*scope)
-        .group_by(Prediction.model_id, Prediction.version_id, Prediction.version)
-        .subquery()
-    )
-    ranked = (
-        select(
-            Prediction.model_id,
-            Prediction.version_id,
-            Prediction.inference_time_ms.label("ms"),
-            func.row_number()
-            .over(partition_by=key, order_by=(Prediction.inference_time_ms, Prediction.id))
-            .label("rank"),
-            func.count().over(partition_by=key).label("n"),
-        )
-        .where(*scope, is_timed)
-        .subquery()
-    )
-    percentiles = (
-        select(
-            ranked.c.model_id,
-            ranked.c.version_id,
-            func.max(case((ranked.c.rank == _nearest_rank(ranked.c.n, P50), ranked.c.ms))).label(
-                "p50"
-            ),
-            func.max(case((ranked.c.rank == _nearest_rank(ranked.c.n, P95), ranked.c.ms))).label(
-                "p95"
-            ),
-        )
-        .group_by(ranked.c.model_id, ranked.c.version_id)
+        .group_by(r.model_id, r.version_id)
         .subquery()
     )
     query = (
-        select(
-            totals.c.model_id,
-            RegisteredModel.name,
-            totals.c.version,
-            totals.c.total,
-            totals.c.failed,
-            totals.c.avg_ms,
-            percentiles.c.p50,
-            percentiles.c.p95,
-            totals.c.last_at,
-        )
-        .outerjoin(
-            percentiles,
-            and_(
-                percentiles.c.model_id == totals.c.model_id,
-                # A failure before a version was resolved has none: NULL keys must still match.
-                percentiles.c.version_id.is_not_distinct_from(totals.c.version_id),
-            ),
-        )
+        select(totals, RegisteredModel.name)
         .outerjoin(RegisteredModel, RegisteredModel.id == totals.c.model_id)
         .order_by(RegisteredModel.name, totals.c.model_id, totals.c.version.desc())
     )
-    rows = await db.execute(query)
-    return [
-        VersionStats(
-            model_id=row.model_id,
-            model_name=row.name,
-            version=row.version,
-            total_predictions=row.total,
-            failed_predictions=row.failed or 0,
-            avg_inference_time_ms=row.avg_ms,
-            p50_inference_time_ms=row.p50,
-            p95_inference_time_ms=row.p95,
-            last_prediction_at=row.last_at,
+    stats = []
+    for row in (await db.execute(query)).mappings():
+        counts = [int(row[name]) for name in rollups.BUCKET_COLUMNS]
+        low, high = row["low"], row["high"]
+        # PostgreSQL sums bigints as numeric: integers here.
+        timed = int(row["timed"])
+        stats.append(
+            VersionStats(
+                model_id=row["model_id"],
+                model_name=row["name"],
+                version=row["version"],
+                total_predictions=int(row["total"]),
+                failed_predictions=int(row["failed"]),
+                avg_inference_time_ms=row["time_sum"] / timed if timed else None,
+                p50_inference_time_ms=rollups.percentile(counts, P50, low, high),
+                p95_inference_time_ms=rollups.percentile(counts, P95, low, high),
+                p99_inference_time_ms=rollups.percentile(counts, P99, low, high),
+                last_prediction_at=row["last_at"],
+            )
         )
-        for row in rows
-    ]
+    return stats
 
 
 def utc_day(db: AsyncSession, column: Any) -> ColumnElement[date]:
@@ -346,23 +336,25 @@ async def daily_usage(
     await _check_owned_model(db, user, model_id)
     today = utcnow().date()
     first = today - timedelta(days=days - 1)
-    day = utc_day(db, Prediction.created_at).label("day")
-    is_timed = and_(Prediction.status == "success", Prediction.inference_time_ms.is_not(None))
+    r = prediction_rollups.c
+    day = utc_day(db, r.start_at).label("day")
     query = (
         select(
             day,
-            func.count().label("total"),
-            func.sum(case((Prediction.status == "error", 1), else_=0)).label("failed"),
-            func.avg(case((is_timed, Prediction.inference_time_ms))).label("avg_ms"),
+            func.sum(r.requests).label("total"),
+            func.sum(r.failures).label("failed"),
+            func.sum(r.timed).label("timed"),
+            func.sum(r.time_sum_ms).label("time_sum"),
         )
         .where(
-            Prediction.owner_id == user.id,
-            Prediction.created_at >= datetime.combine(first, time(), tzinfo=UTC),
+            r.owner_id == user.id,
+            r.period_s == rollups.HOUR,
+            r.start_at >= datetime.combine(first, time(), tzinfo=UTC),
         )
         .group_by(day)
     )
     if model_id is not None:
-        query = query.where(Prediction.model_id == model_id)
+        query = query.where(r.model_id == model_id)
     found = {row.day: row for row in await db.execute(query)}
     usage = []
     for offset in range(days):
@@ -371,9 +363,9 @@ async def daily_usage(
         usage.append(
             DailyUsage(
                 date=current,
-                prediction_count=row.total if row else 0,
-                failed_count=(row.failed or 0) if row else 0,
-                avg_inference_time_ms=row.avg_ms if row else None,
+                prediction_count=int(row.total) if row else 0,
+                failed_count=int(row.failed) if row else 0,
+                avg_inference_time_ms=row.time_sum / int(row.timed) if row and row.timed else None,
             )
         )
     return usage
@@ -435,10 +427,12 @@ async def model_analytics(
     since: Since = None,
     until: Until = None,
 ) -> Sequence[VersionStats]:
-    """Per version of the caller's models: counts, failures, mean and p50/p95 inference time.
+    """Per version of the caller's models: counts, failures, mean and p50/p95/p99 inference time.
 
-    A list, not a page: one row per version with predictions in the window. An unknown or
-    foreign `model_id` answers 404.
+    A list, not a page: one row per version with predictions in the window. Read from per-minute
+    and per-hour rollups: `since` and `until` are widened to whole minutes; counts and means are
+    exact; percentiles are nearest-rank estimates within 9.1 % of the exact value (for times
+    between 0.01 ms and 41.9 s). An unknown or foreign `model_id` answers 404.
     """
     return await version_stats(db, user, model_id=model_id, since=since, until=until)
 
