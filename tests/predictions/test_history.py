@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.db.tables import ROLLUP_BUCKETS
 from modelyard.db.types import utcnow
-from modelyard.predictions import rollups
+from modelyard.predictions import history, rollups
 from modelyard.predictions.history import LIST_ERROR_CUT, LIST_ERROR_MAX_CHARS
 from modelyard.predictions.log import PredictionRecord
 from modelyard.state import AppState
@@ -544,3 +544,106 @@ async def test_model_analytics_windows_count_exactly_what_the_raw_log_holds(
     assert row["total_predictions"] == len(inside)
     assert row["failed_predictions"] == sum(r.status == "error" for r in inside)
     assert datetime.fromisoformat(row["last_prediction_at"]) == inside[-1].created_at
+
+
+async def test_cursor_pages_walk_every_visible_prediction_once_newest_first(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    db: AsyncSession,
+    user: factories.Account,
+    other_user: factories.Account,
+) -> None:
+    mine, [my_version] = await make_model(db, user.id)
+    theirs, [their_version] = await make_model(db, other_user.id)
+    at = utcnow() - timedelta(minutes=5)
+    records = [
+        record_on(mine, my_version, other_user.id, created_at=at - timedelta(seconds=i // 3))
+        for i in range(12)  # ties of three
+    ]
+    records += [
+        record_on(theirs, their_version, user.id, created_at=at - timedelta(seconds=i))
+        for i in range(5)
+    ]
+    invisible = record_on(theirs, their_version, other_user.id, created_at=at)
+    await log_records(app, [*records, invisible])
+    expected = [str(r.id) for r in sorted(records, key=lambda r: (r.created_at, r.id.hex))][::-1]
+
+    seen: list[str] = []
+    bodies = []
+    params: dict[str, str | int] = {"limit": 4}
+    while True:
+        response = await client.get(PREDICTIONS, params=params, headers=user.headers)
+        seen += ids(response)
+        bodies.append(response.json())
+        if response.json()["next"] is None:
+            break
+        params = {"limit": 4, "cursor": response.json()["next"]}
+
+    assert seen == expected
+    assert len(bodies) == 5  # 17 rows: four full pages and one of one
+    assert {(b["total"], b["total_is_estimate"]) for b in bodies} == {(17, False)}
+
+
+async def test_cursor_pages_keep_the_filters(
+    app: FastAPI, client: httpx.AsyncClient, db: AsyncSession, user: factories.Account
+) -> None:
+    model, [version] = await make_model(db, user.id)
+    at = utcnow() - timedelta(minutes=5)
+    records = [
+        record_on(
+            model,
+            version,
+            user.id,
+            created_at=at - timedelta(seconds=i),
+            status="error" if i % 2 else "success",
+        )
+        for i in range(9)
+    ]
+    await log_records(app, records)
+    errors = [str(r.id) for r in records if r.status == "error"]
+
+    first = await client.get(
+        PREDICTIONS, params={"limit": 3, "status": "error"}, headers=user.headers
+    )
+    second = await client.get(
+        PREDICTIONS,
+        params={"limit": 3, "status": "error", "cursor": first.json()["next"]},
+        headers=user.headers,
+    )
+
+    assert ids(first) + ids(second) == errors
+    assert second.json()["next"] is None
+    assert first.json()["total"] == 4
+
+
+@pytest.mark.parametrize("cursor", ["", "abc", "!!!!", "A" * 40])
+async def test_a_cursor_this_server_did_not_make_is_422(
+    client: httpx.AsyncClient, user: factories.Account, cursor: str
+) -> None:
+    response = await client.get(PREDICTIONS, params={"cursor": cursor}, headers=user.headers)
+
+    assert response.status_code == 422, response.text
+
+
+async def test_total_past_the_exact_cap_is_an_estimate_marked_as_one(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    db: AsyncSession,
+    user: factories.Account,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(history, "TOTAL_EXACT_MAX", 5)
+    model, [version] = await make_model(db, user.id)
+    at = utcnow() - timedelta(hours=1)
+    await log_records(
+        app,
+        [
+            record_on(model, version, user.id, created_at=at + timedelta(seconds=i))
+            for i in range(12)
+        ],
+    )
+
+    small = await client.get(PREDICTIONS, params={"limit": 2}, headers=user.headers)
+
+    assert small.json()["total_is_estimate"] is True
+    assert small.json()["total"] == 12  # from the rollups: exact for whole minutes

@@ -13,6 +13,8 @@ count toward times. Analytics windows are whole minutes (`since` and `until` wid
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
@@ -20,8 +22,18 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Query
-from pydantic import AwareDatetime, Field
-from sqlalchemy import ColumnElement, Date, Select, and_, cast, func, or_, select
+from pydantic import AfterValidator, AwareDatetime, Field
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    Select,
+    and_,
+    cast,
+    func,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -46,6 +58,12 @@ LIST_ERROR_CUT = "... (cut short in lists; the prediction itself shows it whole)
 P50 = (50, 100)
 P95 = (95, 100)
 P99 = (99, 100)
+# Past this many matching predictions, `total` is an estimate (counting them all would cost
+# what the whole list costs); counting up to it costs a bounded index walk.
+TOTAL_EXACT_MAX = 10_000
+# A cursor: microseconds since the epoch (8 bytes) and the prediction id (16 bytes).
+CURSOR_BYTES = 24
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class PredictionStatus(StrEnum):
@@ -82,6 +100,15 @@ class PredictionRead(ReadModel):
     created_at: datetime
     user_id: uuid.UUID | None
     api_key_id: uuid.UUID | None
+
+
+class PredictionPage(Page[PredictionRead]):
+    total_is_estimate: bool = Field(
+        description=f"`total` is exact up to {10_000:,} predictions; past it an estimate, and true"
+    )
+    next: str | None = Field(
+        description="pass as `cursor` for the page after this one; null on the last page"
+    )
 
 
 class VersionStats(ReadModel):
@@ -156,44 +183,168 @@ def _time_window(since: datetime | None, until: datetime | None) -> list[ColumnE
     return conditions
 
 
+def encode_cursor(created_at: datetime, prediction_id: uuid.UUID) -> str:
+    """Return the opaque cursor of the position just after one prediction (newest first)."""
+    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
+    raw = micros.to_bytes(8, "big", signed=True) + prediction_id.bytes
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Return the (created_at, id) a cursor stands for.
+
+    Raises:
+        ValueError: not a cursor this server made.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not a cursor from a `next` field") from exc
+    if len(raw) != CURSOR_BYTES:
+        raise ValueError("not a cursor from a `next` field")
+    micros = int.from_bytes(raw[:8], "big", signed=True)
+    try:
+        created_at = _EPOCH + timedelta(microseconds=micros)
+    except OverflowError as exc:
+        raise ValueError("not a cursor from a `next` field") from exc
+    return created_at, uuid.UUID(bytes=raw[8:])
+
+
+def _valid_cursor(cursor: str | None) -> str | None:
+    if cursor is not None:
+        decode_cursor(cursor)
+    return cursor
+
+
+def _after(cursor: tuple[datetime, uuid.UUID]) -> ColumnElement[bool]:
+    """Rows after the cursor in the list's order (created_at, id descending)."""
+    at, prediction_id = cursor
+    # The plain `created_at <= at` lets the (…, created_at) indexes bound the scan.
+    return and_(
+        Prediction.created_at <= at,
+        or_(
+            Prediction.created_at < at,
+            and_(Prediction.created_at == at, Prediction.id < prediction_id),
+        ),
+    )
+
+
+async def _count_up_to(db: AsyncSession, part: Select[Any], cap: int) -> int:
+    """Count the rows of `part`, stopping at `cap` (a bounded index walk)."""
+    capped = part.with_only_columns(Prediction.id).limit(cap).subquery()
+    return await db.scalar(select(func.count()).select_from(capped)) or 0
+
+
+async def _estimate_owned(
+    db: AsyncSession,
+    user: User,
+    *,
+    model_id: uuid.UUID | None,
+    status: PredictionStatus | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> int:
+    """Estimate the predictions on the caller's models from the rollups (windows widened to
+    whole minutes): the cost of analytics, not of the log's size."""
+    r = prediction_rollups.c
+    counted = {
+        None: r.requests,
+        PredictionStatus.ERROR: r.failures,
+        PredictionStatus.SUCCESS: r.requests - r.failures,
+    }[status]
+    query = select(func.sum(counted)).where(r.owner_id == user.id, _rollup_window(since, until))
+    if model_id is not None:
+        query = query.where(r.model_id == model_id)
+    return int(await db.scalar(query) or 0)
+
+
 async def list_predictions(
     db: AsyncSession,
     user: User,
     *,
     page: PageParams,
+    cursor: str | None = None,
     model_id: uuid.UUID | None = None,
     status: PredictionStatus | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     payloads: bool = False,
-) -> Page[PredictionRead]:
+) -> PredictionPage:
     """Return one page of the predictions the caller may see, newest first, and their total.
 
-    Without `payloads`, items leave inputs and outputs out (null) and cut errors at
-    LIST_ERROR_MAX_CHARS, in SQL: a page costs the same whatever was logged.
+    A page starts after `cursor` (the `next` of the page before), then skips `offset` rows: by
+    cursor, page 1,000 costs what page 1 costs. `total` is exact up to TOTAL_EXACT_MAX rows and
+    an estimate past it (`total_is_estimate`). Without `payloads`, items leave inputs and
+    outputs out (null) and cut errors at LIST_ERROR_MAX_CHARS, in SQL.
     """
-    query = visible_predictions(user).where(*_time_window(since, until))
+    filters = _time_window(since, until)
     if model_id is not None:
-        query = query.where(Prediction.model_id == model_id)
+        filters.append(Prediction.model_id == model_id)
     if status is not None:
-        query = query.where(Prediction.status == status.value)
-    total = await db.scalar(select(func.count()).select_from(query.subquery()))
-    ordered = (
-        _with_model_name(query)
-        .order_by(Prediction.created_at.desc(), Prediction.id.desc())
-        .limit(page.limit)
+        filters.append(Prediction.status == status.value)
+    # The two halves of what the caller may see, disjoint: each walks its own (…, created_at)
+    # index newest first and stops after a page, where one OR would sort every visible row.
+    parts = [
+        select(Prediction).where(Prediction.owner_id == user.id, *filters),
+        select(Prediction).where(
+            Prediction.user_id == user.id,
+            or_(Prediction.owner_id.is_(None), Prediction.owner_id != user.id),
+            *filters,
+        ),
+    ]
+    newest_first = (Prediction.created_at.desc(), Prediction.id.desc())
+    wanted = page.offset + page.limit + 1  # one more tells whether there is a next page
+    position = [_after(decode_cursor(cursor))] if cursor is not None else []
+    halves = [
+        part.with_only_columns(Prediction.id, Prediction.created_at)
+        .where(*position)
+        .order_by(*newest_first)
+        .limit(wanted)
+        .subquery()
+        for part in parts
+    ]
+    keys = union_all(*(select(half.c.id, half.c.created_at) for half in halves)).subquery()
+    page_keys = (
+        select(keys.c.id, keys.c.created_at)
+        .order_by(keys.c.created_at.desc(), keys.c.id.desc())
+        .limit(page.limit + 1)
         .offset(page.offset)
+        .subquery()
+    )
+    ordered = (
+        _with_model_name(select(Prediction))
+        # created_at too: on a partitioned table it picks the partition of each row.
+        .join(
+            page_keys,
+            and_(Prediction.id == page_keys.c.id, Prediction.created_at == page_keys.c.created_at),
+        )
+        .order_by(*newest_first)
     )
     if payloads:
         items = [_read(prediction, name) for prediction, name in await db.execute(ordered)]
     else:
         rows = await db.execute(ordered.add_columns(_ERROR_HEAD).options(*_SUMMARY_OPTIONS))
         items = [_summary(prediction, name, error) for prediction, name, error in rows]
-    return Page[PredictionRead](
+    next_cursor = None
+    if len(items) > page.limit:
+        items = items[: page.limit]
+        next_cursor = encode_cursor(items[-1].created_at, items[-1].id)
+    owned = await _count_up_to(db, parts[0], TOTAL_EXACT_MAX + 1)
+    called = await _count_up_to(db, parts[1], TOTAL_EXACT_MAX + 1)
+    is_estimate = owned + called > TOTAL_EXACT_MAX
+    if owned > TOTAL_EXACT_MAX:
+        estimate = await _estimate_owned(
+            db, user, model_id=model_id, status=status, since=since, until=until
+        )
+        owned = max(owned, estimate)
+    total = owned + called
+    return PredictionPage(
         items=items,
-        total=total or 0,
+        total=total,
+        total_is_estimate=is_estimate,
         limit=page.limit,
         offset=page.offset,
+        next=next_cursor,
     )
 
 
@@ -380,11 +531,16 @@ Since = Annotated[
 Until = Annotated[AwareDatetime | None, Query(description="before this time (with a time zone)")]
 
 
-@router.get("/api/v1/predictions", response_model=Page[PredictionRead])
+@router.get("/api/v1/predictions", response_model=PredictionPage)
 async def list_prediction_log(
     user: CurrentUser,
     db: SessionDep,
     page: PageDep,
+    cursor: Annotated[
+        str | None,
+        AfterValidator(_valid_cursor),
+        Query(description="the `next` of the previous page: the page after it"),
+    ] = None,
     model_id: ModelFilter = None,
     status: PredictionStatus | None = None,
     since: Since = None,
@@ -393,9 +549,11 @@ async def list_prediction_log(
         Include | None,
         Query(description="`payloads`: each item's inputs, outputs and whole error too"),
     ] = None,
-) -> Page[PredictionRead]:
+) -> PredictionPage:
     """List the logged predictions the caller may see (its own, and those on its models), newest first.
 
+    Page with `cursor=<next of the previous page>` (`offset` still works, at a cost growing with
+    it). `total` is exact up to 10,000 and an estimate past it (`total_is_estimate: true`).
     Items leave inputs and outputs out (null) and cut errors at 1024 characters unless
     `include=payloads`; `GET /api/v1/predictions/{id}` shows one prediction whole.
     """
@@ -403,6 +561,7 @@ async def list_prediction_log(
         db,
         user,
         page=page,
+        cursor=cursor,
         model_id=model_id,
         status=status,
         since=since,
