@@ -26,6 +26,7 @@ from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.epochs import Epochs
 from modelyard.errors import ModelyardError
 from modelyard.events import LocalEvents, RedisEvents
+from modelyard.predictions import maintenance
 from modelyard.registry import service as registry_service
 from modelyard.server import EdgeLimits, EdgeProtocolFactory
 
@@ -203,6 +204,29 @@ async def _gc(settings: Settings, older_than: timedelta) -> int:
         )
     finally:
         await store.aclose()
+        await engine.dispose()
+
+
+@app.command()
+def maintain() -> None:
+    """Make the prediction log's coming partitions and drop what is past retention, once."""
+    settings = _settings()
+    report = asyncio.run(_maintain(settings))
+    if not report.ran:
+        typer.echo("another process is maintaining the prediction log; nothing done")
+        return
+    typer.echo(
+        f"partitions created: {len(report.partitions_created)}, "
+        f"dropped: {len(report.partitions_dropped)}, raw rows deleted: {report.rows_deleted}, "
+        f"rollups deleted: {report.rollups_deleted}"
+    )
+
+
+async def _maintain(settings: Settings) -> maintenance.MaintenanceReport:
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        return await maintenance.maintain(engine, settings)
+    finally:
         await engine.dispose()
 
 

@@ -241,8 +241,25 @@ class Prediction(Base):
         Index("ix_predictions_user_id_created_at", "user_id", "created_at"),
         Index("ix_predictions_owner_id_created_at", "owner_id", "created_at"),
         Index("ix_predictions_created_at", "created_at"),
+        # Failures are few: `status=error` lists walk these small indexes, not every row.
+        *(
+            Index(
+                f"ix_predictions_{column}_created_at_errors",
+                column,
+                "created_at",
+                postgresql_where=text("status = 'error'"),
+                sqlite_where=text("status = 'error'"),
+            )
+            for column in ("model_id", "user_id", "owner_id")
+        ),
+        # On PostgreSQL one partition a UTC day (and a default one), in the schema
+        # prediction_partitions; made ahead and dropped past retention by
+        # modelyard.predictions.maintenance. SQLite keeps one table.
+        {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
+    # A partitioned table's key must hold the partition column: (id, created_at) on PostgreSQL.
+    # SQLite's table keeps `id` alone (the migrations do not rebuild it).
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     model_id: Mapped[uuid.UUID | None]
     version_id: Mapped[uuid.UUID | None]
@@ -257,7 +274,7 @@ class Prediction(Base):
     outputs: Mapped[Any | None] = mapped_column(JSONType)
     n_rows: Mapped[int] = mapped_column(Integer, default=0)
     inference_time_ms: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, primary_key=True)
 
 
 # The latency distribution of prediction_rollups: counts in fixed, log-spaced buckets (see

@@ -351,7 +351,10 @@ class PredictionLog:
         async with asyncio.timeout(INSERT_TIMEOUT_SECONDS), self._sessions() as db:
             stmt: postgresql.Insert | sqlite.Insert
             if db.get_bind().dialect.name == "postgresql":
-                stmt = postgresql.insert(Prediction).on_conflict_do_nothing(index_elements=["id"])
+                # Partitioned by time: the key is (id, created_at); a replay repeats both.
+                stmt = postgresql.insert(Prediction).on_conflict_do_nothing(
+                    index_elements=["id", "created_at"]
+                )
             else:
                 stmt = sqlite.insert(Prediction).on_conflict_do_nothing(index_elements=["id"])
             # Only the rows inserted now come back: a replayed row is never counted twice.
