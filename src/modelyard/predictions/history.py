@@ -30,6 +30,7 @@ from sqlalchemy import (
     and_,
     cast,
     func,
+    literal,
     or_,
     select,
     union_all,
@@ -281,7 +282,9 @@ async def list_predictions(
     if model_id is not None:
         filters.append(Prediction.model_id == model_id)
     if status is not None:
-        filters.append(Prediction.status == status.value)
+        # Inline, not a parameter: a planner can only use the partial index of failures
+        # (`WHERE status = 'error'`) when it sees the value.
+        filters.append(Prediction.status == literal(status.value, literal_execute=True))
     # The two halves of what the caller may see, disjoint: each walks its own (…, created_at)
     # index newest first and stops after a page, where one OR would sort every visible row.
     parts = [
