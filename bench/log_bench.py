@@ -263,7 +263,8 @@ async def writer_rate(url: str, spool: Path, versions: list[tuple[uuid.UUID, uui
                 id=uuid.uuid4(), model_id=model_id, version_id=version_id, version=number,
                 owner_id=owner, user_id=owner, api_key_id=None, protocol="rest",
                 status="success", error=None, inputs=[[5.1, 3.5, 1.4, 0.2]], outputs=[0],
-                n_rows=1, inference_time_ms=0.3 + (i % 97) / 50, created_at=now,
+                n_rows=1, inference_time_ms=0.3 + (i % 97) / 50,
+                created_at=now + timedelta(microseconds=i),
             )
         )
     began = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Partition predictions by UTC day on PostgreSQL; index failures for status filters
+"""Partition predictions by UTC day on PostgreSQL; index failures and foreign calls
 
 PostgreSQL: the existing table becomes one partition (`prediction_partitions.predictions_legacy`,
 everything before the end of the last day it holds) of a new table partitioned by range of
@@ -26,6 +26,7 @@ depends_on: str | Sequence[str] | None = None
 SCHEMA = "prediction_partitions"
 DAYS_AHEAD = 7
 ERROR_INDEXES = ("model_id", "user_id", "owner_id")
+FOREIGN_CALLS_INDEX = "ix_predictions_user_id_created_at_foreign"
 INDEXES = {
     "ix_predictions_created_at": ["created_at"],
     "ix_predictions_model_id_created_at": ["model_id", "created_at"],
@@ -70,6 +71,16 @@ def _error_indexes(create: bool) -> None:
                 )
             else:
                 batch_op.drop_index(name)
+        if create:
+            batch_op.create_index(
+                FOREIGN_CALLS_INDEX,
+                ["user_id", "created_at"],
+                unique=False,
+                postgresql_where=sa.text("owner_id IS DISTINCT FROM user_id"),
+                sqlite_where=sa.text("owner_id IS NOT user_id"),
+            )
+        else:
+            batch_op.drop_index(FOREIGN_CALLS_INDEX)
 
 
 def _day(moment: datetime) -> datetime:
