@@ -96,44 +96,73 @@ def aggregate(rows: Iterable[Row]) -> list[Row]:
     """Return the rollup rows (per period, start, model version) that `rows` add up to.
 
     Rows without a model are left out: analytics are per model. The result is sorted by key so
-    that concurrent writers lock rollup rows in one order (no deadlock between them).
+    that concurrent writers lock rollup rows in one order (no deadlock between them). It runs on
+    the event loop, once per written batch: rows are added to per-minute sums only (integer
+    seconds as keys), and the hours are made from those minutes.
     """
-    acc: dict[tuple[int, datetime, uuid.UUID, uuid.UUID], Row] = {}
+    minutes: dict[tuple[int, uuid.UUID, uuid.UUID], Row] = {}
     for row in rows:
         model_id = row["model_id"]
         if model_id is None:
             continue
-        version_id = row["version_id"] or NO_VERSION
         at: datetime = row["created_at"]
-        failed = row["status"] == "error"
+        seconds = int(at.timestamp())
+        key = (seconds - seconds % MINUTE, model_id, row["version_id"] or NO_VERSION)
+        out = minutes.get(key)
+        if out is None:
+            out = minutes[key] = _empty(MINUTE, key, row)
+        out["requests"] += 1
+        out["rows"] += row["n_rows"] or 0
+        if at > out["last_at"]:
+            out["last_at"] = at
+        if row["status"] == "error":
+            out["failures"] += 1
+            continue
         ms = row["inference_time_ms"]
-        timed = not failed and ms is not None
-        bucket = rollup_bucket_column(bucket_of(ms)) if timed else ""
-        for period in PERIODS:
-            key = (period, floor_to(at, period), model_id, version_id)
-            out = acc.get(key)
-            if out is None:
-                out = acc[key] = _empty(key, row)
-            out["requests"] += 1
-            out["failures"] += failed
-            out["rows"] += row["n_rows"] or 0
-            out["last_at"] = max(out["last_at"], at)
-            if timed:
-                out["timed"] += 1
-                out["time_sum_ms"] += ms
-                low, high = out["time_min_ms"], out["time_max_ms"]
-                out["time_min_ms"] = ms if low is None else min(low, ms)
-                out["time_max_ms"] = ms if high is None else max(high, ms)
-                out[bucket] += 1
-    return [acc[key] for key in sorted(acc, key=lambda k: (k[0], k[1], k[2].bytes, k[3].bytes))]
+        if ms is None:
+            continue
+        out["timed"] += 1
+        out["time_sum_ms"] += ms
+        low, high = out["time_min_ms"], out["time_max_ms"]
+        if low is None or ms < low:
+            out["time_min_ms"] = ms
+        if high is None or ms > high:
+            out["time_max_ms"] = ms
+        out[BUCKET_COLUMNS[bucket_of(ms)]] += 1
+    hours: dict[tuple[int, uuid.UUID, uuid.UUID], Row] = {}
+    for (start, model_id, version_id), minute in minutes.items():
+        key = (start - start % HOUR, model_id, version_id)
+        hour = hours.get(key)
+        if hour is None:
+            hours[key] = {**minute, "period_s": HOUR, "start_at": _at(key[0])}
+        else:
+            _merge(hour, minute)
+    ordered = sorted(
+        [*minutes.values(), *hours.values()],
+        key=lambda r: (r["period_s"], r["start_at"], r["model_id"].bytes, r["version_id"].bytes),
+    )
+    return ordered
 
 
-def _empty(key: tuple[int, datetime, uuid.UUID, uuid.UUID], row: Row) -> Row:
-    period, start, model_id, version_id = key
+def _at(seconds: int) -> datetime:
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+def _merge(into: Row, other: Row) -> None:
+    for name in _SUMMED:
+        into[name] += other[name]
+    for name, pick in (("time_min_ms", min), ("time_max_ms", max)):
+        if other[name] is not None:
+            into[name] = other[name] if into[name] is None else pick(into[name], other[name])
+    into["last_at"] = max(into["last_at"], other["last_at"])
+
+
+def _empty(period: int, key: tuple[int, uuid.UUID, uuid.UUID], row: Row) -> Row:
+    start, model_id, version_id = key
     out: Row = dict.fromkeys(BUCKET_COLUMNS, 0)
     out.update(
         period_s=period,
-        start_at=start,
+        start_at=_at(start),
         model_id=model_id,
         version_id=version_id,
         owner_id=row["owner_id"],
