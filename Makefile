@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: install run test lint format migrate bench clean
+.PHONY: install run test lint format migrate bench bench-log clean
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ migrate: install
 bench: install
 	PYTHON=$(PYTHON) bench/setup.sh
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# The prediction log at scale on PostgreSQL: BENCH_LOG_ARGS="--rows 100000 --writer-rows 20000"
+# for a quick run (default: 1 M then 10 M rows, a database of its own, dropped at the end).
+bench-log: install
+	$(BIN)/python bench/log_bench.py $(BENCH_LOG_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

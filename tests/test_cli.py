@@ -1,9 +1,10 @@
-"""The `modelyard` command: version, migrate, create-admin, and serve end to end."""
+"""The `modelyard` command: version, migrate, create-admin, maintain, and serve end to end."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +71,26 @@ def test_migrate_creates_the_tables_on_a_fresh_data_dir(database_file: Path) -> 
     assert result.exit_code == 0, result.output
     assert "up to date" in result.stdout
     assert table_names(database_file) >= set(Base.metadata.tables) | {"alembic_version"}
+
+
+def test_maintain_deletes_logged_predictions_past_retention(
+    migrated_database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELYARD_PREDICTION_LOG_RETENTION_DAYS", "10")
+    with sqlite3.connect(migrated_database) as conn:
+        for days in (30, 11, 1):
+            conn.execute(
+                "INSERT INTO predictions (id, protocol, status, n_rows, created_at) "
+                "VALUES (?, 'rest', 'success', 1, datetime('now', ?))",
+                (uuid.uuid4().hex, f"-{days} days"),
+            )
+
+    result = runner.invoke(app, ["maintain"])
+
+    assert result.exit_code == 0, result.output
+    assert "raw rows deleted: 2" in result.stdout
+    with sqlite3.connect(migrated_database) as conn:
+        assert conn.execute("SELECT count(*) FROM predictions").fetchone() == (1,)
 
 
 def test_create_admin_creates_an_admin_with_an_argon2id_hash(

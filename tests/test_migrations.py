@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -12,12 +13,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.engine import Connection, make_url
 
 from modelyard.db import migrate
 from modelyard.db.engine import make_engine
-from modelyard.db.tables import Base
+from modelyard.db.tables import Base, Prediction, prediction_rollups
+from modelyard.predictions import rollups
 from tests.conftest import POSTGRES_ADMIN_URL, service_missing
 
 T = TypeVar("T")
@@ -117,3 +119,50 @@ def test_autogenerate_finds_no_difference_after_upgrade(fresh_url: str) -> None:
     migrate.upgrade(fresh_url)
 
     assert _run(fresh_url, _schema_diff) == []
+
+
+def test_rollups_migration_rolls_up_the_predictions_already_logged(fresh_url: str) -> None:
+    migrate.upgrade(fresh_url, "5b1e7f3c9a20")  # the revision before the rollups
+    model_id, version_id, owner_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    t0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+    times = [None, 0.001, 0.01, 0.0119, 0.5, 3.3, 12.0, 700.0, 50_000.0]
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "model_id": model_id,
+            "version_id": None if i == 3 else version_id,
+            "version": None if i == 3 else 1,
+            "owner_id": owner_id,
+            "user_id": None,
+            "api_key_id": None,
+            "protocol": "rest",
+            "status": "error" if i % 4 == 0 else "success",
+            "error": None,
+            "inputs": None,
+            "outputs": None,
+            "n_rows": 2,
+            "inference_time_ms": times[i % len(times)],
+            "created_at": t0 + timedelta(seconds=41 * i),
+        }
+        for i in range(200)
+    ]
+
+    def fill(conn: Connection) -> None:
+        conn.execute(insert(Prediction), rows)
+        conn.commit()
+
+    _run(fresh_url, fill)
+
+    migrate.upgrade(fresh_url)
+
+    def read(conn: Connection) -> list[dict[str, Any]]:
+        found = conn.execute(select(prediction_rollups)).mappings()
+        return [dict(row) for row in found]
+
+    stored = {(r["period_s"], r["start_at"], r["version_id"]): r for r in _run(fresh_url, read)}
+    expected = rollups.aggregate(rows)
+    assert len(stored) == len(expected)
+    for want in expected:
+        got = stored[(want["period_s"], want["start_at"], want["version_id"])]
+        for name, value in want.items():
+            assert got[name] == (pytest.approx(value) if isinstance(value, float) else value), name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Hashable
@@ -34,7 +36,7 @@ from modelyard.observability.metrics import Metrics
 from modelyard.observability.middleware import EdgeMiddleware
 from modelyard.observability.scrape import router as metrics_router
 from modelyard.outage import OutageCache
-from modelyard.predictions import fastpath, history, oip, v2
+from modelyard.predictions import fastpath, history, maintenance, oip, v2
 from modelyard.predictions.log import PredictionLog
 from modelyard.predictions.router import router as predict_router
 from modelyard.predictions.service import Predictor, Target
@@ -148,6 +150,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.modelyard = state
         await state.prediction_log.start()
+        upkeep = (
+            asyncio.create_task(maintenance.run_periodically(engine, settings))
+            if settings.prediction_log_maintenance_interval_seconds
+            else None
+        )
         if isinstance(events, RedisEvents):
             events.start()
         # Before the first request: the upload probe is starting and the registry's frameworks
@@ -159,6 +166,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             # Readiness answers 503 from here on, so load balancers stop sending traffic.
             state.shutting_down = True
+            if upkeep is not None:
+                upkeep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upkeep
             # Uvicorn has finished in-flight requests; nothing new reaches the batcher.
             await events.aclose()
             await predictor.batcher.aclose()

@@ -204,6 +204,20 @@ class Settings(BaseSettings):
     prediction_log_queue_size: int = Field(default=100_000, ge=1)
     """Predictions held in memory while the database is slow; past it they are spooled to disk."""
 
+    prediction_log_retention_days: int = Field(default=30, ge=0)
+    """Days the raw prediction log (inputs, outputs, errors) is kept; 0 keeps it forever.
+    PostgreSQL drops whole daily partitions, SQLite deletes in bounded batches."""
+
+    prediction_rollup_retention_days: int = Field(default=400, ge=0)
+    """Days the per-minute and per-hour rollups behind analytics are kept; 0 keeps them forever."""
+
+    prediction_log_partitions_ahead_days: int = Field(default=7, ge=1, le=366)
+    """Daily partitions of the prediction log made ahead of time (PostgreSQL)."""
+
+    prediction_log_maintenance_interval_seconds: int = Field(default=3600, ge=0)
+    """How often a server process runs the log's upkeep (partitions ahead, retention); one process
+    across replicas at a time. 0: never in the server (run `modelyard maintain` instead)."""
+
     # prediction input and log bounds (#10)
     max_predict_elements: int = Field(default=1_000_000, ge=1)
     """Most input values one prediction request may carry: rows times features, over every V2

@@ -13,7 +13,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from modelyard.db.tables import ROLLUP_BUCKETS
 from modelyard.db.types import utcnow
+from modelyard.predictions import history, rollups
 from modelyard.predictions.history import LIST_ERROR_CUT, LIST_ERROR_MAX_CHARS
 from modelyard.predictions.log import PredictionRecord
 from modelyard.state import AppState
@@ -36,6 +38,14 @@ async def log_records(app: FastAPI, records: Iterable[PredictionRecord]) -> None
 def ids(response: httpx.Response) -> list[str]:
     assert response.status_code == 200, response.text
     return [item["id"] for item in response.json()["items"]]
+
+
+def assert_estimates(estimate: float, exact: float) -> None:
+    """The rollups' percentile is within their documented relative error of the exact one."""
+    assert abs(estimate - exact) <= exact * rollups.PERCENTILE_RELATIVE_ERROR + 1e-9, (
+        estimate,
+        exact,
+    )
 
 
 def nearest_rank(values: list[float], p: float) -> float:
@@ -299,11 +309,8 @@ async def test_model_analytics_per_version_match_python(
     assert (first["model_id"], first["model_name"], first["version"]) == (str(model.id), "iris", 1)
     assert (first["total_predictions"], first["failed_predictions"]) == (18, 2)
     assert first["avg_inference_time_ms"] == pytest.approx(sum(times) / len(times))
-    assert first["p50_inference_time_ms"] == nearest_rank(times, 0.50)
-    assert first["p95_inference_time_ms"] == nearest_rank(times, 0.95)
-    # numpy's inverted_cdf is the same nearest-rank definition.
-    assert first["p50_inference_time_ms"] == np.percentile(times, 50, method="inverted_cdf")
-    assert first["p95_inference_time_ms"] == np.percentile(times, 95, method="inverted_cdf")
+    for p in (50, 95, 99):
+        assert_estimates(first[f"p{p}_inference_time_ms"], nearest_rank(times, p / 100))
     assert datetime.fromisoformat(first["last_prediction_at"]) == t0 + timedelta(seconds=14)
     assert second == {
         "model_id": str(model.id),
@@ -314,26 +321,60 @@ async def test_model_analytics_per_version_match_python(
         "avg_inference_time_ms": 2.5,
         "p50_inference_time_ms": 2.5,
         "p95_inference_time_ms": 2.5,
+        "p99_inference_time_ms": 2.5,
         "last_prediction_at": second["last_prediction_at"],
     }
     assert datetime.fromisoformat(second["last_prediction_at"]) == last
 
 
-@pytest.mark.parametrize("n", [1, 2, 19, 20, 21, 100])
-async def test_model_analytics_percentiles_are_nearest_rank(
+@pytest.mark.parametrize("n", [1, 2, 19, 20, 21, 100, 1000])
+async def test_model_analytics_percentiles_are_nearest_rank_within_the_stated_error(
     app: FastAPI, client: httpx.AsyncClient, db: AsyncSession, user: factories.Account, n: int
 ) -> None:
     model, [version] = await make_model(db, user.id)
-    times = [float((i * 37) % 101) for i in range(n)]  # distinct, shuffled
+    rng = np.random.default_rng(n)
+    # Log-uniform over 0.02 ms .. 5 s, spread over a few minutes and hours.
+    times = [float(ms) for ms in np.exp(rng.uniform(math.log(0.02), math.log(5000), n))]
+    t0 = utcnow() - timedelta(hours=3)
     await log_records(
-        app, [record_on(model, version, user.id, inference_time_ms=ms) for ms in times]
+        app,
+        [
+            record_on(
+                model,
+                version,
+                user.id,
+                created_at=t0 + timedelta(seconds=i * 7),
+                inference_time_ms=ms,
+            )
+            for i, ms in enumerate(times)
+        ],
     )
 
     response = await client.get(MODEL_ANALYTICS, headers=user.headers)
 
     [row] = response.json()
-    assert row["p50_inference_time_ms"] == nearest_rank(times, 0.50)
-    assert row["p95_inference_time_ms"] == nearest_rank(times, 0.95)
+    for p in (50, 95, 99):
+        assert_estimates(row[f"p{p}_inference_time_ms"], nearest_rank(times, p / 100))
+    assert row["avg_inference_time_ms"] == pytest.approx(sum(times) / n)
+
+
+@pytest.mark.parametrize("ms", [0.001, 0.01, 0.0119, 1.0, 3.3, 41_000.0, 90_000.0])
+def test_percentile_of_one_time_is_that_time(ms: float) -> None:
+    counts = [0] * ROLLUP_BUCKETS
+    counts[rollups.bucket_of(ms)] = 1
+
+    assert rollups.percentile(counts, (95, 100), ms, ms) == ms
+
+
+def test_bucket_middles_are_within_the_stated_error_of_their_edges() -> None:
+    for index in range(1, ROLLUP_BUCKETS - 1):
+        low = rollups.LOWEST_EDGE_MS * 2 ** ((index - 1) / rollups.BUCKETS_PER_DOUBLING)
+        high = rollups.LOWEST_EDGE_MS * 2 ** (index / rollups.BUCKETS_PER_DOUBLING)
+        middle = rollups.bucket_middle(index)
+        assert rollups.bucket_of(low * 1.0000001) == index
+        assert rollups.bucket_of(high * 0.9999999) == index
+        assert middle / low <= 1 + rollups.PERCENTILE_RELATIVE_ERROR + 1e-12
+        assert high / middle <= 1 + rollups.PERCENTILE_RELATIVE_ERROR + 1e-12
 
 
 async def test_model_analytics_filters_by_model_and_time(
@@ -458,3 +499,151 @@ async def test_usage_rejects_days_out_of_range(
     response = await client.get(USAGE, params={"days": days}, headers=user.headers)
 
     assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize(
+    ("since_min", "until_min"),
+    [(None, None), (17, None), (None, 250), (17, 250), (61, 119), (100, 110), (60, 240)],
+)
+async def test_model_analytics_windows_count_exactly_what_the_raw_log_holds(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    db: AsyncSession,
+    user: factories.Account,
+    since_min: int | None,
+    until_min: int | None,
+) -> None:
+    model, [version] = await make_model(db, user.id)
+    t0 = datetime.combine(utcnow().date(), time(), tzinfo=UTC) - timedelta(days=1)
+    records = [
+        record_on(
+            model,
+            version,
+            user.id,
+            created_at=t0 + timedelta(seconds=53 * i),
+            status="error" if i % 5 == 0 else "success",
+        )
+        for i in range(340)  # five hours
+    ]
+    await log_records(app, records)
+    params = {}
+    if since_min is not None:
+        params["since"] = (t0 + timedelta(minutes=since_min)).isoformat()
+    if until_min is not None:
+        params["until"] = (t0 + timedelta(minutes=until_min)).isoformat()
+    inside = [
+        r
+        for r in records
+        if (since_min is None or r.created_at >= t0 + timedelta(minutes=since_min))
+        and (until_min is None or r.created_at < t0 + timedelta(minutes=until_min))
+    ]
+
+    response = await client.get(MODEL_ANALYTICS, params=params, headers=user.headers)
+
+    [row] = response.json()
+    assert row["total_predictions"] == len(inside)
+    assert row["failed_predictions"] == sum(r.status == "error" for r in inside)
+    assert datetime.fromisoformat(row["last_prediction_at"]) == inside[-1].created_at
+
+
+async def test_cursor_pages_walk_every_visible_prediction_once_newest_first(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    db: AsyncSession,
+    user: factories.Account,
+    other_user: factories.Account,
+) -> None:
+    mine, [my_version] = await make_model(db, user.id)
+    theirs, [their_version] = await make_model(db, other_user.id)
+    at = utcnow() - timedelta(minutes=5)
+    records = [
+        record_on(mine, my_version, other_user.id, created_at=at - timedelta(seconds=i // 3))
+        for i in range(12)  # ties of three
+    ]
+    records += [
+        record_on(theirs, their_version, user.id, created_at=at - timedelta(seconds=i))
+        for i in range(5)
+    ]
+    invisible = record_on(theirs, their_version, other_user.id, created_at=at)
+    await log_records(app, [*records, invisible])
+    expected = [str(r.id) for r in sorted(records, key=lambda r: (r.created_at, r.id.hex))][::-1]
+
+    seen: list[str] = []
+    bodies = []
+    params: dict[str, str | int] = {"limit": 4}
+    while True:
+        response = await client.get(PREDICTIONS, params=params, headers=user.headers)
+        seen += ids(response)
+        bodies.append(response.json())
+        if response.json()["next"] is None:
+            break
+        params = {"limit": 4, "cursor": response.json()["next"]}
+
+    assert seen == expected
+    assert len(bodies) == 5  # 17 rows: four full pages and one of one
+    assert {(b["total"], b["total_is_estimate"]) for b in bodies} == {(17, False)}
+
+
+async def test_cursor_pages_keep_the_filters(
+    app: FastAPI, client: httpx.AsyncClient, db: AsyncSession, user: factories.Account
+) -> None:
+    model, [version] = await make_model(db, user.id)
+    at = utcnow() - timedelta(minutes=5)
+    records = [
+        record_on(
+            model,
+            version,
+            user.id,
+            created_at=at - timedelta(seconds=i),
+            status="error" if i % 2 else "success",
+        )
+        for i in range(9)
+    ]
+    await log_records(app, records)
+    errors = [str(r.id) for r in records if r.status == "error"]
+
+    first = await client.get(
+        PREDICTIONS, params={"limit": 3, "status": "error"}, headers=user.headers
+    )
+    second = await client.get(
+        PREDICTIONS,
+        params={"limit": 3, "status": "error", "cursor": first.json()["next"]},
+        headers=user.headers,
+    )
+
+    assert ids(first) + ids(second) == errors
+    assert second.json()["next"] is None
+    assert first.json()["total"] == 4
+
+
+@pytest.mark.parametrize("cursor", ["", "abc", "!!!!", "A" * 40])
+async def test_a_cursor_this_server_did_not_make_is_422(
+    client: httpx.AsyncClient, user: factories.Account, cursor: str
+) -> None:
+    response = await client.get(PREDICTIONS, params={"cursor": cursor}, headers=user.headers)
+
+    assert response.status_code == 422, response.text
+
+
+async def test_total_past_the_exact_cap_is_an_estimate_marked_as_one(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    db: AsyncSession,
+    user: factories.Account,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(history, "TOTAL_EXACT_MAX", 5)
+    model, [version] = await make_model(db, user.id)
+    at = utcnow() - timedelta(hours=1)
+    await log_records(
+        app,
+        [
+            record_on(model, version, user.id, created_at=at + timedelta(seconds=i))
+            for i in range(12)
+        ],
+    )
+
+    small = await client.get(PREDICTIONS, params={"limit": 2}, headers=user.headers)
+
+    assert small.json()["total_is_estimate"] is True
+    assert small.json()["total"] == 12  # from the rollups: exact for whole minutes

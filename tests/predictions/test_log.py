@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.db import migrate
 from modelyard.db.engine import make_engine, make_sessionmaker
-from modelyard.db.tables import Prediction
+from modelyard.db.tables import Prediction, prediction_rollups
+from modelyard.db.types import utcnow
 from modelyard.observability.metrics import Metrics
 from modelyard.predictions.log import PredictionLog, PredictionRecord
 from tests.predictions import sigterm_writer
@@ -72,6 +74,24 @@ async def stored(engine: AsyncEngine) -> dict[uuid.UUID, Prediction]:
 async def count_rows(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
         return int(await conn.scalar(select(func.count()).select_from(Prediction)) or 0)
+
+
+async def rolled_up(engine: AsyncEngine) -> dict[int, tuple[int, int, int]]:
+    """(requests, failures, rows) per period, summed over every rollup row."""
+    r = prediction_rollups.c
+    query = select(r.period_s, func.sum(r.requests), func.sum(r.failures), func.sum(r.rows))
+    async with engine.connect() as conn:
+        found = await conn.execute(query.group_by(r.period_s))
+        return {period: (int(a), int(b), int(c)) for period, a, b, c in found}
+
+
+def expected_rollup(records: list[PredictionRecord]) -> dict[int, tuple[int, int, int]]:
+    totals = (
+        len(records),
+        sum(rec.status == "error" for rec in records),
+        sum(rec.n_rows for rec in records),
+    )
+    return {60: totals, 3600: totals}
 
 
 async def wait_for_rows(engine: AsyncEngine, expected: int) -> int:
@@ -133,6 +153,26 @@ async def test_recording_the_same_ids_again_keeps_one_row_each(
     await prediction_log.flush()
 
     assert await count_rows(engine) == 30
+    assert await rolled_up(engine) == expected_rollup(records)
+
+
+async def test_rollups_add_up_what_the_batches_inserted(
+    prediction_log: PredictionLog, engine: AsyncEngine
+) -> None:
+    start = utcnow() - timedelta(hours=2)
+    records = [
+        make_record(
+            created_at=start + timedelta(seconds=37 * i),
+            status="error" if i % 7 == 0 else "success",
+            n_rows=1 + i % 3,
+        )
+        for i in range(300)
+    ]
+    for rec in records:
+        prediction_log.record(rec)
+    await prediction_log.flush()
+
+    assert await rolled_up(engine) == expected_rollup(records)
 
 
 async def test_without_payloads_no_inputs_or_outputs_are_stored(
@@ -322,6 +362,7 @@ async def test_replaying_rows_already_written_adds_no_duplicates(
     assert left == []
     assert sample(metrics, "modelyard_prediction_log_rows_replayed_total") == 19
     assert await count_rows(engine) == 20
+    assert await rolled_up(engine) == expected_rollup(records)
 
 
 async def test_start_replays_a_file_left_mid_replay_by_a_crash(
@@ -412,6 +453,7 @@ async def test_postgresql_outage_spools_and_replays_every_row_once(
     assert count == 80
     assert left == []
     assert set(await stored(engine)) == {rec.id for rec in [*before, *during, *after]}
+    assert await rolled_up(engine) == expected_rollup([*before, *during, *after])
     # Rows recorded while the writer still backs off after the restore are spooled too.
     replayed = sample(metrics, "modelyard_prediction_log_rows_replayed_total")
     assert replayed == sample(metrics, "modelyard_prediction_log_rows_spooled_total") >= 40

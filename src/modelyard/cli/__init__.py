@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
 import uvicorn
@@ -31,6 +32,9 @@ from modelyard.errors import ModelyardError
 from modelyard.observability import metrics
 from modelyard.server import EdgeLimits, EdgeProtocolFactory
 from modelyard.serving import probehost
+
+if TYPE_CHECKING:  # imported by the command that uses it (see the module docstring)
+    from modelyard.predictions.maintenance import MaintenanceReport
 
 app = typer.Typer(help="Modelyard: model registry and serving platform.", no_args_is_help=True)
 
@@ -271,6 +275,32 @@ async def _gc(settings: Settings, older_than: timedelta) -> int:
         )
     finally:
         await store.aclose()
+        await engine.dispose()
+
+
+@app.command()
+def maintain() -> None:
+    """Make the prediction log's coming partitions and drop what is past retention, once."""
+    settings = _settings()
+    report = asyncio.run(_maintain(settings))
+    if not report.ran:
+        typer.echo("another process is maintaining the prediction log; nothing done")
+        return
+    typer.echo(
+        f"partitions created: {len(report.partitions_created)}, "
+        f"dropped: {len(report.partitions_dropped)}, raw rows deleted: {report.rows_deleted}, "
+        f"rollups deleted: {report.rollups_deleted}"
+    )
+
+
+async def _maintain(settings: Settings) -> MaintenanceReport:
+    from modelyard.db.engine import make_engine
+    from modelyard.predictions import maintenance
+
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        return await maintenance.maintain(engine, settings)
+    finally:
         await engine.dispose()
 
 

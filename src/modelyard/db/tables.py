@@ -8,12 +8,14 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
+    Column,
     Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     Uuid,
@@ -260,8 +262,34 @@ class Prediction(Base):
         Index("ix_predictions_user_id_created_at", "user_id", "created_at"),
         Index("ix_predictions_owner_id_created_at", "owner_id", "created_at"),
         Index("ix_predictions_created_at", "created_at"),
+        # Failures are few: `status=error` lists walk these small indexes, not every row.
+        *(
+            Index(
+                f"ix_predictions_{column}_created_at_errors",
+                column,
+                "created_at",
+                postgresql_where=text("status = 'error'"),
+                sqlite_where=text("status = 'error'"),
+            )
+            for column in ("model_id", "user_id", "owner_id")
+        ),
+        # A caller's calls on models it does not own: the second half of what it may see. Most
+        # calls are an owner's own, and walking them all to skip them cost seconds at 1 M rows.
+        Index(
+            "ix_predictions_user_id_created_at_foreign",
+            "user_id",
+            "created_at",
+            postgresql_where=text("owner_id IS DISTINCT FROM user_id"),
+            sqlite_where=text("owner_id IS NOT user_id"),
+        ),
+        # On PostgreSQL one partition a UTC day (and a default one), in the schema
+        # prediction_partitions; made ahead and dropped past retention by
+        # modelyard.predictions.maintenance. SQLite keeps one table.
+        {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
+    # A partitioned table's key must hold the partition column: (id, created_at) on PostgreSQL.
+    # SQLite's table keeps `id` alone (the migrations do not rebuild it).
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     model_id: Mapped[uuid.UUID | None]
     version_id: Mapped[uuid.UUID | None]
@@ -276,4 +304,39 @@ class Prediction(Base):
     outputs: Mapped[Any | None] = mapped_column(JSONType)
     n_rows: Mapped[int] = mapped_column(Integer, default=0)
     inference_time_ms: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, primary_key=True)
+
+
+# The latency distribution of prediction_rollups: counts in fixed, log-spaced buckets (see
+# modelyard.predictions.rollups for the boundaries and the percentile error they give).
+ROLLUP_BUCKETS = 90
+
+
+def rollup_bucket_column(index: int) -> str:
+    """Name the column holding the count of bucket `index` of a rollup's latency distribution."""
+    return f"b{index:02d}"
+
+
+# A Core table rather than a mapped class: ninety counters read and written by name, never as
+# objects. One row per model version and period (60 s or 3600 s) starting at `start_at`.
+prediction_rollups = Table(
+    "prediction_rollups",
+    Base.metadata,
+    Column("period_s", Integer, primary_key=True),
+    Column("start_at", UTCDateTime(), primary_key=True),
+    Column("model_id", Uuid(), primary_key=True),
+    # The nil UUID for failures logged before a version was resolved: a key cannot hold NULL.
+    Column("version_id", Uuid(), primary_key=True),
+    Column("owner_id", Uuid(), nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("failures", BigInteger, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("timed", BigInteger, nullable=False),
+    Column("time_sum_ms", Float, nullable=False),
+    Column("time_min_ms", Float, nullable=True),
+    Column("time_max_ms", Float, nullable=True),
+    Column("last_at", UTCDateTime(), nullable=False),
+    *(Column(rollup_bucket_column(i), BigInteger, nullable=False) for i in range(ROLLUP_BUCKETS)),
+    Index("ix_prediction_rollups_owner_id_period_s_start_at", "owner_id", "period_s", "start_at"),
+)

@@ -4,13 +4,17 @@ Visibility is filtered in one place, `visible_predictions`: a caller sees the pr
 and those on models it owns; anything else does not exist for it (404, never 403). Analytics are
 for owners: they cover the predictions on the caller's own models, whoever made them.
 
-Aggregates are computed in SQL on both dialects. Percentiles use the nearest-rank definition: the
-p-th percentile of n sorted times is the value at rank ceil(p * n) (1-based), always a measured
-time, never an interpolation; only successful predictions with a time count toward times.
+Analytics read the rollups the log writer keeps (`modelyard.predictions.rollups`), so they cost
+the same at 100 M logged rows as at 1,000: sums in SQL, then percentiles from the summed latency
+buckets. Percentiles follow the nearest-rank definition (the value at rank ceil(p * n) of n sorted
+times), estimated within the error `rollups` documents; only successful predictions with a time
+count toward times. Analytics windows are whole minutes (`since` and `until` widened to them).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
@@ -18,16 +22,28 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Query
-from pydantic import AwareDatetime, Field
-from sqlalchemy import ColumnElement, Date, Select, and_, case, cast, func, or_, select
+from pydantic import AfterValidator, AwareDatetime, Field
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    Select,
+    and_,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from modelyard.auth.deps import CurrentUser
 from modelyard.db.deps import SessionDep
-from modelyard.db.tables import Prediction, RegisteredModel, User
+from modelyard.db.tables import Prediction, RegisteredModel, User, prediction_rollups
 from modelyard.db.types import utcnow
 from modelyard.errors import NotFound
+from modelyard.predictions import rollups
 from modelyard.registry.service import ModelNotFound
 from modelyard.routing import make_router
 from modelyard.schemas import Page, PageDep, PageParams, ReadModel
@@ -42,6 +58,13 @@ LIST_ERROR_CUT = "... (cut short in lists; the prediction itself shows it whole)
 # Nearest-rank percentiles as fractions, so that ceil(p * n) is exact integer arithmetic.
 P50 = (50, 100)
 P95 = (95, 100)
+P99 = (99, 100)
+# Past this many matching predictions, `total` is an estimate (counting them all would cost
+# what the whole list costs); counting up to it costs a bounded index walk.
+TOTAL_EXACT_MAX = 10_000
+# A cursor: microseconds since the epoch (8 bytes) and the prediction id (16 bytes).
+CURSOR_BYTES = 24
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class PredictionStatus(StrEnum):
@@ -80,6 +103,15 @@ class PredictionRead(ReadModel):
     api_key_id: uuid.UUID | None
 
 
+class PredictionPage(Page[PredictionRead]):
+    total_is_estimate: bool = Field(
+        description=f"`total` is exact up to {10_000:,} predictions; past it an estimate, and true"
+    )
+    next: str | None = Field(
+        description="pass as `cursor` for the page after this one; null on the last page"
+    )
+
+
 class VersionStats(ReadModel):
     model_id: uuid.UUID
     model_name: str | None
@@ -89,6 +121,7 @@ class VersionStats(ReadModel):
     avg_inference_time_ms: float | None
     p50_inference_time_ms: float | None
     p95_inference_time_ms: float | None
+    p99_inference_time_ms: float | None
     last_prediction_at: datetime
 
 
@@ -151,44 +184,183 @@ def _time_window(since: datetime | None, until: datetime | None) -> list[ColumnE
     return conditions
 
 
+def encode_cursor(created_at: datetime, prediction_id: uuid.UUID) -> str:
+    """Return the opaque cursor of the position just after one prediction (newest first)."""
+    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
+    raw = micros.to_bytes(8, "big", signed=True) + prediction_id.bytes
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Return the (created_at, id) a cursor stands for.
+
+    Raises:
+        ValueError: not a cursor this server made.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not a cursor from a `next` field") from exc
+    if len(raw) != CURSOR_BYTES:
+        raise ValueError("not a cursor from a `next` field")
+    micros = int.from_bytes(raw[:8], "big", signed=True)
+    try:
+        created_at = _EPOCH + timedelta(microseconds=micros)
+    except OverflowError as exc:
+        raise ValueError("not a cursor from a `next` field") from exc
+    return created_at, uuid.UUID(bytes=raw[8:])
+
+
+def _valid_cursor(cursor: str | None) -> str | None:
+    if cursor is not None:
+        decode_cursor(cursor)
+    return cursor
+
+
+def _after(cursor: tuple[datetime, uuid.UUID]) -> ColumnElement[bool]:
+    """Rows after the cursor in the list's order (created_at, id descending)."""
+    at, prediction_id = cursor
+    # The plain `created_at <= at` lets the (…, created_at) indexes bound the scan.
+    return and_(
+        Prediction.created_at <= at,
+        or_(
+            Prediction.created_at < at,
+            and_(Prediction.created_at == at, Prediction.id < prediction_id),
+        ),
+    )
+
+
+async def _count_up_to(db: AsyncSession, part: Select[Any], cap: int) -> int:
+    """Count the rows of `part`, stopping at `cap` (a bounded index walk)."""
+    capped = part.with_only_columns(Prediction.id).limit(cap).subquery()
+    return await db.scalar(select(func.count()).select_from(capped)) or 0
+
+
+async def _estimate_owned(
+    db: AsyncSession,
+    user: User,
+    *,
+    model_id: uuid.UUID | None,
+    status: PredictionStatus | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> int:
+    """Estimate the predictions on the caller's models from the rollups (windows widened to
+    whole minutes): the cost of analytics, not of the log's size."""
+    r = prediction_rollups.c
+    counted = {
+        None: r.requests,
+        PredictionStatus.ERROR: r.failures,
+        PredictionStatus.SUCCESS: r.requests - r.failures,
+    }[status]
+    query = select(func.sum(counted)).where(r.owner_id == user.id, _rollup_window(since, until))
+    if model_id is not None:
+        query = query.where(r.model_id == model_id)
+    return int(await db.scalar(query) or 0)
+
+
 async def list_predictions(
     db: AsyncSession,
     user: User,
     *,
     page: PageParams,
+    cursor: str | None = None,
     model_id: uuid.UUID | None = None,
     status: PredictionStatus | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     payloads: bool = False,
-) -> Page[PredictionRead]:
+) -> PredictionPage:
     """Return one page of the predictions the caller may see, newest first, and their total.
 
-    Without `payloads`, items leave inputs and outputs out (null) and cut errors at
-    LIST_ERROR_MAX_CHARS, in SQL: a page costs the same whatever was logged.
+    A page starts after `cursor` (the `next` of the page before), then skips `offset` rows: by
+    cursor, page 1,000 costs what page 1 costs. `total` is exact up to TOTAL_EXACT_MAX rows and
+    an estimate past it (`total_is_estimate`). Without `payloads`, items leave inputs and
+    outputs out (null) and cut errors at LIST_ERROR_MAX_CHARS, in SQL.
     """
-    query = visible_predictions(user).where(*_time_window(since, until))
+    filters = _time_window(since, until)
     if model_id is not None:
-        query = query.where(Prediction.model_id == model_id)
+        filters.append(Prediction.model_id == model_id)
     if status is not None:
-        query = query.where(Prediction.status == status.value)
-    total = await db.scalar(select(func.count()).select_from(query.subquery()))
-    ordered = (
-        _with_model_name(query)
-        .order_by(Prediction.created_at.desc(), Prediction.id.desc())
-        .limit(page.limit)
+        # Inline, not a parameter: a planner can only use the partial index of failures
+        # (`WHERE status = 'error'`) when it sees the value.
+        filters.append(Prediction.status == literal(status.value, literal_execute=True))
+    # The two halves of what the caller may see, disjoint: each walks its own (…, created_at)
+    # index newest first and stops after a page, where one OR would sort every visible row.
+    parts = [
+        select(Prediction).where(Prediction.owner_id == user.id, *filters),
+        select(Prediction).where(
+            Prediction.user_id == user.id,
+            # Written as the partial index of foreign calls is, so that the planner uses it.
+            Prediction.owner_id.is_distinct_from(Prediction.user_id),
+            *filters,
+        ),
+    ]
+    # Most callers are owners reading their own log: when the caller has no calls on others'
+    # models (counted on their small partial index), the second half is left out. Ordered, the
+    # planner would walk the time index instead, filtering out every one of the owner's rows.
+    # Counted without the filters first: with them, a planner unaware of how few such calls
+    # there are may walk a filter's index instead (500 ms at 1 M rows).
+    foreign = select(Prediction).where(
+        Prediction.user_id == user.id, Prediction.owner_id.is_distinct_from(Prediction.user_id)
+    )
+    called = await _count_up_to(db, foreign, TOTAL_EXACT_MAX + 1)
+    if called == 0:
+        parts = parts[:1]
+    elif filters:
+        called = await _count_up_to(db, parts[1], TOTAL_EXACT_MAX + 1)
+    newest_first = (Prediction.created_at.desc(), Prediction.id.desc())
+    wanted = page.offset + page.limit + 1  # one more tells whether there is a next page
+    position = [_after(decode_cursor(cursor))] if cursor is not None else []
+    halves = [
+        part.with_only_columns(Prediction.id, Prediction.created_at)
+        .where(*position)
+        .order_by(*newest_first)
+        .limit(wanted)
+        .subquery()
+        for part in parts
+    ]
+    keys = union_all(*(select(half.c.id, half.c.created_at) for half in halves)).subquery()
+    page_keys = (
+        select(keys.c.id, keys.c.created_at)
+        .order_by(keys.c.created_at.desc(), keys.c.id.desc())
+        .limit(page.limit + 1)
         .offset(page.offset)
+        .subquery()
+    )
+    ordered = (
+        _with_model_name(select(Prediction))
+        # created_at too: on a partitioned table it picks the partition of each row.
+        .join(
+            page_keys,
+            and_(Prediction.id == page_keys.c.id, Prediction.created_at == page_keys.c.created_at),
+        )
+        .order_by(*newest_first)
     )
     if payloads:
         items = [_read(prediction, name) for prediction, name in await db.execute(ordered)]
     else:
         rows = await db.execute(ordered.add_columns(_ERROR_HEAD).options(*_SUMMARY_OPTIONS))
         items = [_summary(prediction, name, error) for prediction, name, error in rows]
-    return Page[PredictionRead](
+    next_cursor = None
+    if len(items) > page.limit:
+        items = items[: page.limit]
+        next_cursor = encode_cursor(items[-1].created_at, items[-1].id)
+    owned = await _count_up_to(db, parts[0], TOTAL_EXACT_MAX + 1)
+    is_estimate = owned + called > TOTAL_EXACT_MAX
+    if owned > TOTAL_EXACT_MAX:
+        estimate = await _estimate_owned(
+            db, user, model_id=model_id, status=status, since=since, until=until
+        )
+        owned = max(owned, estimate)
+    total = owned + called
+    return PredictionPage(
         items=items,
-        total=total or 0,
+        total=total,
+        total_is_estimate=is_estimate,
         limit=page.limit,
         offset=page.offset,
+        next=next_cursor,
     )
 
 
@@ -218,10 +390,30 @@ async def _check_owned_model(db: AsyncSession, user: User, model_id: uuid.UUID |
         raise ModelNotFound(str(model_id))
 
 
-def _nearest_rank(count: ColumnElement[int], fraction: tuple[int, int]) -> ColumnElement[int]:
-    """Return ceil(num / den * count) in integer arithmetic, the same on SQLite and PostgreSQL."""
-    num, den = fraction
-    return (count * num + (den - 1)) // den
+def _rollup_window(since: datetime | None, until: datetime | None) -> ColumnElement[bool]:
+    """Select the rollups covering [since, until) widened to whole minutes: whole hours from
+    the hourly rollups, the minutes at either edge from the per-minute ones."""
+    r = prediction_rollups.c
+    low = rollups.floor_to(since, rollups.MINUTE) if since is not None else None
+    high = rollups.ceil_to(until, rollups.MINUTE) if until is not None else None
+    first_hour = rollups.ceil_to(low, rollups.HOUR) if low is not None else None
+    end_hour = rollups.floor_to(high, rollups.HOUR) if high is not None else None
+    if (
+        low is not None
+        and high is not None
+        and rollups.ceil_to(low, rollups.HOUR) >= rollups.floor_to(high, rollups.HOUR)
+    ):
+        # Within one hour, or across one hour boundary: minutes only.
+        return and_(r.period_s == rollups.MINUTE, r.start_at >= low, r.start_at < high)
+    hours = [r.period_s == rollups.HOUR]
+    parts = []
+    if first_hour is not None:
+        hours.append(r.start_at >= first_hour)
+        parts.append(and_(r.period_s == rollups.MINUTE, r.start_at >= low, r.start_at < first_hour))
+    if end_hour is not None:
+        hours.append(r.start_at < end_hour)
+        parts.append(and_(r.period_s == rollups.MINUTE, r.start_at >= end_hour, r.start_at < high))
+    return or_(and_(*hours), *parts)
 
 
 async def version_stats(
@@ -234,96 +426,61 @@ async def version_stats(
 ) -> list[VersionStats]:
     """Return per model version statistics of the predictions on the caller's models.
 
+    Read from the rollups: `since` and `until` are widened to whole minutes; counts and the
+    mean are exact, percentiles are within the error documented in `rollups`.
+
     Raises:
         ModelNotFound: `model_id` is not one of the caller's models.
     """
     await _check_owned_model(db, user, model_id)
-    scope = [Prediction.owner_id == user.id, Prediction.model_id.is_not(None)]
-    scope += _time_window(since, until)
+    r = prediction_rollups.c
+    scope = [r.owner_id == user.id, _rollup_window(since, until)]
     if model_id is not None:
-        scope.append(Prediction.model_id == model_id)
-    key = (Prediction.model_id, Prediction.version_id)
-    is_timed = and_(Prediction.status == "success", Prediction.inference_time_ms.is_not(None))
-
+        scope.append(r.model_id == model_id)
     totals = (
         select(
-            Prediction.model_id,
-            Prediction.version_id,
-            Prediction.version,
-            func.count().label("total"),
-            func.sum(case((Prediction.status == "error", 1), else_=0)).label("failed"),
-            func.avg(case((is_timed, Prediction.inference_time_ms))).label("avg_ms"),
-            func.max(Prediction.created_at).label("last_at"),
+            r.model_id,
+            r.version_id,
+            func.max(r.version).label("version"),
+            func.sum(r.requests).label("total"),
+            func.sum(r.failures).label("failed"),
+            func.sum(r.timed).label("timed"),
+            func.sum(r.time_sum_ms).label("time_sum"),
+            func.min(r.time_min_ms).label("low"),
+            func.max(r.time_max_ms).label("high"),
+            func.max(r.last_at).label("last_at"),
+            *(func.sum(r[name]).label(name) for name in rollups.BUCKET_COLUMNS),
         )
         .where(*scope)
-        .group_by(Prediction.model_id, Prediction.version_id, Prediction.version)
-        .subquery()
-    )
-    ranked = (
-        select(
-            Prediction.model_id,
-            Prediction.version_id,
-            Prediction.inference_time_ms.label("ms"),
-            func.row_number()
-            .over(partition_by=key, order_by=(Prediction.inference_time_ms, Prediction.id))
-            .label("rank"),
-            func.count().over(partition_by=key).label("n"),
-        )
-        .where(*scope, is_timed)
-        .subquery()
-    )
-    percentiles = (
-        select(
-            ranked.c.model_id,
-            ranked.c.version_id,
-            func.max(case((ranked.c.rank == _nearest_rank(ranked.c.n, P50), ranked.c.ms))).label(
-                "p50"
-            ),
-            func.max(case((ranked.c.rank == _nearest_rank(ranked.c.n, P95), ranked.c.ms))).label(
-                "p95"
-            ),
-        )
-        .group_by(ranked.c.model_id, ranked.c.version_id)
+        .group_by(r.model_id, r.version_id)
         .subquery()
     )
     query = (
-        select(
-            totals.c.model_id,
-            RegisteredModel.name,
-            totals.c.version,
-            totals.c.total,
-            totals.c.failed,
-            totals.c.avg_ms,
-            percentiles.c.p50,
-            percentiles.c.p95,
-            totals.c.last_at,
-        )
-        .outerjoin(
-            percentiles,
-            and_(
-                percentiles.c.model_id == totals.c.model_id,
-                # A failure before a version was resolved has none: NULL keys must still match.
-                percentiles.c.version_id.is_not_distinct_from(totals.c.version_id),
-            ),
-        )
+        select(totals, RegisteredModel.name)
         .outerjoin(RegisteredModel, RegisteredModel.id == totals.c.model_id)
         .order_by(RegisteredModel.name, totals.c.model_id, totals.c.version.desc())
     )
-    rows = await db.execute(query)
-    return [
-        VersionStats(
-            model_id=row.model_id,
-            model_name=row.name,
-            version=row.version,
-            total_predictions=row.total,
-            failed_predictions=row.failed or 0,
-            avg_inference_time_ms=row.avg_ms,
-            p50_inference_time_ms=row.p50,
-            p95_inference_time_ms=row.p95,
-            last_prediction_at=row.last_at,
+    stats = []
+    for row in (await db.execute(query)).mappings():
+        counts = [int(row[name]) for name in rollups.BUCKET_COLUMNS]
+        low, high = row["low"], row["high"]
+        # PostgreSQL sums bigints as numeric: integers here.
+        timed = int(row["timed"])
+        stats.append(
+            VersionStats(
+                model_id=row["model_id"],
+                model_name=row["name"],
+                version=row["version"],
+                total_predictions=int(row["total"]),
+                failed_predictions=int(row["failed"]),
+                avg_inference_time_ms=row["time_sum"] / timed if timed else None,
+                p50_inference_time_ms=rollups.percentile(counts, P50, low, high),
+                p95_inference_time_ms=rollups.percentile(counts, P95, low, high),
+                p99_inference_time_ms=rollups.percentile(counts, P99, low, high),
+                last_prediction_at=row["last_at"],
+            )
         )
-        for row in rows
-    ]
+    return stats
 
 
 def utc_day(db: AsyncSession, column: Any) -> ColumnElement[date]:
@@ -346,23 +503,25 @@ async def daily_usage(
     await _check_owned_model(db, user, model_id)
     today = utcnow().date()
     first = today - timedelta(days=days - 1)
-    day = utc_day(db, Prediction.created_at).label("day")
-    is_timed = and_(Prediction.status == "success", Prediction.inference_time_ms.is_not(None))
+    r = prediction_rollups.c
+    day = utc_day(db, r.start_at).label("day")
     query = (
         select(
             day,
-            func.count().label("total"),
-            func.sum(case((Prediction.status == "error", 1), else_=0)).label("failed"),
-            func.avg(case((is_timed, Prediction.inference_time_ms))).label("avg_ms"),
+            func.sum(r.requests).label("total"),
+            func.sum(r.failures).label("failed"),
+            func.sum(r.timed).label("timed"),
+            func.sum(r.time_sum_ms).label("time_sum"),
         )
         .where(
-            Prediction.owner_id == user.id,
-            Prediction.created_at >= datetime.combine(first, time(), tzinfo=UTC),
+            r.owner_id == user.id,
+            r.period_s == rollups.HOUR,
+            r.start_at >= datetime.combine(first, time(), tzinfo=UTC),
         )
         .group_by(day)
     )
     if model_id is not None:
-        query = query.where(Prediction.model_id == model_id)
+        query = query.where(r.model_id == model_id)
     found = {row.day: row for row in await db.execute(query)}
     usage = []
     for offset in range(days):
@@ -371,9 +530,9 @@ async def daily_usage(
         usage.append(
             DailyUsage(
                 date=current,
-                prediction_count=row.total if row else 0,
-                failed_count=(row.failed or 0) if row else 0,
-                avg_inference_time_ms=row.avg_ms if row else None,
+                prediction_count=int(row.total) if row else 0,
+                failed_count=int(row.failed) if row else 0,
+                avg_inference_time_ms=row.time_sum / int(row.timed) if row and row.timed else None,
             )
         )
     return usage
@@ -388,11 +547,16 @@ Since = Annotated[
 Until = Annotated[AwareDatetime | None, Query(description="before this time (with a time zone)")]
 
 
-@router.get("/api/v1/predictions", response_model=Page[PredictionRead])
+@router.get("/api/v1/predictions", response_model=PredictionPage)
 async def list_prediction_log(
     user: CurrentUser,
     db: SessionDep,
     page: PageDep,
+    cursor: Annotated[
+        str | None,
+        AfterValidator(_valid_cursor),
+        Query(description="the `next` of the previous page: the page after it"),
+    ] = None,
     model_id: ModelFilter = None,
     status: PredictionStatus | None = None,
     since: Since = None,
@@ -401,9 +565,11 @@ async def list_prediction_log(
         Include | None,
         Query(description="`payloads`: each item's inputs, outputs and whole error too"),
     ] = None,
-) -> Page[PredictionRead]:
+) -> PredictionPage:
     """List the logged predictions the caller may see (its own, and those on its models), newest first.
 
+    Page with `cursor=<next of the previous page>` (`offset` still works, at a cost growing with
+    it). `total` is exact up to 10,000 and an estimate past it (`total_is_estimate: true`).
     Items leave inputs and outputs out (null) and cut errors at 1024 characters unless
     `include=payloads`; `GET /api/v1/predictions/{id}` shows one prediction whole.
     """
@@ -411,6 +577,7 @@ async def list_prediction_log(
         db,
         user,
         page=page,
+        cursor=cursor,
         model_id=model_id,
         status=status,
         since=since,
@@ -435,10 +602,12 @@ async def model_analytics(
     since: Since = None,
     until: Until = None,
 ) -> Sequence[VersionStats]:
-    """Per version of the caller's models: counts, failures, mean and p50/p95 inference time.
+    """Per version of the caller's models: counts, failures, mean and p50/p95/p99 inference time.
 
-    A list, not a page: one row per version with predictions in the window. An unknown or
-    foreign `model_id` answers 404.
+    A list, not a page: one row per version with predictions in the window. Read from per-minute
+    and per-hour rollups: `since` and `until` are widened to whole minutes; counts and means are
+    exact; percentiles are nearest-rank estimates within 9.1 % of the exact value (for times
+    between 0.01 ms and 41.9 s). An unknown or foreign `model_id` answers 404.
     """
     return await version_stats(db, user, model_id=model_id, since=since, until=until)
 

@@ -40,6 +40,7 @@ from modelyard.config import Settings
 from modelyard.db.tables import Prediction
 from modelyard.errors import is_dependency_down
 from modelyard.observability.metrics import Metrics
+from modelyard.predictions import rollups
 
 log = logging.getLogger(__name__)
 
@@ -362,13 +363,22 @@ class PredictionLog:
         async with asyncio.timeout(INSERT_TIMEOUT_SECONDS), self._sessions() as db:
             stmt: postgresql.Insert | sqlite.Insert
             if db.get_bind().dialect.name == "postgresql":
-                stmt = postgresql.insert(Prediction).on_conflict_do_nothing(index_elements=["id"])
+                # Partitioned by time: the key is (id, created_at); a replay repeats both.
+                stmt = postgresql.insert(Prediction).on_conflict_do_nothing(
+                    index_elements=["id", "created_at"]
+                )
             else:
                 stmt = sqlite.insert(Prediction).on_conflict_do_nothing(index_elements=["id"])
+            # Only the rows inserted now come back: a replayed row is never counted twice.
+            returning = stmt.returning(Prediction.id)
+            inserted: set[int] = set()  # as integers: asyncpg returns its own UUID class
             # One transaction, several statements: building a statement's parameters holds the
             # event loop (~15 us a row), so a batch is built in slices with requests in between.
             for start in range(0, len(rows), STATEMENT_ROWS):
-                await db.execute(stmt, rows[start : start + STATEMENT_ROWS])
+                result = await db.execute(returning, rows[start : start + STATEMENT_ROWS])
+                inserted.update(found.int for found in result.scalars())
+            # The rollups change in the insert's transaction: both commit or neither does.
+            await rollups.add(db, rollups.aggregate(r for r in rows if r["id"].int in inserted))
             await db.commit()
 
     def _back_off(self, exc: BaseException, rows: int) -> None:
