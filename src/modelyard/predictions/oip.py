@@ -89,6 +89,49 @@ def _bounded_repr() -> reprlib.Repr:
 _QUOTE: Final = _bounded_repr()
 
 
+# The request header that says how long the JSON part of a body with binary tensors is.
+HEADER_LENGTH: Final = "inference-header-content-length"
+# Longest decimal a byte count or a version may take; also keeps int() far from its digit limit.
+_MAX_DIGITS: Final = 18
+
+
+def ascii_number(raw: str) -> int | None:
+    """Return a client's decimal (ASCII digits only, at most 18 of them), or None if it is not one.
+
+    `str.isdigit()` and `int()` alone accept other scripts' digits, and `isdigit()` even accepts
+    some that `int()` then refuses ("²"): the cause of a 500 on a header.
+    """
+    if not raw or len(raw) > _MAX_DIGITS or not raw.isascii() or not raw.isdigit():
+        return None
+    return int(raw)
+
+
+def version_number(raw: str) -> int:
+    """Parse a path's version.
+
+    Raises:
+        OIPError: not a version number (400).
+    """
+    number = ascii_number(raw)
+    if number is None or not 1 <= number < 2**31:
+        raise OIPError(f"version {quote(raw)} is not a version number of this server")
+    return number
+
+
+def header_length_value(raw: str | None) -> int | None:
+    """Parse the Inference-Header-Content-Length header (None when absent).
+
+    Raises:
+        OIPError: present but not a byte count (400).
+    """
+    if raw is None:
+        return None
+    number = ascii_number(raw)
+    if number is None:
+        raise OIPError(f"{HEADER_LENGTH} must be a byte count")
+    return number
+
+
 def to_numpy_dtype(datatype: str) -> np.dtype[Any]:
     """Return the numpy dtype of an OIP datatype (BYTES is `object`).
 
