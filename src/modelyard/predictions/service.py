@@ -562,17 +562,30 @@ def _tensor(name: str, values: np.ndarray) -> oip.Tensor:
     return oip.Tensor(name=name, datatype=datatype, shape=list(values.shape), data=values)
 
 
+async def servable_versions(db: AsyncSession, model_id: uuid.UUID) -> list[int]:
+    """Return the numbers of a model's versions that may be served (not archived), ascending."""
+    rows = await db.scalars(
+        select(ModelVersion.version)
+        .where(ModelVersion.model_id == model_id, ModelVersion.stage != Stage.ARCHIVED)
+        .order_by(ModelVersion.version)
+    )
+    return list(rows)
+
+
 async def describe_v2_model(
     db: AsyncSession, user: User, name: str, *, version: int | None, predictor: Predictor
 ) -> dict[str, Any]:
     """Return the V2 metadata of a model's version (default: the one served without a version).
 
-    The session is closed before the model is loaded.
+    `versions` lists every version that may be requested explicitly (each servable one);
+    inputs and outputs are those of the version described. The session is closed before the
+    model is loaded.
 
     Raises:
         As `resolve_target`.
     """
     target = await resolve_target(db, user, name, version=version)
+    versions = await servable_versions(db, target.model_id)
     await db.close()
     runtime = await predictor.runtime(target)
     inputs = [
@@ -588,7 +601,7 @@ async def describe_v2_model(
         outputs.append({"name": "probabilities", "datatype": "FP64", "shape": [-1, n_classes]})
     return oip.model_metadata(
         name=name,
-        versions=[str(target.version)],
+        versions=[str(v) for v in versions],
         platform=PLATFORMS[target.framework],
         inputs=inputs,
         outputs=outputs,

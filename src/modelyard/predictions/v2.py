@@ -49,7 +49,7 @@ async def ready(state: StateDep) -> Response:
 async def model_metadata(
     name: str, caller: CallerDep, db: SessionDep, state: StateDep
 ) -> dict[str, Any]:
-    """Describe a model's default version: its inputs and outputs."""
+    """Describe a model's default version: its inputs and outputs, and every servable version."""
     return await service.describe_v2_model(
         db, caller.user, name, version=None, predictor=state.predictor
     )
@@ -59,7 +59,7 @@ async def model_metadata(
 async def version_metadata(
     name: str, version: str, caller: CallerDep, db: SessionDep, state: StateDep
 ) -> dict[str, Any]:
-    """Describe one version of a model."""
+    """Describe one version of a model, and list every servable version."""
     return await service.describe_v2_model(
         db, caller.user, name, version=oip.version_number(version), predictor=state.predictor
     )
