@@ -67,16 +67,17 @@ def check_batch(
         )
 
 
-def to_batch(values: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+def to_batch(values: np.ndarray, dtype: np.dtype[Any], *, is_json: bool) -> np.ndarray:
     """Return `values` (2-D, numeric) as the model's batch: `dtype`, C order, writable, finite.
 
     Raises:
         InvalidInput: a value is NaN or infinite, or becomes so in `dtype` (1e300 in float32).
     """
     batch = np.ascontiguousarray(values, dtype=dtype)
-    # Binary V2 tensors can carry NaN and infinities, which JSON never could; a float64 value
-    # past float32's range becomes one on the way to a float32 model.
-    if batch.dtype.kind == "f" and not np.isfinite(batch).all():
+    # JSON cannot carry NaN or infinities (the parsers refuse them), and its numbers stay
+    # finite in float64: only binary tensors, and floats narrower than float64, are checked.
+    is_checked = batch.dtype.kind == "f" and (not is_json or batch.dtype.itemsize < 8)
+    if is_checked and not np.isfinite(batch).all():
         raise InvalidInput(f"input values must be finite numbers that fit {batch.dtype}")
     # Binary tensors arrive as read-only views over the request body.
     return batch if batch.flags.writeable else batch.copy()
@@ -122,7 +123,7 @@ def rows_batch(
         raise InvalidInput(_non_numeric_reason(rows))
     if expected is not None and matrix.shape[1] != expected:
         raise InvalidInput(f"the model takes {expected} features; the rows have {matrix.shape[1]}")
-    return to_batch(matrix, runtime.input_dtype)
+    return to_batch(matrix, runtime.input_dtype, is_json=True)
 
 
 def _records_to_rows(records: list[Any], *, names: list[str] | None) -> list[list[Any]]:
@@ -222,4 +223,5 @@ def tensor_batch(tensor: oip.Tensor, dtype: np.dtype[Any]) -> np.ndarray:
         InvalidInput: see `to_batch`.
     """
     data = tensor.data
-    return to_batch(data.reshape(1, -1) if data.ndim == 1 else data, dtype)
+    is_json = tensor.parameters.get("binary_data_size") is None
+    return to_batch(data.reshape(1, -1) if data.ndim == 1 else data, dtype, is_json=is_json)

@@ -542,7 +542,9 @@ async def predict_v2(
     if "predictions" in wanted:
         tensors.append(_tensor("predictions", outcome.predictions))
     if "probabilities" in wanted and outcome.probabilities is not None:
-        tensors.append(_tensor("probabilities", outcome.probabilities.astype(np.float64)))
+        tensors.append(
+            _tensor("probabilities", outcome.probabilities.astype(np.float64, copy=False))
+        )
     content, headers = oip.encode_infer_response(
         model_name=name,
         model_version=str(target.version),
