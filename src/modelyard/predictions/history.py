@@ -2,7 +2,8 @@
 
 Visibility is filtered in one place, `visible_predictions`: a caller sees the predictions it made
 and those on models it owns; anything else does not exist for it (404, never 403). Analytics are
-for owners: they cover the predictions on the caller's own models, whoever made them.
+for owners: they cover the predictions on the caller's own models, whoever made them, or on one
+model given by id that the caller may open (an admin may open any, as in the registry).
 
 Aggregates are computed in SQL on both dialects. Percentiles use the nearest-rank definition: the
 p-th percentile of n sorted times is the value at rank ceil(p * n) (1-based), always a measured
@@ -28,7 +29,8 @@ from modelyard.db.deps import SessionDep
 from modelyard.db.tables import Prediction, RegisteredModel, User
 from modelyard.db.types import utcnow
 from modelyard.errors import NotFound
-from modelyard.registry.service import ModelNotFound
+from modelyard.registry import queries
+from modelyard.registry import service as registry_service
 from modelyard.routing import make_router
 from modelyard.schemas import Page, PageDep, PageParams, ReadModel
 
@@ -105,7 +107,7 @@ class DailyUsage(ReadModel):
 def visible_predictions(user: User) -> Select[Prediction]:
     """Select the predictions `user` may see: its own calls and the calls on models it owns."""
     return select(Prediction).where(
-        or_(Prediction.user_id == user.id, Prediction.owner_id == user.id)
+        or_(Prediction.user_id == user.id, queries.owned_by(user, Prediction.owner_id))
     )
 
 
@@ -205,17 +207,19 @@ async def get_prediction(db: AsyncSession, user: User, prediction_id: uuid.UUID)
     return _read(*found)
 
 
-async def _check_owned_model(db: AsyncSession, user: User, model_id: uuid.UUID | None) -> None:
-    """Raise ModelNotFound unless `model_id` is unset or one of the caller's own models."""
+async def _analytics_scope(
+    db: AsyncSession, user: User, model_id: uuid.UUID | None
+) -> ColumnElement[bool]:
+    """Return which predictions analytics cover: those on one model the caller may open (an
+    admin may open any), else those on the caller's own models.
+
+    Raises:
+        ModelNotFound: `model_id` is not a model the caller may open.
+    """
     if model_id is None:
-        return
-    owned = await db.scalar(
-        select(RegisteredModel.id).where(
-            RegisteredModel.id == model_id, RegisteredModel.owner_id == user.id
-        )
-    )
-    if owned is None:
-        raise ModelNotFound(str(model_id))
+        return queries.owned_by(user, Prediction.owner_id)
+    model = await registry_service.get_model(db, user, str(model_id))
+    return Prediction.model_id == model.id
 
 
 def _nearest_rank(count: ColumnElement[int], fraction: tuple[int, int]) -> ColumnElement[int]:
@@ -232,16 +236,14 @@ async def version_stats(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> list[VersionStats]:
-    """Return per model version statistics of the predictions on the caller's models.
+    """Return per model version statistics of the predictions on the caller's models, or on
+    model `model_id`.
 
     Raises:
-        ModelNotFound: `model_id` is not one of the caller's models.
+        ModelNotFound: `model_id` is not a model the caller may open.
     """
-    await _check_owned_model(db, user, model_id)
-    scope = [Prediction.owner_id == user.id, Prediction.model_id.is_not(None)]
+    scope = [await _analytics_scope(db, user, model_id), Prediction.model_id.is_not(None)]
     scope += _time_window(since, until)
-    if model_id is not None:
-        scope.append(Prediction.model_id == model_id)
     key = (Prediction.model_id, Prediction.version_id)
     is_timed = and_(Prediction.status == "success", Prediction.inference_time_ms.is_not(None))
 
@@ -338,12 +340,13 @@ async def daily_usage(
     db: AsyncSession, user: User, *, days: int, model_id: uuid.UUID | None = None
 ) -> list[DailyUsage]:
     """Return one row per UTC day, oldest first, of the last `days` days (today included),
-    counting the predictions on the caller's models; days without any are zero rows.
+    counting the predictions on the caller's models (or on model `model_id`); days without any
+    are zero rows.
 
     Raises:
-        ModelNotFound: `model_id` is not one of the caller's models.
+        ModelNotFound: `model_id` is not a model the caller may open.
     """
-    await _check_owned_model(db, user, model_id)
+    scope = await _analytics_scope(db, user, model_id)
     today = utcnow().date()
     first = today - timedelta(days=days - 1)
     day = utc_day(db, Prediction.created_at).label("day")
@@ -355,14 +358,9 @@ async def daily_usage(
             func.sum(case((Prediction.status == "error", 1), else_=0)).label("failed"),
             func.avg(case((is_timed, Prediction.inference_time_ms))).label("avg_ms"),
         )
-        .where(
-            Prediction.owner_id == user.id,
-            Prediction.created_at >= datetime.combine(first, time(), tzinfo=UTC),
-        )
+        .where(scope, Prediction.created_at >= datetime.combine(first, time(), tzinfo=UTC))
         .group_by(day)
     )
-    if model_id is not None:
-        query = query.where(Prediction.model_id == model_id)
     found = {row.day: row for row in await db.execute(query)}
     usage = []
     for offset in range(days):
@@ -437,8 +435,8 @@ async def model_analytics(
 ) -> Sequence[VersionStats]:
     """Per version of the caller's models: counts, failures, mean and p50/p95 inference time.
 
-    A list, not a page: one row per version with predictions in the window. An unknown or
-    foreign `model_id` answers 404.
+    A list, not a page: one row per version with predictions in the window. With `model_id`,
+    that model's versions (admins: any model); an unknown or foreign one answers 404.
     """
     return await version_stats(db, user, model_id=model_id, since=since, until=until)
 
