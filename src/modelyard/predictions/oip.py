@@ -160,7 +160,9 @@ def to_datatype(dtype: np.dtype[Any]) -> str:
         raise ValueError(f"numpy dtype {dtype} has no Open Inference Protocol datatype") from None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, as a value object would be: every request builds several of these, and a frozen
+# dataclass's __init__ costs twice as much (object.__setattr__ per field). Nothing mutates them.
+@dataclass(slots=True)
 class Tensor:
     """A named tensor of a request or a response.
 
@@ -187,7 +189,7 @@ class RequestedOutput:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see Tensor
 class InferRequest:
     """A parsed and validated inference request; empty `outputs` means all outputs."""
 
@@ -241,7 +243,7 @@ class InputHeader:
     binary_size: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see Tensor
 class InferHeader:
     """An inference request read up to its tensors' values: the JSON document validated, every
     input's datatype, shape, element count and binary size known, no array built yet.
@@ -324,11 +326,12 @@ def read_infer_request(
         _parse_input_header(raw, index, max_elements) for index, raw in enumerate(raw_inputs)
     ]
     seen: set[str] = set()
+    total = 0
     for header in headers:
         if header.name in seen:
             raise OIPError(f"input {quote(header.name)} appears more than once")
         seen.add(header.name)
-    total = sum(header.count for header in headers)
+        total += header.count
     if total > max_elements:
         raise OIPError(f"inputs hold {total} elements, more than the limit of {max_elements}")
 
