@@ -37,6 +37,7 @@ from modelyard.observability.middleware import EdgeMiddleware
 from modelyard.observability.scrape import router as metrics_router
 from modelyard.outage import OutageCache
 from modelyard.predictions import fastpath, history, maintenance, oip, v2
+from modelyard.predictions.inputs import InputLimits
 from modelyard.predictions.log import PredictionLog
 from modelyard.predictions.router import router as predict_router
 from modelyard.predictions.service import Predictor, Target
@@ -103,6 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batcher=Batcher.from_settings(settings, metrics),
             log=prediction_log,
             metrics=metrics,
+            limits=InputLimits(
+                max_rows=settings.max_batch_rows, max_elements=settings.max_predict_elements
+            ),
             run_timeout_seconds=settings.predict_timeout_seconds,
         )
         # Registered with the first ONNX session (sessions pick the arena up when created).

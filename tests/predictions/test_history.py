@@ -647,3 +647,27 @@ async def test_total_past_the_exact_cap_is_an_estimate_marked_as_one(
 
     assert small.json()["total_is_estimate"] is True
     assert small.json()["total"] == 12  # from the rollups: exact for whole minutes
+
+
+async def test_an_admin_reads_the_analytics_of_any_model_by_id(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    db: AsyncSession,
+    user: factories.Account,
+    admin: factories.Account,
+) -> None:
+    model, [version] = await make_model(db, user.id)
+    await log_records(app, [record_on(model, version, user.id), record_on(model, version, user.id)])
+    params = {"model_id": str(model.id)}
+
+    opened = await client.get(f"/api/v1/models/{model.id}", headers=admin.headers)
+    models = await client.get(MODEL_ANALYTICS, params=params, headers=admin.headers)
+    usage = await client.get(USAGE, params={**params, "days": 1}, headers=admin.headers)
+    unfiltered = await client.get(MODEL_ANALYTICS, headers=admin.headers)
+
+    assert opened.status_code == 200, opened.text
+    assert models.status_code == 200, models.text
+    assert [(r["model_id"], r["total_predictions"]) for r in models.json()] == [(str(model.id), 2)]
+    assert usage.status_code == 200, usage.text
+    assert [row["prediction_count"] for row in usage.json()] == [2]
+    assert unfiltered.json() == []  # without a model id: the admin's own models only

@@ -248,3 +248,25 @@ async def test_v2_malformed_json_is_an_error_object(
     )
     assert response.status_code == 400
     assert set(response.json()) == {"error"}
+
+
+async def test_model_metadata_lists_every_servable_version(
+    client: httpx.AsyncClient, user: Account, model_file: legit.ModelFile
+) -> None:
+    for _ in range(3):
+        await make_version(client, user, model_file("lr_skops"))
+    await client.patch(
+        "/api/v1/models/iris/versions/1/lifecycle",
+        json={"stage": "production"},
+        headers=user.headers,
+    )
+    await client.delete("/api/v1/models/iris/versions/2", headers=user.headers)  # archived
+    default = await client.get("/v2/models/iris", headers=user.headers)
+    third = await client.get("/v2/models/iris/versions/3", headers=user.headers)
+    assert (default.status_code, third.status_code) == (200, 200), default.text + third.text
+    # The default (production) version is described; every one a client may ask for is listed.
+    assert default.json()["versions"] == ["1", "3"]
+    assert third.json()["versions"] == ["1", "3"]
+    archived = await client.get("/v2/models/iris/versions/2", headers=user.headers)
+    assert archived.status_code == 409
+    assert "archived" in archived.json()["error"]

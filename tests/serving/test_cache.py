@@ -201,64 +201,6 @@ async def test_load_whose_waiters_all_left_is_still_cached() -> None:
     assert cache.peek(version) is runtime
 
 
-async def test_invalidate_during_a_load_keeps_its_result_out() -> None:
-    cache = make_cache()
-    version = uuid.uuid4()
-    release = asyncio.Event()
-    stale, fresh = FakeRuntime(), FakeRuntime()
-
-    async def slow_load() -> Runtime:
-        await release.wait()
-        return stale
-
-    waiter = asyncio.create_task(cache.get(version, slow_load))
-    await asyncio.sleep(0)
-    cache.invalidate(version)
-    release.set()
-
-    assert await waiter is stale
-    assert cache.peek(version) is None
-    assert await cache.get(version, loader(fresh)) is fresh
-    assert sample(cache, "modelyard_model_cache_misses_total") == 2
-
-
-async def test_get_after_invalidate_starts_a_new_load_instead_of_joining_the_stale_one() -> None:
-    cache = make_cache()
-    version = uuid.uuid4()
-    release = asyncio.Event()
-    stale, fresh = FakeRuntime(), FakeRuntime()
-
-    async def slow_load() -> Runtime:
-        await release.wait()
-        return stale
-
-    old = asyncio.create_task(cache.get(version, slow_load))
-    await asyncio.sleep(0)
-    cache.invalidate(version)
-
-    assert await cache.get(version, loader(fresh)) is fresh
-    release.set()
-    assert await old is stale
-    assert cache.peek(version) is fresh
-
-
-async def test_invalidate_and_clear_drop_entries_and_update_gauges() -> None:
-    cache = make_cache()
-    a, b = uuid.uuid4(), uuid.uuid4()
-    await cache.get(a, loader(FakeRuntime(nbytes=3 * MiB)))
-    await cache.get(b, loader(FakeRuntime(nbytes=5 * MiB)))
-
-    cache.invalidate(a)
-
-    assert cache.peek(a) is None
-    assert sample(cache, "modelyard_model_cache_models") == 1
-    assert sample(cache, "modelyard_model_cache_bytes") == 5 * MiB
-    cache.clear()
-    assert len(cache) == 0
-    assert sample(cache, "modelyard_model_cache_bytes") == 0
-    assert sample(cache, "modelyard_model_cache_evictions_total") == 0
-
-
 def test_from_settings_takes_the_cache_bounds(tmp_path) -> None:
     settings = Settings(
         _env_file=None,

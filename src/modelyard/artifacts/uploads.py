@@ -42,10 +42,6 @@ class MultipartUpload:
     fields: dict[str, str]
     file: ReceivedFile
 
-    def cleanup(self) -> None:
-        """Remove the temp file if it is still there; idempotent."""
-        self.file.path.unlink(missing_ok=True)
-
 
 @asynccontextmanager
 async def receive_upload(

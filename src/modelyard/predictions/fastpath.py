@@ -3,8 +3,9 @@
 Under load, FastAPI's routing, middleware and dependency solving cost more than the whole
 prediction of a small model (bench/README.md has the profile). A predict request whose
 credential, version resolution and loaded model are all in this process's caches is answered
-here instead, by the same code the routes run once they have resolved (`router.answer`,
-`v2.answer`): the same validation, prediction log, metrics, rate limit and errors.
+here instead, by the same use case the routes call once they have resolved
+(`service.predict_rest`, `service.predict_v2`): the same validation, prediction log, metrics,
+rate limit and errors.
 
 Everything else goes to FastAPI untouched: a query string, a cache miss (the first request of a
 credential or a model, one after a revocation or a promotion), a request without credentials.
@@ -19,13 +20,14 @@ from typing import Any
 
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelyard.auth.deps import check_credential, credentials
 from modelyard.auth.service import Caller
 from modelyard.db.tables import User
 from modelyard.errors import error_response
-from modelyard.predictions import oip, router, v2
+from modelyard.predictions import oip, service
 from modelyard.predictions.service import Target, resolve_fresh, target_key
 from modelyard.state import AppState
 
@@ -94,14 +96,26 @@ class PredictFastPath:
                 key, functools.partial(_resolve, state, caller.user, name, version)
             )
         scope["route"] = self.routes[route]
+        response: Response
         try:
-            await router.admit(state, caller)
+            await service.admit(
+                state.rate_limiter,
+                caller,
+                limit_per_minute=state.settings.predict_rate_limit_per_minute,
+            )
             body = await request.body()
             if route == NATIVE_ROUTE:
-                response = await router.answer(state, caller, target, body)
+                answer = await service.predict_rest(state.predictor, target, body, caller=caller)
             else:
-                header_length = headers.get(v2.HEADER_LENGTH)
-                response = await v2.answer(state, caller, target, name, body, header_length)
+                answer = await service.predict_v2(
+                    state.predictor,
+                    target,
+                    body,
+                    caller=caller,
+                    name=name,
+                    header_length=headers.get(oip.HEADER_LENGTH),
+                )
+            response = Response(answer.body, headers=answer.headers)
         except Exception as exc:
             # The routes' exception handlers, for what they handle; anything else is a bug
             # (or a client gone), which the edge middleware deals with.
@@ -130,7 +144,7 @@ def _match(path: str) -> tuple[str, str, int | None] | None:
     if not sep or not name or "/" in name or "/" in raw:
         return None
     try:
-        return V2_VERSION_ROUTE, name, v2.version_number(raw)
+        return V2_VERSION_ROUTE, name, oip.version_number(raw)
     except oip.OIPError:
         return None  # the route answers the protocol's error
 

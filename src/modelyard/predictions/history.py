@@ -2,7 +2,8 @@
 
 Visibility is filtered in one place, `visible_predictions`: a caller sees the predictions it made
 and those on models it owns; anything else does not exist for it (404, never 403). Analytics are
-for owners: they cover the predictions on the caller's own models, whoever made them.
+for owners: they cover the predictions on the caller's own models, whoever made them, or on one
+model given by id that the caller may open (an admin may open any, as in the registry).
 
 Analytics read the rollups the log writer keeps (`modelyard.predictions.rollups`), so they cost
 the same at 100 M logged rows as at 1,000: sums in SQL, then percentiles from the summed latency
@@ -44,7 +45,8 @@ from modelyard.db.tables import Prediction, RegisteredModel, User, prediction_ro
 from modelyard.db.types import utcnow
 from modelyard.errors import NotFound
 from modelyard.predictions import rollups
-from modelyard.registry.service import ModelNotFound
+from modelyard.registry import queries
+from modelyard.registry import service as registry_service
 from modelyard.routing import make_router
 from modelyard.schemas import Page, PageDep, PageParams, ReadModel
 
@@ -138,7 +140,7 @@ class DailyUsage(ReadModel):
 def visible_predictions(user: User) -> Select[Prediction]:
     """Select the predictions `user` may see: its own calls and the calls on models it owns."""
     return select(Prediction).where(
-        or_(Prediction.user_id == user.id, Prediction.owner_id == user.id)
+        or_(Prediction.user_id == user.id, queries.owned_by(user, Prediction.owner_id))
     )
 
 
@@ -253,7 +255,9 @@ async def _estimate_owned(
         PredictionStatus.ERROR: r.failures,
         PredictionStatus.SUCCESS: r.requests - r.failures,
     }[status]
-    query = select(func.sum(counted)).where(r.owner_id == user.id, _rollup_window(since, until))
+    query = select(func.sum(counted)).where(
+        queries.owned_by(user, r.owner_id), _rollup_window(since, until)
+    )
     if model_id is not None:
         query = query.where(r.model_id == model_id)
     return int(await db.scalar(query) or 0)
@@ -288,7 +292,7 @@ async def list_predictions(
     # The two halves of what the caller may see, disjoint: each walks its own (…, created_at)
     # index newest first and stops after a page, where one OR would sort every visible row.
     parts = [
-        select(Prediction).where(Prediction.owner_id == user.id, *filters),
+        select(Prediction).where(queries.owned_by(user, Prediction.owner_id), *filters),
         select(Prediction).where(
             Prediction.user_id == user.id,
             # Written as the partial index of foreign calls is, so that the planner uses it.
@@ -377,17 +381,20 @@ async def get_prediction(db: AsyncSession, user: User, prediction_id: uuid.UUID)
     return _read(*found)
 
 
-async def _check_owned_model(db: AsyncSession, user: User, model_id: uuid.UUID | None) -> None:
-    """Raise ModelNotFound unless `model_id` is unset or one of the caller's own models."""
+async def _analytics_scope(
+    db: AsyncSession, user: User, model_id: uuid.UUID | None
+) -> ColumnElement[bool]:
+    """Return which predictions analytics cover: those on one model the caller may open (an
+    admin may open any), else those on the caller's own models.
+
+    Raises:
+        ModelNotFound: `model_id` is not a model the caller may open.
+    """
+    r = prediction_rollups.c
     if model_id is None:
-        return
-    owned = await db.scalar(
-        select(RegisteredModel.id).where(
-            RegisteredModel.id == model_id, RegisteredModel.owner_id == user.id
-        )
-    )
-    if owned is None:
-        raise ModelNotFound(str(model_id))
+        return queries.owned_by(user, r.owner_id)
+    model = await registry_service.get_model(db, user, str(model_id))
+    return r.model_id == model.id
 
 
 def _rollup_window(since: datetime | None, until: datetime | None) -> ColumnElement[bool]:
@@ -424,19 +431,17 @@ async def version_stats(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> list[VersionStats]:
-    """Return per model version statistics of the predictions on the caller's models.
+    """Return per model version statistics of the predictions on the caller's models, or on
+    model `model_id`.
 
     Read from the rollups: `since` and `until` are widened to whole minutes; counts and the
     mean are exact, percentiles are within the error documented in `rollups`.
 
     Raises:
-        ModelNotFound: `model_id` is not one of the caller's models.
+        ModelNotFound: `model_id` is not a model the caller may open.
     """
-    await _check_owned_model(db, user, model_id)
     r = prediction_rollups.c
-    scope = [r.owner_id == user.id, _rollup_window(since, until)]
-    if model_id is not None:
-        scope.append(r.model_id == model_id)
+    scope = [await _analytics_scope(db, user, model_id), _rollup_window(since, until)]
     totals = (
         select(
             r.model_id,
@@ -495,12 +500,13 @@ async def daily_usage(
     db: AsyncSession, user: User, *, days: int, model_id: uuid.UUID | None = None
 ) -> list[DailyUsage]:
     """Return one row per UTC day, oldest first, of the last `days` days (today included),
-    counting the predictions on the caller's models; days without any are zero rows.
+    counting the predictions on the caller's models (or on model `model_id`); days without any
+    are zero rows.
 
     Raises:
-        ModelNotFound: `model_id` is not one of the caller's models.
+        ModelNotFound: `model_id` is not a model the caller may open.
     """
-    await _check_owned_model(db, user, model_id)
+    scope = await _analytics_scope(db, user, model_id)
     today = utcnow().date()
     first = today - timedelta(days=days - 1)
     r = prediction_rollups.c
@@ -514,14 +520,12 @@ async def daily_usage(
             func.sum(r.time_sum_ms).label("time_sum"),
         )
         .where(
-            r.owner_id == user.id,
+            scope,
             r.period_s == rollups.HOUR,
             r.start_at >= datetime.combine(first, time(), tzinfo=UTC),
         )
         .group_by(day)
     )
-    if model_id is not None:
-        query = query.where(r.model_id == model_id)
     found = {row.day: row for row in await db.execute(query)}
     usage = []
     for offset in range(days):
@@ -604,10 +608,11 @@ async def model_analytics(
 ) -> Sequence[VersionStats]:
     """Per version of the caller's models: counts, failures, mean and p50/p95/p99 inference time.
 
-    A list, not a page: one row per version with predictions in the window. Read from per-minute
-    and per-hour rollups: `since` and `until` are widened to whole minutes; counts and means are
-    exact; percentiles are nearest-rank estimates within 9.1 % of the exact value (for times
-    between 0.01 ms and 41.9 s). An unknown or foreign `model_id` answers 404.
+    A list, not a page: one row per version with predictions in the window. With `model_id`,
+    that model's versions (admins: any model); an unknown or foreign one answers 404. Read from
+    per-minute and per-hour rollups: `since` and `until` are widened to whole minutes; counts and
+    means are exact; percentiles are nearest-rank estimates within 9.1 % of the exact value (for
+    times between 0.01 ms and 41.9 s).
     """
     return await version_stats(db, user, model_id=model_id, since=since, until=until)
 

@@ -12,7 +12,7 @@ import math
 import reprlib
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -89,6 +89,49 @@ def _bounded_repr() -> reprlib.Repr:
 _QUOTE: Final = _bounded_repr()
 
 
+# The request header that says how long the JSON part of a body with binary tensors is.
+HEADER_LENGTH: Final = "inference-header-content-length"
+# Longest decimal a byte count or a version may take; also keeps int() far from its digit limit.
+_MAX_DIGITS: Final = 18
+
+
+def ascii_number(raw: str) -> int | None:
+    """Return a client's decimal (ASCII digits only, at most 18 of them), or None if it is not one.
+
+    `str.isdigit()` and `int()` alone accept other scripts' digits, and `isdigit()` even accepts
+    some that `int()` then refuses ("²"): the cause of a 500 on a header.
+    """
+    if not raw or len(raw) > _MAX_DIGITS or not raw.isascii() or not raw.isdigit():
+        return None
+    return int(raw)
+
+
+def version_number(raw: str) -> int:
+    """Parse a path's version.
+
+    Raises:
+        OIPError: not a version number (400).
+    """
+    number = ascii_number(raw)
+    if number is None or not 1 <= number < 2**31:
+        raise OIPError(f"version {quote(raw)} is not a version number of this server")
+    return number
+
+
+def header_length_value(raw: str | None) -> int | None:
+    """Parse the Inference-Header-Content-Length header (None when absent).
+
+    Raises:
+        OIPError: present but not a byte count (400).
+    """
+    if raw is None:
+        return None
+    number = ascii_number(raw)
+    if number is None:
+        raise OIPError(f"{HEADER_LENGTH} must be a byte count")
+    return number
+
+
 def to_numpy_dtype(datatype: str) -> np.dtype[Any]:
     """Return the numpy dtype of an OIP datatype (BYTES is `object`).
 
@@ -117,7 +160,9 @@ def to_datatype(dtype: np.dtype[Any]) -> str:
         raise ValueError(f"numpy dtype {dtype} has no Open Inference Protocol datatype") from None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, as a value object would be: every request builds several of these, and a frozen
+# dataclass's __init__ costs twice as much (object.__setattr__ per field). Nothing mutates them.
+@dataclass(slots=True)
 class Tensor:
     """A named tensor of a request or a response.
 
@@ -144,7 +189,7 @@ class RequestedOutput:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see Tensor
 class InferRequest:
     """A parsed and validated inference request; empty `outputs` means all outputs."""
 
@@ -198,7 +243,7 @@ class InputHeader:
     binary_size: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see Tensor
 class InferHeader:
     """An inference request read up to its tensors' values: the JSON document validated, every
     input's datatype, shape, element count and binary size known, no array built yet.
@@ -281,11 +326,12 @@ def read_infer_request(
         _parse_input_header(raw, index, max_elements) for index, raw in enumerate(raw_inputs)
     ]
     seen: set[str] = set()
+    total = 0
     for header in headers:
         if header.name in seen:
             raise OIPError(f"input {quote(header.name)} appears more than once")
         seen.add(header.name)
-    total = sum(header.count for header in headers)
+        total += header.count
     if total > max_elements:
         raise OIPError(f"inputs hold {total} elements, more than the limit of {max_elements}")
 
@@ -349,58 +395,71 @@ def decode_inputs(header: InferHeader) -> InferRequest:
     )
 
 
+def _input(name: str) -> str:
+    """Name an input in an error message (quoted cut short; built only when refusing)."""
+    return f"input {quote(name)}"
+
+
+def _is_shape(shape: object) -> TypeGuard[list[int]]:
+    """Tell whether `shape` is a list of at most _MAX_DIMS non-negative integers."""
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS:
+        return False
+    # `type(d) is int`: bool is an int subclass, but true is not a dimension.
+    return all(type(d) is int and d >= 0 for d in shape)
+
+
 def _parse_input_header(raw: object, index: int, max_elements: int) -> InputHeader:
     if not isinstance(raw, dict):
         raise OIPError(f"inputs[{index}] must be an object")
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise OIPError(f"inputs[{index}]: name must be a non-empty string")
-    where = f"input {quote(name)}"
     datatype = raw.get("datatype")
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise OIPError(
-            f"{where}: unknown datatype {quote(datatype)}; expected one of "
+            f"{_input(name)}: unknown datatype {quote(datatype)}; expected one of "
             f"{', '.join(sorted(DATATYPES))}"
         )
     shape = raw.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > _MAX_DIMS
-        or not all(_is_int(d) and d >= 0 for d in shape)
-    ):
+    if not _is_shape(shape):
         raise OIPError(
-            f"{where}: shape must be a list of at most {_MAX_DIMS} non-negative integers"
+            f"{_input(name)}: shape must be a list of at most {_MAX_DIMS} non-negative integers"
         )
     count = math.prod(shape)
     if count > max_elements:
         raise OIPError(
-            f"{where}: shape {_shape_text(shape)} holds {count} elements, more than the limit "
-            f"of {max_elements}"
+            f"{_input(name)}: shape {_shape_text(shape)} holds {count} elements, more than the "
+            f"limit of {max_elements}"
         )
-    if any(d > max_elements for d in shape):
-        # Only an empty tensor gets here; numpy cannot build such a shape anyway.
-        raise OIPError(f"{where}: shape {_shape_text(shape)} has a dimension above {max_elements}")
-    parameters = _parameters(raw.get("parameters"), where)
-    if "shared_memory_region" in parameters:
-        raise OIPError(f"{where}: shared memory is not supported")
+    # Only an empty tensor can have a dimension past the limit; numpy cannot build it anyway.
+    if count == 0 and any(d > max_elements for d in shape):
+        raise OIPError(
+            f"{_input(name)}: shape {_shape_text(shape)} has a dimension above {max_elements}"
+        )
+    parameters = raw.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif not isinstance(parameters, dict):
+        raise OIPError(f"{_input(name)}: parameters must be an object")
+    elif "shared_memory_region" in parameters:
+        raise OIPError(f"{_input(name)}: shared memory is not supported")
     binary_size = parameters.get("binary_data_size")
     data = raw.get("data")
     if binary_size is not None:
         if not _is_int(binary_size) or binary_size < 0:
-            raise OIPError(f"{where}: binary_data_size must be a non-negative integer")
+            raise OIPError(f"{_input(name)}: binary_data_size must be a non-negative integer")
         if "data" in raw:
-            raise OIPError(f"{where}: has both data and binary_data_size")
+            raise OIPError(f"{_input(name)}: has both data and binary_data_size")
     elif data is None:
-        raise OIPError(f"{where}: data is missing (and no binary_data_size is given)")
+        raise OIPError(f"{_input(name)}: data is missing (and no binary_data_size is given)")
     elif not isinstance(data, list):
-        raise OIPError(f"{where}: data must be a list")
+        raise OIPError(f"{_input(name)}: data must be a list")
     return InputHeader(name, datatype, shape, count, parameters, data or [], binary_size)
 
 
 def _array_from_json(header: InputHeader) -> npt.NDArray[Any]:
     if header.datatype == "BYTES":
         return _bytes_from_json(header, header.data)
-    where = f"input {quote(header.name)}"
     dtype = _NUMPY_DTYPES[header.datatype]
     try:
         # Infer first, convert after: converting directly would turn "1.5" into 1.5 and 1.5 into 1.
@@ -409,7 +468,7 @@ def _array_from_json(header: InputHeader) -> npt.NDArray[Any]:
         inferred = np.asarray(header.data)
     except ValueError:
         raise OIPError(
-            f"{where}: data is ragged (nested lists of different lengths) or nested too deeply"
+            f"{_input(header.name)}: data is ragged (nested lists of different lengths) or nested too deeply"
         ) from None
     shape = tuple(header.shape)
     if inferred.shape != shape:
@@ -417,12 +476,12 @@ def _array_from_json(header: InputHeader) -> npt.NDArray[Any]:
             inferred = inferred.reshape(shape)
         elif inferred.ndim == 1:
             raise OIPError(
-                f"{where}: shape {_shape_text(shape)} needs {header.count} elements, "
+                f"{_input(header.name)}: shape {_shape_text(shape)} needs {header.count} elements, "
                 f"got {inferred.size}"
             )
         else:
             raise OIPError(
-                f"{where}: data nested as {_shape_text(inferred.shape)} does not match shape "
+                f"{_input(header.name)}: data nested as {_shape_text(inferred.shape)} does not match shape "
                 f"{_shape_text(shape)}"
             )
     if inferred.size == 0:
@@ -431,19 +490,19 @@ def _array_from_json(header: InputHeader) -> npt.NDArray[Any]:
         inferred = _large_integers(header, inferred)
     if inferred.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
         raise OIPError(
-            f"{where}: {header.datatype} data must be {_EXPECTED_WORDS[dtype.kind]}, "
+            f"{_input(header.name)}: {header.datatype} data must be {_EXPECTED_WORDS[dtype.kind]}, "
             f"got {_describe_kind(inferred)}"
         )
     if dtype.kind in "iu" and inferred.dtype != dtype:
         info = np.iinfo(dtype)
         if int(inferred.min()) < info.min or int(inferred.max()) > info.max:
-            raise OIPError(f"{where}: a value is out of range for {header.datatype}")
+            raise OIPError(f"{_input(header.name)}: a value is out of range for {header.datatype}")
     if dtype.kind == "f" and dtype.itemsize < 8:
         # Values past FP16/FP32's range would silently become infinity.
         with np.errstate(over="ignore"):
             array = inferred.astype(dtype, copy=False)
         if not np.isfinite(array).all():
-            raise OIPError(f"{where}: a value is out of range for {header.datatype}")
+            raise OIPError(f"{_input(header.name)}: a value is out of range for {header.datatype}")
         return array
     return inferred.astype(dtype, copy=False)
 
@@ -476,13 +535,14 @@ def _describe_kind(array: npt.NDArray[Any]) -> str:
 
 
 def _bytes_from_json(header: InputHeader, data: list[Any]) -> npt.NDArray[Any]:
-    where = f"input {quote(header.name)}"
     shape = header.shape
     elements: list[bytes] = []
 
     def add(value: object) -> None:
         if not isinstance(value, str):
-            raise OIPError(f"{where}: BYTES data must be strings, got {type(value).__name__}")
+            raise OIPError(
+                f"{_input(header.name)}: BYTES data must be strings, got {type(value).__name__}"
+            )
         elements.append(value.encode())
 
     if len(data) == header.count and not (data and isinstance(data[0], list)):
@@ -498,7 +558,7 @@ def _bytes_from_json(header: InputHeader, data: list[Any]) -> npt.NDArray[Any]:
                     walk(child, depth + 1)
             else:
                 raise OIPError(
-                    f"{where}: data is neither flat with {header.count} elements nor nested "
+                    f"{_input(header.name)}: data is neither flat with {header.count} elements nor nested "
                     f"as shape {_shape_text(shape)}"
                 )
 
@@ -511,19 +571,18 @@ def _bytes_from_json(header: InputHeader, data: list[Any]) -> npt.NDArray[Any]:
 def _array_from_binary(
     header: InputHeader, size: int, body: bytes, offset: int
 ) -> npt.NDArray[Any]:
-    where = f"input {quote(header.name)}"
     if header.datatype == "BYTES":
         return _bytes_from_binary(header, size, body, offset)
     dtype = _NUMPY_DTYPES[header.datatype]
     if header.count * dtype.itemsize != size:
         raise OIPError(
-            f"{where}: binary_data_size is {size} bytes but shape {_shape_text(header.shape)} "
+            f"{_input(header.name)}: binary_data_size is {size} bytes but shape {_shape_text(header.shape)} "
             f"of {header.datatype} needs {header.count * dtype.itemsize}"
         )
     array = np.frombuffer(body, dtype=dtype.newbyteorder("<"), count=header.count, offset=offset)
     if dtype.kind == "b" and array.size and array.view(np.uint8).max() > 1:
         # Other byte values make numpy bools that compare unequal to True.
-        raise OIPError(f"{where}: BOOL bytes must be 0 or 1")
+        raise OIPError(f"{_input(header.name)}: BOOL bytes must be 0 or 1")
     if not array.dtype.isnative or not array.flags.aligned:
         # Unaligned views are slow and refused by some native model code; copying fixes both.
         array = array.astype(dtype)
@@ -533,24 +592,25 @@ def _array_from_binary(
 def _bytes_from_binary(
     header: InputHeader, size: int, body: bytes, offset: int
 ) -> npt.NDArray[Any]:
-    where = f"input {quote(header.name)}"
     end = offset + size
     elements: list[bytes] = []
     position = offset
     while position < end:
         if position + 4 > end:
-            raise OIPError(f"{where}: BYTES data ends inside an element's length prefix")
+            raise OIPError(
+                f"{_input(header.name)}: BYTES data ends inside an element's length prefix"
+            )
         (length,) = _LENGTH_PREFIX.unpack_from(body, position)
         position += 4
         if position + length > end:
-            raise OIPError(f"{where}: a BYTES element runs past its binary_data_size")
+            raise OIPError(f"{_input(header.name)}: a BYTES element runs past its binary_data_size")
         elements.append(body[position : position + length])
         position += length
         if len(elements) > header.count:
             break
     if len(elements) != header.count:
         raise OIPError(
-            f"{where}: shape {_shape_text(header.shape)} needs {header.count} BYTES elements, "
+            f"{_input(header.name)}: shape {_shape_text(header.shape)} needs {header.count} BYTES elements, "
             f"the binary data holds {'more' if len(elements) > header.count else len(elements)}"
         )
     array = np.empty(header.count, dtype=np.object_)
@@ -678,22 +738,26 @@ def encode_infer_response(
 
 
 def _flat_output(output: Tensor) -> npt.NDArray[Any]:
-    where = f"output {output.name!r}"
+    # The messages are built only when refusing: this runs for every output of every answer.
     if output.datatype not in DATATYPES:
-        raise ValueError(f"{where}: unknown datatype {output.datatype!r}")
-    if any(not _is_int(d) or d < 0 for d in output.shape):
-        raise ValueError(f"{where}: shape {output.shape} is not a list of non-negative integers")
-    data = np.asarray(output.data)
-    if data.size != math.prod(output.shape):
+        raise ValueError(f"output {output.name!r}: unknown datatype {output.datatype!r}")
+    if not _is_shape(output.shape):
         raise ValueError(
-            f"{where}: shape {_shape_text(output.shape)} needs {math.prod(output.shape)} "
+            f"output {output.name!r}: shape {output.shape} is not a list of non-negative integers"
+        )
+    data = np.asarray(output.data)
+    if data.size != (count := math.prod(output.shape)):
+        raise ValueError(
+            f"output {output.name!r}: shape {_shape_text(output.shape)} needs {count} "
             f"elements, the data has {data.size}"
         )
     # C order: the protocol is row-major, and orjson only serializes contiguous arrays.
-    flat = np.ravel(data, order="C")
+    flat = data.ravel(order="C")
     if output.datatype == "BYTES":
         if flat.dtype.kind not in "OUS":
-            raise ValueError(f"{where}: BYTES data must be strings or bytes, not {flat.dtype}")
+            raise ValueError(
+                f"output {output.name!r}: BYTES data must be strings or bytes, not {flat.dtype}"
+            )
         return flat
     dtype = _NUMPY_DTYPES[output.datatype]
     if flat.dtype != dtype:
@@ -701,7 +765,7 @@ def _flat_output(output: Tensor) -> npt.NDArray[Any]:
             flat = flat.astype(dtype, casting="same_kind")
         except TypeError:
             raise ValueError(
-                f"{where}: {flat.dtype} data cannot be sent as {output.datatype}"
+                f"output {output.name!r}: {flat.dtype} data cannot be sent as {output.datatype}"
             ) from None
     return flat
 

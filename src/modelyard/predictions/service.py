@@ -1,16 +1,24 @@
-"""The prediction path both protocols share: resolve a version, check inputs, predict, log."""
+"""The predict use case, both protocols: resolve a version, admit, check inputs, predict, log,
+answer.
+
+Routes and the fast path (`predictions.fastpath`) parse the request, resolve and call one of
+`predict_rest` and `predict_v2`; they get the encoded answer back, or a domain error to render.
+A request refused once its version is known is logged as a failed prediction, in one place
+(`Attempt`).
+"""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import uuid
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType, TracebackType
+from typing import Any, Self
 
 import numpy as np
+import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,11 +27,20 @@ from modelyard.auth.service import Caller
 from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, User
 from modelyard.db.types import utcnow, uuid7
 from modelyard.epochs import Epoch
-from modelyard.errors import Conflict, NotFound, Unprocessable
+from modelyard.errors import BadRequest, Conflict, NotFound, Unprocessable
 from modelyard.hotcache import EpochCache
 from modelyard.observability.metrics import Metrics
 from modelyard.outage import OutageCache
+from modelyard.predictions import oip
+from modelyard.predictions.inputs import (
+    InputLimits,
+    InvalidInput,
+    check_tensor,
+    rows_batch,
+    tensor_batch,
+)
 from modelyard.predictions.log import PredictionLog, PredictionRecord
+from modelyard.ratelimit import RateLimiter
 from modelyard.registry import service as registry_service
 from modelyard.registry.schemas import ModelStatus, Stage
 from modelyard.serving.batching import Batcher
@@ -35,6 +52,8 @@ from modelyard.serving.runtimes.onnx import DEFAULT_RUN_TIMEOUT_SECONDS
 
 log = logging.getLogger(__name__)
 
+RATE_WINDOW_SECONDS = 60
+
 
 class NotServable(Conflict):
     """The model or version exists but is archived: it is never served."""
@@ -43,12 +62,6 @@ class NotServable(Conflict):
 class NoServableVersion(NotFound):
     def __init__(self, model: str) -> None:
         super().__init__(f"model {model!r} has no version that can be served")
-
-
-class InvalidInput(Unprocessable):
-    """Inputs that do not fit the model; the message says what is wrong."""
-
-    type = "invalid-input"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,123 +207,28 @@ async def resolve_fresh(
     return target, 0.0 if recalled else None
 
 
-# --- inputs ---------------------------------------------------------------------------------------
-
-# Most names (and characters of each) an error message lists; it says how many more there are.
-LISTED_NAMES = 5
-NAME_MAX_CHARS = 64
-
-
-def input_matrix(
-    inputs: Any, *, runtime: Runtime, target: Target, max_rows: int, max_elements: int
-) -> np.ndarray:
-    """Turn `inputs` (rows of numbers, or records by feature name) into the model's 2D batch.
-
-    Sizes are checked first, from lengths alone (rows, the first row's width, a record's key
-    count): a request that cannot fit is refused before any per-value work, and every message
-    lists a bounded number of names.
-
-    Raises:
-        InvalidInput: saying what is wrong: not a non-empty list, too many rows or values, mixed
-            or ragged rows, wrong feature count, missing/unknown names, non-numeric values.
-    """
-    if not isinstance(inputs, list) or not inputs:
-        raise InvalidInput("inputs must be a non-empty list of rows or of records")
-    if len(inputs) > max_rows:
-        raise InvalidInput(f"{len(inputs)} rows is more than the {max_rows} allowed per request")
-    width = runtime.n_features or (len(target.feature_names) if target.feature_names else None)
-    first = inputs[0]
-    if isinstance(first, dict):
-        names = target.feature_names or runtime.feature_names
-        _check_size(len(inputs), len(names) if names else len(first), max_elements)
-        rows = _records_to_rows(inputs, names=names)
-    elif isinstance(first, list):
-        if width is not None and len(first) != width:
-            raise InvalidInput(f"the model takes {width} features; inputs[0] has {len(first)}")
-        _check_size(len(inputs), len(first), max_elements)
-        rows = inputs
-    else:
-        raise InvalidInput("inputs[0] must be a list of feature values or an object of features")
-    try:
-        matrix = np.array(rows)
-    except (ValueError, OverflowError) as exc:
-        raise InvalidInput(_ragged_reason(rows)) from exc
-    if matrix.ndim != 2:
-        raise InvalidInput(_ragged_reason(rows))
-    if matrix.dtype.kind not in "iuf":
-        raise InvalidInput(_non_numeric_reason(rows))
-    if width is not None and matrix.shape[1] != width:
-        raise InvalidInput(f"the model takes {width} features; the rows have {matrix.shape[1]}")
-    return np.ascontiguousarray(matrix, dtype=runtime.input_dtype)
-
-
-def _check_size(rows: int, width: int, max_elements: int) -> None:
-    if rows * width > max_elements:
-        raise InvalidInput(
-            f"{rows} rows of {width} values is {rows * width} values, more than the "
-            f"{max_elements} allowed per request"
-        )
-
-
-def _records_to_rows(records: list[Any], *, names: list[str] | None) -> list[list[Any]]:
-    if names is None:
-        raise InvalidInput("this model does not name its features: send rows of values")
-    wanted = set(names)
-    rows = []
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise InvalidInput(f"inputs[{i}] is not a record like inputs[0]")
-        if record.keys() != wanted:
-            raise InvalidInput(f"inputs[{i}]: " + _key_mismatch(record, names, wanted))
-        rows.append([record[n] for n in names])
-    return rows
-
-
-def _key_mismatch(record: dict[str, Any], names: list[str], wanted: set[str]) -> str:
-    """Say which names a record misses and which it has unknown, listing a few of each.
-
-    O(features + LISTED_NAMES), whatever the record's size: a record with a million unknown
-    keys is described by its first few and a count, never by sorting or joining them all.
-    """
-    missing = [name for name in names if name not in record]
-    # len(record) = known + unknown keys, and the known ones are len(names) - len(missing).
-    n_unknown = len(record) - (len(names) - len(missing))
-    unknown = list(itertools.islice((key for key in record if key not in wanted), LISTED_NAMES))
-    parts = []
-    if missing:
-        parts.append("missing " + _listed(missing[:LISTED_NAMES], len(missing)))
-    if n_unknown:
-        parts.append("unknown " + _listed(unknown, n_unknown))
-    return "; ".join(parts)
-
-
-def _listed(names: list[str], total: int) -> str:
-    shown = [n if len(n) <= NAME_MAX_CHARS else n[:NAME_MAX_CHARS] + "..." for n in names]
-    more = total - len(names)
-    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
-
-
-def _ragged_reason(rows: list[Any]) -> str:
-    for i, row in enumerate(rows):
-        if not isinstance(row, list):
-            return f"inputs[{i}] is not a list like inputs[0]"
-        if len(row) != len(rows[0]):
-            return f"inputs[{i}] has {len(row)} values; inputs[0] has {len(rows[0])}"
-        for j, value in enumerate(row):
-            if isinstance(value, list | dict):
-                return f"inputs[{i}][{j}] is not a number"
-    return "inputs must be rows of numbers of one length"
-
-
-def _non_numeric_reason(rows: list[Any]) -> str:
-    for i, row in enumerate(rows):
-        for j, value in enumerate(row):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                return f"inputs[{i}][{j}] is not a number: {type(value).__name__}"
-    return "inputs must be numbers"
-
-
 # --- predicting -----------------------------------------------------------------------------------
+
+
+class InvalidInferenceRequest(BadRequest):
+    """A V2 inference request the protocol refuses (400, `{"error": ...}` under `/v2`)."""
+
+    type = "invalid-inference-request"
+
+
+class ModelCouldNotPredict(InvalidInput):
+    """The model refused the values: a library check the input checks did not anticipate."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__("the model could not predict these inputs")
+        # The log says which exception; the client is not told the library's internals.
+        self.logged = f"{self.detail}: {type(exc).__name__}"
+
+
+# What refuses a request once its version is resolved; each is logged as a failed prediction.
+# (Loading the model can fail too, with other errors: that is the server's failure, not the
+# request's, and it is not logged as a prediction.)
+_REFUSALS = (BadRequest, InvalidInput, InferenceLimitExceeded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +238,17 @@ class Outcome:
     probabilities: np.ndarray | None
     classes: list[Any] | None
     inference_time_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A predict response, encoded for its protocol: what a route or the fast path sends."""
+
+    body: bytes
+    headers: Mapping[str, str]
+
+
+JSON_HEADERS: Mapping[str, str] = MappingProxyType({"content-type": "application/json"})
 
 
 class Predictor:
@@ -333,6 +262,7 @@ class Predictor:
         batcher: Batcher,
         log: PredictionLog,
         metrics: Metrics,
+        limits: InputLimits | None = None,
         run_timeout_seconds: float = DEFAULT_RUN_TIMEOUT_SECONDS,
     ) -> None:
         self.run_timeout_seconds = run_timeout_seconds
@@ -341,6 +271,7 @@ class Predictor:
         self.batcher = batcher
         self.log = log
         self.metrics = metrics
+        self.limits = limits or InputLimits()
 
     async def runtime(self, target: Target) -> Runtime:
         """Return the loaded runtime of `target`, loading it once per process."""
@@ -360,54 +291,45 @@ class Predictor:
             ),
         )
 
+    def attempt(self, target: Target, *, caller: Caller, protocol: str) -> Attempt:
+        """Return the context of one request on `target`: a refusal raised in it is logged."""
+        return Attempt(self, target, caller, protocol)
+
     async def predict(
         self,
         target: Target,
         runtime: Runtime,
-        matrix: np.ndarray,
+        batch: np.ndarray,
         *,
         caller: Caller,
         protocol: str,
         inputs: Any,
     ) -> Outcome:
-        """Predict `matrix` with `runtime` (batched with concurrent calls) and log it.
+        """Predict `batch` with `runtime` (batched with concurrent calls) and log the success.
+
+        Call it inside `attempt`, which logs the failures.
 
         Raises:
-            InvalidInput: the model produced a non-finite value (logged as a failure).
+            ModelCouldNotPredict, InvalidInput: the model refused the values, or produced a
+                value that is not a finite number.
+            InferenceLimitExceeded: the call passed its time or memory budget.
         """
-        prediction_id = uuid7()
         started = time.perf_counter()
         try:
-            result = await self.batcher.predict(target.version_id, runtime, matrix)
+            result = await self.batcher.predict(target.version_id, runtime, batch)
         except (ValueError, TypeError) as exc:
-            # The model refused these values (a library check we did not anticipate).
-            error = "the model could not predict these inputs"
-            self.record_failure(
-                target, caller=caller, protocol=protocol, error=f"{error}: {type(exc).__name__}",
-                inputs=inputs, n_rows=len(matrix), prediction_id=prediction_id,
-            )  # fmt: skip
-            raise InvalidInput(error) from exc
-        except InferenceLimitExceeded as exc:
-            self.record_failure(
-                target, caller=caller, protocol=protocol, error=exc.detail, inputs=inputs,
-                n_rows=len(matrix), prediction_id=prediction_id,
-            )  # fmt: skip
-            raise
+            raise ModelCouldNotPredict(exc) from exc
         elapsed_ms = (time.perf_counter() - started) * 1000
         predictions, probabilities = result.predictions, result.probabilities
         if not _finite(predictions) or (probabilities is not None and not _finite(probabilities)):
-            error = "the model produced a value that is not a finite number"
-            self.record_failure(
-                target, caller=caller, protocol=protocol, error=error, inputs=inputs,
-                n_rows=len(matrix), prediction_id=prediction_id,
-            )  # fmt: skip
-            raise InvalidInput(error)
+            raise InvalidInput("the model produced a value that is not a finite number")
         outputs: dict[str, Any] = {"predictions": jsonable(predictions)}
         if probabilities is not None:
             outputs["probabilities"] = jsonable(probabilities)
+        prediction_id = uuid7()
         self._record(
             prediction_id, target, caller, protocol, inputs=inputs, outputs=outputs,
-            n_rows=len(matrix), inference_time_ms=elapsed_ms,
+            n_rows=len(batch), inference_time_ms=elapsed_ms,
         )  # fmt: skip
         self.metrics.prediction(target.model_id, target.version, protocol, "success")
         return Outcome(
@@ -417,6 +339,24 @@ class Predictor:
             classes=runtime.classes if probabilities is not None else None,
             inference_time_ms=elapsed_ms,
         )
+
+    def record_failure(
+        self,
+        target: Target,
+        *,
+        caller: Caller,
+        protocol: str,
+        error: str,
+        inputs: Any,
+        n_rows: int = 0,
+    ) -> uuid.UUID:
+        """Log a prediction that failed after its version was resolved."""
+        prediction_id = uuid7()
+        self._record(
+            prediction_id, target, caller, protocol, inputs=inputs, error=error, n_rows=n_rows
+        )
+        self.metrics.prediction(target.model_id, target.version, protocol, "error")
+        return prediction_id
 
     def _record(
         self,
@@ -451,24 +391,238 @@ class Predictor:
             )
         )
 
-    def record_failure(
-        self,
-        target: Target,
-        *,
-        caller: Caller,
-        protocol: str,
-        error: str,
-        inputs: Any,
-        n_rows: int = 0,
-        prediction_id: uuid.UUID | None = None,
-    ) -> uuid.UUID:
-        """Log a prediction that failed after its version was resolved."""
-        prediction_id = prediction_id or uuid7()
-        self._record(
-            prediction_id, target, caller, protocol, inputs=inputs, error=error, n_rows=n_rows
+
+class Attempt:
+    """One predict request on a resolved version: the one place its refusal is logged.
+
+    A refusal (`_REFUSALS`) raised inside `with predictor.attempt(...)` is logged as a failed
+    prediction, with the `inputs` and `n_rows` known by then, and goes on to the caller.
+    """
+
+    __slots__ = ("caller", "inputs", "n_rows", "predictor", "protocol", "target")
+
+    def __init__(self, predictor: Predictor, target: Target, caller: Caller, protocol: str) -> None:
+        self.predictor = predictor
+        self.target = target
+        self.caller = caller
+        self.protocol = protocol
+        self.inputs: Any = None
+        self.n_rows = 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _: TracebackType | None
+    ) -> None:
+        if isinstance(exc, _REFUSALS):
+            error = exc.logged if isinstance(exc, ModelCouldNotPredict) else exc.detail
+            self.predictor.record_failure(
+                self.target, caller=self.caller, protocol=self.protocol, error=error,
+                inputs=self.inputs, n_rows=self.n_rows,
+            )  # fmt: skip
+
+
+async def admit(rate_limiter: RateLimiter, caller: Caller, *, limit_per_minute: int) -> None:
+    """Count one prediction against the caller's limit (both protocols, every replica).
+
+    Raises:
+        RateLimited: past the limit.
+    """
+    if limit_per_minute > 0:
+        # Per API key (else user); `take` spends permits reserved from Redis in blocks.
+        await rate_limiter.take(
+            f"predict:{caller.api_key_id or caller.user.id}",
+            limit=limit_per_minute,
+            window_seconds=RATE_WINDOW_SECONDS,
         )
-        self.metrics.prediction(target.model_id, target.version, protocol, "error")
-        return prediction_id
+
+
+async def predict_rest(
+    predictor: Predictor, target: Target, body: bytes, *, caller: Caller
+) -> Answer:
+    """Answer a native `POST /api/v1/predict/{model}` body with a resolved version.
+
+    Raises:
+        BadRequest, InvalidInput: the body or its inputs do not fit (logged as failures).
+        InferenceLimitExceeded: the model passed its budget (logged as a failure).
+    """
+    with predictor.attempt(target, caller=caller, protocol="rest") as attempt:
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"invalid JSON: {exc}") from exc
+        if not isinstance(document, dict) or len(document) != 1 or "inputs" not in document:
+            raise InvalidInput('the body must be {"inputs": [...]} and nothing else')
+        inputs = document["inputs"]
+        attempt.inputs = _loggable(inputs)
+        runtime = await predictor.runtime(target)
+        batch = rows_batch(
+            inputs, runtime=runtime, feature_names=target.feature_names, limits=predictor.limits
+        )
+        attempt.inputs, attempt.n_rows = inputs, len(batch)
+        outcome = await predictor.predict(
+            target, runtime, batch, caller=caller, protocol="rest", inputs=inputs
+        )
+    answer: dict[str, Any] = {
+        "prediction_id": str(outcome.prediction_id),
+        "model_id": str(target.model_id),
+        "model_name": target.model_name,
+        "version": target.version,
+        "predictions": jsonable(outcome.predictions),
+    }
+    if outcome.probabilities is not None:
+        answer["probabilities"] = jsonable(outcome.probabilities)
+        answer["classes"] = outcome.classes
+        answer["confidence"] = jsonable(outcome.probabilities.max(axis=1))
+    answer["inference_time_ms"] = round(outcome.inference_time_ms, 3)
+    return Answer(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), JSON_HEADERS)
+
+
+def _loggable(inputs: Any) -> Any:
+    """Return refused inputs as they may be logged: bounded, so a huge bad body stays small."""
+    if isinstance(inputs, list) and len(inputs) > 100:
+        return inputs[:100]
+    return inputs
+
+
+# --- the Open Inference Protocol ------------------------------------------------------------------
+
+V2_OUTPUTS = ["predictions"]
+V2_OUTPUTS_WITH_PROBA = ["predictions", "probabilities"]
+PLATFORMS = {
+    Framework.SKLEARN: "sklearn",
+    Framework.ONNX: "onnxruntime_onnx",
+    Framework.XGBOOST: "xgboost",
+    Framework.LIGHTGBM: "lightgbm",
+}
+
+
+async def predict_v2(
+    predictor: Predictor,
+    target: Target,
+    body: bytes,
+    *,
+    caller: Caller,
+    name: str,
+    header_length: str | None,
+) -> Answer:
+    """Answer a V2 inference request body with a resolved version.
+
+    `name` is the model as the path named it; `header_length` the request's
+    Inference-Header-Content-Length, if any. What is cheap to check is checked first: whether
+    the declared tensor fits the model costs O(1), building its array (a Python loop per
+    element for BYTES) only happens for one that does.
+
+    Raises:
+        InvalidInferenceRequest: the protocol or the model refuses the request (logged).
+        InvalidInput, InferenceLimitExceeded: the model could not predict the values (logged).
+    """
+    limits = predictor.limits
+    with predictor.attempt(target, caller=caller, protocol="v2") as attempt:
+        try:
+            header = oip.read_infer_request(
+                body,
+                json_length=oip.header_length_value(header_length),
+                max_elements=limits.max_elements,
+            )
+            runtime = await predictor.runtime(target)
+            check_tensor(header, runtime=runtime, feature_names=target.feature_names, limits=limits)
+            wanted = oip.select_outputs(
+                header, V2_OUTPUTS_WITH_PROBA if runtime.has_proba else V2_OUTPUTS
+            )
+            request = oip.decode_inputs(header)
+            batch = tensor_batch(request.inputs[0], runtime.input_dtype)
+        except oip.OIPError as exc:
+            raise InvalidInferenceRequest(exc.message) from exc
+        except InvalidInput as exc:
+            raise InvalidInferenceRequest(exc.detail) from exc
+        attempt.inputs, attempt.n_rows = batch, len(batch)
+        outcome = await predictor.predict(
+            target, runtime, batch, caller=caller, protocol="v2", inputs=batch
+        )
+    tensors = []
+    if "predictions" in wanted:
+        tensors.append(_tensor("predictions", outcome.predictions))
+    if "probabilities" in wanted and outcome.probabilities is not None:
+        tensors.append(
+            _tensor("probabilities", outcome.probabilities.astype(np.float64, copy=False))
+        )
+    content, headers = oip.encode_infer_response(
+        model_name=name,
+        model_version=str(target.version),
+        request_id=request.id,
+        outputs=tensors,
+        binary_outputs=oip.wanted_binary_outputs(request, [t.name for t in tensors]),
+    )
+    return Answer(content, headers)
+
+
+def _tensor(name: str, values: np.ndarray) -> oip.Tensor:
+    if values.dtype.kind in "OUS":
+        values = np.asarray([str(v) for v in values.ravel()], dtype=object).reshape(values.shape)
+        datatype = "BYTES"
+    else:
+        datatype = oip.to_datatype(values.dtype)
+    return oip.Tensor(name=name, datatype=datatype, shape=list(values.shape), data=values)
+
+
+async def servable_versions(db: AsyncSession, model_id: uuid.UUID) -> list[int]:
+    """Return the numbers of a model's versions that may be served (not archived), ascending."""
+    rows = await db.scalars(
+        select(ModelVersion.version)
+        .where(ModelVersion.model_id == model_id, ModelVersion.stage != Stage.ARCHIVED)
+        .order_by(ModelVersion.version)
+    )
+    return list(rows)
+
+
+async def describe_v2_model(
+    db: AsyncSession, user: User, name: str, *, version: int | None, predictor: Predictor
+) -> dict[str, Any]:
+    """Return the V2 metadata of a model's version (default: the one served without a version).
+
+    `versions` lists every version that may be requested explicitly (each servable one);
+    inputs and outputs are those of the version described. The session is closed before the
+    model is loaded.
+
+    Raises:
+        As `resolve_target`.
+    """
+    target = await resolve_target(db, user, name, version=version)
+    versions = await servable_versions(db, target.model_id)
+    await db.close()
+    runtime = await predictor.runtime(target)
+    inputs = [
+        {
+            "name": runtime.input_name,
+            "datatype": oip.to_datatype(runtime.input_dtype),
+            "shape": [-1, runtime.n_features if runtime.n_features is not None else -1],
+        }
+    ]
+    outputs = [{"name": "predictions", "datatype": _label_datatype(runtime), "shape": [-1]}]
+    if runtime.has_proba:
+        n_classes = len(runtime.classes) if runtime.classes is not None else -1
+        outputs.append({"name": "probabilities", "datatype": "FP64", "shape": [-1, n_classes]})
+    return oip.model_metadata(
+        name=name,
+        versions=[str(v) for v in versions],
+        platform=PLATFORMS[target.framework],
+        inputs=inputs,
+        outputs=outputs,
+    )
+
+
+def _label_datatype(runtime: Runtime) -> str:
+    if runtime.classes:
+        sample = runtime.classes[0]
+        if isinstance(sample, str):
+            return "BYTES"
+        if isinstance(sample, bool):
+            return "BOOL"
+        if isinstance(sample, int):
+            return "INT64"
+    return "FP64" if runtime.input_dtype == np.float64 else "FP32"
 
 
 def jsonable(values: np.ndarray) -> Any:

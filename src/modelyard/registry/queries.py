@@ -7,15 +7,29 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from modelyard.db.tables import RegisteredModel, User
+
+
+def owned_by(
+    user: User, owner_id: InstrumentedAttribute[Any] | ColumnElement[Any] | None = None
+) -> ColumnElement[bool]:
+    """Return the owner predicate: rows whose owner is `user` (no admin rule).
+
+    `owner_id` is the column naming the owner: a model's by default, or the owner a logged
+    prediction or a rollup recorded (`Prediction.owner_id`, `prediction_rollups.c.owner_id`). Lists ("my models") and names resolve among
+    these; `owned_models` adds what admins may act on.
+    """
+    column = RegisteredModel.owner_id if owner_id is None else owner_id
+    return column == user.id
 
 
 def owned_models(user: User) -> Select[RegisteredModel]:
     """Select the models `user` may act on: its own; admins may act on every model."""
     query = select(RegisteredModel)
     if not user.is_admin:
-        query = query.where(RegisteredModel.owner_id == user.id)
+        query = query.where(owned_by(user))
     return query
 
 
@@ -24,9 +38,7 @@ async def find_model(db: AsyncSession, user: User, ref: str) -> RegisteredModel 
     try:
         model_id = uuid.UUID(ref)
     except ValueError:
-        query = select(RegisteredModel).where(
-            RegisteredModel.owner_id == user.id, RegisteredModel.name == ref
-        )
+        query = select(RegisteredModel).where(owned_by(user), RegisteredModel.name == ref)
     else:
         query = owned_models(user).where(RegisteredModel.id == model_id)
     return (await db.execute(query)).scalar_one_or_none()

@@ -164,9 +164,7 @@ async def list_models(
     sort: ModelSort = "-created_at",
 ) -> tuple[list[ModelView], int]:
     """Return one page of the caller's own models matching the filters, and their total."""
-    query: Select[RegisteredModel] = select(RegisteredModel).where(
-        RegisteredModel.owner_id == user.id
-    )
+    query: Select[RegisteredModel] = select(RegisteredModel).where(queries.owned_by(user))
     if not include_archived:
         query = query.where(RegisteredModel.status == ModelStatus.ACTIVE)
     if search:

@@ -154,10 +154,6 @@ class Batcher:
         cost = self._costs.get(runtime)
         return cost is not None and cost < self.inline_below_seconds and rows <= self.max_rows
 
-    def expected_seconds(self, runtime: Runtime) -> float | None:
-        """Return the moving average of `runtime`'s call cost, None before its first call."""
-        return self._costs.get(runtime)
-
     async def _drain(self, key: Hashable, lane: _Lane) -> None:
         """Run the lane's requests in batches until none is left, then retire the lane."""
         is_first = True

@@ -28,13 +28,10 @@ class ModelCache:
         self.metrics = metrics
         self._entries: OrderedDict[uuid.UUID, Runtime] = OrderedDict()
         self._bytes = 0
-        # The load in flight per version. Its identity is the generation: a load inserts its
-        # result only if it is still the one registered here, so invalidate() and clear()
-        # (which drop the registration) keep a stale load out of the cache.
+        # The load in flight per version: concurrent misses wait for it. Also the strong
+        # reference to the task (the event loop holds tasks weakly) while its waiters may all
+        # have been cancelled.
         self._loads: dict[uuid.UUID, asyncio.Task[Runtime]] = {}
-        # Strong references: the event loop holds tasks weakly, and a load whose waiters were
-        # all cancelled after an invalidate() is referenced from nowhere else.
-        self._tasks: set[asyncio.Task[Runtime]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics) -> Self:
@@ -62,27 +59,19 @@ class ModelCache:
             self.metrics.cache_misses.inc()
             task = asyncio.get_running_loop().create_task(self._load(version_id, load))
             self._loads[version_id] = task
-            self._tasks.add(task)
             task.add_done_callback(self._load_done)
         # shield: cancelling one waiter must not cancel the load the others are waiting for.
         return await asyncio.shield(task)
 
     async def _load(self, version_id: uuid.UUID, load: Callable[[], Awaitable[Runtime]]) -> Runtime:
-        this = asyncio.current_task()
         try:
             runtime = await load()
         finally:
-            if self._loads.get(version_id) is this:
-                del self._loads[version_id]
-                is_current = True
-            else:
-                is_current = False
-        if is_current:
-            self._insert(version_id, runtime)
+            del self._loads[version_id]
+        self._insert(version_id, runtime)
         return runtime
 
     def _load_done(self, task: asyncio.Task[Runtime]) -> None:
-        self._tasks.discard(task)
         if not task.cancelled():
             # Marks the exception retrieved: waiters have it, or there are none left to tell.
             task.exception()
@@ -116,22 +105,6 @@ class ModelCache:
         if runtime is not None:
             self._entries.move_to_end(version_id)
         return runtime
-
-    def invalidate(self, version_id: uuid.UUID) -> None:
-        """Drop one version: the next get() loads it again, and a load in flight is not kept."""
-        runtime = self._entries.pop(version_id, None)
-        if runtime is not None:
-            self._bytes -= runtime.nbytes
-            self._update_gauges()
-        # Its waiters still get its result; later callers start a fresh load.
-        self._loads.pop(version_id, None)
-
-    def clear(self) -> None:
-        """Drop every version, and keep every load in flight out of the cache."""
-        self._entries.clear()
-        self._bytes = 0
-        self._loads.clear()
-        self._update_gauges()
 
     def __len__(self) -> int:
         """Return how many runtimes the cache holds."""

@@ -22,7 +22,6 @@ from modelyard.db.tables import Experiment, ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow
 from modelyard.errors import ModelyardError, Unprocessable
 from modelyard.predictions import history
-from modelyard.predictions import router as predict_router
 from modelyard.predictions import service as predict_service
 from modelyard.registry import queries as registry_queries
 from modelyard.registry import service as registry_service
@@ -406,14 +405,19 @@ async def try_it(
     try:
         inputs, values = _rows_from_form(form, features)
         caller = Caller(page.signed_in, None)
-        await predict_router.admit(page.state, caller)
+        state = page.state
+        await predict_service.admit(
+            state.rate_limiter,
+            caller,
+            limit_per_minute=state.settings.predict_rate_limit_per_minute,
+        )
         target = await predict_service.resolve_target(
             db, page.signed_in, str(model.id), version=number
         )
-        answer = await predict_router.answer(
-            page.state, caller, target, orjson.dumps({"inputs": inputs})
+        answer = await predict_service.predict_rest(
+            state.predictor, target, orjson.dumps({"inputs": inputs}), caller=caller
         )
-        result = orjson.loads(bytes(answer.body))
+        result = orjson.loads(answer.body)
     except ModelyardError as exc:
         return await _version_page(
             page, db, model, number, exc.status, try_error=exc.detail, values=values
