@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from modelyard.auth.passwords import PasswordHasher  # noqa: E402
 from modelyard.config import Settings  # noqa: E402
 from modelyard.db import migrate  # noqa: E402
-from modelyard.db.engine import make_engine  # noqa: E402
+from modelyard.db.engine import make_engine, make_sessionmaker  # noqa: E402
+from modelyard.predictions import rollups  # noqa: E402
 from modelyard.db.tables import (  # noqa: E402
     Experiment,
     ExperimentMetric,
@@ -209,7 +210,13 @@ async def fill(url: str, n_predictions: int) -> dict[str, str]:
                 for i in range(METRIC_POINTS)
             ],
         )
-        if conn.dialect.name == "postgresql":
+    # The log writer keeps the rollups analytics read; rows put straight in the table need
+    # them made here, as the writer would have.
+    async with make_sessionmaker(engine)() as db:
+        await rollups.add(db, rollups.aggregate(predictions))
+        await db.commit()
+    if engine.dialect.name == "postgresql":
+        async with engine.begin() as conn:
             await conn.execute(text("ANALYZE"))
     await engine.dispose()
     one = next(v for v in versions if v["model_id"] == hot and v["stage"] == "production")
