@@ -153,7 +153,8 @@ class RateLimiter:
                 total, _ = await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("rate_limit_redis_unavailable", extra={"error": type(exc).__name__})
-            await self._hit_without_redis(key, limit, window_seconds)
+            if self._count_on_host(key, window_seconds) > limit:
+                raise self._limited(window_seconds) from exc
             return
         granted = min(block, limit - (int(total) - block))
         if granted <= 0:
@@ -161,17 +162,6 @@ class RateLimiter:
         if len(self._blocks) > _SWEEP_AT:
             self._blocks = {k: v for k, v in self._blocks.items() if v[0] == window}
         self._blocks[key] = (window, granted - 1)
-
-    async def _hit_without_redis(self, key: str, limit: int, window_seconds: int) -> None:
-        now = time.time()
-        window = int(now // window_seconds)
-        count = None
-        if self._shared is not None:
-            count = self._shared.add(key, (window + 1) * window_seconds, now)
-        if count is None:
-            count = self._count_locally(key, window)
-        if count > limit:
-            raise self._limited(window_seconds)
 
     async def check(self, key: str, *, limit: int, window_seconds: int) -> None:
         """Refuse if `key` already has `limit` hits in the current window; count nothing.
@@ -188,9 +178,8 @@ class RateLimiter:
 
     async def add(self, key: str, *, window_seconds: int) -> int:
         """Count one hit on `key` and return the hits in the current window."""
-        now = time.time()
-        window = int(now // window_seconds)
         if self._redis is not None:
+            window = int(time.time() // window_seconds)
             redis_key = f"modelyard:ratelimit:{key}:{window}"
             try:
                 async with self._redis.pipeline(transaction=True) as pipe:
@@ -201,6 +190,12 @@ class RateLimiter:
             except (RedisError, OSError) as exc:
                 # A Redis blip must not lock everyone out: fall back to this host's count.
                 log.warning("rate_limit_redis_unavailable", extra={"error": type(exc).__name__})
+        return self._count_on_host(key, window_seconds)
+
+    def _count_on_host(self, key: str, window_seconds: int) -> int:
+        """Count one hit in the host's shared table, else (full, or none) in this process."""
+        now = time.time()
+        window = int(now // window_seconds)
         if self._shared is not None:
             shared = self._shared.add(key, (window + 1) * window_seconds, now)
             if shared is not None:
