@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
         store = make_store(settings)
         prediction_log = PredictionLog.from_settings(settings, sessions, metrics)
+        rate_limiter = RateLimiter(redis, SharedWindows(settings.data_dir))
         predictor = Predictor(
             store=store,
             cache=ModelCache.from_settings(settings, metrics),
@@ -108,11 +109,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_rows=settings.max_batch_rows, max_elements=settings.max_predict_elements
             ),
             run_timeout_seconds=settings.predict_timeout_seconds,
+            rate_limiter=rate_limiter,
+            rate_limit_per_minute=settings.predict_rate_limit_per_minute,
         )
         # Registered with the first ONNX session (sessions pick the arena up when created).
         configure_onnx_memory(settings.onnx_memory_bytes)
         epochs = Epochs(settings.data_dir)
-        rate_limiter = RateLimiter(redis, SharedWindows(settings.data_dir))
         caller_cache: EpochCache[str, Caller] = EpochCache(
             epochs, Epoch.AUTH, ttl_seconds=CALLER_CACHE_SECONDS
         )

@@ -98,11 +98,7 @@ class PredictFastPath:
         scope["route"] = self.routes[route]
         response: Response
         try:
-            await service.admit(
-                state.rate_limiter,
-                caller,
-                limit_per_minute=state.settings.predict_rate_limit_per_minute,
-            )
+            await state.predictor.admit(caller)
             body = await request.body()
             if route == NATIVE_ROUTE:
                 answer = await service.predict_rest(state.predictor, target, body, caller=caller)

@@ -47,11 +47,7 @@ async def predict(
     (`[{"sepal_length": 5.1, ...}]`, any key order). Classifiers answer probabilities, classes
     and confidence too. Every call, success or failure, goes to the prediction log.
     """
-    await service.admit(
-        state.rate_limiter,
-        caller,
-        limit_per_minute=state.settings.predict_rate_limit_per_minute,
-    )
+    await state.predictor.admit(caller)
     target = await service.resolve_cached(
         db,
         caller.user,

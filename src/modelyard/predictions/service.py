@@ -264,14 +264,32 @@ class Predictor:
         metrics: Metrics,
         limits: InputLimits | None = None,
         run_timeout_seconds: float = DEFAULT_RUN_TIMEOUT_SECONDS,
+        rate_limiter: RateLimiter | None = None,
+        rate_limit_per_minute: int = 0,
     ) -> None:
         self.run_timeout_seconds = run_timeout_seconds
+        self.rate_limiter = rate_limiter
+        self.rate_limit_per_minute = rate_limit_per_minute
         self.store = store
         self.cache = cache
         self.batcher = batcher
         self.log = log
         self.metrics = metrics
         self.limits = limits or InputLimits()
+
+    async def admit(self, caller: Caller) -> None:
+        """Count one prediction against the caller's limit (both protocols, every replica).
+
+        Raises:
+            RateLimited: past the limit.
+        """
+        if self.rate_limiter is not None and self.rate_limit_per_minute > 0:
+            # Per API key (else user); `take` spends permits reserved from Redis in blocks.
+            await self.rate_limiter.take(
+                f"predict:{caller.api_key_id or caller.user.id}",
+                limit=self.rate_limit_per_minute,
+                window_seconds=RATE_WINDOW_SECONDS,
+            )
 
     async def runtime(self, target: Target) -> Runtime:
         """Return the loaded runtime of `target`, loading it once per process."""
@@ -421,21 +439,6 @@ class Attempt:
                 self.target, caller=self.caller, protocol=self.protocol, error=error,
                 inputs=self.inputs, n_rows=self.n_rows,
             )  # fmt: skip
-
-
-async def admit(rate_limiter: RateLimiter, caller: Caller, *, limit_per_minute: int) -> None:
-    """Count one prediction against the caller's limit (both protocols, every replica).
-
-    Raises:
-        RateLimited: past the limit.
-    """
-    if limit_per_minute > 0:
-        # Per API key (else user); `take` spends permits reserved from Redis in blocks.
-        await rate_limiter.take(
-            f"predict:{caller.api_key_id or caller.user.id}",
-            limit=limit_per_minute,
-            window_seconds=RATE_WINDOW_SECONDS,
-        )
 
 
 async def predict_rest(

@@ -105,11 +105,7 @@ async def _infer(
     db: SessionDep,
     state: AppState,
 ) -> Response:
-    await service.admit(
-        state.rate_limiter,
-        caller,
-        limit_per_minute=state.settings.predict_rate_limit_per_minute,
-    )
+    await state.predictor.admit(caller)
     target = await service.resolve_cached(
         db,
         caller.user,

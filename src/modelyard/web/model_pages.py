@@ -406,11 +406,7 @@ async def try_it(
         inputs, values = _rows_from_form(form, features)
         caller = Caller(page.signed_in, None)
         state = page.state
-        await predict_service.admit(
-            state.rate_limiter,
-            caller,
-            limit_per_minute=state.settings.predict_rate_limit_per_minute,
-        )
+        await state.predictor.admit(caller)
         target = await predict_service.resolve_target(
             db, page.signed_in, str(model.id), version=number
         )
