@@ -26,7 +26,7 @@ from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.epochs import Epoch, Epochs
 from modelyard.errors import install_error_handlers, v2_error_response
-from modelyard.events import LocalEvents, RedisEvents
+from modelyard.events import make_events
 from modelyard.experiments.router import router as experiments_router
 from modelyard.files.router import router as files_router
 from modelyard.hotcache import REFRESH_GRACE_SECONDS, EpochCache
@@ -123,13 +123,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             Epoch.REGISTRY,
             ttl_seconds=TARGET_CACHE_SECONDS_WITH_EVENTS if redis else TARGET_CACHE_SECONDS,
         )
-        events: LocalEvents
-        if redis is None:
-            events = LocalEvents(epochs)
-        else:
-            events = RedisEvents(
-                epochs, redis, on_health=functools.partial(_follow, caller_cache, target_cache)
-            )
+        events = make_events(
+            epochs, redis, on_health=functools.partial(_follow, caller_cache, target_cache)
+        )
         state = AppState(
             settings=settings,
             engine=engine,
@@ -161,8 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.prediction_log_maintenance_interval_seconds
             else None
         )
-        if isinstance(events, RedisEvents):
-            events.start()
+        events.start()
         # Before the first request: the upload probe is starting and the registry's frameworks
         # are imported (a second or two), so neither an upload nor a first prediction waits.
         await warm_up_process(state.prober, sessions)

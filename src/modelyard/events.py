@@ -97,9 +97,21 @@ class LocalEvents(Events):
         for epoch in Epoch:
             self.epochs.bump(epoch)
 
+    def start(self) -> None:
+        """Start whatever runs in the background (nothing, on one host)."""
+
     async def aclose(self) -> None:
         """Stop whatever runs in the background (nothing, on one host)."""
         return None
+
+
+def make_events(
+    epochs: Epochs, redis: Redis | None, *, on_health: Callable[[bool], None] | None = None
+) -> LocalEvents:
+    """Return the host's events, carried to every replica when Redis is configured."""
+    if redis is None:
+        return LocalEvents(epochs)
+    return RedisEvents(epochs, redis, on_health=on_health)
 
 
 # Redis has answered nothing for this long: the replica counts itself cut off.

@@ -31,6 +31,11 @@ _SWEEP_AT = 10_000
 MAX_BLOCK = 100
 
 
+def _redis_key(key: str, window: int) -> str:
+    """Where Redis counts `key`'s hits in window number `window` (shared by every replica)."""
+    return f"modelyard:ratelimit:{key}:{window}"
+
+
 class SharedWindows:
     """Counts per key and window in a file every worker of the host maps.
 
@@ -145,7 +150,7 @@ class RateLimiter:
             self._blocks[key] = (window, held[1] - 1)
             return
         block = max(1, min(MAX_BLOCK, limit // 100))
-        redis_key = f"modelyard:ratelimit:{key}:{window}"
+        redis_key = _redis_key(key, window)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.incrby(redis_key, block)
@@ -180,7 +185,7 @@ class RateLimiter:
         """Count one hit on `key` and return the hits in the current window."""
         if self._redis is not None:
             window = int(time.time() // window_seconds)
-            redis_key = f"modelyard:ratelimit:{key}:{window}"
+            redis_key = _redis_key(key, window)
             try:
                 async with self._redis.pipeline(transaction=True) as pipe:
                     pipe.incr(redis_key)
@@ -206,7 +211,7 @@ class RateLimiter:
         window = int(time.time() // window_seconds)
         if self._redis is not None:
             try:
-                value = await self._redis.get(f"modelyard:ratelimit:{key}:{window}")
+                value = await self._redis.get(_redis_key(key, window))
                 return int(value or 0)
             except (RedisError, OSError) as exc:
                 log.warning("rate_limit_redis_unavailable", extra={"error": type(exc).__name__})

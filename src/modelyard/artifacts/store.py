@@ -205,10 +205,14 @@ async def object_sha256(store: ArtifactStore, key: str) -> str:
     Raises:
         ObjectNotFound: no object has this key.
     """
+    # A stat first: stores that record the digest (S3's metadata) answer without a download.
+    info = await store.stat(key)
+    if info is None:
+        raise ObjectNotFound()
+    if info.sha256 is not None:
+        return info.sha256
     stream = await store.open(key)
     try:
-        if stream.info.sha256 is not None:
-            return stream.info.sha256
         digest = hashlib.sha256()
         async for chunk in stream:
             digest.update(chunk)

@@ -134,12 +134,10 @@ async def update_me(body: MeUpdate, user: CurrentUser, db: SessionDep, state: St
 
 
 @api_keys_router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
-async def create_api_key(
-    body: ApiKeyCreate, caller: CallerDep, user: CurrentUser, db: SessionDep
-) -> ApiKeyCreated:
+async def create_api_key(body: ApiKeyCreate, caller: CallerDep, db: SessionDep) -> ApiKeyCreated:
     """Make an API key (from a signed-in session, not with another key); its secret is in this
     answer only."""
-    new = await service.create_api_key(db, service.Caller(user, caller.api_key_id), body)
+    new = await service.create_api_key(db, caller, body)
     return ApiKeyCreated(
         id=new.row.id,
         name=new.row.name,

@@ -210,14 +210,14 @@ async def _create_admin(
     from modelyard.auth.passwords import PasswordHasher
     from modelyard.db.engine import make_engine, make_sessionmaker
     from modelyard.epochs import Epochs
-    from modelyard.events import LocalEvents, RedisEvents
+    from modelyard.events import make_events
 
     engine = make_engine(settings.sqlalchemy_url)
     # The running server's workers share these epochs (and, with Redis, every replica hears the
     # event): they drop what they remembered of the account's old credentials at once.
     epochs = Epochs(settings.data_dir)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
-    events = LocalEvents(epochs) if redis is None else RedisEvents(epochs, redis)
+    events = make_events(epochs, redis)
     try:
         async with make_sessionmaker(engine)() as db:
             _, created = await auth_service.ensure_admin(

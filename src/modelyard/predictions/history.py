@@ -408,7 +408,9 @@ def _rollup_window(since: datetime | None, until: datetime | None) -> ColumnElem
     if (
         low is not None
         and high is not None
-        and rollups.ceil_to(low, rollups.HOUR) >= rollups.floor_to(high, rollups.HOUR)
+        and first_hour is not None
+        and end_hour is not None
+        and first_hour >= end_hour
     ):
         # Within one hour, or across one hour boundary: minutes only.
         return and_(r.period_s == rollups.MINUTE, r.start_at >= low, r.start_at < high)

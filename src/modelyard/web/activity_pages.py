@@ -15,6 +15,7 @@ from modelyard.db.deps import SessionDep
 from modelyard.db.tables import RegisteredModel
 from modelyard.experiments import service as experiments_service
 from modelyard.predictions import history
+from modelyard.registry import queries as registry_queries
 from modelyard.schemas import PageParams
 from modelyard.web import charts
 from modelyard.web.http import UserPage, WebRoute, render
@@ -65,7 +66,7 @@ async def predictions(
     models = (
         await db.execute(
             select(RegisteredModel.id, RegisteredModel.name)
-            .where(RegisteredModel.owner_id == user.id)
+            .where(registry_queries.owned_by(user))
             .order_by(RegisteredModel.name)
             .limit(MODEL_CHOICES)
         )

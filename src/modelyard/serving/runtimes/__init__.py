@@ -55,16 +55,20 @@ def load_runtime(
         path = Path(folder) / "artifact"
         path.write_bytes(data)
         model, cost = load_checked_model(path, fmt)
+    runtime: Runtime
     match FRAMEWORK_OF[fmt]:
         case Framework.SKLEARN:
-            return SklearnRuntime(model, fmt, nbytes=nbytes, cost=cost)
+            runtime = SklearnRuntime(model, fmt, nbytes=nbytes)
         case Framework.ONNX:
             return OnnxRuntime(model, data, nbytes=nbytes, run_timeout_seconds=run_timeout_seconds)
         case Framework.XGBOOST:
-            return XGBoostRuntime(model, fmt, nbytes=nbytes, cost=cost)
+            runtime = XGBoostRuntime(model, fmt, nbytes=nbytes)
         case Framework.LIGHTGBM:
             # load_model has already checked that the text decodes.
-            return LightGBMRuntime(model, data.decode("utf-8"), nbytes=nbytes, cost=cost)
+            runtime = LightGBMRuntime(model, data.decode("utf-8"), nbytes=nbytes)
+    # What the structure check measured decides whether calls may run on the event loop.
+    runtime.is_cost_bounded_by_shape = cost is not None and cost.is_bounded_by_shape
+    return runtime
 
 
 async def fetch_runtime(

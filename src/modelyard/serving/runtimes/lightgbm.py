@@ -15,7 +15,6 @@ from modelyard.serving.runtimes.base import (
     class_array,
 )
 from modelyard.serving.sandbox import CLASSIFICATION, describe_lightgbm
-from modelyard.serving.structure import StructureCost
 
 # One independent sigmoid per class: rows do not sum to 1 until normalised.
 ONE_VS_ALL_OBJECTIVES: Final = frozenset({"multiclassova", "ova", "ovr", "multiclass_ova"})
@@ -37,9 +36,7 @@ class LightGBMRuntime(Runtime):
     framework = Framework.LIGHTGBM
     format = ModelFormat.LIGHTGBM_TEXT
 
-    def __init__(
-        self, booster: Any, text: str, *, nbytes: int, cost: StructureCost | None = None
-    ) -> None:
+    def __init__(self, booster: Any, text: str, *, nbytes: int) -> None:
         described = describe_lightgbm(booster)
         self._booster = booster
         self._is_one_vs_all = _objective(text) in ONE_VS_ALL_OBJECTIVES
@@ -50,7 +47,6 @@ class LightGBMRuntime(Runtime):
         self.has_proba = bool(described["has_proba"])
         self.nbytes = nbytes
         # Unmeasured (None) counts as unbounded: such a runtime never runs on the event loop.
-        self.is_cost_bounded_by_shape = cost is not None and cost.is_bounded_by_shape
         self.input_dtype = np.dtype(np.float32)
         self.input_name = DEFAULT_INPUT_NAME
         self._labels = class_array(self.classes) if self.classes is not None else None

@@ -10,7 +10,6 @@ import numpy.typing as npt
 from modelyard.serving.formats import Framework, ModelFormat
 from modelyard.serving.runtimes.base import DEFAULT_INPUT_NAME, Runtime, as_output
 from modelyard.serving.sandbox import describe_sklearn
-from modelyard.serving.structure import StructureCost
 
 
 def _single_threaded(model: Any) -> None:
@@ -55,9 +54,7 @@ class SklearnRuntime(Runtime):
 
     framework = Framework.SKLEARN
 
-    def __init__(
-        self, model: Any, fmt: ModelFormat, *, nbytes: int, cost: StructureCost | None = None
-    ) -> None:
+    def __init__(self, model: Any, fmt: ModelFormat, *, nbytes: int) -> None:
         _single_threaded(model)
         # The upload probe's description, so that serving and upload agree on task and classes;
         # it also predicts once on a row of zeros, refusing a model that cannot.
@@ -71,7 +68,6 @@ class SklearnRuntime(Runtime):
         self.has_proba = bool(described["has_proba"])
         self.nbytes = nbytes
         # Unmeasured (None) counts as unbounded: such a runtime never runs on the event loop.
-        self.is_cost_bounded_by_shape = cost is not None and cost.is_bounded_by_shape
         self.input_dtype = np.dtype(np.float64)
         self.input_name = DEFAULT_INPUT_NAME
         self._labels_from_proba = self.has_proba and _labels_from_proba(model)

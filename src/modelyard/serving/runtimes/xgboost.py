@@ -16,7 +16,6 @@ from modelyard.serving.runtimes.base import (
     class_array,
 )
 from modelyard.serving.sandbox import CLASSIFICATION, describe_xgboost
-from modelyard.serving.structure import StructureCost
 
 # binary:logitraw answers a margin: class 1 when it is positive (sigmoid(0) = 0.5).
 MARGIN_OBJECTIVES: Final = frozenset({"binary:logitraw"})
@@ -27,9 +26,7 @@ class XGBoostRuntime(Runtime):
 
     framework = Framework.XGBOOST
 
-    def __init__(
-        self, booster: Any, fmt: ModelFormat, *, nbytes: int, cost: StructureCost | None = None
-    ) -> None:
+    def __init__(self, booster: Any, fmt: ModelFormat, *, nbytes: int) -> None:
         described = describe_xgboost(booster)
         self._booster = booster
         self._objective = str(json.loads(booster.save_config())["learner"]["objective"]["name"])
@@ -41,7 +38,6 @@ class XGBoostRuntime(Runtime):
         self.has_proba = bool(described["has_proba"])
         self.nbytes = nbytes
         # Unmeasured (None) counts as unbounded: such a runtime never runs on the event loop.
-        self.is_cost_bounded_by_shape = cost is not None and cost.is_bounded_by_shape
         self.input_dtype = np.dtype(np.float32)
         self.input_name = DEFAULT_INPUT_NAME
         self._labels = class_array(self.classes) if self.classes is not None else None
