@@ -8,9 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from modelyard.artifacts.signing import LinkTarget
 from modelyard.db.tables import ModelVersion, RegisteredModel, User
 from modelyard.errors import ModelyardError
-
-ARCHIVED = "archived"  # the stage of an archived version and the status of an archived model
-FILES_PREFIX = "files/"
+from modelyard.files.service import area
+from modelyard.registry.schemas import ModelStatus, Stage
 
 
 class LinkGone(ModelyardError):
@@ -35,7 +34,7 @@ async def check_link(db: AsyncSession, target: LinkTarget) -> None:
         raise LinkGone
     if target.version_id is None:
         # A file link reaches only its owner's area (the signature already binds the two).
-        if not target.key.startswith(f"{FILES_PREFIX}{target.owner_id}/"):
+        if not target.key.startswith(area(target.owner_id)):
             raise LinkGone
         return
     row = (
@@ -51,7 +50,7 @@ async def check_link(db: AsyncSession, target: LinkTarget) -> None:
         or row.storage_key != target.key
         or row.sha256 != target.sha256
         or row.owner_id != target.owner_id
-        or row.stage == ARCHIVED
-        or row.status == ARCHIVED
+        or row.stage == Stage.ARCHIVED
+        or row.status == ModelStatus.ARCHIVED
     ):
         raise LinkGone

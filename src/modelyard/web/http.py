@@ -8,10 +8,9 @@ message, never as problem+json.
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,8 +30,6 @@ from modelyard.db.tables import User, WebSession
 from modelyard.errors import Forbidden, ModelyardError
 from modelyard.state import AppState, StateDep
 from modelyard.web import sessions
-
-log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 STATIC_URL = "/static/web"
@@ -89,7 +86,6 @@ class Page:
     user: User | None = None
     session: WebSession | None = None
     pre_session_token: str | None = None
-    flashes: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def signed_in(self) -> User:

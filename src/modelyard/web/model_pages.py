@@ -154,7 +154,6 @@ async def _model_page(
         total=total,
         offset=offset,
         limit=PAGE_SIZE,
-        actions=STAGE_ACTIONS,
         **context,
     )
 
@@ -304,7 +303,6 @@ async def _version_page(
         experiment=experiment,
         features=features,
         snippets=_snippets(page.request, model, version),
-        actions=STAGE_ACTIONS,
         json=lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode(),
         **context,
     )
