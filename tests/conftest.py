@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import tempfile
 import uuid
@@ -76,6 +77,11 @@ def _probe_process() -> Iterator[None]:
     lease, _ = probehost.lease(PROBE_SOCKET)
     yield
     lease.close()
+    # An app whose lifespan never ended leaves its prober to the garbage collector (which
+    # closes its lease), but every app start-up's `gc.freeze()` (serving.warmup) hides the
+    # garbage of the tests before it from the collector: unfreeze, so it is collected.
+    gc.unfreeze()
+    gc.collect()
     if started is not None:
         started.wait(timeout=30)
 
