@@ -33,6 +33,7 @@ from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.db.tables import ModelVersion, Prediction, RegisteredModel, prediction_rollups
 from modelyard.observability.metrics import Metrics
 from modelyard.predictions.log import PredictionLog, PredictionRecord
+from modelyard.predictions import rollups
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DAYS = 30
@@ -123,7 +124,7 @@ async def fill(
             pivot = ", ".join(
                 f"SUM(CASE WHEN bucket = {i} THEN n ELSE 0 END)" for i in range(BUCKETS)
             )
-            for period in (60, 3600):
+            for period in rollups.PERIODS:
                 await conn.execute(
                     text(
                         f"""

@@ -209,7 +209,7 @@ class Settings(BaseSettings):
     PostgreSQL drops whole daily partitions, SQLite deletes in bounded batches."""
 
     prediction_rollup_retention_days: int = Field(default=400, ge=0)
-    """Days the per-minute and per-hour rollups behind analytics are kept; 0 keeps them forever."""
+    """Days the per-minute, per-hour and per-day rollups behind analytics are kept; 0 keeps them forever."""
 
     prediction_log_partitions_ahead_days: int = Field(default=7, ge=1, le=366)
     """Daily partitions of the prediction log made ahead of time (PostgreSQL)."""

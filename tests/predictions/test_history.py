@@ -503,7 +503,20 @@ async def test_usage_rejects_days_out_of_range(
 
 @pytest.mark.parametrize(
     ("since_min", "until_min"),
-    [(None, None), (17, None), (None, 250), (17, 250), (61, 119), (100, 110), (60, 240)],
+    [
+        (None, None),
+        (17, None),
+        (None, 250),
+        (17, 250),
+        (61, 119),
+        (100, 110),
+        (60, 240),
+        (1430, 1450),  # across midnight, within minutes
+        (1380, 2880),  # an edge hour, then a whole day
+        (1000, 4000),  # edge minutes and hours around a whole day
+        (1440, None),  # whole days from midnight on
+        (None, 2881),  # whole days, then one minute
+    ],
 )
 async def test_model_analytics_windows_count_exactly_what_the_raw_log_holds(
     app: FastAPI,
@@ -514,7 +527,7 @@ async def test_model_analytics_windows_count_exactly_what_the_raw_log_holds(
     until_min: int | None,
 ) -> None:
     model, [version] = await make_model(db, user.id)
-    t0 = datetime.combine(utcnow().date(), time(), tzinfo=UTC) - timedelta(days=1)
+    t0 = datetime.combine(utcnow().date(), time(), tzinfo=UTC) - timedelta(days=4)
     records = [
         record_on(
             model,
@@ -524,6 +537,11 @@ async def test_model_analytics_windows_count_exactly_what_the_raw_log_holds(
             status="error" if i % 5 == 0 else "success",
         )
         for i in range(340)  # five hours
+    ]
+    # ... and two more days, sparser.
+    records += [
+        record_on(model, version, user.id, created_at=t0 + timedelta(seconds=20_000 + 733 * i))
+        for i in range(300)
     ]
     await log_records(app, records)
     params = {}

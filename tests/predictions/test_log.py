@@ -24,6 +24,7 @@ from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.db.tables import Prediction, prediction_rollups
 from modelyard.db.types import utcnow
 from modelyard.observability.metrics import Metrics
+from modelyard.predictions import rollups
 from modelyard.predictions.log import PredictionLog, PredictionRecord
 from tests.predictions import sigterm_writer
 from tests.predictions.conftest import make_record, truncation
@@ -91,7 +92,7 @@ def expected_rollup(records: list[PredictionRecord]) -> dict[int, tuple[int, int
         sum(rec.status == "error" for rec in records),
         sum(rec.n_rows for rec in records),
     )
-    return {60: totals, 3600: totals}
+    return dict.fromkeys(rollups.PERIODS, totals)
 
 
 async def wait_for_rows(engine: AsyncEngine, expected: int) -> int:

@@ -126,7 +126,7 @@ async def test_rollups_are_kept_for_their_own_longer_retention(
     report = await maintenance.maintain(own_engine, own_settings)
 
     starts = await rollup_starts(own_engine)
-    assert report.rollups_deleted == 2  # the minute and the hour of the oldest
+    assert report.rollups_deleted == 3  # the minute, the hour and the day of the oldest
     assert min(starts) == day - timedelta(days=45)
     async with own_engine.connect() as conn:
         raw = await conn.scalar(select(func.count()).select_from(Prediction))

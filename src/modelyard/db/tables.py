@@ -318,7 +318,7 @@ def rollup_bucket_column(index: int) -> str:
 
 
 # A Core table rather than a mapped class: ninety counters read and written by name, never as
-# objects. One row per model version and period (60 s or 3600 s) starting at `start_at`.
+# objects. One row per model version and period (60 s, 3600 s or 86400 s) starting at `start_at`.
 prediction_rollups = Table(
     "prediction_rollups",
     Base.metadata,
@@ -339,4 +339,6 @@ prediction_rollups = Table(
     Column("last_at", UTCDateTime(), nullable=False),
     *(Column(rollup_bucket_column(i), BigInteger, nullable=False) for i in range(ROLLUP_BUCKETS)),
     Index("ix_prediction_rollups_owner_id_period_s_start_at", "owner_id", "period_s", "start_at"),
+    # One model's analytics (its page, `?model_id=`) without reading every model's rollups.
+    Index("ix_prediction_rollups_model_id_period_s_start_at", "model_id", "period_s", "start_at"),
 )

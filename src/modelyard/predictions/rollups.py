@@ -1,10 +1,11 @@
-"""Rollups of the prediction log: per model version, per minute and per hour, the requests,
+"""Rollups of the prediction log: per model version, per minute, hour and day, the requests,
 failures, rows, summed and extreme inference times, and a latency distribution in fixed buckets.
 
 The log writer adds the rows it actually inserted (`INSERT ... ON CONFLICT DO NOTHING RETURNING
 id`) in the same transaction as the insert, so a replayed spool never counts a row twice and a
 rollup never disagrees with the rows committed beside it. Analytics read the rollups: their cost
-follows the length of the window (hours and edge minutes), not the number of logged rows.
+follows the length of the window (whole days, then hours and minutes at its edges), not the
+number of logged rows.
 
 Latency buckets: bucket 0 holds times below 0.01 ms; bucket k (1..88) holds
 [0.01 * 2**((k-1)/4), 0.01 * 2**(k/4)) ms; bucket 89 holds 0.01 * 2**22 ms (about 41.9 s) and
@@ -30,7 +31,8 @@ from modelyard.db.tables import ROLLUP_BUCKETS, prediction_rollups, rollup_bucke
 
 MINUTE = 60
 HOUR = 3600
-PERIODS = (MINUTE, HOUR)
+DAY = 86400
+PERIODS = (MINUTE, HOUR, DAY)
 # Stands for "no version" in a rollup's key (a failure before the version was resolved).
 NO_VERSION = uuid.UUID(int=0)
 LOWEST_EDGE_MS = 0.01
@@ -98,7 +100,7 @@ def aggregate(rows: Iterable[Row]) -> list[Row]:
     Rows without a model are left out: analytics are per model. The result is sorted by key so
     that concurrent writers lock rollup rows in one order (no deadlock between them). It runs on
     the event loop, once per written batch: rows are added to per-minute sums only (integer
-    seconds as keys), and the hours are made from those minutes.
+    seconds as keys), and the hours and days are made from those minutes.
     """
     minutes: dict[tuple[int, uuid.UUID, uuid.UUID], Row] = {}
     for row in rows:
@@ -129,19 +131,21 @@ def aggregate(rows: Iterable[Row]) -> list[Row]:
         if high is None or ms > high:
             out["time_max_ms"] = ms
         out[BUCKET_COLUMNS[bucket_of(ms)]] += 1
-    hours: dict[tuple[int, uuid.UUID, uuid.UUID], Row] = {}
-    for (start, model_id, version_id), minute in minutes.items():
-        key = (start - start % HOUR, model_id, version_id)
-        hour = hours.get(key)
-        if hour is None:
-            hours[key] = {**minute, "period_s": HOUR, "start_at": _at(key[0])}
-        else:
-            _merge(hour, minute)
-    ordered = sorted(
-        [*minutes.values(), *hours.values()],
+    result = list(minutes.values())
+    for period in (HOUR, DAY):
+        longer: dict[tuple[int, uuid.UUID, uuid.UUID], Row] = {}
+        for (start, model_id, version_id), minute in minutes.items():
+            key = (start - start % period, model_id, version_id)
+            found = longer.get(key)
+            if found is None:
+                longer[key] = {**minute, "period_s": period, "start_at": _at(key[0])}
+            else:
+                _merge(found, minute)
+        result.extend(longer.values())
+    return sorted(
+        result,
         key=lambda r: (r["period_s"], r["start_at"], r["model_id"].bytes, r["version_id"].bytes),
     )
-    return ordered
 
 
 def _at(seconds: int) -> datetime:
