@@ -1,11 +1,13 @@
-"""`make bench-log`: the prediction log at scale on PostgreSQL.
+"""`make bench-log`: the prediction log at scale, on PostgreSQL (default) or SQLite.
 
-Creates a database of its own, fills it straight in SQL (generate_series into daily partitions,
-rollups rolled up from the rows in SQL), then times every history and analytics endpoint through
+Creates a database of its own and fills it straight in: on PostgreSQL in SQL (generate_series
+into daily partitions, rollups rolled up from the rows in SQL), on SQLite from Python (rows and
+their rollups inserted in chunks). Then it times every history and analytics endpoint through
 the app in-process (httpx over ASGI: the server's own time, no network), at each size asked for
-(`--rows 1000000,10000000`: the second fill adds to the first, over the same 30 days). Then it
-measures the log writer's sustained insert rate with rollups on, and checks nothing was lost.
-Writes bench/results/log-latest.{md,json}; the database is dropped at the end.
+(`--rows 1000000,10000000`: the second fill adds to the first, over the same 30 days; SQLite's
+default is 1 M). Then it measures the log writer's sustained insert rate with rollups on, and
+checks nothing was lost. Writes bench/results/log-latest.{md,json} (SQLite:
+log-sqlite-latest.*); the database is dropped at the end.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import random
+import shutil
 import statistics
 import sys
 import time
@@ -32,8 +37,8 @@ from modelyard.db import migrate
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.db.tables import ModelVersion, Prediction, RegisteredModel, prediction_rollups
 from modelyard.observability.metrics import Metrics
-from modelyard.predictions.log import PredictionLog, PredictionRecord
 from modelyard.predictions import rollups
+from modelyard.predictions.log import PredictionLog, PredictionRecord
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DAYS = 30
@@ -161,6 +166,47 @@ async def fill(
         )
         await admin(url, "VACUUM ANALYZE predictions")
         await admin(url, "VACUUM ANALYZE prediction_rollups")
+    finally:
+        await engine.dispose()
+    return time.perf_counter() - began
+
+
+async def fill_sqlite(
+    url: str, *, rows: int, start: datetime, end: datetime, owner: uuid.UUID, caller: uuid.UUID,
+    versions: list[tuple[uuid.UUID, uuid.UUID, int]], chunk: int = 20_000,
+) -> float:
+    """Insert `rows` predictions spread evenly over [start, end) and their rollups (what the
+    writer would keep), chunk by chunk, as `fill` does on PostgreSQL; seconds."""
+    engine = make_engine(url)
+    table = Prediction.metadata.tables[Prediction.__tablename__]
+    span = (end - start).total_seconds()
+    step = span / rows
+    rng = random.Random(rows)
+    began = time.perf_counter()
+    try:
+        for offset in range(0, rows, chunk):
+            batch = []
+            for g in range(offset, min(rows, offset + chunk)):
+                model_id, version_id, number = versions[g % len(versions)]
+                failed = g % 50 == 0
+                batch.append({
+                    "id": uuid.uuid4(), "model_id": model_id, "version_id": version_id,
+                    "version": number, "owner_id": owner,
+                    "user_id": caller if g % 10 == 0 else owner, "api_key_id": None,
+                    "protocol": "rest", "status": "error" if failed else "success",
+                    "error": "bad input" if failed else None,
+                    "inputs": [[5.1, 3.5, 1.4, 0.2]], "outputs": [0], "n_rows": 1,
+                    "inference_time_ms": None if failed else 0.2 + math.exp(rng.random() * 4) / 10,
+                    "created_at": start + timedelta(seconds=(g + rng.random()) * step),
+                })
+            async with make_sessionmaker(engine)() as db:
+                await db.execute(table.insert(), batch)
+                await rollups.add(db, rollups.aggregate(batch))
+                await db.commit()
+            if (offset + chunk) % 200_000 == 0 or offset + chunk >= rows:
+                print(f"  filled {min(rows, offset + chunk):,}/{rows:,}", file=sys.stderr, flush=True)
+        async with engine.begin() as conn:
+            await conn.execute(text("ANALYZE"))
     finally:
         await engine.dispose()
     return time.perf_counter() - began
@@ -294,11 +340,12 @@ async def writer_rate(url: str, spool: Path, versions: list[tuple[uuid.UUID, uui
 
 def write_results(report: dict[str, Any]) -> None:
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "log-latest.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    stem = "log-latest" if report["database"] == "postgresql" else "log-sqlite-latest"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     lines = [
         "# Prediction log at scale (`make bench-log`)",
         "",
-        f"{report['when']}, PostgreSQL, {report['machine']}. In-process calls (httpx over ASGI),"
+        f"{report['when']}, {report['database']}, {report['machine']}. In-process calls (httpx over ASGI),"
         f" {report['repeat']} calls each; ms.",
         "",
     ]
@@ -315,7 +362,8 @@ def write_results(report: dict[str, Any]) -> None:
                 cell += " (total est.)"
             cells.append(cell)
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-    lines += ["", "Fill (generate_series + rollups in SQL): " + ", ".join(
+    how = "generate_series + rollups in SQL" if report["database"] == "postgresql" else "from Python, rollups by the writer's code"
+    lines += ["", f"Fill ({how}): " + ", ".join(
         f"{int(s):,} rows {report['sizes'][s]['fill_seconds']:.0f} s" for s in sizes)]
     w = report["writer"]
     lines += [
@@ -325,31 +373,40 @@ def write_results(report: dict[str, Any]) -> None:
         f" {w['rows_rolled_up']:,}, spooled {w['spooled']:.0f}, dropped {w['dropped']:.0f}.",
         "",
     ]
-    (RESULTS / "log-latest.md").write_text("\n".join(lines))
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/postgres",
                         help="a PostgreSQL server where this may create and drop a database")
-    parser.add_argument("--rows", default="1000000,10000000",
-                        help="comma-separated cumulative sizes to measure at (default 1 M then 10 M)")
+    parser.add_argument("--rows", default=None,
+                        help="comma-separated cumulative sizes to measure at (default 1 M then 10 M;"
+                        " SQLite: 1 M)")
     parser.add_argument("--repeat", type=int, default=20, help="calls per endpoint")
     parser.add_argument("--writer-rows", type=int, default=100_000)
     parser.add_argument("--keep", action="store_true", help="keep the database (to explain plans)")
     args = parser.parse_args()
-    sizes = [int(x) for x in args.rows.split(",")]
+    postgres = args.database == "postgresql"
+    rows = args.rows or ("1000000,10000000" if postgres else "1000000")
+    sizes = [int(x) for x in rows.split(",")]
     admin_url = make_url(args.url)
     name = f"modelyard_bench_log_{uuid.uuid4().hex[:8]}"
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
     admin_str = admin_url.render_as_string(hide_password=False)
-    await admin(admin_str, f'CREATE DATABASE "{name}"')
     tmp = Path(f"/tmp/{name}")  # noqa: S108 - a scratch data dir of this run
+    tmp.mkdir(parents=True)
+    if postgres:
+        url = admin_url.set(database=name).render_as_string(hide_password=False)
+        await admin(admin_str, f'CREATE DATABASE "{name}"')
+    else:
+        url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
     try:
         await asyncio.to_thread(migrate.upgrade, url)
         now = datetime.now(UTC)
         first_day = datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=DAYS)
-        await daily_partitions(url, first_day, DAYS + 1)
+        if postgres:
+            await daily_partitions(url, first_day, DAYS + 1)
         settings = Settings(_env_file=None, data_dir=tmp, database_url=url, secret_key="b" * 40,
                             argon2_time_cost=1, argon2_memory_kib=8, argon2_parallelism=1,
                             log_level="WARNING", prediction_log_maintenance_interval_seconds=0)  # type: ignore[call-arg]
@@ -382,12 +439,15 @@ async def main() -> None:
         await engine.dispose()
         report: dict[str, Any] = {
             "when": now.isoformat(timespec="seconds"), "machine": "2 cores shared",
+            "database": args.database,
             "repeat": args.repeat, "days": DAYS, "sizes": {},
         }
         done = 0
         for size in sizes:
-            fill_s = await fill(url, rows=size - done, start=first_day, end=now, owner=owner,
-                                caller=caller, versions=versions)
+            fill_s = await (fill if postgres else fill_sqlite)(
+                url, rows=size - done, start=first_day, end=now, owner=owner, caller=caller,
+                versions=versions,
+            )
             done = size
             print(f"{size:,} rows filled in {fill_s:.0f} s", file=sys.stderr, flush=True)
             endpoints = await measure_endpoints(settings, headers, versions[0][0], args.repeat)
@@ -397,9 +457,11 @@ async def main() -> None:
         write_results(report)
     finally:
         if args.keep:
-            print(f"kept database {name}", file=sys.stderr)
+            print(f"kept database {name if postgres else url}", file=sys.stderr)
         else:
-            await admin(admin_str, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            if postgres:
+                await admin(admin_str, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
