@@ -293,25 +293,22 @@ async def list_predictions(
         # Inline, not a parameter: a planner can only use the partial index of failures
         # (`WHERE status = 'error'`) when it sees the value.
         filters.append(Prediction.status == literal(status.value, literal_execute=True))
+    # The caller's own calls on others' models, written as their partial index is, so that the
+    # planner uses it.
+    foreign = select(Prediction).where(
+        Prediction.user_id == user.id, Prediction.owner_id.is_distinct_from(Prediction.user_id)
+    )
     # The two halves of what the caller may see, disjoint: each walks its own (…, created_at)
     # index newest first and stops after a page, where one OR would sort every visible row.
     parts = [
         select(Prediction).where(queries.owned_by(user, Prediction.owner_id), *filters),
-        select(Prediction).where(
-            Prediction.user_id == user.id,
-            # Written as the partial index of foreign calls is, so that the planner uses it.
-            Prediction.owner_id.is_distinct_from(Prediction.user_id),
-            *filters,
-        ),
+        foreign.where(*filters),
     ]
     # Most callers are owners reading their own log: when the caller has no calls on others'
     # models (counted on their small partial index), the second half is left out. Ordered, the
     # planner would walk the time index instead, filtering out every one of the owner's rows.
     # Counted without the filters first: with them, a planner unaware of how few such calls
     # there are may walk a filter's index instead (500 ms at 1 M rows).
-    foreign = select(Prediction).where(
-        Prediction.user_id == user.id, Prediction.owner_id.is_distinct_from(Prediction.user_id)
-    )
     called = await _count_up_to(db, foreign, TOTAL_EXACT_MAX + 1)
     if called == 0:
         parts = parts[:1]
