@@ -36,6 +36,7 @@ REFRESH = "/api/v1/auth/refresh"
 LOGOUT = "/api/v1/auth/logout"
 LOGOUT_ALL = "/api/v1/auth/logout-all"
 REGISTER = "/api/v1/auth/register"
+EXPERIMENTS = "/api/v1/experiments"
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -368,3 +369,20 @@ async def test_an_answer_recalled_in_an_outage_is_not_remembered_after_it(
 
     assert recalled == 200
     assert_problem(after, 401)
+
+
+async def test_a_rollback_in_the_request_that_first_checks_a_token_spares_later_requests(
+    client: httpx.AsyncClient, user: factories.Account
+) -> None:
+    # Found by schemathesis: the user cached with the credential was expired by that request's
+    # rollback, and every later request with the token answered 500.
+    created = await client.post(EXPERIMENTS, json={"name": "dup"}, headers=user.headers)
+    fresh = await factories.login(client, user.email, user.password)
+    headers = {"Authorization": f"Bearer {fresh['access_token']}"}
+
+    clash = await client.post(EXPERIMENTS, json={"name": "dup"}, headers=headers)
+    later = [await client.get(path, headers=headers) for path in (EXPERIMENTS, "/api/v1/models")]
+
+    assert created.status_code == 201, created.text
+    assert clash.status_code == 409, clash.text
+    assert [r.status_code for r in later] == [200, 200]

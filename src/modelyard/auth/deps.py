@@ -67,17 +67,23 @@ async def check_credential(
         try:
             if api_key:
                 user, key_id, expires_at = await service.authenticate_api_key(db, api_key)
-                return Caller(user, key_id, expires_at)
-            if not bearer:
+                caller = Caller(user, key_id, expires_at)
+            elif bearer:
+                user, expires_at = await service.authenticate_access_token(
+                    db, bearer, tokens=state.tokens
+                )
+                caller = Caller(user, None, expires_at)
+            else:
                 raise Unauthorized("not authenticated")
-            user, expires_at = await service.authenticate_access_token(
-                db, bearer, tokens=state.tokens
-            )
-            return Caller(user, None, expires_at)
         except Exception:
             # The request's session goes on (to resolve a model, say): leave it usable.
             await db.rollback()
             raise
+        # The caller outlives this request (cached for the next ones): its user leaves this
+        # session now, or a rollback later in the request would expire its attributes, and every
+        # later request would then try to reload them outside any session (a 500 each).
+        db.expunge(user)
+        return caller
 
     credential = api_key or bearer
     caller, recalled = await state.outage_cache.call(
