@@ -78,6 +78,14 @@ async def test_wrong_method_is_problem_405(client: httpx.AsyncClient) -> None:
     assert response.headers["allow"] == "POST"
 
 
+async def test_405_allows_every_method_the_path_serves(client: httpx.AsyncClient) -> None:
+    # Starlette names only the methods of the first route of the path it tried.
+    response = await client.put("/api/v1/models/some-model")
+
+    assert_problem(response, 405)
+    assert response.headers["allow"] == "DELETE, GET, PATCH"
+
+
 async def test_validation_error_is_problem_422_listing_errors(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/api/v1/auth/register", json={"email": "ada@example.com", "password": "short"}

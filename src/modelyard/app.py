@@ -25,7 +25,7 @@ from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.epochs import Epoch, Epochs
-from modelyard.errors import install_error_handlers, v2_error_response
+from modelyard.errors import document_errors, install_error_handlers, v2_error_response
 from modelyard.events import make_events
 from modelyard.experiments.router import router as experiments_router
 from modelyard.files.router import router as files_router
@@ -197,6 +197,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     install_error_handlers(app)
+    document_errors(app)
     # Starlette tries routes in order: the prediction routes first, they take the traffic.
     routers = [predict_router, v2.router, health.router]
     if settings.role != "serving":

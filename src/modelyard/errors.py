@@ -264,6 +264,24 @@ def is_unstorable_text(exc: BaseException) -> bool:
     )
 
 
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    """405, with `Allow` naming every method of the path: Starlette names only those of the
+    first route of that path it tried (`GET` where `GET, PATCH, DELETE` are served)."""
+    from starlette.routing import Match
+
+    def served(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes)
+
+    allowed = [method for method in _METHODS if served(method)]
+    return problem_response(
+        405, "Method Not Allowed", headers={"Allow": ", ".join(allowed)}, path=request.url.path
+    )
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error the app raises as problem+json (unexpected ones: see the middleware)."""
     from fastapi.exceptions import RequestValidationError
@@ -271,7 +289,70 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(ModelyardError, _error)
     app.add_exception_handler(StarletteHTTPException, _error)
+    app.add_exception_handler(405, _method_not_allowed)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(sa_exc.DBAPIError, _error)
     app.add_exception_handler(sa_exc.TimeoutError, _error)
     app.add_exception_handler(OSError, _error)
+
+
+# --- the errors in the OpenAPI document ------------------------------------------------------
+
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An error, as RFC 9457 problem details; some carry more members (`errors`).",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+}
+_V2_ERROR_SCHEMA: dict[str, Any] = {
+    "title": "InferenceError",
+    "description": "An error of the Open Inference Protocol.",
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Have every operation of `app`'s OpenAPI document state its errors as they are sent.
+
+    FastAPI documents a 422 of its own shape and no other error; ours are problem+json (under
+    `/v2`, the protocol's `{"error": ...}`), for any status a route may answer (401, 403, 404,
+    409, 413, 429, 503, ...): each operation gets a `default` response of that shape, and its
+    declared error responses without a body of their own get it too.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["Problem"] = _PROBLEM_SCHEMA
+        components["InferenceError"] = _V2_ERROR_SCHEMA
+        for path, item in schema.get("paths", {}).items():
+            v2 = is_v2_path(path)
+            media = "application/json" if v2 else PROBLEM_JSON
+            ref = "#/components/schemas/" + ("InferenceError" if v2 else "Problem")
+            content = {media: {"schema": {"$ref": ref}}}
+            for operation in item.values():
+                if not isinstance(operation, dict) or "responses" not in operation:
+                    continue
+                responses = operation["responses"]
+                for code, response in responses.items():
+                    if code[0] in "45" and (code == "422" or "content" not in response):
+                        response["content"] = content
+                responses.setdefault("default", {"description": "An error", "content": content})
+        # FastAPI's own validation error shapes, now referenced by no response.
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
