@@ -85,8 +85,21 @@ async def make_account(
     )
 
 
-async def make_api_key(client: httpx.AsyncClient, account: Account, name: str = "ci") -> str:
-    response = await client.post("/api/v1/api-keys", json={"name": name}, headers=account.headers)
+async def make_api_key(
+    client: httpx.AsyncClient,
+    account: Account,
+    name: str = "ci",
+    *,
+    scopes: list[str] | None = None,
+    models: list[str] | None = None,
+) -> str:
+    """Make an API key of `account` (default scopes: the server's)."""
+    body: dict[str, object] = {"name": name}
+    if scopes is not None:
+        body["scopes"] = scopes
+    if models is not None:
+        body["models"] = models
+    response = await client.post("/api/v1/api-keys", json=body, headers=account.headers)
     assert response.status_code == 201, response.text
     key: str = response.json()["key"]
     return key

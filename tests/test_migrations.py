@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,12 +14,15 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import insert, inspect, select, text
+from sqlalchemy import column, insert, inspect, select, table, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from modelyard.auth import service as auth_service
+from modelyard.auth.service import Caller
 from modelyard.db import migrate
 from modelyard.db.engine import make_engine
-from modelyard.db.tables import Base, Prediction, prediction_rollups
+from modelyard.db.tables import ApiKey, Base, Prediction, User, prediction_rollups
 from modelyard.predictions import rollups
 from tests.conftest import POSTGRES_ADMIN_URL, service_missing
 
@@ -26,6 +30,11 @@ T = TypeVar("T")
 
 VERSION_TABLE = "alembic_version"
 SCHEMA_TABLES = frozenset(Base.metadata.tables)
+# The columns of api_keys before scopes.
+OLD_KEY_COLUMNS = frozenset(
+    {"id", "user_id", "name", "prefix", "key_hash", "is_active", "created_at", "last_used_at"}
+    | {"expires_at", "revoked_at"}
+)
 
 
 async def _postgres_admin(sql: str) -> None:
@@ -166,3 +175,57 @@ def test_rollups_migration_rolls_up_the_predictions_already_logged(fresh_url: st
         got = stored[(want["period_s"], want["start_at"], want["version_id"])]
         for name, value in want.items():
             assert got[name] == (pytest.approx(value) if isinstance(value, float) else value), name
+
+
+def test_scopes_migration_keeps_every_existing_key_doing_what_it_did(fresh_url: str) -> None:
+    migrate.upgrade(fresh_url, "3a6c8e0b2d47")  # the revision before API key scopes
+    users = {uuid.uuid4(): False, uuid.uuid4(): True}  # id: is_admin
+    keys = {user_id: f"myd_{user_id.hex[:10]}_{'s' * 43}" for user_id in users}
+    before_scopes = table(
+        "api_keys",
+        *(column(c.name, c.type) for c in ApiKey.__table__.columns if c.name in OLD_KEY_COLUMNS),
+    )
+    now = datetime.now(UTC)
+
+    def fill(conn: Connection) -> None:
+        for user_id, is_admin in users.items():
+            conn.execute(
+                insert(User).values(
+                    id=user_id,
+                    email=f"{user_id.hex}@example.com",
+                    password_hash="x",
+                    is_admin=is_admin,
+                )
+            )
+            key = keys[user_id]
+            conn.execute(
+                insert(before_scopes).values(
+                    id=uuid.uuid4(),
+                    user_id=user_id,
+                    name="old",
+                    prefix=key[:14],
+                    key_hash=hashlib.sha256(key.encode()).hexdigest(),
+                    is_active=True,
+                    created_at=now,
+                )
+            )
+        conn.commit()
+
+    _run(fresh_url, fill)
+
+    migrate.upgrade(fresh_url)
+
+    async def authenticate(key: str) -> Caller:
+        engine = make_engine(fresh_url)
+        try:
+            async with AsyncSession(engine, expire_on_commit=False) as db:  # as the app
+                return await auth_service.authenticate_api_key(db, key)
+        finally:
+            await engine.dispose()
+
+    for user_id, is_admin in users.items():
+        caller = asyncio.run(authenticate(keys[user_id]))
+        powers = frozenset({"read", "predict", "write"} | ({"admin"} if is_admin else set()))
+        assert caller.scopes == powers
+        assert caller.models is None
+        assert caller.user.id == user_id

@@ -21,8 +21,18 @@ from tests.problems import assert_problem, assert_unauthorized
 
 KEYS = "/api/v1/api-keys"
 ME = "/api/v1/auth/me"
-CREATED_FIELDS = {"id", "name", "prefix", "key", "created_at", "expires_at"}
-LISTED_FIELDS = {"id", "name", "prefix", "is_active", "created_at", "last_used_at", "expires_at"}
+CREATED_FIELDS = {"id", "name", "prefix", "key", "created_at", "expires_at", "scopes", "models"}
+LISTED_FIELDS = {
+    "id",
+    "name",
+    "prefix",
+    "is_active",
+    "created_at",
+    "last_used_at",
+    "expires_at",
+    "scopes",
+    "models",
+}
 
 
 async def create_key(

@@ -57,7 +57,8 @@ def make_login(url: str) -> Login:
             "/api/v1/auth/login", json={"email": email, "password": DEFAULT_PASSWORD}
         ).json()
         headers = {"Authorization": f"Bearer {tokens['access_token']}"}
-        key = http.post("/api/v1/api-keys", json={"name": "tests"}, headers=headers)
+        body = {"name": "tests", "scopes": ["read", "predict", "write"]}  # as `modelyard login`
+        key = http.post("/api/v1/api-keys", json=body, headers=headers)
         assert key.status_code == 201, key.text
     return Login(url, email, DEFAULT_PASSWORD, key.json()["key"], tokens["access_token"])
 

@@ -78,8 +78,9 @@ async def test_database_cut_mid_traffic_keeps_cached_models_answering_and_loses_
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             account = await make_account(client)
+            body = {"name": "k", "scopes": ["read", "predict", "write"]}  # it tries an upload
             key = (
-                await client.post("/api/v1/api-keys", json={"name": "k"}, headers=account.headers)
+                await client.post("/api/v1/api-keys", json=body, headers=account.headers)
             ).json()["key"]
             headers = {"X-API-Key": key}
             await make_version(client, account, iris_skops)

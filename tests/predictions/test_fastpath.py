@@ -216,6 +216,66 @@ async def test_another_users_credential_never_reaches_a_cached_model(
         assert answer.status_code == 401, answer.text
 
 
+async def make_key(client: httpx.AsyncClient, user: Account, **body: object) -> dict[str, str]:
+    created = await client.post(
+        "/api/v1/api-keys", json={"name": "k", **body}, headers=user.headers
+    )
+    assert created.status_code == 201, created.text
+    return {"X-API-Key": created.json()["key"]}
+
+
+async def test_a_predict_key_takes_the_fast_path_once_warm(
+    app: FastAPI, client: httpx.AsyncClient, user: Account, iris_skops: Path
+) -> None:
+    await make_version(client, user, iris_skops)
+    key = await make_key(client, user, scopes=["predict"], models=["iris"])
+    fastapi = handed_to_fastapi(app)
+    for path, body in ((NATIVE, {"inputs": IRIS_ROWS}), (V2, V2_BODY)):
+        cold = await client.post(path, json=body, headers=key)
+        warm = await client.post(path, json=body, headers=key)
+        assert cold.status_code == 200, cold.text
+        assert stable(warm) == stable(cold)
+    assert fastapi == [NATIVE]
+
+
+@pytest.mark.parametrize(
+    ("scopes", "models", "detail"),
+    [
+        (["read", "write"], None, "this API key lacks the `predict` scope"),
+        (["predict"], ["wine"], "this API key is limited to the models 'wine'"),
+    ],
+    ids=["no-predict-scope", "another-model"],
+)
+@pytest.mark.parametrize(("path", "body"), [(NATIVE, {"inputs": IRIS_ROWS}), (V2, V2_BODY)])
+async def test_a_key_that_may_not_predict_is_refused_alike_warm_and_cold(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    user: Account,
+    iris_skops: Path,
+    scopes: list[str],
+    models: list[str] | None,
+    detail: str,
+    path: str,
+    body: dict[str, Any],
+) -> None:
+    await make_version(client, user, iris_skops)
+    # The model and its resolution are cached, and so (after its first request) is the key.
+    assert (await client.post(path, json=body, headers=user.headers)).status_code == 200
+    key = await make_key(client, user, scopes=scopes, models=models)
+    fastapi = handed_to_fastapi(app)
+    cold = await client.post(path, json=body, headers=key)
+    warm = await client.post(path, json=body, headers=key)
+    assert cold.status_code == 403, cold.text
+    assert stable(warm) == stable(cold)
+    if path == NATIVE:
+        assert cold.json()["detail"] == detail
+    else:
+        assert cold.json() == {"error": detail}
+    # Refused by the route both times: the fast path never serves what a key may not do.
+    assert fastapi == [path, path]
+    assert [r.status for r in await logged(app)] == ["success"]
+
+
 @pytest.fixture
 async def limited(
     tmp_path: Path, database_url: str, engine: AsyncEngine

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.auth import service
+from modelyard.auth.scopes import Scope, route_needs
 from modelyard.auth.service import Caller
 from modelyard.db.deps import SessionDep
-from modelyard.db.tables import User
+from modelyard.db.tables import RegisteredModel, User
 from modelyard.epochs import Epoch
 from modelyard.errors import Forbidden, Unauthorized
 from modelyard.state import AppState, app_state
@@ -39,8 +43,49 @@ async def current_caller(
         raise Unauthorized("not authenticated")
     state = app_state(request)
     # Hot path: a credential checked in the last minute, with nothing revoked since, is known.
-    return await state.caller_cache.fill(
+    caller = await state.caller_cache.fill(
         api_key or bearer or "", lambda: check_credential(state, db, api_key, bearer)
+    )
+    if caller.scopes is not None:
+        await authorize(request, db, caller)
+    return caller
+
+
+async def authorize(request: Request, db: AsyncSession, caller: Caller) -> None:
+    """Check that an API key may use the request's route: the scope the route needs
+    (`scopes.route_needs`) and, for a key limited to models, the model the route addresses.
+
+    Every authenticated route depends on `current_caller`, so every route is checked here; a
+    route that names its model in the body (upload) checks the model itself once it has it.
+
+    Raises:
+        MissingScope, OutsideModelLimit: the key may not.
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        # Only routes reach here; were one not an APIRoute, it would need what admins need.
+        caller.require_scope(Scope.ADMIN)
+        return
+    needs = route_needs(route.methods or (), route.path_format)
+    if needs.model_in_body or caller.models is None:
+        caller.require_scope(needs.scope)
+        return
+    ref = request.path_params.get(needs.model_param) if needs.model_param else None
+    caller.require(needs.scope, model=await _model_name(db, caller, ref))
+
+
+async def _model_name(db: AsyncSession, caller: Caller, ref: str | None) -> str | None:
+    """Return the name of the caller's own model `ref` (a name, or a UUID looked up)."""
+    if ref is None:
+        return None
+    try:
+        model_id = uuid.UUID(ref)
+    except ValueError:
+        return ref
+    return await db.scalar(
+        select(RegisteredModel.name).where(
+            RegisteredModel.id == model_id, RegisteredModel.owner_id == caller.user.id
+        )
     )
 
 
@@ -66,8 +111,7 @@ async def check_credential(
     async def authenticate() -> Caller:
         try:
             if api_key:
-                user, key_id, expires_at = await service.authenticate_api_key(db, api_key)
-                caller = Caller(user, key_id, expires_at)
+                caller = await service.authenticate_api_key(db, api_key)
             elif bearer:
                 user, expires_at = await service.authenticate_access_token(
                     db, bearer, tokens=state.tokens
@@ -82,7 +126,7 @@ async def check_credential(
         # The caller outlives this request (cached for the next ones): its user leaves this
         # session now, or a rollback later in the request would expire its attributes, and every
         # later request would then try to reload them outside any session (a 500 each).
-        db.expunge(user)
+        db.expunge(caller.user)
         return caller
 
     credential = api_key or bearer

@@ -145,6 +145,8 @@ async def create_api_key(body: ApiKeyCreate, caller: CallerDep, db: SessionDep) 
         key=new.key,
         created_at=new.row.created_at,
         expires_at=new.row.expires_at,
+        scopes=new.row.scopes,
+        models=new.row.model_names,
     )
 
 

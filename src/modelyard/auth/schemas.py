@@ -6,8 +6,16 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal, Self
 
-from pydantic import AwareDatetime, EmailStr, Field, StringConstraints, model_validator
+from pydantic import (
+    AliasChoices,
+    AwareDatetime,
+    EmailStr,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
+from modelyard.auth.scopes import ALL_SCOPES, Scope
 from modelyard.db.types import utcnow
 from modelyard.schemas import ReadModel, StrictModel
 
@@ -62,9 +70,36 @@ class UserAdminUpdate(StrictModel):
     is_admin: bool | None = None
 
 
+# As the registry's model names (`registry.schemas.ModelName`), which this module cannot import.
+KeyModelName = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+SCOPES_HELP = (
+    "read (GET routes), predict (predict routes, V2 model metadata), write (uploads, lifecycle, "
+    "aliases, files, experiments, and every other change), admin (admin routes; admins only)"
+)
+
+
 class ApiKeyCreate(StrictModel):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
     expires_at: AwareDatetime | None = None
+    scopes: Annotated[
+        list[Scope] | None,
+        Field(
+            min_length=1,
+            max_length=len(ALL_SCOPES),
+            description=f"What the key may do: {SCOPES_HELP}. Default: read and predict.",
+        ),
+    ] = None
+    models: Annotated[
+        list[KeyModelName] | None,
+        Field(
+            min_length=1,
+            max_length=100,
+            description="The names of the only models the key may act on (default: every "
+            "model). Such a key is refused routes that do not address one of them (lists).",
+        ),
+    ] = None
 
 
 class ApiKeyRead(ReadModel):
@@ -75,6 +110,12 @@ class ApiKeyRead(ReadModel):
     created_at: datetime
     last_used_at: datetime | None
     expires_at: datetime | None
+    scopes: list[Scope]
+    # From the row's `model_names`, or from this model's own output when FastAPI checks it.
+    models: list[str] | None = Field(
+        validation_alias=AliasChoices("models", "model_names"),
+        description="the models it is limited to; null: all",
+    )
 
     @model_validator(mode="after")
     def _expired_is_inactive(self) -> Self:
@@ -90,3 +131,5 @@ class ApiKeyCreated(ReadModel):
     key: str = Field(description="the secret key; shown this once only")
     created_at: datetime
     expires_at: datetime | None
+    scopes: list[Scope]
+    models: list[str] | None

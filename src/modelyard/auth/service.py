@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.schemas import ApiKeyCreate, MeUpdate, UserAdminUpdate, UserCreate
+from modelyard.auth.scopes import DEFAULT_SCOPES, MissingScope, OutsideModelLimit, Scope, ordered
 from modelyard.auth.tokens import TokenService
 from modelyard.db.tables import ApiKey, RefreshToken, User
 from modelyard.db.types import utcnow
@@ -35,11 +36,42 @@ BAD_LOGIN = "invalid email or password"
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling: the user, and the API key it used (None for a token)."""
+    """Who is calling: the user, and the API key it used (None for a token) with its powers."""
 
     user: User
     api_key_id: uuid.UUID | None
     valid_until: datetime | None = None  # the credential's own expiry
+    # The key's scopes, and the names of the models it is limited to; None: the user's full
+    # rights (a password login, the dashboard), or every model.
+    scopes: frozenset[str] | None = None
+    models: frozenset[str] | None = None
+
+    def require_scope(self, scope: Scope) -> None:
+        """Raises MissingScope unless the caller has `scope`."""
+        if self.scopes is not None and scope not in self.scopes:
+            raise MissingScope(scope)
+
+    def require(self, scope: Scope, *, model: str | None) -> None:
+        """Check that the caller may act with `scope` on the model named `model`, or, with
+        None, on something that is not one model (a list, a file, an experiment).
+
+        The one decision on what an API key may do; password logins may do everything.
+
+        Raises:
+            MissingScope: the key lacks `scope`.
+            OutsideModelLimit: the key is limited to models, and `model` is not one of them.
+        """
+        self.require_scope(scope)
+        if self.models is not None and (model is None or model not in self.models):
+            raise OutsideModelLimit(self.models)
+
+    def allows(self, scope: Scope, *, model: str | None) -> bool:
+        """Tell whether `require` would let the caller through."""
+        try:
+            self.require(scope, model=model)
+        except Forbidden:
+            return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,14 +385,20 @@ def _hash_key(key: str) -> str:
 async def create_api_key(db: AsyncSession, caller: Caller, data: ApiKeyCreate) -> NewApiKey:
     """Make a key for the caller; the secret is returned here and never stored.
 
+    Without `scopes` the key gets `DEFAULT_SCOPES`; without `models`, every model.
+
     Raises:
         Forbidden: the caller used an API key: keys are made from a signed-in session only, so
-            that a leaked key cannot mint others that outlive its revocation.
+            that a leaked key cannot mint others that outlive its revocation; or a non-admin
+            asked for the `admin` scope.
         Unprocessable: `expires_at` is in the past.
     """
     if caller.api_key_id is not None:
         raise Forbidden("API keys can only be created from a signed-in session, not with a key")
     user = caller.user
+    scopes = ordered(DEFAULT_SCOPES if data.scopes is None else data.scopes)
+    if Scope.ADMIN in scopes and not user.is_admin:
+        raise Forbidden("only an admin can create a key with the `admin` scope")
     if data.expires_at is not None and data.expires_at <= utcnow():
         raise Unprocessable("expires_at must be in the future")
     prefix = API_KEY_MARKER + secrets.token_hex((API_KEY_PREFIX_LENGTH - len(API_KEY_MARKER)) // 2)
@@ -371,6 +409,8 @@ async def create_api_key(db: AsyncSession, caller: Caller, data: ApiKeyCreate) -
         prefix=prefix,
         key_hash=_hash_key(key),
         expires_at=data.expires_at,
+        scopes=scopes,
+        model_names=None if data.models is None else sorted(set(data.models)),
     )
     db.add(row)
     await db.commit()
@@ -416,10 +456,9 @@ def looks_like_api_key(credential: str) -> bool:
     return credential.startswith(API_KEY_MARKER)
 
 
-async def authenticate_api_key(
-    db: AsyncSession, key: str
-) -> tuple[User, uuid.UUID, datetime | None]:
-    """Return the active owner of a valid, unexpired, unrevoked key, the key's id and expiry.
+async def authenticate_api_key(db: AsyncSession, key: str) -> Caller:
+    """Return the caller of a valid, unexpired, unrevoked key: its active owner, the key's id,
+    expiry, scopes and models.
 
     Raises:
         Unauthorized: for any other key.
@@ -438,11 +477,13 @@ async def authenticate_api_key(
     user = await db.get(User, row.user_id)
     if user is None or not user.is_active:
         raise Unauthorized("invalid API key")
+    models = None if row.model_names is None else frozenset(row.model_names)
+    caller = Caller(user, row.id, row.expires_at, frozenset(row.scopes), models)
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
         # At most one write a minute per key: a busy key must not turn every request into one.
         await db.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
         await db.commit()
-    return user, row.id, row.expires_at
+    return caller
 
 
 # --- administration -----------------------------------------------------------------------------

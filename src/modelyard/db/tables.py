@@ -76,6 +76,10 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # What the key may do (`auth.scopes.Scope` values) and the names of the only models it
+    # may act on (None: every model).
+    scopes: Mapped[list[str]] = mapped_column(JSONType)
+    model_names: Mapped[list[str] | None] = mapped_column(JSONType)
 
 
 class RefreshToken(Base):

@@ -8,7 +8,8 @@ here instead, by the same use case the routes call once they have resolved
 rate limit and errors.
 
 Everything else goes to FastAPI untouched: a query string, a cache miss (the first request of a
-credential or a model, one after a revocation or a promotion), a request without credentials.
+credential or a model, one after a revocation or a promotion), a request without credentials,
+an API key that may not predict this model (the route's scope check refuses it).
 FastAPI then fills the caches, so the next request takes this path.
 """
 
@@ -24,6 +25,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelyard.auth.deps import check_credential, credentials
+from modelyard.auth.scopes import Scope as KeyScope
 from modelyard.auth.service import Caller
 from modelyard.db.tables import User
 from modelyard.errors import error_response
@@ -81,6 +83,11 @@ class PredictFastPath:
             await self.app(scope, receive, send)
             return
         caller, due = found
+        if not caller.allows(KeyScope.PREDICT, model=name):
+            # An API key without `predict`, or limited to other models (or naming its model by
+            # UUID): the route refuses it (or looks the UUID up), exactly as it always would.
+            await self.app(scope, receive, send)
+            return
         if due:  # past its lifetime: still served (for its grace) while it is checked again
             state.caller_cache.refresh(
                 credential, functools.partial(_check, state, api_key, bearer)

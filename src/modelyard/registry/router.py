@@ -13,7 +13,8 @@ from modelyard.artifacts.http import absolute_url, stream_object_response
 from modelyard.artifacts.signing import LinkTarget, UrlSigner
 from modelyard.artifacts.store import download_link
 from modelyard.artifacts.uploads import receive_upload
-from modelyard.auth.deps import CurrentUser
+from modelyard.auth.deps import CallerDep, CurrentUser
+from modelyard.auth.scopes import Scope
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import ModelVersion
 from modelyard.registry import service
@@ -100,7 +101,7 @@ def parse_upload_form(fields: dict[str, str]) -> UploadForm:
     responses={413: {"description": "file too large"}, 415: {"description": "not a model file"}},
 )
 async def upload_model(
-    request: Request, user: CurrentUser, db: SessionDep, state: StateDep
+    request: Request, caller: CallerDep, user: CurrentUser, db: SessionDep, state: StateDep
 ) -> ModelVersion:
     """Upload a model file as the next version of the model `name` (created if new).
 
@@ -116,6 +117,8 @@ async def upload_model(
         allowed_fields=UPLOAD_FIELDS,
     ) as upload:
         form = parse_upload_form(upload.fields)
+        # The one route whose model is in the body: a key limited to models is checked here.
+        caller.require(Scope.WRITE, model=form.name)
         version = await service.register_version(
             db,
             owner=user,
