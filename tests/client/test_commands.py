@@ -249,6 +249,25 @@ def test_keys_create_list_revoke(app: typer.Typer, login: Login) -> None:
     assert denied.stderr.startswith("error: 403")
 
 
+def test_keys_create_with_scopes_and_models(app: typer.Typer, login: Login) -> None:
+    env = {"MODELYARD_URL": login.url, "MODELYARD_TOKEN": login.access_token}
+
+    created = parsed(
+        run(app, "keys", "create", "serving", "-s", "predict", "-m", "iris", "--json", env=env)
+    )
+
+    assert (created["scopes"], created["models"]) == (["predict"], ["iris"])
+    plain = parsed(run(app, "keys", "create", "plain", "--json", env=env))
+    assert (plain["scopes"], plain["models"]) == (["read", "predict"], None)
+    # The key cannot read: the server's 403 names the scope.
+    refused = run(
+        app, "whoami", env={"MODELYARD_URL": login.url, "MODELYARD_API_KEY": created["key"]}
+    )
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("error: 403")
+    assert "`read`" in refused.stderr
+
+
 def test_experiments(app: typer.Typer, login: Login) -> None:
     env = as_key(login)
     created = parsed(

@@ -345,6 +345,14 @@ def test_api_keys_need_a_session_and_stop_working_once_revoked(login: Login) -> 
                 keyed.me()
 
 
+def test_api_keys_are_made_with_the_scopes_and_models_asked_for(login: Login) -> None:
+    with Client(login.url, token=login.access_token) as session:
+        created = session.create_api_key("serving", scopes=["predict", "read"], models=["iris"])
+        assert (created.scopes, created.models) == (["read", "predict"], ["iris"])
+        [listed] = [k for k in session.list_api_keys().items if k.id == created.id]
+        assert (listed.scopes, listed.models) == (["read", "predict"], ["iris"])
+
+
 def test_login_with_email_and_password(login: Login) -> None:
     with Client(login.url) as client:
         tokens = client.login(login.email, login.password)

@@ -209,10 +209,19 @@ class AsyncClient:
         return await self._run(calls.update_user(user_id, fields))
 
     async def create_api_key(
-        self, name: str, *, expires_at: datetime | None = None
+        self,
+        name: str,
+        *,
+        expires_at: datetime | None = None,
+        scopes: Sequence[str] | None = None,
+        models: Sequence[str] | None = None,
     ) -> t.ApiKeyCreated:
-        """Make an API key (needs a login session); its `key` is shown this once only."""
-        return await self._run(calls.create_api_key(name, expires_at))
+        """Make an API key (needs a login session); its `key` is shown this once only.
+
+        `scopes`: any of read, predict, write, admin (default: read and predict); `models`: the
+        only models it may act on (default: every model).
+        """
+        return await self._run(calls.create_api_key(name, expires_at, scopes, models))
 
     async def list_api_keys(
         self, *, limit: int = calls.DEFAULT_LIMIT, offset: int = 0

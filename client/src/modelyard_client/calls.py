@@ -123,8 +123,18 @@ def update_user(user_id: str, fields: Mapping[str, Any]) -> Call[t.User]:
     return Call("PATCH", path, _one(t.User), json=dict(fields))
 
 
-def create_api_key(name: str, expires_at: datetime | None) -> Call[t.ApiKeyCreated]:
-    body = _body(name=name, expires_at=None if expires_at is None else expires_at.isoformat())
+def create_api_key(
+    name: str,
+    expires_at: datetime | None,
+    scopes: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
+) -> Call[t.ApiKeyCreated]:
+    body = _body(
+        name=name,
+        expires_at=None if expires_at is None else expires_at.isoformat(),
+        scopes=None if scopes is None else list(scopes),
+        models=None if models is None else list(models),
+    )
     return Call("POST", f"{API}/api-keys", _one(t.ApiKeyCreated), json=body)
 
 

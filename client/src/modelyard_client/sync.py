@@ -206,9 +206,20 @@ class Client:
         }
         return self._run(calls.update_user(user_id, fields))
 
-    def create_api_key(self, name: str, *, expires_at: datetime | None = None) -> t.ApiKeyCreated:
-        """Make an API key (needs a login session); its `key` is shown this once only."""
-        return self._run(calls.create_api_key(name, expires_at))
+    def create_api_key(
+        self,
+        name: str,
+        *,
+        expires_at: datetime | None = None,
+        scopes: Sequence[str] | None = None,
+        models: Sequence[str] | None = None,
+    ) -> t.ApiKeyCreated:
+        """Make an API key (needs a login session); its `key` is shown this once only.
+
+        `scopes`: any of read, predict, write, admin (default: read and predict); `models`: the
+        only models it may act on (default: every model).
+        """
+        return self._run(calls.create_api_key(name, expires_at, scopes, models))
 
     def list_api_keys(
         self, *, limit: int = calls.DEFAULT_LIMIT, offset: int = 0

@@ -50,6 +50,8 @@ class ApiKey:
     created_at: datetime | None = None
     last_used_at: datetime | None = None
     expires_at: datetime | None = None
+    scopes: list[str] = field(default_factory=list)
+    models: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,8 @@ class ApiKeyCreated:
     key: str = field(repr=False)
     created_at: datetime | None = None
     expires_at: datetime | None = None
+    scopes: list[str] = field(default_factory=list)
+    models: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

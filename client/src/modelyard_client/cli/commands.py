@@ -140,7 +140,8 @@ def login(
 ) -> None:
     """Log in and store the server URL and an API key (file mode 0600).
 
-    With an email and password, an API key named after this machine is made and stored.
+    With an email and password, an API key named after this machine is made and stored, with
+    the scopes read, predict and write (and admin for an admin).
     """
     root: dict[str, Any] = ctx.find_root().obj or {}
     url = credentials.normalize_url(
@@ -159,7 +160,11 @@ def login(
         with Client(url) as client:
             client.login(email, password)
             user = client.me()
-            created = client.create_api_key(f"modelyard cli on {platform.node() or 'host'}")
+            # The CLI does everything its user may: upload, promote, and admin things for admins.
+            created = client.create_api_key(
+                f"modelyard cli on {platform.node() or 'host'}",
+                scopes=[*CLI_SCOPES, "admin"] if user.is_admin else CLI_SCOPES,
+            )
         api_key, key_id = created.key, created.id
     path = credentials.save_login(
         credentials.StoredLogin(url=url, api_key=api_key, email=user.email, api_key_id=key_id)
@@ -446,6 +451,8 @@ def predict(
 # --- API keys --------------------------------------------------------------------------------
 
 keys = typer.Typer(help="API keys for scripts and CI.", no_args_is_help=True)
+# What `login` asks for: all the user may do (read, predict, write; admin for admins).
+CLI_SCOPES = ["read", "predict", "write"]
 
 
 @keys.command("create")
@@ -455,11 +462,25 @@ def keys_create(
     expires_at: Annotated[
         datetime | None, typer.Option(help="When it stops working (UTC if no offset).")
     ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            "-s",
+            help="read, predict, write or admin; repeat for several (default: read and predict).",
+        ),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Limit the key to this model; repeat for several."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Make an API key (needs an email/password session, or a token); shown once."""
     with _client(ctx) as client:
-        created = client.create_api_key(name, expires_at=expires_at)
+        created = client.create_api_key(
+            name, expires_at=expires_at, scopes=scope or None, models=model or None
+        )
     if as_json:
         print_json(created)
     else:
@@ -477,7 +498,17 @@ def keys_list(
     if as_json:
         print_json(page)
     else:
-        columns = ("id", "name", "prefix", "is_active", "created_at", "last_used_at", "expires_at")
+        columns = (
+            "id",
+            "name",
+            "prefix",
+            "scopes",
+            "models",
+            "is_active",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+        )
         print_table(page.items, columns, total=page.total)
 
 
