@@ -316,6 +316,26 @@ async def test_api_key_is_shown_once_and_revoked(client: httpx.AsyncClient) -> N
     assert (await client.get("/api/v1/auth/me", headers={"X-API-Key": key})).status_code == 401
 
 
+async def test_api_key_gets_the_scopes_ticked(client: httpx.AsyncClient) -> None:
+    await sign_up(client)
+    html = (await client.get("/api-keys")).text
+    assert 'value="read" checked' in html
+    assert 'value="predict" checked' in html
+    assert 'value="write">' in html
+    assert 'value="admin"' not in html  # only admins may mint it
+    form = {"csrf_token": csrf_of(html), "name": "ci", "scopes_shown": "1"}
+
+    created = await client.post("/api-keys", data={**form, "scopes": ["write", "read"]})
+
+    assert created.status_code == 201
+    key = re.search(r'id="new-key"[^>]*>([^<]+)<', created.text).group(1)  # type: ignore[union-attr]
+    listed = (await client.get("/api/v1/api-keys", headers={"X-API-Key": key})).json()
+    assert [k["scopes"] for k in listed["items"]] == [["read", "write"]]
+    assert "read write" in (await client.get("/api-keys")).text
+    none_ticked = await client.post("/api-keys", data=form)
+    assert none_ticked.status_code == 422
+
+
 async def test_analytics_and_log_show_predictions(
     client: httpx.AsyncClient, iris_skops: Path, app: FastAPI
 ) -> None:

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from modelyard.auth import service as auth_service
 from modelyard.auth.deps import auth_rate_limit
 from modelyard.auth.schemas import ApiKeyCreate, MeUpdate, UserAdminUpdate, UserCreate
+from modelyard.auth.scopes import DEFAULT_SCOPES, Scope
 from modelyard.db.deps import SessionDep
 from modelyard.errors import Forbidden, ModelyardError
 from modelyard.schemas import PageParams
@@ -164,6 +165,14 @@ async def sign_out_everywhere(page: UserPage, form: FormDep, db: SessionDep) -> 
 # --- API keys -----------------------------------------------------------------------------------
 
 
+SCOPE_HELP = {
+    Scope.READ: "read models, versions, files, experiments and predictions",
+    Scope.PREDICT: "make predictions",
+    Scope.WRITE: "upload, change stages and aliases, files, experiments",
+    Scope.ADMIN: "administer users, read metrics",
+}
+
+
 async def _keys_page(
     page: Page, db: SessionDep, offset: int, status: int = 200, **extra: object
 ) -> HTMLResponse:
@@ -179,6 +188,12 @@ async def _keys_page(
         total=total,
         offset=offset,
         limit=PAGE_SIZE,
+        scope_choices=[
+            (scope, hint)
+            for scope, hint in SCOPE_HELP.items()
+            if scope != Scope.ADMIN or page.signed_in.is_admin
+        ],
+        default_scopes=DEFAULT_SCOPES,
         **context,
     )
 
@@ -193,7 +208,12 @@ async def create_api_key(page: UserPage, form: FormDep, db: SessionDep) -> Respo
     expires = _text(form, "expires_at")
     try:
         data = ApiKeyCreate.model_validate(
-            {"name": _text(form, "name"), "expires_at": f"{expires}T00:00:00Z" if expires else None}
+            {
+                "name": _text(form, "name"),
+                "expires_at": f"{expires}T00:00:00Z" if expires else None,
+                # The page's checkboxes (none ticked: 422); a form without them: the default.
+                "scopes": form.getlist("scopes") if "scopes_shown" in form else None,
+            }
         )
         created = await auth_service.create_api_key(
             db, auth_service.Caller(page.signed_in, None), data
