@@ -17,6 +17,7 @@ from pydantic import (
 
 from modelyard.auth.scopes import ALL_SCOPES, Scope
 from modelyard.db.types import utcnow
+from modelyard.registry.schemas import ModelName
 from modelyard.schemas import ReadModel, StrictModel
 
 MIN_PASSWORD_LENGTH = 8
@@ -70,10 +71,6 @@ class UserAdminUpdate(StrictModel):
     is_admin: bool | None = None
 
 
-# As the registry's model names (`registry.schemas.ModelName`), which this module cannot import.
-KeyModelName = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
-]
 SCOPES_HELP = (
     "read (GET routes), predict (predict routes, V2 model metadata), write (uploads, lifecycle, "
     "aliases, files, experiments, and every other change), admin (admin routes; admins only)"
@@ -92,7 +89,7 @@ class ApiKeyCreate(StrictModel):
         ),
     ] = None
     models: Annotated[
-        list[KeyModelName] | None,
+        list[ModelName] | None,
         Field(
             min_length=1,
             max_length=100,
