@@ -4,6 +4,10 @@ Services take an `Events` as a keyword (`events=`) and announce a change once it
 a credential revoked, a user's rights changed, a version promoted. What listens is behind this
 interface: the host's shared epochs (every worker on the host drops what its caches remembered),
 other replicas through Redis, and whatever subscribes in this process.
+
+Services also record what someone did (`record(Action(...))`): a sign-in, an upload, a key
+revoked. Actions go to the sinks of this process (the audit log, webhooks), each once: the
+replica that did the thing records it.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ import contextlib
 import logging
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -45,15 +49,55 @@ class Event:
 Listener = Callable[[Event], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Action:
+    """Something someone did, once committed (or a refused attempt, such as a failed sign-in):
+    what the audit log records and webhooks announce.
+
+    `name` is `<target type>.<verb>` (`model_version.created`, `api_key.revoked`,
+    `auth.login_failed`). Who did it is the request's caller (`modelyard.context`) unless
+    `actor_user_id` says otherwise (a sign-in, before there is a caller). `details` describe the
+    change for people and receivers; never a secret.
+    """
+
+    name: str
+    target_type: str
+    target_id: str | None = None
+    # The account whose things these are (a user sees the actions on their account and models)
+    # and the model concerned, if any.
+    owner_id: uuid.UUID | None = None
+    model_id: uuid.UUID | None = None
+    actor_user_id: uuid.UUID | None = None
+    outcome: str = "success"  # or "failure"
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+ActionSink = Callable[[Action], Awaitable[None]]
+
+
 class Events(ABC):
     """Announce committed changes to whatever must follow them."""
 
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
+        self._sinks: list[ActionSink] = []
 
     def subscribe(self, listener: Listener) -> None:
         """Call `listener` with every event announced from now on by this process."""
         self._listeners.append(listener)
+
+    def on_action(self, sink: ActionSink) -> None:
+        """Await `sink` with every action recorded from now on by this process."""
+        self._sinks.append(sink)
+
+    async def record(self, action: Action) -> None:
+        """Hand `action` to every sink, in order. The change is committed already: a sink that
+        fails is logged, and neither undoes it nor keeps the others from their turn."""
+        for sink in self._sinks:
+            try:
+                await sink(action)
+            except Exception:
+                log.exception("action_sink_failed", extra={"action": action.name})
 
     async def credentials_changed(
         self, *, user_id: uuid.UUID | None = None, api_key_id: uuid.UUID | None = None

@@ -12,6 +12,7 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from modelyard import context
 from modelyard.auth import service
 from modelyard.auth.scopes import Scope, route_needs
 from modelyard.auth.service import Caller
@@ -46,6 +47,7 @@ async def current_caller(
     caller = await state.caller_cache.fill(
         api_key or bearer or "", lambda: check_credential(state, db, api_key, bearer)
     )
+    context.set_caller(caller.user.id, caller.api_key_id)
     if caller.scopes is not None:
         await authorize(request, db, caller)
     return caller

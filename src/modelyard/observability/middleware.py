@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelyard.context import RequestContext, request_context
 from modelyard.errors import BodyTooLarge, problem_response
 from modelyard.observability.logging import request_id_var
 from modelyard.observability.metrics import Metrics
@@ -53,6 +54,7 @@ class EdgeMiddleware:
         started = time.perf_counter()
         request_id = _request_id(scope)
         token = request_id_var.set(request_id)
+        context_token = request_context.set(RequestContext(request_id, scope))
         status = 500
         response_started = False
         limit = (
@@ -127,6 +129,7 @@ class EdgeMiddleware:
                 method = scope["method"] if scope["method"] in _METHODS else "OTHER"
                 self.metrics.http_request(route, method, status, elapsed)
             request_id_var.reset(token)
+            request_context.reset(context_token)
 
 
 def _request_id(scope: Scope) -> str:

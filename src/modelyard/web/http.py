@@ -25,6 +25,7 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from modelyard import context
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import User, WebSession
 from modelyard.errors import Forbidden, ModelyardError
@@ -112,6 +113,7 @@ async def current_page(request: Request, db: SessionDep, state: StateDep) -> Pag
         found = await sessions.find_session(db, token)
         if found is not None:
             page.session, page.user = found
+            context.set_caller(page.user.id, None)
     return page
 
 
