@@ -22,7 +22,7 @@ from modelyard.artifacts.uploads import ReceivedFile
 from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, User
 from modelyard.db.types import utcnow
 from modelyard.errors import Conflict, NotFound, Unprocessable
-from modelyard.events import Events
+from modelyard.events import Action, Events
 from modelyard.experiments import service as experiments_service
 from modelyard.registry import queries
 from modelyard.registry.schemas import (
@@ -217,6 +217,21 @@ async def archive_model(db: AsyncSession, model: RegisteredModel, *, events: Eve
     await db.commit()
     log.info("model_archived", extra={"model_id": str(model.id)})
     await events.registry_changed(model_id=model.id)
+    await events.record(_action("model.deleted", model, "model", model.id))
+
+
+def _action(
+    name: str, model: RegisteredModel, target_type: str, target_id: object, **details: Any
+) -> Action:
+    """Return the action `name` on `model` (or on one of its versions or aliases)."""
+    return Action(
+        name=name,
+        target_type=target_type,
+        target_id=str(target_id),
+        owner_id=model.owner_id,
+        model_id=model.id,
+        details={"model": model.name, **details},
+    )
 
 
 async def _lock_model(db: AsyncSession, model: RegisteredModel) -> None:
@@ -333,7 +348,19 @@ async def transition_stage(
         extra={"model_id": str(model.id), "version": number, "from": previous, "to": stage},
     )
     await events.registry_changed(model_id=model.id)
+    await events.record(_stage_changed(model, version, previous))
     return version
+
+
+def _stage_changed(model: RegisteredModel, version: ModelVersion, previous: str) -> Action:
+    return _action(
+        "model_version.stage_changed",
+        model,
+        "model_version",
+        version.id,
+        version=version.version,
+        **{"from": str(previous), "to": str(version.stage)},
+    )
 
 
 async def archive_version(
@@ -342,11 +369,14 @@ async def archive_version(
     """Archive a version: it is kept (and downloadable) but never served."""
     await _lock_model(db, model)
     version = await get_version(db, model, number)
-    if version.stage != Stage.ARCHIVED:
+    previous = version.stage
+    if previous != Stage.ARCHIVED:
         version.stage = Stage.ARCHIVED
         version.updated_at = utcnow()
     await db.commit()
     await events.registry_changed(model_id=model.id)
+    if previous != Stage.ARCHIVED:
+        await events.record(_stage_changed(model, version, previous))
 
 
 # --- aliases ------------------------------------------------------------------------------------
@@ -368,6 +398,7 @@ async def set_alias(
     row = await db.scalar(
         select(ModelAlias).where(ModelAlias.model_id == model.id, ModelAlias.alias == alias)
     )
+    previous = None if row is None else await _version_number(db, row.version_id)
     if row is None:
         db.add(ModelAlias(model_id=model.id, alias=alias, version_id=version.id))
     else:
@@ -375,7 +406,28 @@ async def set_alias(
         row.updated_at = utcnow()
     await db.commit()
     await events.registry_changed(model_id=model.id)
+    if previous != number:
+        await events.record(_alias_changed(model, alias, number, previous))
     return version
+
+
+async def _version_number(db: AsyncSession, version_id: uuid.UUID) -> int | None:
+    return await db.scalar(select(ModelVersion.version).where(ModelVersion.id == version_id))
+
+
+def _alias_changed(
+    model: RegisteredModel, alias: str, number: int | None, previous: int | None
+) -> Action:
+    """The action of moving (or, with `number` None, removing) an alias."""
+    return _action(
+        "alias.changed",
+        model,
+        "alias",
+        f"{model.id}:{alias}",
+        alias=alias,
+        version=number,
+        previous=previous,
+    )
 
 
 async def delete_alias(
@@ -392,9 +444,11 @@ async def delete_alias(
     )
     if row is None:
         raise AliasNotFound(model.name, alias)
+    previous = await _version_number(db, row.version_id)
     await db.delete(row)
     await db.commit()
     await events.registry_changed(model_id=model.id)
+    await events.record(_alias_changed(model, alias, None, previous))
 
 
 # --- uploads ------------------------------------------------------------------------------------
@@ -483,6 +537,20 @@ async def register_version(
         },
     )
     await events.registry_changed(model_id=model_id)  # "the newest version" may be this one now
+    await events.record(
+        _action(
+            "model_version.created",
+            model,
+            "model_version",
+            version.id,
+            version=number,
+            framework=framework.value,
+            format=fmt.value,
+            stage=Stage.DEVELOPMENT.value,
+            size=file.size,
+            sha256=file.sha256,
+        )
+    )
     return version
 
 
