@@ -18,6 +18,8 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from modelyard import __version__
 from modelyard.artifacts import make_store
 from modelyard.artifacts.router import router as artifacts_router
+from modelyard.audit.router import router as audit_router
+from modelyard.audit.service import AuditLog
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.router import api_keys_router, auth_router, users_router
 from modelyard.auth.service import Caller, FailureLimit
@@ -126,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events = make_events(
             epochs, redis, on_health=functools.partial(_follow, caller_cache, target_cache)
         )
+        events.on_action(AuditLog(sessions))
         state = AppState(
             settings=settings,
             engine=engine,
@@ -213,6 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             files_router,
             experiments_router,
             history.router,
+            audit_router,
         ]
     for router in (*routers, metrics_router):
         app.include_router(router)

@@ -63,7 +63,7 @@ _LOGIN_BODY: dict[str, Any] = {
 )
 async def register(body: UserCreate, db: SessionDep, state: StateDep) -> User:
     """Create an account."""
-    return await service.register_user(db, body, passwords=state.passwords)
+    return await service.register_user(db, body, passwords=state.passwords, events=state.events)
 
 
 @auth_router.post(
@@ -79,6 +79,7 @@ async def login(request: Request, db: SessionDep, state: StateDep) -> TokenPair:
         passwords=state.passwords,
         tokens=state.tokens,
         failures=state.failures,
+        events=state.events,
     )
     return TokenPair.model_validate(pair)
 
@@ -102,7 +103,9 @@ async def _login_credentials(request: Request) -> LoginRequest:
 @auth_router.post("/refresh", response_model=TokenPair, dependencies=RATE_LIMITED)
 async def refresh(body: RefreshRequest, db: SessionDep, state: StateDep) -> TokenPair:
     """Spend a refresh token for a new pair; replaying a spent one revokes the session."""
-    pair = await service.rotate_refresh_token(db, body.refresh_token, tokens=state.tokens)
+    pair = await service.rotate_refresh_token(
+        db, body.refresh_token, tokens=state.tokens, events=state.events
+    )
     return TokenPair.model_validate(pair)
 
 
@@ -134,10 +137,12 @@ async def update_me(body: MeUpdate, user: CurrentUser, db: SessionDep, state: St
 
 
 @api_keys_router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
-async def create_api_key(body: ApiKeyCreate, caller: CallerDep, db: SessionDep) -> ApiKeyCreated:
+async def create_api_key(
+    body: ApiKeyCreate, caller: CallerDep, db: SessionDep, state: StateDep
+) -> ApiKeyCreated:
     """Make an API key (from a signed-in session, not with another key); its secret is in this
     answer only."""
-    new = await service.create_api_key(db, caller, body)
+    new = await service.create_api_key(db, caller, body, events=state.events)
     return ApiKeyCreated(
         id=new.row.id,
         name=new.row.name,

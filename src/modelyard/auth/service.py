@@ -21,8 +21,15 @@ from modelyard.auth.scopes import DEFAULT_SCOPES, MissingScope, OutsideModelLimi
 from modelyard.auth.tokens import TokenService
 from modelyard.db.tables import ApiKey, RefreshToken, User
 from modelyard.db.types import utcnow
-from modelyard.errors import Conflict, Forbidden, NotFound, Unauthorized, Unprocessable
-from modelyard.events import Events
+from modelyard.errors import (
+    Conflict,
+    Forbidden,
+    ModelyardError,
+    NotFound,
+    Unauthorized,
+    Unprocessable,
+)
+from modelyard.events import Action, Events
 from modelyard.ratelimit import RateLimiter
 from modelyard.schemas import PageParams
 
@@ -121,7 +128,12 @@ def normalise_email(email: str) -> str:
 
 
 async def register_user(
-    db: AsyncSession, data: UserCreate, *, passwords: PasswordHasher, is_admin: bool = False
+    db: AsyncSession,
+    data: UserCreate,
+    *,
+    passwords: PasswordHasher,
+    events: Events,
+    is_admin: bool = False,
 ) -> User:
     """Create an account.
 
@@ -141,7 +153,30 @@ async def register_user(
         await db.rollback()
         raise Conflict("an account with this email already exists") from exc
     log.info("user_registered", extra={"user_id": str(user.id)})
+    await events.record(_user_action("user.registered", user, is_admin=is_admin))
     return user
+
+
+def _user_action(
+    name: str,
+    user: User | None,
+    *,
+    by_self: bool = False,
+    outcome: str = "success",
+    **details: object,
+) -> Action:
+    """The action `name` on an account (None: one that does not exist); `by_self`: the account
+    acted itself (a sign-in, before the request has a caller)."""
+    user_id = None if user is None else user.id
+    return Action(
+        name=name,
+        target_type="user",
+        target_id=None if user_id is None else str(user_id),
+        owner_id=user_id,
+        actor_user_id=user_id if by_self else None,
+        outcome=outcome,
+        details=details,
+    )
 
 
 async def find_user_by_email(db: AsyncSession, email: str) -> User | None:
@@ -158,13 +193,16 @@ async def login(
     passwords: PasswordHasher,
     tokens: TokenService,
     failures: FailureLimit,
+    events: Events,
 ) -> IssuedPair:
     """Check a password and start a new session (a new refresh token family).
 
     Raises:
         RateLimited, Unauthorized: as `check_password`.
     """
-    user = await check_password(db, email, password, passwords=passwords, failures=failures)
+    user = await check_password(
+        db, email, password, passwords=passwords, failures=failures, events=events
+    )
     pair = _issue_pair(db, user, uuid.uuid4(), tokens)
     await db.commit()
     log.info("user_logged_in", extra={"user_id": str(user.id)})
@@ -178,8 +216,12 @@ async def check_password(
     *,
     passwords: PasswordHasher,
     failures: FailureLimit,
+    events: Events,
 ) -> User:
     """Return the active user with this email and password (rehashed if due; the caller commits).
+
+    A sign-in, and every refused one, is recorded: `auth.login`, `auth.login_failed` (on the
+    account the email names, if any; the email itself is not recorded).
 
     Raises:
         RateLimited: the account had too many failed attempts in the window (counted for
@@ -187,16 +229,27 @@ async def check_password(
         Unauthorized: the same answer for an unknown email, a wrong password and a disabled
             account, so that the answer tells nothing about which accounts exist.
     """
-    await failures.check(email)
     user = await find_user_by_email(db, email)
+    try:
+        await failures.check(email)
+    except ModelyardError:
+        await _login_failed(events, user, "too many failures")
+        raise
     # Verified even when the user is unknown (against a dummy hash): same time, same answer.
     valid = await passwords.verify(user.password_hash if user else None, password)
     if user is None or not valid or not user.is_active:
         await failures.failed(email)
+        reason = "unknown email" if user is None else "wrong password" if not valid else "inactive"
+        await _login_failed(events, user, reason)
         raise Unauthorized(BAD_LOGIN)
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = await passwords.hash(password)
+    await events.record(_user_action("auth.login", user, by_self=True))
     return user
+
+
+async def _login_failed(events: Events, user: User | None, reason: str) -> None:
+    await events.record(_user_action("auth.login_failed", user, outcome="failure", reason=reason))
 
 
 def _issue_pair(
@@ -220,7 +273,7 @@ def _issue_pair(
 
 
 async def rotate_refresh_token(
-    db: AsyncSession, refresh_token: str, *, tokens: TokenService
+    db: AsyncSession, refresh_token: str, *, tokens: TokenService, events: Events
 ) -> IssuedPair:
     """Spend a refresh token and return a new pair in the same family.
 
@@ -247,6 +300,16 @@ async def rotate_refresh_token(
         if row is not None and row.used_at is not None:
             await _revoke_family(db, claims.family_id, now)
             await db.commit()
+            await events.record(
+                Action(
+                    name="auth.refresh_token_reused",
+                    target_type="user",
+                    target_id=str(claims.user_id),
+                    owner_id=claims.user_id,
+                    outcome="failure",
+                    details={"session": str(claims.family_id)},
+                )
+            )
             log.warning(
                 "refresh_token_reused",
                 extra={"user_id": str(claims.user_id), "family_id": str(claims.family_id)},
@@ -276,6 +339,7 @@ async def logout(
     await _revoke_family(db, claims.family_id, utcnow())
     await db.commit()
     await events.credentials_changed(user_id=user.id)
+    await events.record(_user_action("auth.logout", user, session=str(claims.family_id)))
 
 
 async def logout_everywhere(db: AsyncSession, user: User, *, events: Events) -> None:
@@ -284,6 +348,7 @@ async def logout_everywhere(db: AsyncSession, user: User, *, events: Events) -> 
     await db.commit()
     log.info("user_logged_out_everywhere", extra={"user_id": str(user.id)})
     await events.credentials_changed(user_id=user.id)
+    await events.record(_user_action("auth.logout_all", user))
 
 
 async def _revoke_family(db: AsyncSession, family_id: uuid.UUID, now: datetime) -> None:
@@ -371,6 +436,10 @@ async def update_me(
     await db.commit()
     # Also for a new name: remembered callers hold the user row as it was.
     await events.credentials_changed(user_id=user.id)
+    if data.password is not None:
+        await events.record(_user_action("user.password_changed", user))
+    if "full_name" in data.model_fields_set:
+        await events.record(_user_action("user.updated", user, fields=["full_name"]))
     return user
 
 
@@ -382,7 +451,9 @@ def _hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-async def create_api_key(db: AsyncSession, caller: Caller, data: ApiKeyCreate) -> NewApiKey:
+async def create_api_key(
+    db: AsyncSession, caller: Caller, data: ApiKeyCreate, *, events: Events
+) -> NewApiKey:
     """Make a key for the caller; the secret is returned here and never stored.
 
     Without `scopes` the key gets `DEFAULT_SCOPES`; without `models`, every model.
@@ -415,7 +486,27 @@ async def create_api_key(db: AsyncSession, caller: Caller, data: ApiKeyCreate) -
     db.add(row)
     await db.commit()
     log.info("api_key_created", extra={"user_id": str(user.id), "api_key_id": str(row.id)})
+    await events.record(
+        _key_action(
+            "api_key.created",
+            row,
+            scopes=row.scopes,
+            models=row.model_names,
+            expires_at=None if row.expires_at is None else row.expires_at.isoformat(),
+        )
+    )
     return NewApiKey(row=row, key=key)
+
+
+def _key_action(name: str, row: ApiKey, **details: object) -> Action:
+    """The action `name` on an API key (its name and public prefix; never the secret)."""
+    return Action(
+        name=name,
+        target_type="api_key",
+        target_id=str(row.id),
+        owner_id=row.user_id,
+        details={"name": row.name, "prefix": row.prefix, **details},
+    )
 
 
 async def list_api_keys(db: AsyncSession, user: User, page: PageParams) -> tuple[list[ApiKey], int]:
@@ -443,12 +534,15 @@ async def revoke_api_key(
     row = await db.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user.id))
     if row is None:
         raise NotFound("API key not found")
-    if row.is_active:
+    revoked = row.is_active
+    if revoked:
         row.is_active = False
         row.revoked_at = utcnow()
         await db.commit()
     # Announced even if it was revoked already: not even an outage may bring it back.
     await events.credentials_changed(user_id=user.id, api_key_id=key_id)
+    if revoked:
+        await events.record(_key_action("api_key.revoked", row))
 
 
 def looks_like_api_key(credential: str) -> bool:
@@ -533,6 +627,9 @@ async def update_user(
     )
     if changed:
         await events.credentials_changed(user_id=user.id)
+        await events.record(
+            _user_action("user.updated", user, **data.model_dump(exclude_none=True))
+        )
     return user
 
 
@@ -560,7 +657,11 @@ async def ensure_admin(
     user = await find_user_by_email(db, email)
     if user is None:
         created = await register_user(
-            db, UserCreate(email=email, password=password), passwords=passwords, is_admin=True
+            db,
+            UserCreate(email=email, password=password),
+            passwords=passwords,
+            events=events,
+            is_admin=True,
         )
         return created, True
     if not user.is_admin and not promote_existing:
@@ -575,4 +676,5 @@ async def ensure_admin(
     await db.commit()
     log.info("user_promoted_to_admin", extra={"user_id": str(user.id)})
     await events.credentials_changed(user_id=user.id)
+    await events.record(_user_action("user.updated", user, is_admin=True, is_active=True))
     return user, False

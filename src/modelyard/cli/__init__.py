@@ -34,6 +34,7 @@ from modelyard.server import EdgeLimits, EdgeProtocolFactory
 from modelyard.serving import probehost
 
 if TYPE_CHECKING:  # imported by the command that uses it (see the module docstring)
+    from modelyard.audit.service import Verification
     from modelyard.predictions.maintenance import MaintenanceReport
 
 app = typer.Typer(help="Modelyard: model registry and serving platform.", no_args_is_help=True)
@@ -206,6 +207,7 @@ async def _create_admin(
 ) -> bool:
     from redis.asyncio import Redis
 
+    from modelyard.audit.service import AuditLog
     from modelyard.auth import service as auth_service
     from modelyard.auth.passwords import PasswordHasher
     from modelyard.db.engine import make_engine, make_sessionmaker
@@ -218,8 +220,10 @@ async def _create_admin(
     epochs = Epochs(settings.data_dir)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     events = make_events(epochs, redis)
+    sessions = make_sessionmaker(engine)
+    events.on_action(AuditLog(sessions))
     try:
-        async with make_sessionmaker(engine)() as db:
+        async with sessions() as db:
             _, created = await auth_service.ensure_admin(
                 db,
                 email,
@@ -304,11 +308,47 @@ async def _maintain(settings: Settings) -> MaintenanceReport:
         await engine.dispose()
 
 
+audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the audit log's hash chain from its first row; exit 1 at the first broken link."""
+    result = asyncio.run(_audit_verify(_settings()))
+    if not result.intact:
+        typer.echo(
+            f"audit log BROKEN at row {result.broken_seq}: {result.problem} "
+            f"({result.checked} row(s) before it are intact)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    if result.head_seq is None:
+        typer.echo("audit log is empty")
+        return
+    typer.echo(
+        f"audit log intact: {result.checked} row(s); head {result.head_seq} {result.head_hash}"
+    )
+
+
+async def _audit_verify(settings: Settings) -> Verification:
+    from modelyard.audit import service as audit_service
+    from modelyard.db.engine import make_engine, make_sessionmaker
+
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        async with make_sessionmaker(engine)() as db:
+            return await audit_service.verify(db)
+    finally:
+        await engine.dispose()
+
+
 def register(root: typer.Typer) -> None:
     """Add the server's commands to the `modelyard` command (the client owns `version`)."""
     for command in app.registered_commands:
         if command.callback is not version:
             root.registered_commands.append(command)
+    root.registered_groups.extend(app.registered_groups)
 
 
 def main() -> None:

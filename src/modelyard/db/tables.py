@@ -346,3 +346,39 @@ prediction_rollups = Table(
     # One model's analytics (its page, `?model_id=`) without reading every model's rollups.
     Index("ix_prediction_rollups_model_id_period_s_start_at", "model_id", "period_s", "start_at"),
 )
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+class AuditEvent(Base):
+    """One recorded action, hash-chained to the one before it (see modelyard.audit).
+
+    Append-only and without foreign keys: the record outlives the users, keys and models it
+    names (an erased account's rows keep its id, and nothing else about the person).
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_owner_id_seq", "owner_id", "seq"),
+        Index("ix_audit_events_actor_user_id_seq", "actor_user_id", "seq"),
+        Index("ix_audit_events_model_id_seq", "model_id", "seq"),
+        Index("ix_audit_events_action_seq", "action", "seq"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    actor_user_id: Mapped[uuid.UUID | None]
+    actor_api_key_id: Mapped[uuid.UUID | None]
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(1100))
+    owner_id: Mapped[uuid.UUID | None]
+    model_id: Mapped[uuid.UUID | None]
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    details: Mapped[Any] = mapped_column(JSONType)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

@@ -23,6 +23,7 @@ from modelyard.experiments.schemas import (
 )
 from modelyard.routing import make_router
 from modelyard.schemas import Page, PageDep, make_page
+from modelyard.state import StateDep
 
 router = make_router(prefix="/api/v1/experiments", tags=["experiments"])
 
@@ -78,9 +79,9 @@ async def update_experiment(
 
 
 @router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_experiment(experiment: OwnedExperiment, db: SessionDep) -> None:
+async def delete_experiment(experiment: OwnedExperiment, db: SessionDep, state: StateDep) -> None:
     """Delete an experiment; the versions it produced stay, with `experiment_id` null."""
-    await service.delete_experiment(db, experiment)
+    await service.delete_experiment(db, experiment, events=state.events)
 
 
 @router.post(

@@ -18,6 +18,7 @@ from modelyard.db.tables import (
 )
 from modelyard.db.types import utcnow
 from modelyard.errors import Conflict, NotFound
+from modelyard.events import Action, Events
 from modelyard.experiments.schemas import (
     ExperimentCreate,
     ExperimentUpdate,
@@ -98,7 +99,7 @@ async def update_experiment(
     return experiment
 
 
-async def delete_experiment(db: AsyncSession, experiment: Experiment) -> None:
+async def delete_experiment(db: AsyncSession, experiment: Experiment, *, events: Events) -> None:
     """Delete an experiment and its metrics; versions it produced stay, unlinked."""
     await db.execute(
         update(ModelVersion)
@@ -110,6 +111,15 @@ async def delete_experiment(db: AsyncSession, experiment: Experiment) -> None:
     )
     await db.delete(experiment)
     await db.commit()
+    await events.record(
+        Action(
+            name="experiment.deleted",
+            target_type="experiment",
+            target_id=str(experiment.id),
+            owner_id=experiment.owner_id,
+            details={"name": experiment.name},
+        )
+    )
 
 
 async def log_metrics(

@@ -17,7 +17,7 @@ from modelyard.files import service
 from modelyard.files.schemas import FileRead, FileStored
 from modelyard.routing import make_router
 from modelyard.schemas import DownloadUrl, Page, PageDep
-from modelyard.state import app_state
+from modelyard.state import StateDep, app_state
 
 router = make_router(prefix="/api/v1/files", tags=["files"])
 
@@ -73,7 +73,11 @@ async def upload_file(
         allowed_fields=frozenset({"path"}),
     ) as upload:
         return await service.store_file(
-            store, owner_id=owner_id, path=upload.fields.get("path"), received=upload.file
+            store,
+            owner_id=owner_id,
+            path=upload.fields.get("path"),
+            received=upload.file,
+            events=app_state(request).events,
         )
 
 
@@ -120,7 +124,8 @@ async def presigned_url(
     expires_in: Annotated[int, Query(description="seconds, 1 up to the server's maximum")] = 300,
 ) -> DownloadUrl:
     """Make a temporary download link for one of the caller's files."""
-    settings = app_state(request).settings
+    state = app_state(request)
+    settings = state.settings
     link = await service.presign_file(
         store,
         UrlSigner(settings.secret),
@@ -129,6 +134,7 @@ async def presigned_url(
         expires_in=expires_in,
         max_expires_in=settings.presign_max_expires_seconds,
         via_app=settings.download_links_via_app,
+        events=state.events,
     )
     return DownloadUrl(url=absolute_url(request, link.url), expires_at=link.expires_at)
 
@@ -138,6 +144,6 @@ async def presigned_url(
     status_code=status.HTTP_204_NO_CONTENT,
     description="Delete one of the caller's files. " + _PATH_RULES,
 )
-async def delete_file(path: str, user: CurrentUser, store: StoreDep) -> None:
+async def delete_file(path: str, user: CurrentUser, store: StoreDep, state: StateDep) -> None:
     """Delete one of the caller's files."""
-    await service.delete_file(store, owner_id=user.id, path=path)
+    await service.delete_file(store, owner_id=user.id, path=path, events=state.events)

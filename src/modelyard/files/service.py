@@ -16,6 +16,7 @@ from modelyard.artifacts.store import (
 )
 from modelyard.artifacts.uploads import ReceivedFile
 from modelyard.errors import BadRequest, Unprocessable
+from modelyard.events import Action, Events
 from modelyard.files.schemas import FileRead, FileStored
 from modelyard.schemas import DownloadUrl, PageParams
 
@@ -92,12 +93,24 @@ def default_path(filename: str | None) -> str:
 
 
 async def store_file(
-    store: ArtifactStore, *, owner_id: uuid.UUID, path: str | None, received: ReceivedFile
+    store: ArtifactStore,
+    *,
+    owner_id: uuid.UUID,
+    path: str | None,
+    received: ReceivedFile,
+    events: Events,
 ) -> FileStored:
     """Put an uploaded file at `path` (default: its file name), replacing any file there."""
     path = validate_path(path if path is not None else default_path(received.filename))
     await store.put_file(file_key(owner_id, path), received.path, sha256=received.sha256)
+    await events.record(
+        _file_action("file.uploaded", owner_id, path, size=received.size, sha256=received.sha256)
+    )
     return FileStored(path=path, size=received.size, sha256=received.sha256)
+
+
+def _file_action(name: str, owner_id: uuid.UUID, path: str, **details: object) -> Action:
+    return Action(name=name, target_type="file", target_id=path, owner_id=owner_id, details=details)
 
 
 async def list_files(
@@ -138,6 +151,7 @@ async def presign_file(
     expires_in: int,
     max_expires_in: int,
     via_app: bool,
+    events: Events,
 ) -> DownloadUrl:
     """Return a URL that downloads one of the caller's files without credentials for a while.
 
@@ -155,7 +169,7 @@ async def presign_file(
         sha256 = await object_sha256(store, key)
     except ObjectNotFound as exc:
         raise FileNotFound(path) from exc
-    return await download_link(
+    link = await download_link(
         store,
         signer,
         LinkTarget(key=key, owner_id=owner_id, sha256=sha256),
@@ -164,9 +178,15 @@ async def presign_file(
         max_expires_in=max_expires_in,
         via_app=via_app,
     )
+    await events.record(
+        _file_action("download_link.issued", owner_id, path, expires_at=link.expires_at.isoformat())
+    )
+    return link
 
 
-async def delete_file(store: ArtifactStore, *, owner_id: uuid.UUID, path: str) -> None:
+async def delete_file(
+    store: ArtifactStore, *, owner_id: uuid.UUID, path: str, events: Events
+) -> None:
     """Delete one of the caller's files.
 
     Raises:
@@ -176,3 +196,4 @@ async def delete_file(store: ArtifactStore, *, owner_id: uuid.UUID, path: str) -
     if await store.stat(key) is None:
         raise FileNotFound(path)
     await store.delete(key)
+    await events.record(_file_action("file.deleted", owner_id, path))

@@ -10,8 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from modelyard.artifacts.http import absolute_url, stream_object_response
-from modelyard.artifacts.signing import LinkTarget, UrlSigner
-from modelyard.artifacts.store import download_link
+from modelyard.artifacts.signing import UrlSigner
 from modelyard.artifacts.uploads import receive_upload
 from modelyard.auth.deps import CallerDep, CurrentUser
 from modelyard.auth.scopes import Scope
@@ -269,17 +268,16 @@ async def download_url(
     A link of this server (local storage, or `MODELYARD_DOWNLOAD_LINKS_VIA_APP`) is bound to
     the version, its sha256 and the model's owner: once the version or model is archived or the
     owner deactivated, it answers 410. An S3 presigned URL is checked by the bucket alone."""
-    row = await service.get_version(db, model, version)
-    link = await download_link(
-        state.store,
-        UrlSigner(state.settings.secret),
-        LinkTarget(
-            key=row.storage_key, owner_id=model.owner_id, sha256=row.sha256, version_id=row.id
-        ),
-        filename=service.download_filename(model, row),
+    link = await service.version_download_link(
+        db,
+        model,
+        version,
+        store=state.store,
+        signer=UrlSigner(state.settings.secret),
         expires_in=expires_in,
         max_expires_in=state.settings.presign_max_expires_seconds,
         via_app=state.settings.download_links_via_app,
+        events=state.events,
     )
     return DownloadUrl(url=absolute_url(request, link.url), expires_at=link.expires_at)
 

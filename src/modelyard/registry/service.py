@@ -18,6 +18,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import UnaryExpression
 
 from modelyard.artifacts import ArtifactStore
+from modelyard.artifacts.signing import LinkTarget, UrlSigner
+from modelyard.artifacts.store import download_link
 from modelyard.artifacts.uploads import ReceivedFile
 from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, User
 from modelyard.db.types import utcnow
@@ -34,7 +36,7 @@ from modelyard.registry.schemas import (
     UploadForm,
     VersionUpdate,
 )
-from modelyard.schemas import PageParams
+from modelyard.schemas import DownloadUrl, PageParams
 from modelyard.serving.formats import FRAMEWORK_OF, Framework, detect_format
 from modelyard.serving.probe import Prober, ProbeReport
 
@@ -639,6 +641,52 @@ async def referenced_keys(db: AsyncSession, keys: Sequence[str]) -> set[str]:
         select(ModelVersion.storage_key).where(ModelVersion.storage_key.in_(keys))
     )
     return set(rows)
+
+
+async def version_download_link(
+    db: AsyncSession,
+    model: RegisteredModel,
+    number: int,
+    *,
+    store: ArtifactStore,
+    signer: UrlSigner,
+    expires_in: int,
+    max_expires_in: int,
+    via_app: bool,
+    events: Events,
+) -> DownloadUrl:
+    """Return a link that downloads a version's artifact without credentials for a while.
+
+    Raises:
+        VersionNotFound: no such version.
+        Unprocessable: `expires_in` is not within 1..`max_expires_in` seconds.
+    """
+    version = await get_version(db, model, number)
+    link = await download_link(
+        store,
+        signer,
+        LinkTarget(
+            key=version.storage_key,
+            owner_id=model.owner_id,
+            sha256=version.sha256,
+            version_id=version.id,
+        ),
+        filename=download_filename(model, version),
+        expires_in=expires_in,
+        max_expires_in=max_expires_in,
+        via_app=via_app,
+    )
+    await events.record(
+        _action(
+            "download_link.issued",
+            model,
+            "model_version",
+            version.id,
+            version=number,
+            expires_at=link.expires_at.isoformat(),
+        )
+    )
+    return link
 
 
 def download_filename(model: RegisteredModel, version: ModelVersion) -> str:

@@ -67,7 +67,12 @@ async def sign_in(page: PageDep, form: FormDep, db: SessionDep) -> Response:
     state = page.state
     try:
         user = await auth_service.check_password(
-            db, email, password, passwords=state.passwords, failures=state.failures
+            db,
+            email,
+            password,
+            passwords=state.passwords,
+            failures=state.failures,
+            events=state.events,
         )
     except ModelyardError as exc:
         return render(page, "sign_in.html", exc.status, next=target, email=email, error=exc.detail)
@@ -101,7 +106,9 @@ async def sign_up(page: PageDep, form: FormDep, db: SessionDep) -> Response:
     except ValidationError as exc:
         return again(422, _validation_message(exc))
     try:
-        user = await auth_service.register_user(db, data, passwords=state.passwords)
+        user = await auth_service.register_user(
+            db, data, passwords=state.passwords, events=state.events
+        )
     except ModelyardError as exc:
         return again(exc.status, exc.detail)
     started = await sessions.start_session(db, user, lifetime=_lifetime(page))
@@ -216,7 +223,7 @@ async def create_api_key(page: UserPage, form: FormDep, db: SessionDep) -> Respo
             }
         )
         created = await auth_service.create_api_key(
-            db, auth_service.Caller(page.signed_in, None), data
+            db, auth_service.Caller(page.signed_in, None), data, events=page.state.events
         )
     except ValidationError as exc:
         return await _keys_page(page, db, 0, 422, error=_validation_message(exc))
