@@ -18,6 +18,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from modelyard import __version__
 from modelyard.artifacts import make_store
 from modelyard.artifacts.router import router as artifacts_router
+from modelyard.audit.live import router as live_events_router
 from modelyard.audit.router import router as audit_router
 from modelyard.audit.service import AuditLog
 from modelyard.auth.passwords import PasswordHasher
@@ -128,7 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events = make_events(
             epochs, redis, on_health=functools.partial(_follow, caller_cache, target_cache)
         )
-        events.on_action(AuditLog(sessions))
+        audit_log = AuditLog(sessions)
+        events.on_action(audit_log)
         state = AppState(
             settings=settings,
             engine=engine,
@@ -151,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             events=events,
             caller_cache=caller_cache,
             target_cache=target_cache,
+            audit_log=audit_log,
             redis=redis,
         )
         app.state.modelyard = state
@@ -217,6 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             experiments_router,
             history.router,
             audit_router,
+            live_events_router,
         ]
     for router in (*routers, metrics_router):
         app.include_router(router)

@@ -7,6 +7,7 @@ carry client addresses and user agents through every signature.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import MutableMapping
 from contextvars import ContextVar
@@ -44,6 +45,11 @@ request_context: ContextVar[RequestContext | None] = ContextVar("request_context
 def current() -> RequestContext | None:
     """Return the context of the request being served, None outside one (the CLI, a task)."""
     return request_context.get()
+
+
+# Set once the server begins to shut down: answers that could last (event streams) end
+# themselves, so that the process is not kept waiting for them.
+draining = threading.Event()
 
 
 def set_caller(user_id: uuid.UUID, api_key_id: uuid.UUID | None) -> None:

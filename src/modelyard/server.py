@@ -30,6 +30,7 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from modelyard import context
 from modelyard.config import Settings
 from modelyard.errors import PROBLEM_BASE, PROBLEM_JSON
 
@@ -150,6 +151,11 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
+
+    def shutdown(self) -> None:
+        # Uvicorn calls this on every connection when the server begins to shut down.
+        context.draining.set()
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
 from modelyard.artifacts.store import ArtifactStore
+from modelyard.audit.service import AuditLog
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.service import Caller, FailureLimit
 from modelyard.auth.tokens import TokenService
@@ -48,6 +49,7 @@ class AppState:
     events: Events
     caller_cache: EpochCache[str, Caller]
     target_cache: EpochCache[Hashable, Target]
+    audit_log: AuditLog
     redis: Redis | None = None
     shutting_down: bool = False
     readiness: tuple[float, dict[str, CheckStatus]] | None = field(default=None, repr=False)

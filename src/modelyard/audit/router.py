@@ -12,6 +12,7 @@ from pydantic import AwareDatetime, Field
 from modelyard.audit import service
 from modelyard.auth.deps import CallerDep
 from modelyard.auth.scopes import Scope
+from modelyard.auth.service import Caller
 from modelyard.db.deps import SessionDep
 from modelyard.routing import make_router
 from modelyard.schemas import MAX_PAGE_SIZE, ReadModel
@@ -44,6 +45,11 @@ class AuditPage(ReadModel):
     next: str | None = Field(
         description="pass as `cursor` for the page after this one; null on the last page"
     )
+
+
+def sees_everything(caller: Caller) -> bool:
+    """Admins see every row (with an API key: one with the `admin` scope)."""
+    return caller.user.is_admin and (caller.scopes is None or Scope.ADMIN in caller.scopes)
 
 
 @router.get("", response_model=AuditPage)
@@ -82,7 +88,6 @@ async def list_audit_events(
     about their account and its things, and what they did themselves.
     """
     user = caller.user
-    sees_all = user.is_admin and (caller.scopes is None or Scope.ADMIN in caller.scopes)
     filters = service.AuditFilter(
         action=action,
         outcome=outcome,
@@ -99,7 +104,7 @@ async def list_audit_events(
         db,
         user,
         filters,
-        everything=sees_all,
+        everything=sees_everything(caller),
         limit=limit + 1,
         before=None if cursor is None else int(cursor),
     )

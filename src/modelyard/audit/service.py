@@ -9,6 +9,7 @@ the same one the second retries (its insert collides on the primary key).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
@@ -18,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, or_, select, text
+from sqlalchemy import ColumnElement, func, or_, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -73,6 +74,11 @@ class AuditLog:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
+        self._appended = asyncio.Event()
+
+    async def appended(self) -> None:
+        """Return once this process appends a row."""
+        await self._appended.wait()
 
     async def __call__(self, action: Action) -> None:
         await self.append(action)
@@ -112,6 +118,8 @@ class AuditLog:
                     # Another writer took this number first (or held SQLite's write lock).
                     await db.rollback()
                     continue
+                appended, self._appended = self._appended, asyncio.Event()
+                appended.set()
                 return row
         raise RuntimeError(f"could not append to the audit log in {APPEND_ATTEMPTS} attempts")
 
@@ -198,6 +206,28 @@ async def list_events(
         select(AuditEvent).where(*where).order_by(AuditEvent.seq.desc()).limit(limit)
     )
     return list(rows)
+
+
+async def events_after(
+    db: AsyncSession, user: User, filters: AuditFilter, *, everything: bool, after: int, limit: int
+) -> list[AuditEvent]:
+    """Return up to `limit` rows numbered above `after`, oldest first, that `list_events`
+    would show."""
+    where = filters.conditions()
+    if not everything:
+        where.append(or_(AuditEvent.owner_id == user.id, AuditEvent.actor_user_id == user.id))
+    rows = await db.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.seq > after, *where)
+        .order_by(AuditEvent.seq)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def head(db: AsyncSession) -> int:
+    """Return the number of the newest row (0: none yet)."""
+    return int(await db.scalar(select(func.max(AuditEvent.seq))) or 0)
 
 
 # --- verifying ----------------------------------------------------------------------------------

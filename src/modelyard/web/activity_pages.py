@@ -9,8 +9,11 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Query
 from sqlalchemy import select
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
+from modelyard.audit import live
+from modelyard.audit import service as audit_service
+from modelyard.auth.service import Caller
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import RegisteredModel
 from modelyard.experiments import service as experiments_service
@@ -21,6 +24,22 @@ from modelyard.web import charts
 from modelyard.web.http import UserPage, WebRoute, render
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
+
+
+@router.get("/events")
+async def live_events(page: UserPage, db: SessionDep) -> Response:
+    """The signed-in user's events as Server-Sent Events, for the pages' live notices (the API's
+    `GET /api/v1/events` for a browser session); from now on, or after `Last-Event-ID`."""
+    last = page.request.headers.get("last-event-id", "")
+    start = int(last) if last.isdigit() and len(last) <= 18 else await audit_service.head(db)
+    await db.close()
+    caller = Caller(page.signed_in, None)
+    return StreamingResponse(
+        live.stream(page.state, caller, audit_service.AuditFilter(), start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
 
 PAGE_SIZE = 25
 MODEL_CHOICES = 200  # models offered in the log's filter

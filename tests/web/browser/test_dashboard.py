@@ -322,3 +322,29 @@ def test_pages_fit_a_phone_screen(
         assert width <= viewport, url
     driver.get(version.split("/versions")[0])
     shoot(driver, screenshots / "model-phone.png")
+
+
+def test_a_model_page_tells_when_the_model_changes_elsewhere(
+    live_server: ServerProcess, new_browser: NewBrowser, iris_skops: Path
+) -> None:
+    driver = new_browser()
+    email = sign_up(driver, live_server)
+    upload(driver, live_server, iris_skops, "live-iris")
+    wait(driver).until(ec.url_contains("/versions/1"))
+    driver.find_element(By.CSS_SELECTOR, ".crumbs a[href^='/models/']").click()
+    notice = driver.find_element(By.ID, "live-notice")
+    assert not notice.is_displayed()
+
+    # Elsewhere (a script with the same account) the version is promoted.
+    api = f"{live_server.url}/api/v1"
+    token = httpx.post(f"{api}/auth/login", json={"email": email, "password": PASSWORD}).json()
+    promoted = httpx.patch(
+        f"{api}/models/live-iris/versions/1/lifecycle",
+        json={"stage": "production"},
+        headers={"Authorization": f"Bearer {token['access_token']}"},
+    )
+    assert promoted.status_code == 200, promoted.text
+    wait(driver).until(ec.visibility_of(notice))
+    assert notice.text == "live-iris v1 → production: stage changed elsewhere — reload"
+    notice.find_element(By.LINK_TEXT, "reload").click()
+    wait(driver).until(lambda d: "production" in text_of(d, "#version-1"))

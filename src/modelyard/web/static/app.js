@@ -71,7 +71,43 @@ function setUpUpload() {
   });
 }
 
+// Live notices: on a model's page (or the model list), say when the model changes elsewhere —
+// another tab, a colleague, a CI job — and offer to reload. The stream is /events (the audit
+// log's tail for the signed-in user); the browser reconnects by itself where it left off.
+const REGISTRY_EVENTS = {
+  "model_version.created": "new version",
+  "model_version.stage_changed": "stage changed",
+  "alias.changed": "alias changed",
+  "model.deleted": "deleted",
+  "traffic.changed": "traffic policy changed",
+};
+
+function setUpLiveNotices() {
+  const main = document.getElementById("main");
+  const notice = document.getElementById("live-notice");
+  const watched = main && main.dataset.liveModel;
+  if (!watched || !notice || !window.EventSource) return;
+  const source = new EventSource("/events");
+  const show = (event) => {
+    let row;
+    try { row = JSON.parse(event.data); } catch (error) { return; }
+    if (watched !== "*" && row.model_id !== watched) return;
+    const details = row.details || {};
+    let what = details.model || "a model";
+    if (details.version) what += " v" + details.version;
+    if (details.to) what += " → " + details.to;
+    notice.textContent = what + ": " + REGISTRY_EVENTS[event.type] + " elsewhere — ";
+    const reload = document.createElement("a");
+    reload.href = window.location.href;
+    reload.textContent = "reload";
+    notice.appendChild(reload);
+    notice.hidden = false;
+  };
+  for (const name of Object.keys(REGISTRY_EVENTS)) source.addEventListener(name, show);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setUpCopyButtons();
   setUpUpload();
+  setUpLiveNotices();
 });
