@@ -33,7 +33,7 @@ from modelyard.events import make_events
 from modelyard.experiments.router import router as experiments_router
 from modelyard.files.router import router as files_router
 from modelyard.hotcache import REFRESH_GRACE_SECONDS, EpochCache
-from modelyard.observability import health
+from modelyard.observability import health, tracing
 from modelyard.observability.logging import configure_logging
 from modelyard.observability.metrics import Metrics
 from modelyard.observability.middleware import EdgeMiddleware
@@ -97,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.sqlalchemy_url)
+        if tracing.enabled():
+            tracing.instrument_engine(engine)
         sessions = make_sessionmaker(engine)
         redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
         store = make_store(settings)
@@ -189,6 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
             rate_limiter.close()
             epochs.close()
+            tracing.flush()
             log.info("stopped")
 
     app = FastAPI(
@@ -245,6 +248,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["X-Request-ID", "X-Process-Time"],
         )
+    if tracing.enabled() or tracing.configure():
+        # Just inside the edge: the span carries the request id (OTEL_* environment; off, not
+        # installed at all).
+        app.add_middleware(tracing.TracingMiddleware)
     # Added last, so it is outermost: it sees every request, including CORS preflights.
     app.add_middleware(
         EdgeMiddleware,

@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from modelyard.config import Settings
 from modelyard.db.tables import Prediction
 from modelyard.errors import is_dependency_down
+from modelyard.observability import tracing
 from modelyard.observability.metrics import Metrics
 from modelyard.predictions import rollups
 
@@ -291,7 +292,7 @@ class PredictionLog:
         try:
             if time.monotonic() < self._retry_at:
                 self._spool_rows(rows)
-            elif await self._write(rows):
+            elif await self._traced_write(rows):
                 self._metrics.log_rows_written.inc(len(rows))
             else:
                 self._spool_rows(rows)
@@ -325,6 +326,13 @@ class PredictionLog:
         self._waiters = waiting
 
     # --- the database -----------------------------------------------------------------------
+
+    async def _traced_write(self, rows: list[Row]) -> bool:
+        with tracing.span("prediction_log.flush", **{"modelyard.rows": len(rows)}) as span:
+            written = await self._write(rows)
+            if span is not None:
+                span.set_attribute("modelyard.written", written)
+            return written
 
     async def _write(self, rows: list[Row]) -> bool:
         """Insert `rows` idempotently; False if the database is unavailable (nothing is kept)."""

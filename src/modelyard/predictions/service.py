@@ -29,6 +29,7 @@ from modelyard.db.types import utcnow, uuid7
 from modelyard.epochs import Epoch
 from modelyard.errors import BadRequest, Conflict, NotFound, Unprocessable
 from modelyard.hotcache import EpochCache
+from modelyard.observability import tracing
 from modelyard.observability.metrics import Metrics
 from modelyard.outage import OutageCache
 from modelyard.predictions import oip
@@ -334,7 +335,10 @@ class Predictor:
         """
         started = time.perf_counter()
         try:
-            result = await self.batcher.predict(target.version_id, runtime, batch)
+            with tracing.span("predict") as span:
+                if span is not None:
+                    span.set_attributes(_span_attributes(target, protocol, len(batch)))
+                result = await self.batcher.predict(target.version_id, runtime, batch)
         except (ValueError, TypeError) as exc:
             raise ModelCouldNotPredict(exc) from exc
         elapsed_ms = (time.perf_counter() - started) * 1000
@@ -626,6 +630,16 @@ def _label_datatype(runtime: Runtime) -> str:
         if isinstance(sample, int):
             return "INT64"
     return "FP64" if runtime.input_dtype == np.float64 else "FP32"
+
+
+def _span_attributes(target: Target, protocol: str, rows: int) -> dict[str, Any]:
+    return {
+        "modelyard.model": target.model_name,
+        "modelyard.model_id": str(target.model_id),
+        "modelyard.version": target.version,
+        "modelyard.protocol": protocol,
+        "modelyard.rows": rows,
+    }
 
 
 def jsonable(values: np.ndarray) -> Any:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Self
 
 from modelyard.config import Settings
+from modelyard.observability import tracing
 from modelyard.observability.metrics import Metrics
 from modelyard.serving.runtimes import Runtime
 
@@ -65,7 +66,8 @@ class ModelCache:
 
     async def _load(self, version_id: uuid.UUID, load: Callable[[], Awaitable[Runtime]]) -> Runtime:
         try:
-            runtime = await load()
+            with tracing.span("model.load", **{"modelyard.version_id": str(version_id)}):
+                runtime = await load()
         finally:
             del self._loads[version_id]
         self._insert(version_id, runtime)
