@@ -114,9 +114,12 @@ class AuditLog:
                             details=details,
                         ),
                     )
-                except (IntegrityError, OperationalError):
-                    # Another writer took this number first (or held SQLite's write lock).
+                except (IntegrityError, OperationalError) as exc:
                     await db.rollback()
+                    # Another writer took this number first, or (SQLite) wrote since this
+                    # transaction read: try again. A database that is down is not retried.
+                    if isinstance(exc, OperationalError) and db.get_bind().dialect.name != "sqlite":
+                        raise
                     continue
                 appended, self._appended = self._appended, asyncio.Event()
                 appended.set()
