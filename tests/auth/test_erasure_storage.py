@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,7 @@ from fastapi import FastAPI
 from modelyard.artifacts import LocalStore
 from modelyard.artifacts.store import StorageUnavailable
 from modelyard.auth.erasure import erase_user
+from modelyard.cli import _gc
 from modelyard.config import Settings
 from modelyard.state import AppState
 from tests import factories
@@ -69,13 +71,22 @@ class RefusingStore(LocalStore):
 
 
 @pytest.mark.parametrize("storage", ["local"], indirect=True)
-async def test_store_failure_after_the_commit_leaves_the_account_erased(
-    client: httpx.AsyncClient, app: FastAPI, user: Account, iris_skops: Path
+async def test_store_failure_after_the_commit_leaves_the_account_erased_for_gc(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    settings: Settings,
+    user: Account,
+    other_user: Account,
+    iris_skops: Path,
 ) -> None:
     version = await factories.make_version(client, user, iris_skops, name="iris")
     await upload_file(client, user, "data.csv")
+    await factories.make_version(client, other_user, iris_skops, name="iris")
+    await upload_file(client, other_user, "data.csv")
     state: AppState = app.state.modelyard
+    await state.store.put_file("files/not-an-area/kept.csv", iris_skops)
     keys = await storage_keys(app, version["model_id"])
+    stored_before = [info.key async for info in state.store.list("")]
     store = RefusingStore(state.settings.data_dir / "artifacts")
 
     async with state.sessions() as db:
@@ -85,5 +96,10 @@ async def test_store_failure_after_the_commit_leaves_the_account_erased(
     assert erasure.objects_left == 2
     assert set((await owned_rows(app, user.id)).values()) == {0}
     assert_unauthorized(await client.get("/api/v1/auth/me", headers=user.headers))
-    # Left for `modelyard gc`, which collects what no row references.
     assert await state.store.stat(keys[0]) is not None
+    # What the store refused, `modelyard gc` collects: what no row and no user references.
+    assert await _gc(settings, timedelta(0)) == 2
+    left = [
+        key for key in stored_before if key != keys[0] and not key.startswith(f"files/{user.id}/")
+    ]
+    assert [info.key async for info in state.store.list("")] == left
