@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import func, select
+from sqlalchemy import TextClause, func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from modelyard.db.tables import (
     ApiKey,
@@ -25,6 +27,7 @@ from modelyard.db.tables import (
     WebSession,
     prediction_rollups,
 )
+from modelyard.db.types import utcnow
 from modelyard.events import Action
 from modelyard.state import AppState
 from modelyard.web import sessions as web_sessions
@@ -520,3 +523,70 @@ async def test_erasing_a_deactivated_admin_does_not_count_as_the_last_admin(
 @pytest.mark.parametrize("path", [ME, f"{USERS}/{uuid.UUID(int=0)}"])
 async def test_erasure_needs_credentials(client: httpx.AsyncClient, path: str) -> None:
     assert_unauthorized(await client.delete(path))
+
+
+async def queued(conn: AsyncConnection, waiting: TextClause) -> bool:
+    """Tell whether a session waits on a lock; each time in a new transaction (PostgreSQL keeps
+    one view of pg_stat_activity for a whole transaction)."""
+    try:
+        return bool((await conn.execute(waiting)).scalar())
+    finally:
+        await conn.rollback()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"], indirect=True)
+async def test_erasure_waits_for_a_version_being_added_and_erases_it_too(
+    client: httpx.AsyncClient, app: FastAPI, admin: Account, user: Account, iris_skops: Path
+) -> None:
+    # SQLite has one writer at a time: only PostgreSQL lets an upload's transaction run beside.
+    state = state_of(app)
+    await state.store.put_file("models/in-flight", iris_skops)
+    model_id, now = uuid.uuid4(), utcnow()
+    async with state.engine.connect() as upload:
+        await upload.begin()
+        await upload.execute(
+            insert(RegisteredModel).values(
+                id=model_id,
+                owner_id=uuid.UUID(user.id),
+                name="late",
+                tags=[],
+                status="active",
+                version_count=1,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await upload.execute(
+            insert(ModelVersion).values(
+                id=uuid.uuid4(),
+                model_id=model_id,
+                version=1,
+                stage="development",
+                framework="sklearn",
+                format="skops",
+                storage_key="models/in-flight",
+                file_size=1,
+                sha256="0" * 64,
+                metrics={},
+                hyperparameters={},
+                tags=[],
+                metadata={},
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        erasing = asyncio.create_task(erase(client, admin, user.id))
+        async with state.engine.connect() as watch:
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            async with asyncio.timeout(10):
+                # The lock lives in another session of the server: nothing here can be awaited.
+                while not await queued(watch, waiting):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)  # polling interval, not an assertion
+        await upload.commit()
+
+    assert (await erasing).status_code == 204
+    assert await state.store.stat("models/in-flight") is None
+    assert (await owned_rows(app, user.id))["models"] == 0

@@ -95,6 +95,10 @@ async def erase_user(
     if bumped.rowcount != 1:  # type: ignore[attr-defined]
         await db.rollback()
         raise NotFound("user not found")
+    # PostgreSQL: the row's strongest lock. It waits for the transactions that are adding rows
+    # under the user (an upload, a key, a login) and holds off new ones until the user is gone
+    # (their foreign key then fails), so what is read below is all the user has.
+    await db.execute(select(User.id).where(User.id == user_id).with_for_update())
     user = (await db.execute(select(User.is_admin, User.is_active).where(User.id == user_id))).one()
     if user.is_admin and user.is_active:
         others = await db.scalar(
