@@ -106,6 +106,30 @@ async def test_account_and_user_administration(
         await sdk.me()
 
 
+async def test_admin_reads_and_erases_a_user(
+    sdk: AsyncClient, app: FastAPI, admin: Account, user: Account, iris_skops: Path
+) -> None:
+    await sdk.upload(iris_skops, "iris")
+    transport = httpx.ASGITransport(app=app)
+    async with AsyncClient("http://testserver", token=admin.access_token, transport=transport) as a:
+        detail = await a.get_user(user.id)
+        assert (detail.email, detail.model_count, detail.version_count) == (user.email, 1, 1)
+        await a.erase_user(user.id)
+        with pytest.raises(NotFound):
+            await a.get_user(user.id)
+    with pytest.raises(Unauthorized):
+        await sdk.me()
+
+
+async def test_user_erases_their_own_account(app: FastAPI, user: Account) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with AsyncClient("http://testserver", token=user.access_token, transport=transport) as c:
+        await c.erase_me()
+    async with AsyncClient("http://testserver", token=user.access_token, transport=transport) as c:
+        with pytest.raises(Unauthorized):
+            await c.me()
+
+
 async def test_logout_ends_the_session(app: FastAPI, user: Account) -> None:
     transport = httpx.ASGITransport(app=app)
     async with AsyncClient("http://testserver", transport=transport) as session:

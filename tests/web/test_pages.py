@@ -184,6 +184,39 @@ async def test_sign_out_everywhere_ends_the_session(client: httpx.AsyncClient) -
     assert (await client.get("/account")).status_code == 303
 
 
+async def test_account_page_erases_the_account_with_its_password(
+    client: httpx.AsyncClient, iris_skops: Path
+) -> None:
+    email = await sign_up(client)
+    assert (await upload_form(client, iris_skops, "iris")).status_code == 303
+
+    response = await post_form(client, "/account", "/account/delete", password=PASSWORD)
+
+    assert response.status_code == 303
+    assert response.headers["location"] == "/sign-in"
+    assert (await client.get("/account")).status_code == 303
+    login = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    assert login.status_code == 401
+
+
+@pytest.mark.parametrize("csrf", [True, False])
+async def test_account_page_keeps_the_account_without_password_or_csrf(
+    client: httpx.AsyncClient, csrf: bool
+) -> None:
+    email = await sign_up(client)
+
+    if csrf:
+        response = await post_form(client, "/account", "/account/delete", password="wrong-pass")
+        assert response.status_code == 403
+        assert "the password is incorrect" in response.text
+    else:
+        response = await client.post("/account/delete", data={"password": PASSWORD})
+        assert response.status_code == 403
+
+    assert (await client.get("/account")).status_code == 200
+    await factories.login(client, email, PASSWORD)
+
+
 async def test_bearer_auth_of_the_api_is_unchanged(client: httpx.AsyncClient) -> None:
     await sign_up(client)
     # The cookie is no credential for the API.

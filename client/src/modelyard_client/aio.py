@@ -184,6 +184,13 @@ class AsyncClient:
         session and API key you had)."""
         return await self._run(calls.update_me(fields))
 
+    async def erase_me(self) -> None:
+        """Erase your account and everything it owns, irreversibly (models, versions, files,
+        experiments, keys); needs a login session, not an API key. This client is signed out."""
+        await self._run(calls.erase_me())
+        self._refresh_token = None
+        self._http.headers.pop("Authorization", None)
+
     async def logout(self, *, everywhere: bool = False) -> None:
         """End this login session (or, with `everywhere`, every session of the account)."""
         if everywhere:
@@ -198,6 +205,14 @@ class AsyncClient:
     ) -> t.Page[t.User]:
         """List every user (admins only)."""
         return await self._run(calls.list_users(limit, offset))
+
+    async def get_user(self, user_id: str) -> t.UserDetail:
+        """Return one user, with how much it owns (admins only)."""
+        return await self._run(calls.get_user(user_id))
+
+    async def erase_user(self, user_id: str) -> None:
+        """Erase another user's account and everything it owns, irreversibly (admins only)."""
+        await self._run(calls.erase_user(user_id))
 
     async def update_user(
         self, user_id: str, *, is_active: bool | None = None, is_admin: bool | None = None

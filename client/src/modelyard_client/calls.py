@@ -106,6 +106,10 @@ def update_me(fields: Mapping[str, Any]) -> Call[t.User]:
     return Call("PATCH", f"{API}/auth/me", _one(t.User), json=dict(fields))
 
 
+def erase_me() -> Call[None]:
+    return Call("DELETE", f"{API}/auth/me", _none)
+
+
 def logout(refresh_token: str) -> Call[None]:
     return Call("POST", f"{API}/auth/logout", _none, json={"refresh_token": refresh_token})
 
@@ -116,6 +120,14 @@ def logout_all() -> Call[None]:
 
 def list_users(limit: int, offset: int) -> Call[t.Page[t.User]]:
     return Call("GET", f"{API}/users", _page(t.User), params=_params(limit=limit, offset=offset))
+
+
+def get_user(user_id: str) -> Call[t.UserDetail]:
+    return Call("GET", f"{API}/users/{quote(user_id, safe='')}", _one(t.UserDetail))
+
+
+def erase_user(user_id: str) -> Call[None]:
+    return Call("DELETE", f"{API}/users/{quote(user_id, safe='')}", _none)
 
 
 def update_user(user_id: str, fields: Mapping[str, Any]) -> Call[t.User]:

@@ -184,6 +184,13 @@ class Client:
         session and API key you had)."""
         return self._run(calls.update_me(fields))
 
+    def erase_me(self) -> None:
+        """Erase your account and everything it owns, irreversibly (models, versions, files,
+        experiments, keys); needs a login session, not an API key. This client is signed out."""
+        self._run(calls.erase_me())
+        self._refresh_token = None
+        self._http.headers.pop("Authorization", None)
+
     def logout(self, *, everywhere: bool = False) -> None:
         """End this login session (or, with `everywhere`, every session of the account)."""
         if everywhere:
@@ -196,6 +203,14 @@ class Client:
     def list_users(self, *, limit: int = calls.DEFAULT_LIMIT, offset: int = 0) -> t.Page[t.User]:
         """List every user (admins only)."""
         return self._run(calls.list_users(limit, offset))
+
+    def get_user(self, user_id: str) -> t.UserDetail:
+        """Return one user, with how much it owns (admins only)."""
+        return self._run(calls.get_user(user_id))
+
+    def erase_user(self, user_id: str) -> None:
+        """Erase another user's account and everything it owns, irreversibly (admins only)."""
+        self._run(calls.erase_user(user_id))
 
     def update_user(
         self, user_id: str, *, is_active: bool | None = None, is_admin: bool | None = None

@@ -34,6 +34,16 @@ class User:
 
 
 @dataclass(frozen=True, slots=True)
+class UserDetail(User):
+    """A user as an admin reads one: the account, and how much it owns."""
+
+    model_count: int = 0
+    version_count: int = 0
+    experiment_count: int = 0
+    active_api_key_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Tokens:
     access_token: str
     refresh_token: str

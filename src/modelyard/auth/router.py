@@ -9,7 +9,7 @@ from fastapi import Depends, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from modelyard.auth import service
+from modelyard.auth import erasure, service
 from modelyard.auth.deps import AdminUser, CallerDep, CurrentUser, auth_rate_limit
 from modelyard.auth.schemas import (
     ApiKeyCreate,
@@ -21,6 +21,7 @@ from modelyard.auth.schemas import (
     TokenPair,
     UserAdminUpdate,
     UserCreate,
+    UserDetail,
     UserRead,
 )
 from modelyard.db.deps import SessionDep
@@ -136,6 +137,16 @@ async def update_me(body: MeUpdate, user: CurrentUser, db: SessionDep, state: St
     )
 
 
+@auth_router.delete("/me", status_code=status.HTTP_204_NO_CONTENT)
+async def erase_me(caller: CallerDep, db: SessionDep, state: StateDep) -> None:
+    """Erase the caller's account and everything it owns, irreversibly: models, versions,
+    artifacts, files, experiments, keys, sessions. Needs a signed-in session (a bearer token),
+    not an API key; logged predictions keep their numbers without the person."""
+    await erasure.erase_own_account(
+        db, caller, store=state.store, events=state.events, prediction_log=state.prediction_log
+    )
+
+
 @api_keys_router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
 async def create_api_key(
     body: ApiKeyCreate, caller: CallerDep, db: SessionDep, state: StateDep
@@ -184,3 +195,23 @@ async def update_user(
     """Activate, deactivate, promote or demote a user (admin only); any change ends the
     user's sessions and API keys."""
     return await service.update_user(db, admin, user_id, body, events=state.events)
+
+
+@users_router.get("/{user_id}", response_model=UserDetail)
+async def get_user(user_id: uuid.UUID, _: AdminUser, db: SessionDep) -> UserDetail:
+    """Return one user, with how much it owns (admin only)."""
+    return await service.describe_user(db, user_id)
+
+
+@users_router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def erase_user(user_id: uuid.UUID, admin: AdminUser, db: SessionDep, state: StateDep) -> None:
+    """Erase a user's account and everything it owns, irreversibly (admin only; an admin's
+    own account goes through `DELETE /api/v1/auth/me`, and the last active admin stays)."""
+    await erasure.erase_user_as_admin(
+        db,
+        admin,
+        user_id,
+        store=state.store,
+        events=state.events,
+        prediction_log=state.prediction_log,
+    )

@@ -16,10 +16,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.auth.passwords import PasswordHasher
-from modelyard.auth.schemas import ApiKeyCreate, MeUpdate, UserAdminUpdate, UserCreate
+from modelyard.auth.schemas import (
+    ApiKeyCreate,
+    MeUpdate,
+    UserAdminUpdate,
+    UserCreate,
+    UserDetail,
+    UserRead,
+)
 from modelyard.auth.scopes import DEFAULT_SCOPES, MissingScope, OutsideModelLimit, Scope, ordered
 from modelyard.auth.tokens import TokenService
-from modelyard.db.tables import ApiKey, RefreshToken, User
+from modelyard.db.tables import (
+    ApiKey,
+    Experiment,
+    ModelVersion,
+    RefreshToken,
+    RegisteredModel,
+    User,
+)
 from modelyard.db.types import utcnow
 from modelyard.errors import (
     Conflict,
@@ -590,6 +604,67 @@ async def list_users(db: AsyncSession, page: PageParams) -> tuple[list[User], in
         select(User).order_by(User.created_at, User.id).limit(page.limit).offset(page.offset)
     )
     return list(rows), total or 0
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedCounts:
+    """How much an account owns, in the database (its files live in the store only)."""
+
+    models: int
+    versions: int
+    experiments: int
+    active_api_keys: int
+
+
+async def count_owned(db: AsyncSession, user_id: uuid.UUID) -> OwnedCounts:
+    """Count what `user_id` owns, in one query over the owner indexes."""
+    now = utcnow()
+    models = select(RegisteredModel.id).where(RegisteredModel.owner_id == user_id)
+    row = (
+        await db.execute(
+            select(
+                select(func.count()).select_from(models.subquery()).scalar_subquery(),
+                select(func.count())
+                .select_from(ModelVersion)
+                .where(ModelVersion.model_id.in_(models))
+                .scalar_subquery(),
+                select(func.count())
+                .select_from(Experiment)
+                .where(Experiment.owner_id == user_id)
+                .scalar_subquery(),
+                select(func.count())
+                .select_from(ApiKey)
+                .where(
+                    ApiKey.user_id == user_id,
+                    ApiKey.is_active.is_(True),
+                    (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > now),
+                )
+                .scalar_subquery(),
+            )
+        )
+    ).one()
+    return OwnedCounts(*(int(n or 0) for n in row))
+
+
+async def describe_user(db: AsyncSession, user_id: uuid.UUID) -> UserDetail:
+    """Return a user with how much it owns, for an admin.
+
+    Raises:
+        NotFound: no such user.
+    """
+    user = await db.get(User, user_id)
+    if user is None:
+        raise NotFound("user not found")
+    counts = await count_owned(db, user_id)
+    return UserDetail.model_validate(
+        {
+            **UserRead.model_validate(user).model_dump(),
+            "model_count": counts.models,
+            "version_count": counts.versions,
+            "experiment_count": counts.experiments,
+            "active_api_key_count": counts.active_api_keys,
+        }
+    )
 
 
 async def update_user(

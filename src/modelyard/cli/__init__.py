@@ -246,7 +246,7 @@ def gc(
         24.0, min=0.0, help="Keep unreferenced objects younger than this (uploads in flight)."
     ),
 ) -> None:
-    """Delete stored artifacts that no model version points to."""
+    """Delete stored artifacts that no model version points to, and erased accounts' files."""
     settings = _settings()
     try:
         removed = asyncio.run(_gc(settings, timedelta(hours=older_than_hours)))
@@ -260,21 +260,34 @@ async def _gc(settings: Settings, older_than: timedelta) -> int:
     from modelyard.artifacts import make_store
     from modelyard.artifacts.gc import collect_garbage
     from modelyard.db.engine import make_engine, make_sessionmaker
+    from modelyard.files import service as files_service
     from modelyard.registry import service as registry_service
 
     engine = make_engine(settings.sqlalchemy_url)
     store = make_store(settings)
     sessions = make_sessionmaker(engine)
 
-    async def referenced(keys: list[str]) -> set[str]:
+    async def referenced_artifacts(keys: list[str]) -> set[str]:
         async with sessions() as db:
             return await registry_service.referenced_keys(db, keys)
 
+    async def referenced_files(keys: list[str]) -> set[str]:
+        async with sessions() as db:
+            return await files_service.referenced_keys(db, keys)
+
     try:
-        return await collect_garbage(
+        removed = await collect_garbage(
             store,
             prefix=registry_service.ARTIFACT_PREFIX,
-            referenced=referenced,
+            referenced=referenced_artifacts,
+            older_than=older_than,
+        )
+        # Files have no rows: an area is referenced by its user (gone if an erasure could not
+        # empty it).
+        return removed + await collect_garbage(
+            store,
+            prefix=files_service.FILES_PREFIX + "/",
+            referenced=referenced_files,
             older_than=older_than,
         )
     finally:

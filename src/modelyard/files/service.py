@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
+from collections.abc import Sequence
 from pathlib import PurePosixPath
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.artifacts.signing import LinkTarget, UrlSigner
 from modelyard.artifacts.store import (
@@ -15,6 +19,7 @@ from modelyard.artifacts.store import (
     object_sha256,
 )
 from modelyard.artifacts.uploads import ReceivedFile
+from modelyard.db.tables import User
 from modelyard.errors import BadRequest, Unprocessable
 from modelyard.events import Action, Events
 from modelyard.files.schemas import FileRead, FileStored
@@ -77,6 +82,29 @@ def validate_prefix(raw: str) -> str:
 def area(owner_id: uuid.UUID) -> str:
     """Return the key prefix of a user's area (with its trailing slash)."""
     return f"{FILES_PREFIX}/{owner_id}/"
+
+
+def area_owner(key: str) -> uuid.UUID | None:
+    """Return the user whose area holds the object `key`, None for a key outside any area."""
+    root, _, rest = key.partition("/")
+    owner, slash, _ = rest.partition("/")
+    if root != FILES_PREFIX or not slash:
+        return None
+    try:
+        return uuid.UUID(owner)
+    except ValueError:
+        return None
+
+
+async def referenced_keys(db: AsyncSession, keys: Sequence[str]) -> set[str]:
+    """Return which of the `files/` keys `keys` still belong to someone: those in the area of an
+    existing user (an erased account's area is left to garbage collection if the store failed
+    during the erasure), and any key outside an area, which is never ours to judge."""
+    owners = {key: area_owner(key) for key in keys}
+    existing = set(
+        await db.scalars(select(User.id).where(User.id.in_({o for o in owners.values() if o})))
+    )
+    return {key for key, owner in owners.items() if owner is None or owner in existing}
 
 
 def file_key(owner_id: uuid.UUID, path: str) -> str:

@@ -11,12 +11,13 @@ from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from modelyard.auth import erasure
 from modelyard.auth import service as auth_service
 from modelyard.auth.deps import auth_rate_limit
 from modelyard.auth.schemas import ApiKeyCreate, MeUpdate, UserAdminUpdate, UserCreate
 from modelyard.auth.scopes import DEFAULT_SCOPES, Scope
 from modelyard.db.deps import SessionDep
-from modelyard.errors import Forbidden, ModelyardError
+from modelyard.errors import Forbidden, ModelyardError, Unauthorized
 from modelyard.schemas import PageParams
 from modelyard.web import sessions
 from modelyard.web.http import (
@@ -166,6 +167,36 @@ async def sign_out_everywhere(page: UserPage, form: FormDep, db: SessionDep) -> 
     await auth_service.logout_everywhere(db, page.signed_in, events=page.state.events)
     response = redirect("/sign-in")
     clear_session_cookie(response, page.state)
+    return response
+
+
+@router.post("/account/delete")
+async def delete_account(page: UserPage, form: FormDep, db: SessionDep) -> Response:
+    """Erase the signed-in account, once its password confirms that its owner is at the keyboard
+    (an open session alone is not enough to destroy everything)."""
+    user = page.signed_in
+    state = page.state
+    try:
+        await auth_service.check_password(
+            db,
+            user.email,
+            _text(form, "password")[:1024],
+            passwords=state.passwords,
+            failures=state.failures,
+        )
+        await erasure.erase_own_account(
+            db,
+            auth_service.Caller(user, None),
+            store=state.store,
+            events=state.events,
+            prediction_log=state.prediction_log,
+        )
+    except Unauthorized:
+        return render(page, "account.html", 403, message=None, error="the password is incorrect")
+    except ModelyardError as exc:
+        return render(page, "account.html", exc.status, message=None, error=exc.detail)
+    response = redirect("/sign-in")
+    clear_session_cookie(response, state)
     return response
 
 
