@@ -183,6 +183,7 @@ async def delete_account(page: UserPage, form: FormDep, db: SessionDep) -> Respo
             _text(form, "password")[:1024],
             passwords=state.passwords,
             failures=state.failures,
+            events=state.events,
         )
         await erasure.erase_own_account(
             db,
