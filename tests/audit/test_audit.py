@@ -363,3 +363,19 @@ def test_cli_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     broken = runner.invoke(cli, ["audit", "verify"])
     assert broken.exit_code == 1
     assert "BROKEN at row 2" in broken.output
+
+
+async def test_an_erasure_is_recorded_without_the_person(
+    client: httpx.AsyncClient, user: Account, admin: Account, iris_skops: Path
+) -> None:
+    await make_version(client, user, iris_skops, name="iris")
+    erased = await client.delete(f"/api/v1/users/{user.id}", headers=admin.headers)
+    assert erased.status_code == 204, erased.text
+    (row,) = await audit_rows(client, admin, action="user.deleted")
+    assert (row["target_id"], row["actor_user_id"], row["owner_id"]) == (user.id, admin.id, None)
+    assert row["details"]["models"] == 1
+    assert user.email not in json.dumps(row)
+    # What was recorded about the account before stays, and the chain holds.
+    assert [r["action"] for r in await audit_rows(client, admin, owner_id=user.id)][-1] == (
+        "user.registered"
+    )
