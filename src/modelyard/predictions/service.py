@@ -5,6 +5,10 @@ Routes and the fast path (`predictions.fastpath`) parse the request, resolve and
 `predict_rest` and `predict_v2`; they get the encoded answer back, or a domain error to render.
 A request refused once its version is known is logged as a failed prediction, in one place
 (`Attempt`).
+
+A request naming no version resolves with the model's traffic policy (`Target.traffic`, see
+`predictions.traffic`): the caller picks the route with `Predictor.route`, and a sampled shadow
+copy runs from the answer's background task, after the answer was sent (`Predictor.shadow_copy`).
 """
 
 from __future__ import annotations
