@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 
@@ -39,7 +40,7 @@ from modelyard.observability.metrics import Metrics
 from modelyard.observability.middleware import EdgeMiddleware
 from modelyard.observability.scrape import router as metrics_router
 from modelyard.outage import OutageCache
-from modelyard.predictions import fastpath, history, maintenance, oip, v2
+from modelyard.predictions import fastpath, history, maintenance, oip, traffic, v2
 from modelyard.predictions.inputs import InputLimits
 from modelyard.predictions.log import PredictionLog
 from modelyard.predictions.router import router as predict_router
@@ -116,6 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             run_timeout_seconds=settings.predict_timeout_seconds,
             rate_limiter=rate_limiter,
             rate_limit_per_minute=settings.predict_rate_limit_per_minute,
+            rng=random.Random(settings.traffic_random_seed),  # noqa: S311 - routing, not security
+            max_shadows_in_flight=settings.shadow_max_in_flight,
         )
         # Registered with the first ONNX session (sessions pick the arena up when created).
         configure_onnx_memory(settings.onnx_memory_bytes)
@@ -181,6 +184,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await upkeep
             # Uvicorn has finished in-flight requests; nothing new reaches the batcher.
             await events.aclose()
+            # Shadow copies are extra work, not answers owed: stopped, not waited for.
+            await predictor.aclose()
             await predictor.batcher.aclose()
             # While the database and engine are still there: no logged prediction is lost.
             await state.prediction_log.aclose()
@@ -222,6 +227,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             files_router,
             experiments_router,
             history.router,
+            traffic.router,
             audit_router,
             live_events_router,
         ]

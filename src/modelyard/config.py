@@ -229,6 +229,15 @@ class Settings(BaseSettings):
     larger payload is stored as `{"truncated": true, "bytes": <size>, "preview": "<its first
     bytes as text>"}` and a longer error is cut, saying how much was left out."""
 
+    traffic_random_seed: int | None = None
+    """Seed of the random draws behind traffic splits and shadow sampling (unset: from the
+    operating system). For tests and reproducible experiments; every worker draws the same
+    sequence when it is set."""
+
+    shadow_max_in_flight: int = Field(default=16, ge=1)
+    """Shadow predictions a process runs at once; a sampled copy past it is dropped and counted
+    in `modelyard_shadow_predictions_dropped_total`."""
+
     predict_rate_limit_per_minute: int = Field(default=0, ge=0)
     """Prediction requests per caller (API key, else user) and minute, native and V2 together,
     counted by every replica through Redis (0: no limit). Unset: 30,000 when `redis_url` is set

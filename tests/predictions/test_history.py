@@ -142,6 +142,8 @@ async def test_get_shows_a_visible_prediction_with_its_fields(
         "created_at": body["created_at"],
         "user_id": str(rec.user_id),
         "api_key_id": None,
+        "shadow": False,
+        "shadow_of": None,
     }
     assert datetime.fromisoformat(body["created_at"]) == rec.created_at
 

@@ -309,6 +309,14 @@ class Prediction(Base):
     n_rows: Mapped[int] = mapped_column(Integer, default=0)
     inference_time_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, primary_key=True)
+    # A shadow prediction: a sampled copy of the primary prediction `shadow_of`, made by the
+    # traffic policy's shadow version after the caller was answered. Compared with the primary:
+    # `agreed_rows` (classifiers: rows with the same label) or `abs_diff_sum` (regressors: the
+    # rows' absolute differences, summed). Analytics of primary traffic leave shadows out.
+    shadow: Mapped[bool] = mapped_column(server_default=text("false"))
+    shadow_of: Mapped[uuid.UUID | None]
+    agreed_rows: Mapped[int | None] = mapped_column(Integer)
+    abs_diff_sum: Mapped[float | None] = mapped_column(Float)
 
 
 # The latency distribution of prediction_rollups: counts in fixed, log-spaced buckets (see
@@ -346,6 +354,52 @@ prediction_rollups = Table(
     # One model's analytics (its page, `?model_id=`) without reading every model's rollups.
     Index("ix_prediction_rollups_model_id_period_s_start_at", "model_id", "period_s", "start_at"),
 )
+
+
+# Shadow predictions, per model version (the shadow's) and period as `prediction_rollups`: how
+# many, how many failed, their time, and how they compared with the primary predictions.
+shadow_rollups = Table(
+    "shadow_rollups",
+    Base.metadata,
+    Column("period_s", Integer, primary_key=True),
+    Column("start_at", UTCDateTime(), primary_key=True),
+    Column("model_id", Uuid(), primary_key=True),
+    Column("version_id", Uuid(), primary_key=True),
+    Column("owner_id", Uuid(), nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("failures", BigInteger, nullable=False),
+    Column("timed", BigInteger, nullable=False),
+    Column("time_sum_ms", Float, nullable=False),
+    # Rows compared by label (classifiers), and of those the rows whose labels agreed.
+    Column("label_rows", BigInteger, nullable=False),
+    Column("agreed_rows", BigInteger, nullable=False),
+    # Rows compared by value (regressors), and their absolute differences summed.
+    Column("value_rows", BigInteger, nullable=False),
+    Column("abs_diff_sum", Float, nullable=False),
+    Column("last_at", UTCDateTime(), nullable=False),
+    Index("ix_shadow_rollups_model_id_period_s_start_at", "model_id", "period_s", "start_at"),
+)
+
+
+# --- traffic ----------------------------------------------------------------------------------
+
+
+class TrafficPolicy(Timestamped, Base):
+    """How a model's requests that name no version are split between versions, and its shadow.
+
+    `routes` is `[{"target": "production", "weight": 90}, ...]`; a target is a stage, an alias,
+    `latest` or `v<N>`, resolved when the policy is read for serving. `shadow` is
+    `{"target": "v4", "sample_rate": 0.1}` or None.
+    """
+
+    __tablename__ = "traffic_policies"
+
+    model_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("registered_models.id", ondelete="CASCADE"), primary_key=True
+    )
+    routes: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
 # --- audit ------------------------------------------------------------------------------------

@@ -145,6 +145,11 @@ class Metrics:
             "Prediction log rows lost (neither written nor spooled)",
             registry=r,
         )
+        self.shadow_dropped = Counter(
+            "modelyard_shadow_predictions_dropped_total",
+            "Sampled shadow copies of requests not predicted: too many were in flight",
+            registry=r,
+        )
 
         # Children of labelled series by label values: the hot path looks each set up once
         # (`labels()` takes a lock and formats every value on each call).

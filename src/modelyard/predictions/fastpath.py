@@ -5,7 +5,8 @@ prediction of a small model (bench/README.md has the profile). A predict request
 credential, version resolution and loaded model are all in this process's caches is answered
 here instead, by the same use case the routes call once they have resolved
 (`service.predict_rest`, `service.predict_v2`): the same validation, prediction log, metrics,
-rate limit and errors.
+rate limit and errors. A model's traffic policy comes cached with its resolution: the split,
+the routing key and the shadow copy are honoured here exactly as in the routes.
 
 Everything else goes to FastAPI untouched: a query string, a cache miss (the first request of a
 credential or a model, one after a revocation or a promotion), a request without credentials,
@@ -94,10 +95,20 @@ class PredictFastPath:
             )
         key = target_key(caller.user.id, name, version=version)
         resolved = state.target_cache.lookup(key)
-        if resolved is None or state.predictor.cache.peek(resolved[0].version_id) is None:
+        if resolved is None:
             await self.app(scope, receive, send)
             return
         target, due = resolved
+        shadow = None
+        if target.traffic is not None:
+            # The policy came cached with the target: the split costs no database round trip.
+            target, shadow = state.predictor.route(
+                target.traffic, headers.get(service.ROUTING_KEY_HEADER)
+            )
+        if state.predictor.cache.peek(target.version_id) is None:
+            # The route draws again (the same way for a routing key), then loads the model.
+            await self.app(scope, receive, send)
+            return
         if due:
             state.target_cache.refresh(
                 key, functools.partial(_resolve, state, caller.user, name, version)
@@ -108,7 +119,9 @@ class PredictFastPath:
             await state.predictor.admit(caller)
             body = await request.body()
             if route == NATIVE_ROUTE:
-                answer = await service.predict_rest(state.predictor, target, body, caller=caller)
+                answer = await service.predict_rest(
+                    state.predictor, target, body, caller=caller, shadow=shadow
+                )
             else:
                 answer = await service.predict_v2(
                     state.predictor,
@@ -117,8 +130,9 @@ class PredictFastPath:
                     caller=caller,
                     name=name,
                     header_length=headers.get(oip.HEADER_LENGTH),
+                    shadow=shadow,
                 )
-            response = Response(answer.body, headers=answer.headers)
+            response = Response(answer.body, headers=answer.headers, background=answer.background)
         except Exception as exc:
             # The routes' exception handlers, for what they handle; anything else is a bug
             # (or a client gone), which the edge middleware deals with.

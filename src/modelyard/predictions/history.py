@@ -27,6 +27,7 @@ from pydantic import AfterValidator, AwareDatetime, Field
 from sqlalchemy import (
     ColumnElement,
     Select,
+    Table,
     and_,
     func,
     literal,
@@ -102,6 +103,12 @@ class PredictionRead(ReadModel):
     created_at: datetime
     user_id: uuid.UUID | None
     api_key_id: uuid.UUID | None
+    shadow: bool = Field(
+        default=False,
+        description="a shadow prediction: a traffic policy's copy of the prediction `shadow_of`, "
+        "made after the caller was answered (its inputs are the primary's)",
+    )
+    shadow_of: uuid.UUID | None = None
 
 
 class PredictionPage(Page[PredictionRead]):
@@ -255,7 +262,7 @@ async def _estimate_owned(
         PredictionStatus.SUCCESS: r.requests - r.failures,
     }[status]
     query = select(func.sum(counted)).where(
-        queries.owned_by(user, r.owner_id), _rollup_window(since, until)
+        queries.owned_by(user, r.owner_id), rollup_window(since, until)
     )
     if model_id is not None:
         query = query.where(r.model_id == model_id)
@@ -273,6 +280,7 @@ async def list_predictions(
     since: datetime | None = None,
     until: datetime | None = None,
     payloads: bool = False,
+    shadow: bool | None = None,
 ) -> PredictionPage:
     """Return one page of the predictions the caller may see, newest first, and their total.
 
@@ -289,6 +297,8 @@ async def list_predictions(
     filters = _time_window(since, until)
     if model_id is not None:
         filters.append(Prediction.model_id == model_id)
+    if shadow is not None:
+        filters.append(Prediction.shadow.is_(shadow))
     if status is not None:
         # Inline, not a parameter: a planner can only use the partial index of failures
         # (`WHERE status = 'error'`) when it sees the value.
@@ -398,36 +408,41 @@ async def _analytics_scope(
     return r.model_id == model.id
 
 
-def _rollup_window(since: datetime | None, until: datetime | None) -> ColumnElement[bool]:
-    """Select the rollups covering [since, until) widened to whole minutes: whole days from the
-    daily rollups, the hours and then the minutes at either edge from the shorter ones."""
+def rollup_window(
+    since: datetime | None, until: datetime | None, table: Table = prediction_rollups
+) -> ColumnElement[bool]:
+    """Select the rollups of `table` covering [since, until) widened to whole minutes: whole
+    days from the daily rollups, the hours and then the minutes at either edge from the
+    shorter ones."""
     low = rollups.floor_to(since, rollups.MINUTE) if since is not None else None
     high = rollups.ceil_to(until, rollups.MINUTE) if until is not None else None
-    return or_(*_tiles(low, high, (rollups.DAY, rollups.HOUR, rollups.MINUTE)))
+    return or_(*_tiles(low, high, (rollups.DAY, rollups.HOUR, rollups.MINUTE), table))
 
 
 def _tiles(
-    low: datetime | None, high: datetime | None, periods: Sequence[int]
+    low: datetime | None, high: datetime | None, periods: Sequence[int], table: Table
 ) -> list[ColumnElement[bool]]:
     """Return conditions selecting rollups that tile [low, high) (None: open) exactly: the
     whole periods of the longest kind inside it, the rest from shorter ones."""
     period, *shorter = periods
     if not shorter:  # minutes: the bounds are whole minutes already
-        return [_span(period, low, high)]
+        return [_span(period, low, high, table)]
     first = rollups.ceil_to(low, period) if low is not None else None
     end = rollups.floor_to(high, period) if high is not None else None
     if first is not None and end is not None and first >= end:
-        return _tiles(low, high, shorter)  # no whole period inside
-    parts = [_span(period, first, end)]
+        return _tiles(low, high, shorter, table)  # no whole period inside
+    parts = [_span(period, first, end, table)]
     if low is not None and first is not None and low < first:
-        parts += _tiles(low, first, shorter)
+        parts += _tiles(low, first, shorter, table)
     if high is not None and end is not None and end < high:
-        parts += _tiles(end, high, shorter)
+        parts += _tiles(end, high, shorter, table)
     return parts
 
 
-def _span(period: int, low: datetime | None, high: datetime | None) -> ColumnElement[bool]:
-    r = prediction_rollups.c
+def _span(
+    period: int, low: datetime | None, high: datetime | None, table: Table
+) -> ColumnElement[bool]:
+    r = table.c
     conditions = [r.period_s == period]
     if low is not None:
         conditions.append(r.start_at >= low)
@@ -454,7 +469,7 @@ async def version_stats(
         ModelNotFound: `model_id` is not a model the caller may open.
     """
     r = prediction_rollups.c
-    scope = [await _analytics_scope(db, user, model_id), _rollup_window(since, until)]
+    scope = [await _analytics_scope(db, user, model_id), rollup_window(since, until)]
     totals = (
         select(
             r.model_id,
@@ -573,6 +588,10 @@ async def list_prediction_log(
         Include | None,
         Query(description="`payloads`: each item's inputs, outputs and whole error too"),
     ] = None,
+    shadow: Annotated[
+        bool | None,
+        Query(description="only shadow predictions (true) or only primary ones (false)"),
+    ] = None,
 ) -> PredictionPage:
     """List the logged predictions the caller may see (its own, and those on its models), newest first.
 
@@ -591,6 +610,7 @@ async def list_prediction_log(
         since=since,
         until=until,
         payloads=include is Include.PAYLOADS,
+        shadow=shadow,
     )
 
 

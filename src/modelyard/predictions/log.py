@@ -60,7 +60,7 @@ STATEMENT_ROWS = 100
 # SQLSTATE classes of an unavailable server: connection exception, insufficient resources,
 # operator intervention (admin shutdown, "the database system is starting up").
 _OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
-_UUID_FIELDS = ("id", "model_id", "version_id", "owner_id", "user_id", "api_key_id")
+_UUID_FIELDS = ("id", "model_id", "version_id", "owner_id", "user_id", "api_key_id", "shadow_of")
 # Room an error's truncation note takes, within the payload budget.
 _MARKER_BYTES = 64
 
@@ -85,9 +85,23 @@ class PredictionRecord:
     n_rows: int
     inference_time_ms: float | None
     created_at: datetime  # aware UTC
+    # A shadow prediction (see `modelyard.predictions.traffic`): the primary it copies and how
+    # it compared with it (classifiers: rows with the same label; regressors: absolute
+    # differences summed over the rows).
+    shadow: bool = False
+    shadow_of: uuid.UUID | None = None
+    agreed_rows: int | None = None
+    abs_diff_sum: float | None = None
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(PredictionRecord))
+# Fields added after spool files may have been written: an older line replays with these.
+_LATER_FIELDS: dict[str, Any] = {
+    "shadow": False,
+    "shadow_of": None,
+    "agreed_rows": None,
+    "abs_diff_sum": None,
+}
 Row = dict[str, Any]
 
 
@@ -389,7 +403,9 @@ class PredictionLog:
                 result = await db.execute(returning, rows[start : start + STATEMENT_ROWS])
                 inserted.update(found.int for found in result.scalars())
             # The rollups change in the insert's transaction: both commit or neither does.
-            await rollups.add(db, rollups.aggregate(r for r in rows if r["id"].int in inserted))
+            new = [r for r in rows if r["id"].int in inserted]
+            await rollups.add(db, rollups.aggregate(new))
+            await rollups.add_shadows(db, rollups.aggregate_shadows(new))
             await db.commit()
 
     def _back_off(self, exc: BaseException, rows: int) -> None:
@@ -656,7 +672,7 @@ def _read_spool(file: IO[bytes]) -> tuple[list[Row], int]:
 
 
 def _parse_row(data: dict[str, Any]) -> Row:
-    row = {name: data[name] for name in _FIELDS}
+    row = {name: data[name] if name in data else _LATER_FIELDS[name] for name in _FIELDS}
     for name in _UUID_FIELDS:
         if row[name] is not None:
             row[name] = uuid.UUID(row[name])

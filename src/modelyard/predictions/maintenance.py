@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Executable, delete, select, text, tuple_
+from sqlalchemy import Executable, Table, delete, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from modelyard.config import Settings
-from modelyard.db.tables import Prediction, prediction_rollups
+from modelyard.db.tables import Prediction, prediction_rollups, shadow_rollups
 from modelyard.db.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,9 @@ async def maintain(
         if rollup_days:
             cutoff = _day(now) - timedelta(days=rollup_days)
             report.rollups_deleted = await _delete_batches(engine, _expired_rollups(cutoff))
+            report.rollups_deleted += await _delete_batches(
+                engine, _expired_rollups(cutoff, shadow_rollups)
+            )
     log.info(
         "prediction_log_maintained",
         extra={
@@ -215,11 +218,11 @@ def _expired_raw_rows(cutoff: datetime, *, postgres: bool) -> Executable:
     return delete(Prediction).where(Prediction.id.in_(ids))
 
 
-def _expired_rollups(cutoff: datetime) -> Executable:
-    r = prediction_rollups.c
+def _expired_rollups(cutoff: datetime, table: Table = prediction_rollups) -> Executable:
+    r = table.c
     key = (r.period_s, r.start_at, r.model_id, r.version_id)
     keys = select(*key).where(r.start_at < cutoff).limit(DELETE_BATCH_ROWS)
-    return delete(prediction_rollups).where(tuple_(*key).in_(keys))
+    return delete(table).where(tuple_(*key).in_(keys))
 
 
 async def _delete_batches(engine: AsyncEngine, statement: Executable) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +27,12 @@ from sqlalchemy import ColumnElement, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from modelyard.db.tables import ROLLUP_BUCKETS, prediction_rollups, rollup_bucket_column
+from modelyard.db.tables import (
+    ROLLUP_BUCKETS,
+    prediction_rollups,
+    rollup_bucket_column,
+    shadow_rollups,
+)
 
 MINUTE = 60
 HOUR = 3600
@@ -41,6 +46,16 @@ BUCKET_COLUMNS = tuple(rollup_bucket_column(i) for i in range(ROLLUP_BUCKETS))
 # The largest relative error of a percentile between the finite edges (2**(1/8) - 1).
 PERCENTILE_RELATIVE_ERROR = 2 ** (1 / (2 * BUCKETS_PER_DOUBLING)) - 1
 _SUMMED = ("requests", "failures", "rows", "timed", "time_sum_ms", *BUCKET_COLUMNS)
+_SHADOW_SUMMED = (
+    "requests",
+    "failures",
+    "timed",
+    "time_sum_ms",
+    "label_rows",
+    "agreed_rows",
+    "value_rows",
+    "abs_diff_sum",
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Row = dict[str, Any]
@@ -97,7 +112,8 @@ def ceil_to(moment: datetime, period_s: int) -> datetime:
 def aggregate(rows: Iterable[Row]) -> list[Row]:
     """Return the rollup rows (per period, start, model version) that `rows` add up to.
 
-    Rows without a model are left out: analytics are per model. The result is sorted by key so
+    Rows without a model are left out: analytics are per model; so are shadow predictions, which
+    are no traffic of the model's (`aggregate_shadows` sums them apart). The result is sorted by key so
     that concurrent writers lock rollup rows in one order (no deadlock between them). It runs on
     the event loop, once per written batch: rows are added to per-minute sums only (integer
     seconds as keys), and the hours and days are made from those minutes.
@@ -105,7 +121,7 @@ def aggregate(rows: Iterable[Row]) -> list[Row]:
     minutes: dict[tuple[int, uuid.UUID, uuid.UUID], Row] = {}
     for row in rows:
         model_id = row["model_id"]
-        if model_id is None:
+        if model_id is None or row.get("shadow"):
             continue
         at: datetime = row["created_at"]
         seconds = int(at.timestamp())
@@ -131,6 +147,13 @@ def aggregate(rows: Iterable[Row]) -> list[Row]:
         if high is None or ms > high:
             out["time_max_ms"] = ms
         out[BUCKET_COLUMNS[bucket_of(ms)]] += 1
+    return _with_longer_periods(minutes, _merge)
+
+
+def _with_longer_periods(
+    minutes: dict[tuple[int, uuid.UUID, uuid.UUID], Row], merge: Callable[[Row, Row], None]
+) -> list[Row]:
+    """Return the per-minute rollups and the hours and days made of them, sorted by key."""
     result = list(minutes.values())
     for period in (HOUR, DAY):
         longer: dict[tuple[int, uuid.UUID, uuid.UUID], Row] = {}
@@ -140,12 +163,71 @@ def aggregate(rows: Iterable[Row]) -> list[Row]:
             if found is None:
                 longer[key] = {**minute, "period_s": period, "start_at": _at(key[0])}
             else:
-                _merge(found, minute)
+                merge(found, minute)
         result.extend(longer.values())
     return sorted(
         result,
         key=lambda r: (r["period_s"], r["start_at"], r["model_id"].bytes, r["version_id"].bytes),
     )
+
+
+def aggregate_shadows(rows: Iterable[Row]) -> list[Row]:
+    """Return the shadow rollup rows (per period, start, shadow version) that `rows` add up to.
+
+    Only shadow predictions count; each adds its comparison with the primary prediction (rows
+    compared by label and those that agreed, or rows compared by value and their absolute
+    differences), kept when the shadow row was written: analytics never read the raw log.
+    """
+    minutes: dict[tuple[int, uuid.UUID, uuid.UUID], Row] = {}
+    for row in rows:
+        model_id = row["model_id"]
+        if model_id is None or not row.get("shadow") or row["version_id"] is None:
+            continue
+        at: datetime = row["created_at"]
+        seconds = int(at.timestamp())
+        key = (seconds - seconds % MINUTE, model_id, row["version_id"])
+        out = minutes.get(key)
+        if out is None:
+            out = minutes[key] = {
+                "period_s": MINUTE,
+                "start_at": _at(key[0]),
+                "model_id": model_id,
+                "version_id": key[2],
+                "owner_id": row["owner_id"],
+                "version": row["version"],
+                "requests": 0,
+                "failures": 0,
+                "timed": 0,
+                "time_sum_ms": 0.0,
+                "label_rows": 0,
+                "agreed_rows": 0,
+                "value_rows": 0,
+                "abs_diff_sum": 0.0,
+                "last_at": at,
+            }
+        out["requests"] += 1
+        if at > out["last_at"]:
+            out["last_at"] = at
+        if row["status"] == "error":
+            out["failures"] += 1
+            continue
+        if row["inference_time_ms"] is not None:
+            out["timed"] += 1
+            out["time_sum_ms"] += row["inference_time_ms"]
+        n_rows = row["n_rows"] or 0
+        if row["agreed_rows"] is not None:
+            out["label_rows"] += n_rows
+            out["agreed_rows"] += row["agreed_rows"]
+        elif row["abs_diff_sum"] is not None:
+            out["value_rows"] += n_rows
+            out["abs_diff_sum"] += row["abs_diff_sum"]
+    return _with_longer_periods(minutes, _merge_shadow)
+
+
+def _merge_shadow(into: Row, other: Row) -> None:
+    for name in _SHADOW_SUMMED:
+        into[name] += other[name]
+    into["last_at"] = max(into["last_at"], other["last_at"])
 
 
 def _at(seconds: int) -> datetime:
@@ -218,4 +300,27 @@ async def add(db: AsyncSession, rollups: list[Row]) -> None:
         index_elements=["period_s", "start_at", "model_id", "version_id"], set_=updates
     )
     # One statement executed for many rows, in key order (see `aggregate`).
+    await db.execute(upsert, rollups)
+
+
+async def add_shadows(db: AsyncSession, rollups: list[Row]) -> None:
+    """Add shadow rollup rows to the stored ones (upsert), in the caller's transaction."""
+    if not rollups:
+        return
+    table = shadow_rollups
+    stmt: postgresql.Insert | sqlite.Insert
+    if db.get_bind().dialect.name == "postgresql":
+        stmt = postgresql.insert(table)
+        greatest = "greatest"
+    else:
+        stmt = sqlite.insert(table)
+        greatest = "max"
+    new = stmt.excluded
+    updates: dict[str, ColumnElement[Any]] = {
+        name: table.c[name] + new[name] for name in _SHADOW_SUMMED
+    }
+    updates["last_at"] = getattr(func, greatest)(table.c.last_at, new.last_at)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=["period_s", "start_at", "model_id", "version_id"], set_=updates
+    )
     await db.execute(upsert, rollups)

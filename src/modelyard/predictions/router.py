@@ -43,6 +43,10 @@ async def predict(
 ) -> Response:
     """Predict with a model: its production version, or the version, alias or stage given.
 
+    Without a version, alias or stage, a model's traffic policy (`/api/v1/models/{model}/traffic`)
+    chooses the version by weight, the same one for each `X-Routing-Key` value; the answer's
+    `version` says which served.
+
     `inputs` is a list of rows (`[[5.1, 3.5, 1.4, 0.2]]`) or of records by feature name
     (`[{"sepal_length": 5.1, ...}]`, any key order). Classifiers answer probabilities, classes
     and confidence too. Every call, success or failure, goes to the prediction log.
@@ -60,7 +64,12 @@ async def predict(
     )
     # Resolved: the connection goes back before the (possibly slow) load and predict.
     await db.close()
+    shadow = None
+    if target.traffic is not None:
+        target, shadow = state.predictor.route(
+            target.traffic, request.headers.get(service.ROUTING_KEY_HEADER)
+        )
     answer = await service.predict_rest(
-        state.predictor, target, await request.body(), caller=caller
+        state.predictor, target, await request.body(), caller=caller, shadow=shadow
     )
-    return Response(answer.body, headers=answer.headers)
+    return Response(answer.body, headers=answer.headers, background=answer.background)

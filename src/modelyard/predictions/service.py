@@ -5,11 +5,22 @@ Routes and the fast path (`predictions.fastpath`) parse the request, resolve and
 `predict_rest` and `predict_v2`; they get the encoded answer back, or a domain error to render.
 A request refused once its version is known is logged as a failed prediction, in one place
 (`Attempt`).
+
+A request naming no version resolves with the model's traffic policy (`Target.traffic`, see
+`predictions.traffic`): the caller picks the route with `Predictor.route`, and a sampled shadow
+copy runs from the answer's background task, after the answer was sent (`Predictor.shadow_copy`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import dataclasses
+import hashlib
+import itertools
 import logging
+import random
+import re
 import time
 import uuid
 from collections.abc import Hashable, Mapping
@@ -21,10 +32,11 @@ import numpy as np
 import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.background import BackgroundTask
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.auth.service import Caller
-from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, User
+from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, TrafficPolicy, User
 from modelyard.db.types import utcnow, uuid7
 from modelyard.epochs import Epoch
 from modelyard.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -54,6 +66,10 @@ from modelyard.serving.runtimes.onnx import DEFAULT_RUN_TIMEOUT_SECONDS
 log = logging.getLogger(__name__)
 
 RATE_WINDOW_SECONDS = 60
+# The request header whose value makes a traffic split sticky: the same key, the same route.
+ROUTING_KEY_HEADER = "x-routing-key"
+# Shadow copies predicted at once per process; past it a sampled copy is dropped (and counted).
+DEFAULT_MAX_SHADOWS_IN_FLIGHT = 16
 
 
 class NotServable(Conflict):
@@ -81,6 +97,8 @@ class Target:
     storage_key: str
     sha256: str
     feature_names: list[str] | None
+    # The model's traffic policy, resolved; only on the target of requests naming no version.
+    traffic: Traffic | None = None
 
     @classmethod
     def of(cls, model: RegisteredModel, version: ModelVersion) -> Target:
@@ -100,6 +118,50 @@ class Target:
             sha256=version.sha256,
             feature_names=[f["name"] for f in features] if features else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """A model's traffic policy as served: the routes' versions and the shadow, resolved.
+
+    Route `i` takes the draws in [bounds[i-1], bounds[i]) of [0, total): cumulative weights.
+    """
+
+    routes: tuple[Target, ...]
+    bounds: tuple[int, ...]
+    shadow: Target | None
+    sample_rate: float
+
+    @property
+    def total(self) -> int:
+        return self.bounds[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRef:
+    """A version named by reference: a number, an alias, a stage, or (all None) the newest."""
+
+    version: int | None = None
+    alias: str | None = None
+    stage: Stage | None = None
+
+
+LATEST = "latest"
+_VERSION_REF = re.compile(r"v([1-9][0-9]{0,9})")
+
+
+def parse_ref(ref: str) -> VersionRef:
+    """Read a reference as traffic policies write them: `v<N>`, `latest`, a stage, an alias.
+
+    A stage name wins over an alias of the same name (aliases cannot be `latest` or `v<N>`).
+    """
+    if match := _VERSION_REF.fullmatch(ref):
+        return VersionRef(version=int(match[1]))
+    if ref == LATEST:
+        return VersionRef()
+    if ref in Stage.__members__.values():
+        return VersionRef(stage=Stage(ref))
+    return VersionRef(alias=ref)
 
 
 async def resolve_target(
@@ -125,6 +187,24 @@ async def resolve_target(
     if stage == Stage.ARCHIVED:
         raise Unprocessable("archived versions are never served")
     model = await registry_service.get_model(db, user, ref)
+    return await resolve_on(db, model, version=version, alias=alias, stage=stage)
+
+
+async def resolve_on(
+    db: AsyncSession,
+    model: RegisteredModel,
+    *,
+    version: int | None = None,
+    alias: str | None = None,
+    stage: Stage | None = None,
+    latest: bool = False,
+) -> Target:
+    """Resolve one selector (or none) on a loaded model; `latest` skips the production-first
+    default (the newest version not archived).
+
+    Raises:
+        As `resolve_target`.
+    """
     if model.status == ModelStatus.ARCHIVED:
         raise NotServable(f"model {model.name!r} is archived")
     row: ModelVersion | None
@@ -142,6 +222,8 @@ async def resolve_target(
         query = select(ModelVersion).where(ModelVersion.model_id == model.id)
         if stage is not None:
             query = query.where(ModelVersion.stage == stage)
+        elif latest:
+            query = query.where(ModelVersion.stage != Stage.ARCHIVED)
         else:
             # Production first, then the newest of the rest; archived never.
             query = query.where(ModelVersion.stage != Stage.ARCHIVED).order_by(
@@ -153,6 +235,86 @@ async def resolve_target(
     if row.stage == Stage.ARCHIVED:
         raise NotServable(f"version {row.version} of model {model.name!r} is archived")
     return Target.of(model, row)
+
+
+async def resolve_ref(db: AsyncSession, model: RegisteredModel, ref: str) -> Target | None:
+    """Resolve a policy's reference (`parse_ref`) on `model`; None if nothing servable matches."""
+    parsed = parse_ref(ref)
+    if parsed.stage == Stage.ARCHIVED:
+        return None
+    try:
+        return await resolve_on(
+            db,
+            model,
+            version=parsed.version,
+            alias=parsed.alias,
+            stage=parsed.stage,
+            latest=ref == LATEST,
+        )
+    except (NotFound, NotServable):
+        return None
+
+
+async def resolve_traffic(db: AsyncSession, model: RegisteredModel) -> Traffic | None:
+    """Return the model's traffic policy with its references resolved, or None without one.
+
+    A route whose target resolves to nothing servable now (an alias removed, an archived
+    version, a stage without a version) is left out; with no route left, there is no policy.
+    A shadow that resolves to nothing, or to the version a route chose, is not run.
+    """
+    policy = await db.get(TrafficPolicy, model.id)
+    if policy is None:
+        return None
+    routes: list[Target] = []
+    weights: list[int] = []
+    for route in policy.routes:
+        weight = int(route["weight"])
+        target = await resolve_ref(db, model, route["target"]) if weight > 0 else None
+        if target is not None:
+            routes.append(target)
+            weights.append(weight)
+    if not routes:
+        return None
+    shadow = None
+    sample_rate = 0.0
+    if policy.shadow is not None:
+        shadow = await resolve_ref(db, model, policy.shadow["target"])
+        sample_rate = float(policy.shadow["sample_rate"])
+    return Traffic(
+        routes=tuple(routes),
+        bounds=tuple(itertools.accumulate(weights)),
+        shadow=shadow,
+        sample_rate=sample_rate,
+    )
+
+
+async def resolve_serving(
+    db: AsyncSession,
+    user: User,
+    ref: str,
+    *,
+    version: int | None = None,
+    alias: str | None = None,
+    stage: Stage | None = None,
+) -> Target:
+    """`resolve_target` for a predict request: one naming no version carries the model's
+    traffic policy too (`Target.traffic`), so that a cached resolution holds both."""
+    if version is not None or alias is not None or stage is not None:
+        return await resolve_target(db, user, ref, version=version, alias=alias, stage=stage)
+    model = await registry_service.get_model(db, user, ref)
+    target = await resolve_on(db, model)
+    traffic = await resolve_traffic(db, model)
+    return target if traffic is None else dataclasses.replace(target, traffic=traffic)
+
+
+def sticky_point(model_id: uuid.UUID, routing_key: str, total: int) -> int:
+    """Return the draw in [0, total) that a routing key always makes on a model's split.
+
+    A keyed BLAKE2b of the key: stable across processes, replicas and restarts (unlike
+    `hash()`), and spread evenly over the draws.
+    """
+    digest = hashlib.blake2b(routing_key.encode(), digest_size=8, key=model_id.bytes).digest()
+    return int.from_bytes(digest, "big") % total
 
 
 def target_key(
@@ -178,8 +340,9 @@ async def resolve_cached(
     alias: str | None = None,
     stage: Stage | None = None,
 ) -> Target:
-    """`resolve_target` for the hot path: remembered until the registry changes (epochs) or for
-    a few seconds, and answered from the last success while the database is down."""
+    """`resolve_serving` for the hot path: remembered until the registry changes (epochs; a
+    traffic policy change announces one too) or for a few seconds, and answered from the last
+    success while the database is down."""
     key = target_key(user.id, ref, version=version, alias=alias, stage=stage)
     return await targets.fill(
         key,
@@ -197,11 +360,11 @@ async def resolve_fresh(
     alias: str | None = None,
     stage: Stage | None = None,
 ) -> tuple[Target, float | None]:
-    """`resolve_target`, or while the database is down the last success; for `EpochCache.fill`."""
+    """`resolve_serving`, or while the database is down the last success; for `EpochCache.fill`."""
     key = target_key(user.id, ref, version=version, alias=alias, stage=stage)
     target, recalled = await outage.call(
         key,
-        lambda: resolve_target(db, user, ref, version=version, alias=alias, stage=stage),
+        lambda: resolve_serving(db, user, ref, version=version, alias=alias, stage=stage),
         epoch=Epoch.REGISTRY,
     )
     # A recalled answer serves this request only: cached, it would outlive the outage.
@@ -247,6 +410,8 @@ class Answer:
 
     body: bytes
     headers: Mapping[str, str]
+    # What runs once the answer is sent (a shadow copy of the request), if anything.
+    background: BackgroundTask | None = None
 
 
 JSON_HEADERS: Mapping[str, str] = MappingProxyType({"content-type": "application/json"})
@@ -267,7 +432,13 @@ class Predictor:
         run_timeout_seconds: float = DEFAULT_RUN_TIMEOUT_SECONDS,
         rate_limiter: RateLimiter | None = None,
         rate_limit_per_minute: int = 0,
+        rng: random.Random | None = None,
+        max_shadows_in_flight: int = DEFAULT_MAX_SHADOWS_IN_FLIGHT,
     ) -> None:
+        # Draws of traffic splits and shadow samples (not secrets: a seed makes tests exact).
+        self.rng = rng or random.Random()  # noqa: S311 - routing, not security
+        self.max_shadows_in_flight = max_shadows_in_flight
+        self._shadows: set[asyncio.Task[None]] = set()
         self.run_timeout_seconds = run_timeout_seconds
         self.rate_limiter = rate_limiter
         self.rate_limit_per_minute = rate_limit_per_minute
@@ -308,6 +479,151 @@ class Predictor:
                 metrics=self.metrics,
                 run_timeout_seconds=self.run_timeout_seconds,
             ),
+        )
+
+    def route(self, traffic: Traffic, routing_key: str | None) -> tuple[Target, Target | None]:
+        """Choose the version of a request naming none, and the shadow to copy it to (if sampled).
+
+        With a routing key the choice is `sticky_point`'s (the same key, the same route while
+        the policy holds); without, a weighted random draw. The shadow is sampled at random
+        with the policy's rate, and never when the route chose the shadow's version.
+        """
+        total = traffic.total
+        if routing_key is None:
+            point = self.rng.randrange(total)
+        else:
+            point = sticky_point(traffic.routes[0].model_id, routing_key, total)
+        chosen = traffic.routes[bisect.bisect_right(traffic.bounds, point)]
+        shadow = traffic.shadow
+        if shadow is not None and (
+            shadow.version_id == chosen.version_id or self.rng.random() >= traffic.sample_rate
+        ):
+            shadow = None
+        return chosen, shadow
+
+    def shadow_copy(
+        self,
+        shadow: Target,
+        *,
+        caller: Caller,
+        protocol: str,
+        primary_id: uuid.UUID,
+        primary: np.ndarray,
+        by_label: bool,
+        rows: Any = None,
+        batch: np.ndarray | None = None,
+    ) -> BackgroundTask:
+        """Return the task that starts the shadow prediction of a request once it is answered.
+
+        `rows` are a native request's inputs (checked again against the shadow's features),
+        `batch` a V2 request's tensor; `primary` the answer's predictions, compared by label
+        (classifiers) or by value.
+        """
+        copy = ShadowCopy(shadow, caller, protocol, primary_id, primary, by_label, rows, batch)
+        return BackgroundTask(self._start_shadow, copy)
+
+    async def _start_shadow(self, copy: ShadowCopy) -> None:
+        # Only schedules: the request's ASGI call ends at once, whatever the shadow costs.
+        if len(self._shadows) >= self.max_shadows_in_flight:
+            self.metrics.shadow_dropped.inc()
+            return
+        task = asyncio.create_task(self._run_shadow(copy), name="shadow-prediction")
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def drain_shadows(self) -> None:
+        """Wait until every shadow prediction started so far has finished (and is logged)."""
+        while self._shadows:
+            await asyncio.gather(*self._shadows, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Stop the shadow predictions in flight (their copies are dropped, never logged)."""
+        for task in list(self._shadows):
+            task.cancel()
+        await asyncio.gather(*self._shadows, return_exceptions=True)
+
+    async def _run_shadow(self, copy: ShadowCopy) -> None:
+        """Predict a shadow copy and log it as a shadow prediction; its errors are only logged.
+
+        A copy the shadow refuses (inputs that do not fit it, a time or memory budget) is logged
+        as a failed shadow prediction; one that fails otherwise (the model does not load) is
+        only logged, as a warning.
+        """
+        target = copy.target
+        try:
+            runtime = await self.runtime(target)
+            if copy.rows is not None:
+                batch = rows_batch(
+                    copy.rows, runtime=runtime, feature_names=target.feature_names,
+                    limits=self.limits,
+                )  # fmt: skip
+            else:
+                assert copy.batch is not None  # noqa: S101 - one of the two, by construction
+                batch = _fit_tensor(copy.batch, runtime)
+            started = time.perf_counter()
+            try:
+                result = await self.batcher.predict(target.version_id, runtime, batch)
+            except (ValueError, TypeError) as exc:
+                raise ModelCouldNotPredict(exc) from exc
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            predictions = result.predictions
+            if not _finite(predictions):
+                raise InvalidInput("the model produced a value that is not a finite number")
+        except _REFUSALS as exc:
+            error = exc.logged if isinstance(exc, ModelCouldNotPredict) else exc.detail
+            self._record_shadow(copy, error=error, n_rows=0)
+            return
+        except Exception as exc:
+            log.warning(
+                "shadow_prediction_failed",
+                extra={"model_id": str(target.model_id), "version": target.version,
+                       "error": type(exc).__name__},
+            )  # fmt: skip
+            return
+        agreed, abs_diff = compare(copy.primary, predictions, by_label=copy.by_label)
+        outputs: dict[str, Any] = {"predictions": jsonable(predictions)}
+        if result.probabilities is not None and _finite(result.probabilities):
+            outputs["probabilities"] = jsonable(result.probabilities)
+        self._record_shadow(
+            copy, outputs=outputs, n_rows=len(batch), inference_time_ms=elapsed_ms,
+            agreed_rows=agreed, abs_diff_sum=abs_diff,
+        )  # fmt: skip
+
+    def _record_shadow(
+        self,
+        copy: ShadowCopy,
+        *,
+        n_rows: int,
+        outputs: Any = None,
+        error: str | None = None,
+        inference_time_ms: float | None = None,
+        agreed_rows: int | None = None,
+        abs_diff_sum: float | None = None,
+    ) -> None:
+        target = copy.target
+        self.log.record(
+            PredictionRecord(
+                id=uuid7(),
+                model_id=target.model_id,
+                version_id=target.version_id,
+                version=target.version,
+                owner_id=target.owner_id,
+                user_id=copy.caller.user.id,
+                api_key_id=copy.caller.api_key_id,
+                protocol=copy.protocol,
+                status="success" if error is None else "error",
+                error=error,
+                # The primary prediction (`shadow_of`) holds the inputs: not stored twice.
+                inputs=None,
+                outputs=outputs,
+                n_rows=n_rows,
+                inference_time_ms=inference_time_ms,
+                created_at=utcnow(),
+                shadow=True,
+                shadow_of=copy.primary_id,
+                agreed_rows=agreed_rows,
+                abs_diff_sum=abs_diff_sum,
+            )
         )
 
     def attempt(self, target: Target, *, caller: Caller, protocol: str) -> Attempt:
@@ -414,6 +730,62 @@ class Predictor:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowCopy:
+    """A request to predict again with the shadow version, after its answer was sent."""
+
+    target: Target
+    caller: Caller
+    protocol: str
+    primary_id: uuid.UUID
+    primary: np.ndarray
+    by_label: bool
+    rows: Any
+    batch: np.ndarray | None
+
+
+def compare(
+    primary: np.ndarray, shadow: np.ndarray, *, by_label: bool
+) -> tuple[int | None, float | None]:
+    """Compare a shadow's predictions with the primary's, row by row.
+
+    By label (classifiers): the rows whose labels are equal, as (count, None). By value
+    (regressors): the rows' absolute differences (averaged over a row's outputs) summed, as
+    (None, sum). Predictions of another row count or shape, or non-numeric values compared by
+    value, count as no row agreeing, or are not compared (None, None).
+    """
+    n = len(primary)
+    if len(shadow) != n or n == 0:
+        return (0, None) if by_label else (None, None)
+    left, right = primary.reshape(n, -1), shadow.reshape(n, -1)
+    if left.shape != right.shape:
+        return (0, None) if by_label else (None, None)
+    if by_label:
+        if left.dtype.kind in "biuf" and right.dtype.kind in "biuf":
+            same = left == right
+        else:
+            # Labels of other kinds (strings) compare as text, as the answers show them.
+            same = left.astype(str) == right.astype(str)
+        return int(np.count_nonzero(same.all(axis=1))), None
+    if left.dtype.kind not in "biuf" or right.dtype.kind not in "biuf":
+        return None, None
+    diff = np.abs(left.astype(np.float64) - right.astype(np.float64)).mean(axis=1)
+    return None, float(diff.sum())
+
+
+def _fit_tensor(batch: np.ndarray, runtime: Runtime) -> np.ndarray:
+    """Return a V2 request's tensor as the shadow's runtime takes it.
+
+    Raises:
+        InvalidInput: the shadow expects another number of features.
+    """
+    if batch.ndim != 2 or (runtime.n_features is not None and batch.shape[1] != runtime.n_features):
+        raise InvalidInput(f"the shadow version expects {runtime.n_features} features per row")
+    if batch.dtype != runtime.input_dtype and batch.dtype.kind in "biuf":
+        return batch.astype(runtime.input_dtype)
+    return batch
+
+
 class Attempt:
     """One predict request on a resolved version: the one place its refusal is logged.
 
@@ -446,9 +818,17 @@ class Attempt:
 
 
 async def predict_rest(
-    predictor: Predictor, target: Target, body: bytes, *, caller: Caller
+    predictor: Predictor,
+    target: Target,
+    body: bytes,
+    *,
+    caller: Caller,
+    shadow: Target | None = None,
 ) -> Answer:
     """Answer a native `POST /api/v1/predict/{model}` body with a resolved version.
+
+    With `shadow` (a traffic policy sampled this request) the answer carries the background
+    task that predicts a copy with that version once the answer is sent.
 
     Raises:
         BadRequest, InvalidInput: the body or its inputs do not fit (logged as failures).
@@ -483,7 +863,18 @@ async def predict_rest(
         answer["classes"] = outcome.classes
         answer["confidence"] = jsonable(outcome.probabilities.max(axis=1))
     answer["inference_time_ms"] = round(outcome.inference_time_ms, 3)
-    return Answer(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), JSON_HEADERS)
+    background = None
+    if shadow is not None:
+        background = predictor.shadow_copy(
+            shadow,
+            caller=caller,
+            protocol="rest",
+            primary_id=outcome.prediction_id,
+            primary=outcome.predictions,
+            by_label=runtime.classes is not None,
+            rows=inputs,
+        )
+    return Answer(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), JSON_HEADERS, background)
 
 
 def _loggable(inputs: Any) -> Any:
@@ -513,8 +904,9 @@ async def predict_v2(
     caller: Caller,
     name: str,
     header_length: str | None,
+    shadow: Target | None = None,
 ) -> Answer:
-    """Answer a V2 inference request body with a resolved version.
+    """Answer a V2 inference request body with a resolved version (`shadow`: as `predict_rest`).
 
     `name` is the model as the path named it; `header_length` the request's
     Inference-Header-Content-Length, if any. What is cheap to check is checked first: whether
@@ -562,7 +954,18 @@ async def predict_v2(
         outputs=tensors,
         binary_outputs=oip.wanted_binary_outputs(request, [t.name for t in tensors]),
     )
-    return Answer(content, headers)
+    background = None
+    if shadow is not None:
+        background = predictor.shadow_copy(
+            shadow,
+            caller=caller,
+            protocol="v2",
+            primary_id=outcome.prediction_id,
+            primary=outcome.predictions,
+            by_label=runtime.classes is not None,
+            batch=batch,
+        )
+    return Answer(content, headers, background)
 
 
 def _tensor(name: str, values: np.ndarray) -> oip.Tensor:

@@ -85,7 +85,8 @@ async def version_ready(
 async def infer(
     name: str, request: Request, caller: CallerDep, db: SessionDep, state: StateDep
 ) -> Response:
-    """Run an inference request on the model's default version."""
+    """Run an inference request on the model's default version, or the version its traffic
+    policy chooses (sticky per `X-Routing-Key`); `model_version` says which served."""
     return await _infer(name, None, request, caller, db, state)
 
 
@@ -115,6 +116,11 @@ async def _infer(
         outage=state.outage_cache,
     )
     await db.close()
+    shadow = None
+    if target.traffic is not None:
+        target, shadow = state.predictor.route(
+            target.traffic, request.headers.get(service.ROUTING_KEY_HEADER)
+        )
     answer = await service.predict_v2(
         state.predictor,
         target,
@@ -122,5 +128,6 @@ async def _infer(
         caller=caller,
         name=name,
         header_length=request.headers.get(oip.HEADER_LENGTH),
+        shadow=shadow,
     )
-    return Response(answer.body, headers=answer.headers)
+    return Response(answer.body, headers=answer.headers, background=answer.background)
