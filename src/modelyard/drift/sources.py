@@ -1,0 +1,347 @@
+"""Where feature values come from: a CSV file of the caller's, read as a stream, and bounded
+samples of the prediction log.
+
+Both end as `FeatureAccumulator`s or per-feature arrays, in memory bounded by the chunk and the
+sample sizes, never by the size of the file or of the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from modelyard.db.tables import Prediction
+from modelyard.drift.stats import NUMERIC_TYPES, FeatureAccumulator, new_rng
+from modelyard.errors import Unprocessable
+
+# Rows parsed before their values are converted to numbers and summarised.
+CSV_BLOCK_ROWS = 8_192
+# Predictions read per query: each holds at most `prediction_log_max_payload_bytes` of inputs.
+LOG_PAGE = 100
+# However many logged predictions lack usable inputs, a scan reads at most this many times the
+# rows it wants: the cost stays bounded.
+LOG_SCAN_FACTOR = 2
+_TRUE = frozenset({"true", "yes"})
+_FALSE = frozenset({"false", "no"})
+
+
+class InvalidReferenceFile(Unprocessable):
+    """A reference file that cannot be read as the version's features."""
+
+    type = "invalid-reference-file"
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """One input feature of a version: its name and the schema's type of it."""
+
+    name: str
+    type: str
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.type in NUMERIC_TYPES
+
+
+@dataclass(slots=True)
+class Summaries:
+    """The features' accumulators once a source has been read, and its row count."""
+
+    accumulators: dict[str, FeatureAccumulator]
+    rows: int = 0
+
+
+# --- a CSV file ---------------------------------------------------------------------------------
+
+
+class _ChunkReader(io.RawIOBase):
+    """A blocking raw stream over the chunks of an object the event loop reads for it."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = chunk
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+async def summarise_csv(chunks: AsyncIterator[bytes], features: Sequence[Feature]) -> Summaries:
+    """Read a CSV with a header row and summarise its columns named like numeric `features`.
+
+    Parsing runs in a worker thread (CPU-bound: a large file would stall every other request);
+    the thread pulls the chunks from the event loop one at a time, so memory is one chunk plus
+    one block of rows. Empty cells, `nan` and infinities count as missing values.
+
+    Raises:
+        InvalidReferenceFile: not UTF-8 CSV, no header, a feature's column missing or repeated,
+            a ragged line, a non-numeric value in a numeric column, no data rows.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def next_chunk() -> bytes | None:
+        return await anext(chunks, None)
+
+    def pulled() -> Iterator[bytes]:
+        while (chunk := asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()) is not None:
+            yield chunk
+
+    return await asyncio.to_thread(_summarise_csv, pulled(), features)
+
+
+def _summarise_csv(chunks: Iterator[bytes], features: Sequence[Feature]) -> Summaries:
+    text = io.TextIOWrapper(
+        io.BufferedReader(_ChunkReader(chunks)), encoding="utf-8-sig", newline=""
+    )
+    try:
+        return _read_rows(text, features)
+    except UnicodeDecodeError as exc:
+        raise InvalidReferenceFile("the reference file is not UTF-8 text") from exc
+    except csv.Error as exc:
+        raise InvalidReferenceFile(f"the reference file is not valid CSV: {exc}") from exc
+
+
+def _read_rows(text: io.TextIOWrapper, features: Sequence[Feature]) -> Summaries:
+    reader = csv.reader(text)
+    header = next(reader, None)
+    if header is None:
+        raise InvalidReferenceFile("the reference file is empty")
+    names = [name.strip() for name in header]
+    numeric = [f for f in features if f.is_numeric]
+    columns: dict[str, int] = {}
+    for feature in numeric:
+        positions = [i for i, name in enumerate(names) if name == feature.name]
+        if len(positions) > 1:
+            raise InvalidReferenceFile(f"the reference file has two columns {feature.name!r}")
+        if positions:
+            columns[feature.name] = positions[0]
+    missing = [f.name for f in numeric if f.name not in columns]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise InvalidReferenceFile(f"the reference file has no column {shown}{more}")
+    rng = new_rng()
+    summaries = Summaries({f.name: FeatureAccumulator(rng) for f in numeric})
+    types = {f.name: f.type for f in numeric}
+    block: list[list[str]] = []
+    first_line = 2  # the header is line 1
+    for row in reader:
+        if not row:
+            continue  # a blank line
+        if len(row) != len(header):
+            raise InvalidReferenceFile(
+                f"line {reader.line_num} has {len(row)} fields; the header has {len(header)}"
+            )
+        block.append(row)
+        if len(block) == CSV_BLOCK_ROWS:
+            _add_block(summaries, block, columns, types, first_line)
+            first_line = reader.line_num + 1
+            block = []
+    if block:
+        _add_block(summaries, block, columns, types, first_line)
+    if summaries.rows == 0:
+        raise InvalidReferenceFile("the reference file has no data rows")
+    return summaries
+
+
+def _add_block(
+    summaries: Summaries,
+    block: list[list[str]],
+    columns: dict[str, int],
+    types: dict[str, str],
+    first_line: int,
+) -> None:
+    for name, position in columns.items():
+        cells = [row[position].strip() for row in block]
+        if types[name] == "bool":
+            cells = [_bool_cell(c) for c in cells]
+        cells = [c if c else "nan" for c in cells]
+        try:
+            values = np.asarray(cells, dtype=np.float64)
+        except ValueError:
+            values = _first_bad(cells, name, first_line)
+        summaries.accumulators[name].add(values)
+    summaries.rows += len(block)
+
+
+def _bool_cell(cell: str) -> str:
+    lowered = cell.lower()
+    return "1" if lowered in _TRUE else "0" if lowered in _FALSE else cell
+
+
+def _first_bad(cells: list[str], name: str, first_line: int) -> np.ndarray:
+    """Raise for the first cell that is not a number (line numbers assume one line per row)."""
+    for offset, cell in enumerate(cells):
+        try:
+            float(cell)
+        except ValueError:
+            shown = cell if len(cell) <= 32 else cell[:32] + "..."
+            raise InvalidReferenceFile(
+                f"column {name!r} holds a value that is not a number, {shown!r}, "
+                f"near line {first_line + offset}"
+            ) from None
+    raise AssertionError("a block that numpy refused has a bad cell")  # pragma: no cover
+
+
+# --- the prediction log ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class LogSample:
+    """Input rows read back from the log: one array of values per feature (NaN: missing)."""
+
+    values: dict[str, list[float]]
+    rows: int = 0
+    predictions: int = 0
+    # Predictions whose inputs were cut by the log's payload budget (or not kept), and the rows
+    # they held: they cannot be read, so they are left out and counted.
+    skipped_predictions: int = 0
+    skipped_rows: int = 0
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: np.asarray(v, dtype=np.float64) for name, v in self.values.items()}
+
+
+async def sample_log(
+    db: AsyncSession,
+    *,
+    model_id: uuid.UUID,
+    version_id: uuid.UUID,
+    features: Sequence[Feature],
+    since: datetime,
+    until: datetime,
+    max_rows: int,
+    newest_first: bool,
+) -> LogSample:
+    """Read at most `max_rows` input rows of a version's successful predictions in a window.
+
+    Newest first (a drift window) or oldest first (a reference from the first served rows).
+    Keyset pages of `LOG_PAGE` predictions over the (model_id, created_at) index, bounded by the
+    window's times (PostgreSQL reads only its daily partitions) and by at most
+    `LOG_SCAN_FACTOR * max_rows` predictions, whatever the log holds.
+    """
+    sample = LogSample({f.name: [] for f in features})
+    order = (
+        (Prediction.created_at.desc(), Prediction.id.desc())
+        if newest_first
+        else (Prediction.created_at.asc(), Prediction.id.asc())
+    )
+    cursor: tuple[datetime, uuid.UUID] | None = None
+    budget = LOG_SCAN_FACTOR * max_rows
+    while sample.rows < max_rows and budget > 0:
+        query = (
+            select(Prediction.id, Prediction.created_at, Prediction.inputs, Prediction.n_rows)
+            .where(
+                Prediction.model_id == model_id,
+                Prediction.version_id == version_id,
+                Prediction.status == "success",
+                Prediction.created_at >= since,
+                Prediction.created_at < until,
+            )
+            .order_by(*order)
+            .limit(min(LOG_PAGE, budget))
+        )
+        if cursor is not None:
+            query = query.where(_beyond(cursor, newest_first=newest_first))
+        page = (await db.execute(query)).all()
+        for _, created_at, inputs, n_rows in page:
+            if sample.rows >= max_rows:
+                break
+            _take(sample, created_at, inputs, n_rows, features, max_rows)
+        budget -= len(page)
+        if len(page) < LOG_PAGE:
+            break
+        last = page[-1]
+        cursor = (last.created_at, last.id)
+    return sample
+
+
+def _beyond(cursor: tuple[datetime, uuid.UUID], *, newest_first: bool) -> Any:
+    at, prediction_id = cursor
+    # The plain bound on created_at lets the (model_id, created_at) index bound the scan.
+    if newest_first:
+        return and_(
+            Prediction.created_at <= at,
+            or_(Prediction.created_at < at, Prediction.id < prediction_id),
+        )
+    return and_(
+        Prediction.created_at >= at,
+        or_(Prediction.created_at > at, Prediction.id > prediction_id),
+    )
+
+
+def _take(
+    sample: LogSample,
+    created_at: datetime,
+    inputs: Any,
+    n_rows: int,
+    features: Sequence[Feature],
+    max_rows: int,
+) -> None:
+    """Add a logged prediction's input rows (as many as still fit) to the sample."""
+    rows = _rows_of(inputs, features)
+    if rows is None:
+        sample.skipped_predictions += 1
+        sample.skipped_rows += n_rows
+        return
+    sample.predictions += 1
+    for row in rows[: max_rows - sample.rows]:
+        for feature, value in zip(features, row, strict=True):
+            sample.values[feature.name].append(value)
+        sample.rows += 1
+    if sample.first_at is None or created_at < sample.first_at:
+        sample.first_at = created_at
+    if sample.last_at is None or created_at > sample.last_at:
+        sample.last_at = created_at
+
+
+def _rows_of(inputs: Any, features: Sequence[Feature]) -> list[list[float]] | None:
+    """Return a logged request's rows as one float per feature, or None when unreadable.
+
+    Rows are lists in the schema's order or records by feature name, as the predict routes take
+    them (V2 tensors are logged as rows). A truncated payload is a dict: unreadable.
+    """
+    if not isinstance(inputs, list):
+        return None
+    rows = []
+    width = len(features)
+    for item in inputs:
+        if isinstance(item, list):
+            if len(item) != width:
+                return None
+            rows.append([_number(v) for v in item])
+        elif isinstance(item, dict):
+            rows.append([_number(item.get(f.name)) for f in features])
+        else:
+            return None
+    return rows
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    return float("nan")
