@@ -28,13 +28,20 @@ async def set_reference(
     db: SessionDep,
     state: StateDep,
 ) -> ReferenceRead:
-    """Compute a version's drift reference from a CSV file in the caller's file area.
+    """Compute a version's drift reference from a CSV or Parquet file in the caller's file area.
 
-    The file has a header row; the columns named like the version's numeric input features are
-    read (others are ignored), streamed in bounded memory. It replaces any earlier reference.
+    A CSV has a header row; the columns named like the version's numeric input features are read
+    (others are ignored), streamed in bounded memory. It replaces any earlier reference.
     """
     return await service.set_reference_from_file(
-        db, user, model, version, path=body.path, store=state.store, events=state.events
+        db,
+        user,
+        model,
+        version,
+        path=body.path,
+        store=state.store,
+        tmp_dir=state.settings.data_dir / "tmp",
+        events=state.events,
     )
 
 

@@ -17,7 +17,8 @@ class ReferenceFile(StrictModel):
     path: str = Field(
         min_length=1,
         max_length=1024,
-        description="a CSV file in the caller's file area, with a header row naming the features",
+        description="a CSV file (with a header row naming the features) or a Parquet file in the "
+        "caller's file area",
     )
 
 

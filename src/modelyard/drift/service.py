@@ -11,6 +11,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from modelyard.drift.sources import (
     InvalidReferenceFile,
     Summaries,
     sample_log,
-    summarise_csv,
+    summarise_file,
 )
 from modelyard.errors import Conflict, NotFound, Unprocessable
 from modelyard.events import Action, Events
@@ -143,20 +144,22 @@ async def set_reference_from_file(
     *,
     path: str,
     store: ArtifactStore,
+    tmp_dir: Path,
     events: Events,
 ) -> ReferenceRead:
-    """Compute version `number`'s reference from a CSV file of the caller's, replacing any other.
+    """Compute version `number`'s reference from a CSV or Parquet file of the caller's, replacing
+    any other.
 
-    The file is streamed (bounded memory, see `sources.summarise_csv`); the database connection
-    is given back while it is read.
+    The file is streamed (bounded memory, see `sources.summarise_file`; Parquet through a
+    temporary file in `tmp_dir`); the database connection is given back while it is read.
 
     Raises:
         VersionNotFound: no such version.
         NoFeatureNames: the version's features are not named.
         InvalidPath: a path that could never be in the caller's area (400).
         FileNotFound: the caller has no file at `path`.
-        InvalidReferenceFile: the file is not CSV with numeric columns named like the features,
-            or holds fewer than `MIN_REFERENCE_ROWS` rows.
+        InvalidReferenceFile: the file is not CSV or Parquet with numeric columns named like the
+            features, or holds fewer than `MIN_REFERENCE_ROWS` rows.
         Conflict: another reference of the version landed meanwhile.
     """
     version = await registry_service.get_version(db, model, number)
@@ -166,7 +169,7 @@ async def set_reference_from_file(
     # The file may take a while: the connection goes back to the pool meanwhile.
     await db.close()
     try:
-        summaries = await summarise_csv(stream, features)
+        summaries = await summarise_file(stream, features, tmp_dir=tmp_dir)
     finally:
         await stream.aclose()
     if summaries.rows < MIN_REFERENCE_ROWS:

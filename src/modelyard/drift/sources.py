@@ -1,5 +1,5 @@
-"""Where feature values come from: a CSV file of the caller's, read as a stream, and bounded
-samples of the prediction log.
+"""Where feature values come from: a CSV or Parquet file of the caller's, read as a stream, and
+bounded samples of the prediction log.
 
 Both end as `FeatureAccumulator`s or per-feature arrays, in memory bounded by the chunk and the
 sample sizes, never by the size of the file or of the log.
@@ -10,13 +10,19 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,8 +30,8 @@ from modelyard.db.tables import Prediction
 from modelyard.drift.stats import NUMERIC_TYPES, FeatureAccumulator, new_rng
 from modelyard.errors import Unprocessable
 
-# Rows parsed before their values are converted to numbers and summarised.
-CSV_BLOCK_ROWS = 8_192
+# Rows read before their values are converted to numbers and summarised.
+BLOCK_ROWS = 8_192
 # Predictions read per query: each holds at most `prediction_log_max_payload_bytes` of inputs.
 LOG_PAGE = 100
 # However many logged predictions lack usable inputs, a scan reads at most this many times the
@@ -33,6 +39,7 @@ LOG_PAGE = 100
 LOG_SCAN_FACTOR = 2
 _TRUE = frozenset({"true", "yes"})
 _FALSE = frozenset({"false", "no"})
+PARQUET_MAGIC = b"PAR1"
 
 
 class InvalidReferenceFile(Unprocessable):
@@ -61,7 +68,7 @@ class Summaries:
     rows: int = 0
 
 
-# --- a CSV file ---------------------------------------------------------------------------------
+# --- a reference file: CSV or Parquet ---------------------------------------------------------------------------------
 
 
 class _ChunkReader(io.RawIOBase):
@@ -86,16 +93,22 @@ class _ChunkReader(io.RawIOBase):
         return size
 
 
-async def summarise_csv(chunks: AsyncIterator[bytes], features: Sequence[Feature]) -> Summaries:
-    """Read a CSV with a header row and summarise its columns named like numeric `features`.
+async def summarise_file(
+    chunks: AsyncIterator[bytes], features: Sequence[Feature], *, tmp_dir: Path
+) -> Summaries:
+    """Read a reference file, CSV or Parquet, and summarise the columns named like the numeric
+    `features`.
 
-    Parsing runs in a worker thread (CPU-bound: a large file would stall every other request);
-    the thread pulls the chunks from the event loop one at a time, so memory is one chunk plus
-    one block of rows. Empty cells, `nan` and infinities count as missing values.
+    A CSV has a header row; it is parsed as it streams, so memory is one chunk plus one block of
+    rows. A Parquet file (told by its `PAR1` magic) is written to a temporary file in `tmp_dir`
+    first (Parquet keeps its index at the end) and read one record batch at a time. Parsing runs
+    in a worker thread (CPU-bound: a large file would stall every other request), which pulls the
+    chunks from the event loop one at a time. Empty cells, nulls, `nan` and infinities count as
+    missing values.
 
     Raises:
-        InvalidReferenceFile: not UTF-8 CSV, no header, a feature's column missing or repeated,
-            a ragged line, a non-numeric value in a numeric column, no data rows.
+        InvalidReferenceFile: not UTF-8 CSV nor Parquet, no header, a feature's column missing or
+            repeated, a ragged line, a non-numeric value or column, no data rows.
     """
     loop = asyncio.get_running_loop()
 
@@ -104,9 +117,18 @@ async def summarise_csv(chunks: AsyncIterator[bytes], features: Sequence[Feature
 
     def pulled() -> Iterator[bytes]:
         while (chunk := asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()) is not None:
-            yield chunk
+            if chunk:
+                yield chunk
 
-    return await asyncio.to_thread(_summarise_csv, pulled(), features)
+    def summarise() -> Summaries:
+        stream = pulled()
+        first = next(stream, b"")
+        rest = itertools.chain([first], stream)
+        if first.startswith(PARQUET_MAGIC):
+            return _summarise_parquet(rest, features, tmp_dir)
+        return _summarise_csv(rest, features)
+
+    return await asyncio.to_thread(summarise)
 
 
 def _summarise_csv(chunks: Iterator[bytes], features: Sequence[Feature]) -> Summaries:
@@ -126,23 +148,9 @@ def _read_rows(text: io.TextIOWrapper, features: Sequence[Feature]) -> Summaries
     header = next(reader, None)
     if header is None:
         raise InvalidReferenceFile("the reference file is empty")
-    names = [name.strip() for name in header]
-    numeric = [f for f in features if f.is_numeric]
-    columns: dict[str, int] = {}
-    for feature in numeric:
-        positions = [i for i, name in enumerate(names) if name == feature.name]
-        if len(positions) > 1:
-            raise InvalidReferenceFile(f"the reference file has two columns {feature.name!r}")
-        if positions:
-            columns[feature.name] = positions[0]
-    missing = [f.name for f in numeric if f.name not in columns]
-    if missing:
-        shown = ", ".join(repr(n) for n in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise InvalidReferenceFile(f"the reference file has no column {shown}{more}")
-    rng = new_rng()
-    summaries = Summaries({f.name: FeatureAccumulator(rng) for f in numeric})
-    types = {f.name: f.type for f in numeric}
+    columns = _columns([name.strip() for name in header], features)
+    summaries = _summaries(features)
+    types = {f.name: f.type for f in features if f.is_numeric}
     block: list[list[str]] = []
     first_line = 2  # the header is line 1
     for row in reader:
@@ -153,7 +161,7 @@ def _read_rows(text: io.TextIOWrapper, features: Sequence[Feature]) -> Summaries
                 f"line {reader.line_num} has {len(row)} fields; the header has {len(header)}"
             )
         block.append(row)
-        if len(block) == CSV_BLOCK_ROWS:
+        if len(block) == BLOCK_ROWS:
             _add_block(summaries, block, columns, types, first_line)
             first_line = reader.line_num + 1
             block = []
@@ -162,6 +170,34 @@ def _read_rows(text: io.TextIOWrapper, features: Sequence[Feature]) -> Summaries
     if summaries.rows == 0:
         raise InvalidReferenceFile("the reference file has no data rows")
     return summaries
+
+
+def _columns(names: list[str], features: Sequence[Feature]) -> dict[str, int]:
+    """Return where each numeric feature's column is among a file's column `names`.
+
+    Raises:
+        InvalidReferenceFile: a numeric feature has no column, or two.
+    """
+    columns: dict[str, int] = {}
+    for feature in features:
+        if not feature.is_numeric:
+            continue
+        positions = [i for i, name in enumerate(names) if name == feature.name]
+        if len(positions) > 1:
+            raise InvalidReferenceFile(f"the reference file has two columns {feature.name!r}")
+        if positions:
+            columns[feature.name] = positions[0]
+    missing = [f.name for f in features if f.is_numeric and f.name not in columns]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise InvalidReferenceFile(f"the reference file has no column {shown}{more}")
+    return columns
+
+
+def _summaries(features: Sequence[Feature]) -> Summaries:
+    rng = new_rng()
+    return Summaries({f.name: FeatureAccumulator(rng) for f in features if f.is_numeric})
 
 
 def _add_block(
@@ -201,6 +237,45 @@ def _first_bad(cells: list[str], name: str, first_line: int) -> np.ndarray:
                 f"near line {first_line + offset}"
             ) from None
     raise AssertionError("a block that numpy refused has a bad cell")  # pragma: no cover
+
+
+# --- a Parquet file -----------------------------------------------------------------------------
+
+
+def _summarise_parquet(
+    chunks: Iterator[bytes], features: Sequence[Feature], tmp_dir: Path
+) -> Summaries:
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".parquet") as file:
+        for chunk in chunks:
+            file.write(chunk)
+        file.flush()
+        try:
+            parquet = pq.ParquetFile(file.name)
+        except (pa.ArrowException, OSError) as exc:
+            raise InvalidReferenceFile("the reference file is not a readable Parquet file") from exc
+        columns = _columns([field.name for field in parquet.schema_arrow], features)
+        for name in columns:
+            kind = parquet.schema_arrow.field(name).type
+            if not (
+                pa.types.is_integer(kind)
+                or pa.types.is_floating(kind)
+                or pa.types.is_boolean(kind)
+                or pa.types.is_decimal(kind)
+            ):
+                raise InvalidReferenceFile(f"column {name!r} is not numeric ({kind})")
+        summaries = _summaries(features)
+        try:
+            for batch in parquet.iter_batches(batch_size=BLOCK_ROWS, columns=list(columns)):
+                for name in columns:
+                    column = pc.cast(batch.column(name), pa.float64())
+                    summaries.accumulators[name].add(column.to_numpy(zero_copy_only=False))
+                summaries.rows += batch.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            raise InvalidReferenceFile("the reference file is not a readable Parquet file") from exc
+    if summaries.rows == 0:
+        raise InvalidReferenceFile("the reference file has no data rows")
+    return summaries
 
 
 # --- the prediction log ---------------------------------------------------------------------
