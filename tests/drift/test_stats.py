@@ -90,3 +90,13 @@ def test_compare_needs_enough_rows() -> None:
     assert few.missing == 1
     assert few.reason is not None
     assert str(stats.MIN_WINDOW_ROWS) in few.reason
+
+
+def test_wide_models_keep_smaller_ks_samples_within_a_total() -> None:
+    assert stats.ks_sample_size(4) == stats.KS_SAMPLE_SIZE
+    assert stats.ks_sample_size(200) == stats.KS_SAMPLE_SIZE
+    assert stats.ks_sample_size(1_000) == 400
+    assert stats.ks_sample_size(100_000) == stats.KS_MIN_SAMPLE_SIZE
+    accumulator = stats.FeatureAccumulator(stats.new_rng())
+    accumulator.add(np.arange(5_000, dtype=np.float64))
+    assert len(accumulator.summary(400)["sample"]) == 400

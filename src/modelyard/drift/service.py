@@ -47,6 +47,7 @@ from modelyard.registry import service as registry_service
 from modelyard.registry.schemas import Stage
 
 DEFAULT_WINDOW = timedelta(hours=24)
+MAX_VERSION = 2**31 - 1
 # A reference needs this many rows: fewer make deciles and the KS test meaningless.
 MIN_REFERENCE_ROWS = stats.MIN_WINDOW_ROWS
 
@@ -97,8 +98,11 @@ async def resolve_version(
         VersionNotFound, AliasNotFound: `ref` names nothing.
         NotFound: the model has no version to default to.
     """
-    if ref is not None and ref.isdecimal() and len(ref) <= 10:
-        return await registry_service.get_version(db, model, int(ref))
+    if ref is not None and ref.isascii() and ref.isdecimal():
+        number = int(ref)
+        if number > MAX_VERSION:  # past the column's range: PostgreSQL would refuse the query
+            raise registry_service.VersionNotFound(model.name, number)
+        return await registry_service.get_version(db, model, number)
     if ref is not None:
         row = await db.scalar(
             select(ModelVersion)
@@ -321,6 +325,7 @@ def _feature_summaries(features: list[Feature], summaries: Summaries) -> list[di
     """Return the stored summaries, in the schema's order (a list: JSONB does not keep the order
     of an object's keys)."""
     result: list[dict[str, Any]] = []
+    ks_size = stats.ks_sample_size(len(summaries.accumulators))
     for feature in features:
         accumulator = summaries.accumulators.get(feature.name)
         if accumulator is None:
@@ -332,7 +337,7 @@ def _feature_summaries(features: list[Feature], summaries: Summaries) -> list[di
                 f"{MIN_REFERENCE_ROWS} needed",
             }
         else:
-            summary = accumulator.summary()
+            summary = accumulator.summary(ks_size)
         result.append({"name": feature.name, **summary})
     return result
 

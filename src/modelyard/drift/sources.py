@@ -283,9 +283,11 @@ def _summarise_parquet(
 
 @dataclass(slots=True)
 class LogSample:
-    """Input rows read back from the log: one array of values per feature (NaN: missing)."""
+    """Input rows read back from the log: a matrix of `rows` rows by feature (NaN: missing),
+    allocated once at its bound (5,000 rows of 100 features: 4 MB)."""
 
-    values: dict[str, list[float]]
+    names: list[str]
+    matrix: np.ndarray
     rows: int = 0
     predictions: int = 0
     # Predictions whose inputs were cut by the log's payload budget (or not kept), and the rows
@@ -296,7 +298,8 @@ class LogSample:
     last_at: datetime | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: np.asarray(v, dtype=np.float64) for name, v in self.values.items()}
+        """Return each feature's values, by name."""
+        return {name: self.matrix[: self.rows, i] for i, name in enumerate(self.names)}
 
 
 async def sample_log(
@@ -317,7 +320,9 @@ async def sample_log(
     window's times (PostgreSQL reads only its daily partitions) and by at most
     `LOG_SCAN_FACTOR * max_rows` predictions, whatever the log holds.
     """
-    sample = LogSample({f.name: [] for f in features})
+    sample = LogSample(
+        [f.name for f in features], np.full((max_rows, len(features)), np.nan, dtype=np.float64)
+    )
     order = (
         (Prediction.created_at.desc(), Prediction.id.desc())
         if newest_first
@@ -376,24 +381,24 @@ def _take(
     max_rows: int,
 ) -> None:
     """Add a logged prediction's input rows (as many as still fit) to the sample."""
-    rows = _rows_of(inputs, features)
+    rows = _rows_of(inputs, features, limit=max_rows - sample.rows)
     if rows is None:
         sample.skipped_predictions += 1
         sample.skipped_rows += n_rows
         return
     sample.predictions += 1
-    for row in rows[: max_rows - sample.rows]:
-        for feature, value in zip(features, row, strict=True):
-            sample.values[feature.name].append(value)
-        sample.rows += 1
+    if rows:
+        sample.matrix[sample.rows : sample.rows + len(rows)] = rows
+        sample.rows += len(rows)
     if sample.first_at is None or created_at < sample.first_at:
         sample.first_at = created_at
     if sample.last_at is None or created_at > sample.last_at:
         sample.last_at = created_at
 
 
-def _rows_of(inputs: Any, features: Sequence[Feature]) -> list[list[float]] | None:
-    """Return a logged request's rows as one float per feature, or None when unreadable.
+def _rows_of(inputs: Any, features: Sequence[Feature], *, limit: int) -> list[list[float]] | None:
+    """Return a logged request's first `limit` rows as one float per feature, or None when
+    they cannot be read.
 
     Rows are lists in the schema's order or records by feature name, as the predict routes take
     them (V2 tensors are logged as rows). A truncated payload is a dict: unreadable.
@@ -402,7 +407,7 @@ def _rows_of(inputs: Any, features: Sequence[Feature]) -> list[list[float]] | No
         return None
     rows = []
     width = len(features)
-    for item in inputs:
+    for item in inputs[:limit]:
         if isinstance(item, list):
             if len(item) != width:
                 return None

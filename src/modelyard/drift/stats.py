@@ -3,9 +3,10 @@ population stability index and two-sample Kolmogorov-Smirnov test that compare a
 
 A reference keeps, per numeric feature: count, missing, mean, std, min, max (exact, whatever the
 number of rows), the decile cuts and the share of the reference in each of the ten bins, and a
-sample of at most `KS_SAMPLE_SIZE` values for the KS test. Cuts and shares come from a uniform
-reservoir of at most `QUANTILE_SAMPLE_SIZE` values: exact up to that many rows, estimated from
-the reservoir beyond it. Memory per feature is bounded by the reservoir, not by the data.
+sample of at most `KS_SAMPLE_SIZE` values for the KS test (fewer past 200 features, see
+`ks_sample_size`). Cuts and shares come from a uniform reservoir of at most
+`QUANTILE_SAMPLE_SIZE` values: exact up to that many rows, estimated from the reservoir beyond
+it. Memory per feature is bounded by the reservoir, not by the data.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ MIN_WINDOW_ROWS = 50
 DECILES = tuple(i / 10 for i in range(1, 10))
 QUANTILE_SAMPLE_SIZE = 10_000
 KS_SAMPLE_SIZE = 2_000
+# Values kept for KS tests over all of a version's features, so that a reference of a very wide
+# model stays a row of a few MB: past 200 features each keeps fewer, never fewer than 200.
+KS_TOTAL_VALUES = 400_000
+KS_MIN_SAMPLE_SIZE = 200
 # Fixed, so that the same file always gives the same reference.
 SEED = 20261129
 
@@ -85,8 +90,9 @@ class FeatureAccumulator:
             kept = slots < QUANTILE_SAMPLE_SIZE
             self._reservoir[slots[kept]] = rest[kept]
 
-    def summary(self) -> dict[str, Any]:
-        """Return the feature's reference summary (see the module's docstring).
+    def summary(self, ks_sample_size: int = KS_SAMPLE_SIZE) -> dict[str, Any]:
+        """Return the feature's reference summary (see the module's docstring), keeping at most
+        `ks_sample_size` values for the KS test.
 
         Raises:
             ValueError: no finite value was added.
@@ -96,8 +102,8 @@ class FeatureAccumulator:
         sample = self._reservoir[: min(self.count, QUANTILE_SAMPLE_SIZE)]
         cuts = decile_cuts(sample)
         proportions = bin_proportions(sample, cuts)
-        if sample.size > KS_SAMPLE_SIZE:
-            ks_sample = self._rng.choice(sample, KS_SAMPLE_SIZE, replace=False)
+        if sample.size > ks_sample_size:
+            ks_sample = self._rng.choice(sample, ks_sample_size, replace=False)
         else:
             ks_sample = sample.copy()
         std = math.sqrt(self._m2 / (self.count - 1)) if self.count > 1 else 0.0
@@ -113,6 +119,12 @@ class FeatureAccumulator:
             "proportions": proportions.tolist(),
             "sample": np.sort(ks_sample).tolist(),
         }
+
+
+def ks_sample_size(numeric_features: int) -> int:
+    """Return the KS sample size of each feature of a reference with this many numeric ones."""
+    share = KS_TOTAL_VALUES // max(1, numeric_features)
+    return max(KS_MIN_SAMPLE_SIZE, min(KS_SAMPLE_SIZE, share))
 
 
 def new_rng() -> np.random.Generator:
