@@ -100,5 +100,6 @@ async def get_drift(
         until=until,
         reference_rows=state.settings.drift_reference_rows,
         max_rows=state.settings.drift_window_max_rows,
+        max_payload_bytes=state.settings.prediction_log_max_payload_bytes,
         events=state.events,
     )

@@ -261,7 +261,13 @@ class _Version:
 
 
 async def _served_reference(
-    db: AsyncSession, v: _Version, features: list[Feature], *, rows: int, events: Events
+    db: AsyncSession,
+    v: _Version,
+    features: list[Feature],
+    *,
+    rows: int,
+    max_payload_bytes: int,
+    events: Events,
 ) -> FeatureReference:
     """Compute and keep the version's reference from its first `rows` served rows.
 
@@ -277,6 +283,7 @@ async def _served_reference(
         until=utcnow() + timedelta(seconds=1),
         max_rows=rows,
         newest_first=False,
+        max_payload_bytes=max_payload_bytes,
     )
     if sample.rows < rows:
         raise NoReference(
@@ -409,6 +416,7 @@ async def measure_drift(
     until: datetime | None,
     reference_rows: int,
     max_rows: int,
+    max_payload_bytes: int,
     events: Events,
 ) -> DriftRead:
     """Compare the newest `max_rows` logged input rows of a version in a window with its
@@ -416,6 +424,7 @@ async def measure_drift(
 
     The window defaults to the 24 hours before `until` (default: now). Without a stored
     reference, one is computed from the version's first `reference_rows` served rows and kept.
+    `max_payload_bytes` is the log's payload budget: it sizes the pages the log is read by.
 
     Raises:
         VersionNotFound, AliasNotFound: `version_ref` names nothing.
@@ -432,7 +441,14 @@ async def measure_drift(
     v = _Version.of(model, version)
     reference = await db.get(FeatureReference, v.version_id)
     if reference is None:
-        reference = await _served_reference(db, v, features, rows=reference_rows, events=events)
+        reference = await _served_reference(
+            db,
+            v,
+            features,
+            rows=reference_rows,
+            max_payload_bytes=max_payload_bytes,
+            events=events,
+        )
     sample = await sample_log(
         db,
         model_id=v.model_id,
@@ -442,6 +458,7 @@ async def measure_drift(
         until=until,
         max_rows=max_rows,
         newest_first=True,
+        max_payload_bytes=max_payload_bytes,
     )
     arrays = sample.arrays()
     summaries = {summary["name"]: summary for summary in reference.features}

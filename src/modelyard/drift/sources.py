@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.db.tables import Prediction
@@ -32,8 +32,13 @@ from modelyard.errors import Unprocessable
 
 # Rows read before their values are converted to numbers and summarised.
 BLOCK_ROWS = 8_192
-# Predictions read per query: each holds at most `prediction_log_max_payload_bytes` of inputs.
-LOG_PAGE = 100
+# Logged inputs one query may bring back, at most: a page holds this many bytes' worth of
+# predictions at the log's payload budget (`prediction_log_max_payload_bytes`, 64 KiB: 256 of
+# them), within LOG_PAGE_MIN..LOG_PAGE_MAX. Fewer, larger pages: PostgreSQL plans each page
+# afresh (a few ms over the daily partitions), and the planning is most of a page's cost.
+LOG_PAGE_BYTES = 16 * 1024 * 1024
+LOG_PAGE_MIN = 10
+LOG_PAGE_MAX = 1_000
 # However many logged predictions lack usable inputs, a scan reads at most this many times the
 # rows it wants: the cost stays bounded.
 LOG_SCAN_FACTOR = 2
@@ -312,11 +317,12 @@ async def sample_log(
     until: datetime,
     max_rows: int,
     newest_first: bool,
+    max_payload_bytes: int,
 ) -> LogSample:
     """Read at most `max_rows` input rows of a version's successful predictions in a window.
 
     Newest first (a drift window) or oldest first (a reference from the first served rows).
-    Keyset pages of `LOG_PAGE` predictions over the (model_id, created_at) index, bounded by the
+    Keyset pages (see `LOG_PAGE_BYTES`) over the (model_id, created_at) index, bounded by the
     window's times (PostgreSQL reads only its daily partitions) and by at most
     `LOG_SCAN_FACTOR * max_rows` predictions, whatever the log holds.
     """
@@ -328,8 +334,13 @@ async def sample_log(
         if newest_first
         else (Prediction.created_at.asc(), Prediction.id.asc())
     )
+    if db.get_bind().dialect.name == "postgresql":
+        # Plan each page for its own values, as the history lists do: a generic plan of the
+        # prepared statement cannot prune the log's daily partitions by the window or cursor.
+        await db.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     cursor: tuple[datetime, uuid.UUID] | None = None
     budget = LOG_SCAN_FACTOR * max_rows
+    page_size = max(LOG_PAGE_MIN, min(LOG_PAGE_MAX, LOG_PAGE_BYTES // max_payload_bytes))
     while sample.rows < max_rows and budget > 0:
         query = (
             select(Prediction.id, Prediction.created_at, Prediction.inputs, Prediction.n_rows)
@@ -341,7 +352,7 @@ async def sample_log(
                 Prediction.created_at < until,
             )
             .order_by(*order)
-            .limit(min(LOG_PAGE, budget))
+            .limit(min(page_size, budget))
         )
         if cursor is not None:
             query = query.where(_beyond(cursor, newest_first=newest_first))
@@ -351,7 +362,7 @@ async def sample_log(
                 break
             _take(sample, created_at, inputs, n_rows, features, max_rows)
         budget -= len(page)
-        if len(page) < LOG_PAGE:
+        if len(page) < page_size:
             break
         last = page[-1]
         cursor = (last.created_at, last.id)
