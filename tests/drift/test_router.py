@@ -4,6 +4,7 @@ errors and ownership, on both databases."""
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,8 +12,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
@@ -224,6 +223,8 @@ async def test_a_reference_file_is_summarised_shown_and_audited(
 
 
 def to_parquet(columns: dict[str, Any]) -> bytes:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
     out = io.BytesIO()
     pq.write_table(pa.table(columns), out, row_group_size=128)
     return out.getvalue()
@@ -232,6 +233,7 @@ def to_parquet(columns: dict[str, Any]) -> bytes:
 async def test_a_parquet_reference_gives_the_numbers_of_the_same_csv(
     client: httpx.AsyncClient, user: Account, iris: dict[str, Any]
 ) -> None:
+    pa = pytest.importorskip("pyarrow")
     reference = normal_rows(seed=22, n=500)
     await upload_file(client, user, "ref.csv", to_csv(reference))
     from_csv = (await put_reference(client, user, "ref.csv")).json()
@@ -263,6 +265,17 @@ async def test_a_parquet_reference_gives_the_numbers_of_the_same_csv(
     assert problem["detail"] == "the reference file is not a readable Parquet file"
     # The failed attempts left the Parquet reference as it was.
     assert (await client.get(REFERENCE, headers=user.headers)).json() == body
+
+
+async def test_parquet_without_pyarrow_is_refused_with_a_reason(
+    client: httpx.AsyncClient, user: Account, iris: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
+    await upload_file(client, user, "ref.parquet", b"PAR1" + b"\0" * 64 + b"PAR1")
+    problem = assert_problem(await put_reference(client, user, "ref.parquet"), 422)
+    assert (
+        problem["detail"] == "Parquet reference files need pyarrow on the server; give a CSV file"
+    )
 
 
 async def test_without_a_file_the_first_served_rows_become_the_reference(

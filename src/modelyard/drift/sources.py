@@ -20,9 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from sqlalchemy import and_, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -250,6 +247,16 @@ def _first_bad(cells: list[str], name: str, first_line: int) -> np.ndarray:
 def _summarise_parquet(
     chunks: Iterator[bytes], features: Sequence[Feature], tmp_dir: Path
 ) -> Summaries:
+    # pyarrow is optional, not a dependency: once installed, pandas imports it too, which adds
+    # ~170 MB of address space to every process importing pandas (the upload probe's included).
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise InvalidReferenceFile(
+            "Parquet reference files need pyarrow on the server; give a CSV file"
+        ) from exc
     tmp_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".parquet") as file:
         for chunk in chunks:
