@@ -28,6 +28,7 @@ from modelyard.auth.service import Caller, FailureLimit
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
+from modelyard.drift.router import router as drift_router
 from modelyard.epochs import Epoch, Epochs
 from modelyard.errors import document_errors, install_error_handlers, v2_error_response
 from modelyard.events import make_events
@@ -224,6 +225,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             users_router,
             artifacts_router,
             registry_router,
+            drift_router,
             files_router,
             experiments_router,
             history.router,

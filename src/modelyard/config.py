@@ -238,6 +238,14 @@ class Settings(BaseSettings):
     """Shadow predictions a process runs at once; a sampled copy past it is dropped and counted
     in `modelyard_shadow_predictions_dropped_total`."""
 
+    drift_reference_rows: int = Field(default=500, ge=50, le=100_000)
+    """Rows of a version's first successful predictions that become its drift reference when no
+    reference file was given; computed the first time drift is asked for once that many exist."""
+
+    drift_window_max_rows: int = Field(default=5_000, ge=50, le=100_000)
+    """Most logged input rows (the window's newest) one drift request compares with the
+    reference: what bounds its cost, however long the log."""
+
     predict_rate_limit_per_minute: int = Field(default=0, ge=0)
     """Prediction requests per caller (API key, else user) and minute, native and V2 together,
     counted by every replica through Redis (0: no limit). Unset: 30,000 when `redis_url` is set

@@ -402,6 +402,35 @@ class TrafficPolicy(Timestamped, Base):
     shadow: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
+# --- drift ------------------------------------------------------------------------------------
+
+
+class FeatureReference(Base):
+    """What a version's input features looked like when it was trained or first served.
+
+    One row per version, computed once (see modelyard.drift): `features` lists each feature's
+    name with its summary (count, mean, std, range, decile cuts with their proportions, a
+    bounded sample for the two-sample test) or the reason it is not compared, in schema order.
+    """
+
+    __tablename__ = "feature_references"
+
+    version_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    model_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("registered_models.id", ondelete="CASCADE"), index=True
+    )
+    source: Mapped[str] = mapped_column(String(16))  # "file" | "served"
+    source_path: Mapped[str | None] = mapped_column(String(1024))
+    row_count: Mapped[int] = mapped_column(BigInteger)
+    features: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+
+
 # --- audit ------------------------------------------------------------------------------------
 
 

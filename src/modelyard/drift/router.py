@@ -1,0 +1,105 @@
+"""Routes of drift signals: `/api/v1/models/{model}/versions/{version}/reference` and
+`/api/v1/models/{model}/drift`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Query, status
+from pydantic import AwareDatetime
+
+from modelyard.auth.deps import CurrentUser
+from modelyard.db.deps import SessionDep
+from modelyard.drift import service
+from modelyard.drift.schemas import DriftRead, ReferenceFile, ReferenceRead
+from modelyard.registry.deps import OwnedModel, VersionNumber
+from modelyard.routing import make_router
+from modelyard.state import StateDep
+
+router = make_router(prefix="/api/v1/models", tags=["drift"])
+
+
+@router.put("/{model}/versions/{version}/reference", response_model=ReferenceRead)
+async def set_reference(
+    model: OwnedModel,
+    version: VersionNumber,
+    body: ReferenceFile,
+    user: CurrentUser,
+    db: SessionDep,
+    state: StateDep,
+) -> ReferenceRead:
+    """Compute a version's drift reference from a CSV or Parquet file in the caller's file area.
+
+    A CSV has a header row; the columns named like the version's numeric input features are read
+    (others are ignored), streamed in bounded memory. It replaces any earlier reference.
+    """
+    return await service.set_reference_from_file(
+        db,
+        user,
+        model,
+        version,
+        path=body.path,
+        store=state.store,
+        tmp_dir=state.settings.data_dir / "tmp",
+        events=state.events,
+    )
+
+
+@router.get("/{model}/versions/{version}/reference", response_model=ReferenceRead)
+async def get_reference(model: OwnedModel, version: VersionNumber, db: SessionDep) -> ReferenceRead:
+    """Show a version's drift reference: its source, row count and per-feature summary."""
+    return await service.get_reference(db, model, version)
+
+
+@router.delete("/{model}/versions/{version}/reference", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_reference(
+    model: OwnedModel, version: VersionNumber, db: SessionDep, state: StateDep
+) -> None:
+    """Remove a version's drift reference; the next drift request computes one from served rows."""
+    await service.delete_reference(db, model, version, events=state.events)
+
+
+@router.get(
+    "/{model}/drift",
+    response_model=DriftRead,
+    responses={409: {"description": "no reference, and too few served rows to compute one"}},
+)
+async def get_drift(
+    model: OwnedModel,
+    db: SessionDep,
+    state: StateDep,
+    version: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            description="a version number or an alias; default: the production version, else "
+            "the newest one not archived",
+        ),
+    ] = None,
+    since: Annotated[
+        AwareDatetime | None,
+        Query(description="from this time on, with a time zone; default: 24 hours before `until`"),
+    ] = None,
+    until: Annotated[
+        AwareDatetime | None, Query(description="before this time, with a time zone; default: now")
+    ] = None,
+) -> DriftRead:
+    """Compare a window of a version's logged inputs with its reference, feature by feature.
+
+    Numeric features get the population stability index over the reference's deciles (< 0.1
+    stable, 0.1-0.25 moderate, >= 0.25 significant) and the two-sample Kolmogorov-Smirnov test
+    (flagged at p < 0.01); a feature has drifted when either says so, on at least 50 values.
+    Only the window's newest `MODELYARD_DRIFT_WINDOW_MAX_ROWS` rows are read.
+    """
+    return await service.measure_drift(
+        db,
+        model,
+        version_ref=version,
+        since=since,
+        until=until,
+        reference_rows=state.settings.drift_reference_rows,
+        max_rows=state.settings.drift_window_max_rows,
+        max_payload_bytes=state.settings.prediction_log_max_payload_bytes,
+        events=state.events,
+    )
