@@ -8,6 +8,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import ssl
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,8 +48,9 @@ class Reply:
 class Receiver:
     """Answers each request with the next scripted `Reply` (then `default`), recording it."""
 
-    def __init__(self, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, *, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.host = host
+        self.tls = tls
         self.port = 0
         self.received: list[Received] = []
         self.replies: deque[Reply] = deque()
@@ -68,7 +70,7 @@ class Receiver:
         self.replies.extend(replies)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, 0)
+        self._server = await asyncio.start_server(self._handle, self.host, 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def aclose(self) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -131,6 +132,7 @@ class Sender:
         allow_private_networks: bool = False,
         resolver: Resolver = resolve,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.timeout_seconds = timeout_seconds
         self.allow_private_networks = allow_private_networks
@@ -143,6 +145,7 @@ class Sender:
             # No connection outlives its request: a pooled one is keyed by the address, and two
             # hosts behind one address must never share a TLS connection made for one of them.
             limits=httpx.Limits(max_keepalive_connections=0),
+            verify=verify,  # the system's CAs; a test passes a context trusting its own
         )
 
     async def aclose(self) -> None:
