@@ -3,6 +3,7 @@ registry records them, the delivery log read back."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -15,6 +16,7 @@ from modelyard.state import AppState
 from tests import factories
 
 HOOKS = "/api/v1/webhooks"
+WAIT_SECONDS = 30.0  # a bound, not a measurement
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -73,3 +75,16 @@ async def delivery_log(
     assert response.status_code == 200, response.text
     items: list[dict[str, Any]] = response.json()["items"]
     return items
+
+
+async def settled_log(
+    client: httpx.AsyncClient, account: factories.Account, hook_id: str
+) -> list[dict[str, Any]]:
+    """Return the delivery log once no delivery is pending: the app's worker records an
+    outcome just after the receiver has answered (polls a state; fails past WAIT_SECONDS)."""
+    async with asyncio.timeout(WAIT_SECONDS):
+        while True:
+            log = await delivery_log(client, account, hook_id, limit=100)
+            if all(d["status"] != "pending" for d in log):
+                return log
+            await asyncio.sleep(0.02)

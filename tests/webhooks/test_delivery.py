@@ -32,6 +32,7 @@ from tests.webhooks.helpers import (
     make_hook,
     make_model,
     record,
+    settled_log,
     state_of,
     version_created,
 )
@@ -533,8 +534,9 @@ async def test_the_apps_own_worker_sends_a_recorded_action_at_once(
         [got] = await receiver.wait_for(1)
 
         assert verify(hook["secret"], got.headers, got.body)
-        [logged] = await delivery_log(client, account, hook["id"])
+        [logged] = await settled_log(client, account, hook["id"])
         assert logged["id"] == got.headers["webhook-id"]
+        assert logged["status"] == "delivered"
 
 
 async def test_a_serving_replica_runs_no_delivery_worker(tmp_path: Path) -> None:

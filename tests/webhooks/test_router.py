@@ -13,9 +13,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from modelyard.auth.scopes import Scope, route_needs
 from modelyard.events import Action
 from modelyard.state import AppState
 from tests import factories
+from tests.auth.test_scopes import api_routes
 from tests.conftest import make_settings
 from tests.problems import assert_problem
 
@@ -356,3 +358,35 @@ async def test_a_read_key_lists_but_cannot_create_and_a_write_key_can(
     assert assert_problem(refused, 403)["detail"] == "this API key lacks the `write` scope"
     assert made.status_code == 201, made.text
     assert listed.json()["total"] == 1
+
+
+def test_webhook_routes_need_read_to_look_and_write_to_change(app: FastAPI) -> None:
+    found = {
+        (method, route.path): route_needs([method], route.path_format)
+        for route in api_routes(app.router.routes)
+        if route.path.startswith(HOOKS)
+        for method in route.methods or ()
+    }
+
+    assert {key: (needs.scope, needs.model_param) for key, needs in found.items()} == {
+        ("POST", HOOKS): (Scope.WRITE, None),
+        ("GET", HOOKS): (Scope.READ, None),
+        ("GET", HOOKS + "/{webhook_id}"): (Scope.READ, None),
+        ("PATCH", HOOKS + "/{webhook_id}"): (Scope.WRITE, None),
+        ("DELETE", HOOKS + "/{webhook_id}"): (Scope.WRITE, None),
+        ("POST", HOOKS + "/{webhook_id}/rotate-secret"): (Scope.WRITE, None),
+        ("GET", HOOKS + "/{webhook_id}/deliveries"): (Scope.READ, None),
+        ("POST", HOOKS + "/{webhook_id}/deliveries/{delivery_id}/redeliver"): (Scope.WRITE, None),
+    }
+
+
+async def test_a_key_limited_to_models_may_not_manage_webhooks(
+    client: httpx.AsyncClient, user: factories.Account
+) -> None:
+    key = await factories.make_api_key(client, user, scopes=["read", "write"], models=["iris"])
+
+    response = await client.post(
+        HOOKS, json={"url": URL, "events": ["model.deleted"]}, headers={"X-API-Key": key}
+    )
+
+    assert assert_problem(response, 403)["type"].endswith("/outside-model-limit")
