@@ -87,6 +87,7 @@ async def test_an_action_is_delivered_to_the_receiver_signed_with_the_secret(
     assert logged["status"] == "delivered"
     assert (logged["attempts"], logged["response_status"], logged["last_error"]) == (1, 200, None)
     assert at(logged["delivered_at"]) == at(logged["last_attempt_at"]) == now
+    assert logged["next_attempt_at"] is None  # due only while pending
     assert logged["payload"] == body
     assert await worker.run_once(now + timedelta(days=2)) == 0  # never sent again
 

@@ -162,7 +162,7 @@ class Sender:
             return Attempt(None, f"refused: {exc}")
         except socket.gaierror:
             return Attempt(None, "the host name could not be resolved")
-        except (httpx.HTTPError, OSError, ValueError) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
             return Attempt(None, _short(exc))
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Attempt:

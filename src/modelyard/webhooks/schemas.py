@@ -6,10 +6,11 @@ import ipaddress
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, AliasChoices, Field, StringConstraints
+import httpx
+from pydantic import AfterValidator, AliasChoices, Field, StringConstraints, model_validator
 
 from modelyard.schemas import ReadModel, StrictModel
 
@@ -53,6 +54,10 @@ def check_url(value: str) -> str:
         raise ValueError("the URL cannot contain a fragment")
     if port == 0:
         raise ValueError("port 0 is not a port a receiver listens on")
+    try:
+        httpx.URL(value)  # what the sender will parse (IDNA host names included)
+    except httpx.InvalidURL as exc:
+        raise ValueError("not a valid URL") from exc
     host = parts.hostname
     if ":" in host:  # an IPv6 literal (brackets removed by urlsplit) must be a valid one
         try:
@@ -130,3 +135,9 @@ class DeliveryRead(ReadModel):
     created_at: datetime
     last_attempt_at: datetime | None
     delivered_at: datetime | None
+
+    @model_validator(mode="after")
+    def _due_only_while_pending(self) -> Self:
+        if self.status != DeliveryStatus.PENDING:
+            self.next_attempt_at = None
+        return self
