@@ -57,6 +57,8 @@ from modelyard.state import AppState
 from modelyard.web.dashboard import install_dashboard
 from modelyard.web.docs import install_docs
 from modelyard.web.model_pages import UPLOAD_PATH
+from modelyard.webhooks.delivery import DeliveryWorker, feed_from_actions
+from modelyard.webhooks.router import router as webhooks_router
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +163,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             target_cache=target_cache,
             audit_log=audit_log,
             redis=redis,
+            webhooks=(
+                DeliveryWorker.from_settings(settings, sessions)
+                if settings.role != "serving" and settings.webhook_delivery
+                else None
+            ),
         )
         app.state.modelyard = state
+        # Registry actions queue webhook deliveries (in any role: the rows are sent by whichever
+        # process runs a worker).
+        events.on_action(feed_from_actions(sessions, state.webhooks))
         await state.prediction_log.start()
         upkeep = (
             asyncio.create_task(maintenance.run_periodically(engine, settings))
@@ -170,6 +180,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else None
         )
         events.start()
+        if state.webhooks is not None:
+            state.webhooks.start()
         # Before the first request: the upload probe is starting and the registry's frameworks
         # are imported (a second or two), so neither an upload nor a first prediction waits.
         await warm_up_process(state.prober, sessions)
@@ -187,6 +199,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await events.aclose()
             # Shadow copies are extra work, not answers owed: stopped, not waited for.
             await predictor.aclose()
+            if state.webhooks is not None:
+                await state.webhooks.aclose()
             await predictor.batcher.aclose()
             # While the database and engine are still there: no logged prediction is lost.
             await state.prediction_log.aclose()
@@ -228,6 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             drift_router,
             files_router,
             experiments_router,
+            webhooks_router,
             history.router,
             traffic.router,
             audit_router,

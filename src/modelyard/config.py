@@ -270,6 +270,20 @@ class Settings(BaseSettings):
     password_failure_window_seconds: int = Field(default=900, ge=1)
     """The window of `password_failures_per_account`, in seconds."""
 
+    # webhooks (#17)
+    webhook_allow_private_networks: bool = False
+    """Let webhooks reach loopback, private, link-local, cloud-metadata and other non-public
+    addresses (tests, receivers on the same network). Off: a URL naming such an address is
+    refused when the webhook is made, and a delivery whose host resolves to one is not sent."""
+
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """Longest one webhook delivery attempt may take, from resolving the host to the end of
+    the response (of which at most 64 KiB are read); past it the attempt failed."""
+
+    webhook_delivery: bool = True
+    """Send the queued webhook deliveries from this process (a background worker; replicas and
+    workers never send one delivery twice). `false` leaves them to other processes."""
+
     argon2_time_cost: int = Field(default=3, ge=1)
     """Argon2id passes for password hashes."""
 

@@ -26,6 +26,7 @@ from modelyard.predictions.log import PredictionLog
 from modelyard.predictions.service import Predictor, Target
 from modelyard.ratelimit import RateLimiter
 from modelyard.serving.probe import Prober
+from modelyard.webhooks.delivery import DeliveryWorker
 
 CheckStatus = Literal["ok", "down", "disabled"]
 
@@ -51,6 +52,8 @@ class AppState:
     target_cache: EpochCache[Hashable, Target]
     audit_log: AuditLog
     redis: Redis | None = None
+    # This process's webhook delivery worker (None: a serving replica, or delivery turned off).
+    webhooks: DeliveryWorker | None = None
     shutting_down: bool = False
     readiness: tuple[float, dict[str, CheckStatus]] | None = field(default=None, repr=False)
 

@@ -465,3 +465,62 @@ class AuditEvent(Base):
     details: Mapped[Any] = mapped_column(JSONType)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+class Webhook(Timestamped, Base):
+    """A user's subscription: registry events of theirs (of one model, or all) POSTed to `url`.
+
+    `secret` signs every delivery (Standard Webhooks); it is shown once, when made or rotated,
+    and is stored as given because signing needs it.
+    """
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str] = mapped_column(String(2048))
+    # The event types it wants (`webhooks.schemas.EventType` values).
+    events: Mapped[list[str]] = mapped_column(JSONType)
+    # Only this model's events; None: every model of the user.
+    model_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("registered_models.id", ondelete="CASCADE"), index=True
+    )
+    secret: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str | None] = mapped_column(String(500))
+    is_active: Mapped[bool] = mapped_column(default=True)
+
+
+class WebhookDelivery(Base):
+    """One event to deliver to one webhook, and how its delivery went.
+
+    `id` is the message id the receiver sees (`webhook-id`), the same on every attempt. A worker
+    takes a due row by setting `claimed_until` in one conditional UPDATE, so that no two
+    processes send it at once; it clears it when it records the outcome.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        # What the workers look for: pending rows that are due.
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        # A webhook's delivery log, newest first.
+        Index("ix_webhook_deliveries_webhook_id_created_at", "webhook_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    webhook_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_until: Mapped[datetime | None]
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]

@@ -1,0 +1,1 @@
+"""Webhooks: registry events of a user's models, POSTed to the user's URLs and signed."""
