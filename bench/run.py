@@ -128,6 +128,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--routes", type=csv(str, ("native", "v2")), default=["native", "v2"])
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     p.add_argument(
+        "--traffic-split",
+        action="store_true",
+        help="then measure Modelyard again with a 90/10 traffic policy between two versions "
+        "(system `modelyard-90/10`)",
+    )
+    p.add_argument(
         "--no-serving-replica",
         dest="serving_replica",
         action="store_false",
@@ -409,7 +415,7 @@ class Bench:
                 p99_ms=raw["p99_us"] / 1000,
             )
             self.report.results.append(result)
-            if target.system == "modelyard":
+            if target.system.startswith("modelyard"):
                 self.modelyard_ok += result.ok
                 self.modelyard_non_2xx += result.non_2xx
                 self.modelyard_in_flight += result.in_flight
@@ -473,6 +479,11 @@ class Bench:
             self.time_uploads(target)
             self.modelyard_ok += self.warm_up(target)
             self.measure(target)
+            if self.args.traffic_split:
+                split = Target("modelyard-90/10", base, proc, api_key=target.api_key)
+                self.split_traffic(split)
+                self.modelyard_ok += self.warm_up(split)
+                self.measure(split)
             self.report.prediction_log["api"] = self.logged_via_api(target)
         finally:
             stop(proc)
@@ -484,6 +495,32 @@ class Bench:
                 if database is not None:
                     pg(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         self.check_prediction_log()
+
+    def split_traffic(self, target: Target) -> None:
+        """Upload each model once more and send 90 % of its requests to the version the cells
+        measured before, 10 % to the new one (the cost of a canary, against no policy)."""
+        headers = {"X-API-Key": target.api_key or ""}
+        files = self.work / "models-skops"
+        with httpx.Client(base_url=target.base + "/api/v1", timeout=120, headers=headers) as client:
+            for model in self.args.models:
+                path = files / f"{model}.skops"
+                with path.open("rb") as f:
+                    answer = client.post(
+                        "/models/upload",
+                        files={"file": (path.name, f, "application/octet-stream")},
+                        data={"name": model},
+                    )
+                expect(answer, 201, f"upload {model} again")
+                version = answer.json()["version"]
+                policy = {
+                    "routes": [
+                        {"target": f"v{version - 1}", "weight": 90},
+                        {"target": f"v{version}", "weight": 10},
+                    ]
+                }
+                expect(client.put(f"/models/{model}/traffic", json=policy), 200, "traffic policy")
+                self.modelyard_ok += self.warm_up_model(target, model)
+        say("modelyard: 90/10 traffic policies set")
 
     def time_uploads(self, target: Target) -> None:
         """Upload the logistic regression WARM_UPLOADS more times: p50 of warm uploads."""
@@ -552,7 +589,9 @@ class Bench:
             expect(login, 200, "login")
             token = login.json()["access_token"]
             key = client.post(
-                "/api-keys", json={"name": "bench"}, headers={"Authorization": f"Bearer {token}"}
+                "/api-keys",
+                json={"name": "bench", "scopes": ["read", "predict", "write"]},
+                headers={"Authorization": f"Bearer {token}"}
             )
             expect(key, 201, "create API key")
             return str(key.json()["key"])
@@ -864,7 +903,10 @@ class Bench:
             "| vs MLServer | vs floor |",
             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
-        order = {s: i for i, s in enumerate(("modelyard", "floor", *MLSERVER_CONFIGS))}
+        order = {
+            s: i
+            for i, s in enumerate(("modelyard", "modelyard-90/10", "floor", *MLSERVER_CONFIGS))
+        }
         for r in sorted(
             self.report.results,
             key=lambda r: (r.model, r.rows, r.connections, r.route, order.get(r.system, 9)),

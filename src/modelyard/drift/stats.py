@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 # The population stability index's usual reading (Siddiqi, "Credit Risk Scorecards"):
 # below 0.1 stable, 0.1 up to 0.25 a moderate shift, 0.25 and above a significant one.
@@ -196,6 +195,9 @@ def compare(reference: dict[str, Any], window: np.ndarray) -> FeatureDrift:
         )  # fmt: skip
     cuts = np.asarray(reference["cuts"], dtype=np.float64)
     index = psi(np.asarray(reference["proportions"]), bin_proportions(finite, cuts))
+    # Imported here: scipy.stats weighs ~70 MiB, and only a drift report needs it.
+    from scipy import stats as scipy_stats
+
     test = scipy_stats.ks_2samp(np.asarray(reference["sample"], dtype=np.float64), finite)
     statistic, p_value = float(test.statistic), float(test.pvalue)
     level = psi_level(index)
