@@ -20,6 +20,7 @@ from modelyard.config import Settings
 from modelyard.epochs import Epochs
 from modelyard.events import Events
 from modelyard.hotcache import EpochCache
+from modelyard.jobs.queue import JobQueue
 from modelyard.observability.metrics import Metrics
 from modelyard.outage import OutageCache
 from modelyard.predictions.log import PredictionLog
@@ -51,6 +52,8 @@ class AppState:
     target_cache: EpochCache[Hashable, Target]
     audit_log: AuditLog
     redis: Redis | None = None
+    # Where batch jobs go (None on a `serving` replica, which has no batch job routes).
+    batch_jobs: JobQueue | None = None
     shutting_down: bool = False
     readiness: tuple[float, dict[str, CheckStatus]] | None = field(default=None, repr=False)
 

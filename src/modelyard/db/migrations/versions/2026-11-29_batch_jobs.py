@@ -50,7 +50,10 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["owner_id"], ["users.id"], name=op.f("fk_batch_jobs_owner_id_users"), ondelete="CASCADE"
+            ["owner_id"],
+            ["users.id"],
+            name=op.f("fk_batch_jobs_owner_id_users"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
             ["version_id"],
