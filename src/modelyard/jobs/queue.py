@@ -155,6 +155,7 @@ async def run_worker(settings: Settings) -> None:
     from modelyard.db.engine import make_engine, make_sessionmaker
     from modelyard.epochs import Epochs
     from modelyard.events import make_events
+    from modelyard.observability.logging import configure_logging
     from modelyard.observability.metrics import Metrics
     from modelyard.predictions.log import PredictionLog
     from modelyard.predictions.service import Predictor
@@ -163,6 +164,7 @@ async def run_worker(settings: Settings) -> None:
     from modelyard.serving.runtimes.onnx import configure_onnx_memory
 
     assert settings.redis_url is not None  # noqa: S101 - checked by the command
+    configure_logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
     sessions = make_sessionmaker(engine)
