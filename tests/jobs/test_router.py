@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
+import io
+import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +19,7 @@ from tests.factories import Account, make_api_key, make_version
 from tests.jobs.conftest import CHUNK_ROWS
 from tests.jobs.helpers import (
     IRIS_HEADER,
+    WAIT_SECONDS,
     create_job,
     csv_bytes,
     expected_output,
@@ -51,9 +56,12 @@ async def test_csv_is_scored_end_to_end_like_direct_predictions(
     lines = read_csv(output.content)
     assert lines[0] == ["row", "prediction", "proba_0", "proba_1", "proba_2"]
     assert lines[1:] == await expected_output(client, user, rows)
-    # The parts (ceil(50 / 7) of them) were assembled, then removed from the store.
+    # The parts (ceil(50 / 7) of them) were assembled, and go once the job has succeeded.
     state: AppState = app.state.modelyard
-    assert [info.key async for info in state.store.list("batch-jobs/")] == []
+    deadline = time.monotonic() + WAIT_SECONDS
+    while [info.key async for info in state.store.list("batch-jobs/")]:
+        assert time.monotonic() < deadline, "the parts are still in the store"
+        await asyncio.sleep(0.05)  # polling interval, not an assertion
 
 
 async def test_a_job_logs_one_summary_prediction(
@@ -236,22 +244,55 @@ async def test_invalid_requests_answer_422(
     assert response.headers["content-type"] == "application/problem+json"
 
 
+HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
+
+
+@pytest.mark.skipif(HAS_PYARROW, reason="pyarrow is installed: Parquet is supported")
 async def test_parquet_without_pyarrow_answers_422(
     client: httpx.AsyncClient, user: Account, iris: None
 ) -> None:
-    pytest.importorskip("modelyard")  # always there; pyarrow must not be:
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("pyarrow is installed: Parquet is supported")
     await put_file(client, user, "in.parquet", b"PAR1")
 
     response = await create_job(client, user, input_path="in.parquet", format="parquet")
 
     assert response.status_code == 422
     assert "pyarrow" in response.json()["detail"]
+
+
+@pytest.mark.skipif(not HAS_PYARROW, reason="Parquet needs pyarrow, which is not installed")
+async def test_parquet_is_scored_like_csv(
+    client: httpx.AsyncClient, user: Account, iris: None
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = iris_rows(40)
+    table = pa.table({name: [r[i] for r in rows] for i, name in enumerate(IRIS_HEADER)})
+    sink = io.BytesIO()
+    # Small row groups: the job reads across several of them.
+    pq.write_table(table, sink, row_group_size=9)
+    await put_file(client, user, "in.parquet", sink.getvalue())
+
+    created = await create_job(client, user, input_path="in.parquet", format="parquet")
+    job = await wait_for_job(client, user, created.json()["id"], finished, "the job finishes")
+    output = await client.get("/api/v1/files/download/out/scored.csv", headers=user.headers)
+
+    assert job["status"] == "succeeded", job
+    assert (job["rows_done"], job["rows_total"]) == (40, 40)
+    assert read_csv(output.content)[1:] == await expected_output(client, user, rows)
+
+
+@pytest.mark.skipif(not HAS_PYARROW, reason="Parquet needs pyarrow, which is not installed")
+async def test_a_file_that_is_not_parquet_fails_the_job(
+    client: httpx.AsyncClient, user: Account, iris: None
+) -> None:
+    await put_file(client, user, "in.parquet", csv_bytes(iris_rows(5)))
+
+    created = await create_job(client, user, input_path="in.parquet", format="parquet")
+    job = await wait_for_job(client, user, created.json()["id"], finished, "the job finishes")
+
+    assert job["status"] == "failed"
+    assert job["error"] == "the input file is not a Parquet file"
 
 
 async def test_a_version_or_alias_picks_what_is_scored(

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import select
@@ -43,7 +43,7 @@ from modelyard.errors import ModelyardError
 from modelyard.events import Events
 from modelyard.files.service import file_key
 from modelyard.jobs import service
-from modelyard.jobs.schemas import JobStatus
+from modelyard.jobs.schemas import JobFormat, JobStatus
 from modelyard.predictions.inputs import InvalidInput, feature_count, to_batch
 from modelyard.predictions.log import PredictionRecord
 from modelyard.predictions.service import Predictor, Target
@@ -104,6 +104,29 @@ class _Run:
     rows_done: int
     parts_done: int
     rows_total: int | None
+    format: str
+
+
+class Chunks(Protocol):
+    """An input read in batches of the model's rows (blocking: called from a thread)."""
+
+    def next_chunk(self) -> np.ndarray | None: ...
+
+    def stop(self) -> None:
+        """Make a `next_chunk` in progress end soon (it may need the event loop meanwhile)."""
+
+
+async def _next_chunk(chunks: Chunks) -> np.ndarray | None:
+    """Read the next chunk in a thread. Cancelled, wait for the thread to end before going on:
+    it reads the input through the event loop, and the input is closed once this returns."""
+    reading = asyncio.ensure_future(asyncio.to_thread(chunks.next_chunk))
+    try:
+        return await asyncio.shield(reading)
+    except asyncio.CancelledError:
+        chunks.stop()
+        with contextlib.suppress(Exception):
+            await reading
+        raise
 
 
 class JobRunner:
@@ -147,6 +170,7 @@ class JobRunner:
                 rows_done=job.rows_done,
                 parts_done=job.parts_done,
                 rows_total=job.rows_total,
+                format=job.format,
             )
             cancel_requested = job.cancel_requested
             target = await _target(db, job)
@@ -197,70 +221,123 @@ class JobRunner:
         self, run: _Run, target: Target, lost: asyncio.Event, heartbeat: Heartbeat | None
     ) -> _End:
         runtime = await self.predictor.runtime(target)
-        if run.rows_total is None:
-            run.rows_total = await self._count_rows(run)
-            async with self.sessions() as db:
-                await service.set_total(db, run.job_id, token=run.token, rows_total=run.rows_total)
-        try:
-            stream = await self.store.open(run.input_key, chunk_size=READ_BYTES)
-        except ObjectNotFound as exc:
-            raise JobFailure(f"the input file {run.input_path!r} no longer exists") from exc
-        loop = asyncio.get_running_loop()
-        chunks = CsvChunks(
-            _BlockingStream(stream, loop),
-            runtime=runtime,
-            feature_names=target.feature_names,
-            chunk_rows=self.chunk_rows,
-            skip_rows=run.rows_done,
-        )
-        try:
-            while True:
-                batch = await asyncio.to_thread(chunks.next_chunk)
-                if batch is None:
-                    break
-                if lost.is_set():
-                    return _End.LOST
-                # CPU-bound: off the event loop (a server's requests go on meanwhile).
-                started = time.perf_counter()
-                try:
-                    predictions, probabilities = await asyncio.to_thread(runtime.predict, batch)
-                except (ValueError, TypeError) as exc:
-                    raise JobFailure(
-                        f"the model could not predict rows {run.rows_done + 1}.."
-                        f"{run.rows_done + len(batch)}: {type(exc).__name__}"
-                    ) from exc
-                except ModelyardError as exc:  # a time or memory budget of the runtime
-                    raise JobFailure(exc.detail) from exc
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                _check_finite(predictions, probabilities)
-                if run.parts_done == 0:
-                    await self._put_text(
-                        header_key(run.job_id), _header(runtime, predictions, probabilities)
-                    )
-                await self._put_text(
-                    part_key(run.job_id, run.parts_done),
-                    _rows_text(run.rows_done, predictions, probabilities),
+        async with self._input(run, runtime, target) as chunks:
+            return await self._score(run, chunks, runtime, lost, heartbeat)
+
+    @contextlib.asynccontextmanager
+    async def _input(self, run: _Run, runtime: Runtime, target: Target) -> AsyncIterator[Chunks]:
+        """Open the job's input as chunks, counting its rows first if not yet known."""
+        if run.format == JobFormat.PARQUET:
+            # Parquet is read by row groups from a seekable file: a local copy of the input.
+            local = await self._download(run)
+            try:
+                parquet = await asyncio.to_thread(
+                    ParquetChunks,
+                    local,
+                    runtime=runtime,
+                    feature_names=target.feature_names,
+                    chunk_rows=self.chunk_rows,
+                    skip_rows=run.rows_done,
                 )
-                async with self.sessions() as db:
-                    asked = await service.record_progress(
-                        db,
-                        run.job_id,
-                        token=run.token,
-                        rows_done=run.rows_done + len(batch),
-                        parts_done=run.parts_done + 1,
-                        inference_ms=elapsed_ms,
-                        lease=self.lease,
-                    )
-                if asked is None:
-                    return _End.LOST
-                run.rows_done += len(batch)
-                run.parts_done += 1
-                if asked:
-                    return _End.CANCELLED
-                if heartbeat is not None:
-                    await heartbeat(run.rows_done, run.rows_total)
+                if run.rows_total is None:
+                    await self._set_total(run, parquet.rows_total)
+                yield parquet
+            finally:
+                await asyncio.to_thread(local.unlink, missing_ok=True)
+            return
+        if run.rows_total is None:
+            await self._set_total(run, await self._count_rows(run))
+        stream = await self._open_input(run)
+        try:
+            yield CsvChunks(
+                _BlockingStream(stream, asyncio.get_running_loop()),
+                runtime=runtime,
+                feature_names=target.feature_names,
+                chunk_rows=self.chunk_rows,
+                skip_rows=run.rows_done,
+            )
         finally:
             await stream.aclose()
+
+    async def _set_total(self, run: _Run, rows_total: int) -> None:
+        run.rows_total = rows_total
+        async with self.sessions() as db:
+            await service.set_total(db, run.job_id, token=run.token, rows_total=rows_total)
+
+    async def _open_input(self, run: _Run) -> ObjectStream:
+        try:
+            return await self.store.open(run.input_key, chunk_size=READ_BYTES)
+        except ObjectNotFound as exc:
+            raise JobFailure(f"the input file {run.input_path!r} no longer exists") from exc
+
+    async def _download(self, run: _Run) -> Path:
+        stream = await self._open_input(run)
+        path = await asyncio.to_thread(_write_temp, self.tmp_dir, "")
+        out = await asyncio.to_thread(path.open, "ab")
+        try:
+            async for piece in _pieces(stream):
+                await asyncio.to_thread(out.write, piece)
+        except BaseException:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+            raise
+        finally:
+            await asyncio.to_thread(out.close)
+        return path
+
+    async def _score(
+        self,
+        run: _Run,
+        chunks: Chunks,
+        runtime: Runtime,
+        lost: asyncio.Event,
+        heartbeat: Heartbeat | None,
+    ) -> _End:
+        """Score the chunks left, store each as a part, then assemble the output."""
+        while True:
+            batch = await _next_chunk(chunks)
+            if batch is None:
+                break
+            if lost.is_set():
+                return _End.LOST
+            # CPU-bound: off the event loop (a server's requests go on meanwhile).
+            started = time.perf_counter()
+            try:
+                predictions, probabilities = await asyncio.to_thread(runtime.predict, batch)
+            except (ValueError, TypeError) as exc:
+                raise JobFailure(
+                    f"the model could not predict rows {run.rows_done + 1}.."
+                    f"{run.rows_done + len(batch)}: {type(exc).__name__}"
+                ) from exc
+            except ModelyardError as exc:  # a time or memory budget of the runtime
+                raise JobFailure(exc.detail) from exc
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            _check_finite(predictions, probabilities)
+            if run.parts_done == 0:
+                await self._put_text(
+                    header_key(run.job_id), _header(runtime, predictions, probabilities)
+                )
+            await self._put_text(
+                part_key(run.job_id, run.parts_done),
+                _rows_text(run.rows_done, predictions, probabilities),
+            )
+            async with self.sessions() as db:
+                asked = await service.record_progress(
+                    db,
+                    run.job_id,
+                    token=run.token,
+                    rows_done=run.rows_done + len(batch),
+                    parts_done=run.parts_done + 1,
+                    inference_ms=elapsed_ms,
+                    lease=self.lease,
+                )
+            if asked is None:
+                return _End.LOST
+            run.rows_done += len(batch)
+            run.parts_done += 1
+            if asked:
+                return _End.CANCELLED
+            if heartbeat is not None:
+                await heartbeat(run.rows_done, run.rows_total)
         if run.parts_done == 0:
             raise JobFailure(f"the input file {run.input_path!r} has no rows")
         if lost.is_set():
@@ -271,10 +348,7 @@ class JobRunner:
     async def _count_rows(self, run: _Run) -> int:
         """Count the input's lines (less the header): a fast pass, exact for files without
         quoted line breaks; the final count replaces it when the job succeeds."""
-        try:
-            stream = await self.store.open(run.input_key, chunk_size=READ_BYTES)
-        except ObjectNotFound as exc:
-            raise JobFailure(f"the input file {run.input_path!r} no longer exists") from exc
+        stream = await self._open_input(run)
         lines, last = 0, b"\n"
         try:
             async for piece in stream:
@@ -486,6 +560,11 @@ class _BlockingStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def stop(self) -> None:
+        """Read nothing more: the next read ends the file."""
+        self._ended = True
+        self._piece = memoryview(b"")
+
     def readinto(self, buffer: Any) -> int:
         if not self._piece:
             if self._ended:
@@ -522,6 +601,7 @@ class CsvChunks:
         chunk_rows: int,
         skip_rows: int = 0,
     ) -> None:
+        self._raw = raw
         self._text = io.TextIOWrapper(
             io.BufferedReader(raw, READ_BYTES), encoding="utf-8-sig", newline=""
         )
@@ -572,29 +652,16 @@ class CsvChunks:
         except InvalidInput as exc:
             raise JobFailure(f"rows {first}..{first + len(rows) - 1}: {exc.detail}") from exc
 
+    def stop(self) -> None:
+        if isinstance(self._raw, _BlockingStream):
+            self._raw.stop()
+
     def _read_header(self) -> None:
         header = next(self._reader, None)
         if header is None:
             raise JobFailure("the input file is empty: a CSV file starts with a header row")
         self._width = len(header)
-        names = self._names
-        if names and set(names) <= set(header):
-            position = {name: i for i, name in enumerate(header)}
-            self._columns = [position[name] for name in names]
-        elif self._expected is None or len(header) == self._expected:
-            self._columns = list(range(len(header)))
-        else:
-            message = (
-                f"the model takes {self._expected} features; the input has {len(header)} columns"
-            )
-            if names:
-                missing = [n for n in names if n not in header]
-                listed = ", ".join(missing[:LISTED_COLUMNS])
-                more = len(missing) - LISTED_COLUMNS
-                message += f" and lacks the columns {listed}" + (
-                    f" and {more} more" if more > 0 else ""
-                )
-            raise JobFailure(message)
+        self._columns = choose_columns(header, names=self._names, expected=self._expected)
         self._all_columns = self._columns == list(range(self._width))
 
     def _next_row(self) -> list[str] | None:
@@ -610,6 +677,104 @@ class CsvChunks:
             assert columns is not None  # noqa: S101 - read with the header
             return row if self._all_columns else [row[i] for i in columns]
         return None
+
+
+def choose_columns(
+    header: list[str], *, names: list[str] | None, expected: int | None
+) -> list[int]:
+    """Return the positions of the model's features among the input's columns.
+
+    By name when the header names every feature (other columns are ignored); otherwise every
+    column in order, if there are as many as the model takes.
+
+    Raises:
+        JobFailure: neither.
+    """
+    if names and set(names) <= set(header):
+        position = {name: i for i, name in enumerate(header)}
+        return [position[name] for name in names]
+    if expected is None or len(header) == expected:
+        return list(range(len(header)))
+    message = f"the model takes {expected} features; the input has {len(header)} columns"
+    if names:
+        missing = [n for n in names if n not in header]
+        more = len(missing) - LISTED_COLUMNS
+        message += " and lacks the columns " + ", ".join(missing[:LISTED_COLUMNS])
+        message += f" and {more} more" if more > 0 else ""
+    raise JobFailure(message)
+
+
+class ParquetChunks:
+    """The rows of a local Parquet file as the model's batches of at most `chunk_rows`, its
+    columns chosen as a CSV file's are (`choose_columns`). Blocking: call it from a thread.
+
+    Raises (from the constructor):
+        JobFailure: not a Parquet file, or its columns do not fit the model.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        runtime: Runtime,
+        feature_names: list[str] | None,
+        chunk_rows: int,
+        skip_rows: int = 0,
+    ) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._errors: tuple[type[Exception], ...] = (pa.ArrowException, ValueError, TypeError)
+        try:
+            parquet = pq.ParquetFile(path)
+        except self._errors as exc:
+            raise JobFailure("the input file is not a Parquet file") from exc
+        header = list(parquet.schema_arrow.names)
+        columns = choose_columns(
+            header,
+            names=feature_names or runtime.feature_names,
+            expected=feature_count(runtime, feature_names),
+        )
+        self.rows_total: int = parquet.metadata.num_rows
+        self._runtime = runtime
+        self._batches = iter(
+            parquet.iter_batches(batch_size=chunk_rows, columns=[header[i] for i in columns])
+        )
+        self._skip = skip_rows
+        self._row = 0
+
+    def stop(self) -> None:
+        """Nothing to do: the file is local, a chunk's read ends by itself."""
+
+    def next_chunk(self) -> np.ndarray | None:
+        """Return the next batch, or None at the end of the file.
+
+        Raises:
+            JobFailure: a column is not numeric, or a value is missing or not finite.
+        """
+        batch = None
+        for batch in self._batches:
+            if self._skip < batch.num_rows:
+                break
+            self._skip -= batch.num_rows
+            self._row += batch.num_rows
+        else:
+            return None
+        if self._skip:
+            batch, self._row, self._skip = batch.slice(self._skip), self._row + self._skip, 0
+        first = self._row + 1
+        self._row += batch.num_rows
+        last = self._row
+        try:
+            matrix = np.column_stack(
+                [column.to_numpy(zero_copy_only=False) for column in batch.columns]
+            ).astype(np.float64)
+        except self._errors as exc:
+            raise JobFailure(f"rows {first}..{last}: the values are not all numbers") from exc
+        try:
+            return to_batch(matrix, self._runtime.input_dtype, is_json=False)
+        except InvalidInput as exc:
+            raise JobFailure(f"rows {first}..{last}: {exc.detail}") from exc
 
 
 def _non_numeric(rows: list[list[str]], first: int) -> str:
