@@ -132,7 +132,10 @@ class RedisJobs(JobQueue):
             )
 
     async def aclose(self) -> None:
-        await self.queue.disconnect()
+        # The client only: saq's `disconnect` also unsubscribes a pub/sub it never used here,
+        # a round trip that raises when Redis is down (and shutdown must not).
+        with contextlib.suppress(RedisError, OSError):
+            await self.queue.redis.aclose()
 
     async def sweep(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         """Enqueue what delivery missed: queued jobs, and running ones whose worker died."""
