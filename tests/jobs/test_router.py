@@ -6,16 +6,19 @@ import asyncio
 import importlib.util
 import io
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.db.tables import Prediction
 from modelyard.state import AppState
-from tests.factories import Account, make_api_key, make_version
+from tests.conftest import S3_TEST_CREDENTIALS, make_settings
+from tests.factories import Account, make_account, make_api_key, make_version, serve
 from tests.jobs.conftest import CHUNK_ROWS
 from tests.jobs.helpers import (
     IRIS_HEADER,
@@ -342,3 +345,34 @@ async def test_an_api_key_needs_the_predict_scope_to_start_a_job(
     assert allowed.status_code == 202
     assert limited.status_code == 403
     assert limited_list.json()["total"] == 0
+
+
+async def test_a_job_runs_on_s3_storage_parts_and_output_alike(
+    tmp_path: Path,
+    database_url: str,
+    engine: AsyncEngine,
+    s3_endpoint: str,
+    s3_bucket: str,
+    iris_skops: Path,
+) -> None:
+    storage = {
+        "storage_url": f"s3://{s3_bucket}/run-{uuid.uuid4().hex[:12]}",
+        "s3_endpoint_url": s3_endpoint,
+        **S3_TEST_CREDENTIALS,
+    }
+    settings = make_settings(
+        tmp_path, database_url, batch_job_chunk_rows=CHUNK_ROWS, batch_job_poll_seconds=0.05,
+        **storage,
+    )  # fmt: skip
+    async with serve(settings) as client:
+        account = await make_account(client)
+        await make_version(client, account, iris_skops)
+        rows = iris_rows(30)
+        await put_file(client, account, "in.csv", csv_bytes(rows))
+
+        created = await create_job(client, account)
+        job = await wait_for_job(client, account, created.json()["id"], finished, "finishes")
+        output = await client.get("/api/v1/files/download/out/scored.csv", headers=account.headers)
+
+        assert job["status"] == "succeeded", job
+        assert read_csv(output.content)[1:] == await expected_output(client, account, rows)
