@@ -23,6 +23,7 @@ from saq.types import Context
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelyard.config import Settings
+from modelyard.errors import is_dependency_down
 from modelyard.jobs import service
 from modelyard.jobs.runner import JobRunner
 
@@ -83,9 +84,9 @@ class InProcessJobs(JobQueue):
         while True:
             try:
                 ran = await self._run_one()
-            except Exception:
-                # The database is down, say: the next poll tries again.
-                log.exception("batch_jobs_poll_failed")
+            except Exception as exc:
+                # The next poll tries again; an outage is one line a poll, not a traceback.
+                _log_failure("batch_jobs_poll_failed", exc)
                 ran = False
             if not ran:
                 with contextlib.suppress(TimeoutError):
@@ -99,6 +100,13 @@ class InProcessJobs(JobQueue):
             if await self.runner.run(job_id):
                 return True
         return False
+
+
+def _log_failure(event: str, exc: Exception) -> None:
+    if is_dependency_down(exc):
+        log.warning(event, extra={"error": type(exc).__name__})
+    else:
+        log.exception(event)
 
 
 class RedisJobs(JobQueue):
@@ -205,8 +213,8 @@ async def run_worker(settings: Settings) -> None:
         while True:
             try:
                 await jobs.sweep(sessions)
-            except Exception:
-                log.exception("batch_jobs_sweep_failed")
+            except Exception as exc:
+                _log_failure("batch_jobs_sweep_failed", exc)
             await asyncio.sleep(settings.batch_job_poll_seconds)
 
     worker = Worker(
