@@ -175,11 +175,12 @@ async def test_a_job_resumes_after_its_worker_is_killed_without_duplicate_rows(
     assert interrupted["status"] == "running"
     assert 0 < interrupted["rows_done"] < ROWS
     assert job["status"] == "succeeded", job
-    assert job["attempts"] == 2
+    # Two runs at least: a short lease on a busy machine may pass a third to take over, which
+    # changes nothing in the output (the assertions below).
+    assert job["attempts"] >= 2
     assert (job["rows_done"], job["rows_total"]) == (ROWS, ROWS)
     # The second run went on from where the first one's last committed chunk ended...
     started = logged_events(tmp_path / "second.log", "batch_job_started")
-    assert len(started) == 1
     assert int(str(started[0]["from_row"])) >= interrupted["rows_done"] > 0
     # ...and the output holds every row once, in order, as direct predictions give them.
     assert output.status_code == 200
@@ -213,7 +214,8 @@ async def test_a_worker_runs_a_job_and_logs_progress(
     await put_file(app_client, owner, "in.csv", csv_bytes(rows))
 
     created = await create_job(app_client, owner)
-    with worker(tmp_path, worker_settings, "worker"):
+    # A lease no pause of a busy test machine outlasts: this job runs once.
+    with worker(tmp_path, {**worker_settings, "batch_job_lease_seconds": "60"}, "worker"):
         job = await wait_for_job(app_client, owner, created.json()["id"], finished, "done")
     output = await app_client.get("/api/v1/files/download/out/scored.csv", headers=owner.headers)
 

@@ -316,10 +316,9 @@ class JobRunner:
                 await self._put_text(
                     header_key(run.job_id), _header(runtime, predictions, probabilities)
                 )
-            await self._put_text(
-                part_key(run.job_id, run.parts_done),
-                _rows_text(run.rows_done, predictions, probabilities),
-            )
+            # Formatting a chunk's lines is CPU work too: off the event loop.
+            text = await asyncio.to_thread(_rows_text, run.rows_done, predictions, probabilities)
+            await self._put_text(part_key(run.job_id, run.parts_done), text)
             async with self.sessions() as db:
                 asked = await service.record_progress(
                     db,

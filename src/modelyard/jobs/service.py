@@ -338,11 +338,6 @@ async def record_progress(
     return cancel_requested
 
 
-async def cancel_requested(db: AsyncSession, job_id: uuid.UUID) -> bool:
-    """Tell whether the job was asked to stop."""
-    return bool(await db.scalar(select(BatchJob.cancel_requested).where(BatchJob.id == job_id)))
-
-
 async def finish(
     db: AsyncSession,
     job_id: uuid.UUID,
