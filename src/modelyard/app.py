@@ -35,6 +35,9 @@ from modelyard.events import make_events
 from modelyard.experiments.router import router as experiments_router
 from modelyard.files.router import router as files_router
 from modelyard.hotcache import REFRESH_GRACE_SECONDS, EpochCache
+from modelyard.jobs.queue import InProcessJobs, JobQueue, RedisJobs
+from modelyard.jobs.router import router as batch_jobs_router
+from modelyard.jobs.runner import JobRunner
 from modelyard.observability import health, tracing
 from modelyard.observability.logging import configure_logging
 from modelyard.observability.metrics import Metrics
@@ -174,6 +177,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # process runs a worker).
         events.on_action(feed_from_actions(sessions, state.webhooks))
         await state.prediction_log.start()
+        batch_jobs: JobQueue | None = None
+        if settings.role != "serving":
+            if settings.redis_url:
+                # `modelyard worker` processes run the jobs; this process only enqueues them.
+                batch_jobs = RedisJobs(settings)
+            else:
+                in_process = InProcessJobs(
+                    JobRunner(
+                        sessions=sessions,
+                        store=store,
+                        predictor=predictor,
+                        events=events,
+                        settings=settings,
+                    ),
+                    sessions,
+                    poll_seconds=settings.batch_job_poll_seconds,
+                )
+                in_process.start()
+                batch_jobs = in_process
+        state.batch_jobs = batch_jobs
         upkeep = (
             asyncio.create_task(maintenance.run_periodically(engine, settings))
             if settings.prediction_log_maintenance_interval_seconds
@@ -195,6 +218,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 upkeep.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await upkeep
+            # A running batch job stops where it is; it resumes from its last stored chunk.
+            if batch_jobs is not None:
+                await batch_jobs.aclose()
             # Uvicorn has finished in-flight requests; nothing new reaches the batcher.
             await events.aclose()
             # Shadow copies are extra work, not answers owed: stopped, not waited for.
@@ -247,6 +273,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             traffic.router,
             audit_router,
             live_events_router,
+            batch_jobs_router,
         ]
     for router in (*routers, metrics_router):
         app.include_router(router)

@@ -255,6 +255,26 @@ class Settings(BaseSettings):
     """How long a successful authentication or version resolution may still answer while the
     database cannot be reached (0: never). Never used while the database answers."""
 
+    # batch prediction jobs (#18)
+    batch_job_chunk_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Input rows a batch job reads, scores and stores at a time: its memory is bounded by one
+    chunk, and a resumed job starts again after the last chunk it stored."""
+
+    batch_job_lease_seconds: float = Field(default=30.0, gt=0)
+    """How long a running batch job stays its worker's without a sign of life; the worker renews
+    it every third of this. A job whose worker died is taken over once its lease has run out."""
+
+    batch_job_poll_seconds: float = Field(default=1.0, gt=0)
+    """How often a worker looks for batch jobs to start or to take over (the in-process worker
+    of a server without Redis, and the takeover check of `modelyard worker`)."""
+
+    batch_job_concurrency: int = Field(default=2, ge=1)
+    """Batch jobs one `modelyard worker` process runs at once (a server without Redis runs one
+    at a time in each of its processes)."""
+
+    batch_job_queue: str = Field(default="modelyard-batch-jobs", min_length=1, max_length=100)
+    """Name of the Redis queue batch jobs go through when `redis_url` is set."""
+
     metrics_token: SecretStr | None = None
     """Bearer token a Prometheus scraper may use for `/metrics` (admins may always read it)."""
 

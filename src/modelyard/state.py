@@ -20,6 +20,7 @@ from modelyard.config import Settings
 from modelyard.epochs import Epochs
 from modelyard.events import Events
 from modelyard.hotcache import EpochCache
+from modelyard.jobs.queue import JobQueue
 from modelyard.observability.metrics import Metrics
 from modelyard.outage import OutageCache
 from modelyard.predictions.log import PredictionLog
@@ -54,6 +55,9 @@ class AppState:
     redis: Redis | None = None
     # This process's webhook delivery worker (None: a serving replica, or delivery turned off).
     webhooks: DeliveryWorker | None = None
+
+    # Where batch jobs go (None on a `serving` replica, which has no batch job routes).
+    batch_jobs: JobQueue | None = None
     shutting_down: bool = False
     readiness: tuple[float, dict[str, CheckStatus]] | None = field(default=None, repr=False)
 

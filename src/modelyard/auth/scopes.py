@@ -18,7 +18,7 @@ from modelyard.errors import Forbidden
 
 class Scope(StrEnum):
     READ = "read"  # GET and HEAD: models, versions, downloads, files, experiments, history
-    PREDICT = "predict"  # the predict routes, and V2 model metadata and readiness
+    PREDICT = "predict"  # the predict routes, V2 model metadata and readiness, batch jobs
     WRITE = "write"  # every other method: uploads, lifecycle, aliases, files, experiments
     ADMIN = "admin"  # /api/v1/users and /metrics; only an admin may mint it
 
@@ -29,8 +29,17 @@ ALL_SCOPES = (Scope.READ, Scope.PREDICT, Scope.WRITE, Scope.ADMIN)
 DEFAULT_SCOPES = (Scope.READ, Scope.PREDICT)
 
 ADMIN_PATHS = ("/api/v1/users", "/metrics")
-# Routes whose model is named in the body (a form field), checked by the route once parsed.
-MODEL_IN_BODY = frozenset({("POST", "/api/v1/models/upload")})
+# Routes whose model is named in the body (a form field, a JSON field) or by the object they
+# act on (a batch job's), checked by the route once it knows it.
+MODEL_IN_BODY = frozenset(
+    {
+        ("POST", "/api/v1/models/upload"),
+        ("POST", "/api/v1/batch-jobs"),
+        ("GET", "/api/v1/batch-jobs"),
+        ("GET", "/api/v1/batch-jobs/{job_id}"),
+        ("POST", "/api/v1/batch-jobs/{job_id}/cancel"),
+    }
+)
 # The path parameters that name a model.
 MODEL_PARAMS = ("model", "name")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -83,8 +92,12 @@ def _route_needs(method_set: frozenset[str], path: str) -> RouteNeeds:
 
 def _is_predict(methods: frozenset[str], path: str) -> bool:
     if methods == {"POST"}:
-        return path.startswith("/api/v1/predict/") or (
-            path.startswith("/v2/models/") and path.endswith("/infer")
+        return (
+            path.startswith("/api/v1/predict/")
+            or (path.startswith("/v2/models/") and path.endswith("/infer"))
+            # Starting or cancelling a batch job scores a file: what the predict scope allows.
+            or path == "/api/v1/batch-jobs"
+            or (path.startswith("/api/v1/batch-jobs/") and path.endswith("/cancel"))
         )
     # A stock V2 client reads a model's metadata and readiness before it infers.
     return methods <= READ_METHODS and path.startswith("/v2/models/")

@@ -1,4 +1,4 @@
-"""The server's commands: serve, migrate, create-admin, gc (and version).
+"""The server's commands: serve, worker, migrate, create-admin, gc (and version).
 
 The `modelyard` command belongs to the client package (modelyard_client.cli); the server adds
 these commands to it through the `modelyard.commands` entry point (`register`). `app` alone is
@@ -319,6 +319,23 @@ async def _maintain(settings: Settings) -> MaintenanceReport:
         return await maintenance.maintain(engine, settings)
     finally:
         await engine.dispose()
+
+
+@app.command()
+def worker() -> None:
+    """Run batch prediction jobs from the Redis queue (needs MODELYARD_REDIS_URL) until
+    SIGTERM or SIGINT; without Redis the server runs jobs itself."""
+    settings = _settings()
+    if not settings.redis_url:
+        typer.echo(
+            "modelyard worker needs MODELYARD_REDIS_URL: without Redis, every server process "
+            "runs batch jobs itself",
+            err=True,
+        )
+        raise typer.Exit(2)
+    from modelyard.jobs.queue import run_worker
+
+    asyncio.run(run_worker(settings))
 
 
 audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)

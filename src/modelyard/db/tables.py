@@ -431,6 +431,57 @@ class FeatureReference(Base):
     )
 
 
+# --- batch jobs -------------------------------------------------------------------------------
+
+
+class BatchJob(Base):
+    """A file of rows scored by a model version in the background (see modelyard.jobs).
+
+    The row is the truth about the job in both worker modes: status and progress, and the
+    lease of the worker running it. `rows_done` and `parts_done` move together, in one UPDATE
+    per chunk after the chunk's part object is stored, so a resumed job knows exactly which
+    input rows are scored and which part objects hold them.
+    """
+
+    __tablename__ = "batch_jobs"
+    __table_args__ = (
+        Index("ix_batch_jobs_owner_id_created_at", "owner_id", "created_at"),
+        # Workers look for queued jobs and for running ones whose lease lapsed.
+        Index("ix_batch_jobs_status_lease_until", "status", "lease_until"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    api_key_id: Mapped[uuid.UUID | None]
+    model_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("registered_models.id", ondelete="CASCADE"), index=True
+    )
+    model_name: Mapped[str] = mapped_column(String(128))
+    # The version resolved when the job was created: a promotion meanwhile changes nothing.
+    version_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE")
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    input_path: Mapped[str] = mapped_column(String(1024))
+    output_path: Mapped[str] = mapped_column(String(1024))
+    format: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    rows_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_total: Mapped[int | None] = mapped_column(BigInteger)
+    parts_done: Mapped[int] = mapped_column(Integer, default=0)
+    inference_time_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The run holding the job, and until when: renewed while it runs, taken over once past.
+    worker_token: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
 # --- audit ------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,241 @@
+"""Where batch jobs wait for a worker: a Redis queue (saq) when Redis is configured, else the
+jobs table itself, polled by a task in each server process.
+
+Either way the jobs table decides: a worker runs a job only once its conditional UPDATE has
+claimed it (`service.claim`), so a job delivered twice, or found by two pollers, runs once.
+Delivery only has to be at least once, and every worker sweeps for what delivery missed: queued
+jobs (Redis was down when one was created) and running jobs whose lease lapsed (their worker
+died), which are then resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from abc import ABC, abstractmethod
+
+from redis.exceptions import RedisError
+from saq import Job, Worker
+from saq.queue.redis import RedisQueue
+from saq.types import Context
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from modelyard.config import Settings
+from modelyard.errors import is_dependency_down
+from modelyard.jobs import service
+from modelyard.jobs.runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+RUN_FUNCTION = "run_batch_job"
+# Jobs a sweep looks at per pass.
+SWEEP_LIMIT = 100
+# How long saq keeps a finished queue entry (its own bookkeeping; the jobs table keeps ours).
+QUEUE_ENTRY_TTL_SECONDS = 3600
+
+
+class JobQueue(ABC):
+    """Hands created jobs to workers."""
+
+    @abstractmethod
+    async def submit(self, job_id: uuid.UUID) -> None:
+        """Make the job reach a worker soon; never raises (the sweeps catch what is missed)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop what runs in the background and release connections."""
+
+
+class InProcessJobs(JobQueue):
+    """Runs jobs in this process, one at a time, from the jobs table (no Redis)."""
+
+    def __init__(
+        self,
+        runner: JobRunner,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        poll_seconds: float,
+    ) -> None:
+        self.runner = runner
+        self.sessions = sessions
+        self.poll_seconds = poll_seconds
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start polling for jobs."""
+        self._task = asyncio.create_task(self._loop(), name="batch-jobs-in-process")
+
+    async def submit(self, job_id: uuid.UUID) -> None:
+        self._wakeup.set()
+
+    async def aclose(self) -> None:
+        """Stop: a job being run stops where it is, and resumes from its last chunk later
+        (here after a restart, or in another process once its lease lapses)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                ran = await self._run_one()
+            except Exception as exc:
+                # The next poll tries again; an outage is one line a poll, not a traceback.
+                _log_failure("batch_jobs_poll_failed", exc)
+                ran = False
+            if not ran:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
+                self._wakeup.clear()
+
+    async def _run_one(self) -> bool:
+        async with self.sessions() as db:
+            candidates = await service.runnable_job_ids(db, limit=SWEEP_LIMIT)
+        for job_id in candidates:
+            if await self.runner.run(job_id):
+                return True
+        return False
+
+
+def _log_failure(event: str, exc: Exception) -> None:
+    if is_dependency_down(exc):
+        log.warning(event, extra={"error": type(exc).__name__})
+    else:
+        log.exception(event)
+
+
+class RedisJobs(JobQueue):
+    """Sends jobs to `modelyard worker` processes through a saq queue on Redis.
+
+    The queue entry's key is the job id, so submitting a job twice while it waits is a no-op;
+    a job resumed after its worker died goes again under `<id>:<attempt>`.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.redis_url is not None  # noqa: S101 - chosen only with Redis
+        self.queue = RedisQueue.from_url(settings.redis_url, name=settings.batch_job_queue)
+
+    async def submit(self, job_id: uuid.UUID, *, key: str | None = None) -> None:
+        try:
+            await self.queue.enqueue(
+                Job(
+                    function=RUN_FUNCTION,
+                    kwargs={"batch_job_id": str(job_id)},
+                    key=key or str(job_id),
+                    # Jobs take as long as their files: no time limit, no retries by saq (the
+                    # sweep below resumes jobs whose worker died, from the jobs table).
+                    timeout=0,
+                    retries=1,
+                    ttl=QUEUE_ENTRY_TTL_SECONDS,
+                )
+            )
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "batch_job_not_enqueued", extra={"job_id": str(job_id), "error": type(exc).__name__}
+            )
+
+    async def aclose(self) -> None:
+        # The client only: saq's `disconnect` also unsubscribes a pub/sub it never used here,
+        # a round trip that raises when Redis is down (and shutdown must not).
+        with contextlib.suppress(RedisError, OSError):
+            await self.queue.redis.aclose()
+
+    async def sweep(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        """Enqueue what delivery missed: queued jobs, and running ones whose worker died."""
+        async with sessions() as db:
+            queued = await service.queued_job_ids(db, limit=SWEEP_LIMIT)
+            abandoned = await service.abandoned_jobs(db, limit=SWEEP_LIMIT)
+        for job_id in queued:
+            await self.submit(job_id)
+        for job_id, attempts in abandoned:
+            # Keyed by the attempt that died: every worker's sweep sends it once.
+            await self.submit(job_id, key=f"{job_id}:{attempts}")
+
+
+async def run_worker(settings: Settings) -> None:
+    """Run batch jobs from the Redis queue until SIGTERM or SIGINT (`modelyard worker`)."""
+    from redis.asyncio import Redis
+
+    from modelyard.artifacts import make_store
+    from modelyard.audit.service import AuditLog
+    from modelyard.db.engine import make_engine, make_sessionmaker
+    from modelyard.epochs import Epochs
+    from modelyard.events import make_events
+    from modelyard.observability.logging import configure_logging
+    from modelyard.observability.metrics import Metrics
+    from modelyard.predictions.log import PredictionLog
+    from modelyard.predictions.service import Predictor
+    from modelyard.serving.batching import Batcher
+    from modelyard.serving.cache import ModelCache
+    from modelyard.serving.runtimes.onnx import configure_onnx_memory
+
+    assert settings.redis_url is not None  # noqa: S101 - checked by the command
+    configure_logging(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    sessions = make_sessionmaker(engine)
+    store = make_store(settings)
+    metrics = Metrics()
+    prediction_log = PredictionLog.from_settings(settings, sessions, metrics)
+    configure_onnx_memory(settings.onnx_memory_bytes)
+    epochs = Epochs(settings.data_dir)
+    redis = Redis.from_url(settings.redis_url)
+    events = make_events(epochs, redis)
+    events.on_action(AuditLog(sessions))
+    predictor = Predictor(
+        store=store,
+        cache=ModelCache.from_settings(settings, metrics),
+        batcher=Batcher.from_settings(settings, metrics),
+        log=prediction_log,
+        metrics=metrics,
+        run_timeout_seconds=settings.predict_timeout_seconds,
+    )
+    runner = JobRunner(
+        sessions=sessions, store=store, predictor=predictor, events=events, settings=settings
+    )
+    jobs = RedisJobs(settings)
+
+    async def run_batch_job(ctx: Context, *, batch_job_id: str) -> None:
+        entry = ctx.get("job")
+
+        async def heartbeat(rows_done: int, rows_total: int | None) -> None:
+            if entry is not None and rows_total:
+                await entry.update(progress=min(rows_done / rows_total, 1.0))
+
+        await runner.run(uuid.UUID(batch_job_id), heartbeat=heartbeat)
+
+    async def sweep_forever() -> None:
+        while True:
+            try:
+                await jobs.sweep(sessions)
+            except Exception as exc:
+                _log_failure("batch_jobs_sweep_failed", exc)
+            await asyncio.sleep(settings.batch_job_poll_seconds)
+
+    worker = Worker(
+        jobs.queue,
+        functions=[(RUN_FUNCTION, run_batch_job)],
+        concurrency=settings.batch_job_concurrency,
+    )
+    await prediction_log.start()
+    sweeper = asyncio.create_task(sweep_forever(), name="batch-jobs-sweep")
+    log.info("worker_started", extra={"queue": settings.batch_job_queue})
+    try:
+        await worker.start()  # until SIGTERM or SIGINT
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await jobs.aclose()
+        await predictor.batcher.aclose()
+        await prediction_log.aclose()
+        await redis.aclose()
+        await store.aclose()
+        await engine.dispose()
+        epochs.close()
+        log.info("worker_stopped")

@@ -1,0 +1,83 @@
+"""Routes of `/api/v1/batch-jobs`: score a file of the caller's in the background."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import Depends, Query, status
+
+from modelyard.auth.deps import CallerDep
+from modelyard.db.deps import SessionDep
+from modelyard.db.tables import BatchJob
+from modelyard.jobs import service
+from modelyard.jobs.schemas import BATCH_JOBS_PATH, BatchJobCreate, BatchJobRead, JobStatus
+from modelyard.routing import make_router
+from modelyard.schemas import Page, PageDep, make_page
+from modelyard.state import StateDep
+
+router = make_router(prefix=BATCH_JOBS_PATH, tags=["batch jobs"])
+
+
+async def owned_job(job_id: uuid.UUID, caller: CallerDep, db: SessionDep) -> BatchJob:
+    """Return the caller's job `{job_id}` (404 for anyone else's)."""
+    return await service.get_job(db, caller, job_id)
+
+
+OwnedJob = Annotated[BatchJob, Depends(owned_job)]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=BatchJobRead,
+    responses={
+        404: {"description": "no such model, version, alias or input file"},
+        409: {"description": "the model or version is archived"},
+    },
+)
+async def create_batch_job(
+    body: BatchJobCreate, caller: CallerDep, db: SessionDep, state: StateDep
+) -> BatchJob:
+    """Score a CSV file of the caller's with a model version, in the background.
+
+    The version is resolved now (a later promotion does not change the job). The answer is the
+    queued job; poll it (`links.self`) for progress, and download `links.output` once it has
+    succeeded. Needs the `predict` scope.
+    """
+    assert state.batch_jobs is not None  # noqa: S101 - set up with the API routes
+    return await service.create_job(
+        db, caller, body, store=state.store, queue=state.batch_jobs, events=state.events
+    )
+
+
+@router.get("", response_model=Page[BatchJobRead])
+async def list_batch_jobs(
+    caller: CallerDep,
+    db: SessionDep,
+    page: PageDep,
+    status: Annotated[JobStatus | None, Query()] = None,
+) -> Page[BatchJobRead]:
+    """List the caller's batch jobs, newest first (only those with `status`, if given)."""
+    rows, total = await service.list_jobs(db, caller, page=page, status=status)
+    return make_page(BatchJobRead, rows, total, page)
+
+
+@router.get("/{job_id}", response_model=BatchJobRead)
+async def get_batch_job(job: OwnedJob) -> BatchJob:
+    """Show a batch job: status, rows done and in all, error, times."""
+    return job
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=BatchJobRead,
+    responses={409: {"description": "the job has succeeded or failed already"}},
+)
+async def cancel_batch_job(
+    job: OwnedJob, caller: CallerDep, db: SessionDep, state: StateDep
+) -> BatchJob:
+    """Cancel a batch job: a queued one at once; a running one stops after its current chunk
+    (`cancel_requested` until then). No output file is written."""
+    return await service.cancel_job(db, caller, job, events=state.events)

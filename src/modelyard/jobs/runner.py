@@ -1,0 +1,790 @@
+"""Running one batch job: claim it, stream its input in chunks, score each chunk, store it as a
+part object, commit the progress, and assemble the parts into the output file at the end.
+
+Resuming without duplicates: a chunk's part object is stored *before* the UPDATE that counts
+it (`rows_done` and `parts_done` together), and parts are numbered. A run that dies between the
+two leaves a part nobody counted; the run that takes over skips the `rows_done` rows already
+counted, scores the next chunk again and stores it under the same part number, replacing the
+orphan with the same bytes. The output file is written once, from the counted parts in order,
+when the input is exhausted. Part objects live in the artifact store (`batch-jobs/<id>/`), so
+this holds on S3 as on a local folder, and whichever host the next run lands on.
+
+Memory: one chunk of parsed rows and its predictions, plus the store's read and write buffers.
+Parsing and predicting run in threads: the event loop (a server's requests) never waits on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from modelyard.artifacts.store import ArtifactStore, ObjectNotFound, ObjectStream
+from modelyard.config import Settings
+from modelyard.db.tables import BatchJob, ModelVersion, RegisteredModel
+from modelyard.db.types import utcnow, uuid7
+from modelyard.errors import ModelyardError
+from modelyard.events import Events
+from modelyard.files.service import file_key
+from modelyard.jobs import service
+from modelyard.jobs.schemas import JobFormat, JobStatus
+from modelyard.predictions.inputs import InvalidInput, feature_count, to_batch
+from modelyard.predictions.log import PredictionRecord
+from modelyard.predictions.service import Predictor, Target
+from modelyard.registry.schemas import ModelStatus, Stage
+from modelyard.serving.runtimes import Runtime
+
+log = logging.getLogger(__name__)
+
+PARTS_PREFIX = "batch-jobs"
+# Bytes read from the store at a time, and copied into the output file at a time.
+READ_BYTES = 1 << 20
+# Most names of missing input columns a failure message lists.
+LISTED_COLUMNS = 5
+# What a job's failure says when the cause is ours, not the input's (the log has the rest).
+INTERNAL_FAILURE = "the job failed on the server; see the server log"
+
+Heartbeat = Callable[[int, int | None], Awaitable[None]]
+
+
+class JobFailure(Exception):
+    """The job cannot succeed (its input or model is wrong); the message is shown to its owner."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class _End(Enum):
+    SUCCEEDED = "succeeded"
+    CANCELLED = "cancelled"
+    LOST = "lost"  # the run no longer holds the job: it stops, and writes nothing more
+
+
+def parts_folder(job_id: uuid.UUID) -> str:
+    """Return the store prefix of a job's part objects (with its trailing slash)."""
+    return f"{PARTS_PREFIX}/{job_id}/"
+
+
+def part_key(job_id: uuid.UUID, index: int) -> str:
+    """Return the store key of a job's part `index` (0-based, in input order)."""
+    return f"{parts_folder(job_id)}part-{index:08d}"
+
+
+def header_key(job_id: uuid.UUID) -> str:
+    return f"{parts_folder(job_id)}header"
+
+
+@dataclass(slots=True)
+class _Run:
+    job_id: uuid.UUID
+    token: str
+    owner_id: uuid.UUID
+    api_key_id: uuid.UUID | None
+    input_key: str
+    output_key: str
+    output_path: str
+    input_path: str
+    rows_done: int
+    parts_done: int
+    rows_total: int | None
+    format: str
+
+
+class Chunks(Protocol):
+    """An input read in batches of the model's rows (blocking: called from a thread)."""
+
+    def next_chunk(self) -> np.ndarray | None: ...
+
+    def stop(self) -> None:
+        """Make a `next_chunk` in progress end soon (it may need the event loop meanwhile)."""
+
+
+async def _next_chunk(chunks: Chunks) -> np.ndarray | None:
+    """Read the next chunk in a thread. Cancelled, wait for the thread to end before going on:
+    it reads the input through the event loop, and the input is closed once this returns."""
+    reading = asyncio.ensure_future(asyncio.to_thread(chunks.next_chunk))
+    try:
+        return await asyncio.shield(reading)
+    except asyncio.CancelledError:
+        chunks.stop()
+        with contextlib.suppress(Exception):
+            await reading
+        raise
+
+
+class JobRunner:
+    """Runs batch jobs in this process, with the components a server (or a worker) holds."""
+
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        store: ArtifactStore,
+        predictor: Predictor,
+        events: Events,
+        settings: Settings,
+    ) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.predictor = predictor
+        self.events = events
+        self.chunk_rows = settings.batch_job_chunk_rows
+        self.lease = timedelta(seconds=settings.batch_job_lease_seconds)
+        self.tmp_dir = settings.data_dir / "tmp" / "batch-jobs"
+
+    async def run(self, job_id: uuid.UUID, *, heartbeat: Heartbeat | None = None) -> bool:
+        """Run the job if it can be claimed (queued, or its worker's lease lapsed); return
+        whether this call ran it. `heartbeat(rows_done, rows_total)` is awaited after every
+        chunk (the queue's own liveness record)."""
+        token = uuid.uuid4().hex
+        async with self.sessions() as db:
+            job = await service.claim(db, job_id, token=token, lease=self.lease)
+            if job is None:
+                return False
+            run = _Run(
+                job_id=job.id,
+                token=token,
+                owner_id=job.owner_id,
+                api_key_id=job.api_key_id,
+                input_key=file_key(job.owner_id, job.input_path),
+                output_key=file_key(job.owner_id, job.output_path),
+                output_path=job.output_path,
+                input_path=job.input_path,
+                rows_done=job.rows_done,
+                parts_done=job.parts_done,
+                rows_total=job.rows_total,
+                format=job.format,
+            )
+            cancel_requested = job.cancel_requested
+            target = await _target(db, job)
+            await self.events.record(
+                service.action(
+                    "batch_job.started", job, attempt=job.attempts, from_row=job.rows_done
+                )
+            )
+        log.info(
+            "batch_job_started",
+            extra={"job_id": str(job_id), "from_row": run.rows_done, "attempt": job.attempts},
+        )
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_lease(run, lost), name=f"batch-job-lease-{job_id}")
+        try:
+            if cancel_requested:
+                end = _End.CANCELLED
+            elif isinstance(target, str):
+                raise JobFailure(target)
+            else:
+                end = await self._execute(run, target, lost, heartbeat)
+        except JobFailure as exc:
+            await self._end(run, JobStatus.FAILED, error=exc.message, target=target)
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                # The worker is stopping: let the next one take the job over at once.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._release(run))
+                raise
+            log.exception("batch_job_error", extra={"job_id": str(job_id)})
+            await self._end(run, JobStatus.FAILED, error=INTERNAL_FAILURE, target=target)
+        else:
+            if end is _End.SUCCEEDED:
+                await self._end(run, JobStatus.SUCCEEDED, target=target)
+            elif end is _End.CANCELLED:
+                await self._end(run, JobStatus.CANCELLED, target=target)
+            else:
+                log.warning("batch_job_lost", extra={"job_id": str(job_id)})
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        return True
+
+    # --- the run ------------------------------------------------------------------------------
+
+    async def _execute(
+        self, run: _Run, target: Target, lost: asyncio.Event, heartbeat: Heartbeat | None
+    ) -> _End:
+        runtime = await self.predictor.runtime(target)
+        async with self._input(run, runtime, target) as chunks:
+            return await self._score(run, chunks, runtime, lost, heartbeat)
+
+    @contextlib.asynccontextmanager
+    async def _input(self, run: _Run, runtime: Runtime, target: Target) -> AsyncIterator[Chunks]:
+        """Open the job's input as chunks, counting its rows first if not yet known."""
+        if run.format == JobFormat.PARQUET:
+            # Parquet is read by row groups from a seekable file: a local copy of the input.
+            local = await self._download(run)
+            try:
+                parquet = await asyncio.to_thread(
+                    ParquetChunks,
+                    local,
+                    runtime=runtime,
+                    feature_names=target.feature_names,
+                    chunk_rows=self.chunk_rows,
+                    skip_rows=run.rows_done,
+                )
+                if run.rows_total is None:
+                    await self._set_total(run, parquet.rows_total)
+                yield parquet
+            finally:
+                await asyncio.to_thread(local.unlink, missing_ok=True)
+            return
+        if run.rows_total is None:
+            await self._set_total(run, await self._count_rows(run))
+        stream = await self._open_input(run)
+        try:
+            yield CsvChunks(
+                _BlockingStream(stream, asyncio.get_running_loop()),
+                runtime=runtime,
+                feature_names=target.feature_names,
+                chunk_rows=self.chunk_rows,
+                skip_rows=run.rows_done,
+            )
+        finally:
+            await stream.aclose()
+
+    async def _set_total(self, run: _Run, rows_total: int) -> None:
+        run.rows_total = rows_total
+        async with self.sessions() as db:
+            await service.set_total(db, run.job_id, token=run.token, rows_total=rows_total)
+
+    async def _open_input(self, run: _Run) -> ObjectStream:
+        try:
+            return await self.store.open(run.input_key, chunk_size=READ_BYTES)
+        except ObjectNotFound as exc:
+            raise JobFailure(f"the input file {run.input_path!r} no longer exists") from exc
+
+    async def _download(self, run: _Run) -> Path:
+        stream = await self._open_input(run)
+        path = await asyncio.to_thread(_write_temp, self.tmp_dir, "")
+        out = await asyncio.to_thread(path.open, "ab")
+        try:
+            async for piece in _pieces(stream):
+                await asyncio.to_thread(out.write, piece)
+        except BaseException:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+            raise
+        finally:
+            await asyncio.to_thread(out.close)
+        return path
+
+    async def _score(
+        self,
+        run: _Run,
+        chunks: Chunks,
+        runtime: Runtime,
+        lost: asyncio.Event,
+        heartbeat: Heartbeat | None,
+    ) -> _End:
+        """Score the chunks left, store each as a part, then assemble the output."""
+        while True:
+            batch = await _next_chunk(chunks)
+            if batch is None:
+                break
+            if lost.is_set():
+                return _End.LOST
+            # CPU-bound: off the event loop (a server's requests go on meanwhile).
+            started = time.perf_counter()
+            try:
+                predictions, probabilities = await asyncio.to_thread(runtime.predict, batch)
+            except (ValueError, TypeError) as exc:
+                raise JobFailure(
+                    f"the model could not predict rows {run.rows_done + 1}.."
+                    f"{run.rows_done + len(batch)}: {type(exc).__name__}"
+                ) from exc
+            except ModelyardError as exc:  # a time or memory budget of the runtime
+                raise JobFailure(exc.detail) from exc
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            _check_finite(predictions, probabilities)
+            if run.parts_done == 0:
+                await self._put_text(
+                    header_key(run.job_id), _header(runtime, predictions, probabilities)
+                )
+            # Formatting a chunk's lines is CPU work too: off the event loop.
+            text = await asyncio.to_thread(_rows_text, run.rows_done, predictions, probabilities)
+            await self._put_text(part_key(run.job_id, run.parts_done), text)
+            async with self.sessions() as db:
+                asked = await service.record_progress(
+                    db,
+                    run.job_id,
+                    token=run.token,
+                    rows_done=run.rows_done + len(batch),
+                    parts_done=run.parts_done + 1,
+                    inference_ms=elapsed_ms,
+                    lease=self.lease,
+                )
+            if asked is None:
+                return _End.LOST
+            run.rows_done += len(batch)
+            run.parts_done += 1
+            if asked:
+                return _End.CANCELLED
+            if heartbeat is not None:
+                await heartbeat(run.rows_done, run.rows_total)
+        if run.parts_done == 0:
+            raise JobFailure(f"the input file {run.input_path!r} has no rows")
+        if lost.is_set():
+            return _End.LOST
+        await self._assemble(run)
+        return _End.SUCCEEDED
+
+    async def _count_rows(self, run: _Run) -> int:
+        """Count the input's lines (less the header): a fast pass, exact for files without
+        quoted line breaks; the final count replaces it when the job succeeds."""
+        stream = await self._open_input(run)
+        lines, last = 0, b"\n"
+        try:
+            async for piece in stream:
+                lines += piece.count(b"\n")
+                last = piece[-1:] or last
+        finally:
+            await stream.aclose()
+        if last != b"\n":
+            lines += 1
+        return max(lines - 1, 0)
+
+    async def _put_text(self, key: str, text: str) -> None:
+        # File system calls leave the event loop: a server's requests go on meanwhile.
+        path = await asyncio.to_thread(_write_temp, self.tmp_dir, text)
+        try:
+            await self.store.put_file(key, path)
+        finally:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+
+    async def _assemble(self, run: _Run) -> None:
+        """Write the header and the counted parts, in order, to the output file."""
+        path = await asyncio.to_thread(_write_temp, self.tmp_dir, "")
+        try:
+            out = await asyncio.to_thread(path.open, "ab")
+            try:
+                keys = [header_key(run.job_id)]
+                keys += [part_key(run.job_id, i) for i in range(run.parts_done)]
+                for key in keys:
+                    async for piece in _pieces(await self.store.open(key, chunk_size=READ_BYTES)):
+                        await asyncio.to_thread(out.write, piece)
+            finally:
+                await asyncio.to_thread(out.close)
+            await self.store.put_file(run.output_key, path)
+        finally:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+
+    async def _keep_lease(self, run: _Run, lost: asyncio.Event) -> None:
+        interval = self.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self.sessions() as db:
+                    holds = await service.renew(db, run.job_id, token=run.token, lease=self.lease)
+            except Exception:
+                # A database blip: the lease may still hold; the next renewal tells.
+                log.warning("batch_job_lease_not_renewed", extra={"job_id": str(run.job_id)})
+                continue
+            if not holds:
+                lost.set()
+                return
+
+    async def _release(self, run: _Run) -> None:
+        async with self.sessions() as db:
+            await service.renew(db, run.job_id, token=run.token, lease=timedelta(seconds=-1))
+
+    async def _end(
+        self,
+        run: _Run,
+        status: JobStatus,
+        *,
+        target: Target | str,
+        error: str | None = None,
+    ) -> None:
+        async with self.sessions() as db:
+            job = await service.finish(
+                db,
+                run.job_id,
+                token=run.token,
+                status=status,
+                error=error,
+                rows_total=run.rows_done if status == JobStatus.SUCCEEDED else None,
+            )
+        if job is None:
+            log.warning("batch_job_lost", extra={"job_id": str(run.job_id)})
+            return
+        log.info(
+            "batch_job_finished",
+            extra={"job_id": str(run.job_id), "status": str(status), "rows": job.rows_done},
+        )
+        if isinstance(target, Target) and status != JobStatus.CANCELLED:
+            self._log_summary(job, target, error)
+        await self.events.record(
+            service.action(
+                "batch_job.finished",
+                job,
+                outcome="success" if status == JobStatus.SUCCEEDED else "failure",
+                status=str(status),
+                rows_done=job.rows_done,
+                error=error,
+            )
+        )
+        await self._delete_parts(run)
+
+    def _log_summary(self, job: BatchJob, target: Target, error: str | None) -> None:
+        """Log the job as one prediction: its rows and total inference time, not each row."""
+        self.predictor.log.record(
+            PredictionRecord(
+                id=uuid7(),
+                model_id=target.model_id,
+                version_id=target.version_id,
+                version=target.version,
+                owner_id=target.owner_id,
+                user_id=job.owner_id,
+                api_key_id=job.api_key_id,
+                protocol="batch",
+                status="success" if error is None else "error",
+                error=error,
+                inputs={"batch_job_id": str(job.id), "input_path": job.input_path},
+                outputs={"output_path": job.output_path, "rows": job.rows_done}
+                if error is None
+                else None,
+                n_rows=job.rows_done,
+                inference_time_ms=job.inference_time_ms,
+                created_at=utcnow(),
+            )
+        )
+
+    async def _delete_parts(self, run: _Run) -> None:
+        try:
+            async for info in self.store.list(parts_folder(run.job_id)):
+                await self.store.delete(info.key)
+        except ModelyardError:
+            # Left for a later cleanup; the job's outcome stands.
+            log.warning("batch_job_parts_not_deleted", extra={"job_id": str(run.job_id)})
+
+
+async def _target(db: AsyncSession, job: BatchJob) -> Target | str:
+    """Return what the job's version serves, or why it no longer can."""
+    row = (
+        await db.execute(
+            select(RegisteredModel, ModelVersion)
+            .join(ModelVersion, ModelVersion.model_id == RegisteredModel.id)
+            .where(ModelVersion.id == job.version_id)
+        )
+    ).first()
+    if row is None:
+        return f"version {job.version} of model {job.model_name!r} no longer exists"
+    model, version = row
+    if model.status == ModelStatus.ARCHIVED or version.stage == Stage.ARCHIVED:
+        return f"version {job.version} of model {job.model_name!r} is archived"
+    return Target.of(model, version)
+
+
+def _write_temp(folder: Path, text: str) -> Path:
+    """Write `text` to a new file in `folder` and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder, suffix=".part")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    return Path(name)
+
+
+async def _pieces(stream: ObjectStream) -> AsyncIterator[bytes]:
+    try:
+        async for piece in stream:
+            yield piece
+    finally:
+        await stream.aclose()
+
+
+def _check_finite(predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
+    for values in (predictions, probabilities):
+        if values is not None and values.dtype.kind in "fc" and not np.isfinite(values).all():
+            raise JobFailure("the model produced a value that is not a finite number")
+
+
+def _header(runtime: Runtime, predictions: np.ndarray, probabilities: np.ndarray | None) -> str:
+    names = ["row"]
+    if predictions.ndim == 2:
+        names += [f"prediction_{i}" for i in range(predictions.shape[1])]
+    else:
+        names.append("prediction")
+    if probabilities is not None:
+        classes = runtime.classes or list(range(probabilities.shape[1]))
+        names += [f"proba_{c}" for c in classes]
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(names)
+    return out.getvalue()
+
+
+def _rows_text(first_row: int, predictions: np.ndarray, probabilities: np.ndarray | None) -> str:
+    """Return a chunk's output lines: the input row number (0-based), predictions, probabilities."""
+    columns: list[Any] = [range(first_row, first_row + len(predictions))]
+    if predictions.ndim == 2:
+        columns += predictions.T.tolist()
+    else:
+        columns.append(predictions.tolist())
+    if probabilities is not None:
+        columns += probabilities.T.tolist()
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(zip(*columns, strict=True))
+    return out.getvalue()
+
+
+# --- reading CSV in chunks --------------------------------------------------------------------
+
+
+class _BlockingStream(io.RawIOBase):
+    """A store stream read from a worker thread: each read waits for the event loop to fetch
+    the next piece (the loop is free meanwhile: it awaits the thread)."""
+
+    def __init__(self, stream: ObjectStream, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._stream = stream
+        self._loop = loop
+        self._piece = memoryview(b"")
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def stop(self) -> None:
+        """Read nothing more: the next read ends the file."""
+        self._ended = True
+        self._piece = memoryview(b"")
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._piece:
+            if self._ended:
+                return 0
+            piece = asyncio.run_coroutine_threadsafe(_next_piece(self._stream), self._loop).result()
+            if not piece:
+                self._ended = True
+                return 0
+            self._piece = memoryview(piece)
+        n = min(len(buffer), len(self._piece))
+        buffer[:n] = self._piece[:n]
+        self._piece = self._piece[n:]
+        return n
+
+
+async def _next_piece(stream: ObjectStream) -> bytes:
+    return await anext(stream, b"")
+
+
+class CsvChunks:
+    """The rows of a CSV file with a header, as the model's batches of at most `chunk_rows`.
+
+    Columns are matched to the model's features by name when the header names them all (other
+    columns are ignored); otherwise the file must have exactly the model's feature count of
+    columns, taken in order. Blank lines are skipped. Blocking: call it from a thread.
+    """
+
+    def __init__(
+        self,
+        raw: io.RawIOBase,
+        *,
+        runtime: Runtime,
+        feature_names: list[str] | None,
+        chunk_rows: int,
+        skip_rows: int = 0,
+    ) -> None:
+        self._raw = raw
+        self._text = io.TextIOWrapper(
+            io.BufferedReader(raw, READ_BYTES), encoding="utf-8-sig", newline=""
+        )
+        self._reader = csv.reader(self._text)
+        self._runtime = runtime
+        self._names = feature_names or runtime.feature_names
+        self._expected = feature_count(runtime, feature_names)
+        self._chunk_rows = chunk_rows
+        self._skip = skip_rows
+        self._columns: list[int] | None = None
+        self._all_columns = False
+        self._width = 0
+        self._row = 0  # data rows read so far
+
+    def next_chunk(self) -> np.ndarray | None:
+        """Return the next batch, or None at the end of the file.
+
+        Raises:
+            JobFailure: the file is not UTF-8 CSV, its header does not fit the model, or a row
+                is ragged or holds a value that is not a finite number.
+        """
+        try:
+            if self._columns is None:
+                self._read_header()
+            while self._skip:
+                if self._next_row() is None:
+                    return None
+                self._skip -= 1
+            rows: list[list[str]] = []
+            while len(rows) < self._chunk_rows:
+                row = self._next_row()
+                if row is None:
+                    break
+                rows.append(row)
+        except UnicodeDecodeError as exc:
+            raise JobFailure("the input file is not UTF-8 text") from exc
+        except csv.Error as exc:
+            raise JobFailure(f"the input is not valid CSV near row {self._row + 1}: {exc}") from exc
+        if not rows:
+            return None
+        first = self._row - len(rows) + 1
+        try:
+            matrix = np.array(rows, dtype=np.float64)
+        except ValueError as exc:
+            raise JobFailure(_non_numeric(rows, first)) from exc
+        try:
+            return to_batch(matrix, self._runtime.input_dtype, is_json=False)
+        except InvalidInput as exc:
+            raise JobFailure(f"rows {first}..{first + len(rows) - 1}: {exc.detail}") from exc
+
+    def stop(self) -> None:
+        if isinstance(self._raw, _BlockingStream):
+            self._raw.stop()
+
+    def _read_header(self) -> None:
+        header = next(self._reader, None)
+        if header is None:
+            raise JobFailure("the input file is empty: a CSV file starts with a header row")
+        self._width = len(header)
+        self._columns = choose_columns(header, names=self._names, expected=self._expected)
+        self._all_columns = self._columns == list(range(self._width))
+
+    def _next_row(self) -> list[str] | None:
+        for row in self._reader:
+            if not row:
+                continue  # a blank line
+            self._row += 1
+            if len(row) != self._width:
+                raise JobFailure(
+                    f"row {self._row} has {len(row)} values; the header has {self._width}"
+                )
+            columns = self._columns
+            assert columns is not None  # noqa: S101 - read with the header
+            return row if self._all_columns else [row[i] for i in columns]
+        return None
+
+
+def choose_columns(
+    header: list[str], *, names: list[str] | None, expected: int | None
+) -> list[int]:
+    """Return the positions of the model's features among the input's columns.
+
+    By name when the header names every feature (other columns are ignored); otherwise every
+    column in order, if there are as many as the model takes.
+
+    Raises:
+        JobFailure: neither.
+    """
+    if names and set(names) <= set(header):
+        position = {name: i for i, name in enumerate(header)}
+        return [position[name] for name in names]
+    if expected is None or len(header) == expected:
+        return list(range(len(header)))
+    message = f"the model takes {expected} features; the input has {len(header)} columns"
+    if names:
+        missing = [n for n in names if n not in header]
+        more = len(missing) - LISTED_COLUMNS
+        message += " and lacks the columns " + ", ".join(missing[:LISTED_COLUMNS])
+        message += f" and {more} more" if more > 0 else ""
+    raise JobFailure(message)
+
+
+class ParquetChunks:
+    """The rows of a local Parquet file as the model's batches of at most `chunk_rows`, its
+    columns chosen as a CSV file's are (`choose_columns`). Blocking: call it from a thread.
+
+    Raises (from the constructor):
+        JobFailure: not a Parquet file, or its columns do not fit the model.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        runtime: Runtime,
+        feature_names: list[str] | None,
+        chunk_rows: int,
+        skip_rows: int = 0,
+    ) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._errors: tuple[type[Exception], ...] = (pa.ArrowException, ValueError, TypeError)
+        try:
+            parquet = pq.ParquetFile(path)
+        except self._errors as exc:
+            raise JobFailure("the input file is not a Parquet file") from exc
+        header = list(parquet.schema_arrow.names)
+        columns = choose_columns(
+            header,
+            names=feature_names or runtime.feature_names,
+            expected=feature_count(runtime, feature_names),
+        )
+        self.rows_total: int = parquet.metadata.num_rows
+        self._runtime = runtime
+        self._batches = iter(
+            parquet.iter_batches(batch_size=chunk_rows, columns=[header[i] for i in columns])
+        )
+        self._skip = skip_rows
+        self._row = 0
+
+    def stop(self) -> None:
+        """Nothing to do: the file is local, a chunk's read ends by itself."""
+
+    def next_chunk(self) -> np.ndarray | None:
+        """Return the next batch, or None at the end of the file.
+
+        Raises:
+            JobFailure: a column is not numeric, or a value is missing or not finite.
+        """
+        batch = None
+        for batch in self._batches:
+            if self._skip < batch.num_rows:
+                break
+            self._skip -= batch.num_rows
+            self._row += batch.num_rows
+        else:
+            return None
+        if self._skip:
+            batch, self._row, self._skip = batch.slice(self._skip), self._row + self._skip, 0
+        first = self._row + 1
+        self._row += batch.num_rows
+        last = self._row
+        try:
+            matrix = np.column_stack(
+                [column.to_numpy(zero_copy_only=False) for column in batch.columns]
+            ).astype(np.float64)
+        except self._errors as exc:
+            raise JobFailure(f"rows {first}..{last}: the values are not all numbers") from exc
+        try:
+            return to_batch(matrix, self._runtime.input_dtype, is_json=False)
+        except InvalidInput as exc:
+            raise JobFailure(f"rows {first}..{last}: {exc.detail}") from exc
+
+
+def _non_numeric(rows: list[list[str]], first: int) -> str:
+    for i, row in enumerate(rows):
+        for value in row:
+            try:
+                float(value)
+            except ValueError:
+                return f"row {first + i}: {_quoted(value)} is not a number"
+    return f"rows {first}..{first + len(rows) - 1}: the values are not numbers"
+
+
+def _quoted(value: str) -> str:
+    return repr(value if len(value) <= 32 else value[:32] + "...")

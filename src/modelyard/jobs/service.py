@@ -1,0 +1,382 @@
+"""Use cases of batch jobs: create, list, show, cancel; and the row operations of the workers
+that run them (claim, lease renewal, progress, finish).
+
+A job's row is the truth in both worker modes. A worker *claims* a job with one conditional
+UPDATE (queued, or running with a lapsed lease), so two processes never run one job; it holds
+the job by renewing the lease, and every later write of its run is conditional on still holding
+it (its `worker_token`): a worker that lost the job (it stalled past its lease and another took
+over) can no longer move it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from modelyard.artifacts.store import ArtifactStore
+from modelyard.auth.scopes import Scope
+from modelyard.auth.service import Caller
+from modelyard.db.tables import BatchJob, User
+from modelyard.db.types import utcnow, uuid7
+from modelyard.errors import Conflict, NotFound, Unprocessable
+from modelyard.events import Action, Events
+from modelyard.files.service import FileNotFound, file_key
+from modelyard.jobs.schemas import FINISHED, BatchJobCreate, JobFormat, JobStatus
+from modelyard.predictions.service import resolve_target
+from modelyard.schemas import PageParams
+
+if TYPE_CHECKING:  # the queue runs this module's functions: imported for its type only
+    from modelyard.jobs.queue import JobQueue
+
+
+class BatchJobNotFound(NotFound):
+    type = "batch-job-not-found"
+
+    def __init__(self, job_id: uuid.UUID) -> None:
+        super().__init__(f"batch job '{job_id}' not found")
+
+
+class JobFinished(Conflict):
+    type = "batch-job-finished"
+
+
+def has_parquet() -> bool:
+    """Tell whether this server can read Parquet (pyarrow is installed)."""
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+def owned_jobs(user: User, models: frozenset[str] | None = None) -> Select[BatchJob]:
+    """Select the jobs `user` owns (on `models` only, for an API key limited to them): the one
+    place jobs are filtered by owner."""
+    query = select(BatchJob).where(BatchJob.owner_id == user.id)
+    if models is not None:
+        query = query.where(BatchJob.model_name.in_(models))
+    return query
+
+
+async def get_job(db: AsyncSession, caller: Caller, job_id: uuid.UUID) -> BatchJob:
+    """Return one of the caller's jobs.
+
+    Raises:
+        BatchJobNotFound: no such job, another user's, or (for a key limited to models) one on
+            a model the key may not use.
+    """
+    job = await db.scalar(owned_jobs(caller.user, caller.models).where(BatchJob.id == job_id))
+    if job is None:
+        raise BatchJobNotFound(job_id)
+    return job
+
+
+async def list_jobs(
+    db: AsyncSession, caller: Caller, *, page: PageParams, status: JobStatus | None = None
+) -> tuple[Sequence[BatchJob], int]:
+    """Return one page of the caller's jobs, newest first, and how many there are."""
+    query = owned_jobs(caller.user, caller.models)
+    if status is not None:
+        query = query.where(BatchJob.status == status)
+    total = await db.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await db.scalars(
+        query.order_by(BatchJob.created_at.desc(), BatchJob.id.desc())
+        .limit(page.limit)
+        .offset(page.offset)
+    )
+    return list(rows), total or 0
+
+
+async def create_job(
+    db: AsyncSession,
+    caller: Caller,
+    body: BatchJobCreate,
+    *,
+    store: ArtifactStore,
+    queue: JobQueue,
+    events: Events,
+) -> BatchJob:
+    """Resolve the model version, check the input file exists, insert a queued job and hand
+    it to the workers (after the commit: a worker never looks for a job not there yet).
+
+    Raises:
+        Unprocessable: Parquet asked for, and this server cannot read it.
+        ModelNotFound, VersionNotFound, AliasNotFound, NoServableVersion: nothing to serve.
+        NotServable: the model or the chosen version is archived.
+        MissingScope, OutsideModelLimit: the caller's API key may not predict with the model.
+        FileNotFound: the caller has no file at `input_path`.
+    """
+    if body.format == JobFormat.PARQUET and not has_parquet():
+        raise Unprocessable(
+            "Parquet input needs the pyarrow package, which this server does not have; "
+            "send CSV (format 'csv')"
+        )
+    version = body.version if isinstance(body.version, int) else None
+    alias = body.version if isinstance(body.version, str) else None
+    target = await resolve_target(db, caller.user, body.model, version=version, alias=alias)
+    # The model is named in the body: a key limited to models is checked here.
+    caller.require(Scope.PREDICT, model=target.model_name)
+    if await store.stat(file_key(caller.user.id, body.input_path)) is None:
+        raise FileNotFound(body.input_path)
+    job = BatchJob(
+        id=uuid7(),
+        owner_id=caller.user.id,
+        api_key_id=caller.api_key_id,
+        model_id=target.model_id,
+        model_name=target.model_name,
+        version_id=target.version_id,
+        version=target.version,
+        input_path=body.input_path,
+        output_path=body.output_path,
+        format=body.format,
+        status=JobStatus.QUEUED,
+        cancel_requested=False,
+        rows_done=0,
+        parts_done=0,
+        inference_time_ms=0.0,
+        attempts=0,
+    )
+    db.add(job)
+    await db.commit()
+    await queue.submit(job.id)
+    await events.record(
+        _action(
+            "batch_job.created",
+            job,
+            input_path=job.input_path,
+            output_path=job.output_path,
+            format=job.format,
+            version=job.version,
+        )
+    )
+    return job
+
+
+async def cancel_job(
+    db: AsyncSession, caller: Caller, job: BatchJob, *, events: Events
+) -> BatchJob:
+    """Cancel a job: a queued one at once, a running one at its next chunk.
+
+    Cancelling a cancelled job again changes nothing.
+
+    Raises:
+        MissingScope, OutsideModelLimit: the caller's API key may not predict with the model.
+        JobFinished: the job has succeeded or failed already.
+    """
+    caller.require(Scope.PREDICT, model=job.model_name)
+    job_id = job.id
+    now = utcnow()
+    # Queued: nobody runs it yet, it ends here. (A worker may claim it meanwhile: the condition
+    # then fails, and the running job is asked to stop below.)
+    queued = await db.execute(
+        update(BatchJob)
+        .where(BatchJob.id == job_id, BatchJob.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now)
+    )
+    if not _rowcount(queued):
+        await db.execute(
+            update(BatchJob)
+            .where(BatchJob.id == job_id, BatchJob.status == JobStatus.RUNNING)
+            .values(cancel_requested=True, updated_at=now)
+        )
+    await db.commit()
+    await db.refresh(job)
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        raise JobFinished(f"batch job '{job_id}' has {job.status} already")
+    await events.record(_action("batch_job.cancelled", job, status=job.status))
+    return job
+
+
+def _action(name: str, job: BatchJob, *, outcome: str = "success", **details: Any) -> Action:
+    return Action(
+        name=name,
+        target_type="batch_job",
+        target_id=str(job.id),
+        owner_id=job.owner_id,
+        model_id=job.model_id,
+        outcome=outcome,
+        details=details,
+    )
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- what workers do to the rows --------------------------------------------------------------
+
+
+async def runnable_job_ids(db: AsyncSession, *, limit: int) -> list[uuid.UUID]:
+    """Return jobs a worker may claim: queued ones, and running ones whose lease has lapsed
+    (their worker died), oldest first."""
+    rows = await db.scalars(
+        select(BatchJob.id)
+        .where(_claimable())
+        .order_by(BatchJob.created_at, BatchJob.id)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def abandoned_jobs(db: AsyncSession, *, limit: int) -> list[tuple[uuid.UUID, int]]:
+    """Return (id, attempts) of running jobs whose lease has lapsed, oldest first."""
+    rows = await db.execute(
+        select(BatchJob.id, BatchJob.attempts)
+        .where(BatchJob.status == JobStatus.RUNNING, BatchJob.lease_until < utcnow())
+        .order_by(BatchJob.created_at, BatchJob.id)
+        .limit(limit)
+    )
+    return [(row[0], row[1]) for row in rows]
+
+
+async def queued_job_ids(db: AsyncSession, *, limit: int) -> list[uuid.UUID]:
+    """Return queued jobs, oldest first."""
+    rows = await db.scalars(
+        select(BatchJob.id)
+        .where(BatchJob.status == JobStatus.QUEUED)
+        .order_by(BatchJob.created_at, BatchJob.id)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+def _claimable() -> Any:
+    return or_(
+        BatchJob.status == JobStatus.QUEUED,
+        and_(BatchJob.status == JobStatus.RUNNING, BatchJob.lease_until < utcnow()),
+    )
+
+
+async def claim(
+    db: AsyncSession, job_id: uuid.UUID, *, token: str, lease: timedelta
+) -> BatchJob | None:
+    """Take a job for the run `token`, if it is queued or its lease has lapsed; return it, or
+    None when another run holds it or it has finished."""
+    now = utcnow()
+    result = await db.execute(
+        update(BatchJob)
+        .where(BatchJob.id == job_id, _claimable())
+        .values(
+            status=JobStatus.RUNNING,
+            worker_token=token,
+            lease_until=now + lease,
+            attempts=BatchJob.attempts + 1,
+            started_at=func.coalesce(BatchJob.started_at, now),
+            updated_at=now,
+        )
+    )
+    await db.commit()
+    if not _rowcount(result):
+        return None
+    return await db.scalar(
+        select(BatchJob)
+        .where(BatchJob.id == job_id, BatchJob.worker_token == token)
+        .execution_options(populate_existing=True)
+    )
+
+
+async def renew(db: AsyncSession, job_id: uuid.UUID, *, token: str, lease: timedelta) -> bool:
+    """Extend the lease of the run `token`; False when it no longer holds the job."""
+    result = await db.execute(
+        update(BatchJob)
+        .where(
+            BatchJob.id == job_id,
+            BatchJob.worker_token == token,
+            BatchJob.status == JobStatus.RUNNING,
+        )
+        .values(lease_until=utcnow() + lease)
+    )
+    await db.commit()
+    return _rowcount(result) == 1
+
+
+async def set_total(db: AsyncSession, job_id: uuid.UUID, *, token: str, rows_total: int) -> None:
+    """Record how many rows the input holds."""
+    await db.execute(
+        update(BatchJob)
+        .where(BatchJob.id == job_id, BatchJob.worker_token == token)
+        .values(rows_total=rows_total, updated_at=utcnow())
+    )
+    await db.commit()
+
+
+async def record_progress(
+    db: AsyncSession,
+    job_id: uuid.UUID,
+    *,
+    token: str,
+    rows_done: int,
+    parts_done: int,
+    inference_ms: float,
+    lease: timedelta,
+) -> bool | None:
+    """Commit one stored chunk: rows and parts done move together (what a resumed run trusts).
+
+    Returns whether a cancellation was asked for, or None when the run no longer holds the job.
+    """
+    now = utcnow()
+    result = await db.execute(
+        update(BatchJob)
+        .where(
+            BatchJob.id == job_id,
+            BatchJob.worker_token == token,
+            BatchJob.status == JobStatus.RUNNING,
+        )
+        .values(
+            rows_done=rows_done,
+            parts_done=parts_done,
+            inference_time_ms=BatchJob.inference_time_ms + inference_ms,
+            lease_until=now + lease,
+            updated_at=now,
+        )
+        .returning(BatchJob.cancel_requested)
+    )
+    cancel_requested = result.scalar_one_or_none()
+    await db.commit()
+    return cancel_requested
+
+
+async def finish(
+    db: AsyncSession,
+    job_id: uuid.UUID,
+    *,
+    token: str,
+    status: JobStatus,
+    error: str | None = None,
+    rows_total: int | None = None,
+) -> BatchJob | None:
+    """End the run `token` with `status`; return the job, or None when the run had lost it."""
+    assert status in FINISHED  # noqa: S101 - callers pass a final status
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": status,
+        "error": error,
+        "finished_at": now,
+        "updated_at": now,
+        "worker_token": None,
+        "lease_until": None,
+    }
+    if rows_total is not None:
+        values["rows_total"] = rows_total
+    result = await db.execute(
+        update(BatchJob)
+        .where(
+            BatchJob.id == job_id,
+            BatchJob.worker_token == token,
+            BatchJob.status == JobStatus.RUNNING,
+        )
+        .values(**values)
+    )
+    await db.commit()
+    if not _rowcount(result):
+        return None
+    return await db.scalar(
+        select(BatchJob).where(BatchJob.id == job_id).execution_options(populate_existing=True)
+    )
+
+
+def action(name: str, job: BatchJob, *, outcome: str = "success", **details: Any) -> Action:
+    """Return the audit action `name` about `job` (for the workers)."""
+    return _action(name, job, outcome=outcome, **details)

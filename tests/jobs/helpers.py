@@ -1,0 +1,101 @@
+"""What the batch job tests share: CSV files, polling a job, direct predictions to compare."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.factories import Account
+
+# A wait that reaches its bound has failed; none asserts a duration.
+WAIT_SECONDS = 60.0
+IRIS_HEADER = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+def iris_rows(n: int, *, seed: int = 7) -> list[list[float]]:
+    """Return `n` iris-shaped rows (rounded, so their CSV text is short and exact)."""
+    rng = np.random.default_rng(seed)
+    low, high = np.array([4.3, 2.0, 1.0, 0.1]), np.array([7.9, 4.4, 6.9, 2.5])
+    values = np.round(rng.uniform(low, high, size=(n, 4)), 1)
+    return [[float(v) for v in row] for row in values]
+
+
+def csv_bytes(rows: list[list[Any]], header: list[str] = IRIS_HEADER) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+async def put_file(client: httpx.AsyncClient, account: Account, path: str, data: bytes) -> None:
+    response = await client.post(
+        "/api/v1/files/upload",
+        files={"file": ("data.csv", data, "text/csv")},
+        data={"path": path},
+        headers=account.headers,
+    )
+    assert response.status_code == 201, response.text
+
+
+async def create_job(client: httpx.AsyncClient, account: Account, **body: Any) -> httpx.Response:
+    payload = {"model": "iris", "input_path": "in.csv", "output_path": "out/scored.csv", **body}
+    return await client.post("/api/v1/batch-jobs", json=payload, headers=account.headers)
+
+
+async def wait_for_job(
+    client: httpx.AsyncClient,
+    account: Account,
+    job_id: str,
+    condition: Callable[[dict[str, Any]], bool],
+    what: str,
+    bound_seconds: float = WAIT_SECONDS,
+) -> dict[str, Any]:
+    """Poll the job until `condition` holds; fail with its last state past the bound."""
+    deadline = time.monotonic() + bound_seconds
+    while True:
+        response = await client.get(f"/api/v1/batch-jobs/{job_id}", headers=account.headers)
+        assert response.status_code == 200, response.text
+        job: dict[str, Any] = response.json()
+        if condition(job):
+            return job
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not in time; the job is {job}")
+        await asyncio.sleep(0.05)  # polling interval, not an assertion
+
+
+def finished(job: dict[str, Any]) -> bool:
+    return job["status"] in ("succeeded", "failed", "cancelled")
+
+
+async def expected_output(
+    client: httpx.AsyncClient, account: Account, rows: list[list[float]]
+) -> list[list[str]]:
+    """Return the output lines a job must write for `rows`: direct predictions of the same rows
+    through the predict API, as CSV cells."""
+    lines: list[list[str]] = []
+    for start in range(0, len(rows), 5000):
+        response = await client.post(
+            "/api/v1/predict/iris",
+            json={"inputs": rows[start : start + 5000]},
+            headers=account.headers,
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        for i, (label, proba) in enumerate(
+            zip(body["predictions"], body["probabilities"], strict=True)
+        ):
+            lines.append([str(start + i), str(label), *(str(p) for p in proba)])
+    return lines
+
+
+def read_csv(data: bytes) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(data.decode())))
