@@ -75,9 +75,19 @@ async def test_a_job_logs_one_summary_prediction(
     created = await create_job(client, user)
     await wait_for_job(client, user, created.json()["id"], finished, "the job finishes")
     state: AppState = app.state.modelyard
-    await state.prediction_log.flush()
-    async with state.sessions() as db:
-        logged = list(await db.scalars(select(Prediction)))
+
+    async def log_rows() -> list[Prediction]:
+        await state.prediction_log.flush()
+        async with state.sessions() as db:
+            return list(await db.scalars(select(Prediction)))
+
+    # The worker queues the summary just after it commits the job's status, which a poll can
+    # see first: wait (bounded) for it to be queued.
+    deadline = time.monotonic() + 30
+    logged = await log_rows()
+    while not logged and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # polling interval, not an assertion
+        logged = await log_rows()
 
     assert len(logged) == 1
     assert logged[0].protocol == "batch"
