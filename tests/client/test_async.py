@@ -66,7 +66,7 @@ async def test_predict_and_the_prediction_log(sdk: AsyncClient, iris_skops: Path
     assert result.predictions == [0, 2]
 
     async def logged() -> Page[LoggedPrediction]:
-        for _ in range(200):  # bounded: the log writer flushes in the background
+        for _ in range(600):  # bounded (30 s): the log writer flushes in the background
             page = await sdk.list_predictions()
             if page.total:
                 return page
