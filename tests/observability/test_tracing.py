@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.app import create_app
 from modelyard.config import Settings
@@ -67,7 +68,10 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.fixture
-async def traced_app(exporter: InMemorySpanExporter, settings: Settings) -> AsyncIterator[FastAPI]:
+async def traced_app(
+    exporter: InMemorySpanExporter, settings: Settings, engine: AsyncEngine
+) -> AsyncIterator[FastAPI]:
+    """The app with traces on; `engine` deletes what the test wrote, as for the `app` fixture."""
     app = create_app(settings)
     assert tracing.TracingMiddleware in middleware_of(app)
     async with LifespanManager(app):
