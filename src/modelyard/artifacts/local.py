@@ -118,7 +118,7 @@ class LocalStore(ArtifactStore):
             if actual != sha256:
                 f.close()
                 raise ObjectChanged
-        return ObjectStream(info, _read_chunks(f, chunk_size))
+        return ObjectStream(info, _read_chunks(f, chunk_size), close=f.close)
 
     async def read_bytes(self, key: str) -> bytes:
         path = self.path(key)

@@ -6,7 +6,7 @@ import hashlib
 import time
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,9 +64,17 @@ class ObjectStream(AsyncIterator[bytes]):
     stream does not change them), so it can fill `Content-Length` safely.
     """
 
-    def __init__(self, info: ObjectInfo, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(
+        self,
+        info: ObjectInfo,
+        chunks: AsyncIterator[bytes],
+        close: Callable[[], object] | None = None,
+    ) -> None:
         self.info = info
         self._chunks = chunks
+        # What releases the resource even if no chunk was ever read (closing an async generator
+        # that never started does not run its `finally`).
+        self._close = close
 
     def __aiter__(self) -> Self:
         return self
@@ -79,6 +87,8 @@ class ObjectStream(AsyncIterator[bytes]):
         aclose = getattr(self._chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+        if self._close is not None:
+            self._close()
 
 
 class ArtifactStore(ABC):
