@@ -84,11 +84,14 @@ class ObjectStream(AsyncIterator[bytes]):
 
     async def aclose(self) -> None:
         """Release the file or connection behind the stream; idempotent."""
-        aclose = getattr(self._chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        if self._close is not None:
-            self._close()
+        try:
+            aclose = getattr(self._chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            # Also when the generator is mid-read elsewhere (a reading thread being stopped).
+            if self._close is not None:
+                self._close()
 
 
 class ArtifactStore(ABC):
