@@ -188,6 +188,15 @@ class AuditFilter:
         return where
 
 
+def _visible(user: User, filters: AuditFilter, *, everything: bool) -> list[ColumnElement[bool]]:
+    """The conditions of the rows `user` may see among those `filters` select: with
+    `everything` all of them, else those about its account and things, and its own actions."""
+    where = filters.conditions()
+    if not everything:
+        where.append(or_(AuditEvent.owner_id == user.id, AuditEvent.actor_user_id == user.id))
+    return where
+
+
 async def list_events(
     db: AsyncSession,
     user: User,
@@ -200,9 +209,7 @@ async def list_events(
     """Return up to `limit` rows, newest first, numbered below `before`: with `everything`
     every row, else the rows about `user`'s account and its things, and the actions it took.
     """
-    where = filters.conditions()
-    if not everything:
-        where.append(or_(AuditEvent.owner_id == user.id, AuditEvent.actor_user_id == user.id))
+    where = _visible(user, filters, everything=everything)
     if before is not None:
         where.append(AuditEvent.seq < before)
     rows = await db.scalars(
@@ -216,9 +223,7 @@ async def events_after(
 ) -> list[AuditEvent]:
     """Return up to `limit` rows numbered above `after`, oldest first, that `list_events`
     would show."""
-    where = filters.conditions()
-    if not everything:
-        where.append(or_(AuditEvent.owner_id == user.id, AuditEvent.actor_user_id == user.id))
+    where = _visible(user, filters, everything=everything)
     rows = await db.scalars(
         select(AuditEvent)
         .where(AuditEvent.seq > after, *where)
