@@ -68,7 +68,9 @@ async def test_predict_and_the_prediction_log(sdk: AsyncClient, iris_skops: Path
     async def logged() -> Page[LoggedPrediction]:
         for _ in range(600):  # bounded (30 s): the log writer flushes in the background
             page = await sdk.list_predictions()
-            if page.total:
+            # Items, not `total`: on SQLite the page and its count are separate reads, and the
+            # writer may commit between them.
+            if page.items:
                 return page
             await asyncio.sleep(0.05)
         raise AssertionError("the prediction was never logged")
