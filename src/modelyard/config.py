@@ -275,6 +275,12 @@ class Settings(BaseSettings):
     batch_job_queue: str = Field(default="modelyard-batch-jobs", min_length=1, max_length=100)
     """Name of the Redis queue batch jobs go through when `redis_url` is set."""
 
+    worker_heartbeat_file: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "modelyard-worker.heartbeat"
+    )
+    """File a `modelyard worker` touches every 10 s while its event loop runs: the container
+    health check (`modelyard-healthcheck worker`) reads its age. Keep it per container (/tmp)."""
+
     metrics_token: SecretStr | None = None
     """Bearer token a Prometheus scraper may use for `/metrics` (admins may always read it)."""
 

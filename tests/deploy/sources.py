@@ -3,7 +3,10 @@ interpolated from its `.env`, Dockerfile stages, and the `MODELYARD_*` names the
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,21 @@ DOCKERIGNORE = REPO / ".dockerignore"
 
 PREFIX = "MODELYARD_"
 NESTED_DELIMITER = "__"
+
+
+# --- the health script ---------------------------------------------------------------------------
+
+
+def run_worker_healthcheck(heartbeat: Path) -> subprocess.CompletedProcess[str]:
+    """`modelyard-healthcheck worker` against this heartbeat file."""
+    env = {**os.environ, "MODELYARD_WORKER_HEARTBEAT_FILE": str(heartbeat)}
+    return subprocess.run(  # noqa: S603 - our own interpreter and the repository's script
+        [sys.executable, str(DEPLOY / "healthcheck.py"), "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 # --- settings ----------------------------------------------------------------------------------

@@ -10,13 +10,22 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from modelyard.config import Settings
-from tests.deploy.sources import DEPLOY, DOCKERIGNORE, REPO, Stage, dockerfile_stages, pod_specs
+from tests.deploy.sources import (
+    DEPLOY,
+    DOCKERIGNORE,
+    REPO,
+    Stage,
+    dockerfile_stages,
+    pod_specs,
+    run_worker_healthcheck,
+)
 
 # Packages that bring a compiler or headers for building native code.
 COMPILER_PACKAGES = {
@@ -216,6 +225,33 @@ def test_the_health_script_fails_when_nothing_listens() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     assert _run_healthcheck(port) == 1
+
+
+def test_the_worker_check_passes_on_a_fresh_heartbeat_and_fails_on_a_stale_or_missing_one(
+    tmp_path: Path,
+) -> None:
+    heartbeat = tmp_path / "worker.heartbeat"
+    missing = run_worker_healthcheck(heartbeat)
+    heartbeat.touch()
+    fresh = run_worker_healthcheck(heartbeat)
+    two_minutes_ago = time.time() - 120
+    os.utime(heartbeat, (two_minutes_ago, two_minutes_ago))
+    stale = run_worker_healthcheck(heartbeat)
+
+    assert (missing.returncode, fresh.returncode, stale.returncode) == (1, 0, 1)
+    assert "no worker heartbeat" in missing.stderr
+    assert "last heartbeat was" in stale.stderr
+
+
+def test_the_health_script_refuses_an_unknown_mode() -> None:
+    result = subprocess.run(  # noqa: S603 - our own interpreter and the repository's script
+        [sys.executable, str(DEPLOY / "healthcheck.py"), "serving"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "usage" in result.stderr
 
 
 # --- the build context -----------------------------------------------------------------------

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from modelyard.config import Settings
 from tests import servers
 from tests.conftest import TEST_SECRET_KEY, make_settings
+from tests.deploy.sources import run_worker_healthcheck
 from tests.factories import Account, make_account, make_version, serve
 from tests.jobs.helpers import (
     create_job,
@@ -222,3 +223,19 @@ async def test_a_worker_runs_a_job_and_logs_progress(
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 1
     assert read_csv(output.content)[1:] == await expected_output(app_client, owner, rows)
+
+
+async def test_a_running_worker_passes_the_container_health_check_and_a_stopped_one_fails(
+    tmp_path: Path, worker_settings: dict[str, str], engine: AsyncEngine
+) -> None:
+    heartbeat = tmp_path / "worker.heartbeat"
+    settings = {**worker_settings, "worker_heartbeat_file": str(heartbeat)}
+    with worker(tmp_path, settings, "worker") as process:
+        await wait_until(process, "the first heartbeat", heartbeat.exists)
+        running = run_worker_healthcheck(heartbeat)
+        process.terminate()
+        assert process.wait(timeout=servers.STOP_TIMEOUT_SECONDS) == 0
+    stopped = run_worker_healthcheck(heartbeat)
+
+    assert running.returncode == 0, running.stderr
+    assert stopped.returncode == 1  # a clean stop removes the file

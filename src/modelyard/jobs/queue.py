@@ -34,6 +34,8 @@ RUN_FUNCTION = "run_batch_job"
 SWEEP_LIMIT = 100
 # How long saq keeps a finished queue entry (its own bookkeeping; the jobs table keeps ours).
 QUEUE_ENTRY_TTL_SECONDS = 3600
+# How often `modelyard worker` touches its heartbeat file (deploy/healthcheck.py reads its age).
+HEARTBEAT_SECONDS = 10.0
 
 
 class JobQueue(ABC):
@@ -209,6 +211,17 @@ async def run_worker(settings: Settings) -> None:
 
         await runner.run(uuid.UUID(batch_job_id), heartbeat=heartbeat)
 
+    async def heartbeat_forever() -> None:
+        # The loop's sign of life for the container's health check; a dependency outage is the
+        # sweep's and the jobs' to report (restarting the worker would not mend it).
+        path = settings.worker_heartbeat_file
+        while True:
+            try:
+                path.touch()
+            except OSError as exc:
+                log.warning("worker_heartbeat_failed", extra={"error": type(exc).__name__})
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
     async def sweep_forever() -> None:
         while True:
             try:
@@ -223,14 +236,19 @@ async def run_worker(settings: Settings) -> None:
         concurrency=settings.batch_job_concurrency,
     )
     await prediction_log.start()
-    sweeper = asyncio.create_task(sweep_forever(), name="batch-jobs-sweep")
+    background = [
+        asyncio.create_task(sweep_forever(), name="batch-jobs-sweep"),
+        asyncio.create_task(heartbeat_forever(), name="worker-heartbeat"),
+    ]
     log.info("worker_started", extra={"queue": settings.batch_job_queue})
     try:
         await worker.start()  # until SIGTERM or SIGINT
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        settings.worker_heartbeat_file.unlink(missing_ok=True)
         await jobs.aclose()
         await predictor.batcher.aclose()
         await prediction_log.aclose()
