@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 from fastapi import FastAPI
+from sqlalchemy import update
 
 from modelyard.audit import live, service
 from modelyard.auth.service import Caller
-from modelyard.db.tables import User
+from modelyard.db.tables import BatchJob, User
+from modelyard.db.types import utcnow, uuid7
 from modelyard.state import AppState
-from tests.factories import Account
+from tests.factories import Account, make_version
 from tests.servers import running_server
 
 # A bound, not a measurement: an event that has not arrived by then never will.
@@ -103,6 +106,116 @@ async def test_a_filtered_stream_and_an_admins(
     event = await next_event(stream)
     assert (event["event"], event["data"]["owner_id"]) == ("file.uploaded", user.id)
     await stream.aclose()
+
+
+async def start_running_job(
+    state: AppState, owner: Account, version: dict[str, Any], *, rows_total: int
+) -> BatchJob:
+    """A job row as a worker holds it (running, leased for an hour: no worker takes it over)."""
+    now = utcnow()
+    job = BatchJob(
+        id=uuid7(),
+        owner_id=uuid.UUID(owner.id),
+        model_id=uuid.UUID(version["model_id"]),
+        model_name=version["model_name"],
+        version_id=uuid.UUID(version["id"]),
+        version=version["version"],
+        input_path="in.csv",
+        output_path="out.csv",
+        format="csv",
+        status="running",
+        rows_done=0,
+        rows_total=rows_total,
+        worker_token="test-worker",
+        lease_until=now + timedelta(hours=1),
+        started_at=now,
+    )
+    async with state.sessions() as db:
+        db.add(job)
+        await db.commit()
+    return job
+
+
+async def count_rows(state: AppState, job: BatchJob, rows_done: int) -> None:
+    async with state.sessions() as db:
+        await db.execute(update(BatchJob).where(BatchJob.id == job.id).values(rows_done=rows_done))
+        await db.commit()
+
+
+async def test_a_stream_carries_the_progress_of_the_callers_running_jobs_only(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    user: Account,
+    other_user: Account,
+    iris_skops: Path,
+) -> None:
+    state = state_of(app)
+    mine = await start_running_job(
+        state, user, await make_version(client, user, iris_skops), rows_total=300
+    )
+    theirs = await start_running_job(
+        state, other_user, await make_version(client, other_user, iris_skops), rows_total=50
+    )
+    async with state.sessions() as db:
+        start = await service.head(db)
+    stream = live.stream(state, await caller_of(state, user), service.AuditFilter(), start)
+    await anext(stream)
+
+    # A running job is reported at once, then each time its row count moves.
+    first = await next_event(stream)
+    await count_rows(state, theirs, 25)
+    await count_rows(state, mine, 100)
+    second = await next_event(stream)
+    await upload(client, user, "meanwhile.txt")  # audit rows and progress share the stream
+    await count_rows(state, mine, 200)
+    rest = [await next_event(stream), await next_event(stream)]
+    await stream.aclose()
+
+    assert "id" not in first  # not an audit row: Last-Event-ID stays on the log
+    assert first["event"] == "batch_job.progress"
+    assert first["data"] == {
+        "id": str(mine.id),
+        "status": "running",
+        "model_id": str(mine.model_id),
+        "model_name": "iris",
+        "version": 1,
+        "rows_done": 0,
+        "rows_total": 300,
+        "updated_at": first["data"]["updated_at"],
+    }
+    assert (second["event"], second["data"]["rows_done"]) == ("batch_job.progress", 100)
+    assert sorted(e["event"] for e in rest) == ["batch_job.progress", "file.uploaded"]
+    assert [e["data"]["rows_done"] for e in rest if "id" not in e] == [200]
+
+
+async def test_progress_follows_the_action_filter_and_an_admin_sees_every_job(
+    app: FastAPI, client: httpx.AsyncClient, user: Account, admin: Account, iris_skops: Path
+) -> None:
+    state = state_of(app)
+    job = await start_running_job(
+        state, user, await make_version(client, user, iris_skops), rows_total=10
+    )
+    files_only = live.stream(
+        state, await caller_of(state, user), service.AuditFilter(action="file."), 0
+    )
+    everything = live.stream(
+        state, await caller_of(state, admin), service.AuditFilter(action="batch_job."), 0
+    )
+    await anext(files_only)
+    await anext(everything)
+
+    seen_by_admin = await next_event(everything)
+    await upload(client, user, "only-this.txt")
+    # The file event comes first: a progress message would have come with the first poll.
+    seen_by_user = await next_event(files_only)
+    await files_only.aclose()
+    await everything.aclose()
+
+    assert (seen_by_admin["event"], seen_by_admin["data"]["id"]) == (
+        "batch_job.progress",
+        str(job.id),
+    )
+    assert seen_by_user["event"] == "file.uploaded"
 
 
 def test_the_stream_over_http_resumes_with_last_event_id(tmp_path: Path) -> None:

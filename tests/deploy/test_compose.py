@@ -29,9 +29,9 @@ from tests.deploy.sources import (
 COMPOSE_SCHEMA = "check_jsonschema.builtin_schemas.vendor"
 
 SECRETS = {"MODELYARD_SECRET_KEY", "MODELYARD_METRICS_TOKEN", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"}  # fmt: skip
-LONG_RUNNING = {"api", "serving", "postgres", "redis", "minio"}
+LONG_RUNNING = {"api", "serving", "worker", "postgres", "redis", "minio"}
 ONE_SHOTS = {"migrate", "create-bucket"}
-MODELYARD_SERVICES = {"api", "serving", "migrate"}
+MODELYARD_SERVICES = {"api", "serving", "worker", "migrate"}
 CONTAINER_TMP = "/tmp"  # noqa: S108 - a mount point inside the container
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY\b|^MC_HOST_")
 
@@ -120,7 +120,7 @@ def test_long_running_services_have_healthchecks_and_restart(compose: dict[str, 
 def test_servers_wait_for_migrations_the_bucket_and_healthy_backends(
     compose: dict[str, Any],
 ) -> None:
-    for name in ("api", "serving"):
+    for name in ("api", "serving", "worker"):
         depends_on = compose["services"][name]["depends_on"]
         assert depends_on == {
             "migrate": {"condition": "service_completed_successfully"},
@@ -140,7 +140,7 @@ def test_servers_wait_for_migrations_the_bucket_and_healthy_backends(
 def test_state_lives_in_named_volumes(compose: dict[str, Any]) -> None:
     declared = set(compose["volumes"])
     expected = {"postgres": "/var/lib/postgresql/data", "minio": "/data"}
-    expected |= {"api": "/var/lib/modelyard/data", "serving": "/var/lib/modelyard/data"}
+    expected |= dict.fromkeys(("api", "serving", "worker"), "/var/lib/modelyard/data")
     for name, target in expected.items():
         volumes = dict(v.split(":", 1)[::-1] for v in compose["services"][name]["volumes"])
         assert volumes[target] in declared, name
@@ -149,7 +149,7 @@ def test_state_lives_in_named_volumes(compose: dict[str, Any]) -> None:
 
 
 def test_the_servers_match_the_kubernetes_hardening(compose: dict[str, Any]) -> None:
-    for name in ("api", "serving", "migrate"):
+    for name in ("api", "serving", "worker", "migrate"):
         service = compose["services"][name]
         assert service["read_only"] is True, name
         assert any(t.split(":")[0] == CONTAINER_TMP for t in service["tmpfs"]), name
@@ -166,6 +166,20 @@ def test_each_server_serves_its_role_on_its_published_port(
     (published,) = service["ports"]
     assert published.rsplit(":", 1)[1] == env["MODELYARD_PORT"]
     assert published.startswith("127.0.0.1:"), "listen on loopback unless BIND_ADDRESS says so"
+
+
+def test_a_worker_runs_batch_jobs_from_redis_and_is_checked_by_its_heartbeat(
+    compose: dict[str, Any],
+) -> None:
+    worker = compose["services"]["worker"]
+    assert worker["command"] == ["modelyard", "worker"]
+    assert worker["healthcheck"]["test"] == ["CMD", "modelyard-healthcheck", "worker"]
+    assert "ports" not in worker
+    # The heartbeat file is the worker's own: on its tmpfs, never on the shared data volume.
+    env = service_environment(worker)
+    assert "MODELYARD_WORKER_HEARTBEAT_FILE" not in env
+    assert any(t.split(":")[0] == CONTAINER_TMP for t in worker["tmpfs"])
+    assert env["MODELYARD_REDIS_URL"]  # without Redis a worker refuses to start
 
 
 @pytest.mark.parametrize("name", sorted(MODELYARD_SERVICES))

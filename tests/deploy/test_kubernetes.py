@@ -70,6 +70,7 @@ def test_every_workload_runs_non_root_read_only_and_unprivileged() -> None:
     assert set(specs) == {
         "Deployment/modelyard-api",
         "Deployment/modelyard-serving",
+        "Deployment/modelyard-worker",
         "Job/modelyard-migrate",
     }
     for where, pod in specs.items():
@@ -184,6 +185,30 @@ def test_each_service_selects_only_its_own_role(name: str, role: str) -> None:
     assert env["MODELYARD_ROLE"] == role
     port_names = {p["name"] for p in container["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+
+
+def test_the_worker_runs_batch_jobs_and_is_probed_on_its_heartbeat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deployment = find("Deployment", "modelyard-worker")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["modelyard", "worker"]
+    assert "command" not in container, "keep the image's entrypoint (tini)"
+    check = {"exec": {"command": ["modelyard-healthcheck", "worker"]}}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert {"exec": container[probe]["exec"]} == check, probe
+    # Nothing connects to a worker: no port, no readiness, no Service selecting it.
+    assert "ports" not in container
+    assert "readinessProbe" not in container
+    services = [d for _, d in manifests() if d["kind"] == "Service"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert not [s for s in services if _labels_match(s["spec"]["selector"], labels)]
+    # `modelyard worker` refuses to start without Redis.
+    assert _settings_from(container, monkeypatch).redis_url
+    env = {e["name"]: e["value"] for e in container["env"]}
+    cache = int(env["MODELYARD_MODEL_CACHE_MAX_BYTES"])
+    assert cache < _quantity(container["resources"]["limits"]["memory"])
 
 
 def test_the_migrations_job_runs_modelyard_migrate_once() -> None:

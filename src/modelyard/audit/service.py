@@ -160,6 +160,14 @@ class AuditFilter:
     since: datetime | None = None
     until: datetime | None = None
 
+    def selects_action(self, action: str) -> bool:
+        """Tell whether the `action` filter takes `action` (what `conditions` asks in SQL)."""
+        if self.action is None:
+            return True
+        return (
+            action.startswith(self.action) if self.action.endswith(".") else action == self.action
+        )
+
     def conditions(self) -> list[ColumnElement[bool]]:
         """Return the WHERE conditions of the filters given."""
         where: list[ColumnElement[bool]] = []

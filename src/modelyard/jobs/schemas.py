@@ -95,3 +95,16 @@ class BatchJobRead(ReadModel):
             cancel=f"{me}/cancel",
             output=f"/api/v1/files/download/{quote(self.output_path)}",
         )
+
+
+class BatchJobProgress(ReadModel):
+    """A running job's progress, as `GET /api/v1/events` sends it (`batch_job.progress`)."""
+
+    id: uuid.UUID
+    status: JobStatus
+    model_id: uuid.UUID
+    model_name: str
+    version: int
+    rows_done: int
+    rows_total: int | None
+    updated_at: datetime

@@ -89,6 +89,20 @@ async def list_jobs(
     return list(rows), total or 0
 
 
+async def running_jobs(
+    db: AsyncSession, caller: Caller, *, everything: bool, limit: int
+) -> Sequence[BatchJob]:
+    """Return up to `limit` running jobs, oldest first: the caller's (on its key's models), or
+    with `everything` every user's (an admin's live events)."""
+    query = select(BatchJob) if everything else owned_jobs(caller.user, caller.models)
+    rows = await db.scalars(
+        query.where(BatchJob.status == JobStatus.RUNNING)
+        .order_by(BatchJob.created_at, BatchJob.id)
+        .limit(limit)
+    )
+    return rows.all()
+
+
 async def create_job(
     db: AsyncSession,
     caller: Caller,

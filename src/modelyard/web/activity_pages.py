@@ -9,7 +9,7 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Query
 from sqlalchemy import select
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from modelyard.audit import live
 from modelyard.audit import service as audit_service
@@ -33,11 +33,8 @@ async def live_events(page: UserPage, db: SessionDep) -> Response:
     last = page.request.headers.get("last-event-id", "")
     start = int(last) if last.isdigit() and len(last) <= 18 else await audit_service.head(db)
     await db.close()
-    caller = Caller(page.signed_in, None)
-    return StreamingResponse(
-        live.stream(page.state, caller, audit_service.AuditFilter(), start),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    return live.response(
+        page.state, Caller(page.signed_in, None), audit_service.AuditFilter(), start
     )
 
 
