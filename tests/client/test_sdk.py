@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -185,6 +186,35 @@ def test_an_upload_over_the_limit_raises_payload_too_large(client: Client, tmp_p
     assert caught.value.status == 413
     assert seen
     assert seen[0][1] == 4 * 1024 * 1024
+
+
+def test_upload_stores_a_drift_reference_from_a_file(
+    client: Client, login: Login, iris_skops: Path, tmp_path: Path
+) -> None:
+    train = tmp_path / "train.csv"
+    rows = np.random.default_rng(5).normal(5.0, 1.0, (60, 4))
+    train.write_text(
+        ",".join(IRIS_COLUMNS) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
+    )
+    client.upload_file(train, "iris/train.csv")
+    schema = {"features": [{"name": c, "type": "float"} for c in IRIS_COLUMNS]}
+
+    with pytest.raises(NotFound):
+        client.upload(iris_skops, "iris", input_schema=schema, reference_path="iris/nowhere.csv")
+    version = client.upload(
+        iris_skops, "iris", input_schema=schema, reference_path="iris/train.csv"
+    )
+    reference = httpx.get(
+        f"{login.url}/api/v1/models/iris/versions/{version.version}/reference",
+        headers={"X-API-Key": login.api_key},
+    )
+
+    assert version.version == 1  # the refused upload took no number
+    assert reference.status_code == 200
+    assert (reference.json()["source_path"], reference.json()["row_count"]) == (
+        "iris/train.csv",
+        60,
+    )
 
 
 def test_upload_reports_progress_to_the_end(client: Client, iris_skops: Path) -> None:

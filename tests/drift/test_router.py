@@ -24,7 +24,7 @@ from modelyard.drift import stats
 from modelyard.state import AppState
 from tests.audit.test_audit import audit_rows
 from tests.conftest import make_settings
-from tests.factories import Account, make_account, make_api_key, make_version
+from tests.factories import Account, make_account, make_api_key, make_version, upload_model
 from tests.problems import assert_problem
 
 NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -497,3 +497,80 @@ async def test_reading_drift_needs_read_and_changing_the_reference_needs_write(
     assert_problem(await client.get(DRIFT, headers=writer), 403)
     assert_problem(await client.delete(REFERENCE, headers=reader), 403)
     assert (await client.delete(REFERENCE, headers=writer)).status_code == 204
+
+
+# --- a reference given at upload -----------------------------------------------------------------
+
+
+def stored_objects(app: FastAPI) -> set[Path]:
+    state: AppState = app.state.modelyard
+    root = state.settings.data_dir / "artifacts" / "models"
+    return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+async def test_a_reference_given_at_upload_is_stored_with_the_version(
+    app: FastAPI, client: httpx.AsyncClient, user: Account, iris_skops: Path
+) -> None:
+    reference = normal_rows(seed=31, n=200)
+    await upload_file(client, user, "iris/train.csv", to_csv(reference))
+
+    version = await make_version(
+        client, user, iris_skops, input_schema=SCHEMA, reference_path="iris/train.csv"
+    )
+    shown = await client.get(REFERENCE, headers=user.headers)
+    # The same file PUT afterwards gives the same summary.
+    put = await put_reference(client, user, "iris/train.csv")
+    await served(app, client, user, normal_rows(seed=32, n=200, shift=2.0))
+    drift = await client.get(DRIFT, headers=user.headers)
+
+    assert shown.status_code == 200, shown.text
+    body = shown.json()
+    assert (body["version_id"], body["source"], body["source_path"], body["row_count"]) == (
+        version["id"],
+        "file",
+        "iris/train.csv",
+        200,
+    )
+    assert by_name(body)["sepal_length"]["mean"] == pytest.approx(reference[:, 0].mean())
+    assert put.status_code == 200
+    assert put.json()["features"] == body["features"]
+    assert drift.json()["drifted"] is True
+    assert drift.json()["reference"]["source_path"] == "iris/train.csv"
+    assert len(stored_objects(app)) == 1  # where the refused uploads below would leave theirs
+    changes = await audit_rows(client, user, action="reference.changed")
+    assert [(r["target_id"], r["details"]["path"]) for r in changes][-1] == (
+        version["id"],
+        "iris/train.csv",
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "fragment"),
+    [
+        ("nowhere.csv", 404, "file 'nowhere.csv' not found"),
+        ("../etc/passwd", 400, ""),
+        ("short.csv", 422, "data rows; at least 50"),
+        ("theirs.csv", 404, "file 'theirs.csv' not found"),
+    ],
+    ids=["missing", "outside-the-area", "too-short", "another-users"],
+)
+async def test_an_upload_with_an_unusable_reference_is_refused_and_stores_nothing(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    user: Account,
+    other_user: Account,
+    iris_skops: Path,
+    path: str,
+    status: int,
+    fragment: str,
+) -> None:
+    await upload_file(client, user, "short.csv", to_csv(normal_rows(seed=33, n=10)))
+    await upload_file(client, other_user, "theirs.csv", to_csv(normal_rows(seed=34, n=100)))
+    before = stored_objects(app)
+
+    refused = await upload_model(client, user, iris_skops, input_schema=SCHEMA, reference_path=path)
+
+    problem = assert_problem(refused, status)
+    assert fragment in problem["detail"]
+    assert_problem(await client.get(f"{MODELS}/iris", headers=user.headers), 404)
+    assert stored_objects(app) == before

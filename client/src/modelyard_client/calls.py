@@ -254,6 +254,7 @@ def upload(
     tags: Sequence[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
     experiment_id: str | None = None,
+    reference_path: str | None = None,
 ) -> Call[t.Version]:
     form: dict[str, str] = {"name": name}
     for key, text in (
@@ -261,6 +262,7 @@ def upload(
         ("framework", framework),
         ("task_type", task_type),
         ("experiment_id", experiment_id),
+        ("reference_path", reference_path),
     ):
         if text is not None:
             form[key] = str(text)

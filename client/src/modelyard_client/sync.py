@@ -354,9 +354,14 @@ class Client:
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         experiment_id: str | None = None,
+        reference_path: str | None = None,
         progress: Progress | None = None,
     ) -> t.Version:
-        """Upload a model file as the next version of `name` (streamed from disk)."""
+        """Upload a model file as the next version of `name` (streamed from disk).
+
+        `reference_path`: a CSV or Parquet file in your file area (see `upload_file`) that
+        becomes the version's drift reference, stored with it.
+        """
         path = Path(path)
         with ProgressFile(path, progress) as file:
             return self._run(
@@ -374,6 +379,7 @@ class Client:
                     tags=tags,
                     metadata=metadata,
                     experiment_id=experiment_id,
+                    reference_path=reference_path,
                 )
             )
 

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from modelyard.artifacts.store import ArtifactStore
 from modelyard.db.tables import FeatureReference, ModelAlias, ModelVersion, RegisteredModel, User
 from modelyard.db.types import utcnow
-from modelyard.drift import stats
+from modelyard.drift import reference, stats
 from modelyard.drift.schemas import (
     DriftRead,
     DriftWindow,
@@ -35,21 +35,16 @@ from modelyard.drift.schemas import (
 )
 from modelyard.drift.sources import (
     Feature,
-    InvalidReferenceFile,
     Summaries,
     sample_log,
-    summarise_file,
 )
 from modelyard.errors import Conflict, NotFound, Unprocessable
-from modelyard.events import Action, Events
-from modelyard.files import service as files_service
+from modelyard.events import Events
 from modelyard.registry import service as registry_service
 from modelyard.registry.schemas import Stage
 
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_VERSION = 2**31 - 1
-# A reference needs this many rows: fewer make deciles and the KS test meaningless.
-MIN_REFERENCE_ROWS = stats.MIN_WINDOW_ROWS
 
 
 class ReferenceNotFound(NotFound):
@@ -81,11 +76,10 @@ def version_features(model: RegisteredModel, version: ModelVersion) -> list[Feat
     Raises:
         NoFeatureNames: the version has no input schema.
     """
-    schema = version.input_schema or {}
-    features = schema.get("features") or []
+    features = reference.schema_features(version.input_schema)
     if not features:
         raise NoFeatureNames(model, version.version)
-    return [Feature(name=str(f["name"]), type=str(f.get("type", "float"))) for f in features]
+    return features
 
 
 async def resolve_version(
@@ -163,35 +157,19 @@ async def set_reference_from_file(
         InvalidPath: a path that could never be in the caller's area (400).
         FileNotFound: the caller has no file at `path`.
         InvalidReferenceFile: the file is not CSV or Parquet with numeric columns named like the
-            features, or holds fewer than `MIN_REFERENCE_ROWS` rows.
+            features, or holds fewer than `reference.MIN_REFERENCE_ROWS` rows.
         Conflict: another reference of the version landed meanwhile.
     """
     version = await registry_service.get_version(db, model, number)
     features = version_features(model, version)
     version_id, model_id, owner_id, model_name = version.id, model.id, model.owner_id, model.name
-    stream = await files_service.open_file(store, owner_id=user.id, path=path)
     # The file may take a while: the connection goes back to the pool meanwhile.
     await db.close()
-    try:
-        summaries = await summarise_file(stream, features, tmp_dir=tmp_dir)
-    finally:
-        await stream.aclose()
-    if summaries.rows < MIN_REFERENCE_ROWS:
-        raise InvalidReferenceFile(
-            f"the reference file has {summaries.rows} data rows; at least {MIN_REFERENCE_ROWS} "
-            "are needed"
-        )
-    summary = _feature_summaries(features, summaries)
-    await db.execute(delete(FeatureReference).where(FeatureReference.version_id == version_id))
-    row = FeatureReference(
-        version_id=version_id,
-        model_id=model_id,
-        source="file",
-        source_path=path,
-        row_count=summaries.rows,
-        features=summary,
-        created_by=user.id,
+    read = await reference.read_file(
+        store, owner_id=user.id, path=path, features=features, tmp_dir=tmp_dir
     )
+    await db.execute(delete(FeatureReference).where(FeatureReference.version_id == version_id))
+    row = read.row(version_id=version_id, model_id=model_id, created_by=user.id)
     db.add(row)
     try:
         await db.commit()
@@ -199,14 +177,14 @@ async def set_reference_from_file(
         await db.rollback()
         raise Conflict("the version's reference changed meanwhile; try again") from exc
     await events.record(
-        _reference_changed(
+        reference.changed(
             model_id,
             owner_id,
             version_id,
             number,
             model_name=model_name,
             source="file",
-            rows=summaries.rows,
+            rows=read.rows,
             path=path,
         )
     )
@@ -231,7 +209,7 @@ async def delete_reference(
         raise ReferenceNotFound(model, number)
     await db.commit()
     await events.record(
-        _reference_changed(
+        reference.changed(
             v.model_id, v.owner_id, v.version_id, number, model_name=v.model_name, source=None
         )
     )
@@ -302,7 +280,7 @@ async def _served_reference(
         source="served",
         source_path=None,
         row_count=sample.rows,
-        features=_feature_summaries(features, Summaries(accumulators, sample.rows)),
+        features=reference.feature_summaries(features, Summaries(accumulators, sample.rows)),
     )
     db.add(row)
     try:
@@ -315,7 +293,7 @@ async def _served_reference(
             raise
         return stored
     await events.record(
-        _reference_changed(
+        reference.changed(
             v.model_id,
             v.owner_id,
             v.version_id,
@@ -326,48 +304,6 @@ async def _served_reference(
         )
     )
     return row
-
-
-def _feature_summaries(features: list[Feature], summaries: Summaries) -> list[dict[str, Any]]:
-    """Return the stored summaries, in the schema's order (a list: JSONB does not keep the order
-    of an object's keys)."""
-    result: list[dict[str, Any]] = []
-    ks_size = stats.ks_sample_size(len(summaries.accumulators))
-    for feature in features:
-        accumulator = summaries.accumulators.get(feature.name)
-        if accumulator is None:
-            summary = {"kind": "skipped", "reason": f"{feature.type} values are not compared"}
-        elif accumulator.count < MIN_REFERENCE_ROWS:
-            summary = {
-                "kind": "skipped",
-                "reason": f"{accumulator.count} numeric values in the reference; at least "
-                f"{MIN_REFERENCE_ROWS} needed",
-            }
-        else:
-            summary = accumulator.summary(ks_size)
-        result.append({"name": feature.name, **summary})
-    return result
-
-
-def _reference_changed(
-    model_id: uuid.UUID,
-    owner_id: uuid.UUID,
-    version_id: uuid.UUID,
-    number: int,
-    *,
-    model_name: str,
-    source: str | None,
-    **details: object,
-) -> Action:
-    """Return the action of a reference stored (`source`) or removed (`source` None)."""
-    return Action(
-        name="reference.changed",
-        target_type="model_version",
-        target_id=str(version_id),
-        owner_id=owner_id,
-        model_id=model_id,
-        details={"model": model_name, "version": number, "source": source, **details},
-    )
 
 
 def _reference_read(row: FeatureReference, number: int) -> ReferenceRead:

@@ -58,6 +58,11 @@ _UPLOAD_BODY: dict[str, Any] = {
                         "framework": {"type": "string", "enum": [f.value for f in Framework]},
                         "task_type": {"type": "string", "enum": [t.value for t in TaskType]},
                         "experiment_id": {"type": "string", "format": "uuid"},
+                        "reference_path": {
+                            "type": "string",
+                            "description": "a CSV or Parquet file in your file area: the "
+                            "version's drift reference",
+                        },
                         **dict.fromkeys(sorted(UPLOAD_JSON_FIELDS), _JSON_TEXT),
                     },
                 }
@@ -105,7 +110,9 @@ async def upload_model(
     """Upload a model file as the next version of the model `name` (created if new).
 
     The file is checked and loaded in a disposable child process before anything is stored;
-    pickle and joblib files only through the class allowlist.
+    pickle and joblib files only through the class allowlist. With `reference_path`, that file
+    becomes the version's drift reference, stored with it (a file that cannot be one refuses
+    the upload).
     """
     # Authenticated: give the connection back before a possibly long upload holds it.
     await db.close()
@@ -126,6 +133,7 @@ async def upload_model(
             store=state.store,
             prober=state.prober,
             events=state.events,
+            tmp_dir=state.settings.data_dir / "tmp",
         )
     return version
 

@@ -101,6 +101,13 @@ class UploadForm(StrictModel):
     tags: Tags = Field(default_factory=list)
     metadata: JsonObject = Field(default_factory=dict)
     experiment_id: uuid.UUID | None = None
+    reference_path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="a CSV or Parquet file in the caller's file area: the version's drift "
+        "reference, stored with it",
+    )
 
 
 UPLOAD_JSON_FIELDS = frozenset(

@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, func, select, update
@@ -23,6 +24,7 @@ from modelyard.artifacts.store import download_link
 from modelyard.artifacts.uploads import ReceivedFile
 from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, User
 from modelyard.db.types import utcnow
+from modelyard.drift import reference as drift_reference
 from modelyard.errors import Conflict, NotFound, Unprocessable
 from modelyard.events import Action, Events
 from modelyard.experiments import service as experiments_service
@@ -465,17 +467,22 @@ async def register_version(
     store: ArtifactStore,
     prober: Prober,
     events: Events,
+    tmp_dir: Path,
 ) -> ModelVersion:
     """Check an uploaded artifact, store it and record it as the model's next version.
 
     The file is loaded only in a disposable child process. The artifact is stored under a fresh
     key before the transaction; if the transaction fails the object is deleted, so a row never
-    points at a missing object and no object outlives a failed upload.
+    points at a missing object and no object outlives a failed upload. With
+    `form.reference_path`, that file of the owner's is read (Parquet through `tmp_dir`) as the
+    version's drift reference before anything is stored, and its row commits with the version.
 
     Raises:
         UnsupportedModelFormat: the bytes are no model format we accept.
         ModelRejected: the file does not load, fails a check, or is another framework.
         Conflict: the model is archived.
+        InvalidPath, FileNotFound, InvalidReferenceFile, Unprocessable: a `reference_path` that
+            cannot be the version's reference (see `drift.reference.read_file`).
     """
     owner_id = owner.id
     if form.experiment_id is not None:
@@ -494,6 +501,11 @@ async def register_version(
     task_type = _reconcile_task_type(form, report)
     input_schema = _input_schema(form.input_schema, report)
     output_schema = form.output_schema if form.output_schema is not None else _outputs(report)
+    reference = None
+    if form.reference_path is not None:
+        reference = await _read_reference(
+            store, owner_id, form.reference_path, input_schema, tmp_dir=tmp_dir
+        )
 
     key = f"{ARTIFACT_PREFIX}{uuid.uuid4().hex}"
     await store.put_file(key, file.path, sha256=file.sha256)
@@ -521,6 +533,8 @@ async def register_version(
         )
         db.add(version)
         await db.flush()
+        if reference is not None:
+            db.add(reference.row(version_id=version.id, model_id=model_id, created_by=owner_id))
         model = await db.get_one(RegisteredModel, model_id)
         await db.commit()
     except BaseException:
@@ -553,7 +567,39 @@ async def register_version(
             sha256=file.sha256,
         )
     )
+    if reference is not None:
+        await events.record(
+            drift_reference.changed(
+                model_id,
+                owner_id,
+                version.id,
+                number,
+                model_name=model.name,
+                source="file",
+                rows=reference.rows,
+                path=reference.path,
+            )
+        )
     return version
+
+
+async def _read_reference(
+    store: ArtifactStore,
+    owner_id: uuid.UUID,
+    path: str,
+    input_schema: dict[str, Any] | None,
+    *,
+    tmp_dir: Path,
+) -> drift_reference.FileReference:
+    features = drift_reference.schema_features(input_schema)
+    if not features:
+        raise Unprocessable(
+            "a reference_path needs the features' names, and this file does not give them: "
+            "pass an input_schema naming them"
+        )
+    return await drift_reference.read_file(
+        store, owner_id=owner_id, path=path, features=features, tmp_dir=tmp_dir
+    )
 
 
 async def _next_version_number(

@@ -200,6 +200,7 @@ async def upload(request: Request, page: UserPage, db: SessionDep) -> Response:
                 store=state.store,
                 prober=state.prober,
                 events=state.events,
+                tmp_dir=state.settings.data_dir / "tmp",
             )
     except (ModelyardError, RequestValidationError) as exc:
         if isinstance(exc, RequestValidationError):
