@@ -5,12 +5,17 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from modelyard.web import account_pages, activity_pages, model_pages
+from modelyard.web import account_pages, activity_pages, job_pages, model_pages
 from modelyard.web.http import HERE, STATIC_URL
 
 
 def install_dashboard(app: FastAPI) -> None:
     """Mount the dashboard's pages and its static files (CSS, a little JavaScript)."""
     app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name="web-static")
-    for router in (account_pages.router, model_pages.router, activity_pages.router):
+    for router in (
+        account_pages.router,
+        model_pages.router,
+        activity_pages.router,
+        job_pages.router,
+    ):
         app.include_router(router)

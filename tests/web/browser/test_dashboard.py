@@ -9,6 +9,8 @@ import http.server
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,11 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
+from sqlalchemy import create_engine, update
+from sqlalchemy.orm import Session
 
+from modelyard.db.tables import BatchJob
+from modelyard.db.types import utcnow, uuid7
 from tests.servers import ServerProcess, free_port
 from tests.web.browser.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 
@@ -348,3 +354,80 @@ def test_a_model_page_tells_when_the_model_changes_elsewhere(
     assert notice.text == "live-iris v1 → production: stage changed elsewhere — reload"
     notice.find_element(By.LINK_TEXT, "reload").click()
     wait(driver).until(lambda d: "production" in text_of(d, "#version-1"))
+
+
+def start_running_job(server: ServerProcess, version: dict[str, Any], owner_id: str) -> str:
+    """Write a job row into the server's database as a worker holds it (running, leased for an
+    hour: the server's own worker leaves it alone), so that the test moves its progress."""
+    now = utcnow()
+    job = BatchJob(
+        id=uuid7(),
+        owner_id=uuid.UUID(owner_id),
+        model_id=uuid.UUID(version["model_id"]),
+        model_name=version["model_name"],
+        version_id=uuid.UUID(version["id"]),
+        version=version["version"],
+        input_path="big.csv",
+        output_path="big-scored.csv",
+        format="csv",
+        status="running",
+        rows_done=0,
+        rows_total=1_000,
+        worker_token="browser-test",
+        lease_until=now + timedelta(hours=1),
+        started_at=now,
+    )
+    job_id = str(job.id)
+    with server_database(server) as db:
+        db.add(job)
+        db.commit()
+    return job_id
+
+
+@contextmanager
+def server_database(server: ServerProcess) -> Iterator[Session]:
+    engine = create_engine(
+        f"sqlite:///{server.folder / 'data' / 'modelyard.db'}", connect_args={"timeout": 30}
+    )
+    try:
+        with Session(engine) as db:
+            yield db
+    finally:
+        engine.dispose()
+
+
+def test_the_jobs_page_moves_a_running_jobs_progress_live(
+    live_server: ServerProcess, new_browser: NewBrowser, iris_skops: Path
+) -> None:
+    driver = new_browser()
+    email = sign_up(driver, live_server)
+    upload(driver, live_server, iris_skops, "job-iris")
+    wait(driver).until(ec.url_contains("/versions/1"))
+    api = f"{live_server.url}/api/v1"
+    token = httpx.post(f"{api}/auth/login", json={"email": email, "password": PASSWORD}).json()
+    headers = {"Authorization": f"Bearer {token['access_token']}"}
+    version = httpx.get(f"{api}/models/job-iris/versions/1", headers=headers).json()
+    me = httpx.get(f"{api}/auth/me", headers=headers).json()
+    job_id = start_running_job(live_server, version, me["id"])
+
+    driver.find_element(By.LINK_TEXT, "Jobs").click()
+    row = f"tr[data-job-id='{job_id}']"
+    wait(driver).until(lambda d: text_of(d, f"{row} [data-rows]") == "0 / 1,000 rows")
+    notice = driver.find_element(By.ID, "live-notice")
+    assert not notice.is_displayed()
+
+    # The worker (here: the test) counts a chunk: the page moves without a reload.
+    with server_database(live_server) as db:
+        db.execute(update(BatchJob).where(BatchJob.id == uuid.UUID(job_id)).values(rows_done=400))
+        db.commit()
+    wait(driver).until(lambda d: text_of(d, f"{row} [data-rows]") == "400 / 1,000 rows")
+    bar = driver.find_element(By.CSS_SELECTOR, f"{row} [data-progress]")
+    assert (bar.get_attribute("value"), bar.get_attribute("max")) == ("400", "1000")
+
+    # Cancelled elsewhere: the page says so and offers a reload.
+    cancelled = httpx.post(f"{api}/batch-jobs/{job_id}/cancel", headers=headers)
+    assert cancelled.status_code == 202, cancelled.text
+    wait(driver).until(ec.visibility_of(notice))
+    assert notice.text == f"Batch job {job_id[:8]}… cancelled — reload"
+    notice.find_element(By.LINK_TEXT, "reload").click()
+    wait(driver).until(lambda d: "(stopping)" in text_of(d, f"{row} [data-status]"))

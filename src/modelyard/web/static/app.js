@@ -106,8 +106,59 @@ function setUpLiveNotices() {
   for (const name of Object.keys(REGISTRY_EVENTS)) source.addEventListener(name, show);
 }
 
+// The jobs page: running jobs' progress moves in place (`batch_job.progress` messages of the
+// event stream); a job created, started or ended elsewhere is announced with a reload link.
+const JOB_EVENTS = {
+  "batch_job.created": "created",
+  "batch_job.started": "started",
+  "batch_job.finished": "ended",
+  "batch_job.cancelled": "cancelled",
+};
+
+function rowsText(done, total) {
+  const count = (n) => Number(n).toLocaleString("en-US");
+  return count(done) + (total === null || total === undefined ? "" : " / " + count(total)) + " rows";
+}
+
+function setUpLiveJobs() {
+  const main = document.getElementById("main");
+  const notice = document.getElementById("live-notice");
+  if (!main || !("liveJobs" in main.dataset) || !notice || !window.EventSource) return;
+  const source = new EventSource("/events");
+  source.addEventListener("batch_job.progress", (event) => {
+    let job;
+    try { job = JSON.parse(event.data); } catch (error) { return; }
+    const row = document.querySelector('tr[data-job-id="' + CSS.escape(String(job.id)) + '"]');
+    if (!row) return;
+    const bar = row.querySelector("[data-progress]");
+    if (bar && job.rows_total) {
+      bar.max = job.rows_total;
+      bar.value = job.rows_done;
+    }
+    const rows = row.querySelector("[data-rows]");
+    if (rows) rows.textContent = rowsText(job.rows_done, job.rows_total);
+    const status = row.querySelector("[data-status]");
+    if (status && status.firstChild && status.firstChild.nodeType === Node.TEXT_NODE) {
+      status.firstChild.textContent = job.status;
+    }
+  });
+  const announce = (event) => {
+    let row;
+    try { row = JSON.parse(event.data); } catch (error) { return; }
+    notice.textContent =
+      "Batch job " + String(row.target_id).slice(0, 8) + "… " + JOB_EVENTS[event.type] + " — ";
+    const reload = document.createElement("a");
+    reload.href = window.location.href;
+    reload.textContent = "reload";
+    notice.appendChild(reload);
+    notice.hidden = false;
+  };
+  for (const name of Object.keys(JOB_EVENTS)) source.addEventListener(name, announce);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setUpCopyButtons();
   setUpUpload();
   setUpLiveNotices();
+  setUpLiveJobs();
 });
