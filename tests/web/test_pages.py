@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests import factories
+from tests.audit.test_audit import audit_rows
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 PASSWORD = factories.DEFAULT_PASSWORD
@@ -185,7 +186,7 @@ async def test_sign_out_everywhere_ends_the_session(client: httpx.AsyncClient) -
 
 
 async def test_account_page_erases_the_account_with_its_password(
-    client: httpx.AsyncClient, iris_skops: Path
+    client: httpx.AsyncClient, iris_skops: Path, admin: factories.Account
 ) -> None:
     email = await sign_up(client)
     assert (await upload_form(client, iris_skops, "iris")).status_code == 303
@@ -197,6 +198,10 @@ async def test_account_page_erases_the_account_with_its_password(
     assert (await client.get("/account")).status_code == 303
     login = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
     assert login.status_code == 401
+    # The password confirmed the erasure: recorded as the erasure, not as a sign-in.
+    (erased,) = await audit_rows(client, admin, action="user.deleted")
+    done = await audit_rows(client, admin, actor_user_id=erased["target_id"])
+    assert [r["action"] for r in done] == ["user.deleted", "model_version.created"]
 
 
 @pytest.mark.parametrize("csrf", [True, False])

@@ -231,11 +231,14 @@ async def check_password(
     passwords: PasswordHasher,
     failures: FailureLimit,
     events: Events,
+    sign_in: bool = True,
 ) -> User:
     """Return the active user with this email and password (rehashed if due; the caller commits).
 
     A sign-in, and every refused one, is recorded: `auth.login`, `auth.login_failed` (on the
-    account the email names, if any; the email itself is not recorded).
+    account the email names, if any; the email itself is not recorded). With `sign_in` false
+    (a signed-in person confirming an action with the password) a success records nothing: the
+    action it confirms is the record.
 
     Raises:
         RateLimited: the account had too many failed attempts in the window (counted for
@@ -258,7 +261,8 @@ async def check_password(
         raise Unauthorized(BAD_LOGIN)
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = await passwords.hash(password)
-    await events.record(_user_action("auth.login", user, by_self=True))
+    if sign_in:
+        await events.record(_user_action("auth.login", user, by_self=True))
     return user
 
 

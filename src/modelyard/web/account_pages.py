@@ -184,6 +184,7 @@ async def delete_account(page: UserPage, form: FormDep, db: SessionDep) -> Respo
             passwords=state.passwords,
             failures=state.failures,
             events=state.events,
+            sign_in=False,
         )
         await erasure.erase_own_account(
             db,
