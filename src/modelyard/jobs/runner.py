@@ -39,7 +39,7 @@ from modelyard.artifacts.store import ArtifactStore, ObjectNotFound, ObjectStrea
 from modelyard.config import Settings
 from modelyard.db.tables import BatchJob, ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow, uuid7
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelyardError, ServiceUnavailable, is_dependency_down
 from modelyard.events import Events
 from modelyard.files.service import file_key
 from modelyard.jobs import service
@@ -59,6 +59,9 @@ READ_BYTES = 1 << 20
 LISTED_COLUMNS = 5
 # What a job's failure says when the cause is ours, not the input's (the log has the rest).
 INTERNAL_FAILURE = "the job failed on the server; see the server log"
+# Runs a job gets when a run is cut short by an outage (the database or the store unreachable):
+# each later run resumes from the last stored chunk once the interrupted run's lease lapses.
+MAX_ATTEMPTS = 5
 
 Heartbeat = Callable[[int, int | None], Awaitable[None]]
 
@@ -173,6 +176,7 @@ class JobRunner:
                 format=job.format,
             )
             cancel_requested = job.cancel_requested
+            attempt = job.attempts
             target = await _target(db, job)
             await self.events.record(
                 service.action(
@@ -200,6 +204,14 @@ class JobRunner:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._release(run))
                 raise
+            if _is_outage(exc) and attempt < MAX_ATTEMPTS:
+                # Not the job's fault: the lease is left to lapse (a pause as long as the lease),
+                # then a worker's sweep resumes the job from its last stored chunk.
+                log.warning(
+                    "batch_job_interrupted",
+                    extra={"job_id": str(job_id), "attempt": attempt, "error": type(exc).__name__},
+                )
+                return True
             log.exception("batch_job_error", extra={"job_id": str(job_id)})
             await self._end(run, JobStatus.FAILED, error=INTERNAL_FAILURE, target=target)
         else:
@@ -788,3 +800,9 @@ def _non_numeric(rows: list[list[str]], first: int) -> str:
 
 def _quoted(value: str) -> str:
     return repr(value if len(value) <= 32 else value[:32] + "...")
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Tell whether `exc` means a service the job needs is unreachable (not a bug, not bad
+    input): the database, or the store (`StorageUnavailable`)."""
+    return isinstance(exc, ServiceUnavailable) or is_dependency_down(exc)
