@@ -400,6 +400,10 @@ def test_download_and_deletes_answer_json(
         "version": 1,
         "sha256": created["sha256"],
     }
+    # A folder that does not exist yet, named with a trailing slash, is made.
+    into_new = parsed(run(app, "download", "iris", "-o", f"{tmp_path}/models/", "--json", env=env))
+    assert into_new["path"] == str(tmp_path / "models" / "iris-v1.skops")
+    assert (tmp_path / "models" / "iris-v1.skops").read_bytes() == iris_skops.read_bytes()
     assert parsed(run(app, "models", "delete", "iris", "-y", "--json", env=env)) == {
         "archived": "iris"
     }

@@ -4,6 +4,7 @@ strict validation, and the audit actions it records."""
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -284,7 +285,12 @@ async def test_non_public_addresses_are_refused_at_creation(
 
     response = await create(strict_client, account, url=url)
 
-    assert "webhooks may not reach" in assert_problem(response, 422)["detail"]
+    detail = assert_problem(response, 422)["detail"]
+    assert re.fullmatch(
+        r"webhooks may only reach public addresses, and \S+ is (this machine|not a public address) "
+        r"\(the server's MODELYARD_WEBHOOK_ALLOW_PRIVATE_NETWORKS=true allows private networks\)",
+        detail,
+    ), detail
     patched = await strict_client.patch(
         f"{HOOKS}/{(await created(strict_client, account))['id']}",
         json={"url": url},

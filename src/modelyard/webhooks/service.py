@@ -280,8 +280,8 @@ def _check_url(url: str, allow_private_networks: bool) -> None:
         check_host(urlsplit(url).hostname or "")
     except RefusedAddress as exc:
         raise Unprocessable(
-            f"webhooks may not reach {exc} (set MODELYARD_WEBHOOK_ALLOW_PRIVATE_NETWORKS to "
-            "allow private networks)"
+            f"webhooks may only reach public addresses, and {exc} (the server's "
+            "MODELYARD_WEBHOOK_ALLOW_PRIVATE_NETWORKS=true allows private networks)"
         ) from exc
 
 

@@ -389,8 +389,15 @@ def download(
     version: VersionOpt = None,
     alias_name: Annotated[str | None, typer.Option("--alias", help="Alias, e.g. champion.")] = None,
     stage: StageOpt = None,
+    # Text, not a Path: a trailing "/" (a folder to create) must survive.
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="File or folder (default: here).")
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="File, or folder (existing, or ending in /).",
+            show_default="here",
+        ),
     ] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
     as_json: JsonFlag = False,
