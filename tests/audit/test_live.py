@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,9 @@ from sqlalchemy import update
 from modelyard.audit import live, service
 from modelyard.auth.service import Caller
 from modelyard.db.tables import BatchJob, User
-from modelyard.db.types import utcnow, uuid7
 from modelyard.state import AppState
 from tests.factories import Account, make_version
+from tests.jobs.helpers import running_job
 from tests.servers import running_server
 
 # A bound, not a measurement: an event that has not arrived by then never will.
@@ -111,25 +110,7 @@ async def test_a_filtered_stream_and_an_admins(
 async def start_running_job(
     state: AppState, owner: Account, version: dict[str, Any], *, rows_total: int
 ) -> BatchJob:
-    """A job row as a worker holds it (running, leased for an hour: no worker takes it over)."""
-    now = utcnow()
-    job = BatchJob(
-        id=uuid7(),
-        owner_id=uuid.UUID(owner.id),
-        model_id=uuid.UUID(version["model_id"]),
-        model_name=version["model_name"],
-        version_id=uuid.UUID(version["id"]),
-        version=version["version"],
-        input_path="in.csv",
-        output_path="out.csv",
-        format="csv",
-        status="running",
-        rows_done=0,
-        rows_total=rows_total,
-        worker_token="test-worker",
-        lease_until=now + timedelta(hours=1),
-        started_at=now,
-    )
+    job = running_job(owner.id, version, rows_total=rows_total)
     async with state.sessions() as db:
         db.add(job)
         await db.commit()

@@ -1,4 +1,5 @@
-"""What the batch job tests share: CSV files, polling a job, direct predictions to compare."""
+"""What the batch job tests share: CSV files, polling a job, direct predictions to compare, a
+running job's row."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ import asyncio
 import csv
 import io
 import time
+import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
+from modelyard.db.tables import BatchJob
+from modelyard.db.types import utcnow, uuid7
 from tests.factories import Account
 
 # A wait that reaches its bound has failed; none asserts a duration.
@@ -99,3 +104,26 @@ async def expected_output(
 
 def read_csv(data: bytes) -> list[list[str]]:
     return list(csv.reader(io.StringIO(data.decode())))
+
+
+def running_job(owner_id: str, version: dict[str, Any], *, rows_total: int) -> BatchJob:
+    """A job row as a worker holds it: running, and leased for an hour, so that no worker takes
+    it over and the test moves its progress itself."""
+    now = utcnow()
+    return BatchJob(
+        id=uuid7(),
+        owner_id=uuid.UUID(owner_id),
+        model_id=uuid.UUID(version["model_id"]),
+        model_name=version["model_name"],
+        version_id=uuid.UUID(version["id"]),
+        version=version["version"],
+        input_path="in.csv",
+        output_path="out.csv",
+        format="csv",
+        status="running",
+        rows_done=0,
+        rows_total=rows_total,
+        worker_token="test-worker",
+        lease_until=now + timedelta(hours=1),
+        started_at=now,
+    )

@@ -18,7 +18,7 @@ from modelyard.jobs.runner import INTERNAL_FAILURE, MAX_ATTEMPTS, PARTS_PREFIX
 from modelyard.state import AppState
 from tests.conftest import make_settings
 from tests.factories import Account, make_version
-from tests.jobs.conftest import CHUNK_ROWS
+from tests.jobs.conftest import CHUNK_ROWS, JOB_SETTINGS
 from tests.jobs.helpers import (
     create_job,
     csv_bytes,
@@ -34,14 +34,7 @@ from tests.jobs.helpers import (
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     # A short lease: an interrupted run's job is taken up again soon after.
-    return make_settings(
-        tmp_path,
-        database_url,
-        batch_job_chunk_rows=CHUNK_ROWS,
-        batch_job_poll_seconds=0.05,
-        batch_job_lease_seconds=0.5,
-        prediction_log_flush_ms=10,
-    )
+    return make_settings(tmp_path, database_url, **JOB_SETTINGS, batch_job_lease_seconds=0.5)
 
 
 def fail_part_writes(app: FastAPI, times: int) -> list[str]:

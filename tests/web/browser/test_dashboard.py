@@ -10,7 +10,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from sqlalchemy import create_engine, update
 from sqlalchemy.orm import Session
 
 from modelyard.db.tables import BatchJob
-from modelyard.db.types import utcnow, uuid7
+from tests.jobs.helpers import running_job
 from tests.servers import ServerProcess, free_port
 from tests.web.browser.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 
@@ -342,12 +341,11 @@ def test_a_model_page_tells_when_the_model_changes_elsewhere(
     assert not notice.is_displayed()
 
     # Elsewhere (a script with the same account) the version is promoted.
-    api = f"{live_server.url}/api/v1"
-    token = httpx.post(f"{api}/auth/login", json={"email": email, "password": PASSWORD}).json()
+    api, headers = api_session(live_server, email)
     promoted = httpx.patch(
         f"{api}/models/live-iris/versions/1/lifecycle",
         json={"stage": "production"},
-        headers={"Authorization": f"Bearer {token['access_token']}"},
+        headers=headers,
     )
     assert promoted.status_code == 200, promoted.text
     wait(driver).until(ec.visibility_of(notice))
@@ -356,27 +354,16 @@ def test_a_model_page_tells_when_the_model_changes_elsewhere(
     wait(driver).until(lambda d: "production" in text_of(d, "#version-1"))
 
 
+def api_session(server: ServerProcess, email: str) -> tuple[str, dict[str, str]]:
+    """The API's base URL and the headers of a fresh sign-in of `email` (a script's view)."""
+    api = f"{server.url}/api/v1"
+    token = httpx.post(f"{api}/auth/login", json={"email": email, "password": PASSWORD}).json()
+    return api, {"Authorization": f"Bearer {token['access_token']}"}
+
+
 def start_running_job(server: ServerProcess, version: dict[str, Any], owner_id: str) -> str:
-    """Write a job row into the server's database as a worker holds it (running, leased for an
-    hour: the server's own worker leaves it alone), so that the test moves its progress."""
-    now = utcnow()
-    job = BatchJob(
-        id=uuid7(),
-        owner_id=uuid.UUID(owner_id),
-        model_id=uuid.UUID(version["model_id"]),
-        model_name=version["model_name"],
-        version_id=uuid.UUID(version["id"]),
-        version=version["version"],
-        input_path="big.csv",
-        output_path="big-scored.csv",
-        format="csv",
-        status="running",
-        rows_done=0,
-        rows_total=1_000,
-        worker_token="browser-test",
-        lease_until=now + timedelta(hours=1),
-        started_at=now,
-    )
+    """Write a running job into the server's database (see `running_job`)."""
+    job = running_job(owner_id, version, rows_total=1_000)
     job_id = str(job.id)
     with server_database(server) as db:
         db.add(job)
@@ -403,9 +390,7 @@ def test_the_jobs_page_moves_a_running_jobs_progress_live(
     email = sign_up(driver, live_server)
     upload(driver, live_server, iris_skops, "job-iris")
     wait(driver).until(ec.url_contains("/versions/1"))
-    api = f"{live_server.url}/api/v1"
-    token = httpx.post(f"{api}/auth/login", json={"email": email, "password": PASSWORD}).json()
-    headers = {"Authorization": f"Bearer {token['access_token']}"}
+    api, headers = api_session(live_server, email)
     version = httpx.get(f"{api}/models/job-iris/versions/1", headers=headers).json()
     me = httpx.get(f"{api}/auth/me", headers=headers).json()
     job_id = start_running_job(live_server, version, me["id"])

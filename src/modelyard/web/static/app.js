@@ -82,6 +82,16 @@ const REGISTRY_EVENTS = {
   "traffic.changed": "traffic policy changed",
 };
 
+// Show `text` in the page's live notice, with a link that reloads the page.
+function announceChange(notice, text) {
+  notice.textContent = text + " — ";
+  const reload = document.createElement("a");
+  reload.href = window.location.href;
+  reload.textContent = "reload";
+  notice.appendChild(reload);
+  notice.hidden = false;
+}
+
 function setUpLiveNotices() {
   const main = document.getElementById("main");
   const notice = document.getElementById("live-notice");
@@ -96,12 +106,7 @@ function setUpLiveNotices() {
     let what = details.model || "a model";
     if (details.version) what += " v" + details.version;
     if (details.to) what += " → " + details.to;
-    notice.textContent = what + ": " + REGISTRY_EVENTS[event.type] + " elsewhere — ";
-    const reload = document.createElement("a");
-    reload.href = window.location.href;
-    reload.textContent = "reload";
-    notice.appendChild(reload);
-    notice.hidden = false;
+    announceChange(notice, what + ": " + REGISTRY_EVENTS[event.type] + " elsewhere");
   };
   for (const name of Object.keys(REGISTRY_EVENTS)) source.addEventListener(name, show);
 }
@@ -145,13 +150,8 @@ function setUpLiveJobs() {
   const announce = (event) => {
     let row;
     try { row = JSON.parse(event.data); } catch (error) { return; }
-    notice.textContent =
-      "Batch job " + String(row.target_id).slice(0, 8) + "… " + JOB_EVENTS[event.type] + " — ";
-    const reload = document.createElement("a");
-    reload.href = window.location.href;
-    reload.textContent = "reload";
-    notice.appendChild(reload);
-    notice.hidden = false;
+    announceChange(
+      notice, "Batch job " + String(row.target_id).slice(0, 8) + "… " + JOB_EVENTS[event.type]);
   };
   for (const name of Object.keys(JOB_EVENTS)) source.addEventListener(name, announce);
 }
