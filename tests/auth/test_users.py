@@ -7,7 +7,14 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
 
+from modelyard.auth import service as auth_service
+from modelyard.auth.schemas import UserAdminUpdate
+from modelyard.db.tables import User
+from modelyard.errors import Forbidden
+from modelyard.state import AppState
 from tests import factories
 from tests.problems import assert_problem, assert_unauthorized
 
@@ -214,3 +221,31 @@ async def test_update_user_with_non_uuid_id_is_unprocessable(
     response = await patch_user(client, admin, "not-a-uuid", {"is_active": False})
     body = assert_problem(response, 422)
     assert ["path", "user_id"] in [e["loc"] for e in body["errors"]]
+
+
+async def test_two_admins_demoting_each_other_leave_one_admin(
+    app: FastAPI, client: httpx.AsyncClient, admin: factories.Account
+) -> None:
+    # Two admins act at once: each request authenticated its admin before either change was
+    # committed (the User rows loaded then), and the changes are applied one after the other.
+    second = await factories.make_account(client)
+    assert (await patch_user(client, admin, second.id, {"is_admin": True})).status_code == 200
+    state: AppState = app.state.modelyard
+    async with state.sessions() as db:
+        first_admin = await db.get_one(User, uuid.UUID(admin.id))
+        second_admin = await db.get_one(User, uuid.UUID(second.id))
+        db.expunge_all()
+    demote = UserAdminUpdate(is_admin=False)
+
+    async with state.sessions() as db:
+        await auth_service.update_user(
+            db, first_admin, second_admin.id, demote, events=state.events
+        )
+    async with state.sessions() as db:
+        with pytest.raises(Forbidden, match="no longer an active administrator"):
+            await auth_service.update_user(
+                db, second_admin, first_admin.id, demote, events=state.events
+            )
+        admins = await db.scalars(select(User.id).where(User.is_admin, User.is_active))
+
+    assert set(admins) == {first_admin.id}

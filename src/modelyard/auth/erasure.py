@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.artifacts.store import ArtifactStore
-from modelyard.auth.service import Caller, count_owned
+from modelyard.auth.service import Caller, count_owned, lock_admins
 from modelyard.db.tables import (
     ModelVersion,
     Prediction,
@@ -77,12 +77,9 @@ async def erase_user(
         NotFound: no such user.
         Conflict: the user is the last active admin (nobody could administer the platform).
     """
-    # On PostgreSQL, erasures (and nothing else) queue here on the admins' rows, always taken in
-    # the same order: two admins erasing each other at once cannot both see the other as the
-    # admin who remains. On SQLite the UPDATE below takes the database's one write lock first.
-    await db.execute(
-        select(User.id).where(User.is_admin, User.is_active).order_by(User.id).with_for_update()
-    )
+    # Erasures, demotions and deactivations queue here: two admins erasing (or demoting) each
+    # other at once cannot both see the other as the admin who remains.
+    await lock_admins(db, user_id)
     # A write first: on SQLite it takes the database's one write lock before anything below is
     # read (so the reads see the latest commit and no other writer comes between), on
     # PostgreSQL the user's row lock; and it tells whether the user exists.

@@ -683,12 +683,26 @@ async def update_user(
     Raises:
         NotFound: no such user.
         Conflict: an admin tried to deactivate or demote themselves (it would lock them out).
+        Forbidden: the admin lost their own rights meanwhile (two admins demoting each other
+            at once: one of them wins, and an active admin always remains).
     """
-    user = await db.get(User, user_id)
+    removes_an_admin = data.is_admin is False or data.is_active is False
+    if removes_an_admin:
+        await lock_admins(db, admin.id)
+    user = await db.get(User, user_id, populate_existing=True)
     if user is None:
+        await db.rollback()
         raise NotFound("user not found")
-    if user.id == admin.id and (data.is_active is False or data.is_admin is False):
+    if user.id == admin.id and removes_an_admin:
+        await db.rollback()
         raise Conflict("admins cannot deactivate or demote themselves")
+    if removes_an_admin:
+        actor = (
+            await db.execute(select(User.is_admin, User.is_active).where(User.id == admin.id))
+        ).one_or_none()
+        if actor is None or not (actor.is_admin and actor.is_active):
+            await db.rollback()
+            raise Forbidden("you are no longer an active administrator")
     changed = (data.is_admin is not None and data.is_admin != user.is_admin) or (
         data.is_active is not None and data.is_active != user.is_active
     )
@@ -710,6 +724,25 @@ async def update_user(
             _user_action("user.updated", user, **data.model_dump(exclude_none=True))
         )
     return user
+
+
+async def lock_admins(db: AsyncSession, acting: uuid.UUID) -> None:
+    """Serialise the changes that could leave no active admin (demotions, deactivations,
+    erasures) until the transaction ends; what is read after it is the latest commit.
+
+    PostgreSQL: the active admins' rows, always in the same order (two such changes queue
+    instead of deadlocking). SQLite: a write first (a no-op on `acting`'s row), which takes the
+    database's one write lock.
+    """
+    await db.execute(
+        select(User.id).where(User.is_admin, User.is_active).order_by(User.id).with_for_update()
+    )
+    await db.execute(
+        update(User)
+        .where(User.id == acting)
+        .values(updated_at=User.updated_at)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def ensure_admin(
