@@ -438,3 +438,36 @@ def model_analytics(
 def usage(days: int, model_id: str | None) -> Call[list[t.DailyUsage]]:
     params = _params(days=days, model_id=model_id)
     return Call("GET", f"{API}/analytics/usage", _many(t.DailyUsage), params=params)
+
+
+# --- batch jobs ------------------------------------------------------------------------------
+
+
+def _job(job_id: str) -> str:
+    return f"{API}/batch-jobs/{quote(str(job_id), safe='')}"
+
+
+def create_batch_job(
+    model: str, input_path: str, output_path: str, *, version: int | str | None, format: str
+) -> Call[t.BatchJob]:
+    body = _body(
+        model=model,
+        version=version,
+        input_path=input_path,
+        output_path=output_path,
+        format=str(format),
+    )
+    return Call("POST", f"{API}/batch-jobs", _one(t.BatchJob), json=body)
+
+
+def get_batch_job(job_id: str) -> Call[t.BatchJob]:
+    return Call("GET", _job(job_id), _one(t.BatchJob))
+
+
+def list_batch_jobs(status: str | None, limit: int, offset: int) -> Call[t.Page[t.BatchJob]]:
+    params = _params(status=None if status is None else str(status), limit=limit, offset=offset)
+    return Call("GET", f"{API}/batch-jobs", _page(t.BatchJob), params=params)
+
+
+def cancel_batch_job(job_id: str) -> Call[t.BatchJob]:
+    return Call("POST", f"{_job(job_id)}/cancel", _one(t.BatchJob))

@@ -248,6 +248,48 @@ class DailyUsage:
     avg_inference_time_ms: float | None = None
 
 
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED_JOB_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class BatchJob:
+    """A batch prediction job: a file of your area scored in the background."""
+
+    id: str
+    status: str
+    model_id: str
+    model_name: str
+    version: int
+    input_path: str
+    output_path: str
+    format: str = "csv"
+    rows_done: int = 0
+    rows_total: int | None = None
+    """Known once the input has been counted."""
+    error: str | None = None
+    cancel_requested: bool = False
+    attempts: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    links: dict[str, str] = field(default_factory=dict)
+    """`self`, `cancel`, and `output` (downloads the results once the job has succeeded)."""
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the job has succeeded, failed or been cancelled (it changes no more)."""
+        return self.status in FINISHED_JOB_STATUSES
+
+
 @dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     """One page of a list: `items`, and the `total` across pages."""
