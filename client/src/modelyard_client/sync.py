@@ -612,6 +612,71 @@ class Client:
                 return job
             time.sleep(_next_poll(job, deadline, timeout, poll))
 
+    # --- traffic policies ------------------------------------------------------------------
+
+    def set_traffic(
+        self,
+        name: str,
+        routes: Sequence[t.TrafficRoute | Mapping[str, Any]],
+        shadow: t.ShadowRoute | Mapping[str, Any] | None = None,
+    ) -> t.TrafficPolicy:
+        """Split the predict requests that name no version between versions by weight, and copy
+        a sample of them to a shadow version; replaces the model's whole policy.
+
+        `routes`: `TrafficRoute(target, weight)` or `{"target": "production", "weight": 90}`;
+        targets are `v<N>`, `latest`, a stage or an alias. `shadow`: `ShadowRoute(target,
+        sample_rate)` or `{"target": "v4", "sample_rate": 0.1}`.
+        """
+        return self._run(calls.set_traffic(name, routes, shadow))
+
+    def get_traffic(self, name: str) -> t.TrafficPolicy:
+        """Return the model's traffic policy, with the version each target resolves to now
+        (`NotFound` when it has none)."""
+        return self._run(calls.get_traffic(name))
+
+    def delete_traffic(self, name: str) -> None:
+        """Remove the model's traffic policy: its production (else newest) version serves all."""
+        self._run(calls.delete_traffic(name))
+
+    def traffic_stats(
+        self, name: str, *, since: datetime | None = None, until: datetime | None = None
+    ) -> t.TrafficStats:
+        """Compare the versions that served the model in a window (times with a zone), and its
+        shadow versions' agreement with them."""
+        return self._run(calls.traffic_stats(name, since, until))
+
+    # --- drift -----------------------------------------------------------------------------
+
+    def set_reference(self, name: str, version: int, path: str) -> t.Reference:
+        """Make a CSV (header row naming the features) or Parquet file of your area the
+        version's drift reference, replacing any earlier one."""
+        return self._run(calls.set_reference(name, version, path))
+
+    def get_reference(self, name: str, version: int) -> t.Reference:
+        """Return a version's drift reference: its source, row count and per-feature summary."""
+        return self._run(calls.get_reference(name, version))
+
+    def delete_reference(self, name: str, version: int) -> None:
+        """Remove a version's drift reference (the next drift report makes one from served
+        rows)."""
+        self._run(calls.delete_reference(name, version))
+
+    def drift(
+        self,
+        name: str,
+        *,
+        version: int | str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> t.DriftReport:
+        """Compare a window of a version's logged inputs with its reference, feature by feature
+        (PSI and Kolmogorov-Smirnov).
+
+        `version`: a number or an alias (default: production, else the newest not archived);
+        the window defaults to the last 24 hours (times with a zone).
+        """
+        return self._run(calls.drift(name, version, since, until))
+
     # --- estimators ------------------------------------------------------------------------
 
     def log_model(
