@@ -1,7 +1,10 @@
-"""Batch jobs through the SDK (both clients) against a live server, on both databases."""
+"""Batch jobs through the SDK (both clients) and `modelyard jobs` against a live server, on
+both databases."""
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,8 +12,11 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import typer
+from typer.testing import CliRunner, Result
 
 from modelyard_client import AsyncClient, Client
+from modelyard_client.cli import make_app
 from modelyard_client.errors import Conflict, NotFound, Unprocessable, WaitTimedOut
 from modelyard_client.types import BatchJob, Page
 from tests.client.conftest import Login, eventually, live_on_each_database
@@ -255,3 +261,138 @@ async def test_the_async_client_runs_and_waits_for_jobs_alike(
     assert seen[-1] == (10, 10)
     assert [j.id for j in listed.items] == [created.id]
     assert (again.id, again.status) == (done.id, "succeeded")
+
+
+# --- the `modelyard jobs` commands ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli() -> typer.Typer:
+    return make_app()
+
+
+def run(cli: typer.Typer, login: Login, *args: str) -> Result:
+    env = {"MODELYARD_URL": login.url, "MODELYARD_API_KEY": login.api_key}
+    return CliRunner().invoke(cli, list(args), env=env, prog_name="modelyard")
+
+
+def parsed(result: Result) -> Any:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_jobs_create_wait_shows_progress_and_the_final_state(
+    cli: typer.Typer, login: Login, client: Client, iris: None, tmp_path: Path
+) -> None:
+    put_rows(client, tmp_path, "in.csv", iris_rows(30))
+
+    human = run(cli, login, "jobs", "create", "iris", "-i", "in.csv", "-o", "out.csv", "--wait",
+                "--poll", "0.05")  # fmt: skip
+    as_json = run(cli, login, "jobs", "create", "iris", "--input", "in.csv", "--output",
+                  "again.csv", "--version", "1", "--wait", "--poll", "0.05", "--json")  # fmt: skip
+
+    assert human.exit_code == 0, human.output
+    job_id = human.stdout.strip()
+    assert re.search(r"iris .*30/30 rows", human.stderr), human.stderr  # the bar, to the end
+    said = " ".join(human.stderr.split())  # rich wraps messages at the terminal's width
+    assert f"job {job_id} succeeded: 30 rows scored into out.csv" in said
+    assert client.get_batch_job(job_id).status == "succeeded"
+    job = parsed(as_json)
+    assert (job["status"], job["rows_done"], job["version"]) == ("succeeded", 30, 1)
+    assert job["output_path"] == "again.csv"
+    assert (
+        client.download_file("again.csv", tmp_path / "again.csv")
+        .read_bytes()
+        .startswith(b"row,prediction")
+    )
+
+
+def test_jobs_create_wait_exits_1_when_the_job_fails(
+    cli: typer.Typer, login: Login, client: Client, iris: None, tmp_path: Path
+) -> None:
+    rows: list[list[object]] = [list(r) for r in iris_rows(5)]
+    rows[3][0] = "n/a"
+    put_rows(client, tmp_path, "in.csv", rows)
+
+    human = run(cli, login, "jobs", "create", "iris", "-i", "in.csv", "-o", "out.csv", "--wait",
+                "--poll", "0.05", "--no-progress")  # fmt: skip
+    as_json = run(cli, login, "jobs", "create", "iris", "-i", "in.csv", "-o", "out.csv", "--wait",
+                  "--poll", "0.05", "--json")  # fmt: skip
+
+    assert human.exit_code == 1
+    assert re.search(r"^error: job \S+ failed: row 4: 'n/a' is not a number$", human.stderr, re.M)
+    assert "rows" not in human.stderr.replace("row 4", "")  # --no-progress: no bar
+    assert "Traceback" not in human.output
+    assert as_json.exit_code == 1
+    failed = json.loads(as_json.stdout)
+    assert (failed["status"], failed["error"]) == ("failed", "row 4: 'n/a' is not a number")
+
+
+def test_jobs_create_wait_exits_1_when_the_wait_times_out(
+    cli: typer.Typer, login: Login, client: Client, iris: None, tmp_path: Path
+) -> None:
+    put_rows(client, tmp_path, "big.csv", iris_rows(7 * 3000))
+
+    result = run(cli, login, "jobs", "create", "iris", "-i", "big.csv", "-o", "out.csv", "--wait",
+                 "--timeout", "0", "--no-progress")  # fmt: skip
+
+    assert result.exit_code == 1
+    assert "has not finished after 0 s" in result.stderr
+    (job,) = client.list_batch_jobs().items
+    client.cancel_batch_job(job.id)  # the job went on; it is not needed
+    assert client.wait_for_batch_job(job.id, timeout=WAIT_SECONDS, poll=POLL_SECONDS).is_finished
+
+
+def test_jobs_list_show_and_cancel(
+    cli: typer.Typer, login: Login, client: Client, iris: None, tmp_path: Path
+) -> None:
+    put_rows(client, tmp_path, "in.csv", iris_rows(3))
+    created = parsed(run(cli, login, "jobs", "create", "iris", "-i", "in.csv", "-o", "o.csv",
+                         "--json"))  # fmt: skip
+    client.wait_for_batch_job(created["id"], timeout=WAIT_SECONDS, poll=POLL_SECONDS)
+
+    listed = parsed(run(cli, login, "jobs", "list", "--status", "succeeded", "--json"))
+    shown = parsed(run(cli, login, "jobs", "show", created["id"], "--json"))
+    table = run(cli, login, "jobs", "list")
+    record = run(cli, login, "jobs", "show", created["id"])
+    none_failed = parsed(run(cli, login, "jobs", "list", "--status", "failed", "--json"))
+    finished = run(cli, login, "jobs", "cancel", created["id"])
+
+    assert created["status"] == "queued"
+    assert [j["id"] for j in listed["items"]] == [created["id"]]
+    assert (shown["status"], shown["rows_total"]) == ("succeeded", 3)
+    assert table.exit_code == 0, table.output
+    assert "succeeded" in table.stdout
+    assert record.exit_code == 0, record.output
+    assert "o.csv" in record.stdout
+    assert none_failed["total"] == 0
+    assert finished.exit_code == 1
+    assert finished.stderr.startswith("error: 409 Conflict")
+    assert run(cli, login, "jobs", "show", str(uuid.uuid4())).exit_code == 1
+    assert run(cli, login, "jobs", "list", "--status", "done").exit_code == 2
+    bad_format = run(cli, login, "jobs", "create", "iris", "-i", "in.csv", "-o", "x.csv",
+                     "--format", "xlsx")  # fmt: skip
+    assert bad_format.exit_code == 2
+
+
+def test_jobs_cancel_of_a_queued_job(
+    cli: typer.Typer, login: Login, client: Client, iris: None, tmp_path: Path
+) -> None:
+    put_rows(client, tmp_path, "big.csv", iris_rows(7 * 3000))
+    put_rows(client, tmp_path, "in.csv", iris_rows(3))
+    running = client.create_batch_job("iris", "big.csv", "big-out.csv")
+
+    def started() -> None:
+        assert client.get_batch_job(running.id).rows_done > 0
+
+    eventually(started, seconds=WAIT_SECONDS)
+    queued = client.create_batch_job("iris", "in.csv", "out.csv")  # behind the running one
+
+    human = run(cli, login, "jobs", "cancel", queued.id)
+    stopping = parsed(run(cli, login, "jobs", "cancel", running.id, "--json"))
+
+    assert human.exit_code == 0, human.output
+    assert f"cancelled job {queued.id}" in " ".join(human.stderr.split())
+    assert stopping["cancel_requested"] is True
+    stopped = client.wait_for_batch_job(running.id, timeout=WAIT_SECONDS, poll=POLL_SECONDS)
+    assert stopped.status == "cancelled"

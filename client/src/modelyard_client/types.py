@@ -259,6 +259,11 @@ class JobStatus(StrEnum):
 FINISHED_JOB_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
+class JobFormat(StrEnum):
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
 @dataclass(frozen=True, slots=True)
 class BatchJob:
     """A batch prediction job: a file of your area scored in the background."""
