@@ -16,7 +16,7 @@ from modelyard_client import __version__, artifacts, calls
 from modelyard_client import types as t
 from modelyard_client.credentials import resolve
 from modelyard_client.errors import ApiError, ConnectionFailed, ModelyardClientError
-from modelyard_client.sync import _download_target
+from modelyard_client.sync import _deadline, _download_target, _next_poll
 from modelyard_client.transfer import Progress, ProgressFile, RetryPolicy, is_retryable_error
 from modelyard_client.versions import pick_version
 
@@ -547,6 +547,134 @@ class AsyncClient:
     async def usage(self, *, days: int = 30, model_id: str | None = None) -> list[t.DailyUsage]:
         """One row a day: predictions, failures, average inference time."""
         return await self._run(calls.usage(days, model_id))
+
+    # --- batch jobs ------------------------------------------------------------------------
+
+    async def create_batch_job(
+        self,
+        model: str,
+        input_path: str,
+        output_path: str,
+        *,
+        version: int | str | None = None,
+        format: str = "csv",
+    ) -> t.BatchJob:
+        """Score a CSV (or Parquet) file of your area with a model version, in the background.
+
+        `version`: a number or an alias (default: the version served without one), resolved now.
+        The results are written to `output_path` in your area once every row is scored; see
+        `wait_for_batch_job`.
+        """
+        return await self._run(
+            calls.create_batch_job(model, input_path, output_path, version=version, format=format)
+        )
+
+    async def get_batch_job(self, job_id: str) -> t.BatchJob:
+        """Return a batch job: its status, rows done and in all, error."""
+        return await self._run(calls.get_batch_job(job_id))
+
+    async def list_batch_jobs(
+        self,
+        *,
+        status: str | None = None,
+        limit: int = calls.DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> t.Page[t.BatchJob]:
+        """List your batch jobs, newest first (only those in `status`, if given)."""
+        return await self._run(calls.list_batch_jobs(status, limit, offset))
+
+    async def cancel_batch_job(self, job_id: str) -> t.BatchJob:
+        """Cancel a batch job: a queued one at once, a running one after its current chunk; no
+        output is written. A job that has succeeded or failed raises `Conflict`."""
+        return await self._run(calls.cancel_batch_job(job_id))
+
+    async def wait_for_batch_job(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - Client's signature; the error holds the job
+        poll: float = 1.0,
+        progress: Progress | None = None,
+    ) -> t.BatchJob:
+        """Poll a batch job every `poll` seconds until it has succeeded, failed or been
+        cancelled, and return it; `progress` gets (rows done, rows in all) after each poll.
+
+        Raises:
+            WaitTimedOut: it has not finished after `timeout` seconds (the job goes on).
+        """
+        deadline = _deadline(timeout, poll)
+        while True:
+            job = await self.get_batch_job(job_id)
+            if progress is not None:
+                progress(job.rows_done, job.rows_total or 0)
+            if job.is_finished:
+                return job
+            await asyncio.sleep(_next_poll(job, deadline, timeout, poll))
+
+    # --- traffic policies ------------------------------------------------------------------
+
+    async def set_traffic(
+        self,
+        name: str,
+        routes: Sequence[t.TrafficRoute | Mapping[str, Any]],
+        shadow: t.ShadowRoute | Mapping[str, Any] | None = None,
+    ) -> t.TrafficPolicy:
+        """Split the predict requests that name no version between versions by weight, and copy
+        a sample of them to a shadow version; replaces the model's whole policy.
+
+        `routes`: `TrafficRoute(target, weight)` or `{"target": "production", "weight": 90}`;
+        targets are `v<N>`, `latest`, a stage or an alias. `shadow`: `ShadowRoute(target,
+        sample_rate)` or `{"target": "v4", "sample_rate": 0.1}`.
+        """
+        return await self._run(calls.set_traffic(name, routes, shadow))
+
+    async def get_traffic(self, name: str) -> t.TrafficPolicy:
+        """Return the model's traffic policy, with the version each target resolves to now
+        (`NotFound` when it has none)."""
+        return await self._run(calls.get_traffic(name))
+
+    async def delete_traffic(self, name: str) -> None:
+        """Remove the model's traffic policy: its production (else newest) version serves all."""
+        await self._run(calls.delete_traffic(name))
+
+    async def traffic_stats(
+        self, name: str, *, since: datetime | None = None, until: datetime | None = None
+    ) -> t.TrafficStats:
+        """Compare the versions that served the model in a window (times with a zone), and its
+        shadow versions' agreement with them."""
+        return await self._run(calls.traffic_stats(name, since, until))
+
+    # --- drift -----------------------------------------------------------------------------
+
+    async def set_reference(self, name: str, version: int, path: str) -> t.Reference:
+        """Make a CSV (header row naming the features) or Parquet file of your area the
+        version's drift reference, replacing any earlier one."""
+        return await self._run(calls.set_reference(name, version, path))
+
+    async def get_reference(self, name: str, version: int) -> t.Reference:
+        """Return a version's drift reference: its source, row count and per-feature summary."""
+        return await self._run(calls.get_reference(name, version))
+
+    async def delete_reference(self, name: str, version: int) -> None:
+        """Remove a version's drift reference (the next drift report makes one from served
+        rows)."""
+        await self._run(calls.delete_reference(name, version))
+
+    async def drift(
+        self,
+        name: str,
+        *,
+        version: int | str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> t.DriftReport:
+        """Compare a window of a version's logged inputs with its reference, feature by feature
+        (PSI and Kolmogorov-Smirnov).
+
+        `version`: a number or an alias (default: production, else the newest not archived);
+        the window defaults to the last 24 hours (times with a zone).
+        """
+        return await self._run(calls.drift(name, version, since, until))
 
     # --- estimators ------------------------------------------------------------------------
 

@@ -438,3 +438,104 @@ def model_analytics(
 def usage(days: int, model_id: str | None) -> Call[list[t.DailyUsage]]:
     params = _params(days=days, model_id=model_id)
     return Call("GET", f"{API}/analytics/usage", _many(t.DailyUsage), params=params)
+
+
+# --- batch jobs ------------------------------------------------------------------------------
+
+
+def _job(job_id: str) -> str:
+    return f"{API}/batch-jobs/{quote(str(job_id), safe='')}"
+
+
+def create_batch_job(
+    model: str, input_path: str, output_path: str, *, version: int | str | None, format: str
+) -> Call[t.BatchJob]:
+    body = _body(
+        model=model,
+        version=version,
+        input_path=input_path,
+        output_path=output_path,
+        format=str(format),
+    )
+    return Call("POST", f"{API}/batch-jobs", _one(t.BatchJob), json=body)
+
+
+def get_batch_job(job_id: str) -> Call[t.BatchJob]:
+    return Call("GET", _job(job_id), _one(t.BatchJob))
+
+
+def list_batch_jobs(status: str | None, limit: int, offset: int) -> Call[t.Page[t.BatchJob]]:
+    params = _params(status=None if status is None else str(status), limit=limit, offset=offset)
+    return Call("GET", f"{API}/batch-jobs", _page(t.BatchJob), params=params)
+
+
+def cancel_batch_job(job_id: str) -> Call[t.BatchJob]:
+    return Call("POST", f"{_job(job_id)}/cancel", _one(t.BatchJob))
+
+
+# --- traffic policies ------------------------------------------------------------------------
+
+
+def _route(route: t.TrafficRoute | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(route, t.TrafficRoute):
+        return {"target": route.target, "weight": route.weight}
+    return dict(route)
+
+
+def _shadow(shadow: t.ShadowRoute | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if shadow is None:
+        return None
+    if isinstance(shadow, t.ShadowRoute):
+        return {"target": shadow.target, "sample_rate": shadow.sample_rate}
+    return dict(shadow)
+
+
+def set_traffic(
+    name: str,
+    routes: Sequence[t.TrafficRoute | Mapping[str, Any]],
+    shadow: t.ShadowRoute | Mapping[str, Any] | None,
+) -> Call[t.TrafficPolicy]:
+    # A PUT replaces the whole policy: "shadow": null says there is none.
+    body = {"routes": [_route(route) for route in routes], "shadow": _shadow(shadow)}
+    return Call("PUT", f"{_model(name)}/traffic", _one(t.TrafficPolicy), json=body)
+
+
+def get_traffic(name: str) -> Call[t.TrafficPolicy]:
+    return Call("GET", f"{_model(name)}/traffic", _one(t.TrafficPolicy))
+
+
+def delete_traffic(name: str) -> Call[None]:
+    return Call("DELETE", f"{_model(name)}/traffic", _none)
+
+
+def traffic_stats(
+    name: str, since: datetime | None, until: datetime | None
+) -> Call[t.TrafficStats]:
+    params = _params(since=since, until=until)
+    return Call("GET", f"{_model(name)}/traffic/stats", _one(t.TrafficStats), params=params)
+
+
+# --- drift -----------------------------------------------------------------------------------
+
+
+def _reference(name: str, version: int) -> str:
+    return f"{_model(name)}/versions/{int(version)}/reference"
+
+
+def set_reference(name: str, version: int, path: str) -> Call[t.Reference]:
+    return Call("PUT", _reference(name, version), _one(t.Reference), json={"path": path})
+
+
+def get_reference(name: str, version: int) -> Call[t.Reference]:
+    return Call("GET", _reference(name, version), _one(t.Reference))
+
+
+def delete_reference(name: str, version: int) -> Call[None]:
+    return Call("DELETE", _reference(name, version), _none)
+
+
+def drift(
+    name: str, version: int | str | None, since: datetime | None, until: datetime | None
+) -> Call[t.DriftReport]:
+    params = _params(version=None if version is None else str(version), since=since, until=until)
+    return Call("GET", f"{_model(name)}/drift", _one(t.DriftReport), params=params)

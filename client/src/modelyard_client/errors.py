@@ -6,6 +6,8 @@ from typing import Any
 
 import httpx
 
+from modelyard_client.types import BatchJob
+
 
 class ModelyardClientError(Exception):
     """Anything the client reports as an expected failure (the CLI shows its message)."""
@@ -17,6 +19,15 @@ class ConfigurationError(ModelyardClientError):
 
 class ConnectionFailed(ModelyardClientError):
     """The server could not be reached (or the connection broke) after the retries."""
+
+
+class WaitTimedOut(ModelyardClientError):
+    """A batch job did not finish within the wait's timeout (the job itself goes on)."""
+
+    def __init__(self, message: str, job: BatchJob) -> None:
+        self.job = job
+        """The job as the wait saw it last."""
+        super().__init__(message)
 
 
 class ApiError(ModelyardClientError):

@@ -14,7 +14,8 @@ import httpx
 from modelyard_client.errors import parse_retry_after
 
 Progress = Callable[[int, int], None]
-"""Called with (bytes done, bytes in total) as a transfer goes."""
+"""Called with (done, in total) as work goes: the bytes of a transfer, the rows of a batch job
+(total 0 while not known)."""
 
 RETRY_STATUSES = frozenset({429, 503})
 

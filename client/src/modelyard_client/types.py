@@ -248,6 +248,224 @@ class DailyUsage:
     avg_inference_time_ms: float | None = None
 
 
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED_JOB_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class JobFormat(StrEnum):
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchJob:
+    """A batch prediction job: a file of your area scored in the background."""
+
+    id: str
+    status: str
+    model_id: str
+    model_name: str
+    version: int
+    input_path: str
+    output_path: str
+    format: str = "csv"
+    rows_done: int = 0
+    rows_total: int | None = None
+    """Known once the input has been counted."""
+    error: str | None = None
+    cancel_requested: bool = False
+    attempts: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    links: dict[str, str] = field(default_factory=dict)
+    """`self`, `cancel`, and `output` (downloads the results once the job has succeeded)."""
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the job has succeeded, failed or been cancelled (it changes no more)."""
+        return self.status in FINISHED_JOB_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficRoute:
+    """A share of the requests that name no version: its weight over the sum of weights."""
+
+    target: str
+    """`v<N>`, `latest`, a stage or an alias."""
+    weight: int
+    version: int | None = None
+    """Read only: the version the target resolves to now (None: the route is skipped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowRoute:
+    """A version that gets a copy of `sample_rate` of the routed requests and answers no one."""
+
+    target: str
+    sample_rate: float
+    version: int | None = None
+    """Read only: as for a route (None: no shadow copies are made)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    model_id: str
+    model_name: str
+    routes: list[TrafficRoute]
+    shadow: ShadowRoute | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteStats:
+    """The primary traffic one version served in the window."""
+
+    version: int | None
+    requests: int
+    failures: int
+    targets: list[str] = field(default_factory=list)
+    """The policy's targets that resolve to this version now."""
+    avg_inference_time_ms: float | None = None
+    p50_inference_time_ms: float | None = None
+    p95_inference_time_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowStats:
+    """One shadow version's predictions, and how they compared with the primary answers."""
+
+    version: int | None
+    requests: int
+    failures: int
+    avg_inference_time_ms: float | None = None
+    label_rows: int = 0
+    label_agreement: float | None = None
+    value_rows: int = 0
+    mean_absolute_difference: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficStats:
+    model_id: str
+    model_name: str
+    since: datetime | None = None
+    until: datetime | None = None
+    versions: list[RouteStats] = field(default_factory=list)
+    shadows: list[ShadowStats] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSummary:
+    """One feature of a drift reference; the numbers only for a numeric feature."""
+
+    name: str
+    kind: str
+    reason: str | None = None
+    count: int | None = None
+    missing: int | None = None
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    cuts: list[float] | None = None
+    proportions: list[float] | None = None
+    sample_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A version's drift reference; `source` is `file` (a file of your area) or `served` (the
+    version's first served rows)."""
+
+    model_id: str
+    version_id: str
+    version: int
+    source: str
+    row_count: int
+    source_path: str | None = None
+    created_at: datetime | None = None
+    features: list[FeatureSummary] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceInfo:
+    source: str
+    row_count: int
+    source_path: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DriftWindow:
+    since: datetime
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSample:
+    rows: int
+    max_rows: int
+    predictions: int
+    skipped_predictions: int = 0
+    skipped_rows: int = 0
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DriftThresholds:
+    psi_moderate: float
+    psi_significant: float
+    ks_p_value: float
+    min_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureDrift:
+    name: str
+    drifted: bool
+    rows: int
+    missing: int = 0
+    skipped: str | None = None
+    """Why the feature was not compared, if it was not."""
+    mean: float | None = None
+    reference_mean: float | None = None
+    psi: float | None = None
+    psi_level: str | None = None
+    """`stable`, `moderate` or `significant`."""
+    ks_statistic: float | None = None
+    ks_p_value: float | None = None
+    ks_flagged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DriftReport:
+    """A window of a version's logged inputs compared with its reference, feature by feature."""
+
+    model_id: str
+    model_name: str
+    version: int
+    version_id: str
+    status: str
+    """`ok`, or `insufficient_data`: too few rows in the window to say anything."""
+    drifted: bool
+    window: DriftWindow
+    reference: ReferenceInfo
+    sample: DriftSample
+    thresholds: DriftThresholds
+    features: list[FeatureDrift] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     """One page of a list: `items`, and the `total` across pages."""

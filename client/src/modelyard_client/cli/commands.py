@@ -1,12 +1,12 @@
 """The client's commands: login, models, push, versions, promote, alias, download, predict,
-keys, experiments, files, predictions, analytics."""
+keys, experiments, files, predictions, analytics, jobs, drift."""
 
 from __future__ import annotations
 
 import json
 import platform
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,13 +16,17 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 
 from modelyard_client import __version__, credentials
+from modelyard_client import types as t
+from modelyard_client.cli import EXIT_REFUSED
 from modelyard_client.cli.output import print_json, print_record, print_table, say
 from modelyard_client.errors import ConfigurationError
 from modelyard_client.inputs import read_input_file
@@ -75,15 +79,20 @@ def _progress_bar(label: str, size: int, show: bool | None) -> Iterator[Progress
     if show is False or (show is None and size < PROGRESS_MIN_BYTES):
         yield None
         return
+    columns = (DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with _bar(label, size, columns) as advance:
+        yield advance
+
+
+@contextmanager
+def _bar(
+    label: str, total: int | None, columns: tuple[ProgressColumn, ...]
+) -> Iterator[ProgressCallback]:
+    """A progress bar on stderr: the label, the bar, then `columns`; total 0 or None: unknown."""
     bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
+        TextColumn("{task.description}"), BarColumn(), *columns, console=Console(stderr=True)
     )
-    task = bar.add_task(label, total=size or None)
+    task = bar.add_task(label, total=total or None)
     with bar:
 
         def advance(done: int, total: int) -> None:
@@ -748,6 +757,157 @@ def analytics_usage(
     print_json(rows) if as_json else print_table(rows, columns)
 
 
+# --- batch jobs and drift ---------------------------------------------------------------------
+
+jobs = typer.Typer(
+    help="Batch prediction jobs: score a file of your area in the background.",
+    no_args_is_help=True,
+)
+JOB_COLUMNS = ("id", "model_name", "version", "status", "rows_done", "rows_total", "created_at")
+JOB_FIELDS = ("id", "status", "model_name", "version", "input_path", "output_path", "format",
+              "rows_done", "rows_total", "error", "cancel_requested", "attempts", "created_at",
+              "started_at", "finished_at")  # fmt: skip
+VersionRefOpt = Annotated[
+    str | None,
+    typer.Option("--version", "-v", help="Version number or alias (default: what predict serves)."),
+]
+
+
+def _version_ref(value: str | None) -> int | str | None:
+    """A version given on the command line: a number, else an alias."""
+    return int(value) if value is not None and value.isdigit() else value
+
+
+@jobs.command("create")
+def jobs_create(
+    ctx: typer.Context,
+    model: str,
+    input_path: Annotated[
+        str, typer.Option("--input", "-i", help="A CSV (or Parquet) file of your area.")
+    ],
+    output_path: Annotated[
+        str, typer.Option("--output", "-o", help="Where the results go in your area.")
+    ],
+    version: VersionRefOpt = None,
+    file_format: Annotated[
+        t.JobFormat, typer.Option("--format", help="The input file's format.")
+    ] = t.JobFormat.CSV,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the job to end; exit 1 unless it succeeds.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="With --wait: give up after this many seconds.")
+    ] = None,
+    poll: Annotated[
+        float, typer.Option(min=0.01, help="With --wait: seconds between two looks at the job.")
+    ] = 1.0,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="With --wait: show a progress bar.")
+    ] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Score a file of your area with a model version, in the background."""
+    with _client(ctx) as client:
+        job = client.create_batch_job(
+            model, input_path, output_path, version=_version_ref(version), format=file_format
+        )
+        if not wait:
+            if as_json:
+                print_json(job)
+            else:
+                say(f"queued job {job.id} ({job.model_name} v{job.version})")
+                typer.echo(job.id)
+            return
+        say(f"waiting for job {job.id} (Ctrl-C stops the wait, not the job)")
+        with (
+            _bar(job.model_name, None, (MofNCompleteColumn(), TextColumn("rows")))
+            if progress
+            else nullcontext()
+        ) as bar:
+            job = client.wait_for_batch_job(job.id, timeout=timeout, poll=poll, progress=bar)
+    _print_finished(job, as_json=as_json)
+
+
+def _print_finished(job: t.BatchJob, *, as_json: bool) -> None:
+    """Print a finished job; exit 1 unless it succeeded."""
+    if as_json:
+        print_json(job)
+    elif job.status == t.JobStatus.SUCCEEDED:
+        say(f"job {job.id} succeeded: {job.rows_done} rows scored into {job.output_path}")
+        typer.echo(job.id)
+    # Unwrapped like every other error line (see cli._Root): scripts and people grep for them.
+    if job.status == t.JobStatus.FAILED:
+        typer.echo(f"error: job {job.id} failed: {job.error}", err=True)
+    elif job.status == t.JobStatus.CANCELLED:
+        typer.echo(f"error: job {job.id} was cancelled after {job.rows_done} rows", err=True)
+    if job.status != t.JobStatus.SUCCEEDED:
+        raise typer.Exit(EXIT_REFUSED)
+
+
+@jobs.command("list")
+def jobs_list(
+    ctx: typer.Context,
+    status: Annotated[t.JobStatus | None, typer.Option(help="Only jobs in this status.")] = None,
+    limit: Limit = 20,
+    offset: Offset = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """List your batch jobs, newest first."""
+    with _client(ctx) as client:
+        page = client.list_batch_jobs(status=status, limit=limit, offset=offset)
+    print_json(page) if as_json else print_table(page.items, JOB_COLUMNS, total=page.total)
+
+
+@jobs.command("show")
+def jobs_show(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None:
+    """Show a batch job: status, rows done and in all, error."""
+    with _client(ctx) as client:
+        job = client.get_batch_job(job_id)
+    print_json(job) if as_json else print_record(job, JOB_FIELDS)
+
+
+@jobs.command("cancel")
+def jobs_cancel(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> None:
+    """Cancel a batch job: a queued one at once, a running one after its current chunk."""
+    with _client(ctx) as client:
+        job = client.cancel_batch_job(job_id)
+    if as_json:
+        print_json(job)
+    elif job.status == t.JobStatus.CANCELLED:
+        say(f"cancelled job {job.id}")
+    else:
+        say(f"cancelling job {job.id}: it stops after its current chunk, writing no output")
+
+
+def drift(
+    ctx: typer.Context,
+    model: str,
+    version: VersionRefOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare the last 24 hours of a version's inputs with its reference, feature by feature."""
+    with _client(ctx) as client:
+        report = client.drift(model, version=_version_ref(version))
+    if as_json:
+        print_json(report)
+        return
+    reference = report.reference
+    print_record(
+        {
+            "model": report.model_name,
+            "version": report.version,
+            "status": report.status,
+            "drifted": report.drifted,
+            "window": f"{report.window.since:%Y-%m-%d %H:%M} to {report.window.until:%Y-%m-%d %H:%M}",
+            "rows": report.sample.rows,
+            "reference": f"{reference.source_path or 'served rows'} ({reference.row_count} rows)",
+        }
+    )
+    columns = ("name", "drifted", "psi", "psi_level", "ks_statistic", "ks_p_value", "mean",
+               "reference_mean", "skipped")  # fmt: skip
+    print_table(report.features, columns, title="features")
+
+
 def register(app: typer.Typer) -> None:
     """Add the client's commands to the root command."""
     app.callback()(_root)
@@ -767,3 +927,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(files, name="files")
     app.add_typer(predictions, name="predictions")
     app.add_typer(analytics, name="analytics")
+    app.add_typer(jobs, name="jobs")
+    app.command()(drift)
