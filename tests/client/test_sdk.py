@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -361,6 +362,9 @@ def test_prediction_log_and_analytics(client: Client, iris: Version) -> None:
     assert stats[0].failed_predictions >= 1
     days = client.usage(days=7)
     assert sum(d.prediction_count for d in days) >= 2
+    # A naive time is local time (the server wants a zone: it would answer 422).
+    assert client.list_predictions(since=datetime(2000, 1, 1)).total == 2  # noqa: DTZ001
+    assert client.list_predictions(since=datetime(2999, 1, 1)).total == 0  # noqa: DTZ001
 
 
 def test_api_keys_need_a_session_and_stop_working_once_revoked(login: Login) -> None:

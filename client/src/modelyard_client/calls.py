@@ -51,6 +51,12 @@ def _many(cls: type[T]) -> Callable[[httpx.Response], list[T]]:
     return lambda response: t.parse_list(cls, response.json())
 
 
+def _iso(value: datetime) -> str:
+    """A time as ISO 8601 with its offset, as the server requires: a naive time is taken as
+    local time (Python's convention, and what a date typed in a terminal means)."""
+    return (value if value.tzinfo is not None else value.astimezone()).isoformat()
+
+
 def _params(**values: Any) -> dict[str, Any]:
     """Query parameters without the unset ones; times as ISO 8601, booleans as true/false."""
     out: dict[str, Any] = {}
@@ -60,7 +66,7 @@ def _params(**values: Any) -> dict[str, Any]:
         if isinstance(value, bool):
             value = "true" if value else "false"
         elif isinstance(value, datetime):
-            value = value.isoformat()
+            value = _iso(value)
         out[key] = value
     return out
 
@@ -143,7 +149,7 @@ def create_api_key(
 ) -> Call[t.ApiKeyCreated]:
     body = _body(
         name=name,
-        expires_at=None if expires_at is None else expires_at.isoformat(),
+        expires_at=None if expires_at is None else _iso(expires_at),
         scopes=None if scopes is None else list(scopes),
         models=None if models is None else list(models),
     )
@@ -373,7 +379,7 @@ def log_metrics(
                 key=m.key,
                 value=m.value,
                 step=m.step,
-                timestamp=None if m.timestamp is None else m.timestamp.isoformat(),
+                timestamp=None if m.timestamp is None else _iso(m.timestamp),
             )
             for m in metrics
         ]
