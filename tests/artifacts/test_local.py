@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
-from modelyard.artifacts import LocalStore, make_store
+from modelyard.artifacts import LocalStore, make_store, store
 from modelyard.artifacts.local import INCOMING
 from modelyard.artifacts.store import InvalidKey, StorageUnavailable
 from modelyard.errors import Conflict
@@ -78,3 +81,49 @@ def test_make_store_reads_file_urls(tmp_path: Path) -> None:
 def test_make_store_refuses_unusable_urls(tmp_path: Path, url: str) -> None:
     with pytest.raises(ValueError, match="MODELYARD_STORAGE_URL"):
         make_store(make_settings(tmp_path, "sqlite://", storage_url=url))
+
+
+async def put(local: LocalStore, key: str, tmp_path: Path) -> None:
+    source = tmp_path / "source.csv"
+    source.write_bytes(b"a,b\n")
+    await local.put_file(key, source)
+
+
+async def test_a_read_cancelled_while_the_file_opens_closes_the_file(
+    local: LocalStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    await put(local, "files/a.csv", tmp_path)
+    # The thread that opens the file waits until the reader has been cancelled.
+    cancelled, opened = threading.Event(), []
+    real_open = store._open_binary
+
+    def slow_open(path: Path, mode: str) -> BinaryIO:
+        cancelled.wait(timeout=30)
+        f = real_open(path, mode)
+        opened.append(f)
+        return f
+
+    monkeypatch.setattr(store, "_open_binary", slow_open)
+    reader = asyncio.create_task(local.open("files/a.csv"))
+    await asyncio.sleep(0)  # let it start waiting on the thread
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    cancelled.set()
+    for _ in range(1_000):  # bounded: the thread finishes, then the loop runs the close
+        if opened and opened[0].closed:
+            break
+        await asyncio.sleep(0.01)
+
+    assert len(opened) == 1
+    assert opened[0].closed
+
+
+async def test_a_stream_used_as_a_context_closes_its_file_unread(
+    local: LocalStore, tmp_path: Path
+) -> None:
+    await put(local, "files/b.csv", tmp_path)
+    async with await local.open("files/b.csv") as stream:
+        closer = stream._close
+    assert closer is not None
+    assert closer.__self__.closed  # type: ignore[attr-defined]

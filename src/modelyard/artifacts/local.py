@@ -25,6 +25,7 @@ from modelyard.artifacts.store import (
     ObjectStream,
     StorageUnavailable,
     file_sha256,
+    open_local,
     validate_key,
 )
 from modelyard.errors import Conflict, PayloadTooLarge
@@ -102,7 +103,7 @@ class LocalStore(ArtifactStore):
     ) -> ObjectStream:
         path = self.path(key)
         try:
-            f = await asyncio.to_thread(path.open, "rb")
+            f = await open_local(path, "rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ObjectNotFound from exc
         # fstat of the open file: a rename over the key from now on does not change these bytes.

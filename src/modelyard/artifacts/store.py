@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import unicodedata
@@ -10,7 +11,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
+from typing import BinaryIO, Self
 
 from modelyard.artifacts.signing import LinkTarget, UrlSigner
 from modelyard.errors import BadRequest, NotFound, ServiceUnavailable, Unprocessable
@@ -82,6 +83,12 @@ class ObjectStream(AsyncIterator[bytes]):
     async def __anext__(self) -> bytes:
         return await anext(self._chunks)
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Release the file or connection behind the stream; idempotent."""
         try:
@@ -92,6 +99,30 @@ class ObjectStream(AsyncIterator[bytes]):
             # Also when the generator is mid-read elsewhere (a reading thread being stopped).
             if self._close is not None:
                 self._close()
+
+
+async def open_local(path: Path, mode: str) -> BinaryIO:
+    """Open a local file in a worker thread (a slow disk must not stall the loop).
+
+    A caller cancelled while the thread opens it does not leak the file: it is closed as soon as
+    the thread is done, not left to the garbage collector.
+    """
+    opening = asyncio.ensure_future(asyncio.to_thread(_open_binary, path, mode))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+
+
+def _open_binary(path: Path, mode: str) -> BinaryIO:
+    f: BinaryIO = path.open(mode)  # type: ignore[assignment]  # a binary mode, always
+    return f
+
+
+def _close_opened(opening: asyncio.Future[BinaryIO]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 class ArtifactStore(ABC):

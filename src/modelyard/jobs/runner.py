@@ -35,7 +35,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from modelyard.artifacts.store import ArtifactStore, ObjectNotFound, ObjectStream
+from modelyard.artifacts.store import ArtifactStore, ObjectNotFound, ObjectStream, open_local
 from modelyard.config import Settings
 from modelyard.db.tables import BatchJob, ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow, uuid7
@@ -283,17 +283,17 @@ class JobRunner:
             raise JobFailure(f"the input file {run.input_path!r} no longer exists") from exc
 
     async def _download(self, run: _Run) -> Path:
-        stream = await self._open_input(run)
-        path = await asyncio.to_thread(_write_temp, self.tmp_dir, "")
-        out = await asyncio.to_thread(path.open, "ab")
-        try:
-            async for piece in _pieces(stream):
-                await asyncio.to_thread(out.write, piece)
-        except BaseException:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
-            raise
-        finally:
-            await asyncio.to_thread(out.close)
+        async with await self._open_input(run) as stream:
+            path = await asyncio.to_thread(_write_temp, self.tmp_dir, "")
+            out = await open_local(path, "ab")
+            try:
+                async for piece in stream:
+                    await asyncio.to_thread(out.write, piece)
+            except BaseException:
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+                raise
+            finally:
+                await asyncio.to_thread(out.close)
         return path
 
     async def _score(
@@ -383,13 +383,14 @@ class JobRunner:
         """Write the header and the counted parts, in order, to the output file."""
         path = await asyncio.to_thread(_write_temp, self.tmp_dir, "")
         try:
-            out = await asyncio.to_thread(path.open, "ab")
+            out = await open_local(path, "ab")
             try:
                 keys = [header_key(run.job_id)]
                 keys += [part_key(run.job_id, i) for i in range(run.parts_done)]
                 for key in keys:
-                    async for piece in _pieces(await self.store.open(key, chunk_size=READ_BYTES)):
-                        await asyncio.to_thread(out.write, piece)
+                    async with await self.store.open(key, chunk_size=READ_BYTES) as part:
+                        async for piece in part:
+                            await asyncio.to_thread(out.write, piece)
             finally:
                 await asyncio.to_thread(out.close)
             await self.store.put_file(run.output_key, path)
@@ -510,14 +511,6 @@ def _write_temp(folder: Path, text: str) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
         f.write(text)
     return Path(name)
-
-
-async def _pieces(stream: ObjectStream) -> AsyncIterator[bytes]:
-    try:
-        async for piece in stream:
-            yield piece
-    finally:
-        await stream.aclose()
 
 
 def _check_finite(predictions: np.ndarray, probabilities: np.ndarray | None) -> None:
