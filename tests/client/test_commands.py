@@ -332,10 +332,13 @@ def test_predictions_and_analytics(
     assert parsed(run(app, *since, "2999-01-01T00:00:00", env=env))["total"] == 0
 
 
-def test_version_and_shell_completion(app: typer.Typer) -> None:
+def test_version_and_shell_completion(app: typer.Typer, monkeypatch: pytest.MonkeyPatch) -> None:
     from modelyard_client import __version__
 
     assert run(app, "version").stdout.splitlines()[0] == f"modelyard-client {__version__}"
+    # The shell named, not detected from the test's parent processes (which may be no shell);
+    # read when the command is built, before the runner's own environment applies.
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     completion = run(app, "--show-completion", "bash")
     assert completion.exit_code == 0, completion.output
     assert "_MODELYARD_COMPLETE" in completion.stdout
