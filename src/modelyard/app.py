@@ -183,7 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # `modelyard worker` processes run the jobs; this process only enqueues them.
                 batch_jobs = RedisJobs(settings)
             else:
-                in_process = InProcessJobs(
+                batch_jobs = InProcessJobs(
                     JobRunner(
                         sessions=sessions,
                         store=store,
@@ -194,8 +194,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     sessions,
                     poll_seconds=settings.batch_job_poll_seconds,
                 )
-                in_process.start()
-                batch_jobs = in_process
         state.batch_jobs = batch_jobs
         upkeep = (
             asyncio.create_task(maintenance.run_periodically(engine, settings))
@@ -208,6 +206,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Before the first request: the upload probe is starting and the registry's frameworks
         # are imported (a second or two), so neither an upload nor a first prediction waits.
         await warm_up_process(state.prober, sessions)
+        # After the warm-up, which hides pyarrow from the imports it makes: a Parquet job must
+        # not start meanwhile.
+        if isinstance(batch_jobs, InProcessJobs):
+            batch_jobs.start()
         log.info("started", extra={"version": __version__, "env": settings.env.value})
         try:
             yield

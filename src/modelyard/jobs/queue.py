@@ -15,17 +15,19 @@ import contextlib
 import logging
 import uuid
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
-from saq import Job, Worker
-from saq.queue.redis import RedisQueue
-from saq.types import Context
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelyard.config import Settings
 from modelyard.errors import is_dependency_down
 from modelyard.jobs import service
 from modelyard.jobs.runner import JobRunner
+
+if TYPE_CHECKING:  # saq is imported where Redis is used: a process without it never pays
+    from saq.queue.redis import RedisQueue
+    from saq.types import Context
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +121,16 @@ class RedisJobs(JobQueue):
     """
 
     def __init__(self, settings: Settings) -> None:
+        from saq.queue.redis import RedisQueue
+
         assert settings.redis_url is not None  # noqa: S101 - chosen only with Redis
-        self.queue = RedisQueue.from_url(settings.redis_url, name=settings.batch_job_queue)
+        self.queue: RedisQueue = RedisQueue.from_url(
+            settings.redis_url, name=settings.batch_job_queue
+        )
 
     async def submit(self, job_id: uuid.UUID, *, key: str | None = None) -> None:
+        from saq import Job
+
         try:
             await self.queue.enqueue(
                 Job(
@@ -162,6 +170,7 @@ class RedisJobs(JobQueue):
 async def run_worker(settings: Settings) -> None:
     """Run batch jobs from the Redis queue until SIGTERM or SIGINT (`modelyard worker`)."""
     from redis.asyncio import Redis
+    from saq import Worker
 
     from modelyard.artifacts import make_store
     from modelyard.audit.service import AuditLog

@@ -14,6 +14,7 @@ import asyncio
 import gc
 import importlib
 import logging
+import sys
 import time
 from collections.abc import Iterable
 from typing import Final
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from modelyard.registry import service as registry_service
 from modelyard.serving.formats import Framework
 from modelyard.serving.probe import Prober
-from modelyard.serving.probehost import ProbeHostUnavailable
+from modelyard.serving.probehost import ProbeHostUnavailable, WithoutPyarrow
 from modelyard.serving.runtimes.onnx import ensure_onnx_memory_cap
 
 log = logging.getLogger(__name__)
@@ -60,15 +61,25 @@ async def warm_up_process(prober: Prober, sessions: async_sessionmaker[AsyncSess
 
 
 def warm_up(frameworks: Iterable[Framework]) -> None:
-    """Import the modules the given frameworks' models need (blocking; run in a thread)."""
+    """Import the modules the given frameworks' models need (blocking; run in a thread).
+
+    pyarrow stays out meanwhile: scikit-learn and XGBoost import pandas, which imports pyarrow
+    whenever it is installed (~35 MiB per process), though models never need it. The code that
+    reads Parquet (batch jobs, drift references) imports pyarrow itself when it does.
+    """
     started = time.perf_counter()
     wanted = sorted(set(frameworks))
-    for framework in wanted:
-        for name in FRAMEWORK_MODULES[framework]:
-            try:
-                importlib.import_module(name)
-            except ImportError:  # an optional framework not installed: loading will say so
-                log.warning("warmup_import_failed", extra={"module": name})
+    hidden = WithoutPyarrow()
+    sys.meta_path.insert(0, hidden)
+    try:
+        for framework in wanted:
+            for name in FRAMEWORK_MODULES[framework]:
+                try:
+                    importlib.import_module(name)
+                except ImportError:  # an optional framework not installed: loading will say so
+                    log.warning("warmup_import_failed", extra={"module": name})
+    finally:
+        sys.meta_path.remove(hidden)
     if Framework.ONNX in wanted:
         ensure_onnx_memory_cap()
     # Everything imported so far lives as long as the process: move it out of the collector's
