@@ -343,6 +343,27 @@ def test_jobs_create_wait_exits_1_when_the_wait_times_out(
     assert client.wait_for_batch_job(job.id, timeout=WAIT_SECONDS, poll=POLL_SECONDS).is_finished
 
 
+def test_jobs_wait_goes_back_to_a_job_and_reports_how_it_ended(
+    cli: typer.Typer, login: Login, client: Client, iris: None, tmp_path: Path
+) -> None:
+    put_rows(client, tmp_path, "in.csv", iris_rows(12))
+    bad: list[list[object]] = [list(r) for r in iris_rows(3)]
+    bad[1][2] = "?"
+    put_rows(client, tmp_path, "bad.csv", bad)
+    good = client.create_batch_job("iris", "in.csv", "out.csv")
+    failing = client.create_batch_job("iris", "bad.csv", "bad-out.csv")
+
+    waited = parsed(run(cli, login, "jobs", "wait", good.id, "--poll", "0.05", "--json"))
+    failed = run(cli, login, "jobs", "wait", failing.id, "--poll", "0.05", "--no-progress")
+    unknown = run(cli, login, "jobs", "wait", str(uuid.uuid4()), "--no-progress")
+
+    assert (waited["id"], waited["status"], waited["rows_done"]) == (good.id, "succeeded", 12)
+    assert failed.exit_code == 1
+    assert re.search(rf"^error: job {failing.id} failed: row 2: ", failed.stderr, re.M)
+    assert unknown.exit_code == 1
+    assert unknown.stderr.startswith("error: 404 Not Found")
+
+
 def test_jobs_list_show_and_cancel(
     cli: typer.Typer, login: Login, client: Client, iris: None, tmp_path: Path
 ) -> None:

@@ -818,14 +818,43 @@ def jobs_create(
                 say(f"queued job {job.id} ({job.model_name} v{job.version})")
                 typer.echo(job.id)
             return
-        say(f"waiting for job {job.id} (Ctrl-C stops the wait, not the job)")
-        with (
-            _bar(job.model_name, None, (MofNCompleteColumn(), TextColumn("rows")))
-            if progress
-            else nullcontext()
-        ) as bar:
-            job = client.wait_for_batch_job(job.id, timeout=timeout, poll=poll, progress=bar)
+        job = _wait_for(client, job, timeout=timeout, poll=poll, progress=progress)
     _print_finished(job, as_json=as_json)
+
+
+@jobs.command("wait")
+def jobs_wait(
+    ctx: typer.Context,
+    job_id: str,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Give up after this many seconds.")
+    ] = None,
+    poll: Annotated[
+        float, typer.Option(min=0.01, help="Seconds between two looks at the job.")
+    ] = 1.0,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
+    ] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Wait for a batch job to end (again after a Ctrl-C); exit 1 unless it succeeds."""
+    with _client(ctx) as client:
+        job = _wait_for(
+            client, client.get_batch_job(job_id), timeout=timeout, poll=poll, progress=progress
+        )
+    _print_finished(job, as_json=as_json)
+
+
+def _wait_for(
+    client: Client, job: t.BatchJob, *, timeout: float | None, poll: float, progress: bool
+) -> t.BatchJob:
+    say(f"waiting for job {job.id} (Ctrl-C stops the wait, not the job)")
+    with (
+        _bar(job.model_name, None, (MofNCompleteColumn(), TextColumn("rows")))
+        if progress
+        else nullcontext()
+    ) as bar:
+        return client.wait_for_batch_job(job.id, timeout=timeout, poll=poll, progress=bar)
 
 
 def _print_finished(job: t.BatchJob, *, as_json: bool) -> None:
