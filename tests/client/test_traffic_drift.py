@@ -288,3 +288,53 @@ def test_the_drift_command_prints_the_report(
     assert no_reference.exit_code == 1
     assert no_reference.stderr.startswith("error: 409 Conflict")
     assert "Traceback" not in no_reference.output
+
+
+def test_the_traffic_commands_set_show_compare_and_delete_a_policy(
+    client: Client, login: Login, two_versions: None
+) -> None:
+    cli = make_app()
+    env = {"MODELYARD_URL": login.url, "MODELYARD_API_KEY": login.api_key}
+
+    def run(*args: str) -> Result:
+        return CliRunner().invoke(cli, list(args), env=env, prog_name="modelyard")
+
+    set_ = run(
+        "traffic", "set", "iris", "production=90", "latest=10", "--shadow", "v2@0.5", "--json"
+    )
+    shown = run("traffic", "show", "iris")
+    client.predict("iris", ROWS)
+
+    def logged() -> TrafficStats:
+        stats = client.traffic_stats("iris")
+        assert sum(v.requests for v in stats.versions) == 1
+        return stats
+
+    eventually(logged, seconds=LOG_SECONDS)
+    stats = run("traffic", "stats", "iris", "--json")
+    table = run("traffic", "stats", "iris")
+    bad_route = run("traffic", "set", "iris", "production:90")
+    bad_shadow = run("traffic", "set", "iris", "v1=1", "--shadow", "v2")
+    deleted = run("traffic", "delete", "iris")
+    gone = run("traffic", "show", "iris")
+
+    assert set_.exit_code == 0, set_.output
+    policy = json.loads(set_.stdout)
+    assert [(r["target"], r["weight"], r["version"]) for r in policy["routes"]] == [
+        ("production", 90, 1),
+        ("latest", 10, 2),
+    ]
+    assert policy["shadow"] == {"target": "v2", "sample_rate": 0.5, "version": 2}
+    assert shown.exit_code == 0, shown.output
+    assert re.search(r"production +│ 90 +│ 1", shown.stdout)
+    assert re.search(r"sample_rate +0\.5", shown.stdout)
+    assert stats.exit_code == 0, stats.output
+    assert sum(v["requests"] for v in json.loads(stats.stdout)["versions"]) == 1
+    assert table.exit_code == 0, table.output
+    assert "iris versions" in table.stdout
+    assert (bad_route.exit_code, bad_shadow.exit_code) == (2, 2)
+    assert "TARGET=WEIGHT" in bad_route.output
+    assert "TARGET@RATE" in bad_shadow.output
+    assert deleted.exit_code == 0, deleted.output
+    assert gone.exit_code == 1
+    assert gone.stderr.startswith("error: 404 Not Found")

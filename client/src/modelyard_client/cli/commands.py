@@ -908,6 +908,106 @@ def jobs_cancel(ctx: typer.Context, job_id: str, as_json: JsonFlag = False) -> N
         say(f"cancelling job {job.id}: it stops after its current chunk, writing no output")
 
 
+traffic = typer.Typer(
+    help="Canary and shadow traffic: split the requests that name no version.",
+    no_args_is_help=True,
+)
+
+
+def _routes(values: list[str]) -> list[t.TrafficRoute]:
+    routes = []
+    for item in values:
+        target, sep, weight = item.rpartition("=")
+        if not sep or not target or not weight.isdigit():
+            raise typer.BadParameter(f"route {item!r} is not TARGET=WEIGHT (e.g. production=90)")
+        routes.append(t.TrafficRoute(target, int(weight)))
+    return routes
+
+
+def _shadow(value: str | None) -> t.ShadowRoute | None:
+    if value is None:
+        return None
+    target, sep, rate = value.rpartition("@")
+    try:
+        sample_rate = float(rate)
+    except ValueError:
+        sep = ""
+    if not sep or not target:
+        raise typer.BadParameter(f"shadow {value!r} is not TARGET@RATE (e.g. v4@0.1)")
+    return t.ShadowRoute(target, sample_rate)
+
+
+def _print_policy(policy: t.TrafficPolicy, *, as_json: bool) -> None:
+    if as_json:
+        print_json(policy)
+        return
+    print_table(policy.routes, ("target", "weight", "version"), title=f"{policy.model_name} routes")
+    if policy.shadow is not None:
+        print_record(policy.shadow, ("target", "sample_rate", "version"))
+
+
+@traffic.command("set")
+def traffic_set(
+    ctx: typer.Context,
+    model: str,
+    routes: Annotated[
+        list[str],
+        typer.Argument(help="TARGET=WEIGHT for each route: v<N>, latest, a stage or an alias."),
+    ],
+    shadow: Annotated[
+        str | None,
+        typer.Option(help="TARGET@RATE: a version that gets that share of the requests too."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Set a model's traffic policy (replacing any): e.g. production=90 challenger=10."""
+    parsed_routes, parsed_shadow = _routes(routes), _shadow(shadow)
+    with _client(ctx) as client:
+        policy = client.set_traffic(model, parsed_routes, parsed_shadow)
+    _print_policy(policy, as_json=as_json)
+
+
+@traffic.command("show")
+def traffic_show(ctx: typer.Context, model: str, as_json: JsonFlag = False) -> None:
+    """Show a model's traffic policy, with the version each target resolves to now."""
+    with _client(ctx) as client:
+        policy = client.get_traffic(model)
+    _print_policy(policy, as_json=as_json)
+
+
+@traffic.command("delete")
+def traffic_delete(ctx: typer.Context, model: str, as_json: JsonFlag = False) -> None:
+    """Remove a model's traffic policy: its production (else newest) version serves all."""
+    with _client(ctx) as client:
+        client.delete_traffic(model)
+    if as_json:
+        print_json({"deleted": model})
+    else:
+        say(f"{model}: no traffic policy; its default version serves every request")
+
+
+@traffic.command("stats")
+def traffic_stats(ctx: typer.Context, model: str, as_json: JsonFlag = False) -> None:
+    """Compare the versions that served the model in the last 24 hours, and its shadows."""
+    with _client(ctx) as client:
+        stats = client.traffic_stats(model)
+    if as_json:
+        print_json(stats)
+        return
+    print_table(
+        stats.versions,
+        ("version", "targets", "requests", "failures", "p50_inference_time_ms",
+         "p95_inference_time_ms"),
+        title=f"{stats.model_name} versions",
+    )  # fmt: skip
+    if stats.shadows:
+        print_table(
+            stats.shadows,
+            ("version", "requests", "failures", "label_agreement", "mean_absolute_difference"),
+            title="shadows",
+        )
+
+
 def drift(
     ctx: typer.Context,
     model: str,
@@ -957,4 +1057,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(predictions, name="predictions")
     app.add_typer(analytics, name="analytics")
     app.add_typer(jobs, name="jobs")
+    app.add_typer(traffic, name="traffic")
     app.command()(drift)
