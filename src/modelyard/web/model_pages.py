@@ -20,8 +20,9 @@ from modelyard.auth.service import Caller
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import Experiment, ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow
+from modelyard.drift import service as drift_service
 from modelyard.errors import ModelyardError, Unprocessable
-from modelyard.predictions import history
+from modelyard.predictions import history, traffic
 from modelyard.predictions import service as predict_service
 from modelyard.registry import queries as registry_queries
 from modelyard.registry import service as registry_service
@@ -143,6 +144,10 @@ async def _model_page(
     versions, total = await registry_service.list_versions(
         db, model, page=PageParams(limit=PAGE_SIZE, offset=offset)
     )
+    try:
+        policy: traffic.TrafficPolicyRead | None = await traffic.get_policy(db, model)
+    except traffic.NoTrafficPolicy:
+        policy = None
     context: dict[str, Any] = {"error": None, "alias_error": None, **extra}
     return render(
         page,
@@ -150,6 +155,7 @@ async def _model_page(
         status,
         view=view,
         model=model,
+        policy=policy,
         versions=versions,
         total=total,
         offset=offset,
@@ -418,6 +424,49 @@ async def try_it(
             page, db, model, number, exc.status, try_error=exc.detail, values=values
         )
     return await _version_page(page, db, model, number, result=result, values=values)
+
+
+# --- drift --------------------------------------------------------------------------------------
+
+
+@router.get("/models/{model_id}/drift")
+async def drift(
+    model_id: uuid.UUID,
+    page: UserPage,
+    db: SessionDep,
+    version: Annotated[str, Query(max_length=64)] = "",
+    days: int = 1,
+) -> Response:
+    """A version's drift over the last day(s): the API's report, as a table per feature."""
+    model = await _model(db, page, model_id)
+    days = days if days in WINDOWS else 1
+    settings = page.state.settings
+    report, error, status = None, None, 200
+    try:
+        report = await drift_service.measure_drift(
+            db,
+            model,
+            version_ref=version or None,
+            since=utcnow() - timedelta(days=days),
+            until=None,
+            reference_rows=settings.drift_reference_rows,
+            max_rows=settings.drift_window_max_rows,
+            max_payload_bytes=settings.prediction_log_max_payload_bytes,
+            events=page.state.events,
+        )
+    except ModelyardError as exc:
+        error, status = exc.detail, exc.status
+    return render(
+        page,
+        "drift.html",
+        status,
+        model=model,
+        report=report,
+        error=error,
+        version=version,
+        days=days,
+        windows=WINDOWS,
+    )
 
 
 # --- analytics ----------------------------------------------------------------------------------
