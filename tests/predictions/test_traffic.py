@@ -18,7 +18,7 @@ from sqlalchemy import select
 from modelyard.auth.service import Caller
 from modelyard.config import Settings
 from modelyard.db.tables import Prediction, User
-from modelyard.predictions import service
+from modelyard.predictions import rollups, service
 from modelyard.predictions.log import _parse_row
 from modelyard.predictions.service import Target, Traffic
 from modelyard.registry.schemas import Stage
@@ -512,6 +512,8 @@ async def test_a_failing_shadow_never_fails_the_request(
             "requests": 4,
             "failures": 4,
             "avg_inference_time_ms": None,
+            "p50_inference_time_ms": None,
+            "p95_inference_time_ms": None,
             "label_rows": 0,
             "label_agreement": None,
             "value_rows": 0,
@@ -558,6 +560,14 @@ async def test_traffic_stats_compare_routes_and_shadow(
     assert shadow["label_rows"] == 80
     agreed = sum(r.agreed_rows or 0 for r in shadows)
     assert shadow["label_agreement"] == pytest.approx(agreed / 80)
+    # The shadow's latency percentiles come from its rollups' buckets, like the routes': within
+    # the buckets' relative error of the exact ones over its logged times.
+    times = sorted(r.inference_time_ms for r in shadows if r.inference_time_ms is not None)
+    assert len(times) == 40
+    for key, rank in (("p50_inference_time_ms", 20), ("p95_inference_time_ms", 38)):
+        exact = times[rank - 1]  # nearest rank: ceil(p * n)
+        assert shadow[key] == pytest.approx(exact, rel=rollups.PERCENTILE_RELATIVE_ERROR + 1e-9)
+    assert times[0] <= shadow["p50_inference_time_ms"] <= shadow["p95_inference_time_ms"]
     # A window before any of it holds nothing.
     empty = await client.get(
         f"{TRAFFIC}/stats",

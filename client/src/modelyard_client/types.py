@@ -348,6 +348,8 @@ class ShadowStats:
     requests: int
     failures: int
     avg_inference_time_ms: float | None = None
+    p50_inference_time_ms: float | None = None
+    p95_inference_time_ms: float | None = None
     label_rows: int = 0
     label_agreement: float | None = None
     value_rows: int = 0

@@ -357,7 +357,8 @@ prediction_rollups = Table(
 
 
 # Shadow predictions, per model version (the shadow's) and period as `prediction_rollups`: how
-# many, how many failed, their time, and how they compared with the primary predictions.
+# many, how many failed, their time (with the same latency buckets), and how they compared with
+# the primary predictions.
 shadow_rollups = Table(
     "shadow_rollups",
     Base.metadata,
@@ -371,6 +372,9 @@ shadow_rollups = Table(
     Column("failures", BigInteger, nullable=False),
     Column("timed", BigInteger, nullable=False),
     Column("time_sum_ms", Float, nullable=False),
+    Column("time_min_ms", Float, nullable=True),
+    Column("time_max_ms", Float, nullable=True),
+    *(Column(rollup_bucket_column(i), BigInteger, nullable=False) for i in range(ROLLUP_BUCKETS)),
     # Rows compared by label (classifiers), and of those the rows whose labels agreed.
     Column("label_rows", BigInteger, nullable=False),
     Column("agreed_rows", BigInteger, nullable=False),

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func
+from sqlalchemy import ColumnElement, Table, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -51,6 +51,7 @@ _SHADOW_SUMMED = (
     "failures",
     "timed",
     "time_sum_ms",
+    *BUCKET_COLUMNS,
     "label_rows",
     "agreed_rows",
     "value_rows",
@@ -136,18 +137,22 @@ def aggregate(rows: Iterable[Row]) -> list[Row]:
         if row["status"] == "error":
             out["failures"] += 1
             continue
-        ms = row["inference_time_ms"]
-        if ms is None:
-            continue
-        out["timed"] += 1
-        out["time_sum_ms"] += ms
-        low, high = out["time_min_ms"], out["time_max_ms"]
-        if low is None or ms < low:
-            out["time_min_ms"] = ms
-        if high is None or ms > high:
-            out["time_max_ms"] = ms
-        out[BUCKET_COLUMNS[bucket_of(ms)]] += 1
+        _add_time(out, row["inference_time_ms"])
     return _with_longer_periods(minutes, _merge)
+
+
+def _add_time(out: Row, ms: float | None) -> None:
+    """Count one prediction's inference time into a rollup row: sum, extremes, bucket."""
+    if ms is None:
+        return
+    out["timed"] += 1
+    out["time_sum_ms"] += ms
+    low, high = out["time_min_ms"], out["time_max_ms"]
+    if low is None or ms < low:
+        out["time_min_ms"] = ms
+    if high is None or ms > high:
+        out["time_max_ms"] = ms
+    out[BUCKET_COLUMNS[bucket_of(ms)]] += 1
 
 
 def _with_longer_periods(
@@ -188,32 +193,33 @@ def aggregate_shadows(rows: Iterable[Row]) -> list[Row]:
         key = (seconds - seconds % MINUTE, model_id, row["version_id"])
         out = minutes.get(key)
         if out is None:
-            out = minutes[key] = {
-                "period_s": MINUTE,
-                "start_at": _at(key[0]),
-                "model_id": model_id,
-                "version_id": key[2],
-                "owner_id": row["owner_id"],
-                "version": row["version"],
-                "requests": 0,
-                "failures": 0,
-                "timed": 0,
-                "time_sum_ms": 0.0,
-                "label_rows": 0,
-                "agreed_rows": 0,
-                "value_rows": 0,
-                "abs_diff_sum": 0.0,
-                "last_at": at,
-            }
+            out = minutes[key] = dict.fromkeys(BUCKET_COLUMNS, 0)
+            out.update(
+                period_s=MINUTE,
+                start_at=_at(key[0]),
+                model_id=model_id,
+                version_id=key[2],
+                owner_id=row["owner_id"],
+                version=row["version"],
+                requests=0,
+                failures=0,
+                timed=0,
+                time_sum_ms=0.0,
+                time_min_ms=None,
+                time_max_ms=None,
+                label_rows=0,
+                agreed_rows=0,
+                value_rows=0,
+                abs_diff_sum=0.0,
+                last_at=at,
+            )
         out["requests"] += 1
         if at > out["last_at"]:
             out["last_at"] = at
         if row["status"] == "error":
             out["failures"] += 1
             continue
-        if row["inference_time_ms"] is not None:
-            out["timed"] += 1
-            out["time_sum_ms"] += row["inference_time_ms"]
+        _add_time(out, row["inference_time_ms"])
         n_rows = row["n_rows"] or 0
         if row["agreed_rows"] is not None:
             out["label_rows"] += n_rows
@@ -227,7 +233,7 @@ def aggregate_shadows(rows: Iterable[Row]) -> list[Row]:
 def _merge_shadow(into: Row, other: Row) -> None:
     for name in _SHADOW_SUMMED:
         into[name] += other[name]
-    into["last_at"] = max(into["last_at"], other["last_at"])
+    _merge_extremes(into, other)
 
 
 def _at(seconds: int) -> datetime:
@@ -237,6 +243,10 @@ def _at(seconds: int) -> datetime:
 def _merge(into: Row, other: Row) -> None:
     for name in _SUMMED:
         into[name] += other[name]
+    _merge_extremes(into, other)
+
+
+def _merge_extremes(into: Row, other: Row) -> None:
     for name, pick in (("time_min_ms", min), ("time_max_ms", max)):
         if other[name] is not None:
             into[name] = other[name] if into[name] is None else pick(into[name], other[name])
@@ -267,9 +277,21 @@ def _empty(period: int, key: tuple[int, uuid.UUID, uuid.UUID], row: Row) -> Row:
 
 async def add(db: AsyncSession, rollups: list[Row]) -> None:
     """Add rollup rows to the stored ones (upsert), in the caller's transaction."""
+    await _upsert(db, prediction_rollups, _SUMMED, rollups)
+
+
+async def add_shadows(db: AsyncSession, rollups: list[Row]) -> None:
+    """Add shadow rollup rows to the stored ones (upsert), in the caller's transaction."""
+    await _upsert(db, shadow_rollups, _SHADOW_SUMMED, rollups)
+
+
+async def _upsert(
+    db: AsyncSession, table: Table, summed: Sequence[str], rollups: list[Row]
+) -> None:
+    """Add `rollups` to `table`'s rows of the same keys: `summed` columns added, the extremes
+    and `last_at` kept."""
     if not rollups:
         return
-    table = prediction_rollups
     stmt: postgresql.Insert | sqlite.Insert
     if db.get_bind().dialect.name == "postgresql":
         stmt = postgresql.insert(table)
@@ -292,7 +314,7 @@ async def add(db: AsyncSession, rollups: list[Row]) -> None:
         )
         return picked
 
-    updates: dict[str, ColumnElement[Any]] = {name: table.c[name] + new[name] for name in _SUMMED}
+    updates: dict[str, ColumnElement[Any]] = {name: table.c[name] + new[name] for name in summed}
     updates["time_min_ms"] = smallest(table.c.time_min_ms, new.time_min_ms)
     updates["time_max_ms"] = largest(table.c.time_max_ms, new.time_max_ms)
     updates["last_at"] = largest(table.c.last_at, new.last_at)
@@ -300,27 +322,4 @@ async def add(db: AsyncSession, rollups: list[Row]) -> None:
         index_elements=["period_s", "start_at", "model_id", "version_id"], set_=updates
     )
     # One statement executed for many rows, in key order (see `aggregate`).
-    await db.execute(upsert, rollups)
-
-
-async def add_shadows(db: AsyncSession, rollups: list[Row]) -> None:
-    """Add shadow rollup rows to the stored ones (upsert), in the caller's transaction."""
-    if not rollups:
-        return
-    table = shadow_rollups
-    stmt: postgresql.Insert | sqlite.Insert
-    if db.get_bind().dialect.name == "postgresql":
-        stmt = postgresql.insert(table)
-        greatest = "greatest"
-    else:
-        stmt = sqlite.insert(table)
-        greatest = "max"
-    new = stmt.excluded
-    updates: dict[str, ColumnElement[Any]] = {
-        name: table.c[name] + new[name] for name in _SHADOW_SUMMED
-    }
-    updates["last_at"] = getattr(func, greatest)(table.c.last_at, new.last_at)
-    upsert = stmt.on_conflict_do_update(
-        index_elements=["period_s", "start_at", "model_id", "version_id"], set_=updates
-    )
     await db.execute(upsert, rollups)

@@ -33,7 +33,7 @@ from modelyard.db.tables import RegisteredModel, TrafficPolicy, User, shadow_rol
 from modelyard.db.types import utcnow
 from modelyard.errors import Conflict, NotFound
 from modelyard.events import Action, Events
-from modelyard.predictions import history, service
+from modelyard.predictions import history, rollups, service
 from modelyard.registry.deps import OwnedModel
 from modelyard.registry.schemas import RESERVED_ALIAS, Stage
 from modelyard.routing import make_router
@@ -144,6 +144,8 @@ class ShadowStats(ReadModel):
     requests: int
     failures: int
     avg_inference_time_ms: float | None
+    p50_inference_time_ms: float | None
+    p95_inference_time_ms: float | None
     label_rows: int = Field(description="rows compared by label (classifiers)")
     label_agreement: float | None = Field(
         description="the share of those rows whose shadow label equals the primary's"
@@ -346,6 +348,9 @@ async def _shadow_stats(
             func.sum(r.failures).label("failures"),
             func.sum(r.timed).label("timed"),
             func.sum(r.time_sum_ms).label("time_sum"),
+            func.min(r.time_min_ms).label("low"),
+            func.max(r.time_max_ms).label("high"),
+            *(func.sum(r[name]).label(name) for name in rollups.BUCKET_COLUMNS),
             func.sum(r.label_rows).label("label_rows"),
             func.sum(r.agreed_rows).label("agreed_rows"),
             func.sum(r.value_rows).label("value_rows"),
@@ -356,19 +361,24 @@ async def _shadow_stats(
         .order_by(func.max(r.version).desc())
     )
     stats = []
-    for row in await db.execute(query):
+    for row in (await db.execute(query)).mappings():
         # PostgreSQL sums bigints as numeric: integers here.
-        timed, label_rows, value_rows = int(row.timed), int(row.label_rows), int(row.value_rows)
+        timed, label_rows = int(row["timed"]), int(row["label_rows"])
+        value_rows = int(row["value_rows"])
+        counts = [int(row[name]) for name in rollups.BUCKET_COLUMNS]
+        low, high = row["low"], row["high"]
         stats.append(
             ShadowStats(
-                version=row.version,
-                requests=int(row.requests),
-                failures=int(row.failures),
-                avg_inference_time_ms=row.time_sum / timed if timed else None,
+                version=row["version"],
+                requests=int(row["requests"]),
+                failures=int(row["failures"]),
+                avg_inference_time_ms=row["time_sum"] / timed if timed else None,
+                p50_inference_time_ms=rollups.percentile(counts, history.P50, low, high),
+                p95_inference_time_ms=rollups.percentile(counts, history.P95, low, high),
                 label_rows=label_rows,
-                label_agreement=int(row.agreed_rows) / label_rows if label_rows else None,
+                label_agreement=int(row["agreed_rows"]) / label_rows if label_rows else None,
                 value_rows=value_rows,
-                mean_absolute_difference=row.abs_diff_sum / value_rows if value_rows else None,
+                mean_absolute_difference=row["abs_diff_sum"] / value_rows if value_rows else None,
             )
         )
     return stats

@@ -1003,7 +1003,15 @@ def traffic_stats(ctx: typer.Context, model: str, as_json: JsonFlag = False) -> 
     if stats.shadows:
         print_table(
             stats.shadows,
-            ("version", "requests", "failures", "label_agreement", "mean_absolute_difference"),
+            (
+                "version",
+                "requests",
+                "failures",
+                "p50_inference_time_ms",
+                "p95_inference_time_ms",
+                "label_agreement",
+                "mean_absolute_difference",
+            ),
             title="shadows",
         )
 
