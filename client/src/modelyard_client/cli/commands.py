@@ -773,6 +773,18 @@ VersionRefOpt = Annotated[
 ]
 
 
+# How a wait for a job goes (`jobs create --wait`, `jobs wait`).
+WaitTimeout = Annotated[
+    float | None, typer.Option(min=0, help="Waiting: give up after this many seconds.")
+]
+WaitPoll = Annotated[
+    float, typer.Option(min=0.01, help="Waiting: seconds between two looks at the job.")
+]
+WaitProgress = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="Waiting: show a progress bar.")
+]
+
+
 def _version_ref(value: str | None) -> int | str | None:
     """A version given on the command line: a number, else an alias."""
     return int(value) if value is not None and value.isdigit() else value
@@ -795,15 +807,9 @@ def jobs_create(
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for the job to end; exit 1 unless it succeeds.")
     ] = False,
-    timeout: Annotated[
-        float | None, typer.Option(min=0, help="With --wait: give up after this many seconds.")
-    ] = None,
-    poll: Annotated[
-        float, typer.Option(min=0.01, help="With --wait: seconds between two looks at the job.")
-    ] = 1.0,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="With --wait: show a progress bar.")
-    ] = True,
+    timeout: WaitTimeout = None,
+    poll: WaitPoll = 1.0,
+    progress: WaitProgress = True,
     as_json: JsonFlag = False,
 ) -> None:
     """Score a file of your area with a model version, in the background."""
@@ -826,15 +832,9 @@ def jobs_create(
 def jobs_wait(
     ctx: typer.Context,
     job_id: str,
-    timeout: Annotated[
-        float | None, typer.Option(min=0, help="Give up after this many seconds.")
-    ] = None,
-    poll: Annotated[
-        float, typer.Option(min=0.01, help="Seconds between two looks at the job.")
-    ] = 1.0,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
-    ] = True,
+    timeout: WaitTimeout = None,
+    poll: WaitPoll = 1.0,
+    progress: WaitProgress = True,
     as_json: JsonFlag = False,
 ) -> None:
     """Wait for a batch job to end (again after a Ctrl-C); exit 1 unless it succeeds."""
