@@ -21,9 +21,9 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelyard.config import Settings
-from modelyard.errors import is_dependency_down
 from modelyard.jobs import service
 from modelyard.jobs.runner import JobRunner
+from modelyard.polling import poll_forever
 
 if TYPE_CHECKING:  # saq is imported where Redis is used: a process without it never pays
     from saq.queue.redis import RedisQueue
@@ -85,17 +85,12 @@ class InProcessJobs(JobQueue):
             self._task = None
 
     async def _loop(self) -> None:
-        while True:
-            try:
-                ran = await self._run_one()
-            except Exception as exc:
-                # The next poll tries again; an outage is one line a poll, not a traceback.
-                _log_failure("batch_jobs_poll_failed", exc)
-                ran = False
-            if not ran:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
-                self._wakeup.clear()
+        await poll_forever(
+            self._run_one,
+            every=self.poll_seconds,
+            failure="batch_jobs_poll_failed",
+            wake=self._wakeup,
+        )
 
     async def _run_one(self) -> bool:
         async with self.sessions() as db:
@@ -104,13 +99,6 @@ class InProcessJobs(JobQueue):
             if await self.runner.run(job_id):
                 return True
         return False
-
-
-def _log_failure(event: str, exc: Exception) -> None:
-    if is_dependency_down(exc):
-        log.warning(event, extra={"error": type(exc).__name__})
-    else:
-        log.exception(event)
 
 
 class RedisJobs(JobQueue):
@@ -231,13 +219,14 @@ async def run_worker(settings: Settings) -> None:
                 log.warning("worker_heartbeat_failed", extra={"error": type(exc).__name__})
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
+    async def sweep() -> bool:
+        await jobs.sweep(sessions)
+        return False  # what it found is on the queue now: the next sweep after the pause
+
     async def sweep_forever() -> None:
-        while True:
-            try:
-                await jobs.sweep(sessions)
-            except Exception as exc:
-                _log_failure("batch_jobs_sweep_failed", exc)
-            await asyncio.sleep(settings.batch_job_poll_seconds)
+        await poll_forever(
+            sweep, every=settings.batch_job_poll_seconds, failure="batch_jobs_sweep_failed"
+        )
 
     worker = Worker(
         jobs.queue,

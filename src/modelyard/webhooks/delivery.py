@@ -32,6 +32,7 @@ from modelyard.config import Settings
 from modelyard.db.tables import Webhook, WebhookDelivery
 from modelyard.db.types import utcnow
 from modelyard.events import Action
+from modelyard.polling import poll_forever
 from modelyard.webhooks import service
 from modelyard.webhooks.outbound import Attempt, Sender
 from modelyard.webhooks.schemas import DeliveryStatus
@@ -135,18 +136,12 @@ class DeliveryWorker:
         return len(claimed)
 
     async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                attempted = await self.run_once()
-            except Exception as exc:  # the database is down, say: try again later
-                log.warning("webhook_worker_failed", extra={"error": type(exc).__name__})
-                attempted = 0
-            if attempted >= self.batch_size:
-                continue  # more may be due
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_seconds):
-                    await self._wake.wait()
+        async def step() -> bool:
+            return await self.run_once() >= self.batch_size  # a full batch: more may be due
+
+        await poll_forever(
+            step, every=self.poll_seconds, failure="webhook_worker_failed", wake=self._wake
+        )
 
     async def _claim(self, now: datetime) -> list[Claimed]:
         until = now + self.claim
