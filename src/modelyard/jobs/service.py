@@ -156,7 +156,7 @@ async def create_job(
     await db.commit()
     await queue.submit(job.id)
     await events.record(
-        _action(
+        action(
             "batch_job.created",
             job,
             input_path=job.input_path,
@@ -199,11 +199,12 @@ async def cancel_job(
     await db.refresh(job)
     if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise JobFinished(f"batch job '{job_id}' has {job.status} already")
-    await events.record(_action("batch_job.cancelled", job, status=job.status))
+    await events.record(action("batch_job.cancelled", job, status=job.status))
     return job
 
 
-def _action(name: str, job: BatchJob, *, outcome: str = "success", **details: Any) -> Action:
+def action(name: str, job: BatchJob, *, outcome: str = "success", **details: Any) -> Action:
+    """Return the audit action `name` about `job`."""
     return Action(
         name=name,
         target_type="batch_job",
@@ -389,8 +390,3 @@ async def finish(
     return await db.scalar(
         select(BatchJob).where(BatchJob.id == job_id).execution_options(populate_existing=True)
     )
-
-
-def action(name: str, job: BatchJob, *, outcome: str = "success", **details: Any) -> Action:
-    """Return the audit action `name` about `job` (for the workers)."""
-    return _action(name, job, outcome=outcome, **details)
