@@ -276,6 +276,11 @@ async def test_invalid_bodies_are_unprocessable(
         "http://[fd00:ec2::254]/hook",
         "http://[::ffff:127.0.0.1]/hook",
         "http://[fe80::1]/hook",
+        "http://[fec0::1]/hook",  # site-local: `ipaddress.is_global` calls it global
+        "http://[2002:a00:1::1]/hook",  # 6to4 around 10.0.0.1
+        "http://[64:ff9b::7f00:1]/hook",  # NAT64 around 127.0.0.1
+        "http://[2001:db8::1]/hook",  # documentation
+        "http://198.18.0.1/hook",  # benchmarking
     ],
 )
 async def test_non_public_addresses_are_refused_at_creation(
