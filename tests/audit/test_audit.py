@@ -12,13 +12,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import delete, update
+from sqlalchemy import delete, insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from modelyard.audit import service as audit
 from modelyard.cli import app as cli
 from modelyard.db.tables import AuditEvent
+from modelyard.db.types import utcnow
 from modelyard.events import Action
 from modelyard.state import AppState
 from tests.factories import Account, make_api_key, make_version
@@ -312,6 +313,41 @@ async def test_the_chain_shows_changed_and_missing_rows(
     assert total > target
 
 
+@pytest.mark.parametrize("seq", [0, -1, -(2**40)])
+async def test_a_row_numbered_below_one_breaks_the_chain(
+    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine, admin: Account, seq: int
+) -> None:
+    state = state_of(app)
+    assert await audit_rows(client, admin)  # a chain from row 1
+    # A forged row, hashed as a writer would hash it, in front of an intact chain.
+    forged = AuditEvent(
+        seq=seq,
+        at=utcnow(),
+        action="user.updated",
+        outcome="success",
+        target_type="user",
+        target_id=admin.id,
+        owner_id=uuid.UUID(admin.id),
+        details={"is_admin": True},
+        prev_hash=audit.GENESIS,
+    )
+    forged.hash = audit.row_digest(forged)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(AuditEvent).values(
+                {c.key: getattr(forged, c.key) for c in AuditEvent.__table__.columns}
+            )
+        )
+    assert seq in [row["seq"] for row in await audit_rows(client, admin)]  # the API lists it
+
+    async with state.sessions() as db:
+        result = await audit.verify(db)
+
+    assert not result.intact
+    assert (result.broken_seq, result.checked) == (seq, 0)
+    assert result.problem == f"row {seq} is outside the chain (rows are numbered from 1)"
+
+
 async def test_concurrent_writers_make_one_chain(app: FastAPI) -> None:
     log = audit.AuditLog(state_of(app).sessions)
     owner = uuid.uuid4()
@@ -363,6 +399,31 @@ def test_cli_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     broken = runner.invoke(cli, ["audit", "verify"])
     assert broken.exit_code == 1
     assert "BROKEN at row 2" in broken.output
+
+
+def test_cli_verify_checks_rows_numbered_below_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from modelyard.db import migrate
+
+    path = tmp_path / "modelyard.db"
+    monkeypatch.setenv("MODELYARD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MODELYARD_DATABASE_URL", f"sqlite:///{path}")
+    migrate.upgrade(f"sqlite+aiosqlite:///{path}")
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO audit_events (seq, at, action, outcome, target_type, details, "
+            "prev_hash, hash) VALUES (0, '2026-01-01 00:00:00.000000', 'file.deleted', "
+            "'success', 'file', '{}', ?, ?)",
+            ("0" * 64, "0" * 64),
+        )
+
+    broken = CliRunner().invoke(cli, ["audit", "verify"])
+
+    assert broken.exit_code == 1
+    assert "BROKEN at row 0: row 0 is outside the chain" in broken.output
 
 
 async def test_an_erasure_is_recorded_without_the_person(
