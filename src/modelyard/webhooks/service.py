@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -308,15 +309,26 @@ def _ordered(types: Sequence[EventType]) -> list[str]:
 
 
 def _describe(webhook: Webhook) -> dict[str, Any]:
-    """What the audit log keeps of a webhook: never its secret, nor the URL's query (receivers
-    put tokens there)."""
-    parts = urlsplit(webhook.url)
+    """What the audit log keeps of a webhook: never its secret, nor the URL's path and query
+    (Slack, Discord and Teams put their secret in the path, others in the query): its origin
+    and a SHA-256 of the whole URL, which tells URLs apart without revealing them."""
     return {
-        "url": f"{parts.scheme}://{parts.netloc}{parts.path}",
+        "url": _origin(webhook.url),
+        "url_sha256": hashlib.sha256(webhook.url.encode()).hexdigest(),
         "events": list(webhook.events),
         "model_id": str(webhook.model_id) if webhook.model_id else None,
         "active": webhook.is_active,
     }
+
+
+def _origin(url: str) -> str:
+    """Return `url`'s scheme, host and (if given) port: `https://hooks.slack.com`."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"{parts.scheme}://{host}{port}"
 
 
 def _action(name: str, webhook: Webhook, details: dict[str, Any]) -> Action:
