@@ -23,9 +23,11 @@ from modelyard.db.types import utcnow
 from modelyard.events import Action
 from modelyard.state import AppState
 from tests.factories import Account, make_api_key, make_version
+from tests.jobs.helpers import create_job, csv_bytes, finished, put_file, wait_for_job
 from tests.problems import assert_problem
 
 AUDIT = "/api/v1/audit"
+WAIT_SECONDS = 30.0  # a bound, not a measurement
 
 
 async def audit_rows(
@@ -424,6 +426,64 @@ def test_cli_verify_checks_rows_numbered_below_one(
 
     assert broken.exit_code == 1
     assert "BROKEN at row 0: row 0 is outside the chain" in broken.output
+
+
+async def test_request_values_in_details_are_redacted_when_written(app: FastAPI) -> None:
+    owner = uuid.uuid4()
+    log = audit.AuditLog(state_of(app).sessions)
+    row = await log.append(
+        Action(
+            name="batch_job.finished",
+            target_type="batch_job",
+            owner_id=owner,
+            outcome="failure",
+            details={
+                "status": "failed",
+                "rows_done": 14,
+                "error": "row 15: 'alice@example.com' is not a number",
+                "routes": [{"version": 1, "value": "bob@example.com"}],
+            },
+        )
+    )
+    ok = await log.append(
+        Action(name="batch_job.finished", target_type="batch_job", details={"error": None})
+    )
+
+    assert row.details == {
+        "status": "failed",
+        "rows_done": 14,
+        "error": audit.REDACTED,
+        "routes": [{"version": 1, "value": audit.REDACTED}],
+    }
+    assert ok.details == {"error": None}
+    async with state_of(app).sessions() as db:
+        assert (await audit.verify(db)).intact  # the hash covers what was stored
+
+
+async def test_a_failed_jobs_error_reaches_the_audit_log_without_the_cell_it_quotes(
+    client: httpx.AsyncClient, user: Account, iris_skops: Path
+) -> None:
+    await make_version(client, user, iris_skops, name="iris")
+    await put_file(
+        client, user, "in.csv", csv_bytes([[5.1, 3.5, 1.4, 0.2], ["alice@example.com", 1, 1, 1]])
+    )
+    made = await create_job(client, user)
+    assert made.status_code == 202, made.text
+    job = await wait_for_job(client, user, made.json()["id"], finished, "the job ends")
+    assert job["status"] == "failed"
+    assert "alice@example.com" in job["error"]  # the owner sees it on the job itself
+
+    # The worker records the action just after the job's row says it failed.
+    async with asyncio.timeout(WAIT_SECONDS):
+        while True:
+            rows = await audit_rows(client, user, action="batch_job.finished")
+            if rows:
+                break
+            await asyncio.sleep(0.02)
+    [row] = rows
+
+    assert row["details"]["error"] == audit.REDACTED
+    assert "alice@example.com" not in json.dumps(row)
 
 
 async def test_an_erasure_is_recorded_without_the_person(

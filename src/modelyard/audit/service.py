@@ -64,9 +64,33 @@ def _str(value: uuid.UUID | None) -> str | None:
     return None if value is None else str(value)
 
 
+# Details that may quote what a caller sent: a failed batch job's `error` names a cell value
+# or a record key ("row 3: 'alice@example.com' is not a number"), and such a value can be
+# personal data. The audit log is kept for ever and outlives erasure, so these are redacted
+# when the row is written (whatever action carries them, at any depth): the row keeps that
+# there was one, never the text.
+REQUEST_VALUE_KEYS = frozenset(
+    {"error", "errors", "detail", "message", "inputs", "outputs", "value", "values"}
+)
+REDACTED = "[redacted: may quote request values]"
+
+
+def redact(details: Any) -> Any:
+    """Return `details` with the values of `REQUEST_VALUE_KEYS` replaced by `REDACTED` (a
+    None stays None: "no error" is worth keeping)."""
+    if isinstance(details, dict):
+        return {
+            key: REDACTED if key in REQUEST_VALUE_KEYS and value is not None else redact(value)
+            for key, value in details.items()
+        }
+    if isinstance(details, list):
+        return [redact(item) for item in details]
+    return details
+
+
 def _details(action: Action) -> Any:
     # Round-tripped through JSON now, so that the hash covers what the database gives back.
-    return orjson.loads(orjson.dumps(dict(action.details), default=str))
+    return redact(orjson.loads(orjson.dumps(dict(action.details), default=str)))
 
 
 class AuditLog:
