@@ -310,6 +310,22 @@ class Settings(BaseSettings):
     """Send the queued webhook deliveries from this process (a background worker; replicas and
     workers never send one delivery twice). `false` leaves them to other processes."""
 
+    # webhooks: limits per account, fair delivery, retention (#23)
+    webhook_max_per_account: int = Field(default=25, ge=0)
+    """Webhooks one account may have (0: no limit). Past it, making one more answers 403
+    `webhook-limit` until one is deleted."""
+
+    webhook_account_concurrency: int = Field(default=4, ge=1)
+    """Deliveries of one account attempted at once, by every process and replica together: a
+    receiver that never answers holds up its own account's deliveries only."""
+
+    webhook_concurrency: int = Field(default=20, ge=1)
+    """Deliveries one process attempts at once (every account together)."""
+
+    webhook_delivery_retention_days: int = Field(default=30, ge=0)
+    """Days a finished (delivered or failed) delivery stays in the delivery log after its last
+    attempt (0: forever); the delivery workers delete older ones hourly, in small batches."""
+
     argon2_time_cost: int = Field(default=3, ge=1)
     """Argon2id passes for password hashes."""
 

@@ -12,19 +12,22 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import delete, update
+from sqlalchemy import delete, insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from modelyard.audit import service as audit
 from modelyard.cli import app as cli
 from modelyard.db.tables import AuditEvent
+from modelyard.db.types import utcnow
 from modelyard.events import Action
 from modelyard.state import AppState
 from tests.factories import Account, make_api_key, make_version
+from tests.jobs.helpers import create_job, csv_bytes, finished, put_file, wait_for_job
 from tests.problems import assert_problem
 
 AUDIT = "/api/v1/audit"
+WAIT_SECONDS = 30.0  # a bound, not a measurement
 
 
 async def audit_rows(
@@ -312,6 +315,41 @@ async def test_the_chain_shows_changed_and_missing_rows(
     assert total > target
 
 
+@pytest.mark.parametrize("seq", [0, -1, -(2**40)])
+async def test_a_row_numbered_below_one_breaks_the_chain(
+    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine, admin: Account, seq: int
+) -> None:
+    state = state_of(app)
+    assert await audit_rows(client, admin)  # a chain from row 1
+    # A forged row, hashed as a writer would hash it, in front of an intact chain.
+    forged = AuditEvent(
+        seq=seq,
+        at=utcnow(),
+        action="user.updated",
+        outcome="success",
+        target_type="user",
+        target_id=admin.id,
+        owner_id=uuid.UUID(admin.id),
+        details={"is_admin": True},
+        prev_hash=audit.GENESIS,
+    )
+    forged.hash = audit.row_digest(forged)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(AuditEvent).values(
+                {c.key: getattr(forged, c.key) for c in AuditEvent.__table__.columns}
+            )
+        )
+    assert seq in [row["seq"] for row in await audit_rows(client, admin)]  # the API lists it
+
+    async with state.sessions() as db:
+        result = await audit.verify(db)
+
+    assert not result.intact
+    assert (result.broken_seq, result.checked) == (seq, 0)
+    assert result.problem == f"row {seq} is outside the chain (rows are numbered from 1)"
+
+
 async def test_concurrent_writers_make_one_chain(app: FastAPI) -> None:
     log = audit.AuditLog(state_of(app).sessions)
     owner = uuid.uuid4()
@@ -363,6 +401,89 @@ def test_cli_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     broken = runner.invoke(cli, ["audit", "verify"])
     assert broken.exit_code == 1
     assert "BROKEN at row 2" in broken.output
+
+
+def test_cli_verify_checks_rows_numbered_below_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from modelyard.db import migrate
+
+    path = tmp_path / "modelyard.db"
+    monkeypatch.setenv("MODELYARD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MODELYARD_DATABASE_URL", f"sqlite:///{path}")
+    migrate.upgrade(f"sqlite+aiosqlite:///{path}")
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO audit_events (seq, at, action, outcome, target_type, details, "
+            "prev_hash, hash) VALUES (0, '2026-01-01 00:00:00.000000', 'file.deleted', "
+            "'success', 'file', '{}', ?, ?)",
+            ("0" * 64, "0" * 64),
+        )
+
+    broken = CliRunner().invoke(cli, ["audit", "verify"])
+
+    assert broken.exit_code == 1
+    assert "BROKEN at row 0: row 0 is outside the chain" in broken.output
+
+
+async def test_request_values_in_details_are_redacted_when_written(app: FastAPI) -> None:
+    owner = uuid.uuid4()
+    log = audit.AuditLog(state_of(app).sessions)
+    row = await log.append(
+        Action(
+            name="batch_job.finished",
+            target_type="batch_job",
+            owner_id=owner,
+            outcome="failure",
+            details={
+                "status": "failed",
+                "rows_done": 14,
+                "error": "row 15: 'alice@example.com' is not a number",
+                "routes": [{"version": 1, "value": "bob@example.com"}],
+            },
+        )
+    )
+    ok = await log.append(
+        Action(name="batch_job.finished", target_type="batch_job", details={"error": None})
+    )
+
+    assert row.details == {
+        "status": "failed",
+        "rows_done": 14,
+        "error": audit.REDACTED,
+        "routes": [{"version": 1, "value": audit.REDACTED}],
+    }
+    assert ok.details == {"error": None}
+    async with state_of(app).sessions() as db:
+        assert (await audit.verify(db)).intact  # the hash covers what was stored
+
+
+async def test_a_failed_jobs_error_reaches_the_audit_log_without_the_cell_it_quotes(
+    client: httpx.AsyncClient, user: Account, iris_skops: Path
+) -> None:
+    await make_version(client, user, iris_skops, name="iris")
+    await put_file(
+        client, user, "in.csv", csv_bytes([[5.1, 3.5, 1.4, 0.2], ["alice@example.com", 1, 1, 1]])
+    )
+    made = await create_job(client, user)
+    assert made.status_code == 202, made.text
+    job = await wait_for_job(client, user, made.json()["id"], finished, "the job ends")
+    assert job["status"] == "failed"
+    assert "alice@example.com" in job["error"]  # the owner sees it on the job itself
+
+    # The worker records the action just after the job's row says it failed.
+    async with asyncio.timeout(WAIT_SECONDS):
+        while True:
+            rows = await audit_rows(client, user, action="batch_job.finished")
+            if rows:
+                break
+            await asyncio.sleep(0.02)
+    [row] = rows
+
+    assert row["details"]["error"] == audit.REDACTED
+    assert "alice@example.com" not in json.dumps(row)
 
 
 async def test_an_erasure_is_recorded_without_the_person(

@@ -348,6 +348,42 @@ async def test_erasure_keeps_prediction_rows_without_the_person(
     assert mine_now.json()["model_name"] is None
 
 
+async def test_erasure_clears_the_error_texts_of_the_persons_failed_calls(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    admin: Account,
+    other_user: Account,
+    iris_skops: Path,
+) -> None:
+    victim = await factories.make_account(client, admin_of=app)
+    theirs = await factories.make_version(client, other_user, iris_skops, name="iris")
+    # An error quotes what the caller sent: here an email address as a record key.
+    refused = await client.post(
+        f"/api/v1/predict/{theirs['model_id']}",
+        json={"inputs": [{"alice@example.com": 1.0}]},
+        headers=victim.headers,
+    )
+    assert refused.status_code == 422, refused.text
+    own_refused = await client.post(
+        f"/api/v1/predict/{theirs['model_id']}",
+        json={"inputs": [{"bob@example.com": 1.0}]},
+        headers=other_user.headers,
+    )
+    assert own_refused.status_code == 422, own_refused.text
+    before = await logged(app)
+    [failed] = [row for row in before.values() if row.user_id == uuid.UUID(victim.id)]
+    assert "alice@example.com" in (failed.error or "")
+
+    assert (await erase(client, admin, victim.id)).status_code == 204
+
+    after = await logged(app)
+    assert after[failed.id].error is None
+    assert (after[failed.id].status, after[failed.id].user_id) == ("error", None)
+    # Another caller's failure on the same model keeps its text.
+    [kept] = [row for row in after.values() if row.user_id == uuid.UUID(other_user.id)]
+    assert "bob@example.com" in (kept.error or "")
+
+
 async def test_erasure_is_recorded_without_personal_data(
     client: httpx.AsyncClient, app: FastAPI, admin: Account, user: Account, iris_skops: Path
 ) -> None:

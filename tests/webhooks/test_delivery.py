@@ -488,7 +488,7 @@ async def test_two_workers_claiming_at_once_send_each_delivery_once(
         DeliveryWorker(
             make_sessionmaker(engine),
             Sender(timeout_seconds=30, allow_private_networks=True),
-            batch_size=5,
+            concurrency=5,
         )
         for engine in engines
     ]

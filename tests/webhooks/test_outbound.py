@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from modelyard.webhooks.outbound import (
+    FORBIDDEN_V4,
+    FORBIDDEN_V6,
     IPAddress,
     RefusedAddress,
     Sender,
@@ -76,13 +78,51 @@ async def strict() -> AsyncIterator[Sender]:
         "2002:7f00:1::1",  # 6to4 around 127.0.0.1
         "2002:a9fe:a9fe::1",  # 6to4 around 169.254.169.254
         "64:ff9b::a9fe:a9fe",  # NAT64 around 169.254.169.254
+        # What `ipaddress.is_global` calls global, or did in some Python release:
+        "fec0::1",  # site-local (deprecated)
+        "feff:ffff::1",  # the end of site-local
+        "2002:808:808::1",  # 6to4, deprecated, around a public address too
+        "2001::1",  # Teredo
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo around 192.0.2.45
+        "3fff::1",  # documentation (RFC 9637)
+        "5f00::1",  # segment routing
+        "::808:808",  # IPv4-compatible
+        "::ffff:8.8.8.8",  # IPv4-mapped: a connection to it is IPv4, whatever it carries
+        "64:ff9b:1::a00:1",  # local-use NAT64
+        "100::1",  # discard-only
+        "100:0:0:1::1",  # dummy prefix
+        "2001:db8::1",  # documentation
+        "4000::1",  # outside global unicast (2000::/3): unassigned
+        "192.0.0.9",  # PCP anycast
+        "192.88.99.1",  # 6to4 relay anycast
+        "198.18.0.1",  # benchmarking
+        "198.51.100.7",  # documentation
+        "203.0.113.7",  # documentation
+        "192.31.196.1",  # AS112
     ],
 )
 def test_non_public_addresses_are_forbidden(address: str) -> None:
     assert is_forbidden(ipaddress.ip_address(address))
 
 
-@pytest.mark.parametrize("address", ["93.184.215.14", "8.8.8.8", "2606:4700:4700::1111"])
+@pytest.mark.parametrize("network", [*FORBIDDEN_V4, *FORBIDDEN_V6])
+def test_every_listed_range_is_forbidden_from_its_first_to_its_last_address(
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> None:
+    assert is_forbidden(network[0])
+    assert is_forbidden(network[-1])
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "93.184.215.14",
+        "8.8.8.8",
+        "2606:4700:4700::1111",
+        "2001:4860:4860::8888",
+        "64:ff9b::808:808",  # NAT64 around 8.8.8.8: how an IPv6-only host reaches it (DNS64)
+    ],
+)
 def test_public_addresses_are_allowed(address: str) -> None:
     assert not is_forbidden(ipaddress.ip_address(address))
 
@@ -159,6 +199,17 @@ async def test_one_private_address_among_public_ones_is_enough_to_refuse(
 
     assert attempt.error is not None
     assert "10.0.0.7" in attempt.error
+
+
+async def test_a_name_that_resolves_to_site_local_ipv6_is_refused(receiver: Receiver) -> None:
+    sender = Sender(timeout_seconds=5, resolver=FakeDns("fec0::5"))
+    try:
+        attempt = await sender.post(f"http://hooks.example.test:{receiver.port}/", BODY, HEADERS)
+    finally:
+        await sender.aclose()
+
+    assert attempt.error == "refused: hooks.example.test resolves to fec0::5, not a public address"
+    assert receiver.connections == 0
 
 
 async def test_an_unresolvable_host_is_a_failed_attempt(strict: Sender) -> None:

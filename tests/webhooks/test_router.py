@@ -4,6 +4,8 @@ strict validation, and the audit actions it records."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -276,6 +278,11 @@ async def test_invalid_bodies_are_unprocessable(
         "http://[fd00:ec2::254]/hook",
         "http://[::ffff:127.0.0.1]/hook",
         "http://[fe80::1]/hook",
+        "http://[fec0::1]/hook",  # site-local: `ipaddress.is_global` calls it global
+        "http://[2002:a00:1::1]/hook",  # 6to4 around 10.0.0.1
+        "http://[64:ff9b::7f00:1]/hook",  # NAT64 around 127.0.0.1
+        "http://[2001:db8::1]/hook",  # documentation
+        "http://198.18.0.1/hook",  # benchmarking
     ],
 )
 async def test_non_public_addresses_are_refused_at_creation(
@@ -336,7 +343,8 @@ async def test_changes_are_recorded_as_actions_without_the_secret(
     ]
     assert {str(a.owner_id) for a in actions} == {user.id}
     assert actions[0].details == {
-        "url": "https://hooks.example.com/modelyard",  # no query: receivers put tokens there
+        "url": "https://hooks.example.com",  # no path nor query: receivers put secrets there
+        "url_sha256": hashlib.sha256(URL.encode()).hexdigest(),
         "events": ["model_version.created"],
         "model_id": None,
         "active": True,
@@ -348,6 +356,48 @@ async def test_changes_are_recorded_as_actions_without_the_secret(
             assert secret not in str(action)
             assert secret.removeprefix("whsec_") not in str(action)
         assert "token=abc" not in str(action)
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        (
+            "https://hooks.slack.com/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            "https://hooks.slack.com",
+        ),
+        ("https://discord.com/api/webhooks/1234/SecretTokenPart", "https://discord.com"),
+        (
+            "https://example.webhook.office.com/webhookb2/SecretGuid@tenant/IncomingWebhook/abc/def",
+            "https://example.webhook.office.com",
+        ),
+        (
+            "http://Hooks.Example.com:8443/p/SecretPath?sig=SecretQuery",
+            "http://hooks.example.com:8443",
+        ),
+        ("http://[2606:4700::1111]:8080/SecretPath", "http://[2606:4700::1111]:8080"),
+    ],
+)
+async def test_the_audit_log_keeps_a_webhooks_origin_and_digest_not_its_path(
+    client: httpx.AsyncClient, user: factories.Account, url: str, origin: str
+) -> None:
+    hook = await created(client, user, url=url)
+    await client.patch(f"{HOOKS}/{hook['id']}", json={"url": url}, headers=user.headers)
+    await client.delete(f"{HOOKS}/{hook['id']}", headers=user.headers)
+
+    response = await client.get(
+        "/api/v1/audit", params={"target_id": hook["id"]}, headers=user.headers
+    )
+
+    rows = response.json()["items"]
+    assert [row["action"] for row in rows] == [
+        "webhook.deleted",
+        "webhook.updated",
+        "webhook.created",
+    ]
+    for row in rows:
+        assert row["details"]["url"] == origin
+        assert row["details"]["url_sha256"] == hashlib.sha256(url.encode()).hexdigest()
+        assert "Secret" not in json.dumps(row)
 
 
 async def test_a_read_key_lists_but_cannot_create_and_a_write_key_can(

@@ -64,9 +64,33 @@ def _str(value: uuid.UUID | None) -> str | None:
     return None if value is None else str(value)
 
 
+# Details that may quote what a caller sent: a failed batch job's `error` names a cell value
+# or a record key ("row 3: 'alice@example.com' is not a number"), and such a value can be
+# personal data. The audit log is kept for ever and outlives erasure, so these are redacted
+# when the row is written (whatever action carries them, at any depth): the row keeps that
+# there was one, never the text.
+REQUEST_VALUE_KEYS = frozenset(
+    {"error", "errors", "detail", "message", "inputs", "outputs", "value", "values"}
+)
+REDACTED = "[redacted: may quote request values]"
+
+
+def redact(details: Any) -> Any:
+    """Return `details` with the values of `REQUEST_VALUE_KEYS` replaced by `REDACTED` (a
+    None stays None: "no error" is worth keeping)."""
+    if isinstance(details, dict):
+        return {
+            key: REDACTED if key in REQUEST_VALUE_KEYS and value is not None else redact(value)
+            for key, value in details.items()
+        }
+    if isinstance(details, list):
+        return [redact(item) for item in details]
+    return details
+
+
 def _details(action: Action) -> Any:
     # Round-tripped through JSON now, so that the hash covers what the database gives back.
-    return orjson.loads(orjson.dumps(dict(action.details), default=str))
+    return redact(orjson.loads(orjson.dumps(dict(action.details), default=str)))
 
 
 class AuditLog:
@@ -265,16 +289,14 @@ class Verification:
 
 
 async def _rows_in_order(db: AsyncSession) -> AsyncIterator[AuditEvent]:
-    after = 0
+    """Yield every row, by number, from the lowest there is (not from 1: a row numbered 0 or
+    below is listed by `GET /audit` as any other, so it is checked as any other)."""
+    after: int | None = None
     while True:
-        rows = list(
-            await db.scalars(
-                select(AuditEvent)
-                .where(AuditEvent.seq > after)
-                .order_by(AuditEvent.seq)
-                .limit(VERIFY_BATCH)
-            )
-        )
+        query = select(AuditEvent).order_by(AuditEvent.seq).limit(VERIFY_BATCH)
+        if after is not None:
+            query = query.where(AuditEvent.seq > after)
+        rows = list(await db.scalars(query))
         for row in rows:
             yield row
         if len(rows) < VERIFY_BATCH:
@@ -284,7 +306,8 @@ async def _rows_in_order(db: AsyncSession) -> AsyncIterator[AuditEvent]:
 
 
 async def verify(db: AsyncSession) -> Verification:
-    """Walk the chain from its first row; stop at the first row that breaks it."""
+    """Walk every row of the log in order (the chain starts at row 1); stop at the first row
+    that breaks it: one numbered below 1, a gap, a wrong `prev_hash`, a changed row."""
     checked = 0
     expected_seq, expected_prev = 1, GENESIS
     head: tuple[int, str] | None = None
@@ -294,6 +317,8 @@ async def verify(db: AsyncSession) -> Verification:
         return Verification(checked, seq, digest, broken_seq=row.seq, problem=problem)
 
     async for row in _rows_in_order(db):
+        if row.seq < 1:
+            return broken(row, f"row {row.seq} is outside the chain (rows are numbered from 1)")
         if row.seq != expected_seq:
             return broken(row, f"row {expected_seq} is missing (the next row is {row.seq})")
         if row.prev_hash != expected_prev:

@@ -8,8 +8,9 @@ of its own: uploads never share an object) and the user's files area.
 
 What stays: the prediction log and its rollups, so that the counts of everyone else's analytics
 stay right. A logged prediction loses every link to the person: the caller (`user_id`,
-`api_key_id`) and the payloads it sent (`inputs`, `outputs`) on the calls it made, the owner
-(`owner_id`) on the calls made on its models; rollups of its models lose their `owner_id`.
+`api_key_id`), the payloads it sent (`inputs`, `outputs`) and the `error` of a failed call (which
+quotes what was sent: a record key, a cell) on the calls it made, the owner (`owner_id`) on the
+calls made on its models; rollups of its models lose their `owner_id`.
 """
 
 from __future__ import annotations
@@ -237,6 +238,8 @@ async def _unlink_predictions(db: AsyncSession, user_id: uuid.UUID) -> tuple[int
             api_key_id=case((made, null()), else_=Prediction.api_key_id),
             inputs=case((made, null()), else_=Prediction.inputs),
             outputs=case((made, null()), else_=Prediction.outputs),
+            # An error quotes the input it refused ("unknown alice@example.com").
+            error=case((made, null()), else_=Prediction.error),
             owner_id=case((owned, null()), else_=Prediction.owner_id),
         )
         .execution_options(synchronize_session=False)

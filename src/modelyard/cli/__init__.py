@@ -344,7 +344,7 @@ app.add_typer(audit_app, name="audit")
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the audit log's hash chain from its first row; exit 1 at the first broken link."""
+    """Check every row of the audit log's hash chain; exit 1 at the first broken link."""
     result = asyncio.run(_audit_verify(_settings()))
     if not result.intact:
         typer.echo(

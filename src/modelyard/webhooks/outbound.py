@@ -4,9 +4,10 @@ A webhook URL is chosen by a user, and the server POSTs to it: without care that
 reach the loopback interface, the cluster's private network or the cloud metadata service
 (server-side request forgery). So every attempt:
 
-- resolves the host itself (`getaddrinfo`) and refuses it if ANY address is loopback, private,
-  link-local, multicast, reserved, unspecified, shared (CGNAT), not globally routable, or a
-  metadata address, IPv4 embedded in IPv6 included (`::ffff:127.0.0.1`, 6to4, Teredo);
+- resolves the host itself (`getaddrinfo`) and refuses it if ANY address is in one of the
+  ranges listed below (`FORBIDDEN_V4`, `FORBIDDEN_V6`: IANA's special-purpose registries, plus
+  multicast and IPv6 site-local), an IPv6 address outside global unicast (`2000::/3`), or a
+  metadata address; NAT64 (`64:ff9b::/96`) is judged by the IPv4 address it carries;
 - connects to the address it checked, not to the name: the URL's host is replaced by that
   address, and the `Host` header (and, for https, the TLS server name used for SNI and for
   certificate verification) keep the original name. A second DNS answer (rebinding) is never
@@ -39,6 +40,66 @@ MAX_ERROR_CHARS = 300
 METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
 )
+
+# The ranges a webhook may never reach, listed rather than asked of `ipaddress` (whose
+# `is_global` calls site-local `fec0::/10` and 6to4 around a private address global, and whose
+# answers change between Python releases). From IANA's IPv4 and IPv6 Special-Purpose Address
+# Registries (every entry, the globally reachable anycast ones too: no webhook receiver lives
+# there), the multicast registries, and the IPv6 Address Space registry.
+FORBIDDEN_V4 = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network" (RFC 791)
+        "10.0.0.0/8",  # private (RFC 1918)
+        "100.64.0.0/10",  # shared address space, carrier-grade NAT (RFC 6598)
+        "127.0.0.0/8",  # loopback (RFC 1122)
+        "169.254.0.0/16",  # link-local, cloud metadata (RFC 3927)
+        "172.16.0.0/12",  # private (RFC 1918)
+        "192.0.0.0/24",  # IETF protocol assignments: DS-Lite, PCP/TURN anycast, NAT64 discovery
+        "192.0.2.0/24",  # documentation TEST-NET-1 (RFC 5737)
+        "192.31.196.0/24",  # AS112-v4 (RFC 7535)
+        "192.52.193.0/24",  # AMT (RFC 7450)
+        "192.88.99.0/24",  # 6to4 relay anycast, deprecated (RFC 7526)
+        "192.168.0.0/16",  # private (RFC 1918)
+        "192.175.48.0/24",  # direct delegation AS112 service (RFC 7534)
+        "198.18.0.0/15",  # benchmarking (RFC 2544)
+        "198.51.100.0/24",  # documentation TEST-NET-2 (RFC 5737)
+        "203.0.113.0/24",  # documentation TEST-NET-3 (RFC 5737)
+        "224.0.0.0/4",  # multicast (RFC 5771)
+        "240.0.0.0/4",  # reserved, and the limited broadcast 255.255.255.255 (RFC 1112, 919)
+    )
+)
+# Only 2000::/3 is global unicast; what lies outside it (loopback, unspecified, IPv4-mapped,
+# -compatible and -translated, discard-only 100::/64, local NAT64 64:ff9b:1::/48, SRv6 SIDs
+# 5f00::/16, ULA, link-local, site-local, multicast) is refused by that rule alone, and is
+# listed here too so that the list reads as the whole policy.
+GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+# The well-known NAT64 prefix (RFC 6052): an IPv6-only host's DNS64 answers it for public IPv4
+# hosts, so it is judged by the IPv4 address in its last 32 bits.
+NAT64_V6 = ipaddress.IPv6Network("64:ff9b::/96")
+FORBIDDEN_V6 = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "::/128",  # unspecified (RFC 4291)
+        "::1/128",  # loopback (RFC 4291)
+        "::/96",  # IPv4-compatible, deprecated (RFC 4291)
+        "::ffff:0:0/96",  # IPv4-mapped (RFC 4291): a connection to it is IPv4
+        "::ffff:0:0:0/96",  # IPv4-translated (RFC 2765)
+        "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation (RFC 8215)
+        "100::/64",  # discard-only (RFC 6666)
+        "100:0:0:1::/64",  # dummy prefix (RFC 9780)
+        "2001::/23",  # IETF protocol assignments: Teredo 2001::/32, benchmarking, ORCHID, AMT
+        "2001:db8::/32",  # documentation (RFC 3849)
+        "2002::/16",  # 6to4 (RFC 3056), deprecated: refused whatever IPv4 it carries
+        "2620:4f:8000::/48",  # direct delegation AS112 service (RFC 7534)
+        "3fff::/20",  # documentation (RFC 9637)
+        "5f00::/16",  # segment routing SIDs (RFC 9602)
+        "fc00::/7",  # unique local, fd00:ec2::254 among them (RFC 4193)
+        "fe80::/10",  # link-local (RFC 4291)
+        "fec0::/10",  # site-local, deprecated (RFC 3879); `is_global` calls it global
+        "ff00::/8",  # multicast (RFC 4291)
+    )
+)
 # Host names that always mean this machine (RFC 6761).
 LOCAL_NAMES = ("localhost", "localhost.")
 
@@ -61,24 +122,13 @@ class Attempt:
 
 def is_forbidden(address: IPAddress) -> bool:
     """Tell whether webhooks must not reach `address` (outside `allow_private_networks`)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = [address.ipv4_mapped, address.sixtofour]
-        if address.teredo is not None:
-            embedded.extend(address.teredo)
-        if any(v4 is not None and is_forbidden(v4) for v4 in embedded):
-            return True
-    return (
-        address in METADATA_ADDRESSES
-        or address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-        # Shared address space (100.64.0.0/10), documentation ranges, and anything else that
-        # is not on the public internet.
-        or not address.is_global
-    )
+    if address in METADATA_ADDRESSES:
+        return True
+    if isinstance(address, ipaddress.IPv4Address):
+        return any(address in network for network in FORBIDDEN_V4)
+    if address in NAT64_V6:
+        return is_forbidden(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return address not in GLOBAL_UNICAST_V6 or any(address in network for network in FORBIDDEN_V6)
 
 
 def literal_address(host: str) -> IPAddress | None:

@@ -47,7 +47,13 @@ def _created(new: service.NewSecret) -> WebhookCreated:
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=WebhookCreated, responses=INVALID
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=WebhookCreated,
+    responses={
+        **INVALID,
+        403: {"description": "the account has `MODELYARD_WEBHOOK_MAX_PER_ACCOUNT` webhooks"},
+    },
 )
 async def create_webhook(
     body: WebhookCreate, user: CurrentUser, db: SessionDep, state: StateDep
@@ -60,6 +66,7 @@ async def create_webhook(
         body,
         allow_private_networks=state.settings.webhook_allow_private_networks,
         events=state.events,
+        max_per_account=state.settings.webhook_max_per_account,
     )
     return _created(new)
 

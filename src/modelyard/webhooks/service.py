@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.db.tables import RegisteredModel, User, Webhook, WebhookDelivery
 from modelyard.db.types import utcnow
-from modelyard.errors import Conflict, NotFound, Unprocessable
+from modelyard.errors import Conflict, Forbidden, NotFound, Unprocessable
 from modelyard.events import Action, Events
 from modelyard.registry import queries
 from modelyard.schemas import PageParams
@@ -36,6 +37,18 @@ class WebhookNotFound(NotFound):
 class DeliveryNotFound(NotFound):
     def __init__(self, ref: uuid.UUID) -> None:
         super().__init__(f"delivery '{ref}' not found")
+
+
+class WebhookLimitReached(Forbidden):
+    """The account has as many webhooks as it may: a limit of the account, not of time (no
+    waiting lifts it; deleting a webhook does)."""
+
+    type = "webhook-limit"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"an account may have at most {limit} webhooks; delete one to make another"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +84,25 @@ async def create_webhook(
     *,
     allow_private_networks: bool,
     events: Events,
+    max_per_account: int = 0,
 ) -> NewSecret:
     """Subscribe `data.url` to the caller's events; the secret is returned here only.
 
     Raises:
         Unprocessable: the URL names a non-public address (unless private networks are
             allowed), or `model` is none of the caller's models.
+        WebhookLimitReached: the caller has `max_per_account` webhooks already (0: no limit).
     """
     _check_url(data.url, allow_private_networks)
     model_id = await _own_model_id(db, user, data.model) if data.model is not None else None
+    if max_per_account:
+        await _lock_account(db, user)
+        count = await db.scalar(
+            select(func.count()).select_from(Webhook).where(Webhook.user_id == user.id)
+        )
+        if (count or 0) >= max_per_account:
+            await db.rollback()
+            raise WebhookLimitReached(max_per_account)
     secret = new_secret()
     row = Webhook(
         user_id=user.id,
@@ -285,6 +308,21 @@ def _check_url(url: str, allow_private_networks: bool) -> None:
         ) from exc
 
 
+async def _lock_account(db: AsyncSession, user: User) -> None:
+    """Serialise the account's webhook creations until the transaction ends, so that a count
+    read after it stays true until the commit (concurrent creations cannot pass the limit).
+
+    A no-op write on the user's row: PostgreSQL's row lock; on SQLite, the database's one
+    write lock, taken before the count is read.
+    """
+    await db.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(updated_at=User.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def _own_model_id(db: AsyncSession, user: User, ref: str) -> uuid.UUID:
     """Return the id of the caller's own model `ref` (its UUID or name).
 
@@ -308,15 +346,26 @@ def _ordered(types: Sequence[EventType]) -> list[str]:
 
 
 def _describe(webhook: Webhook) -> dict[str, Any]:
-    """What the audit log keeps of a webhook: never its secret, nor the URL's query (receivers
-    put tokens there)."""
-    parts = urlsplit(webhook.url)
+    """What the audit log keeps of a webhook: never its secret, nor the URL's path and query
+    (Slack, Discord and Teams put their secret in the path, others in the query): its origin
+    and a SHA-256 of the whole URL, which tells URLs apart without revealing them."""
     return {
-        "url": f"{parts.scheme}://{parts.netloc}{parts.path}",
+        "url": _origin(webhook.url),
+        "url_sha256": hashlib.sha256(webhook.url.encode()).hexdigest(),
         "events": list(webhook.events),
         "model_id": str(webhook.model_id) if webhook.model_id else None,
         "active": webhook.is_active,
     }
+
+
+def _origin(url: str) -> str:
+    """Return `url`'s scheme, host and (if given) port: `https://hooks.slack.com`."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"{parts.scheme}://{host}{port}"
 
 
 def _action(name: str, webhook: Webhook, details: dict[str, Any]) -> Action:
