@@ -19,6 +19,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from modelyard import __version__
 from modelyard.artifacts import make_store
 from modelyard.artifacts.router import router as artifacts_router
+from modelyard.audit.live import LiveFeed
 from modelyard.audit.live import router as live_events_router
 from modelyard.audit.router import router as audit_router
 from modelyard.audit.service import AuditLog
@@ -165,6 +166,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             caller_cache=caller_cache,
             target_cache=target_cache,
             audit_log=audit_log,
+            live=LiveFeed(
+                sessions,
+                audit_log,
+                epochs,
+                streams_per_account=settings.live_events_streams_per_account,
+            ),
             redis=redis,
             webhooks=(
                 DeliveryWorker.from_settings(settings, sessions)
@@ -216,6 +223,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             # Readiness answers 503 from here on, so load balancers stop sending traffic.
             state.shutting_down = True
+            # Event streams end (their clients reconnect elsewhere), and their poller stops.
+            await state.live.aclose()
             if upkeep is not None:
                 upkeep.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

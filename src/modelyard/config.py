@@ -296,6 +296,12 @@ class Settings(BaseSettings):
     password_failure_window_seconds: int = Field(default=900, ge=1)
     """The window of `password_failures_per_account`, in seconds."""
 
+    # live event streams (#23)
+    live_events_streams_per_account: int = Field(default=10, ge=0)
+    """Event streams (`GET /api/v1/events`, the dashboard's live notices) one account may have
+    open at once in each server process (each worker counts its own); past it 429 with
+    `Retry-After` (0: no limit)."""
+
     # webhooks (#17)
     webhook_allow_private_networks: bool = False
     """Let webhooks reach loopback, private, link-local, cloud-metadata and other non-public

@@ -103,7 +103,8 @@ class Events(ABC):
         self, *, user_id: uuid.UUID | None = None, api_key_id: uuid.UUID | None = None
     ) -> None:
         """Announce that credentials issued before now may no longer hold (revocation, logout,
-        password change, deactivation, promotion or demotion)."""
+        password change, deactivation, promotion or demotion): every worker and replica drops
+        the callers it remembered and checks its open event streams again (`audit.live`)."""
         await self.publish(Event(EventKind.CREDENTIALS, user_id=user_id, api_key_id=api_key_id))
 
     async def registry_changed(self, *, model_id: uuid.UUID | None = None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends
 from redis.asyncio import Redis
@@ -29,6 +29,9 @@ from modelyard.ratelimit import RateLimiter
 from modelyard.serving.probe import Prober
 from modelyard.webhooks.delivery import DeliveryWorker
 
+if TYPE_CHECKING:  # the live events module serves routes that depend on this one
+    from modelyard.audit.live import LiveFeed
+
 CheckStatus = Literal["ok", "down", "disabled"]
 
 
@@ -52,6 +55,8 @@ class AppState:
     caller_cache: EpochCache[str, Caller]
     target_cache: EpochCache[Hashable, Target]
     audit_log: AuditLog
+    # The event streams of this process and their one poller.
+    live: LiveFeed
     redis: Redis | None = None
     # This process's webhook delivery worker (None: a serving replica, or delivery turned off).
     webhooks: DeliveryWorker | None = None

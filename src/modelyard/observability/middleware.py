@@ -1,4 +1,5 @@
-"""The HTTP edge: request ids, timing, the access log, body size limits and unexpected errors.
+"""The HTTP edge: request ids, timing, the access log, body size limits, control characters in
+query strings, and unexpected errors.
 
 A pure ASGI middleware (no BaseHTTPMiddleware) so that it costs one function call per request.
 """
@@ -10,8 +11,10 @@ import random
 import re
 import time
 from collections.abc import Iterable
+from urllib.parse import parse_qsl
 
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.context import RequestContext, request_context
@@ -86,6 +89,10 @@ class EdgeMiddleware:
 
         try:
             declared = _content_length(scope)
+            query = scope["query_string"]
+            # Before any route, so before any query: PostgreSQL refuses NUL in text (after
+            # the answer began, for a stream), and no filter means a control character.
+            refused = control_character_parameter(query) if query else None
             if declared is not None and declared > limit:
                 response = problem_response(
                     413,
@@ -94,6 +101,10 @@ class EdgeMiddleware:
                     path=scope["path"],
                 )
                 await response(scope, receive, send_wrapper)
+            elif refused is not None:
+                await control_character_response(refused, scope["path"])(
+                    scope, receive, send_wrapper
+                )
             else:
                 await self.app(scope, receive_limited, send_wrapper)
         except ClientDisconnect:
@@ -141,6 +152,48 @@ def _request_id(scope: Scope) -> str:
             break
     # An id to quote, not a secret: the random module spares a system call per request.
     return f"{random.getrandbits(128):032x}"
+
+
+# What may come before a control character in a query string: a raw one (some clients send
+# them), or a percent escape that may decode to one. Anything else needs no decoding.
+_MAY_HOLD_CONTROL = re.compile(rb"[\x00-\x1f\x7f-\xff%]")
+# Control characters (Unicode category Cc): C0, DEL and C1. Tab, CR and LF included: no name,
+# id, action, date or search term of the API holds one.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_NAME_IN_ERROR = 64
+
+
+def control_character_parameter(query_string: bytes) -> str | None:
+    """Return the name of the first query parameter whose name or value holds a control
+    character, as the app would decode it (Starlette: latin-1, then percent-decoded UTF-8)."""
+    if _MAY_HOLD_CONTROL.search(query_string) is None:
+        return None
+    for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if _CONTROL.search(name) or _CONTROL.search(value):
+            return name
+    return None
+
+
+def control_character_response(name: str, path: str) -> Response:
+    """422: a query parameter holds a control character (NUL and the like), refused before
+    any route, so before any query. The name is shown escaped."""
+    shown = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", name)[:MAX_NAME_IN_ERROR]
+    return problem_response(
+        422,
+        "the request is not valid",
+        title="Unprocessable Content",
+        type_="validation-error",
+        extra={
+            "errors": [
+                {
+                    "loc": ["query", shown],
+                    "msg": "control characters (NUL, tab, line breaks, ...) are not allowed",
+                    "type": "control_character",
+                }
+            ]
+        },
+        path=path,
+    )
 
 
 def _content_length(scope: Scope) -> int | None:

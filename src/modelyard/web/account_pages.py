@@ -122,6 +122,8 @@ async def sign_up(page: PageDep, form: FormDep, db: SessionDep) -> Response:
 async def sign_out(page: PageDep, form: FormDep, db: SessionDep) -> Response:
     if page.session is not None:
         await sessions.end_session(db, page.session)
+        # The session's open event streams end too, on every worker and replica.
+        await page.state.events.credentials_changed(user_id=page.session.user_id)
     response = redirect("/sign-in")
     clear_session_cookie(response, page.state)
     return response

@@ -30,11 +30,21 @@ router = APIRouter(route_class=WebRoute, include_in_schema=False)
 async def live_events(page: UserPage, db: SessionDep) -> Response:
     """The signed-in user's events as Server-Sent Events, for the pages' live notices (the API's
     `GET /api/v1/events` for a browser session); from now on, or after `Last-Event-ID`."""
+    user = page.signed_in
+    session = page.session
     last = page.request.headers.get("last-event-id", "")
     start = int(last) if last.isdigit() and len(last) <= 18 else await audit_service.head(db)
     await db.close()
-    return live.response(
-        page.state, Caller(page.signed_in, None), audit_service.AuditFilter(), start
+    return await live.open_stream(
+        page.state,
+        Caller(user, None),
+        # The stream ends with the browser session (sign-out, expiry, a change of rights).
+        live.Credential.of_account(user)
+        if session is None
+        else live.Credential.of_web_session(user, session),
+        audit_service.AuditFilter(),
+        start,
+        valid_until=None if session is None else session.expires_at,
     )
 
 
