@@ -26,6 +26,7 @@ from modelyard.serving.formats import ModelFormat
 from modelyard.serving.loader import check_onnx
 from modelyard.serving.onnx_cost import CostLimits, estimate_onnx_cost
 from modelyard.serving.probe import ModelProber
+from modelyard.serving.runtimes.onnx import configure_onnx_cost
 from tests.conftest import PROBE_SOCKET, make_settings
 from tests.factories import Account, make_account, make_version, upload_model
 from tests.serving import dl_models
@@ -172,11 +173,14 @@ async def test_flops_budget_set_low_refuses_resnet18_with_the_figures(
 ) -> None:
     settings = make_settings(tmp_path, database_url, onnx_max_flops_per_request=10**9)
     app = create_app(settings)
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            account = await make_account(c)
-            response = await upload_model(c, account, dl_files["resnet18", "dynamo"], name="r")
+    try:
+        async with LifespanManager(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+                account = await make_account(c)
+                response = await upload_model(c, account, dl_files["resnet18", "dynamo"], name="r")
+    finally:
+        configure_onnx_cost(CostLimits())  # the app set this process's budgets; put them back
 
     assert response.status_code == 422, response.text
     body = response.json()

@@ -240,3 +240,21 @@ def test_external_data_is_refused_saying_how_to_export_inline(tmp_path: Any) -> 
 
     with pytest.raises(ModelRejected, match=r"torch\.onnx\.export\(\.\.\., external_data=False\)"):
         check_onnx(data)
+
+
+def test_a_huge_tensor_of_constant_shape_is_refused_before_it_runs() -> None:
+    # Legal under the graph rules (the shape is a constant), and 40 GB on any input: the probe's
+    # one run would fail on memory, the estimate refuses it without running it.
+    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0])
+    model = _model(
+        [
+            helper.make_node("ConstantOfShape", ["shape"], ["big"], value=fill),
+            helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+            helper.make_node("Add", ["X", "s"], ["Y"]),
+        ],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor("shape", TensorProto.INT64, [1], [10**10])],
+    )
+
+    with pytest.raises(ModelRejected, match=r"costs about .* and 37.3 GiB of memory"):
+        estimate_onnx_cost(model, CostLimits())

@@ -30,6 +30,8 @@ from modelyard.serving.formats import ModelRejected
 # Tensors this small have their values computed while shapes are inferred (shape vectors, axes,
 # counts); larger ones only their shapes.
 VALUE_LIMIT: Final = 4096
+# ...by nodes that cost at most this (never a subgraph's body: only shape arithmetic is run).
+VALUE_FLOPS_LIMIT: Final = 10**6
 # Bytes counted for an element whose size the dtype does not give (strings), and for each
 # input element of a non-tensor output (ZipMap's list of dictionaries).
 STRING_BYTES: Final = 64
@@ -513,6 +515,9 @@ class _Walk:
         shapes_in = [t.shape if t is not None else None for t in inputs]
         shapes_out = [produced[name].shape if name in produced else None for name in node.output]
         flops = rule(_Node(node, shapes_in, shapes_out, _attributes(node))) + inner_flops
+        if node.op_type != "Scan" and flops <= VALUE_FLOPS_LIMIT:
+            # Shape arithmetic: small values whose computing costs next to nothing.
+            self.compute_values(node, inputs, produced)
         return flops, produced, inner_peak
 
     def infer(self, node: Any, inputs: Sequence[_Tensor | None]) -> dict[str, _Tensor]:
@@ -581,7 +586,6 @@ class _Walk:
                     f"model refused: {_where(node)}: the type of its output '{_short(name)}' "
                     "cannot be inferred, so its cost cannot be bounded"
                 )
-        self.compute_values(node, inputs, produced)
         return produced
 
     def compute_values(
