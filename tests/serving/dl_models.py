@@ -143,6 +143,32 @@ def transformer_encoder(
     return EncoderClassifier().eval()
 
 
+def operator_zoo() -> Any:
+    """Return a small module using the operators the three networks do not: GRU, RNN,
+    ConvTranspose, InstanceNormalization, GELU (Erf), bilinear Resize and Einsum."""
+    torch = _torch()
+    nn = torch.nn
+
+    class Zoo(nn.Module):  # type: ignore[misc,name-defined]  # torch is untyped here
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(8, 16, batch_first=True, bidirectional=True)
+            self.rnn = nn.RNN(32, 4, batch_first=True)
+            self.up = nn.ConvTranspose2d(3, 2, 3, stride=2)
+            self.norm = nn.InstanceNorm2d(2)
+            self.gelu = nn.GELU()
+
+        def forward(self, sequence: Any, images: Any) -> Any:
+            states, _ = self.gru(sequence)
+            steps, _ = self.rnn(states)
+            maps = self.gelu(self.norm(self.up(images)))
+            maps = nn.functional.interpolate(maps, scale_factor=2.0, mode="bilinear")
+            energy = torch.einsum("bchw,bchw->b", maps, maps)
+            return steps[:, -1, :].sum(-1) + energy
+
+    return Zoo().eval()
+
+
 @dataclass(frozen=True)
 class Network:
     """A test network: how to build it, an example input, and its inputs' dynamic axes."""
@@ -172,6 +198,14 @@ def _tokens_and_mask() -> dict[str, np.ndarray[Any, Any]]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def _sequence_and_images() -> dict[str, np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(SEED)
+    return {
+        "sequence": rng.standard_normal((2, 5, 8), dtype=np.float32),
+        "images": rng.standard_normal((2, 3, 8, 8), dtype=np.float32),
+    }
+
+
 BATCH = {0: "batch"}
 BATCH_AND_SEQUENCE = {0: "batch", 1: "sequence"}
 NETWORKS: dict[str, Network] = {
@@ -189,6 +223,14 @@ NETWORKS: dict[str, Network] = {
     )
 }
 EXPORTERS = ("torchscript", "dynamo")
+# Exported by the TorchScript exporter only (torch.export specialises its batch dimension).
+ZOO = Network(
+    "zoo",
+    operator_zoo,
+    _sequence_and_images,
+    {"sequence": BATCH_AND_SEQUENCE, "images": BATCH},
+    outputs=("score",),
+)
 
 
 @contextlib.contextmanager

@@ -270,3 +270,21 @@ async def test_keras_cnn_converted_by_tf2onnx_uploads_with_its_cost(
     cost = version["metadata"]["cost"]
     assert cost["assumed_input"] == {"images": [325, 32, 32, 3]}
     assert cost["rows_bound_by"] == "max_predict_elements"
+
+
+def test_the_other_usual_operators_are_admitted_and_estimated(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    path = dl_models.export(dl_models.ZOO, "torchscript", tmp_path / "zoo.onnx")
+    model = check_onnx(path.read_bytes())
+    inputs = dl_models.ZOO.example()
+
+    cost = estimate_onnx_cost(model, CostLimits())
+    (answer,) = ort.InferenceSession(str(path)).run(None, inputs)
+
+    operators = {node.op_type for node in model.graph.node}
+    assert {"GRU", "RNN", "ConvTranspose", "InstanceNormalization", "Erf"} <= operators
+    assert {"Resize", "Einsum"} <= operators
+    assert cost.max_rows is not None
+    assert cost.max_rows >= 1
+    np.testing.assert_allclose(answer, dl_models.reference(dl_models.ZOO, inputs), rtol=1e-4)

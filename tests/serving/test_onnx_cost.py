@@ -258,3 +258,23 @@ def test_a_huge_tensor_of_constant_shape_is_refused_before_it_runs() -> None:
 
     with pytest.raises(ModelRejected, match=r"costs about .* and 37.3 GiB of memory"):
         estimate_onnx_cost(model, CostLimits())
+
+
+def test_fused_attention_counts_its_score_matrix() -> None:
+    model = _model(
+        [helper.make_node("Attention", ["Q", "K", "V"], ["Y"])],
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["b", 4, "seq", 16])
+            for name in "QKV"
+        ],
+        opset=23,
+    )
+    model.ir_version = 10
+    check_onnx(model.SerializeToString())
+
+    cost = graph_cost(model, dict.fromkeys("QKV", (1, 4, 32, 16)))
+
+    scores = 4 * 32 * 32
+    assert cost.flops == 2 * scores * 16 * 2 + 5 * scores
+    tensors = 4 * (1 * 4 * 32 * 16) * 4  # Q, K, V and Y
+    assert cost.activations_bytes == tensors + 4 * scores

@@ -231,19 +231,29 @@ def _recurrent(gates: int) -> Callable[[_Node], int]:
     return cost
 
 
-def _attention(node: _Node) -> int:
-    """ONNX Attention (opset 23): Q K^T and the weighted sum of V, plus the softmax."""
+def _attention_shape(node: _Node) -> tuple[int, int]:
+    """Return (scores, head size) of an ONNX Attention node: batch x heads x seq_q x seq_kv."""
     q, k = node.input(0), node.input(1)
     if len(q) == 4 and len(k) == 4:  # [batch, heads, seq, head_size]
         batch, heads, seq_q, size = q
         seq_kv = k[2]
     elif len(q) == 3 and len(k) == 3:  # [batch, seq, hidden]
         batch, seq_q, size = q
-        heads = 1
+        heads = int(node.attributes.get("q_num_heads") or 1)
+        size //= max(heads, 1)
         seq_kv = k[1]
     else:
-        return 0
-    scores = batch * heads * seq_q * seq_kv
+        return 0, 0
+    return batch * heads * seq_q * seq_kv, size
+
+
+def _attention_scores(node: _Node) -> int:
+    return _attention_shape(node)[0]
+
+
+def _attention(node: _Node) -> int:
+    """ONNX Attention (opset 23): Q K^T and the weighted sum of V, plus the softmax."""
+    scores, size = _attention_shape(node)
     return 2 * scores * size * 2 + 5 * scores
 
 
@@ -514,7 +524,11 @@ class _Walk:
             produced = self.infer(node, inputs)
         shapes_in = [t.shape if t is not None else None for t in inputs]
         shapes_out = [produced[name].shape if name in produced else None for name in node.output]
-        flops = rule(_Node(node, shapes_in, shapes_out, _attributes(node))) + inner_flops
+        described = _Node(node, shapes_in, shapes_out, _attributes(node))
+        flops = rule(described) + inner_flops
+        if node.op_type == "Attention":
+            # A fused attention holds its score matrix while it runs: seq_q x seq_kv per head.
+            inner_peak = max(inner_peak, 4 * _attention_scores(described))
         if node.op_type != "Scan" and flops <= VALUE_FLOPS_LIMIT:
             # Shape arithmetic: small values whose computing costs next to nothing.
             self.compute_values(node, inputs, produced)
