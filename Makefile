@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ./client -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e ./client -e '.[dev,dl-test]'
 	test -x $(BIN)/modelyard || $(BIN)/python -m pip install --quiet --no-deps --force-reinstall -e ./client
 	touch $(STAMP)
 

@@ -54,8 +54,8 @@ from modelyard.ratelimit import RateLimiter, SharedWindows
 from modelyard.registry.router import router as registry_router
 from modelyard.serving.batching import Batcher
 from modelyard.serving.cache import ModelCache
-from modelyard.serving.probe import make_prober
-from modelyard.serving.runtimes.onnx import configure_onnx_memory
+from modelyard.serving.probe import make_prober, onnx_cost_limits
+from modelyard.serving.runtimes.onnx import configure_onnx_cost, configure_onnx_memory
 from modelyard.serving.warmup import warm_up_process
 from modelyard.state import AppState
 from modelyard.web.dashboard import install_dashboard
@@ -129,6 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         # Registered with the first ONNX session (sessions pick the arena up when created).
         configure_onnx_memory(settings.onnx_memory_bytes)
+        # ONNX graphs are estimated again on every load, against this process's budgets (#25).
+        configure_onnx_cost(onnx_cost_limits(settings))
         epochs = Epochs(settings.data_dir)
         caller_cache: EpochCache[str, Caller] = EpochCache(
             epochs, Epoch.AUTH, ttl_seconds=CALLER_CACHE_SECONDS

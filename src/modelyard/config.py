@@ -176,6 +176,21 @@ class Settings(BaseSettings):
     """Memory the running ONNX inferences of one server process may allocate together (model
     weights not included); a prediction that needs more answers 422."""
 
+    # ONNX cost budgets (#25): what one call of an uploaded graph may cost, estimated at upload
+    onnx_max_flops_per_request: int = Field(default=200 * 10**9, ge=10**6)
+    """FLOPs one ONNX call may cost, estimated from the graph at upload and on every load (a
+    multiply-add counts 2). A graph over it on one row is refused at upload; otherwise the rows
+    of one call are bounded so that it fits (see `max_rows` in a version's `metadata.cost`)."""
+
+    onnx_max_memory_bytes_per_request: int = Field(default=2 * 1024**3, ge=1024**2)
+    """Peak memory one ONNX call may need (weights plus the intermediate tensors alive at
+    once), estimated like the FLOPs and bounding the same way."""
+
+    onnx_dynamic_dim: int = Field(default=512, ge=1)
+    """Size assumed for a dynamic ONNX input dimension other than the rows (a sequence length,
+    an image side) when estimating a call's cost; lowered if one row would exceed
+    `max_predict_elements`. Rows are bounded by `max_batch_rows` and `max_predict_elements`."""
+
     model_cache_max_models: int = Field(default=32, ge=1)
     """Loaded model versions kept in memory per process (least recently used evicted first)."""
 

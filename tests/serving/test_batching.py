@@ -126,6 +126,25 @@ async def test_batches_respect_max_rows_and_never_split_a_request(
         assert result.predictions.tolist() == x[:, 0].tolist()
 
 
+async def test_batches_respect_the_runtimes_own_row_bound(make_batcher: MakeBatcher) -> None:
+    # An ONNX graph's cost estimate bounds its calls' rows below the batcher's (#25).
+    batcher = make_batcher(max_rows=64)
+    gate = threading.Event()
+    runtime = FakeRuntime(gate=gate)
+    runtime.max_rows = 3
+    first = await blocked_first_call(batcher, runtime)
+    inputs = [rows(0, 2), rows(10, 1), rows(20, 2)]
+    queued = await submit(batcher, runtime, *inputs)
+
+    gate.set()
+    async with asyncio.timeout(HANG_SECONDS):
+        results = await asyncio.gather(first, *queued)
+
+    assert runtime.calls == [1, 3, 2]
+    for x, result in zip(inputs, results[1:], strict=True):
+        assert result.predictions.tolist() == x[:, 0].tolist()
+
+
 async def test_requests_of_different_widths_are_not_merged(make_batcher: MakeBatcher) -> None:
     batcher = make_batcher()
     gate = threading.Event()

@@ -43,6 +43,9 @@ from modelyard.serving.formats import FRAMEWORK_OF, Framework, detect_format
 from modelyard.serving.probe import Prober, ProbeReport
 
 log = logging.getLogger(__name__)
+# The key of a version's metadata that holds the ONNX cost estimate made at upload
+# (modelyard.serving.onnx_cost.OnnxCost.as_json); set by the server, kept through updates.
+COST_KEY = "cost"
 
 ARTIFACT_PREFIX = "models/"
 FILE_EXTENSIONS = {
@@ -302,6 +305,9 @@ async def update_version(
     changes = data.model_dump(exclude_unset=True)
     if changes.get("experiment_id") is not None:
         await experiments_service.get_experiment(db, user, changes["experiment_id"])
+    if "metadata" in changes and COST_KEY in version.metadata_:
+        # The server's cost estimate stays what the upload measured, whatever the metadata sent.
+        changes["metadata"] = {**changes["metadata"], COST_KEY: version.metadata_[COST_KEY]}
     for name, value in changes.items():
         setattr(version, "metadata_" if name == "metadata" else name, value)
     version.updated_at = utcnow()
@@ -527,7 +533,7 @@ async def register_version(
             metrics=form.metrics,
             hyperparameters=form.hyperparameters,
             tags=form.tags,
-            metadata_=form.metadata,
+            metadata_=_metadata(form.metadata, report),
             experiment_id=form.experiment_id,
             created_by=owner_id,
         )
@@ -672,6 +678,13 @@ def _input_schema(given: InputSchema | None, report: ProbeReport) -> dict[str, A
             "input_schema feature names differ from the model's: " + ", ".join(report.feature_names)
         )
     return given.model_dump()
+
+
+def _metadata(given: dict[str, Any], report: ProbeReport) -> dict[str, Any]:
+    """Return the version's metadata: the uploader's, with the server's cost estimate."""
+    if report.cost is None:
+        return given
+    return {**given, COST_KEY: report.cost}
 
 
 def _outputs(report: ProbeReport) -> dict[str, Any] | None:

@@ -185,8 +185,9 @@ class Batcher:
     def _extend(self, lane: _Lane, batch: list[_Request], rows: int) -> int:
         """Move queued requests that fit into `batch`, keeping the others in order."""
         head = batch[0]
+        limit = min(self.max_rows, head.runtime.max_rows or self.max_rows)
         kept: deque[_Request] = deque()
-        while lane.queue and rows < self.max_rows:
+        while lane.queue and rows < limit:
             request = lane.queue.popleft()
             if request.future.done():
                 continue
@@ -194,7 +195,7 @@ class Batcher:
                 request.runtime is head.runtime
                 and request.x.shape[1:] == head.x.shape[1:]
                 and request.x.dtype == head.x.dtype
-                and rows + len(request.x) <= self.max_rows
+                and rows + len(request.x) <= limit
             ):
                 batch.append(request)
                 rows += len(request.x)

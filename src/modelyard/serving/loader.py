@@ -20,6 +20,7 @@ from joblib.numpy_pickle_utils import _detect_compressor, _validate_fileobject_a
 from modelyard.serving.formats import ModelFormat, ModelRejected, UnsupportedModelFormat
 from modelyard.serving.onnx_graph import check_onnx_graph
 from modelyard.serving.precheck import DEFAULT_MAX_EXPANDED_BYTES, check_zip_bounds
+from modelyard.serving.probehost import keep_array_backends_out
 from modelyard.serving.structure import StructureCost, check_lightgbm_text, check_structure
 
 # Every global a joblib or pickle upload may name: exact (module, qualname) pairs, no prefixes
@@ -258,6 +259,15 @@ SKOPS_TRUSTED: Final[list[str]] = sorted(
 )
 
 ALLOWED_ONNX_DOMAINS: Final = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+# Weights in files beside the graph (what exporters write past 2 GB, and torch.onnx.export with
+# dynamo=True by default) are refused: only the .onnx file is uploaded and loaded from bytes, so
+# no path in it is ever opened. The message says how to keep the weights inside the file.
+EXTERNAL_DATA_REFUSED: Final = (
+    "model refused: ONNX tensors stored as external data (weights in files beside the .onnx "
+    "file); export with the weights inside the file: torch.onnx.export(..., "
+    "external_data=False), or onnx.save_model(onnx.load(path), new_path, "
+    "save_as_external_data=False) for models under 2 GB"
+)
 _NAME_LIMIT = 120
 
 
@@ -370,6 +380,8 @@ def _describe(exc: BaseException) -> str:
 
 def load_skops(path: Path, max_expanded_bytes: int = DEFAULT_MAX_EXPANDED_BYTES) -> Any:
     """Load a skops file, trusting only our server-side list of types."""
+    # Importing skops would import torch where it is installed (WithoutArrayBackends says why).
+    keep_array_backends_out()
     import skops.io as sio
     from skops.io.exceptions import UntrustedTypesFoundException
 
@@ -431,7 +443,7 @@ def check_onnx(data: bytes) -> Any:
                 tensors.extend(attribute.tensors)
         for tensor in tensors:
             if tensor.data_location == external or len(tensor.external_data):
-                raise ModelRejected("model refused: ONNX tensors stored as external data")
+                raise ModelRejected(EXTERNAL_DATA_REFUSED)
     check_onnx_graph(model.graph)
     return model
 

@@ -1,4 +1,4 @@
-"""What an ONNX graph may contain to be served: allowlisted operators and shapes fixed by the input.
+"""What an ONNX graph may contain to be served: bounded operators and shapes fixed by the input.
 
 SECURITY.md, cost that depends on the input: the upload probe runs a model once on zeros, which
 proves that it loads, not what it costs. A 0.5 KB graph whose `Loop` trip count was
@@ -6,20 +6,25 @@ proves that it loads, not what it costs. A 0.5 KB graph whose `Loop` trip count 
 `ConstantOfShape` size came from X grew a worker to 4.3 GiB. So a served graph keeps one
 invariant, checked at upload and on every load: the shape of every tensor, and the number of
 iterations of every loop, is a function of the input's *shape* and the model's constants, never
-of the input's values. Then a call's cost is fixed by the request's shape, which is bounded, and
-what remains (big constants times many rows) is bounded by the run budget and memory cap of
-modelyard.serving.runtimes.onnx.
+of the input's values. Then a call's cost is fixed by the request's shape, which is bounded:
+modelyard.serving.onnx_cost estimates it at upload and on every load, and refuses graphs over
+the budgets; the run budget and memory cap of modelyard.serving.runtimes.onnx still bound
+every call.
 
-Two rules give it:
-- Operators come from an allowlist: what skl2onnx and onnxmltools emit for the supported models
-  (linear models, trees and ensembles, SVMs, naive Bayes, neighbours, scalers, pipelines, ZipMap)
-  and plain element-wise math. No `Loop` or `If` (data-driven iteration and control flow), no
-  `NonZero`, `Compress` or `Unique` (outputs sized by values), no image operators.
+Three rules give it:
+- Operators whose output sizes or iteration counts come from values are refused by name: `Loop`
+  and `If` (data-driven iteration and control flow), `NonZero`, `Compress`, `Unique`,
+  `NonMaxSuppression`, `StringSplit` and the sequence operators (outputs sized by values).
+- Every other operator needs a cost rule (modelyard.serving.onnx_cost.COST_RULES: what the
+  tabular converters, torch.onnx.export and tf2onnx emit for tabular models, CNNs, RNNs and
+  transformer encoders). The cost estimate, not a list, then decides: a graph is served if one
+  row of its largest input fits the budgets.
 - Every input that sets a shape or a count (`ConstantOfShape`'s shape, `Tile`'s repeats,
-  `Range`'s bounds, `Reshape`'s shape, `Slice`'s starts, `TopK`'s k, reduction axes...) is
-  static: an initializer, a `Constant`, a `Shape`/`Size` of a tensor, or computed only from such
-  values. `Scan` is allowed: it iterates over a tensor's leading dimension, a shape, and its body
-  is held to the same rules.
+  `Range`'s bounds, `Reshape`'s shape, `Slice`'s starts, `TopK`'s k, `Resize`'s scales and
+  sizes, `Expand`'s shape, reduction axes...) is static: an initializer, a `Constant`, a
+  `Shape`/`Size` of a tensor, or computed only from such values. `Scan` is allowed: it iterates
+  over a tensor's leading dimension, a shape, and its body is held to the same rules; so are
+  `LSTM`, `GRU` and `RNN`, which iterate over the sequence dimension.
 """
 
 from __future__ import annotations
@@ -28,43 +33,22 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from modelyard.serving.formats import ModelRejected
+from modelyard.serving.onnx_cost import COST_RULES
 
-_MATH: Final = frozenset(
-    {
-        # Element-wise arithmetic, comparison and logic.
-        *("Abs", "Acos", "Acosh", "Add", "And", "Asin", "Asinh", "Atan", "Atanh", "Ceil"),
-        *("Clip", "Cos", "Cosh", "Div", "Equal", "Erf", "Exp", "Floor", "Greater"),
-        *("GreaterOrEqual", "IsInf", "IsNaN", "Less", "LessOrEqual", "Log", "Max", "Mean", "Min"),
-        *("Mod", "Mul", "Neg", "Not", "Or", "Pow", "Reciprocal", "Round", "Sign", "Sin", "Sinh"),
-        *("Sqrt", "Sub", "Sum", "Tan", "Tanh", "Where", "Xor"),
-        # Activations (MLPs, calibrated and boosted scores).
-        *("Sigmoid", "Relu", "LeakyRelu", "Elu", "Selu", "Softplus", "Softsign", "HardSigmoid"),
-        *("Softmax", "LogSoftmax", "Hardmax", "LpNormalization"),
-        # Reductions and products.
-        *("ArgMax", "ArgMin", "CumSum", "MatMul", "Gemm"),
-        *("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean"),
-        *("ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare"),
-        # Moving and reshaping data.
-        *("Cast", "CastLike", "Concat", "Constant", "ConstantOfShape", "Expand", "Flatten"),
-        *("Gather", "GatherElements", "Identity", "OneHot", "Pad", "Range", "Reshape", "Scan"),
-        *("Shape", "Size", "Slice", "Split", "Squeeze", "Tile", "TopK", "Transpose", "Unsqueeze"),
-    }
-)
-_ML: Final = frozenset(
-    {
-        *("ArrayFeatureExtractor", "Binarizer", "CastMap", "CategoryMapper", "DictVectorizer"),
-        *("FeatureVectorizer", "Imputer", "LabelEncoder", "LinearClassifier", "LinearRegressor"),
-        *("Normalizer", "OneHotEncoder", "SVMClassifier", "SVMRegressor", "Scaler"),
-        *("TreeEnsemble", "TreeEnsembleClassifier", "TreeEnsembleRegressor", "ZipMap"),
-    }
-)
 ALLOWED_OPERATORS: Final[Mapping[str, frozenset[str]]] = {
-    "": _MATH,
-    "ai.onnx": _MATH,
-    "ai.onnx.ml": _ML,
+    domain: frozenset(rules) for domain, rules in COST_RULES.items()
 }
+# Refused by name whatever the estimator could say: their cost follows from input values.
+DATA_DRIVEN_OPERATORS: Final = frozenset(
+    {
+        *("Loop", "If", "NonZero", "Compress", "Unique", "NonMaxSuppression", "StringSplit"),
+        *("SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase", "SequenceInsert"),
+        *("SequenceLength", "SequenceMap", "SplitToSequence", "ConcatFromSequence"),
+        *("Optional", "OptionalGetElement", "OptionalHasElement", "ImageDecoder"),
+    }
+)
 
-_REDUCTIONS: Final = frozenset(op for op in _MATH if op.startswith("Reduce"))
+_REDUCTIONS: Final = frozenset(op for op in ALLOWED_OPERATORS[""] if op.startswith("Reduce"))
 # Positions of the inputs that set an output's shape or a count, by operator (ONNX operator
 # specification, latest opsets; older opsets take these as attributes, which are constants).
 SHAPE_INPUTS: Final[Mapping[str, tuple[int, ...]]] = {
@@ -80,6 +64,10 @@ SHAPE_INPUTS: Final[Mapping[str, tuple[int, ...]]] = {
     "Split": (1,),
     "Squeeze": (1,),
     "Unsqueeze": (1,),
+    "Resize": (2, 3),  # scales, sizes
+    "Upsample": (1,),  # scales
+    "CenterCropPad": (1, 2),  # shape, axes
+    "CumSum": (1,),  # axis
     **dict.fromkeys(_REDUCTIONS, (1,)),
 }
 # Their outputs describe a tensor's shape, not its values.
@@ -104,7 +92,7 @@ def _subgraphs(node: Any) -> Iterable[Any]:
 
 
 def check_onnx_graph(graph: Any) -> None:
-    """Refuse operators off the allowlist and shapes or counts computed from input values.
+    """Refuse data-driven operators, operators without a cost rule, and value-driven shapes.
 
     Raises:
         ModelRejected: the message names the operator (and node) at fault.
@@ -122,12 +110,18 @@ def _check_graph(graph: Any, *, outer_static: frozenset[str]) -> None:
     # Names a subgraph defines hide the same names of the scopes around it.
     static.difference_update(inputs)
     for node in graph.node:
+        if node.op_type in DATA_DRIVEN_OPERATORS:
+            raise ModelRejected(
+                f"model refused: ONNX operator '{_short(node.op_type)}'{_node_name(node)} is not "
+                f"supported ({_WHY})"
+            )
         allowed = ALLOWED_OPERATORS.get(node.domain, frozenset())
         if node.op_type not in allowed:
             raise ModelRejected(
                 f"model refused: ONNX operator '{_short(node.op_type)}'{_node_name(node)} is not "
-                "supported (served graphs may use the operators that scikit-learn, XGBoost and "
-                f"LightGBM converters emit; {_WHY})"
+                "supported (no bound on its cost is known; served graphs may use what the "
+                "scikit-learn, XGBoost, LightGBM, PyTorch and TensorFlow converters emit for "
+                "tabular models, CNNs, RNNs and transformer encoders)"
             )
         for position in SHAPE_INPUTS.get(node.op_type, ()):
             if position < len(node.input) and node.input[position]:
@@ -147,4 +141,4 @@ def _check_graph(graph: Any, *, outer_static: frozenset[str]) -> None:
             static.difference_update(node.output)
 
 
-__all__ = ["ALLOWED_OPERATORS", "SHAPE_INPUTS", "check_onnx_graph"]
+__all__ = ["ALLOWED_OPERATORS", "DATA_DRIVEN_OPERATORS", "SHAPE_INPUTS", "check_onnx_graph"]

@@ -44,6 +44,7 @@ from modelyard.serving.formats import (
     ModelRejected,
     UnsupportedModelFormat,
 )
+from modelyard.serving.onnx_cost import CostLimits
 from modelyard.serving.precheck import check_zip_bounds
 
 PROBE_FAILED = "model could not be loaded and probed"
@@ -69,6 +70,10 @@ class ProbeReport:
     model_class: str
     has_proba: bool
     outputs: list[dict[str, Any]]
+    # ONNX models: each input tensor's name, dtype and shape (-1 for a dynamic dimension), and
+    # the cost estimate of the largest call (modelyard.serving.onnx_cost.OnnxCost.as_json).
+    inputs: list[dict[str, Any]] | None = None
+    cost: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
@@ -83,6 +88,8 @@ class ProbeReport:
             model_class=str(data["model_class"]),
             has_proba=bool(data["has_proba"]),
             outputs=list(data["outputs"]),
+            inputs=data.get("inputs"),
+            cost=data.get("cost"),
         )
 
 
@@ -147,6 +154,17 @@ class NoProber:
         """Close nothing."""
 
 
+def onnx_cost_limits(settings: Settings) -> CostLimits:
+    """Return the largest request an ONNX model must answer and its budgets, from settings."""
+    return CostLimits(
+        max_rows=settings.max_batch_rows,
+        max_elements=settings.max_predict_elements,
+        dynamic_dim=settings.onnx_dynamic_dim,
+        max_flops=settings.onnx_max_flops_per_request,
+        max_memory_bytes=settings.onnx_max_memory_bytes_per_request,
+    )
+
+
 def make_prober(settings: Settings) -> Prober:
     """Return the prober of a process: the host's shared probe; none in a `serving` process."""
     if settings.role == "serving":
@@ -166,6 +184,7 @@ class ModelProber:
         max_concurrent: int = 4,
         max_concurrent_per_owner: int = 2,
         socket_path: Path | None = None,
+        cost_limits: CostLimits | None = None,
     ) -> None:
         self.timeout_seconds = timeout_seconds
         self.memory_limit_bytes = memory_limit_bytes
@@ -173,6 +192,7 @@ class ModelProber:
         self.max_concurrent = max_concurrent
         self.max_concurrent_per_owner = max_concurrent_per_owner
         self.socket_path = socket_path or _private_socket_path()
+        self.cost_limits = cost_limits or CostLimits()
         # Held open while this prober lives: the probe process exits after its last lease.
         self._lease: socket.socket | None = None
         self._lease_lock = threading.Lock()
@@ -197,6 +217,7 @@ class ModelProber:
             max_concurrent=settings.probe_max_concurrent,
             max_concurrent_per_owner=settings.probe_max_concurrent_per_user,
             socket_path=probehost.socket_path(settings.data_dir, settings.probe_socket),
+            cost_limits=onnx_cost_limits(settings),
         )
 
     def start(self) -> None:
@@ -295,6 +316,7 @@ class ModelProber:
                     "owner": None if owner is None else str(owner),
                     "max_concurrent": self.max_concurrent,
                     "max_per_owner": self.max_concurrent_per_owner,
+                    "cost_limits": self.cost_limits.as_json(),
                 }
             )
         return self._outcome(answer)

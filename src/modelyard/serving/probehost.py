@@ -14,7 +14,7 @@ level; `main` (the probe process) imports them.
 Protocol: one JSON line from the client per connection, one JSON line back.
 
 - `{"op": "probe", "path", "format", "memory_limit_bytes", "timeout_seconds", "owner",
-  "max_concurrent", "max_per_owner"}` → `{"outcome": "done", "report": <the child's JSON, or
+  "max_concurrent", "max_per_owner", "cost_limits"}` (the ONNX cost budgets, optional) → `{"outcome": "done", "report": <the child's JSON, or
   null when it timed out>, "exitcode": <int or null>}` or `{"outcome": "busy", "scope": "host" |
   "owner"}`. The client closing the connection early kills the child.
 - `{"op": "lease"}` → no answer; the connection stays open, and the probe process exits once no
@@ -334,6 +334,9 @@ class ProbeServer:
             owner = None if request.get("owner") is None else str(request["owner"])
             max_concurrent = int(request["max_concurrent"])
             max_per_owner = int(request["max_per_owner"])
+            cost_limits = request.get("cost_limits")
+            if cost_limits is not None and not isinstance(cost_limits, dict):
+                raise TypeError("cost_limits")
         except (KeyError, TypeError, ValueError):
             conn.close()
             return
@@ -349,7 +352,9 @@ class ProbeServer:
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: never returns
-            _child_main(read_end, write_end, path, fmt, memory_limit_bytes, timeout_seconds)
+            _child_main(
+                read_end, write_end, path, fmt, memory_limit_bytes, timeout_seconds, cost_limits
+            )
         os.close(write_end)  # so the child's exit reads as EOF here
         os.set_blocking(read_end, False)
         child = _Child(
@@ -457,6 +462,7 @@ def _child_main(
     fmt: str,
     memory_limit_bytes: int,
     timeout_seconds: float,
+    cost_limits: dict[str, Any] | None = None,
 ) -> None:
     """Run in the forked child: drop the server's descriptors, limit, load, probe, answer."""
     code = 70
@@ -471,9 +477,15 @@ def _child_main(
         from multiprocessing.connection import Connection
 
         from modelyard.serving import sandbox
+        from modelyard.serving.onnx_cost import CostLimits
 
         sandbox.run_probe(
-            path, fmt, memory_limit_bytes, timeout_seconds, Connection(write_end, readable=False)
+            path,
+            fmt,
+            memory_limit_bytes,
+            timeout_seconds,
+            Connection(write_end, readable=False),
+            None if cost_limits is None else CostLimits.from_json(cost_limits),
         )
         code = 0
     finally:
@@ -506,6 +518,31 @@ class WithoutPyarrow(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
 
+class WithoutArrayBackends(importlib.abc.MetaPathFinder):
+    """Keeps scikit-learn's array-API shims for torch, CuPy, JAX and Dask from being imported.
+
+    skops lists its trusted types with scikit-learn's `all_estimators()`, which walks and imports
+    every scikit-learn package, `sklearn.externals.array_api_compat.torch` included: that one
+    imports torch whenever torch is installed (~1 GiB of address space, seconds). Served models
+    never use these shims; the walk skips a module that fails to import.
+    """
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> None:
+        if name.startswith(ARRAY_BACKEND_SHIMS):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+ARRAY_BACKEND_SHIMS: Final = tuple(
+    f"sklearn.externals.array_api_compat.{backend}" for backend in ("torch", "cupy", "jax", "dask")
+)
+
+
+def keep_array_backends_out() -> None:
+    """Register `WithoutArrayBackends` in this process (once); before skops is imported."""
+    if not any(isinstance(finder, WithoutArrayBackends) for finder in sys.meta_path):
+        sys.meta_path.insert(0, WithoutArrayBackends())
+
+
 def main(argv: list[str]) -> int:
     """Run the host's probe process listening at argv[0]."""
     path = Path(argv[0])
@@ -526,6 +563,7 @@ def main(argv: list[str]) -> int:
     import importlib
 
     sys.meta_path.insert(0, WithoutPyarrow())
+    keep_array_backends_out()
     for name in PRELOAD:
         importlib.import_module(name)
     # Everything imported lives as long as the process (and each child): no collection walks it.

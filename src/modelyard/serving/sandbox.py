@@ -19,17 +19,33 @@ import numpy as np
 
 from modelyard.serving.formats import FRAMEWORK_OF, ModelFormat, ModelRejected
 from modelyard.serving.loader import check_onnx, load_model
+from modelyard.serving.onnx_cost import CostLimits, estimate_onnx_cost
 
 CLASSIFICATION, REGRESSION, CLUSTERING = "classification", "regression", "clustering"
 # LightGBM objectives by task (LightGBM docs, "objective"); ranking ones report no task.
 LIGHTGBM_CLASSIFICATION = frozenset({"binary", "multiclass", "multiclassova", "softmax", "ova"})
 LIGHTGBM_RANKING = frozenset({"lambdarank", "rank_xendcg"})
-ONNX_DTYPES = {
+ONNX_DTYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
     "tensor(double)": np.float64,
     "tensor(int64)": np.int64,
     "tensor(int32)": np.int32,
 }
+# Every dtype an input tensor of a network may have (images, token ids, masks...).
+TENSOR_DTYPES: dict[str, type[np.generic]] = {
+    **ONNX_DTYPES,
+    "tensor(float16)": np.float16,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint64)": np.uint64,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+# Size of a dynamic dimension other than the rows in the probe's one prediction: enough for a
+# few strided convolutions, small enough to keep the probe quick.
+PROBE_DYNAMIC_DIM = 64
 
 
 def limit_resources(memory_limit_bytes: int, timeout_seconds: float) -> None:
@@ -46,12 +62,20 @@ def limit_resources(memory_limit_bytes: int, timeout_seconds: float) -> None:
 
 
 def run_probe(
-    path: str, fmt: str, memory_limit_bytes: int, timeout_seconds: float, conn: Connection
+    path: str,
+    fmt: str,
+    memory_limit_bytes: int,
+    timeout_seconds: float,
+    conn: Connection,
+    cost_limits: CostLimits | None = None,
 ) -> None:
     """Child entry point: limit, load, check, predict once, send the outcome as JSON."""
     limit_resources(memory_limit_bytes, timeout_seconds)
     try:
-        report = {"status": "ok", "report": probe_file(Path(path), ModelFormat(fmt))}
+        report = {
+            "status": "ok",
+            "report": probe_file(Path(path), ModelFormat(fmt), cost_limits or CostLimits()),
+        }
     except ModelRejected as exc:
         report = {"status": "rejected", "reason": exc.detail}
     except MemoryError:
@@ -64,8 +88,14 @@ def run_probe(
     conn.close()
 
 
-def probe_file(path: Path, fmt: ModelFormat) -> dict[str, Any]:
-    """Load a model file, predict on one row, and describe it as JSON-safe data."""
+def probe_file(
+    path: Path, fmt: ModelFormat, cost_limits: CostLimits | None = None
+) -> dict[str, Any]:
+    """Load a model file, predict on one row, and describe it as JSON-safe data.
+
+    An ONNX model's description includes its cost estimate within `cost_limits` (refused
+    over them).
+    """
     from joblib import parallel_config
 
     model = load_model(path, fmt)
@@ -73,7 +103,9 @@ def probe_file(path: Path, fmt: ModelFormat) -> dict[str, Any]:
     with parallel_config(backend="sequential"):
         match fmt:
             case ModelFormat.ONNX:
-                described = describe_onnx(model, check_onnx(path.read_bytes()))
+                proto = check_onnx(path.read_bytes())
+                cost = estimate_onnx_cost(proto, cost_limits or CostLimits())
+                described = {**describe_onnx(model, proto), "cost": cost.as_json()}
             case ModelFormat.XGBOOST_JSON | ModelFormat.XGBOOST_UBJ:
                 described = describe_xgboost(model)
             case ModelFormat.LIGHTGBM_TEXT:
@@ -177,24 +209,51 @@ def _onnx_classes(model: Any) -> list[int | float | str] | None:
 
 
 def describe_onnx(session: Any, proto: Any) -> dict[str, Any]:
-    """Probe an ONNX Runtime session: single 2-D input with a fixed width."""
+    """Probe an ONNX Runtime session: one prediction on zeros, and what its tensors are.
+
+    A single numeric [batch, n_features] input with a fixed width is a tabular model (its
+    classes and task read from the graph); any other set of named tensors is a network, run
+    on one row with dynamic dimensions at `PROBE_DYNAMIC_DIM`.
+    """
     inputs = session.get_inputs()
-    if len(inputs) != 1:
-        raise ModelRejected("model refused: ONNX models must have exactly one input tensor")
-    shape = inputs[0].shape
-    dtype = ONNX_DTYPES.get(inputs[0].type)
-    if len(shape) != 2 or not isinstance(shape[1], int) or shape[1] < 1 or dtype is None:
-        raise ModelRejected(
-            "model refused: the ONNX input must be a numeric [batch, n_features] tensor "
-            "with a fixed n_features"
+    if not inputs:
+        raise ModelRejected("model refused: the ONNX model has no input tensor")
+    described_inputs: list[dict[str, Any]] = []
+    feeds: dict[str, Any] = {}
+    for meta in inputs:
+        dtype = TENSOR_DTYPES.get(meta.type)
+        if dtype is None or meta.shape is None:
+            raise ModelRejected(
+                f"model refused: ONNX input '{_clip(meta.name)}' must be a numeric or boolean "
+                f"tensor of known rank, not {_clip(str(meta.type))}"
+            )
+        dims = [d if isinstance(d, int) and d > 0 else -1 for d in meta.shape]
+        # A dynamic first dimension is the rows (one), the others PROBE_DYNAMIC_DIM.
+        shape = [
+            d if d > 0 else (1 if axis == 0 else PROBE_DYNAMIC_DIM) for axis, d in enumerate(dims)
+        ]
+        feeds[meta.name] = np.zeros(shape, dtype=dtype)
+        described_inputs.append(
+            {"name": str(meta.name), "type": np.dtype(dtype).name, "shape": dims}
         )
-    n_features = int(shape[1])
+    first = inputs[0]
+    is_tabular = (
+        len(inputs) == 1
+        and first.type in ONNX_DTYPES
+        and len(first.shape) == 2
+        and isinstance(first.shape[1], int)
+        and first.shape[1] >= 1
+    )
+    what = (
+        f"a row of {first.shape[1]} zeros"
+        if is_tabular
+        else "zeros of shapes " + ", ".join(str(list(v.shape)) for v in feeds.values())
+    )
     try:
-        results = session.run(None, {inputs[0].name: np.zeros((1, n_features), dtype=dtype)})
+        results = session.run(None, feeds)
     except Exception as exc:
         raise ModelRejected(
-            f"model refused: prediction on a row of {n_features} zeros failed "
-            f"({type(exc).__name__})"
+            f"model refused: prediction on {_clip(what)} failed ({type(exc).__name__})"
         ) from exc
     outputs: list[dict[str, Any]] = []
     for meta, value in zip(session.get_outputs(), results, strict=True):
@@ -203,6 +262,18 @@ def describe_onnx(session: Any, proto: Any) -> dict[str, Any]:
         dims = [d if isinstance(d, int) else -1 for d in (meta.shape or [])]
         outputs.append({"name": meta.name, "type": value_type, "shape": dims})
         del value
+    if not is_tabular:
+        # A network: what its outputs mean (logits, embeddings, boxes) is the uploader's to say.
+        return {
+            "task_type": None,
+            "n_features": None,
+            "feature_names": None,
+            "classes": None,
+            "model_class": "onnx",
+            "has_proba": False,
+            "outputs": outputs,
+            "inputs": described_inputs,
+        }
     label = [o for o in outputs if o["type"] in {"int", "str"}]
     scores = [o for o in outputs if o["type"] == "float"]
     is_classifier = bool(label) and bool(scores)
@@ -212,13 +283,18 @@ def describe_onnx(session: Any, proto: Any) -> dict[str, Any]:
         else REGRESSION
         if len(outputs) == 1 and scores
         else None,
-        "n_features": n_features,
+        "n_features": int(first.shape[1]),
         "feature_names": None,
         "classes": _onnx_classes(proto) if is_classifier else None,
         "model_class": "onnx",
         "has_proba": is_classifier,
         "outputs": outputs,
+        "inputs": described_inputs,
     }
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def describe_xgboost(booster: Any) -> dict[str, Any]:

@@ -25,7 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from modelyard.registry import service as registry_service
 from modelyard.serving.formats import Framework
 from modelyard.serving.probe import Prober
-from modelyard.serving.probehost import ProbeHostUnavailable, WithoutPyarrow
+from modelyard.serving.probehost import (
+    ProbeHostUnavailable,
+    WithoutPyarrow,
+    keep_array_backends_out,
+)
 from modelyard.serving.runtimes.onnx import ensure_onnx_memory_cap
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,8 @@ def warm_up(frameworks: Iterable[Framework]) -> None:
     wanted = sorted(set(frameworks))
     hidden = WithoutPyarrow()
     sys.meta_path.insert(0, hidden)
+    # skops.io would import torch where it is installed (probehost.WithoutArrayBackends).
+    keep_array_backends_out()
     try:
         for framework in wanted:
             for name in FRAMEWORK_MODULES[framework]:

@@ -74,6 +74,9 @@ class Runtime(ABC):
     nbytes: int
     input_dtype: np.dtype[Any]
     input_name: str
+    # Most rows one predict call may carry (None: no bound but the request limits). ONNX
+    # graphs get one from their cost estimate; the batcher never merges past it.
+    max_rows: int | None = None
 
     @abstractmethod
     def predict(self, x: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:

@@ -21,8 +21,9 @@ import numpy.typing as npt
 
 from modelyard.serving.formats import Framework, ModelFormat, ModelRejected
 from modelyard.serving.loader import check_onnx
+from modelyard.serving.onnx_cost import CostLimits, OnnxCost, estimate_onnx_cost
 from modelyard.serving.runtimes.base import InferenceLimitExceeded, Runtime, as_output
-from modelyard.serving.sandbox import CLASSIFICATION, ONNX_DTYPES, describe_onnx
+from modelyard.serving.sandbox import CLASSIFICATION, TENSOR_DTYPES, describe_onnx
 
 DEFAULT_RUN_TIMEOUT_SECONDS: Final = 10.0
 DEFAULT_MEMORY_BYTES: Final = 1024**3
@@ -44,6 +45,16 @@ def _is_tensor(kind: str) -> bool:
 _configured_cap_bytes: int | None = None
 _registered_cap_bytes: int | None = None
 _cap_lock = threading.Lock()
+
+
+# The request limits and budgets ONNX graphs are estimated against when loaded in this process.
+_cost_limits = CostLimits()
+
+
+def configure_onnx_cost(limits: CostLimits) -> None:
+    """Estimate ONNX graphs loaded from now on against `limits` (settings' budgets)."""
+    global _cost_limits
+    _cost_limits = limits
 
 
 def configure_onnx_memory(max_bytes: int) -> None:
@@ -160,10 +171,16 @@ class OnnxRuntime(Runtime):
         *,
         nbytes: int,
         run_timeout_seconds: float = DEFAULT_RUN_TIMEOUT_SECONDS,
+        cost_limits: CostLimits | None = None,
     ) -> None:
         # The probe's description (one run on zeros included), from the parsed graph: the
         # session does not expose the classifier's label attributes.
-        described = describe_onnx(session, check_onnx(data))
+        proto = check_onnx(data)
+        # Checked again on every load: the budgets may have changed since the upload.
+        self.cost: OnnxCost = estimate_onnx_cost(proto, cost_limits or _cost_limits)
+        self.max_rows = self.cost.max_rows
+        described = describe_onnx(session, proto)
+        del proto
         graph_input = session.get_inputs()[0]
         outputs = session.get_outputs()
         self._session = session
@@ -174,7 +191,7 @@ class OnnxRuntime(Runtime):
         self.classes = described["classes"]
         self.has_proba = bool(described["has_proba"])
         self.nbytes = nbytes
-        self.input_dtype = np.dtype(ONNX_DTYPES[graph_input.type])
+        self.input_dtype = np.dtype(TENSOR_DTYPES[graph_input.type])
         self.input_name = str(graph_input.name)
         if self.task_type == CLASSIFICATION:
             # skl2onnx and onnxmltools name them "label" and "probabilities"; go by type.
@@ -195,6 +212,13 @@ class OnnxRuntime(Runtime):
         """
         import onnxruntime as ort
 
+        if self.max_rows is not None and len(x) > self.max_rows:
+            # Before any work: past it, the call costs more than the budgets the graph was
+            # admitted under (its cost estimate, modelyard.serving.onnx_cost).
+            raise InferenceLimitExceeded(
+                f"this model answers at most {self.max_rows} rows per call within this "
+                f"server's cost budgets; got {len(x)}, send fewer rows"
+            )
         options = ort.RunOptions()
         # A terminated or refused run is reported by the exception below, not ONNX Runtime's log.
         options.log_severity_level = 4
