@@ -6,6 +6,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The test-only extras (CPU torch for the network tests): `make test` adds them, `make run` not.
+TEST_STAMP := $(VENV)/.installed-test
 HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
@@ -20,18 +22,24 @@ install: $(STAMP)
 $(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ./client -e '.[dev,dl-test]'
+	$(BIN)/python -m pip install --quiet -e ./client -e '.[dev]'
 	test -x $(BIN)/modelyard || $(BIN)/python -m pip install --quiet --no-deps --force-reinstall -e ./client
 	touch $(STAMP)
+
+# torch==2.13.0+cpu comes from the machine's local wheel folder (pip's find-links): pinned
+# exactly, so that no CUDA build is ever pulled.
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,dl-test]'
+	touch $(TEST_STAMP)
 
 run: install
 	$(BIN)/modelyard migrate
 	$(BIN)/modelyard serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-test: install
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: install
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests client
 	$(BIN)/ruff format --check src tests client
 	$(BIN)/mypy
