@@ -246,7 +246,7 @@ class Settings(BaseSettings):
     """Most logged input rows (the window's newest) one drift request compares with the
     reference: what bounds its cost, however long the log."""
 
-    # bounded tabular readers (#23)
+    # bounded tabular readers and storage quota (#23)
     tabular_max_columns: int = Field(default=10_000, ge=1)
     """Most columns a drift reference file or a batch job's input may have (a CSV header's
     fields, a Parquet schema's columns); a wider file is refused before any row is read."""
@@ -262,6 +262,11 @@ class Settings(BaseSettings):
     batch_job_max_rows: int = Field(default=10_000_000, ge=1)
     """Most data rows a batch job's input may have (Parquet: from its metadata, before any row
     is scored); past it the job fails."""
+
+    storage_quota_bytes: int = Field(default=10 * 1024**3, ge=0)
+    """Bytes each account may keep in its file area, batch job outputs included (model
+    artifacts are not counted); an upload or job output past it is refused with 403
+    `storage-quota-exceeded`. 0: no quota."""
 
     predict_rate_limit_per_minute: int = Field(default=0, ge=0)
     """Prediction requests per caller (API key, else user) and minute, native and V2 together,

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from modelyard.db.tables import BatchJob, Prediction
+from modelyard.db.tables import BatchJob, Prediction, StoredFile
 from modelyard.jobs import service as jobs_service
 from modelyard.state import AppState
 from tests.conftest import S3_TEST_CREDENTIALS, make_settings
@@ -429,3 +429,55 @@ async def test_a_parquet_input_past_the_row_limit_fails_before_a_row_is_scored(
     assert job["status"] == "failed"
     assert job["error"] == "the input file has 31 data rows, more than the 30 this server reads"
     assert job["rows_done"] == 0
+
+
+async def counted_bytes(engine: AsyncEngine, account: Account) -> int:
+    async with AsyncSession(engine) as db:
+        total = await db.scalar(
+            select(func.coalesce(func.sum(StoredFile.size_bytes), 0)).where(
+                StoredFile.owner_id == uuid.UUID(account.id)
+            )
+        )
+    return int(total or 0)
+
+
+async def test_a_job_output_past_the_storage_quota_fails_the_job_and_writes_nothing(
+    tmp_path: Path, database_url: str, engine: AsyncEngine, iris_skops: Path
+) -> None:
+    data = csv_bytes(iris_rows(50))
+    quota = len(data) + 500  # the output takes some 2 KB
+    settings = make_settings(tmp_path, database_url, **JOB_SETTINGS, storage_quota_bytes=quota)
+    async with serve(settings) as client:
+        account = await make_account(client)
+        await make_version(client, account, iris_skops)
+        await put_file(client, account, "in.csv", data)
+
+        created = await create_job(client, account)
+        job = await wait_for_job(client, account, created.json()["id"], finished, "finishes")
+        output = await client.get("/api/v1/files/download/out/scored.csv", headers=account.headers)
+
+    assert job["status"] == "failed"
+    assert job["error"].startswith(
+        f"the storage quota is exceeded: {len(data)} of {quota} bytes are used; the job's "
+        "output needs "
+    )
+    assert output.status_code == 404
+    assert await counted_bytes(engine, account) == len(data)
+
+
+async def test_a_job_output_counts_against_the_storage_quota(
+    tmp_path: Path, database_url: str, engine: AsyncEngine, iris_skops: Path
+) -> None:
+    data = csv_bytes(iris_rows(20))
+    settings = make_settings(tmp_path, database_url, **JOB_SETTINGS, storage_quota_bytes=10_000)
+    async with serve(settings) as client:
+        account = await make_account(client)
+        await make_version(client, account, iris_skops)
+        await put_file(client, account, "in.csv", data)
+
+        created = await create_job(client, account)
+        job = await wait_for_job(client, account, created.json()["id"], finished, "finishes")
+        output = await client.get("/api/v1/files/download/out/scored.csv", headers=account.headers)
+
+    assert job["status"] == "succeeded", job
+    assert await counted_bytes(engine, account) == len(data) + len(output.content)

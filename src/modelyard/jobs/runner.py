@@ -41,8 +41,9 @@ from modelyard.db.tables import BatchJob, ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow, uuid7
 from modelyard.errors import ModelyardError, ServiceUnavailable, is_dependency_down
 from modelyard.events import Events
+from modelyard.files import service as files_service
 from modelyard.files import tabular
-from modelyard.files.service import file_key
+from modelyard.files.service import StorageQuotaExceeded, file_key
 from modelyard.jobs import service
 from modelyard.jobs.schemas import JobFormat, JobStatus
 from modelyard.predictions.inputs import InvalidInput, feature_count, to_batch
@@ -109,6 +110,10 @@ class _Run:
     parts_done: int
     rows_total: int | None
     format: str
+    # Bytes the output may take in its owner's storage quota (None: no quota), and those of the
+    # parts stored so far.
+    room: int | None = None
+    output_bytes: int = 0
 
 
 class Chunks(Protocol):
@@ -148,6 +153,7 @@ class JobRunner:
         self.limits = tabular.TabularLimits.of(settings, max_rows=settings.batch_job_max_rows)
         self.lease = timedelta(seconds=settings.batch_job_lease_seconds)
         self.tmp_dir = settings.data_dir / "tmp" / "batch-jobs"
+        self.quota_bytes = settings.storage_quota_bytes
 
     async def run(self, job_id: uuid.UUID, *, heartbeat: Heartbeat | None = None) -> bool:
         """Run the job if it can be claimed (queued, or its worker's lease lapsed); return
@@ -230,6 +236,7 @@ class JobRunner:
         self, run: _Run, target: Target, lost: asyncio.Event, heartbeat: Heartbeat | None
     ) -> _End:
         runtime = await self.predictor.runtime(target)
+        await self._measure_room(run)
         async with self._input(run, runtime, target) as chunks:
             return await self._score(run, chunks, runtime, lost, heartbeat)
 
@@ -309,11 +316,12 @@ class JobRunner:
             elapsed_ms = (time.perf_counter() - started) * 1000
             _check_finite(predictions, probabilities)
             if run.parts_done == 0:
-                await self._put_text(
-                    header_key(run.job_id), _header(runtime, predictions, probabilities)
-                )
+                header = _header(runtime, predictions, probabilities)
+                self._count_output(run, len(header.encode()))
+                await self._put_text(header_key(run.job_id), header)
             # Formatting a chunk's lines is CPU work too: off the event loop.
             text = await asyncio.to_thread(_rows_text, run.rows_done, predictions, probabilities)
+            self._count_output(run, len(text.encode()))
             await self._put_text(part_key(run.job_id, run.parts_done), text)
             async with self.sessions() as db:
                 asked = await service.record_progress(
@@ -363,6 +371,64 @@ class JobRunner:
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
 
+    async def _measure_room(self, run: _Run) -> None:
+        """Learn how much of the owner's storage quota the output may take (a full quota fails
+        the job before it scores a row), and how much the parts stored before took."""
+        try:
+            async with self.sessions() as db:
+                run.room = await files_service.room(
+                    db, self.store, run.owner_id, limit=self.quota_bytes, what="the job's output"
+                )
+        except StorageQuotaExceeded as exc:
+            raise JobFailure(exc.detail) from exc
+        if run.room is not None and run.parts_done:
+            run.output_bytes = sum(
+                [info.size async for info in self.store.list(parts_folder(run.job_id))]
+            )
+
+    def _count_output(self, run: _Run, size: int) -> None:
+        """Count a part's bytes towards the output; fail the job as soon as the output cannot
+        fit in the quota (checked again, exactly, when the output is stored)."""
+        run.output_bytes += size
+        if run.room is not None and run.output_bytes > run.room:
+            raise JobFailure(
+                StorageQuotaExceeded(
+                    used=self.quota_bytes - run.room,
+                    limit=self.quota_bytes,
+                    needed=run.output_bytes,
+                    what="the job's output",
+                ).detail
+            )
+
+    async def _store_output(self, run: _Run, path: Path) -> None:
+        """Store the assembled output at its path, within the owner's storage quota.
+
+        Raises:
+            JobFailure: it does not fit; nothing is stored.
+        """
+        size = (await asyncio.to_thread(path.stat)).st_size
+        try:
+            async with self.sessions() as db:
+                reservation = await files_service.reserve(
+                    db,
+                    self.store,
+                    run.owner_id,
+                    size=size,
+                    limit=self.quota_bytes,
+                    what="the job's output",
+                )
+        except StorageQuotaExceeded as exc:
+            raise JobFailure(exc.detail) from exc
+        async with self.sessions() as db:
+            try:
+                await self.store.put_file(run.output_key, path)
+            except BaseException:
+                await files_service.release_quietly(db, reservation)
+                raise
+            await files_service.settle(
+                db, reservation, owner_id=run.owner_id, path=run.output_path, size=size
+            )
+
     async def _assemble(self, run: _Run) -> None:
         """Write the header and the counted parts, in order, to the output file."""
         path = await asyncio.to_thread(_write_temp, self.tmp_dir, "")
@@ -377,7 +443,7 @@ class JobRunner:
                             await asyncio.to_thread(out.write, piece)
             finally:
                 await asyncio.to_thread(out.close)
-            await self.store.put_file(run.output_key, path)
+            await self._store_output(run, path)
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
 
