@@ -261,6 +261,28 @@ class Settings(BaseSettings):
     """Most logged input rows (the window's newest) one drift request compares with the
     reference: what bounds its cost, however long the log."""
 
+    # bounded tabular readers and storage quota (#23)
+    tabular_max_columns: int = Field(default=10_000, ge=1)
+    """Most columns a drift reference file or a batch job's input may have (a CSV header's
+    fields, a Parquet schema's columns); a wider file is refused before any row is read."""
+
+    tabular_max_line_chars: int = Field(default=1024 * 1024, ge=1024)
+    """Longest line (a row, with any line breaks inside quoted values) of a CSV drift reference
+    or batch job input, in characters; a longer one is refused as it is read."""
+
+    drift_reference_max_rows: int = Field(default=1_000_000, ge=1)
+    """Most data rows a drift reference file may have (a Parquet file's are counted from its
+    metadata, before any row is read); past it the reference is refused with 422."""
+
+    batch_job_max_rows: int = Field(default=10_000_000, ge=1)
+    """Most data rows a batch job's input may have (Parquet: from its metadata, before any row
+    is scored); past it the job fails."""
+
+    storage_quota_bytes: int = Field(default=10 * 1024**3, ge=0)
+    """Bytes each account may keep in its file area, batch job outputs included (model
+    artifacts are not counted); an upload or job output past it is refused with 403
+    `storage-quota-exceeded`. 0: no quota."""
+
     predict_rate_limit_per_minute: int = Field(default=0, ge=0)
     """Prediction requests per caller (API key, else user) and minute, native and V2 together,
     counted by every replica through Redis (0: no limit). Unset: 30,000 when `redis_url` is set
@@ -272,8 +294,10 @@ class Settings(BaseSettings):
 
     # batch prediction jobs (#18)
     batch_job_chunk_rows: int = Field(default=10_000, ge=1, le=1_000_000)
-    """Input rows a batch job reads, scores and stores at a time: its memory is bounded by one
-    chunk, and a resumed job starts again after the last chunk it stored."""
+    """Input rows a batch job reads, scores and stores at a time, fewer for wide models: a chunk
+    holds at most `max_predict_elements` values (rows times features), like one prediction
+    request. Its memory is bounded by one chunk, and a resumed job starts again after the last
+    chunk it stored."""
 
     batch_job_lease_seconds: float = Field(default=30.0, gt=0)
     """How long a running batch job stays its worker's without a sign of life; the worker renews

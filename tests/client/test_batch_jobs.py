@@ -155,7 +155,7 @@ def test_a_value_that_is_not_a_number_fails_the_job_and_writes_nothing(
     done = client.wait_for_batch_job(created.id, timeout=WAIT_SECONDS, poll=POLL_SECONDS)
 
     assert done.status == "failed"
-    assert done.error == "row 2: 'abc' is not a number"
+    assert done.error == "row 2 (line 3), column 3: not a number"  # never the value
     with pytest.raises(NotFound):
         client.download_file("out.csv", tmp_path / "out.csv")
 
@@ -320,12 +320,17 @@ def test_jobs_create_wait_exits_1_when_the_job_fails(
                   "--poll", "0.05", "--json")  # fmt: skip
 
     assert human.exit_code == 1
-    assert re.search(r"^error: job \S+ failed: row 4: 'n/a' is not a number$", human.stderr, re.M)
+    assert re.search(
+        r"^error: job \S+ failed: row 4 \(line 5\), column 1: not a number$", human.stderr, re.M
+    )
     assert "rows" not in human.stderr.replace("row 4", "")  # --no-progress: no bar
     assert "Traceback" not in human.output
     assert as_json.exit_code == 1
     failed = json.loads(as_json.stdout)
-    assert (failed["status"], failed["error"]) == ("failed", "row 4: 'n/a' is not a number")
+    assert (failed["status"], failed["error"]) == (
+        "failed",
+        "row 4 (line 5), column 1: not a number",
+    )
 
 
 def test_jobs_create_wait_exits_1_when_the_wait_times_out(
@@ -359,7 +364,11 @@ def test_jobs_wait_goes_back_to_a_job_and_reports_how_it_ended(
 
     assert (waited["id"], waited["status"], waited["rows_done"]) == (good.id, "succeeded", 12)
     assert failed.exit_code == 1
-    assert re.search(rf"^error: job {failing.id} failed: row 2: ", failed.stderr, re.M)
+    assert re.search(
+        rf"^error: job {failing.id} failed: row 2 \(line 3\), column \d+: not a number$",
+        failed.stderr,
+        re.M,
+    )
     assert unknown.exit_code == 1
     assert unknown.stderr.startswith("error: 404 Not Found")
 

@@ -408,7 +408,7 @@ async def test_the_window_defaults_to_the_last_day_and_can_be_chosen(
         (to_csv(normal_rows(seed=14, n=60)[:, :3], names=NAMES[:3]), "no column 'petal_width'"),
         (
             to_csv(normal_rows(seed=15, n=60)).replace(b"\n-", b"\nabc", 1),
-            "'sepal_length' holds a value that is not a number, 'abc",
+            "column 'sepal_length': not a number",
         ),
         (b"", "empty"),
         (",".join(NAMES).encode() + b"\n", "no data rows"),
@@ -439,6 +439,22 @@ async def test_a_bad_reference_file_is_refused_and_changes_nothing(
     assert fragment in problem["detail"]
     assert problem["type"].endswith("invalid-reference-file")
     assert_problem(await client.get(REFERENCE, headers=user.headers), 404)
+
+
+async def test_a_reference_past_the_row_limit_is_refused(
+    tmp_path: Path, database_url: str, engine: AsyncEngine, iris_skops: Path
+) -> None:
+    settings = make_settings(tmp_path, database_url, drift_reference_max_rows=60)
+    async with app_and_client(settings) as (_, client):
+        user = await make_account(client)
+        await make_version(client, user, iris_skops, input_schema=SCHEMA)
+        await upload_file(client, user, "ref.csv", to_csv(normal_rows(seed=40, n=61)))
+
+        problem = assert_problem(await put_reference(client, user, "ref.csv"), 422)
+
+    assert problem["detail"] == (
+        "the reference file has more than 60 data rows, the most this server reads"
+    )
 
 
 async def test_reference_paths_and_bodies_are_checked(

@@ -11,15 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from modelyard.db.tables import Prediction
+from modelyard.db.tables import BatchJob, Prediction, StoredFile
 from modelyard.jobs import service as jobs_service
 from modelyard.state import AppState
 from tests.conftest import S3_TEST_CREDENTIALS, make_settings
 from tests.factories import Account, make_account, make_api_key, make_version, serve
-from tests.jobs.conftest import CHUNK_ROWS
+from tests.jobs.conftest import CHUNK_ROWS, JOB_SETTINGS
 from tests.jobs.helpers import (
     IRIS_HEADER,
     WAIT_SECONDS,
@@ -148,7 +148,9 @@ async def test_a_row_that_is_not_numbers_fails_the_job_saying_where(
     output = await client.get("/api/v1/files/download/out/scored.csv", headers=user.headers)
 
     assert job["status"] == "failed"
-    assert job["error"] == "row 13: 'abc' is not a number"
+    # The row, its line and the column: never the value (who reads the error may not be allowed
+    # to read the file).
+    assert job["error"] == "row 13 (line 14), column 3: not a number"
     assert output.status_code == 404
 
 
@@ -162,7 +164,8 @@ async def test_a_header_that_does_not_fit_the_model_fails_the_job(
 
     assert job["status"] == "failed"
     assert job["error"] == (
-        "the model takes 4 features; the input has 3 columns and lacks the columns f0, f1, f2, f3"
+        "the model takes 4 features; the input file has 3 columns and lacks the columns f0, f1, f2, "
+        "f3"
     )
 
 
@@ -301,7 +304,7 @@ async def test_a_file_that_is_not_parquet_fails_the_job(
     job = await wait_for_job(client, user, created.json()["id"], finished, "the job finishes")
 
     assert job["status"] == "failed"
-    assert job["error"] == "the input file is not a Parquet file"
+    assert job["error"] == "the input file is not a readable Parquet file"
 
 
 async def test_a_version_or_alias_picks_what_is_scored(
@@ -382,3 +385,99 @@ async def test_a_job_runs_on_s3_storage_parts_and_output_alike(
 
         assert job["status"] == "succeeded", job
         assert read_csv(output.content)[1:] == await expected_output(client, account, rows)
+
+
+async def test_a_chunk_holds_at_most_the_predict_element_budget(
+    tmp_path: Path, database_url: str, engine: AsyncEngine, iris_skops: Path
+) -> None:
+    # iris takes 4 features: a budget of 8 values is 2 rows a chunk, fewer than CHUNK_ROWS.
+    settings = make_settings(tmp_path, database_url, **JOB_SETTINGS, max_predict_elements=8)
+    async with serve(settings) as client:
+        account = await make_account(client)
+        await make_version(client, account, iris_skops)
+        await put_file(client, account, "in.csv", csv_bytes(iris_rows(9)))
+
+        created = await create_job(client, account)
+        job = await wait_for_job(client, account, created.json()["id"], finished, "finishes")
+    async with AsyncSession(engine) as db:
+        parts = await db.scalar(
+            select(BatchJob.parts_done).where(BatchJob.id == uuid.UUID(job["id"]))
+        )
+
+    assert job["status"] == "succeeded", job
+    assert (job["rows_done"], parts) == (9, 5)
+
+
+async def test_a_parquet_input_past_the_row_limit_fails_before_a_row_is_scored(
+    tmp_path: Path, database_url: str, engine: AsyncEngine, iris_skops: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    settings = make_settings(tmp_path, database_url, **JOB_SETTINGS, batch_job_max_rows=30)
+    rows = iris_rows(31)
+    sink = io.BytesIO()
+    pq.write_table(pa.table({n: [r[i] for r in rows] for i, n in enumerate(IRIS_HEADER)}), sink)
+    async with serve(settings) as client:
+        account = await make_account(client)
+        await make_version(client, account, iris_skops)
+        await put_file(client, account, "in.parquet", sink.getvalue())
+
+        created = await create_job(client, account, input_path="in.parquet", format="parquet")
+        job = await wait_for_job(client, account, created.json()["id"], finished, "finishes")
+
+    assert job["status"] == "failed"
+    assert job["error"] == "the input file has 31 data rows, more than the 30 this server reads"
+    assert job["rows_done"] == 0
+
+
+async def counted_bytes(engine: AsyncEngine, account: Account) -> int:
+    async with AsyncSession(engine) as db:
+        total = await db.scalar(
+            select(func.coalesce(func.sum(StoredFile.size_bytes), 0)).where(
+                StoredFile.owner_id == uuid.UUID(account.id)
+            )
+        )
+    return int(total or 0)
+
+
+async def test_a_job_output_past_the_storage_quota_fails_the_job_and_writes_nothing(
+    tmp_path: Path, database_url: str, engine: AsyncEngine, iris_skops: Path
+) -> None:
+    data = csv_bytes(iris_rows(50))
+    quota = len(data) + 500  # the output takes some 2 KB
+    settings = make_settings(tmp_path, database_url, **JOB_SETTINGS, storage_quota_bytes=quota)
+    async with serve(settings) as client:
+        account = await make_account(client)
+        await make_version(client, account, iris_skops)
+        await put_file(client, account, "in.csv", data)
+
+        created = await create_job(client, account)
+        job = await wait_for_job(client, account, created.json()["id"], finished, "finishes")
+        output = await client.get("/api/v1/files/download/out/scored.csv", headers=account.headers)
+
+    assert job["status"] == "failed"
+    assert job["error"].startswith(
+        f"the storage quota is exceeded: {len(data)} of {quota} bytes are used; the job's "
+        "output needs "
+    )
+    assert output.status_code == 404
+    assert await counted_bytes(engine, account) == len(data)
+
+
+async def test_a_job_output_counts_against_the_storage_quota(
+    tmp_path: Path, database_url: str, engine: AsyncEngine, iris_skops: Path
+) -> None:
+    data = csv_bytes(iris_rows(20))
+    settings = make_settings(tmp_path, database_url, **JOB_SETTINGS, storage_quota_bytes=10_000)
+    async with serve(settings) as client:
+        account = await make_account(client)
+        await make_version(client, account, iris_skops)
+        await put_file(client, account, "in.csv", data)
+
+        created = await create_job(client, account)
+        job = await wait_for_job(client, account, created.json()["id"], finished, "finishes")
+        output = await client.get("/api/v1/files/download/out/scored.csv", headers=account.headers)
+
+    assert job["status"] == "succeeded", job
+    assert await counted_bytes(engine, account) == len(data) + len(output.content)

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,13 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from modelyard.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from modelyard.errors import (
+    BadRequest,
+    ModelyardError,
+    PayloadTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+)
 
 MAX_FIELD_BYTES = 1024 * 1024
 MAX_FIELDS_BYTES = 4 * 1024 * 1024
@@ -53,6 +59,7 @@ async def receive_upload(
     allowed_fields: frozenset[str],
     max_field_bytes: int = MAX_FIELD_BYTES,
     max_fields_bytes: int = MAX_FIELDS_BYTES,
+    too_large: Callable[[], ModelyardError] | None = None,
 ) -> AsyncIterator[MultipartUpload]:
     """Receive a multipart body: its `file_field` part into `tmp_dir`, other parts as text.
 
@@ -61,7 +68,8 @@ async def receive_upload(
     Raises:
         UnsupportedMediaType: the body is not `multipart/form-data`.
         BadRequest: the body is malformed or ends early.
-        PayloadTooLarge: the file passes `max_bytes`, or a field its own limits.
+        PayloadTooLarge: the file passes `max_bytes` (or what `too_large` returns, such as a
+            storage quota's refusal), or a field its own limits.
         Unprocessable: the file part is missing or repeated, a field is unknown or repeated.
     """
     receiver = _Receiver(
@@ -71,6 +79,7 @@ async def receive_upload(
         allowed_fields=allowed_fields,
         max_field_bytes=max_field_bytes,
         max_fields_bytes=max_fields_bytes,
+        too_large=too_large,
     )
     try:
         yield await receiver.receive(request)
@@ -108,9 +117,11 @@ class _Receiver:
         allowed_fields: frozenset[str],
         max_field_bytes: int,
         max_fields_bytes: int,
+        too_large: Callable[[], ModelyardError] | None,
     ) -> None:
         self.tmp_dir = tmp_dir
         self.max_bytes = max_bytes
+        self.too_large = too_large
         self.file_field = file_field
         self.allowed_fields = allowed_fields
         self.max_field_bytes = max_field_bytes
@@ -186,6 +197,8 @@ class _Receiver:
             if kind == "data" and self.file_handle is not None:
                 self.size += len(data)
                 if self.size > self.max_bytes:
+                    if self.too_large is not None:
+                        raise self.too_large()
                     raise PayloadTooLarge(f"the uploaded file exceeds {self.max_bytes} bytes")
                 self.digest.update(data)
                 pending += data

@@ -406,6 +406,24 @@ class TrafficPolicy(Timestamped, Base):
     shadow: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
+# --- files area usage (#23) -------------------------------------------------------------------
+
+
+class StoredFile(Base):
+    """One file of a person's file area and its size, or (`path` None) the bytes an upload or
+    job output holds while it is being stored: what the storage quota sums (see
+    modelyard.files.quota), so that usage is known without listing the store."""
+
+    __tablename__ = "stored_files"
+    __table_args__ = (UniqueConstraint("owner_id", "path"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    path: Mapped[str | None] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 # --- drift ------------------------------------------------------------------------------------
 
 

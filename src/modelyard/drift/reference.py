@@ -10,14 +10,21 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.artifacts.store import ArtifactStore
+from modelyard.config import Settings
 from modelyard.db.tables import FeatureReference
 from modelyard.drift import stats
 from modelyard.drift.sources import Feature, InvalidReferenceFile, Summaries, summarise_file
 from modelyard.events import Action
 from modelyard.files import service as files_service
+from modelyard.files.tabular import TabularLimits
 
 # A reference needs this many rows: fewer make deciles and the KS test meaningless.
 MIN_REFERENCE_ROWS = stats.MIN_WINDOW_ROWS
+
+
+def limits_of(settings: Settings) -> TabularLimits:
+    """Return what reading a reference file may cost, from the settings."""
+    return TabularLimits.of(settings, max_rows=settings.drift_reference_max_rows)
 
 
 def schema_features(input_schema: dict[str, Any] | None) -> list[Feature]:
@@ -55,21 +62,22 @@ async def read_file(
     path: str,
     features: list[Feature],
     tmp_dir: Path,
+    limits: TabularLimits,
 ) -> FileReference:
     """Read and summarise the file at `path` in `owner_id`'s area as a reference of `features`.
 
     The file is streamed (bounded memory, see `sources.summarise_file`; Parquet through a
-    temporary file in `tmp_dir`).
+    temporary file in `tmp_dir`), within `limits` (see `limits_of`).
 
     Raises:
         InvalidPath: a path that could never be in the caller's area (400).
         FileNotFound: the caller has no file at `path`.
         InvalidReferenceFile: the file is not CSV or Parquet with numeric columns named like the
-            features, or holds fewer than `MIN_REFERENCE_ROWS` rows.
+            features, holds fewer than `MIN_REFERENCE_ROWS` rows, or is past `limits`.
     """
     stream = await files_service.open_file(store, owner_id=owner_id, path=path)
     try:
-        summaries = await summarise_file(stream, features, tmp_dir=tmp_dir)
+        summaries = await summarise_file(stream, features, tmp_dir=tmp_dir, limits=limits)
     finally:
         await stream.aclose()
     if summaries.rows < MIN_REFERENCE_ROWS:

@@ -10,7 +10,7 @@ from pydantic import AwareDatetime
 
 from modelyard.auth.deps import CurrentUser
 from modelyard.db.deps import SessionDep
-from modelyard.drift import service
+from modelyard.drift import reference, service
 from modelyard.drift.schemas import DriftRead, ReferenceFile, ReferenceRead
 from modelyard.registry.deps import OwnedModel, VersionNumber
 from modelyard.routing import make_router
@@ -41,6 +41,7 @@ async def set_reference(
         path=body.path,
         store=state.store,
         tmp_dir=state.settings.data_dir / "tmp",
+        limits=reference.limits_of(state.settings),
         events=state.events,
     )
 

@@ -40,6 +40,7 @@ from modelyard.drift.sources import (
 )
 from modelyard.errors import Conflict, NotFound, Unprocessable
 from modelyard.events import Events
+from modelyard.files.tabular import TabularLimits
 from modelyard.registry import service as registry_service
 from modelyard.registry.schemas import Stage
 
@@ -143,6 +144,7 @@ async def set_reference_from_file(
     path: str,
     store: ArtifactStore,
     tmp_dir: Path,
+    limits: TabularLimits,
     events: Events,
 ) -> ReferenceRead:
     """Compute version `number`'s reference from a CSV or Parquet file of the caller's, replacing
@@ -166,7 +168,7 @@ async def set_reference_from_file(
     # The file may take a while: the connection goes back to the pool meanwhile.
     await db.close()
     read = await reference.read_file(
-        store, owner_id=user.id, path=path, features=features, tmp_dir=tmp_dir
+        store, owner_id=user.id, path=path, features=features, tmp_dir=tmp_dir, limits=limits
     )
     await db.execute(delete(FeatureReference).where(FeatureReference.version_id == version_id))
     row = read.row(version_id=version_id, model_id=model_id, created_by=user.id)

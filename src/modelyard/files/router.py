@@ -56,27 +56,40 @@ _UPLOAD_BODY: dict[str, Any] = {
     response_model=FileStored,
     openapi_extra=_UPLOAD_BODY,
     description="Store a file in the caller's area; a file already at that path is replaced. "
-    + _PATH_RULES,
+    "Past the account's storage quota (`MODELYARD_STORAGE_QUOTA_BYTES`; a file being replaced "
+    "counts until the new one is stored) the upload answers 403 `storage-quota-exceeded` and "
+    "nothing is kept. " + _PATH_RULES,
 )
 async def upload_file(
     request: Request, user: CurrentUser, db: SessionDep, store: StoreDep
 ) -> FileStored:
-    """Upload a file (multipart `file`, optional `path`); 413 past the upload limit."""
+    """Upload a file (multipart `file`, optional `path`); 413 past the upload limit, 403 past
+    the storage quota (as soon as the body passes what is left of it)."""
     owner_id = user.id
+    settings = app_state(request).settings
+    max_bytes, too_large = await service.upload_room(
+        db,
+        store,
+        owner_id=owner_id,
+        max_upload_bytes=settings.max_upload_bytes,
+        quota_bytes=settings.storage_quota_bytes,
+    )
     # Authenticated: give the connection back before a possibly long upload holds it.
     await db.close()
-    settings = app_state(request).settings
     async with receive_upload(
         request,
         tmp_dir=settings.data_dir / "tmp",
-        max_bytes=settings.max_upload_bytes,
+        max_bytes=max_bytes,
+        too_large=too_large,
         allowed_fields=frozenset({"path"}),
     ) as upload:
         return await service.store_file(
+            db,
             store,
             owner_id=owner_id,
             path=upload.fields.get("path"),
             received=upload.file,
+            quota_bytes=settings.storage_quota_bytes,
             events=app_state(request).events,
         )
 
@@ -144,6 +157,8 @@ async def presigned_url(
     status_code=status.HTTP_204_NO_CONTENT,
     description="Delete one of the caller's files. " + _PATH_RULES,
 )
-async def delete_file(path: str, user: CurrentUser, store: StoreDep, state: StateDep) -> None:
+async def delete_file(
+    path: str, user: CurrentUser, db: SessionDep, store: StoreDep, state: StateDep
+) -> None:
     """Delete one of the caller's files."""
-    await service.delete_file(store, owner_id=user.id, path=path, events=state.events)
+    await service.delete_file(db, store, owner_id=user.id, path=path, events=state.events)

@@ -1,13 +1,32 @@
-"""Use cases of the files area: every path is checked, then kept under `files/<user id>/`."""
+"""Use cases of the files area: every path is checked, then kept under `files/<user id>/`; and
+the area's storage quota.
+
+What an area holds is summed from rows of `stored_files`, never by listing the store. Every way
+a file enters an area keeps its row: an upload or a batch job's output *reserves* its size first
+(a row without a path, committed before its bytes reach the store), then *settles* (the row
+takes the path, and the row of any file it replaced goes); a deleted file's row goes with it;
+an erased account's rows go with the account (ON DELETE CASCADE). An owner's reservations are
+taken one at a time, each against every row of the owner (other uploads' reservations
+included), so concurrent uploads never pass the quota together. A file that replaces another is
+counted beside it until it is stored. Files stored before rows were kept are counted from a
+listing of the store once, the first time an area without any row is needed. Model artifacts
+are not counted (uploads of models have their own size limit).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import unicodedata
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import PurePosixPath
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.artifacts.signing import LinkTarget, UrlSigner
@@ -19,11 +38,14 @@ from modelyard.artifacts.store import (
     object_sha256,
 )
 from modelyard.artifacts.uploads import ReceivedFile
-from modelyard.db.tables import User
-from modelyard.errors import BadRequest, Unprocessable
+from modelyard.db.tables import StoredFile, User
+from modelyard.db.types import utcnow
+from modelyard.errors import BadRequest, Forbidden, ModelyardError, PayloadTooLarge, Unprocessable
 from modelyard.events import Action, Events
 from modelyard.files.schemas import FileRead, FileStored
 from modelyard.schemas import DownloadUrl, PageParams
+
+log = logging.getLogger(__name__)
 
 MAX_PATH_BYTES = 1024
 FILES_PREFIX = "files"
@@ -38,6 +60,21 @@ class FileNotFound(ObjectNotFound):
 
     def __init__(self, path: str) -> None:
         super().__init__(f"file {path!r} not found")
+
+
+class StorageQuotaExceeded(Forbidden):
+    """A file that does not fit in its owner's storage quota; the message says how full it is."""
+
+    type = "storage-quota-exceeded"
+
+    def __init__(
+        self, *, used: int, limit: int, needed: int | None = None, what: str = "this upload"
+    ) -> None:
+        left = max(0, limit - used)
+        needs = f"{needed} bytes" if needed is not None else f"more than the {left} left"
+        super().__init__(
+            f"the storage quota is exceeded: {used} of {limit} bytes are used; {what} needs {needs}"
+        )
 
 
 def validate_path(raw: str) -> str:
@@ -120,17 +157,52 @@ def default_path(filename: str | None) -> str:
     return name
 
 
+async def upload_room(
+    db: AsyncSession,
+    store: ArtifactStore,
+    *,
+    owner_id: uuid.UUID,
+    max_upload_bytes: int,
+    quota_bytes: int,
+) -> tuple[int, Callable[[], ModelyardError]]:
+    """Return how many bytes an upload of `owner_id`'s may stream before it is refused, and the
+    error that refuses it: the upload limit (413), or what is left of the quota (403).
+
+    Raises:
+        StorageQuotaExceeded: the area is full already (no byte of the body is read).
+    """
+    left = await room(db, store, owner_id, limit=quota_bytes)
+    if left is None or left >= max_upload_bytes:
+        return max_upload_bytes, lambda: PayloadTooLarge(
+            f"the uploaded file exceeds {max_upload_bytes} bytes"
+        )
+    used = quota_bytes - left
+    return left, lambda: StorageQuotaExceeded(used=used, limit=quota_bytes)
+
+
 async def store_file(
+    db: AsyncSession,
     store: ArtifactStore,
     *,
     owner_id: uuid.UUID,
     path: str | None,
     received: ReceivedFile,
+    quota_bytes: int,
     events: Events,
 ) -> FileStored:
-    """Put an uploaded file at `path` (default: its file name), replacing any file there."""
+    """Put an uploaded file at `path` (default: its file name), replacing any file there.
+
+    Raises:
+        StorageQuotaExceeded: it does not fit in the owner's quota; nothing is stored.
+    """
     path = validate_path(path if path is not None else default_path(received.filename))
-    await store.put_file(file_key(owner_id, path), received.path, sha256=received.sha256)
+    reservation = await reserve(db, store, owner_id, size=received.size, limit=quota_bytes)
+    try:
+        await store.put_file(file_key(owner_id, path), received.path, sha256=received.sha256)
+    except BaseException:
+        await release_quietly(db, reservation)
+        raise
+    await settle(db, reservation, owner_id=owner_id, path=path, size=received.size)
     await events.record(
         _file_action("file.uploaded", owner_id, path, size=received.size, sha256=received.sha256)
     )
@@ -213,9 +285,9 @@ async def presign_file(
 
 
 async def delete_file(
-    store: ArtifactStore, *, owner_id: uuid.UUID, path: str, events: Events
+    db: AsyncSession, store: ArtifactStore, *, owner_id: uuid.UUID, path: str, events: Events
 ) -> None:
-    """Delete one of the caller's files.
+    """Delete one of the caller's files (it stops counting against the quota).
 
     Raises:
         FileNotFound: the caller has no file at `path`.
@@ -224,4 +296,191 @@ async def delete_file(
     if await store.stat(key) is None:
         raise FileNotFound(path)
     await store.delete(key)
+    await forget(db, owner_id, path)
     await events.record(_file_action("file.deleted", owner_id, path))
+
+
+# --- the storage quota ----------------------------------------------------------------------
+
+# A reservation whose upload never settled (its process died) stops counting after this long:
+# longer than any upload's move into the store takes.
+RESERVATION_TTL = timedelta(hours=6)
+# Settling retries when a concurrent upload to the same path settled first.
+SETTLE_ATTEMPTS = 3
+# Rows written at a time when an area is first counted.
+COUNT_BATCH = 1_000
+# The first key of the advisory locks that take one owner's reservations one at a time (the
+# second is the owner's): "quota" on a phone keypad. Two-key locks never collide with one-key
+# ones (audit's chain lock).
+QUOTA_LOCK = 78_682
+
+
+async def used_bytes(db: AsyncSession, store: ArtifactStore, owner_id: uuid.UUID) -> int:
+    """Return the bytes `owner_id`'s area holds, reservations of uploads under way included."""
+    await _count_area_once(db, store, owner_id)
+    return await _sum(db, owner_id)
+
+
+async def room(
+    db: AsyncSession,
+    store: ArtifactStore,
+    owner_id: uuid.UUID,
+    *,
+    limit: int,
+    what: str = "this upload",
+) -> int | None:
+    """Return how many more bytes `owner_id` may store (None: no quota, `limit` 0).
+
+    Raises:
+        StorageQuotaExceeded: nothing more fits.
+    """
+    if not limit:
+        return None
+    used = await used_bytes(db, store, owner_id)
+    if used >= limit:
+        raise StorageQuotaExceeded(used=used, limit=limit, what=what)
+    return limit - used
+
+
+async def reserve(
+    db: AsyncSession,
+    store: ArtifactStore,
+    owner_id: uuid.UUID,
+    *,
+    size: int,
+    limit: int,
+    what: str = "this upload",
+) -> uuid.UUID:
+    """Count `size` bytes against `owner_id`'s quota (`limit`, 0: none) before they are stored;
+    return the reservation, to `settle` once they are or `release` if they are not. Commits.
+
+    Reservations of one owner are taken one at a time (PostgreSQL: an advisory lock of the
+    owner; SQLite: the write lock its first statement takes), each counting every one before it.
+
+    Raises:
+        StorageQuotaExceeded: they do not fit beside what the area holds (nothing is kept).
+    """
+    await _count_area_once(db, store, owner_id)
+    now = utcnow()
+    if db.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(owner_id.bytes[:4], "big", signed=True)
+        await db.execute(
+            text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": QUOTA_LOCK, "key": key}
+        )
+    # A reservation left by an upload that died is nobody's any more.
+    await db.execute(
+        delete(StoredFile).where(
+            StoredFile.owner_id == owner_id,
+            StoredFile.path.is_(None),
+            StoredFile.created_at < now - RESERVATION_TTL,
+        )
+    )
+    reservation = uuid.uuid4()
+    db.add(
+        StoredFile(id=reservation, owner_id=owner_id, path=None, size_bytes=size, created_at=now)
+    )
+    await db.flush()
+    total = await _sum(db, owner_id)
+    if limit and total > limit:
+        await db.rollback()
+        raise StorageQuotaExceeded(used=total - size, limit=limit, needed=size, what=what)
+    await db.commit()
+    return reservation
+
+
+async def settle(
+    db: AsyncSession, reservation: uuid.UUID, *, owner_id: uuid.UUID, path: str, size: int
+) -> None:
+    """Record that the reserved bytes are now the file at `path`, replacing the row of any file
+    that was there. Commits.
+
+    Raises:
+        IntegrityError: concurrent uploads to the same path kept settling first.
+    """
+    for attempt in range(1, SETTLE_ATTEMPTS + 1):
+        await db.execute(
+            delete(StoredFile).where(StoredFile.owner_id == owner_id, StoredFile.path == path)
+        )
+        taken = await db.execute(
+            update(StoredFile).where(StoredFile.id == reservation).values(path=path)
+        )
+        if not getattr(taken, "rowcount", 0):
+            # Past its time to live (a very slow store): the file is counted all the same.
+            db.add(StoredFile(id=reservation, owner_id=owner_id, path=path, size_bytes=size))
+        try:
+            await db.commit()
+            return
+        except IntegrityError:
+            # Another upload to `path` settled meanwhile: its row goes, as the file it wrote did.
+            await db.rollback()
+            if attempt == SETTLE_ATTEMPTS:
+                raise
+
+
+async def release(db: AsyncSession, reservation: uuid.UUID) -> None:
+    """Drop a reservation whose bytes were not stored. Commits."""
+    await db.execute(delete(StoredFile).where(StoredFile.id == reservation))
+    await db.commit()
+
+
+async def forget(db: AsyncSession, owner_id: uuid.UUID, path: str) -> None:
+    """Stop counting the file at `path`, which was deleted. Commits."""
+    await db.execute(
+        delete(StoredFile).where(StoredFile.owner_id == owner_id, StoredFile.path == path)
+    )
+    await db.commit()
+
+
+async def release_quietly(db: AsyncSession, reservation: uuid.UUID) -> None:
+    """Release a reservation while another error is on its way out (that one is reported, and
+    a reservation this fails to drop expires by itself)."""
+    try:
+        await release(db, reservation)
+    except Exception:
+        # Left to expire (RESERVATION_TTL); the caller's own error is what the client sees.
+        with contextlib.suppress(Exception):
+            await db.rollback()
+        log.warning("storage_reservation_not_released", extra={"reservation": str(reservation)})
+
+
+async def _sum(db: AsyncSession, owner_id: uuid.UUID) -> int:
+    total = await db.scalar(
+        select(func.coalesce(func.sum(StoredFile.size_bytes), 0)).where(
+            StoredFile.owner_id == owner_id
+        )
+    )
+    return int(total or 0)
+
+
+async def _count_area_once(db: AsyncSession, store: ArtifactStore, owner_id: uuid.UUID) -> None:
+    """Give every file of an area without any row one, from a listing of the store (files
+    stored before usage was counted). Concurrent counts of one area insert each row once."""
+    if await db.scalar(select(StoredFile.id).where(StoredFile.owner_id == owner_id).limit(1)):
+        await db.commit()  # end the read: the caller's next statement starts afresh
+        return
+    await db.commit()
+    root = area(owner_id)
+    rows: list[dict[str, object]] = []
+    async for info in store.list(root):
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "owner_id": owner_id,
+                "path": info.key[len(root) :],
+                "size_bytes": info.size,
+                "created_at": utcnow(),
+            }
+        )
+        if len(rows) == COUNT_BATCH:
+            await _insert_new(db, rows)
+            rows = []
+    if rows:
+        await _insert_new(db, rows)
+    await db.commit()
+
+
+async def _insert_new(db: AsyncSession, rows: list[dict[str, object]]) -> None:
+    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    await db.execute(
+        insert(StoredFile).values(rows).on_conflict_do_nothing(index_elements=["owner_id", "path"])
+    )

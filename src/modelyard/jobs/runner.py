@@ -41,7 +41,9 @@ from modelyard.db.tables import BatchJob, ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow, uuid7
 from modelyard.errors import ModelyardError, ServiceUnavailable, is_dependency_down
 from modelyard.events import Events
-from modelyard.files.service import file_key
+from modelyard.files import service as files_service
+from modelyard.files import tabular
+from modelyard.files.service import StorageQuotaExceeded, file_key
 from modelyard.jobs import service
 from modelyard.jobs.schemas import JobFormat, JobStatus
 from modelyard.predictions.inputs import InvalidInput, feature_count, to_batch
@@ -108,6 +110,10 @@ class _Run:
     parts_done: int
     rows_total: int | None
     format: str
+    # Bytes the output may take in its owner's storage quota (None: no quota), and those of the
+    # parts stored so far.
+    room: int | None = None
+    output_bytes: int = 0
 
 
 class Chunks(Protocol):
@@ -120,16 +126,8 @@ class Chunks(Protocol):
 
 
 async def _next_chunk(chunks: Chunks) -> np.ndarray | None:
-    """Read the next chunk in a thread. Cancelled, wait for the thread to end before going on:
-    it reads the input through the event loop, and the input is closed once this returns."""
-    reading = asyncio.ensure_future(asyncio.to_thread(chunks.next_chunk))
-    try:
-        return await asyncio.shield(reading)
-    except asyncio.CancelledError:
-        chunks.stop()
-        with contextlib.suppress(Exception):
-            await reading
-        raise
+    """Read the next chunk in a thread (cancelled: once the thread has stopped reading)."""
+    return await tabular.read_in_thread(chunks, chunks.next_chunk)
 
 
 class JobRunner:
@@ -149,8 +147,13 @@ class JobRunner:
         self.predictor = predictor
         self.events = events
         self.chunk_rows = settings.batch_job_chunk_rows
+        # A chunk holds at most as many values as one prediction request may (the predict API's
+        # element budget), however wide the model: rows x features, not rows alone.
+        self.max_chunk_values = settings.max_predict_elements
+        self.limits = tabular.TabularLimits.of(settings, max_rows=settings.batch_job_max_rows)
         self.lease = timedelta(seconds=settings.batch_job_lease_seconds)
         self.tmp_dir = settings.data_dir / "tmp" / "batch-jobs"
+        self.quota_bytes = settings.storage_quota_bytes
 
     async def run(self, job_id: uuid.UUID, *, heartbeat: Heartbeat | None = None) -> bool:
         """Run the job if it can be claimed (queued, or its worker's lease lapsed); return
@@ -233,41 +236,43 @@ class JobRunner:
         self, run: _Run, target: Target, lost: asyncio.Event, heartbeat: Heartbeat | None
     ) -> _End:
         runtime = await self.predictor.runtime(target)
+        await self._measure_room(run)
         async with self._input(run, runtime, target) as chunks:
             return await self._score(run, chunks, runtime, lost, heartbeat)
 
     @contextlib.asynccontextmanager
     async def _input(self, run: _Run, runtime: Runtime, target: Target) -> AsyncIterator[Chunks]:
         """Open the job's input as chunks, counting its rows first if not yet known."""
-        if run.format == JobFormat.PARQUET:
-            # Parquet is read by row groups from a seekable file: a local copy of the input.
-            local = await self._download(run)
-            try:
-                parquet = await asyncio.to_thread(
-                    ParquetChunks,
-                    local,
-                    runtime=runtime,
-                    feature_names=target.feature_names,
-                    chunk_rows=self.chunk_rows,
-                    skip_rows=run.rows_done,
-                )
-                if run.rows_total is None:
-                    await self._set_total(run, parquet.rows_total)
-                yield parquet
-            finally:
-                await asyncio.to_thread(local.unlink, missing_ok=True)
-            return
-        if run.rows_total is None:
+        names = target.feature_names or runtime.feature_names
+        wanted = tabular.Wanted(
+            names=tuple(names) if names else None,
+            count=feature_count(runtime, target.feature_names),
+            by_position=True,
+        )
+        is_parquet = run.format == JobFormat.PARQUET
+        if not is_parquet and run.rows_total is None:
             await self._set_total(run, await self._count_rows(run))
         stream = await self._open_input(run)
         try:
-            yield CsvChunks(
-                _BlockingStream(stream, asyncio.get_running_loop()),
-                runtime=runtime,
-                feature_names=target.feature_names,
-                chunk_rows=self.chunk_rows,
-                skip_rows=run.rows_done,
-            )
+            async with tabular.open_table(
+                stream,
+                format=tabular.Format.PARQUET if is_parquet else tabular.Format.CSV,
+                wanted=wanted,
+                limits=self.limits,
+                what="the input file",
+                tmp_dir=self.tmp_dir,
+            ) as reader:
+                if run.rows_total is None and reader.rows_total is not None:
+                    await self._set_total(run, reader.rows_total)  # Parquet: from its metadata
+                width = len(reader.selection.positions)
+                yield InputChunks(
+                    reader,
+                    runtime=runtime,
+                    chunk_rows=chunk_rows(self.chunk_rows, self.max_chunk_values, width),
+                    skip_rows=run.rows_done,
+                )
+        except tabular.TabularError as exc:
+            raise JobFailure(exc.message) from exc
         finally:
             await stream.aclose()
 
@@ -281,20 +286,6 @@ class JobRunner:
             return await self.store.open(run.input_key, chunk_size=READ_BYTES)
         except ObjectNotFound as exc:
             raise JobFailure(f"the input file {run.input_path!r} no longer exists") from exc
-
-    async def _download(self, run: _Run) -> Path:
-        async with await self._open_input(run) as stream:
-            path = await asyncio.to_thread(_write_temp, self.tmp_dir, "")
-            out = await open_local(path, "ab")
-            try:
-                async for piece in stream:
-                    await asyncio.to_thread(out.write, piece)
-            except BaseException:
-                await asyncio.to_thread(path.unlink, missing_ok=True)
-                raise
-            finally:
-                await asyncio.to_thread(out.close)
-        return path
 
     async def _score(
         self,
@@ -325,11 +316,12 @@ class JobRunner:
             elapsed_ms = (time.perf_counter() - started) * 1000
             _check_finite(predictions, probabilities)
             if run.parts_done == 0:
-                await self._put_text(
-                    header_key(run.job_id), _header(runtime, predictions, probabilities)
-                )
+                header = _header(runtime, predictions, probabilities)
+                self._count_output(run, len(header.encode()))
+                await self._put_text(header_key(run.job_id), header)
             # Formatting a chunk's lines is CPU work too: off the event loop.
             text = await asyncio.to_thread(_rows_text, run.rows_done, predictions, probabilities)
+            self._count_output(run, len(text.encode()))
             await self._put_text(part_key(run.job_id, run.parts_done), text)
             async with self.sessions() as db:
                 asked = await service.record_progress(
@@ -379,6 +371,64 @@ class JobRunner:
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
 
+    async def _measure_room(self, run: _Run) -> None:
+        """Learn how much of the owner's storage quota the output may take (a full quota fails
+        the job before it scores a row), and how much the parts stored before took."""
+        try:
+            async with self.sessions() as db:
+                run.room = await files_service.room(
+                    db, self.store, run.owner_id, limit=self.quota_bytes, what="the job's output"
+                )
+        except StorageQuotaExceeded as exc:
+            raise JobFailure(exc.detail) from exc
+        if run.room is not None and run.parts_done:
+            run.output_bytes = sum(
+                [info.size async for info in self.store.list(parts_folder(run.job_id))]
+            )
+
+    def _count_output(self, run: _Run, size: int) -> None:
+        """Count a part's bytes towards the output; fail the job as soon as the output cannot
+        fit in the quota (checked again, exactly, when the output is stored)."""
+        run.output_bytes += size
+        if run.room is not None and run.output_bytes > run.room:
+            raise JobFailure(
+                StorageQuotaExceeded(
+                    used=self.quota_bytes - run.room,
+                    limit=self.quota_bytes,
+                    needed=run.output_bytes,
+                    what="the job's output",
+                ).detail
+            )
+
+    async def _store_output(self, run: _Run, path: Path) -> None:
+        """Store the assembled output at its path, within the owner's storage quota.
+
+        Raises:
+            JobFailure: it does not fit; nothing is stored.
+        """
+        size = (await asyncio.to_thread(path.stat)).st_size
+        try:
+            async with self.sessions() as db:
+                reservation = await files_service.reserve(
+                    db,
+                    self.store,
+                    run.owner_id,
+                    size=size,
+                    limit=self.quota_bytes,
+                    what="the job's output",
+                )
+        except StorageQuotaExceeded as exc:
+            raise JobFailure(exc.detail) from exc
+        async with self.sessions() as db:
+            try:
+                await self.store.put_file(run.output_key, path)
+            except BaseException:
+                await files_service.release_quietly(db, reservation)
+                raise
+            await files_service.settle(
+                db, reservation, owner_id=run.owner_id, path=run.output_path, size=size
+            )
+
     async def _assemble(self, run: _Run) -> None:
         """Write the header and the counted parts, in order, to the output file."""
         path = await asyncio.to_thread(_write_temp, self.tmp_dir, "")
@@ -393,7 +443,7 @@ class JobRunner:
                             await asyncio.to_thread(out.write, piece)
             finally:
                 await asyncio.to_thread(out.close)
-            await self.store.put_file(run.output_key, path)
+            await self._store_output(run, path)
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
 
@@ -547,252 +597,82 @@ def _rows_text(first_row: int, predictions: np.ndarray, probabilities: np.ndarra
     return out.getvalue()
 
 
-# --- reading CSV in chunks --------------------------------------------------------------------
+# --- reading the input in chunks ------------------------------------------------------------
 
 
-class _BlockingStream(io.RawIOBase):
-    """A store stream read from a worker thread: each read waits for the event loop to fetch
-    the next piece (the loop is free meanwhile: it awaits the thread)."""
-
-    def __init__(self, stream: ObjectStream, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self._stream = stream
-        self._loop = loop
-        self._piece = memoryview(b"")
-        self._ended = False
-
-    def readable(self) -> bool:
-        return True
-
-    def stop(self) -> None:
-        """Read nothing more: the next read ends the file."""
-        self._ended = True
-        self._piece = memoryview(b"")
-
-    def readinto(self, buffer: Any) -> int:
-        if not self._piece:
-            if self._ended:
-                return 0
-            piece = asyncio.run_coroutine_threadsafe(_next_piece(self._stream), self._loop).result()
-            if not piece:
-                self._ended = True
-                return 0
-            self._piece = memoryview(piece)
-        n = min(len(buffer), len(self._piece))
-        buffer[:n] = self._piece[:n]
-        self._piece = self._piece[n:]
-        return n
+def chunk_rows(rows: int, max_values: int, width: int) -> int:
+    """Return how many rows of `width` values a chunk takes: at most `rows`, and at most
+    `max_values` values in all (one row at least)."""
+    return max(1, min(rows, max_values // max(1, width)))
 
 
-async def _next_piece(stream: ObjectStream) -> bytes:
-    return await anext(stream, b"")
-
-
-class CsvChunks:
-    """The rows of a CSV file with a header, as the model's batches of at most `chunk_rows`.
-
-    Columns are matched to the model's features by name when the header names them all (other
-    columns are ignored); otherwise the file must have exactly the model's feature count of
-    columns, taken in order. Blank lines are skipped. Blocking: call it from a thread.
+class InputChunks:
+    """A job's input (any `tabular.TableReader`) as the model's batches of at most `chunk_rows`
+    rows. Columns are chosen by the reader's rules (`tabular.choose_columns`): by name when the
+    file names every feature, else every column in order when there are as many as the model
+    takes. Blocking: call it from a thread.
     """
 
     def __init__(
         self,
-        raw: io.RawIOBase,
+        reader: tabular.TableReader,
         *,
         runtime: Runtime,
-        feature_names: list[str] | None,
         chunk_rows: int,
         skip_rows: int = 0,
     ) -> None:
-        self._raw = raw
-        self._text = io.TextIOWrapper(
-            io.BufferedReader(raw, READ_BYTES), encoding="utf-8-sig", newline=""
-        )
-        self._reader = csv.reader(self._text)
-        self._runtime = runtime
-        self._names = feature_names or runtime.feature_names
-        self._expected = feature_count(runtime, feature_names)
-        self._chunk_rows = chunk_rows
+        self._reader = reader
+        self._dtype = runtime.input_dtype
+        self.chunk_rows = chunk_rows
         self._skip = skip_rows
-        self._columns: list[int] | None = None
-        self._all_columns = False
-        self._width = 0
-        self._row = 0  # data rows read so far
+
+    def stop(self) -> None:
+        self._reader.stop()
 
     def next_chunk(self) -> np.ndarray | None:
         """Return the next batch, or None at the end of the file.
 
         Raises:
-            JobFailure: the file is not UTF-8 CSV, its header does not fit the model, or a row
-                is ragged or holds a value that is not a finite number.
+            JobFailure: a row is ragged or too long, or holds a value that is not a finite
+                number (the message names the row and column, never the value).
         """
+        # One array of the chunk's size, filled block by block: never the blocks and a copy of
+        # them at once. (Pages of rows a short file never fills are never touched.)
+        matrix: np.ndarray | None = None
+        rows = 0
+        first = 0
         try:
-            if self._columns is None:
-                self._read_header()
-            while self._skip:
-                if self._next_row() is None:
-                    return None
-                self._skip -= 1
-            rows: list[list[str]] = []
-            while len(rows) < self._chunk_rows:
-                row = self._next_row()
-                if row is None:
+            if self._skip:
+                self._reader.skip(self._skip)
+                self._skip = 0
+            while rows < self.chunk_rows:
+                block = self._reader.read(self.chunk_rows - rows)
+                if block is None:
                     break
-                rows.append(row)
-        except UnicodeDecodeError as exc:
-            raise JobFailure("the input file is not UTF-8 text") from exc
-        except csv.Error as exc:
-            raise JobFailure(f"the input is not valid CSV near row {self._row + 1}: {exc}") from exc
-        if not rows:
+                self._check_finite(block)
+                if matrix is None:
+                    matrix = np.empty((self.chunk_rows, block.values.shape[1]), dtype=np.float64)
+                    first = block.first_row
+                matrix[rows : rows + block.rows] = block.values
+                rows += block.rows
+        except tabular.TabularError as exc:
+            raise JobFailure(exc.message) from exc
+        if matrix is None:
             return None
-        first = self._row - len(rows) + 1
         try:
-            matrix = np.array(rows, dtype=np.float64)
-        except ValueError as exc:
-            raise JobFailure(_non_numeric(rows, first)) from exc
-        try:
-            return to_batch(matrix, self._runtime.input_dtype, is_json=False)
+            return to_batch(matrix[:rows], self._dtype, is_json=False)
         except InvalidInput as exc:
-            raise JobFailure(f"rows {first}..{first + len(rows) - 1}: {exc.detail}") from exc
+            raise JobFailure(f"rows {first}..{first + rows - 1}: {exc.detail}") from exc
 
-    def stop(self) -> None:
-        if isinstance(self._raw, _BlockingStream):
-            self._raw.stop()
-
-    def _read_header(self) -> None:
-        header = next(self._reader, None)
-        if header is None:
-            raise JobFailure("the input file is empty: a CSV file starts with a header row")
-        self._width = len(header)
-        self._columns = choose_columns(header, names=self._names, expected=self._expected)
-        self._all_columns = self._columns == list(range(self._width))
-
-    def _next_row(self) -> list[str] | None:
-        for row in self._reader:
-            if not row:
-                continue  # a blank line
-            self._row += 1
-            if len(row) != self._width:
-                raise JobFailure(
-                    f"row {self._row} has {len(row)} values; the header has {self._width}"
-                )
-            columns = self._columns
-            assert columns is not None  # noqa: S101 - read with the header
-            return row if self._all_columns else [row[i] for i in columns]
-        return None
-
-
-def choose_columns(
-    header: list[str], *, names: list[str] | None, expected: int | None
-) -> list[int]:
-    """Return the positions of the model's features among the input's columns.
-
-    By name when the header names every feature (other columns are ignored); otherwise every
-    column in order, if there are as many as the model takes.
-
-    Raises:
-        JobFailure: neither.
-    """
-    if names and set(names) <= set(header):
-        position = {name: i for i, name in enumerate(header)}
-        return [position[name] for name in names]
-    if expected is None or len(header) == expected:
-        return list(range(len(header)))
-    message = f"the model takes {expected} features; the input has {len(header)} columns"
-    if names:
-        missing = [n for n in names if n not in header]
-        more = len(missing) - LISTED_COLUMNS
-        message += " and lacks the columns " + ", ".join(missing[:LISTED_COLUMNS])
-        message += f" and {more} more" if more > 0 else ""
-    raise JobFailure(message)
-
-
-class ParquetChunks:
-    """The rows of a local Parquet file as the model's batches of at most `chunk_rows`, its
-    columns chosen as a CSV file's are (`choose_columns`). Blocking: call it from a thread.
-
-    Raises (from the constructor):
-        JobFailure: not a Parquet file, or its columns do not fit the model.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        runtime: Runtime,
-        feature_names: list[str] | None,
-        chunk_rows: int,
-        skip_rows: int = 0,
-    ) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self._errors: tuple[type[Exception], ...] = (pa.ArrowException, ValueError, TypeError)
-        try:
-            parquet = pq.ParquetFile(path)
-        except self._errors as exc:
-            raise JobFailure("the input file is not a Parquet file") from exc
-        header = list(parquet.schema_arrow.names)
-        columns = choose_columns(
-            header,
-            names=feature_names or runtime.feature_names,
-            expected=feature_count(runtime, feature_names),
+    def _check_finite(self, block: tabular.Block) -> None:
+        finite = np.isfinite(block.values)
+        if finite.all():
+            return
+        offset, slot = (int(i) for i in np.argwhere(~finite)[0])
+        label = self._reader.selection.labels[slot]
+        raise JobFailure(
+            f"{block.where(offset)}, column {label}: the value is missing or not a finite number"
         )
-        self.rows_total: int = parquet.metadata.num_rows
-        self._runtime = runtime
-        self._batches = iter(
-            parquet.iter_batches(batch_size=chunk_rows, columns=[header[i] for i in columns])
-        )
-        self._skip = skip_rows
-        self._row = 0
-
-    def stop(self) -> None:
-        """Nothing to do: the file is local, a chunk's read ends by itself."""
-
-    def next_chunk(self) -> np.ndarray | None:
-        """Return the next batch, or None at the end of the file.
-
-        Raises:
-            JobFailure: a column is not numeric, or a value is missing or not finite.
-        """
-        batch = None
-        for batch in self._batches:
-            if self._skip < batch.num_rows:
-                break
-            self._skip -= batch.num_rows
-            self._row += batch.num_rows
-        else:
-            return None
-        if self._skip:
-            batch, self._row, self._skip = batch.slice(self._skip), self._row + self._skip, 0
-        first = self._row + 1
-        self._row += batch.num_rows
-        last = self._row
-        try:
-            matrix = np.column_stack(
-                [column.to_numpy(zero_copy_only=False) for column in batch.columns]
-            ).astype(np.float64)
-        except self._errors as exc:
-            raise JobFailure(f"rows {first}..{last}: the values are not all numbers") from exc
-        try:
-            return to_batch(matrix, self._runtime.input_dtype, is_json=False)
-        except InvalidInput as exc:
-            raise JobFailure(f"rows {first}..{last}: {exc.detail}") from exc
-
-
-def _non_numeric(rows: list[list[str]], first: int) -> str:
-    for i, row in enumerate(rows):
-        for value in row:
-            try:
-                float(value)
-            except ValueError:
-                return f"row {first + i}: {_quoted(value)} is not a number"
-    return f"rows {first}..{first + len(rows) - 1}: the values are not numbers"
-
-
-def _quoted(value: str) -> str:
-    return repr(value if len(value) <= 32 else value[:32] + "...")
 
 
 def _is_outage(exc: BaseException) -> bool:

@@ -16,6 +16,7 @@ from modelyard.auth.deps import CallerDep, CurrentUser
 from modelyard.auth.scopes import Scope
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import ModelVersion
+from modelyard.drift import reference as drift_reference
 from modelyard.registry import service
 from modelyard.registry.deps import OwnedModel, VersionNumber
 from modelyard.registry.schemas import (
@@ -134,6 +135,7 @@ async def upload_model(
             prober=state.prober,
             events=state.events,
             tmp_dir=state.settings.data_dir / "tmp",
+            reference_limits=drift_reference.limits_of(state.settings),
         )
     return version
 

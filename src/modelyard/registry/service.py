@@ -28,6 +28,7 @@ from modelyard.drift import reference as drift_reference
 from modelyard.errors import Conflict, NotFound, Unprocessable
 from modelyard.events import Action, Events
 from modelyard.experiments import service as experiments_service
+from modelyard.files.tabular import TabularLimits
 from modelyard.registry import queries
 from modelyard.registry.schemas import (
     InputSchema,
@@ -474,6 +475,7 @@ async def register_version(
     prober: Prober,
     events: Events,
     tmp_dir: Path,
+    reference_limits: TabularLimits,
 ) -> ModelVersion:
     """Check an uploaded artifact, store it and record it as the model's next version.
 
@@ -510,7 +512,12 @@ async def register_version(
     reference = None
     if form.reference_path is not None:
         reference = await _read_reference(
-            store, owner_id, form.reference_path, input_schema, tmp_dir=tmp_dir
+            store,
+            owner_id,
+            form.reference_path,
+            input_schema,
+            tmp_dir=tmp_dir,
+            limits=reference_limits,
         )
 
     key = f"{ARTIFACT_PREFIX}{uuid.uuid4().hex}"
@@ -596,6 +603,7 @@ async def _read_reference(
     input_schema: dict[str, Any] | None,
     *,
     tmp_dir: Path,
+    limits: TabularLimits,
 ) -> drift_reference.FileReference:
     features = drift_reference.schema_features(input_schema)
     if not features:
@@ -604,7 +612,7 @@ async def _read_reference(
             "pass an input_schema naming them"
         )
     return await drift_reference.read_file(
-        store, owner_id=owner_id, path=path, features=features, tmp_dir=tmp_dir
+        store, owner_id=owner_id, path=path, features=features, tmp_dir=tmp_dir, limits=limits
     )
 
 

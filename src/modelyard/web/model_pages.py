@@ -20,6 +20,7 @@ from modelyard.auth.service import Caller
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import Experiment, ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow
+from modelyard.drift import reference as drift_reference
 from modelyard.drift import service as drift_service
 from modelyard.errors import ModelyardError, Unprocessable
 from modelyard.predictions import history, traffic
@@ -207,6 +208,7 @@ async def upload(request: Request, page: UserPage, db: SessionDep) -> Response:
                 prober=state.prober,
                 events=state.events,
                 tmp_dir=state.settings.data_dir / "tmp",
+                reference_limits=drift_reference.limits_of(state.settings),
             )
     except (ModelyardError, RequestValidationError) as exc:
         if isinstance(exc, RequestValidationError):
