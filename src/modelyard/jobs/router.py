@@ -32,6 +32,7 @@ OwnedJob = Annotated[BatchJob, Depends(owned_job)]
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BatchJobRead,
     responses={
+        403: {"description": "the API key may not predict, read and write files"},
         404: {"description": "no such model, version, alias or input file"},
         409: {"description": "the model or version is archived"},
     },
@@ -43,7 +44,8 @@ async def create_batch_job(
 
     The version is resolved now (a later promotion does not change the job). The answer is the
     queued job; poll it (`links.self`) for progress, and download `links.output` once it has
-    succeeded. Needs the `predict` scope.
+    succeeded. Needs the `predict` scope, and `read` and `write` (the job reads and writes
+    files); a key limited to models may not start jobs (it may not name files).
     """
     assert state.batch_jobs is not None  # noqa: S101 - set up with the API routes
     return await service.create_job(

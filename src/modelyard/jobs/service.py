@@ -116,12 +116,19 @@ async def create_job(
     it to the workers (after the commit: a worker never looks for a job not there yet).
 
     Raises:
+        MissingScope, OutsideModelLimit: the caller's API key may not read and write files (a
+            key limited to models never may), or may not predict with the model.
         Unprocessable: Parquet asked for, and this server cannot read it.
         ModelNotFound, VersionNotFound, AliasNotFound, NoServableVersion: nothing to serve.
         NotServable: the model or the chosen version is archived.
-        MissingScope, OutsideModelLimit: the caller's API key may not predict with the model.
         FileNotFound: the caller has no file at `input_path`.
     """
+    # A job reads a file of the caller's and writes another: it needs the rights the files
+    # routes need, and a key limited to models (refused every files route) may not name files
+    # here either. Checked before anything is looked up, so that whether a file exists is never
+    # told to a caller who may not read it.
+    caller.require(Scope.READ, model=None)
+    caller.require(Scope.WRITE, model=None)
     if body.format == JobFormat.PARQUET and not has_parquet():
         raise Unprocessable(
             "Parquet input needs the pyarrow package, which this server does not have; "
