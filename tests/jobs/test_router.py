@@ -399,6 +399,34 @@ async def test_a_key_limited_to_other_models_sees_none_of_the_jobs(
     assert listed.json()["total"] == 0
 
 
+async def test_an_output_path_that_is_a_folder_is_refused_at_creation(
+    client: httpx.AsyncClient, user: Account, iris: None
+) -> None:
+    await put_file(client, user, "in.csv", csv_bytes(iris_rows(5)))
+    await put_file(client, user, "results/earlier.csv", b"row,prediction\n")
+
+    response = await create_job(client, user, output_path="results")
+
+    problem = assert_problem(response, 422)
+    assert problem["detail"] == "output_path 'results' is a folder; name a file"
+    assert (await client.get("/api/v1/batch-jobs", headers=user.headers)).json()["total"] == 0
+
+
+async def test_an_output_path_inside_a_file_is_refused_at_creation(
+    client: httpx.AsyncClient, user: Account, iris: None
+) -> None:
+    await put_file(client, user, "in.csv", csv_bytes(iris_rows(5)))
+    await put_file(client, user, "results", b"a file, not a folder\n")
+
+    response = await create_job(client, user, output_path="results/scored.csv")
+
+    problem = assert_problem(response, 422)
+    assert problem["detail"] == (
+        "output_path 'results/scored.csv' is inside 'results', which is a file"
+    )
+    assert (await client.get("/api/v1/batch-jobs", headers=user.headers)).json()["total"] == 0
+
+
 async def test_a_job_runs_on_s3_storage_parts_and_output_alike(
     tmp_path: Path,
     database_url: str,

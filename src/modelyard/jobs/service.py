@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,10 @@ class BatchJobNotFound(NotFound):
 
 class JobFinished(Conflict):
     type = "batch-job-finished"
+
+
+class OutputNotAFile(Unprocessable):
+    type = "output-path-not-a-file"
 
 
 def has_parquet() -> bool:
@@ -112,8 +116,9 @@ async def create_job(
     queue: JobQueue,
     events: Events,
 ) -> BatchJob:
-    """Resolve the model version, check the input file exists, insert a queued job and hand
-    it to the workers (after the commit: a worker never looks for a job not there yet).
+    """Resolve the model version, check the input file exists and the output path can be a
+    file, insert a queued job and hand it to the workers (after the commit: a worker never looks
+    for a job not there yet).
 
     Raises:
         MissingScope, OutsideModelLimit: the caller's API key may not read and write files (a
@@ -122,6 +127,7 @@ async def create_job(
         ModelNotFound, VersionNotFound, AliasNotFound, NoServableVersion: nothing to serve.
         NotServable: the model or the chosen version is archived.
         FileNotFound: the caller has no file at `input_path`.
+        OutputNotAFile: `output_path` is a folder, or inside a file.
     """
     # A job reads a file of the caller's and writes another: it needs the rights the files
     # routes need, and a key limited to models (refused every files route) may not name files
@@ -141,6 +147,7 @@ async def create_job(
     caller.require(Scope.PREDICT, model=target.model_name)
     if await store.stat(file_key(caller.user.id, body.input_path)) is None:
         raise FileNotFound(body.input_path)
+    await _check_output_path(store, caller.user.id, body.output_path)
     job = BatchJob(
         id=uuid7(),
         owner_id=caller.user.id,
@@ -225,6 +232,29 @@ def action(name: str, job: BatchJob, *, outcome: str = "success", **details: Any
 
 def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def _check_output_path(store: ArtifactStore, owner_id: uuid.UUID, path: str) -> None:
+    """Refuse an output path the output could never be stored at: a folder (objects under
+    `path/`), or a path inside a file. Found now, not once every row has been scored.
+
+    Raises:
+        OutputNotAFile: either.
+    """
+    key = file_key(owner_id, path)
+    listing = store.list(key + "/")
+    try:
+        is_folder = await anext(listing, None) is not None
+    finally:
+        if isinstance(listing, AsyncGenerator):
+            await listing.aclose()
+    if is_folder:
+        raise OutputNotAFile(f"output_path {path!r} is a folder; name a file")
+    segments = path.split("/")
+    for end in range(1, len(segments)):
+        folder = "/".join(segments[:end])
+        if await store.stat(file_key(owner_id, folder)) is not None:
+            raise OutputNotAFile(f"output_path {path!r} is inside {folder!r}, which is a file")
 
 
 # --- what workers do to the rows --------------------------------------------------------------
