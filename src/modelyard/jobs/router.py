@@ -35,6 +35,7 @@ OwnedJob = Annotated[BatchJob, Depends(owned_job)]
         403: {"description": "the API key may not predict, read and write files"},
         404: {"description": "no such model, version, alias or input file"},
         409: {"description": "the model or version is archived"},
+        429: {"description": "the account has its most queued and running jobs already"},
     },
 )
 async def create_batch_job(
@@ -49,7 +50,13 @@ async def create_batch_job(
     """
     assert state.batch_jobs is not None  # noqa: S101 - set up with the API routes
     return await service.create_job(
-        db, caller, body, store=state.store, queue=state.batch_jobs, events=state.events
+        db,
+        caller,
+        body,
+        store=state.store,
+        queue=state.batch_jobs,
+        events=state.events,
+        max_active=state.settings.batch_job_max_active_per_account,
     )
 
 

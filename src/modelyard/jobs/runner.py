@@ -150,6 +150,7 @@ class JobRunner:
         self.events = events
         self.chunk_rows = settings.batch_job_chunk_rows
         self.lease = timedelta(seconds=settings.batch_job_lease_seconds)
+        self.max_running = settings.batch_job_max_running_per_account
         self.tmp_dir = settings.data_dir / "tmp" / "batch-jobs"
 
     async def run(self, job_id: uuid.UUID, *, heartbeat: Heartbeat | None = None) -> bool:
@@ -158,7 +159,9 @@ class JobRunner:
         chunk (the queue's own liveness record)."""
         token = uuid.uuid4().hex
         async with self.sessions() as db:
-            job = await service.claim(db, job_id, token=token, lease=self.lease)
+            job = await service.claim(
+                db, job_id, token=token, lease=self.lease, max_running=self.max_running
+            )
             if job is None:
                 return False
             run = _Run(

@@ -6,6 +6,13 @@ UPDATE (queued, or running with a lapsed lease), so two processes never run one 
 the job by renewing the lease, and every later write of its run is conditional on still holding
 it (its `worker_token`): a worker that lost the job (it stalled past its lease and another took
 over) can no longer move it.
+
+Fairness between accounts is decided here too, from the rows: an account has at most
+`max_active` queued and running jobs (429 past it), at most `max_running` of them run at once,
+and whatever a worker is woken for, it runs the *fairest* runnable job (`fairest_job_id`): the
+account with the fewest running jobs, then the one whose last job started longest ago, then the
+oldest job. Another account's job so waits behind the ones already running, not behind a
+flood.
 """
 
 from __future__ import annotations
@@ -13,18 +20,19 @@ from __future__ import annotations
 import importlib.util
 import uuid
 from collections.abc import AsyncGenerator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import ScalarSelect, Select, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from modelyard.artifacts.store import ArtifactStore
 from modelyard.auth.scopes import Scope
 from modelyard.auth.service import Caller
 from modelyard.db.tables import BatchJob, User
 from modelyard.db.types import utcnow, uuid7
-from modelyard.errors import Conflict, NotFound, Unprocessable
+from modelyard.errors import Conflict, NotFound, RateLimited, Unprocessable
 from modelyard.events import Action, Events
 from modelyard.files.service import FileNotFound, file_key
 from modelyard.jobs.schemas import FINISHED, BatchJobCreate, JobFormat, JobStatus
@@ -46,8 +54,19 @@ class JobFinished(Conflict):
     type = "batch-job-finished"
 
 
+class TooManyJobs(RateLimited):
+    type = "too-many-batch-jobs"
+
+
 class OutputNotAFile(Unprocessable):
     type = "output-path-not-a-file"
+
+
+# What an account at its cap of queued and running jobs is told to wait: about a small job's
+# run (the table knows no job's end in advance).
+TOO_MANY_JOBS_RETRY_AFTER_SECONDS = 30
+# The jobs that count against an account's cap.
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 def has_parquet() -> bool:
@@ -115,6 +134,7 @@ async def create_job(
     store: ArtifactStore,
     queue: JobQueue,
     events: Events,
+    max_active: int,
 ) -> BatchJob:
     """Resolve the model version, check the input file exists and the output path can be a
     file, insert a queued job and hand it to the workers (after the commit: a worker never looks
@@ -128,6 +148,7 @@ async def create_job(
         NotServable: the model or the chosen version is archived.
         FileNotFound: the caller has no file at `input_path`.
         OutputNotAFile: `output_path` is a folder, or inside a file.
+        TooManyJobs: the caller has `max_active` queued and running jobs already.
     """
     # A job reads a file of the caller's and writes another: it needs the rights the files
     # routes need, and a key limited to models (refused every files route) may not name files
@@ -166,7 +187,26 @@ async def create_job(
         inference_time_ms=0.0,
         attempts=0,
     )
+    # Insert, then count: on SQLite the insert takes the database's one write lock before the
+    # count reads, on PostgreSQL the owner's row lock queues the account's creations; either
+    # way two creations at once cannot both pass the cap.
+    await db.execute(
+        select(User.id).where(User.id == caller.user.id).with_for_update(key_share=True)
+    )
     db.add(job)
+    await db.flush()
+    active = await db.scalar(
+        select(func.count())
+        .select_from(BatchJob)
+        .where(BatchJob.owner_id == caller.user.id, BatchJob.status.in_(ACTIVE))
+    )
+    if (active or 0) > max_active:
+        await db.rollback()
+        raise TooManyJobs(
+            f"you have {max_active} queued and running batch jobs, the most an account may "
+            "have; start this one once one of them has ended",
+            retry_after_seconds=TOO_MANY_JOBS_RETRY_AFTER_SECONDS,
+        )
     await db.commit()
     await queue.submit(job.id)
     await events.record(
@@ -260,18 +300,6 @@ async def _check_output_path(store: ArtifactStore, owner_id: uuid.UUID, path: st
 # --- what workers do to the rows --------------------------------------------------------------
 
 
-async def runnable_job_ids(db: AsyncSession, *, limit: int) -> list[uuid.UUID]:
-    """Return jobs a worker may claim: queued ones, and running ones whose lease has lapsed
-    (their worker died), oldest first."""
-    rows = await db.scalars(
-        select(BatchJob.id)
-        .where(_claimable())
-        .order_by(BatchJob.created_at, BatchJob.id)
-        .limit(limit)
-    )
-    return list(rows)
-
-
 async def abandoned_jobs(db: AsyncSession, *, limit: int) -> list[tuple[uuid.UUID, int]]:
     """Return (id, attempts) of running jobs whose lease has lapsed, oldest first."""
     rows = await db.execute(
@@ -301,15 +329,76 @@ def _claimable() -> Any:
     )
 
 
-async def claim(
-    db: AsyncSession, job_id: uuid.UUID, *, token: str, lease: timedelta
-) -> BatchJob | None:
-    """Take a job for the run `token`, if it is queued or its lease has lapsed; return it, or
-    None when another run holds it or it has finished."""
+def _running_of_owner(now: datetime) -> ScalarSelect[int]:
+    """Return how many jobs of the owner of the `BatchJob` row at hand hold a live lease."""
+    other = aliased(BatchJob)
+    return (
+        select(func.count())
+        .select_from(other)
+        .where(
+            other.owner_id == BatchJob.owner_id,
+            other.status == JobStatus.RUNNING,
+            other.lease_until >= now,
+        )
+        .scalar_subquery()
+    )
+
+
+async def fairest_job_id(db: AsyncSession, *, max_running: int) -> uuid.UUID | None:
+    """Return the job a free worker should claim, or None when none may start now.
+
+    Claimable jobs (queued, or running with a lapsed lease) of accounts with fewer than
+    `max_running` live ones: first the account with the fewest running, then the one whose
+    last job started longest ago (never first), then the oldest job.
+    """
     now = utcnow()
+    other = aliased(BatchJob)
+    running = _running_of_owner(now)
+    last_started = (
+        select(func.max(other.started_at))
+        .where(other.owner_id == BatchJob.owner_id)
+        .scalar_subquery()
+    )
+    return await db.scalar(
+        select(BatchJob.id)
+        .where(_claimable(), running < max_running)
+        .order_by(
+            running,
+            last_started.asc().nulls_first(),
+            BatchJob.created_at,
+            BatchJob.id,
+        )
+        .limit(1)
+    )
+
+
+async def claim(
+    db: AsyncSession,
+    job_id: uuid.UUID,
+    *,
+    token: str,
+    lease: timedelta,
+    max_running: int | None = None,
+) -> BatchJob | None:
+    """Take a job for the run `token`, if it is queued or its lease has lapsed, and its owner
+    has fewer than `max_running` jobs running (None: no cap); return it, or None when another
+    run holds it, it has finished, or its owner is at the cap."""
+    now = utcnow()
+    condition = [BatchJob.id == job_id, _claimable()]
+    if max_running is not None:
+        condition.append(_running_of_owner(now) < max_running)
+        # PostgreSQL: claims of one account's jobs queue on the owner's row, so two workers
+        # cannot both see it under its cap (SQLite: the UPDATE holds the one write lock).
+        await db.execute(
+            select(User.id)
+            .where(
+                User.id == select(BatchJob.owner_id).where(BatchJob.id == job_id).scalar_subquery()
+            )
+            .with_for_update(key_share=True)
+        )
     result = await db.execute(
         update(BatchJob)
-        .where(BatchJob.id == job_id, _claimable())
+        .where(*condition)
         .values(
             status=JobStatus.RUNNING,
             worker_token=token,
