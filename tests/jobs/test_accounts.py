@@ -1,10 +1,12 @@
-"""What one account's batch jobs may cost the others: the cap of queued and running jobs, fair
-order in the in-process worker. Both databases."""
+"""What one account's batch jobs may cost the others, and who may stop them: the cap of queued
+and running jobs, fair order in the in-process worker, admins cancelling anyone's job,
+deactivation and erasure stopping a person's jobs. Both databases."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,12 @@ import pytest
 from fastapi import FastAPI
 
 from modelyard.config import Settings
+from modelyard.files.service import area
 from modelyard.jobs.queue import InProcessJobs
+from modelyard.jobs.runner import PARTS_PREFIX
 from modelyard.state import AppState
 from tests.conftest import make_settings
-from tests.factories import Account, make_version
+from tests.factories import Account, make_api_key, make_version
 from tests.jobs.conftest import CHUNK_ROWS, JOB_SETTINGS
 from tests.jobs.helpers import (
     WAIT_SECONDS,
@@ -128,3 +132,87 @@ async def test_another_accounts_job_waits_behind_at_most_one_of_a_flood(
     assert all(job["status"] == "succeeded" for job in jobs), jobs
     order = [job["id"] for job in sorted(jobs, key=lambda j: j["started_at"])]
     assert order.index(single) <= 1, order
+
+
+# --- who may stop a job --------------------------------------------------------------------------
+
+
+async def test_an_admin_cancels_another_users_job(
+    client: httpx.AsyncClient,
+    user: Account,
+    admin: Account,
+    iris_skops: Path,
+    stopped: InProcessJobs,
+) -> None:
+    await ready(client, user, iris_skops, 5)
+    job_id = (await create_job(client, user)).json()["id"]
+
+    cancelled = await client.post(f"/api/v1/batch-jobs/{job_id}/cancel", headers=admin.headers)
+
+    assert cancelled.status_code == 202, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert (await job_of(client, user, job_id))["status"] == "cancelled"
+
+
+async def test_an_admin_key_limited_to_models_cannot_cancel_another_users_job(
+    client: httpx.AsyncClient,
+    user: Account,
+    admin: Account,
+    iris_skops: Path,
+    stopped: InProcessJobs,
+) -> None:
+    await ready(client, user, iris_skops, 5)
+    job_id = (await create_job(client, user)).json()["id"]
+    key = await make_api_key(client, admin, scopes=["predict", "admin"], models=["iris"])
+
+    response = await client.post(f"/api/v1/batch-jobs/{job_id}/cancel", headers={"X-API-Key": key})
+
+    assert_problem(response, 404)
+    assert (await job_of(client, user, job_id))["status"] == "queued"
+
+
+async def test_deactivating_a_user_stops_their_running_and_queued_jobs(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    user: Account,
+    admin: Account,
+    iris_skops: Path,
+) -> None:
+    await ready(client, user, iris_skops, LONG_ROWS)
+    running = (await create_job(client, user)).json()["id"]
+    queued = (await create_job(client, user, output_path="out/second.csv")).json()["id"]
+    await wait_for_job(client, user, running, lambda j: j["rows_done"] > 0, "the job starts")
+
+    deactivated = await client.patch(
+        f"/api/v1/users/{user.id}", json={"is_active": False}, headers=admin.headers
+    )
+    first = await wait_for_job(client, admin, running, finished, "the running job stops")
+    second = await wait_for_job(client, admin, queued, finished, "the queued job ends")
+
+    assert deactivated.status_code == 200, deactivated.text
+    assert first["status"] == "cancelled", first
+    assert 0 < first["rows_done"] < LONG_ROWS
+    assert (second["status"], second["rows_done"]) == ("cancelled", 0)
+    state: AppState = app.state.modelyard
+    assert [info.key async for info in state.store.list(f"{area(uuid.UUID(user.id))}out/")] == []
+    await wait_until_gone(app, f"{PARTS_PREFIX}/", "the cancelled jobs' parts are deleted")
+
+
+async def test_erasing_an_account_stops_its_running_job_and_leaves_none_of_its_parts(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    user: Account,
+    admin: Account,
+    iris_skops: Path,
+) -> None:
+    await ready(client, user, iris_skops, LONG_ROWS)
+    job_id = (await create_job(client, user)).json()["id"]
+    await wait_for_job(client, user, job_id, lambda j: j["rows_done"] > 0, "the job starts")
+
+    erased = await client.delete(f"/api/v1/users/{user.id}", headers=admin.headers)
+
+    assert erased.status_code == 204, erased.text
+    # The job went with the account; its run stops at its next chunk and deletes its parts.
+    await wait_until_gone(app, f"{PARTS_PREFIX}/", "the erased job's parts are deleted")
+    assert_problem(await client.get(f"/api/v1/batch-jobs/{job_id}", headers=admin.headers), 404)
+    await wait_until_gone(app, area(uuid.UUID(user.id)), "the erased files area is empty")

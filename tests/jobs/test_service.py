@@ -1,5 +1,5 @@
 """Which job a free worker takes, and what a claim does, decided by the rows alone (both
-databases): fairness between accounts, the per-account running cap."""
+databases): fairness between accounts, the per-account running cap, deactivated owners."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from modelyard.db.tables import BatchJob
+from modelyard.db.tables import BatchJob, User
 from modelyard.db.types import utcnow, uuid7
 from modelyard.jobs import service
 from modelyard.jobs.queue import InProcessJobs
@@ -92,6 +93,13 @@ async def add_job(
     return job.id
 
 
+async def deactivate(db: AsyncSession, version: dict[str, Any]) -> None:
+    await db.execute(
+        update(User).where(User.id == uuid.UUID(version["owner_id"])).values(is_active=False)
+    )
+    await db.commit()
+
+
 async def test_without_history_the_oldest_job_goes_first(
     db: AsyncSession, alice: dict[str, Any], bob: dict[str, Any]
 ) -> None:
@@ -166,3 +174,38 @@ async def test_a_claim_past_the_accounts_running_cap_takes_nothing(
     assert refused is None
     assert taken is not None
     assert (taken.status, taken.worker_token) == ("running", "t2")
+
+
+async def test_a_deactivated_accounts_jobs_are_picked_first_and_claimed_to_cancel(
+    db: AsyncSession, alice: dict[str, Any], bob: dict[str, Any]
+) -> None:
+    await add_job(db, bob, minutes_ago=10)
+    alices = await add_job(db, alice, minutes_ago=1)
+    await deactivate(db, alice)
+
+    picked = await service.fairest_job_id(db, max_running=2)
+    claimed = await service.claim(db, alices, token="t", lease=LEASE, max_running=2)
+
+    assert picked == alices
+    assert claimed is not None
+    assert claimed.cancel_requested is True
+
+
+async def test_progress_of_a_deactivated_accounts_job_asks_it_to_cancel(
+    db: AsyncSession, alice: dict[str, Any]
+) -> None:
+    job_id = await add_job(db, alice, minutes_ago=1)
+    assert await service.claim(db, job_id, token="t", lease=LEASE) is not None
+    active = await service.record_progress(
+        db, job_id, token="t", rows_done=10, parts_done=1, inference_ms=1.0, lease=LEASE
+    )
+    await deactivate(db, alice)
+
+    deactivated = await service.record_progress(
+        db, job_id, token="t", rows_done=20, parts_done=2, inference_ms=1.0, lease=LEASE
+    )
+
+    assert (active, deactivated) == (False, True)
+    job = await db.get(BatchJob, job_id, populate_existing=True)
+    assert job is not None
+    assert (job.cancel_requested, job.rows_done) == (True, 20)

@@ -20,8 +20,8 @@ router = make_router(prefix=BATCH_JOBS_PATH, tags=["batch jobs"])
 
 
 async def owned_job(job_id: uuid.UUID, caller: CallerDep, db: SessionDep) -> BatchJob:
-    """Return the caller's job `{job_id}` (404 for anyone else's)."""
-    return await service.get_job(db, caller, job_id)
+    """Return the caller's job `{job_id}`, or anyone's to an admin (404 for anyone else)."""
+    return await service.get_job(db, caller, job_id, any_owner=True)
 
 
 OwnedJob = Annotated[BatchJob, Depends(owned_job)]
@@ -74,7 +74,7 @@ async def list_batch_jobs(
 
 @router.get("/{job_id}", response_model=BatchJobRead)
 async def get_batch_job(job: OwnedJob) -> BatchJob:
-    """Show a batch job: status, rows done and in all, error, times."""
+    """Show a batch job: status, rows done and in all, error, times (admins: anyone's)."""
     return job
 
 
@@ -88,5 +88,5 @@ async def cancel_batch_job(
     job: OwnedJob, caller: CallerDep, db: SessionDep, state: StateDep
 ) -> BatchJob:
     """Cancel a batch job: a queued one at once; a running one stops after its current chunk
-    (`cancel_requested` until then). No output file is written."""
+    (`cancel_requested` until then). No output file is written. Admins may cancel anyone's."""
     return await service.cancel_job(db, caller, job, events=state.events)

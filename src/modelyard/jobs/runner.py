@@ -224,6 +224,7 @@ class JobRunner:
                 await self._end(run, JobStatus.CANCELLED, target=target)
             else:
                 log.warning("batch_job_lost", extra={"job_id": str(job_id)})
+                await self._forget_if_erased(run)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -415,6 +416,13 @@ class JobRunner:
                 lost.set()
                 return
 
+    async def _forget_if_erased(self, run: _Run) -> None:
+        """Delete the parts of a job whose row went with its owner's account: nobody resumes it."""
+        async with self.sessions() as db:
+            if await service.job_exists(db, run.job_id):
+                return  # another run holds it now: the parts are its
+        await self._delete_parts(run)
+
     async def _release(self, run: _Run) -> None:
         async with self.sessions() as db:
             await service.renew(db, run.job_id, token=run.token, lease=timedelta(seconds=-1))
@@ -438,6 +446,7 @@ class JobRunner:
             )
         if job is None:
             log.warning("batch_job_lost", extra={"job_id": str(run.job_id)})
+            await self._forget_if_erased(run)
             return
         log.info(
             "batch_job_finished",

@@ -12,7 +12,8 @@ Fairness between accounts is decided here too, from the rows: an account has at 
 and whatever a worker is woken for, it runs the *fairest* runnable job (`fairest_job_id`): the
 account with the fewest running jobs, then the one whose last job started longest ago, then the
 oldest job. Another account's job so waits behind the ones already running, not behind a
-flood.
+flood. A job whose owner has been deactivated is stopped by the same rows: claiming it, or
+recording its progress, asks it to cancel (auth, below jobs, knows nothing of them).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ScalarSelect, Select, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -83,14 +84,26 @@ def owned_jobs(user: User, models: frozenset[str] | None = None) -> Select[Batch
     return query
 
 
-async def get_job(db: AsyncSession, caller: Caller, job_id: uuid.UUID) -> BatchJob:
-    """Return one of the caller's jobs.
+def acts_as_admin(caller: Caller) -> bool:
+    """Tell whether the caller acts with an admin's full rights: an admin signed in, or with an
+    admin key not limited to models (a key limited to `iris` is limited to its own `iris`)."""
+    return caller.user.is_admin and caller.allows(Scope.ADMIN, model=None)
+
+
+async def get_job(
+    db: AsyncSession, caller: Caller, job_id: uuid.UUID, *, any_owner: bool = False
+) -> BatchJob:
+    """Return one of the caller's jobs; with `any_owner`, anyone's to an admin (`acts_as_admin`).
 
     Raises:
         BatchJobNotFound: no such job, another user's, or (for a key limited to models) one on
             a model the key may not use.
     """
-    job = await db.scalar(owned_jobs(caller.user, caller.models).where(BatchJob.id == job_id))
+    if any_owner and acts_as_admin(caller):
+        query = select(BatchJob)
+    else:
+        query = owned_jobs(caller.user, caller.models)
+    job = await db.scalar(query.where(BatchJob.id == job_id))
     if job is None:
         raise BatchJobNotFound(job_id)
     return job
@@ -227,7 +240,8 @@ async def cancel_job(
 ) -> BatchJob:
     """Cancel a job: a queued one at once, a running one at its next chunk.
 
-    Cancelling a cancelled job again changes nothing.
+    Cancelling a cancelled job again changes nothing. An admin may cancel anyone's job (found
+    with `get_job(..., any_owner=True)`).
 
     Raises:
         MissingScope, OutsideModelLimit: the caller's API key may not predict with the model.
@@ -344,12 +358,18 @@ def _running_of_owner(now: datetime) -> ScalarSelect[int]:
     )
 
 
+def _owner_active() -> ColumnElement[bool]:
+    """Whether the owner of the `BatchJob` row at hand is an active user."""
+    return exists().where(User.id == BatchJob.owner_id, User.is_active.is_(True))
+
+
 async def fairest_job_id(db: AsyncSession, *, max_running: int) -> uuid.UUID | None:
     """Return the job a free worker should claim, or None when none may start now.
 
     Claimable jobs (queued, or running with a lapsed lease) of accounts with fewer than
-    `max_running` live ones: first the account with the fewest running, then the one whose
-    last job started longest ago (never first), then the oldest job.
+    `max_running` live ones; first those of deactivated accounts (claimed only to be
+    cancelled), then the account with the fewest running, then the one whose last job started
+    longest ago (never first), then the oldest job.
     """
     now = utcnow()
     other = aliased(BatchJob)
@@ -363,6 +383,7 @@ async def fairest_job_id(db: AsyncSession, *, max_running: int) -> uuid.UUID | N
         select(BatchJob.id)
         .where(_claimable(), running < max_running)
         .order_by(
+            _owner_active(),
             running,
             last_started.asc().nulls_first(),
             BatchJob.created_at,
@@ -382,7 +403,11 @@ async def claim(
 ) -> BatchJob | None:
     """Take a job for the run `token`, if it is queued or its lease has lapsed, and its owner
     has fewer than `max_running` jobs running (None: no cap); return it, or None when another
-    run holds it, it has finished, or its owner is at the cap."""
+    run holds it, it has finished, or its owner is at the cap.
+
+    A job whose owner is no longer active is taken with `cancel_requested` set: its run ends
+    it at once.
+    """
     now = utcnow()
     condition = [BatchJob.id == job_id, _claimable()]
     if max_running is not None:
@@ -406,6 +431,7 @@ async def claim(
             attempts=BatchJob.attempts + 1,
             started_at=func.coalesce(BatchJob.started_at, now),
             updated_at=now,
+            cancel_requested=or_(BatchJob.cancel_requested, ~_owner_active()),
         )
     )
     await db.commit()
@@ -416,6 +442,11 @@ async def claim(
         .where(BatchJob.id == job_id, BatchJob.worker_token == token)
         .execution_options(populate_existing=True)
     )
+
+
+async def job_exists(db: AsyncSession, job_id: uuid.UUID) -> bool:
+    """Tell whether the job's row is still there (an erasure takes it with its owner)."""
+    return await db.scalar(select(BatchJob.id).where(BatchJob.id == job_id)) is not None
 
 
 async def renew(db: AsyncSession, job_id: uuid.UUID, *, token: str, lease: timedelta) -> bool:
@@ -455,7 +486,9 @@ async def record_progress(
 ) -> bool | None:
     """Commit one stored chunk: rows and parts done move together (what a resumed run trusts).
 
-    Returns whether a cancellation was asked for, or None when the run no longer holds the job.
+    Returns whether a cancellation was asked for, or None when the run no longer holds the job
+    (another run took it over, or it is gone with its owner's account). A job whose owner is
+    no longer active is asked to cancel here: deactivation stops it at its next chunk.
     """
     now = utcnow()
     result = await db.execute(
@@ -471,6 +504,7 @@ async def record_progress(
             inference_time_ms=BatchJob.inference_time_ms + inference_ms,
             lease_until=now + lease,
             updated_at=now,
+            cancel_requested=or_(BatchJob.cancel_requested, ~_owner_active()),
         )
         .returning(BatchJob.cancel_requested)
     )
