@@ -314,6 +314,16 @@ class Settings(BaseSettings):
     batch_job_queue: str = Field(default="modelyard-batch-jobs", min_length=1, max_length=100)
     """Name of the Redis queue batch jobs go through when `redis_url` is set."""
 
+    # batch jobs: fairness between accounts (#23)
+    batch_job_max_active_per_account: int = Field(default=20, ge=1)
+    """Queued and running batch jobs one account may have at once; creating one more answers
+    429 with `Retry-After` until one of them ends."""
+
+    batch_job_max_running_per_account: int = Field(default=2, ge=1)
+    """Batch jobs of one account that run at once, over every worker and replica; its other
+    jobs wait, and a free worker takes another account's job first (the account with the fewest
+    running, then the one served least recently)."""
+
     worker_heartbeat_file: Path = Field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "modelyard-worker.heartbeat"
     )

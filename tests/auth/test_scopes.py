@@ -286,6 +286,36 @@ async def test_a_model_limit_never_reaches_another_users_model_of_that_name(
     assert_outside_limit(await client.get(f"{MODELS}/{theirs['model_id']}", headers=headers))
 
 
+async def test_an_admin_key_limited_to_a_model_is_limited_to_its_own_model_of_that_name(
+    client: httpx.AsyncClient,
+    admin: factories.Account,
+    user: factories.Account,
+    iris_skops: Path,
+) -> None:
+    theirs = await factories.make_version(client, user, iris_skops)
+    await factories.make_version(client, admin, iris_skops)
+    await client.post(
+        "/api/v1/files/upload",
+        files={"file": ("in.csv", b"a,b,c,d\n5.1,3.5,1.4,0.2\n", "text/csv")},
+        headers=admin.headers,
+    )
+    headers = key_headers(
+        await factories.make_api_key(
+            client, admin, scopes=["read", "predict", "write", "admin"], models=["iris"]
+        )
+    )
+    job = {"model": theirs["model_id"], "input_path": "in.csv", "output_path": "out.csv"}
+
+    for _ in range(2):  # cold, then from the caches
+        assert (await predict(client, headers)).status_code == 200  # its own `iris`
+        assert_outside_limit(await predict(client, headers, theirs["model_id"]))
+    v2 = await client.post(f"/v2/models/{theirs['model_id']}/infer", json=V2_BODY, headers=headers)
+    assert v2.status_code == 403
+    assert_outside_limit(await client.get(f"{MODELS}/{theirs['model_id']}", headers=headers))
+    # A batch job names its model in the body.
+    assert_outside_limit(await client.post("/api/v1/batch-jobs", json=job, headers=headers))
+
+
 # --- every route is covered ----------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ errors and ownership, on both databases."""
 from __future__ import annotations
 
 import io
+import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -504,15 +505,37 @@ async def test_reading_drift_needs_read_and_changing_the_reference_needs_write(
     await upload_file(client, user, "ref.csv", to_csv(normal_rows(seed=21, n=100)))
     reader = {"X-API-Key": await make_api_key(client, user, "r", scopes=["read"])}
     writer = {"X-API-Key": await make_api_key(client, user, "w", scopes=["write"])}
+    both = {"X-API-Key": await make_api_key(client, user, "rw", scopes=["read", "write"])}
     assert_problem(await client.put(REFERENCE, json={"path": "ref.csv"}, headers=reader), 403)
-    assert (
-        await client.put(REFERENCE, json={"path": "ref.csv"}, headers=writer)
-    ).status_code == 200
+    # A reference from a file reads the file: `read` too, as the files routes need.
+    no_read = await client.put(REFERENCE, json={"path": "ref.csv"}, headers=writer)
+    assert assert_problem(no_read, 403)["detail"] == "this API key lacks the `read` scope"
+    assert (await client.put(REFERENCE, json={"path": "ref.csv"}, headers=both)).status_code == 200
     assert (await client.get(REFERENCE, headers=reader)).status_code == 200
     assert (await client.get(DRIFT, headers=reader)).status_code == 200
     assert_problem(await client.get(DRIFT, headers=writer), 403)
     assert_problem(await client.delete(REFERENCE, headers=reader), 403)
     assert (await client.delete(REFERENCE, headers=writer)).status_code == 204
+
+
+async def test_a_key_limited_to_the_model_may_not_set_its_reference_from_a_file(
+    client: httpx.AsyncClient, user: Account, iris: dict[str, Any]
+) -> None:
+    await upload_file(client, user, "ref.csv", to_csv(normal_rows(seed=22, n=100)))
+    key = await make_api_key(client, user, scopes=["read", "write"], models=["iris"])
+    headers = {"X-API-Key": key}
+
+    # An existing file and a missing one are refused alike, before either is looked at.
+    existing = await client.put(REFERENCE, json={"path": "ref.csv"}, headers=headers)
+    missing = await client.put(REFERENCE, json={"path": "nowhere.csv"}, headers=headers)
+
+    assert assert_problem(existing, 403) == assert_problem(missing, 403)
+    assert existing.json()["type"].endswith("/outside-model-limit")
+    # As the files routes answer the same key.
+    assert assert_problem(await client.get("/api/v1/files", headers=headers), 403) == (
+        existing.json()
+    )
+    assert_problem(await client.get(REFERENCE, headers=user.headers), 404)
 
 
 # --- a reference given at upload -----------------------------------------------------------------
@@ -558,6 +581,41 @@ async def test_a_reference_given_at_upload_is_stored_with_the_version(
         version["id"],
         "iris/train.csv",
     )
+
+
+@pytest.mark.parametrize(
+    ("scopes", "models", "problem"),
+    [
+        (["write"], None, "missing-scope"),
+        (["read", "write"], ["iris"], "outside-model-limit"),
+    ],
+    ids=["without-read", "limited-to-the-model"],
+)
+async def test_an_upload_naming_a_reference_path_needs_the_files_read_right(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    user: Account,
+    iris_skops: Path,
+    scopes: list[str],
+    models: list[str] | None,
+    problem: str,
+) -> None:
+    await upload_file(client, user, "ref.csv", to_csv(normal_rows(seed=35, n=100)))
+    key = await make_api_key(client, user, scopes=scopes, models=models)
+    headers = {"X-API-Key": key}
+    before = stored_objects(app)
+
+    with iris_skops.open("rb") as f:
+        refused = await client.post(
+            f"{MODELS}/upload",
+            data={"name": "iris", "input_schema": json.dumps(SCHEMA), "reference_path": "ref.csv"},
+            files={"file": (iris_skops.name, f)},
+            headers=headers,
+        )
+
+    assert assert_problem(refused, 403)["type"].endswith(f"/{problem}")
+    assert_problem(await client.get(f"{MODELS}/iris", headers=user.headers), 404)
+    assert stored_objects(app) == before
 
 
 @pytest.mark.parametrize(

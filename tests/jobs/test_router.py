@@ -32,6 +32,7 @@ from tests.jobs.helpers import (
     read_csv,
     wait_for_job,
 )
+from tests.problems import assert_problem
 
 
 @pytest.fixture
@@ -336,24 +337,97 @@ async def test_an_archived_model_is_a_conflict(
     assert response.status_code == 409
 
 
-async def test_an_api_key_needs_the_predict_scope_to_start_a_job(
+async def test_starting_a_job_needs_predict_and_the_files_read_and_write_scopes(
     client: httpx.AsyncClient, user: Account, iris: None
 ) -> None:
     await put_file(client, user, "in.csv", csv_bytes(iris_rows(5)))
-    read_only = await make_api_key(client, user, scopes=["read"])
-    predicting = await make_api_key(client, user, scopes=["predict"])
-    other_model = await make_api_key(client, user, scopes=["predict", "read"], models=["wine"])
     body = {"model": "iris", "input_path": "in.csv", "output_path": "o.csv"}
 
-    refused = await client.post("/api/v1/batch-jobs", json=body, headers={"X-API-Key": read_only})
-    allowed = await client.post("/api/v1/batch-jobs", json=body, headers={"X-API-Key": predicting})
-    limited = await client.post("/api/v1/batch-jobs", json=body, headers={"X-API-Key": other_model})
-    limited_list = await client.get("/api/v1/batch-jobs", headers={"X-API-Key": other_model})
+    async def start(scopes: list[str]) -> httpx.Response:
+        key = await make_api_key(client, user, "-".join(scopes), scopes=scopes)
+        return await client.post("/api/v1/batch-jobs", json=body, headers={"X-API-Key": key})
 
-    assert refused.status_code == 403
-    assert allowed.status_code == 202
-    assert limited.status_code == 403
-    assert limited_list.json()["total"] == 0
+    no_predict = await start(["read", "write"])
+    no_read = await start(["predict"])
+    no_write = await start(["predict", "read"])
+    allowed = await start(["predict", "read", "write"])
+
+    assert assert_problem(no_predict, 403)["detail"] == "this API key lacks the `predict` scope"
+    assert assert_problem(no_read, 403)["detail"] == "this API key lacks the `read` scope"
+    assert assert_problem(no_write, 403)["detail"] == "this API key lacks the `write` scope"
+    assert allowed.status_code == 202, allowed.text
+    listed = await client.get("/api/v1/batch-jobs", headers=user.headers)
+    assert [j["id"] for j in listed.json()["items"]] == [allowed.json()["id"]]
+
+
+async def test_a_key_limited_to_models_may_not_name_files_through_a_job(
+    client: httpx.AsyncClient, user: Account, iris: None
+) -> None:
+    await put_file(client, user, "in.csv", csv_bytes(iris_rows(5)))
+    await put_file(client, user, "keep.csv", b"precious\n")
+    key = await make_api_key(client, user, scopes=["predict", "read", "write"], models=["iris"])
+    headers = {"X-API-Key": key}
+
+    # An existing input and a missing one are refused alike: nothing tells which files exist.
+    existing = await client.post(
+        "/api/v1/batch-jobs",
+        json={"model": "iris", "input_path": "in.csv", "output_path": "keep.csv"},
+        headers=headers,
+    )
+    missing = await client.post(
+        "/api/v1/batch-jobs",
+        json={"model": "iris", "input_path": "nowhere.csv", "output_path": "keep.csv"},
+        headers=headers,
+    )
+
+    assert assert_problem(existing, 403) == assert_problem(missing, 403)
+    assert existing.json()["type"].endswith("/outside-model-limit")
+    # As the files routes answer the same key.
+    files = await client.get("/api/v1/files", headers=headers)
+    assert assert_problem(files, 403) == existing.json()
+    assert (await client.get("/api/v1/batch-jobs", headers=user.headers)).json()["total"] == 0
+    kept = await client.get("/api/v1/files/download/keep.csv", headers=user.headers)
+    assert kept.content == b"precious\n"
+
+
+async def test_a_key_limited_to_other_models_sees_none_of_the_jobs(
+    client: httpx.AsyncClient, user: Account, iris: None
+) -> None:
+    await put_file(client, user, "in.csv", csv_bytes(iris_rows(5)))
+    assert (await create_job(client, user)).status_code == 202
+    other_model = await make_api_key(client, user, scopes=["predict", "read"], models=["wine"])
+
+    listed = await client.get("/api/v1/batch-jobs", headers={"X-API-Key": other_model})
+
+    assert listed.json()["total"] == 0
+
+
+async def test_an_output_path_that_is_a_folder_is_refused_at_creation(
+    client: httpx.AsyncClient, user: Account, iris: None
+) -> None:
+    await put_file(client, user, "in.csv", csv_bytes(iris_rows(5)))
+    await put_file(client, user, "results/earlier.csv", b"row,prediction\n")
+
+    response = await create_job(client, user, output_path="results")
+
+    problem = assert_problem(response, 422)
+    assert problem["detail"] == "output_path 'results' is a folder; name a file"
+    assert (await client.get("/api/v1/batch-jobs", headers=user.headers)).json()["total"] == 0
+
+
+async def test_an_output_path_inside_a_file_is_refused_at_creation(
+    client: httpx.AsyncClient, user: Account, iris: None
+) -> None:
+    await put_file(client, user, "in.csv", csv_bytes(iris_rows(5)))
+    await put_file(client, user, "results", b"a file, not a folder\n")
+
+    response = await create_job(client, user, output_path="results/scored.csv")
+
+    problem = assert_problem(response, 422)
+    assert problem["detail"] == (
+        "output_path 'results/scored.csv' is inside 'results', which is a file"
+    )
+    assert (await client.get("/api/v1/batch-jobs", headers=user.headers)).json()["total"] == 0
 
 
 async def test_a_job_runs_on_s3_storage_parts_and_output_alike(

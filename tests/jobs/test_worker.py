@@ -225,6 +225,33 @@ async def test_a_worker_runs_a_job_and_logs_progress(
     assert read_csv(output.content)[1:] == await expected_output(app_client, owner, rows)
 
 
+async def test_a_worker_starts_another_accounts_job_right_after_the_first_of_a_flood(
+    app_client: httpx.AsyncClient,
+    owner: Account,
+    iris_skops: Path,
+    tmp_path: Path,
+    worker_settings: dict[str, str],
+) -> None:
+    other = await make_account(app_client)
+    await make_version(app_client, other, iris_skops)
+    for account in (owner, other):
+        await put_file(app_client, account, "in.csv", csv_bytes(iris_rows(CHUNK_ROWS * 3)))
+    # Queued before any worker runs, the other account's one job last: the queue's FIFO
+    # order would deliver it last.
+    flood = [(await create_job(app_client, owner)).json()["id"] for _ in range(4)]
+    single = (await create_job(app_client, other)).json()["id"]
+
+    # One job at a time, and a lease no pause of a busy test machine outlasts.
+    settings = {**worker_settings, "batch_job_concurrency": "1", "batch_job_lease_seconds": "60"}
+    with worker(tmp_path, settings, "worker"):
+        jobs = [await wait_for_job(app_client, owner, j, finished, "a flood job") for j in flood]
+        jobs.append(await wait_for_job(app_client, other, single, finished, "the single job"))
+
+    assert all(job["status"] == "succeeded" for job in jobs), jobs
+    order = [job["id"] for job in sorted(jobs, key=lambda j: j["started_at"])]
+    assert order.index(single) <= 1, order
+
+
 async def test_a_running_worker_passes_the_container_health_check_and_a_stopped_one_fails(
     tmp_path: Path, worker_settings: dict[str, str], engine: AsyncEngine
 ) -> None:

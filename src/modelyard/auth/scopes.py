@@ -4,6 +4,11 @@ Every authenticated route goes through `auth.deps.current_caller`, which asks `r
 the route's scope and has `Caller.require` decide; the prediction fast path hands whatever the
 caller may not do to those routes. Password logins (and the dashboard) carry no scopes: the
 user's full rights.
+
+Files reached through another route (a batch job's input and output, a drift reference's file,
+an upload's `reference_path`) need what the files routes need, `Caller.require(scope,
+model=None)`, checked before the file is looked at: a key limited to models, refused every files
+route, is refused them there too, and learns nothing of which files exist.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from modelyard.errors import Forbidden
 
 class Scope(StrEnum):
     READ = "read"  # GET and HEAD: models, versions, downloads, files, experiments, history
-    PREDICT = "predict"  # the predict routes, V2 model metadata and readiness, batch jobs
+    # The predict routes, V2 model metadata and readiness, batch jobs (starting one also needs
+    # READ and WRITE: it reads and writes files; see `jobs.service.create_job`).
+    PREDICT = "predict"
     WRITE = "write"  # every other method: uploads, lifecycle, aliases, files, experiments
     ADMIN = "admin"  # /api/v1/users and /metrics; only an admin may mint it
 

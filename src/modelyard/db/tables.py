@@ -470,6 +470,8 @@ class BatchJob(Base):
         Index("ix_batch_jobs_owner_id_created_at", "owner_id", "created_at"),
         # Workers look for queued jobs and for running ones whose lease lapsed.
         Index("ix_batch_jobs_status_lease_until", "status", "lease_until"),
+        # The fair pick asks when each waiting account's last job started (jobs.service).
+        Index("ix_batch_jobs_owner_id_started_at", "owner_id", "started_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Query, status
 from pydantic import AwareDatetime
 
-from modelyard.auth.deps import CurrentUser
+from modelyard.auth.deps import CallerDep
 from modelyard.db.deps import SessionDep
 from modelyard.drift import reference, service
 from modelyard.drift.schemas import DriftRead, ReferenceFile, ReferenceRead
@@ -24,18 +24,19 @@ async def set_reference(
     model: OwnedModel,
     version: VersionNumber,
     body: ReferenceFile,
-    user: CurrentUser,
+    caller: CallerDep,
     db: SessionDep,
     state: StateDep,
 ) -> ReferenceRead:
     """Compute a version's drift reference from a CSV or Parquet file in the caller's file area.
 
     A CSV has a header row; the columns named like the version's numeric input features are read
-    (others are ignored), streamed in bounded memory. It replaces any earlier reference.
+    (others are ignored), streamed in bounded memory. It replaces any earlier reference. Needs
+    `write`, and `read` (a file is read); a key limited to models may not name files.
     """
     return await service.set_reference_from_file(
         db,
-        user,
+        caller,
         model,
         version,
         path=body.path,

@@ -20,7 +20,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.artifacts.store import ArtifactStore
-from modelyard.db.tables import FeatureReference, ModelAlias, ModelVersion, RegisteredModel, User
+from modelyard.auth.scopes import Scope
+from modelyard.auth.service import Caller
+from modelyard.db.tables import FeatureReference, ModelAlias, ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow
 from modelyard.drift import reference, stats
 from modelyard.drift.schemas import (
@@ -137,7 +139,7 @@ async def get_reference(db: AsyncSession, model: RegisteredModel, number: int) -
 
 async def set_reference_from_file(
     db: AsyncSession,
-    user: User,
+    caller: Caller,
     model: RegisteredModel,
     number: int,
     *,
@@ -154,6 +156,8 @@ async def set_reference_from_file(
     temporary file in `tmp_dir`); the database connection is given back while it is read.
 
     Raises:
+        MissingScope, OutsideModelLimit: the caller's API key may not read files (a key limited
+            to models never may).
         VersionNotFound: no such version.
         NoFeatureNames: the version's features are not named.
         InvalidPath: a path that could never be in the caller's area (400).
@@ -162,16 +166,20 @@ async def set_reference_from_file(
             features, or holds fewer than `reference.MIN_REFERENCE_ROWS` rows.
         Conflict: another reference of the version landed meanwhile.
     """
+    # A file of the caller's is read: the files routes' right, checked before the file is
+    # looked at (its statistics and cells are the file's content).
+    caller.require(Scope.READ, model=None)
+    user_id = caller.user.id
     version = await registry_service.get_version(db, model, number)
     features = version_features(model, version)
     version_id, model_id, owner_id, model_name = version.id, model.id, model.owner_id, model.name
     # The file may take a while: the connection goes back to the pool meanwhile.
     await db.close()
     read = await reference.read_file(
-        store, owner_id=user.id, path=path, features=features, tmp_dir=tmp_dir, limits=limits
+        store, owner_id=user_id, path=path, features=features, tmp_dir=tmp_dir, limits=limits
     )
     await db.execute(delete(FeatureReference).where(FeatureReference.version_id == version_id))
-    row = read.row(version_id=version_id, model_id=model_id, created_by=user.id)
+    row = read.row(version_id=version_id, model_id=model_id, created_by=user_id)
     db.add(row)
     try:
         await db.commit()

@@ -6,6 +6,11 @@ claimed it (`service.claim`), so a job delivered twice, or found by two pollers,
 Delivery only has to be at least once, and every worker sweeps for what delivery missed: queued
 jobs (Redis was down when one was created) and running jobs whose lease lapsed (their worker
 died), which are then resumed.
+
+Which job runs is the table's choice too: a delivery (a saq entry, a wake-up of the in-process
+worker) only says that a worker is wanted. The worker then runs the fairest runnable job
+(`service.fairest_job_id`), whichever entry woke it, and goes on while any is runnable; so the
+queue's FIFO order never makes one account's job wait behind another account's flood.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelyard.config import Settings
 from modelyard.jobs import service
-from modelyard.jobs.runner import JobRunner
+from modelyard.jobs.runner import Heartbeat, JobRunner
 from modelyard.polling import poll_forever
 
 if TYPE_CHECKING:  # saq is imported where Redis is used: a process without it never pays
@@ -34,10 +39,31 @@ log = logging.getLogger(__name__)
 RUN_FUNCTION = "run_batch_job"
 # Jobs a sweep looks at per pass.
 SWEEP_LIMIT = 100
+# Picks a worker tries when other workers claim the jobs it picked first.
+CLAIM_TRIES = 5
 # How long saq keeps a finished queue entry (its own bookkeeping; the jobs table keeps ours).
 QUEUE_ENTRY_TTL_SECONDS = 3600
 # How often `modelyard worker` touches its heartbeat file (deploy/healthcheck.py reads its age).
 HEARTBEAT_SECONDS = 10.0
+
+
+async def run_fairest(
+    runner: JobRunner,
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    heartbeat: Heartbeat | None = None,
+) -> bool:
+    """Run the fairest runnable job (`service.fairest_job_id`) to its end; return whether one
+    ran (False: none may start now)."""
+    for _ in range(CLAIM_TRIES):
+        async with sessions() as db:
+            job_id = await service.fairest_job_id(db, max_running=runner.max_running)
+        if job_id is None:
+            return False
+        if await runner.run(job_id, heartbeat=heartbeat):
+            return True
+        # Another worker claimed it first, or its account reached its cap meanwhile.
+    return False
 
 
 class JobQueue(ABC):
@@ -93,12 +119,7 @@ class InProcessJobs(JobQueue):
         )
 
     async def _run_one(self) -> bool:
-        async with self.sessions() as db:
-            candidates = await service.runnable_job_ids(db, limit=SWEEP_LIMIT)
-        for job_id in candidates:
-            if await self.runner.run(job_id):
-                return True
-        return False
+        return await run_fairest(self.runner, self.sessions)
 
 
 class RedisJobs(JobQueue):
@@ -200,13 +221,17 @@ async def run_worker(settings: Settings) -> None:
     jobs = RedisJobs(settings)
 
     async def run_batch_job(ctx: Context, *, batch_job_id: str) -> None:
+        # The entry (keyed by `batch_job_id`) only wakes this slot: it runs the fairest job,
+        # then the next, while any may start (the entry of a job run here finds none, or
+        # another).
         entry = ctx.get("job")
 
         async def heartbeat(rows_done: int, rows_total: int | None) -> None:
             if entry is not None and rows_total:
                 await entry.update(progress=min(rows_done / rows_total, 1.0))
 
-        await runner.run(uuid.UUID(batch_job_id), heartbeat=heartbeat)
+        while await run_fairest(runner, sessions, heartbeat=heartbeat):
+            pass
 
     async def heartbeat_forever() -> None:
         # The loop's sign of life for the container's health check; a dependency outage is the

@@ -20,8 +20,8 @@ router = make_router(prefix=BATCH_JOBS_PATH, tags=["batch jobs"])
 
 
 async def owned_job(job_id: uuid.UUID, caller: CallerDep, db: SessionDep) -> BatchJob:
-    """Return the caller's job `{job_id}` (404 for anyone else's)."""
-    return await service.get_job(db, caller, job_id)
+    """Return the caller's job `{job_id}`, or anyone's to an admin (404 for anyone else)."""
+    return await service.get_job(db, caller, job_id, any_owner=True)
 
 
 OwnedJob = Annotated[BatchJob, Depends(owned_job)]
@@ -32,8 +32,10 @@ OwnedJob = Annotated[BatchJob, Depends(owned_job)]
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BatchJobRead,
     responses={
+        403: {"description": "the API key may not predict, read and write files"},
         404: {"description": "no such model, version, alias or input file"},
         409: {"description": "the model or version is archived"},
+        429: {"description": "the account has its most queued and running jobs already"},
     },
 )
 async def create_batch_job(
@@ -43,11 +45,18 @@ async def create_batch_job(
 
     The version is resolved now (a later promotion does not change the job). The answer is the
     queued job; poll it (`links.self`) for progress, and download `links.output` once it has
-    succeeded. Needs the `predict` scope.
+    succeeded. Needs the `predict` scope, and `read` and `write` (the job reads and writes
+    files); a key limited to models may not start jobs (it may not name files).
     """
     assert state.batch_jobs is not None  # noqa: S101 - set up with the API routes
     return await service.create_job(
-        db, caller, body, store=state.store, queue=state.batch_jobs, events=state.events
+        db,
+        caller,
+        body,
+        store=state.store,
+        queue=state.batch_jobs,
+        events=state.events,
+        max_active=state.settings.batch_job_max_active_per_account,
     )
 
 
@@ -65,7 +74,7 @@ async def list_batch_jobs(
 
 @router.get("/{job_id}", response_model=BatchJobRead)
 async def get_batch_job(job: OwnedJob) -> BatchJob:
-    """Show a batch job: status, rows done and in all, error, times."""
+    """Show a batch job: status, rows done and in all, error, times (admins: anyone's)."""
     return job
 
 
@@ -79,5 +88,5 @@ async def cancel_batch_job(
     job: OwnedJob, caller: CallerDep, db: SessionDep, state: StateDep
 ) -> BatchJob:
     """Cancel a batch job: a queued one at once; a running one stops after its current chunk
-    (`cancel_requested` until then). No output file is written."""
+    (`cancel_requested` until then). No output file is written. Admins may cancel anyone's."""
     return await service.cancel_job(db, caller, job, events=state.events)

@@ -152,6 +152,7 @@ class JobRunner:
         self.max_chunk_values = settings.max_predict_elements
         self.limits = tabular.TabularLimits.of(settings, max_rows=settings.batch_job_max_rows)
         self.lease = timedelta(seconds=settings.batch_job_lease_seconds)
+        self.max_running = settings.batch_job_max_running_per_account
         self.tmp_dir = settings.data_dir / "tmp" / "batch-jobs"
         self.quota_bytes = settings.storage_quota_bytes
 
@@ -161,7 +162,9 @@ class JobRunner:
         chunk (the queue's own liveness record)."""
         token = uuid.uuid4().hex
         async with self.sessions() as db:
-            job = await service.claim(db, job_id, token=token, lease=self.lease)
+            job = await service.claim(
+                db, job_id, token=token, lease=self.lease, max_running=self.max_running
+            )
             if job is None:
                 return False
             run = _Run(
@@ -224,6 +227,7 @@ class JobRunner:
                 await self._end(run, JobStatus.CANCELLED, target=target)
             else:
                 log.warning("batch_job_lost", extra={"job_id": str(job_id)})
+                await self._forget_if_erased(run)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -462,6 +466,13 @@ class JobRunner:
                 lost.set()
                 return
 
+    async def _forget_if_erased(self, run: _Run) -> None:
+        """Delete the parts of a job whose row went with its owner's account: nobody resumes it."""
+        async with self.sessions() as db:
+            if await service.job_exists(db, run.job_id):
+                return  # another run holds it now: the parts are its
+        await self._delete_parts(run)
+
     async def _release(self, run: _Run) -> None:
         async with self.sessions() as db:
             await service.renew(db, run.job_id, token=run.token, lease=timedelta(seconds=-1))
@@ -485,6 +496,7 @@ class JobRunner:
             )
         if job is None:
             log.warning("batch_job_lost", extra={"job_id": str(run.job_id)})
+            await self._forget_if_erased(run)
             return
         log.info(
             "batch_job_finished",

@@ -6,25 +6,34 @@ UPDATE (queued, or running with a lapsed lease), so two processes never run one 
 the job by renewing the lease, and every later write of its run is conditional on still holding
 it (its `worker_token`): a worker that lost the job (it stalled past its lease and another took
 over) can no longer move it.
+
+Fairness between accounts is decided here too, from the rows: an account has at most
+`max_active` queued and running jobs (429 past it), at most `max_running` of them run at once,
+and whatever a worker is woken for, it runs the *fairest* runnable job (`fairest_job_id`): the
+account with the fewest running jobs, then the one whose last job started longest ago, then the
+oldest job. Another account's job so waits behind the ones already running, not behind a
+flood. A job whose owner has been deactivated is stopped by the same rows: claiming it, or
+recording its progress, asks it to cancel (auth, below jobs, knows nothing of them).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import uuid
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import AsyncGenerator, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from modelyard.artifacts.store import ArtifactStore
 from modelyard.auth.scopes import Scope
 from modelyard.auth.service import Caller
 from modelyard.db.tables import BatchJob, User
 from modelyard.db.types import utcnow, uuid7
-from modelyard.errors import Conflict, NotFound, Unprocessable
+from modelyard.errors import Conflict, NotFound, RateLimited, Unprocessable
 from modelyard.events import Action, Events
 from modelyard.files.service import FileNotFound, file_key
 from modelyard.jobs.schemas import FINISHED, BatchJobCreate, JobFormat, JobStatus
@@ -46,6 +55,21 @@ class JobFinished(Conflict):
     type = "batch-job-finished"
 
 
+class TooManyJobs(RateLimited):
+    type = "too-many-batch-jobs"
+
+
+class OutputNotAFile(Unprocessable):
+    type = "output-path-not-a-file"
+
+
+# What an account at its cap of queued and running jobs is told to wait: about a small job's
+# run (the table knows no job's end in advance).
+TOO_MANY_JOBS_RETRY_AFTER_SECONDS = 30
+# The jobs that count against an account's cap.
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
 def has_parquet() -> bool:
     """Tell whether this server can read Parquet (pyarrow is installed)."""
     return importlib.util.find_spec("pyarrow") is not None
@@ -60,14 +84,26 @@ def owned_jobs(user: User, models: frozenset[str] | None = None) -> Select[Batch
     return query
 
 
-async def get_job(db: AsyncSession, caller: Caller, job_id: uuid.UUID) -> BatchJob:
-    """Return one of the caller's jobs.
+def acts_as_admin(caller: Caller) -> bool:
+    """Tell whether the caller acts with an admin's full rights: an admin signed in, or with an
+    admin key not limited to models (a key limited to `iris` is limited to its own `iris`)."""
+    return caller.user.is_admin and caller.allows(Scope.ADMIN, model=None)
+
+
+async def get_job(
+    db: AsyncSession, caller: Caller, job_id: uuid.UUID, *, any_owner: bool = False
+) -> BatchJob:
+    """Return one of the caller's jobs; with `any_owner`, anyone's to an admin (`acts_as_admin`).
 
     Raises:
         BatchJobNotFound: no such job, another user's, or (for a key limited to models) one on
             a model the key may not use.
     """
-    job = await db.scalar(owned_jobs(caller.user, caller.models).where(BatchJob.id == job_id))
+    if any_owner and acts_as_admin(caller):
+        query = select(BatchJob)
+    else:
+        query = owned_jobs(caller.user, caller.models)
+    job = await db.scalar(query.where(BatchJob.id == job_id))
     if job is None:
         raise BatchJobNotFound(job_id)
     return job
@@ -111,17 +147,28 @@ async def create_job(
     store: ArtifactStore,
     queue: JobQueue,
     events: Events,
+    max_active: int,
 ) -> BatchJob:
-    """Resolve the model version, check the input file exists, insert a queued job and hand
-    it to the workers (after the commit: a worker never looks for a job not there yet).
+    """Resolve the model version, check the input file exists and the output path can be a
+    file, insert a queued job and hand it to the workers (after the commit: a worker never looks
+    for a job not there yet).
 
     Raises:
+        MissingScope, OutsideModelLimit: the caller's API key may not read and write files (a
+            key limited to models never may), or may not predict with the model.
         Unprocessable: Parquet asked for, and this server cannot read it.
         ModelNotFound, VersionNotFound, AliasNotFound, NoServableVersion: nothing to serve.
         NotServable: the model or the chosen version is archived.
-        MissingScope, OutsideModelLimit: the caller's API key may not predict with the model.
         FileNotFound: the caller has no file at `input_path`.
+        OutputNotAFile: `output_path` is a folder, or inside a file.
+        TooManyJobs: the caller has `max_active` queued and running jobs already.
     """
+    # A job reads a file of the caller's and writes another: it needs the rights the files
+    # routes need, and a key limited to models (refused every files route) may not name files
+    # here either. Checked before anything is looked up, so that whether a file exists is never
+    # told to a caller who may not read it.
+    caller.require(Scope.READ, model=None)
+    caller.require(Scope.WRITE, model=None)
     if body.format == JobFormat.PARQUET and not has_parquet():
         raise Unprocessable(
             "Parquet input needs the pyarrow package, which this server does not have; "
@@ -134,6 +181,7 @@ async def create_job(
     caller.require(Scope.PREDICT, model=target.model_name)
     if await store.stat(file_key(caller.user.id, body.input_path)) is None:
         raise FileNotFound(body.input_path)
+    await _check_output_path(store, caller.user.id, body.output_path)
     job = BatchJob(
         id=uuid7(),
         owner_id=caller.user.id,
@@ -152,7 +200,26 @@ async def create_job(
         inference_time_ms=0.0,
         attempts=0,
     )
+    # Insert, then count: on SQLite the insert takes the database's one write lock before the
+    # count reads, on PostgreSQL the owner's row lock queues the account's creations; either
+    # way two creations at once cannot both pass the cap.
+    await db.execute(
+        select(User.id).where(User.id == caller.user.id).with_for_update(key_share=True)
+    )
     db.add(job)
+    await db.flush()
+    active = await db.scalar(
+        select(func.count())
+        .select_from(BatchJob)
+        .where(BatchJob.owner_id == caller.user.id, BatchJob.status.in_(ACTIVE))
+    )
+    if (active or 0) > max_active:
+        await db.rollback()
+        raise TooManyJobs(
+            f"you have {max_active} queued and running batch jobs, the most an account may "
+            "have; start this one once one of them has ended",
+            retry_after_seconds=TOO_MANY_JOBS_RETRY_AFTER_SECONDS,
+        )
     await db.commit()
     await queue.submit(job.id)
     await events.record(
@@ -173,7 +240,8 @@ async def cancel_job(
 ) -> BatchJob:
     """Cancel a job: a queued one at once, a running one at its next chunk.
 
-    Cancelling a cancelled job again changes nothing.
+    Cancelling a cancelled job again changes nothing. An admin may cancel anyone's job (found
+    with `get_job(..., any_owner=True)`).
 
     Raises:
         MissingScope, OutsideModelLimit: the caller's API key may not predict with the model.
@@ -220,19 +288,30 @@ def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+async def _check_output_path(store: ArtifactStore, owner_id: uuid.UUID, path: str) -> None:
+    """Refuse an output path the output could never be stored at: a folder (objects under
+    `path/`), or a path inside a file. Found now, not once every row has been scored.
+
+    Raises:
+        OutputNotAFile: either.
+    """
+    key = file_key(owner_id, path)
+    listing = store.list(key + "/")
+    try:
+        is_folder = await anext(listing, None) is not None
+    finally:
+        if isinstance(listing, AsyncGenerator):
+            await listing.aclose()
+    if is_folder:
+        raise OutputNotAFile(f"output_path {path!r} is a folder; name a file")
+    segments = path.split("/")
+    for end in range(1, len(segments)):
+        folder = "/".join(segments[:end])
+        if await store.stat(file_key(owner_id, folder)) is not None:
+            raise OutputNotAFile(f"output_path {path!r} is inside {folder!r}, which is a file")
+
+
 # --- what workers do to the rows --------------------------------------------------------------
-
-
-async def runnable_job_ids(db: AsyncSession, *, limit: int) -> list[uuid.UUID]:
-    """Return jobs a worker may claim: queued ones, and running ones whose lease has lapsed
-    (their worker died), oldest first."""
-    rows = await db.scalars(
-        select(BatchJob.id)
-        .where(_claimable())
-        .order_by(BatchJob.created_at, BatchJob.id)
-        .limit(limit)
-    )
-    return list(rows)
 
 
 async def abandoned_jobs(db: AsyncSession, *, limit: int) -> list[tuple[uuid.UUID, int]]:
@@ -264,15 +343,87 @@ def _claimable() -> Any:
     )
 
 
-async def claim(
-    db: AsyncSession, job_id: uuid.UUID, *, token: str, lease: timedelta
-) -> BatchJob | None:
-    """Take a job for the run `token`, if it is queued or its lease has lapsed; return it, or
-    None when another run holds it or it has finished."""
+def _running_of_owner(now: datetime) -> ScalarSelect[int]:
+    """Return how many jobs of the owner of the `BatchJob` row at hand hold a live lease."""
+    other = aliased(BatchJob)
+    return (
+        select(func.count())
+        .select_from(other)
+        .where(
+            other.owner_id == BatchJob.owner_id,
+            other.status == JobStatus.RUNNING,
+            other.lease_until >= now,
+        )
+        .scalar_subquery()
+    )
+
+
+def _owner_active() -> ColumnElement[bool]:
+    """Whether the owner of the `BatchJob` row at hand is an active user."""
+    return exists().where(User.id == BatchJob.owner_id, User.is_active.is_(True))
+
+
+async def fairest_job_id(db: AsyncSession, *, max_running: int) -> uuid.UUID | None:
+    """Return the job a free worker should claim, or None when none may start now.
+
+    Claimable jobs (queued, or running with a lapsed lease) of accounts with fewer than
+    `max_running` live ones; first those of deactivated accounts (claimed only to be
+    cancelled), then the account with the fewest running, then the one whose last job started
+    longest ago (never first), then the oldest job.
+    """
     now = utcnow()
+    other = aliased(BatchJob)
+    running = _running_of_owner(now)
+    last_started = (
+        select(func.max(other.started_at))
+        .where(other.owner_id == BatchJob.owner_id)
+        .scalar_subquery()
+    )
+    return await db.scalar(
+        select(BatchJob.id)
+        .where(_claimable(), running < max_running)
+        .order_by(
+            _owner_active(),
+            running,
+            last_started.asc().nulls_first(),
+            BatchJob.created_at,
+            BatchJob.id,
+        )
+        .limit(1)
+    )
+
+
+async def claim(
+    db: AsyncSession,
+    job_id: uuid.UUID,
+    *,
+    token: str,
+    lease: timedelta,
+    max_running: int | None = None,
+) -> BatchJob | None:
+    """Take a job for the run `token`, if it is queued or its lease has lapsed, and its owner
+    has fewer than `max_running` jobs running (None: no cap); return it, or None when another
+    run holds it, it has finished, or its owner is at the cap.
+
+    A job whose owner is no longer active is taken with `cancel_requested` set: its run ends
+    it at once.
+    """
+    now = utcnow()
+    condition = [BatchJob.id == job_id, _claimable()]
+    if max_running is not None:
+        condition.append(_running_of_owner(now) < max_running)
+        # PostgreSQL: claims of one account's jobs queue on the owner's row, so two workers
+        # cannot both see it under its cap (SQLite: the UPDATE holds the one write lock).
+        await db.execute(
+            select(User.id)
+            .where(
+                User.id == select(BatchJob.owner_id).where(BatchJob.id == job_id).scalar_subquery()
+            )
+            .with_for_update(key_share=True)
+        )
     result = await db.execute(
         update(BatchJob)
-        .where(BatchJob.id == job_id, _claimable())
+        .where(*condition)
         .values(
             status=JobStatus.RUNNING,
             worker_token=token,
@@ -280,6 +431,7 @@ async def claim(
             attempts=BatchJob.attempts + 1,
             started_at=func.coalesce(BatchJob.started_at, now),
             updated_at=now,
+            cancel_requested=or_(BatchJob.cancel_requested, ~_owner_active()),
         )
     )
     await db.commit()
@@ -290,6 +442,11 @@ async def claim(
         .where(BatchJob.id == job_id, BatchJob.worker_token == token)
         .execution_options(populate_existing=True)
     )
+
+
+async def job_exists(db: AsyncSession, job_id: uuid.UUID) -> bool:
+    """Tell whether the job's row is still there (an erasure takes it with its owner)."""
+    return await db.scalar(select(BatchJob.id).where(BatchJob.id == job_id)) is not None
 
 
 async def renew(db: AsyncSession, job_id: uuid.UUID, *, token: str, lease: timedelta) -> bool:
@@ -329,7 +486,9 @@ async def record_progress(
 ) -> bool | None:
     """Commit one stored chunk: rows and parts done move together (what a resumed run trusts).
 
-    Returns whether a cancellation was asked for, or None when the run no longer holds the job.
+    Returns whether a cancellation was asked for, or None when the run no longer holds the job
+    (another run took it over, or it is gone with its owner's account). A job whose owner is
+    no longer active is asked to cancel here: deactivation stops it at its next chunk.
     """
     now = utcnow()
     result = await db.execute(
@@ -345,6 +504,7 @@ async def record_progress(
             inference_time_ms=BatchJob.inference_time_ms + inference_ms,
             lease_until=now + lease,
             updated_at=now,
+            cancel_requested=or_(BatchJob.cancel_requested, ~_owner_active()),
         )
         .returning(BatchJob.cancel_requested)
     )

@@ -126,6 +126,9 @@ async def upload_model(
         form = parse_upload_form(upload.fields)
         # The one route whose model is in the body: a key limited to models is checked here.
         caller.require(Scope.WRITE, model=form.name)
+        if form.reference_path is not None:
+            # A file of the caller's is read: the files routes' right, before it is looked at.
+            caller.require(Scope.READ, model=None)
         version = await service.register_version(
             db,
             owner=user,
