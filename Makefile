@@ -2,7 +2,7 @@
 # `make bench BENCH_ARGS="--quick"` benchmarks it against a bare ASGI floor and MLServer (bench/).
 # Each sets up what it needs (virtual environment, dependencies) on a fresh clone.
 # Dependencies come from the lock (requirements/dev.txt, hashes checked); `make lock` refreshes it
-# after a change to a pyproject.toml.
+# after a change to a pyproject.toml. `make image` / `make image-test` build and prove the image.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
@@ -14,7 +14,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: install lock run test lint format migrate bench bench-log clean
+.PHONY: install lock run test lint format migrate bench bench-log image image-test clean
 
 install: $(STAMP)
 
@@ -88,6 +88,24 @@ bench: install
 # for a quick run (default: 1 M then 10 M rows, a database of its own, dropped at the end).
 bench-log: install
 	$(BIN)/python bench/log_bench.py $(BENCH_LOG_ARGS)
+
+# The image, built with podman on our machines (users: `docker build`, README). The first time,
+# ../shared/tools/container-base.sh installs podman and builds the stand-in base image.
+IMAGE ?= localhost/modelyard:latest
+BASE_IMAGE := docker.io/library/python:3.11-slim
+CONTAINER_BASE ?= $(firstword $(wildcard ../shared/tools/container-base.sh ../../shared/tools/container-base.sh))
+
+image:
+	@if ! command -v podman >/dev/null || ! podman image exists $(BASE_IMAGE); then \
+		test -n "$(CONTAINER_BASE)" || { echo "image: no ../shared/tools/container-base.sh (set CONTAINER_BASE)" >&2; exit 1; }; \
+		bash $(CONTAINER_BASE); \
+	fi
+	podman build --layers --format docker -f deploy/Dockerfile -t $(IMAGE) .
+
+# The image against PostgreSQL and Redis on 127.0.0.1 and an S3 server (moto) on loopback, with
+# what deploy/compose.yaml and deploy/kubernetes give it (tests/deploy/test_image.py).
+image-test: install image
+	CI=true TEST_IMAGE=$(IMAGE) $(BIN)/python -m pytest tests/deploy/test_image.py -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
