@@ -103,9 +103,9 @@ image:
 	podman build --layers --format docker -f deploy/Dockerfile -t $(IMAGE) .
 
 # The image against PostgreSQL and Redis on 127.0.0.1 and an S3 server (moto) on loopback, with
-# what deploy/compose.yaml and deploy/kubernetes give it (tests/deploy/test_image.py).
+# what deploy/compose.yaml and deploy/kubernetes give it (tests/deploy/image).
 image-test: install image
-	CI=true TEST_IMAGE=$(IMAGE) $(BIN)/python -m pytest tests/deploy/test_image.py -p no:cacheprovider $(PYTEST_ARGS)
+	CI=true TEST_IMAGE=$(IMAGE) $(BIN)/python -m pytest tests/deploy/image -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,7 @@ with a message saying what to set, by every command a deploy file runs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +12,12 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.utils import canonicalize_name
 
 from tests.deploy.image import flow
 from tests.deploy.image.conftest import Backends, free_port, record_memory, stop_all
 from tests.deploy.image.podman import Container, Spec, one_off, podman, run
+from tests.deploy.locks import REPO, REQUIREMENTS, applicable, read_lock
 from tests.deploy.sources import COMPOSE, Interpolation, dockerfile_stages
 
 REFUSAL_TIMEOUT_SECONDS = 120.0
@@ -119,6 +122,45 @@ def test_the_all_role_serves_the_registry_and_predictions_from_one_container(
     assert container.exec("id", "-u", check=True).stdout.strip() == "10001"
     assert container.healthy().returncode == 0
     record_memory("docker run (role all)", container.memory(), "workers=1, image defaults")
+
+
+_DIGEST_SOURCE = """
+import hashlib, importlib, json, pathlib, sys
+digests = {}
+for name in sys.argv[1:]:
+    root = pathlib.Path(importlib.import_module(name).__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\\0" + path.read_bytes())
+    digests[name] = digest.hexdigest()
+print(json.dumps(digests))
+"""
+PACKAGES = {
+    "modelyard": REPO / "src" / "modelyard",
+    "modelyard_client": REPO / "client" / "src" / "modelyard_client",
+}
+
+
+def _digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_the_image_holds_this_checkouts_code_and_the_locked_versions(image: str) -> None:
+    def inside(*argv: str) -> str:
+        return podman("run", "--rm", "--entrypoint", "python3", image, *argv)
+
+    digests = json.loads(inside("-c", _DIGEST_SOURCE, *PACKAGES))
+    installed = {
+        canonicalize_name(p["name"]): p["version"]
+        for p in json.loads(inside("-m", "pip", "list", "--format", "json"))
+    }
+    locked = applicable(read_lock(REQUIREMENTS / "server.txt"))
+
+    assert digests == {name: _digest(root) for name, root in PACKAGES.items()}, "a stale image"
+    assert {n: installed.get(n) for n in locked} == {n: p.version for n, p in locked.items()}
 
 
 @pytest.mark.parametrize("secret", SECRETS, ids=list(SECRETS))
