@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from modelyard.artifacts.store import ArtifactStore
+from modelyard.artifacts.store import ArtifactStore, ObjectInfo
 from modelyard.config import Settings
 from modelyard.db.tables import StoredFile, User
 from modelyard.db.types import utcnow
@@ -216,3 +217,35 @@ async def test_a_reservation_left_by_an_upload_that_died_expires(
     await files_service.reserve(db, store, owner, size=QUOTA, limit=QUOTA)
 
     assert await files_service.used_bytes(db, store, owner) == QUOTA
+
+
+async def test_a_file_uploaded_while_the_area_is_first_counted_counts_once(
+    db: AsyncSession, store: ArtifactStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = await make_owner(db)
+    listing = store.list
+    raced = False
+
+    def list_after_an_upload(prefix: str) -> AsyncIterator[ObjectInfo]:
+        """The store's listing, once an upload reserved and stored its bytes meanwhile (it saw
+        the area without rows before that upload reserved)."""
+
+        async def entries() -> AsyncIterator[ObjectInfo]:
+            nonlocal raced
+            if not raced:
+                raced = True
+                await files_service.reserve(db, store, owner, size=300, limit=QUOTA)
+                written = tmp_path / "f0.bin"
+                written.write_bytes(b"a" * 300)
+                await store.put_file(files_service.file_key(owner, "f0.bin"), written)
+            async for info in listing(prefix):
+                yield info
+
+        return entries()
+
+    monkeypatch.setattr(store, "list", list_after_an_upload)
+
+    used = await files_service.used_bytes(db, store, owner)
+
+    assert raced
+    assert used == 300

@@ -362,11 +362,7 @@ async def reserve(
     """
     await _count_area_once(db, store, owner_id)
     now = utcnow()
-    if db.get_bind().dialect.name == "postgresql":
-        key = int.from_bytes(owner_id.bytes[:4], "big", signed=True)
-        await db.execute(
-            text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": QUOTA_LOCK, "key": key}
-        )
+    await _lock_owner(db, owner_id)
     # A reservation left by an upload that died is nobody's any more.
     await db.execute(
         delete(StoredFile).where(
@@ -452,30 +448,48 @@ async def _sum(db: AsyncSession, owner_id: uuid.UUID) -> int:
     return int(total or 0)
 
 
+async def _lock_owner(db: AsyncSession, owner_id: uuid.UUID) -> None:
+    """Start a transaction that holds `owner_id`'s quota lock until it ends (PostgreSQL: an
+    advisory lock of the owner; SQLite: the database's write lock, which a first statement that
+    writes takes)."""
+    if db.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(owner_id.bytes[:4], "big", signed=True)
+        await db.execute(
+            text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": QUOTA_LOCK, "key": key}
+        )
+    else:
+        await db.execute(delete(StoredFile).where(StoredFile.id == uuid.UUID(int=0)))
+
+
 async def _count_area_once(db: AsyncSession, store: ArtifactStore, owner_id: uuid.UUID) -> None:
     """Give every file of an area without any row one, from a listing of the store (files
-    stored before usage was counted). Concurrent counts of one area insert each row once."""
+    stored before usage was counted).
+
+    The rows go in under the owner's quota lock and only while the area still has none: an
+    upload reserves (a row, committed) before its bytes reach the store, so a file that the
+    listing saw because an upload wrote it meanwhile is already counted, never twice.
+    """
     if await db.scalar(select(StoredFile.id).where(StoredFile.owner_id == owner_id).limit(1)):
         await db.commit()  # end the read: the caller's next statement starts afresh
         return
     await db.commit()
     root = area(owner_id)
-    rows: list[dict[str, object]] = []
-    async for info in store.list(root):
-        rows.append(
-            {
-                "id": uuid.uuid4(),
-                "owner_id": owner_id,
-                "path": info.key[len(root) :],
-                "size_bytes": info.size,
-                "created_at": utcnow(),
-            }
-        )
-        if len(rows) == COUNT_BATCH:
-            await _insert_new(db, rows)
-            rows = []
-    if rows:
-        await _insert_new(db, rows)
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "owner_id": owner_id,
+            "path": info.key[len(root) :],
+            "size_bytes": info.size,
+            "created_at": utcnow(),
+        }
+        async for info in store.list(root)
+    ]
+    await _lock_owner(db, owner_id)
+    if await db.scalar(select(StoredFile.id).where(StoredFile.owner_id == owner_id).limit(1)):
+        await db.rollback()  # counted meanwhile, by another request or an upload's reservation
+        return
+    for first in range(0, len(rows), COUNT_BATCH):
+        await _insert_new(db, rows[first : first + COUNT_BATCH])
     await db.commit()
 
 
