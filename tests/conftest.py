@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import delete, text
@@ -28,6 +27,7 @@ from modelyard.db.tables import Base
 from modelyard.serving import probehost
 from modelyard.serving.warmup import DEFAULT_FRAMEWORKS, warm_up
 from tests import factories
+from tests.factories import lifespan
 from tests.serving import legit
 from tests.tcpproxy import TcpProxy
 
@@ -208,7 +208,7 @@ def proxied_postgresql_url(postgresql_url: str, pg_proxy: TcpProxy) -> str:
 @pytest.fixture
 async def app(settings: Settings, engine: AsyncEngine) -> AsyncIterator[FastAPI]:
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with lifespan(app):
         yield app
 
 

@@ -20,6 +20,16 @@ from modelyard.config import Settings
 from modelyard.state import AppState
 
 DEFAULT_PASSWORD = "correct horse battery staple"
+# An app's start-up starts the upload probe's process and imports the frameworks in use: on a
+# busy machine that outlasts asgi-lifespan's default bound of 5 s. A hang still fails the test.
+LIFESPAN_TIMEOUT_SECONDS = 120.0
+
+
+def lifespan(app: FastAPI) -> LifespanManager:
+    """Run `app`'s lifespan (`async with`), bounded generously for a loaded test machine."""
+    return LifespanManager(
+        app, startup_timeout=LIFESPAN_TIMEOUT_SECONDS, shutdown_timeout=LIFESPAN_TIMEOUT_SECONDS
+    )
 
 
 @dataclass
@@ -39,7 +49,7 @@ class Account:
 async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """Run an app built from `settings` in its lifespan, with a client for it."""
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client

@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, text
@@ -21,7 +20,7 @@ from modelyard.db.tables import User
 from modelyard.errors import error_response, is_dependency_down
 from modelyard.state import AppState
 from tests.conftest import make_settings
-from tests.factories import Account
+from tests.factories import Account, lifespan
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_KEYS = {"type", "title", "status", "detail"}
@@ -57,7 +56,7 @@ async def serve(
     app = create_app(settings)
     if setup is not None:
         setup(app)
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
@@ -278,7 +277,7 @@ async def test_real_postgresql_not_now_errors_answer_503(
 
     app = create_app(make_settings(tmp_path, postgresql_url))
     app.add_api_route("/pg", run)
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             response = await client.get("/pg")

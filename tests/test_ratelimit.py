@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -16,6 +15,7 @@ from modelyard.errors import RateLimited
 from modelyard.ratelimit import RateLimiter, SharedWindows
 from tests import factories
 from tests.conftest import make_settings
+from tests.factories import lifespan
 
 LOGIN = "/api/v1/auth/login"
 BAD_LOGIN = {"email": "nobody@example.com", "password": "wrong-password"}
@@ -46,7 +46,7 @@ async def test_rate_limit_is_shared_by_replicas_through_redis(
     bad_login = {**BAD_LOGIN, "email": f"nobody-{uuid.uuid4().hex[:8]}@example.com"}
     transport_kwargs = {"client": (address, 1234)}
     apps = [create_app(settings), create_app(settings)]
-    async with LifespanManager(apps[0]), LifespanManager(apps[1]):
+    async with lifespan(apps[0]), lifespan(apps[1]):
         clients = [
             httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app, **transport_kwargs),  # type: ignore[arg-type]
@@ -120,7 +120,7 @@ async def test_password_failures_per_account_are_shared_through_redis(
         for host in ("a", "b")
     ]
     bad_login = {"email": f"nobody-{uuid.uuid4().hex[:8]}@example.com", "password": "guess"}
-    async with LifespanManager(apps[0]), LifespanManager(apps[1]):
+    async with lifespan(apps[0]), lifespan(apps[1]):
         statuses = []
         for app, address in zip(
             apps * 2, ["10.1.1.1", "10.2.2.2", "10.3.3.3", "10.4.4.4"], strict=True

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import event, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,7 +27,7 @@ from modelyard.events import Action
 from modelyard.state import AppState
 from tests.audit.sse import opened, served
 from tests.conftest import make_settings
-from tests.factories import Account, login, make_account, make_api_key, make_version
+from tests.factories import Account, lifespan, login, make_account, make_api_key, make_version
 from tests.jobs.helpers import running_job
 from tests.problems import assert_problem
 from tests.servers import running_server
@@ -451,7 +450,7 @@ async def capped_app(
     tmp_path: Path, database_url: str, engine: AsyncEngine
 ) -> AsyncIterator[FastAPI]:
     app = create_app(make_settings(tmp_path, database_url, live_events_streams_per_account=2))
-    async with LifespanManager(app):
+    async with lifespan(app):
         yield app
 
 
@@ -616,8 +615,8 @@ async def asgi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 async def revocation_elsewhere_ends_the_stream(first: FastAPI, second: FastAPI) -> None:
     """A key revoked through `first` ends its stream served by `second`."""
     async with (
-        LifespanManager(first),
-        LifespanManager(second),
+        lifespan(first),
+        lifespan(second),
         asgi_client(first) as control,
         served(second) as http,
     ):

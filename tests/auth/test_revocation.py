@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -25,6 +24,7 @@ from modelyard.errors import Conflict
 from modelyard.state import AppState
 from tests import factories
 from tests.conftest import make_settings
+from tests.factories import lifespan
 from tests.problems import assert_problem
 from tests.tcpproxy import TcpProxy
 
@@ -220,7 +220,7 @@ async def test_login_failures_are_limited_per_account_from_any_address(
 ) -> None:
     settings = make_settings(tmp_path, database_url, password_failures_per_account=3)
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with lifespan(app):
         async with client_at(app, "10.0.0.1") as client:
             account = await factories.make_account(client)
         statuses = []
@@ -264,7 +264,7 @@ async def test_the_address_limit_is_shared_by_a_hosts_workers(
     settings = make_settings(tmp_path, database_url, auth_rate_limit_per_minute=2)
     workers = [create_app(settings), create_app(settings)]
     bad = {"email": "nobody@example.com", "password": "wrong-password"}
-    async with LifespanManager(workers[0]), LifespanManager(workers[1]):
+    async with lifespan(workers[0]), lifespan(workers[1]):
         statuses = []
         for worker in (workers[0], workers[1], workers[0], workers[1]):
             async with client_at(worker, "10.9.9.9") as client:
@@ -305,8 +305,8 @@ async def test_a_revocation_on_one_worker_holds_on_another_through_an_outage(
     # second knew the key from before and then loses the database.
     first, second = create_app(outage_settings), create_app(outage_settings)
     async with (
-        LifespanManager(first),
-        LifespanManager(second),
+        lifespan(first),
+        lifespan(second),
         client_at(first, "127.0.0.1") as a,
         client_at(second, "127.0.0.1") as b,
     ):
@@ -347,7 +347,7 @@ async def test_an_answer_recalled_in_an_outage_is_not_remembered_after_it(
     outage_settings: Settings, engine: AsyncEngine, pg_proxy: TcpProxy, db: AsyncSession
 ) -> None:
     app = create_app(outage_settings)
-    async with LifespanManager(app), client_at(app, "127.0.0.1") as client:
+    async with lifespan(app), client_at(app, "127.0.0.1") as client:
         account = await factories.make_account(client)
         key = await factories.make_api_key(client, account)
         assert await status_of(client, key_header(key)) == 200

@@ -11,14 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.app import create_app
 from modelyard.db import migrate
 from tests.conftest import make_settings
 from tests.deploy.sources import DASHBOARD
-from tests.factories import make_account, make_version
+from tests.factories import lifespan, make_account, make_version
 from tests.observability.workers import serve_workers
 
 SCRAPE_TOKEN = "dashboard-scrape-token-0123456789"
@@ -143,7 +142,7 @@ async def scraped(
         return
     settings = make_settings(tmp_path, scrape_database, metrics_token=SCRAPE_TOKEN)
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield await _scrape_after_traffic(client, iris_skops)

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from scipy import stats as scipy_stats
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,7 +24,14 @@ from modelyard.drift import stats
 from modelyard.state import AppState
 from tests.audit.test_audit import audit_rows
 from tests.conftest import make_settings
-from tests.factories import Account, make_account, make_api_key, make_version, upload_model
+from tests.factories import (
+    Account,
+    lifespan,
+    make_account,
+    make_api_key,
+    make_version,
+    upload_model,
+)
 from tests.problems import assert_problem
 
 NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -93,7 +99,7 @@ def expected_psi(reference: np.ndarray, window: np.ndarray) -> float:
 async def app_and_client(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """An app built from `settings` in its lifespan, and a client of it."""
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield app, client

@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
@@ -15,7 +14,7 @@ from modelyard.app import create_app
 from modelyard.config import Settings
 from modelyard.state import AppState
 from tests.conftest import make_settings, service_missing
-from tests.factories import Account
+from tests.factories import Account, lifespan
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 CLOSED_REDIS_URL = "redis://127.0.0.1:1/0"
@@ -39,7 +38,7 @@ def client_for(app: FastAPI) -> httpx.AsyncClient:
 async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """Run an app built from `settings` in its lifespan."""
     app = create_app(settings)
-    async with LifespanManager(app), client_for(app) as client:
+    async with lifespan(app), client_for(app) as client:
         yield client
 
 
@@ -133,7 +132,7 @@ async def test_ready_is_503_once_shutdown_has_begun(app: FastAPI) -> None:
 
 async def test_ready_is_503_after_the_lifespan_has_ended(tmp_path: Path, database_url: str) -> None:
     app = create_app(make_settings(tmp_path, database_url))
-    async with LifespanManager(app), client_for(app) as client:
+    async with lifespan(app), client_for(app) as client:
         assert (await client.get("/health/ready")).status_code == 200
 
     async with client_for(app) as client:

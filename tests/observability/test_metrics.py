@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from asgi_lifespan import LifespanManager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.app import create_app
 from tests.conftest import make_settings
-from tests.factories import Account, make_account, make_version
+from tests.factories import Account, lifespan, make_account, make_version
 
 SCRAPE_TOKEN = "scrape-token-for-tests-0123456789"
 
@@ -67,7 +66,7 @@ async def test_the_scrape_token_reads_metrics_without_an_account(
     tmp_path: Path, database_url: str, engine: AsyncEngine
 ) -> None:
     app = create_app(make_settings(tmp_path, database_url, metrics_token=SCRAPE_TOKEN))
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             ok = await c.get("/metrics", headers={"Authorization": f"Bearer {SCRAPE_TOKEN}"})

@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -21,7 +20,7 @@ from modelyard.app import create_app
 from modelyard.config import Settings
 from modelyard.observability import tracing
 from modelyard.state import AppState
-from tests.factories import Account, make_account, make_version
+from tests.factories import Account, lifespan, make_account, make_version
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -74,7 +73,7 @@ async def traced_app(
     """The app with traces on; `engine` deletes what the test wrote, as for the `app` fixture."""
     app = create_app(settings)
     assert tracing.TracingMiddleware in middleware_of(app)
-    async with LifespanManager(app):
+    async with lifespan(app):
         yield app
 
 

@@ -14,13 +14,12 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.app import create_app
 from tests.conftest import make_settings
-from tests.factories import Account, make_account, make_version
+from tests.factories import Account, lifespan, make_account, make_version
 from tests.predictions.conftest import truncation
 from tests.predictions.test_fastpath import (
     IRIS_ROWS,
@@ -242,7 +241,7 @@ async def small(
     """An app allowing at most 100 input values per prediction request (`engine` deletes its
     rows after the test)."""
     app = create_app(make_settings(tmp_path, database_url, max_predict_elements=100))
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -16,7 +15,7 @@ from modelyard.app import create_app
 from modelyard.db.tables import Prediction
 from modelyard.state import AppState
 from tests.conftest import make_settings
-from tests.factories import make_account, make_version
+from tests.factories import lifespan, make_account, make_version
 from tests.servers import running_server
 from tests.tcpproxy import TcpProxy
 
@@ -73,7 +72,7 @@ async def test_database_cut_mid_traffic_keeps_cached_models_answering_and_loses_
 ) -> None:
     settings = make_settings(tmp_path, proxied_postgresql_url)
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with lifespan(app):
         state: AppState = app.state.modelyard
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

@@ -12,7 +12,6 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,7 +22,7 @@ from modelyard.db.tables import Prediction
 from modelyard.predictions.fastpath import PredictFastPath
 from modelyard.state import AppState
 from tests.conftest import make_settings
-from tests.factories import Account, make_account, make_version
+from tests.factories import Account, lifespan, make_account, make_version
 
 NATIVE = "/api/v1/predict/iris"
 V2 = "/v2/models/iris/infer"
@@ -286,7 +285,7 @@ async def limited(
         tmp_path, database_url, predict_rate_limit_per_minute=3, max_request_bytes=1024
     )
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client

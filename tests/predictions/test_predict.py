@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from modelyard.db.tables import Prediction
 from modelyard.state import AppState
-from tests.factories import Account, make_version
+from tests.factories import Account, lifespan, make_version
 from tests.predictions.reference import features, reference
 from tests.serving import legit
 
@@ -257,7 +257,6 @@ async def test_concurrent_first_requests_load_the_model_once(
 async def test_onnx_prediction_past_its_time_budget_answers_422_and_is_logged(
     tmp_path: Path, database_url: str, engine: Any
 ) -> None:
-    from asgi_lifespan import LifespanManager
 
     from modelyard.app import create_app
     from tests.conftest import make_settings
@@ -267,7 +266,7 @@ async def test_onnx_prediction_past_its_time_budget_answers_422_and_is_logged(
     # Cheap on the probe's one row, ~100x heavier on 32: the shape of the attack.
     model = hostile.onnx_costly_per_row(tmp_path, repeats=25_000, passes=100)
     app = create_app(make_settings(tmp_path, database_url, predict_timeout_seconds=0.01))
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             account = await make_account(c)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from modelyard.db.tables import ModelVersion, RegisteredModel
 from modelyard.state import AppState
-from tests.factories import Account, make_version, upload_model
+from tests.factories import Account, lifespan, make_version, upload_model
 from tests.serving import hostile, legit
 
 API = "/api/v1/models"
@@ -193,7 +193,6 @@ async def test_non_model_file_is_unsupported(
 async def test_upload_over_the_limit_is_413_and_keeps_nothing(
     client: httpx.AsyncClient, tmp_path: Path, database_url: str, engine: Any
 ) -> None:
-    from asgi_lifespan import LifespanManager
 
     from modelyard.app import create_app
     from tests.conftest import make_settings
@@ -201,7 +200,7 @@ async def test_upload_over_the_limit_is_413_and_keeps_nothing(
 
     settings = make_settings(tmp_path, database_url, max_upload_bytes=64 * 1024)
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as small:
             account = await make_account(small)
@@ -222,14 +221,13 @@ async def test_pickle_uploads_can_be_switched_off(
     engine: Any,
     model_file: legit.ModelFile,
 ) -> None:
-    from asgi_lifespan import LifespanManager
 
     from modelyard.app import create_app
     from tests.conftest import make_settings
     from tests.factories import make_account
 
     app = create_app(make_settings(tmp_path, database_url, allow_pickle=False))
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             account = await make_account(c)
@@ -269,7 +267,6 @@ async def test_hostile_file_is_refused_and_leaves_nothing(
 async def test_concurrent_uploads_of_a_new_name_number_versions_one_to_n(
     tmp_path: Path, database_url: str, engine: Any, iris_skops: Path
 ) -> None:
-    from asgi_lifespan import LifespanManager
 
     from modelyard.app import create_app
     from tests.conftest import make_settings
@@ -281,7 +278,7 @@ async def test_concurrent_uploads_of_a_new_name_number_versions_one_to_n(
         tmp_path, database_url, probe_max_concurrent=n, probe_max_concurrent_per_user=n
     )
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             user = await make_account(client)
@@ -324,7 +321,6 @@ async def test_upload_links_an_experiment_and_survives_its_deletion(
 async def test_decompression_bomb_is_refused_by_the_probe_memory_limit(
     tmp_path: Path, database_url: str, engine: Any, model_file: legit.ModelFile
 ) -> None:
-    from asgi_lifespan import LifespanManager
 
     from modelyard.app import create_app
     from tests.conftest import make_settings
@@ -332,7 +328,7 @@ async def test_decompression_bomb_is_refused_by_the_probe_memory_limit(
 
     settings = make_settings(tmp_path, database_url, probe_memory_bytes=512 * 1024**2)
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             account = await make_account(c)
@@ -363,8 +359,6 @@ async def test_upload_past_the_probe_bounds_answers_429_or_503_and_keeps_nothing
 ) -> None:
     import uuid
 
-    from asgi_lifespan import LifespanManager
-
     from modelyard.app import create_app
     from tests.conftest import make_settings
     from tests.factories import make_account
@@ -373,7 +367,7 @@ async def test_upload_past_the_probe_bounds_answers_429_or_503_and_keeps_nothing
         tmp_path, database_url, probe_max_concurrent=2, probe_max_concurrent_per_user=1
     )
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with lifespan(app):
         state: AppState = app.state.modelyard
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:

@@ -19,7 +19,6 @@ import httpx
 import numpy as np
 import onnx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from modelyard.app import create_app
 from modelyard.serving.formats import ModelFormat
@@ -28,7 +27,7 @@ from modelyard.serving.onnx_cost import CostLimits, estimate_onnx_cost
 from modelyard.serving.probe import ModelProber
 from modelyard.serving.runtimes.onnx import configure_onnx_cost
 from tests.conftest import PROBE_SOCKET, make_settings
-from tests.factories import Account, make_account, make_version, upload_model
+from tests.factories import Account, lifespan, make_account, make_version, upload_model
 from tests.serving import dl_models
 
 CASES = [(name, exporter) for name in dl_models.NETWORKS for exporter in dl_models.EXPORTERS]
@@ -174,7 +173,7 @@ async def test_flops_budget_set_low_refuses_resnet18_with_the_figures(
     settings = make_settings(tmp_path, database_url, onnx_max_flops_per_request=10**9)
     app = create_app(settings)
     try:
-        async with LifespanManager(app):
+        async with lifespan(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
                 account = await make_account(c)
@@ -202,8 +201,7 @@ def test_the_server_never_imports_torch(
         import asyncio, hashlib, json, sys
         from pathlib import Path
         import numpy as np
-        from asgi_lifespan import LifespanManager
-        from modelyard.app import create_app
+                from modelyard.app import create_app
         from modelyard.config import Settings
         from modelyard.serving.formats import Framework, ModelFormat
         from modelyard.serving.runtimes import load_runtime
@@ -218,7 +216,7 @@ def test_the_server_never_imports_torch(
                 probe_socket=Path(sys.argv[4]),
             )
             app = create_app(settings)
-            async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60):
+            async with lifespan(app):
                 warm_up(list(Framework))
                 data = Path(sys.argv[3]).read_bytes()
                 runtime = load_runtime(

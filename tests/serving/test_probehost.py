@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from asgi_lifespan import LifespanManager
 
 from modelyard.app import create_app
 from modelyard.errors import RateLimited, ServiceUnavailable
@@ -24,6 +23,7 @@ from modelyard.serving.formats import ModelFormat
 from modelyard.serving.probe import ModelProber, NoProber, UploadsNotServed
 from modelyard.state import AppState
 from tests.conftest import make_settings
+from tests.factories import lifespan
 from tests.serving import legit
 
 MEMORY_BYTES = 512 * 1024**2
@@ -90,7 +90,7 @@ async def test_two_apps_on_one_data_folder_share_one_probe_process(
     first, second = (
         create_app(make_settings(tmp_path, sqlite_url, probe_socket=None)) for _ in range(2)
     )
-    async with LifespanManager(first), LifespanManager(second):
+    async with lifespan(first), lifespan(second):
         states: list[AppState] = [first.state.modelyard, second.state.modelyard]
         for state in states:
             await asyncio.to_thread(state.prober.start)
@@ -104,7 +104,7 @@ async def test_serving_role_starts_no_probe_process(
     tmp_path: Path, sqlite_url: str, legit_files: dict[str, Path]
 ) -> None:
     app = create_app(make_settings(tmp_path, sqlite_url, role="serving", probe_socket=None))
-    async with LifespanManager(app):
+    async with lifespan(app):
         state: AppState = app.state.modelyard
         assert isinstance(state.prober, NoProber)
         with pytest.raises(UploadsNotServed) as info:
@@ -254,8 +254,7 @@ def test_a_process_warms_only_the_frameworks_its_registry_uses(
     out = run_python(
         f"""
         import asyncio, sys, time
-        from asgi_lifespan import LifespanManager
-        from modelyard.app import create_app
+                from modelyard.app import create_app
         from modelyard.config import Settings
         settings = Settings(
             _env_file=None, data_dir={str(tmp_path / "data")!r}, database_url={sqlite_url!r},
@@ -263,7 +262,7 @@ def test_a_process_warms_only_the_frameworks_its_registry_uses(
         )
         async def main():
             app = create_app(settings)
-            async with LifespanManager(app, startup_timeout=120):
+            async with lifespan(app):
                 deadline = time.monotonic() + 120
                 while "skops.io" not in sys.modules and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from tests import factories
 from tests.audit.test_audit import audit_rows
+from tests.factories import lifespan
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 PASSWORD = factories.DEFAULT_PASSWORD
@@ -471,13 +472,12 @@ async def test_page_assets_are_served_by_the_app(client: httpx.AsyncClient) -> N
 
 
 async def test_serving_role_has_no_dashboard(tmp_path: Path, database_url: str) -> None:
-    from asgi_lifespan import LifespanManager
 
     from modelyard.app import create_app
     from tests.conftest import make_settings
 
     app = create_app(make_settings(tmp_path, database_url, role="serving"))
-    async with LifespanManager(app):
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             assert (await c.get("/")).status_code == 404

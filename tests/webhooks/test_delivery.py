@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import func, select, update
 
@@ -25,6 +24,7 @@ from modelyard.webhooks.delivery import BACKOFF, MAX_ATTEMPTS, DeliveryWorker
 from modelyard.webhooks.outbound import Sender
 from tests import factories
 from tests.conftest import make_settings
+from tests.factories import lifespan
 from tests.problems import assert_problem
 from tests.webhooks.helpers import (
     HOOKS,
@@ -522,7 +522,7 @@ async def test_the_apps_own_worker_sends_a_recorded_action_at_once(
     settings = make_settings(tmp_path / "live", database_url, webhook_allow_private_networks=True)
     app = create_app(settings)
     async with (
-        LifespanManager(app),
+        lifespan(app),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://testserver"
         ) as client,
@@ -543,5 +543,5 @@ async def test_the_apps_own_worker_sends_a_recorded_action_at_once(
 async def test_a_serving_replica_runs_no_delivery_worker(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/x.db", role="serving")
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with lifespan(app):
         assert state_of(app).webhooks is None
