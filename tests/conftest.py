@@ -334,3 +334,35 @@ def iris_skops(model_file: legit.ModelFile) -> Path:
 @pytest.fixture
 def iris_bytes(iris_skops: Path) -> bytes:
     return iris_skops.read_bytes()
+
+
+# How long the process may take to exit after the suite before a watchdog reports the threads
+# that keep it alive and ends it with the suite's status (the interpreter waits for every
+# non-daemon thread at exit, forever if one never ends).
+EXIT_GRACE_SECONDS = 60.0
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Make sure the run ends with its own status even when a thread a test left behind never
+    ends: a daemon watchdog, which a normal exit simply outlives, names the stuck threads and
+    where they wait, then ends the process."""
+    import faulthandler
+    import sys
+    import threading
+
+    status = int(getattr(config, "_modelyard_exitstatus", 1))
+
+    def watchdog() -> None:
+        stuck = [t.name for t in threading.enumerate() if t.is_alive() and not t.daemon]
+        sys.stderr.write(f"\nthe process did not exit; threads still running: {stuck}\n")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(status)
+
+    timer = threading.Timer(EXIT_GRACE_SECONDS, watchdog)
+    timer.daemon = True
+    timer.start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config._modelyard_exitstatus = exitstatus  # type: ignore[attr-defined]

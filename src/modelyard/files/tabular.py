@@ -261,6 +261,10 @@ def _floats(cells: list[str], kind: Kind) -> tuple[np.ndarray, int | None]:
 # --- CSV ----------------------------------------------------------------------------------------
 
 
+# How often a reader thread waiting for the event loop checks that the loop still runs.
+LOOP_CHECK_SECONDS = 0.5
+
+
 class BlockingStream(io.RawIOBase):
     """An async stream of chunks read from a worker thread: each read waits for the event loop
     to fetch the next chunk (the loop is free meanwhile: it awaits the thread)."""
@@ -286,7 +290,7 @@ class BlockingStream(io.RawIOBase):
         while not self._piece:
             if self._ended:
                 return 0
-            piece = asyncio.run_coroutine_threadsafe(_next_piece(self._chunks), self._loop).result()
+            piece = self._fetch()
             if not piece:
                 self._ended = True
                 return 0
@@ -295,6 +299,20 @@ class BlockingStream(io.RawIOBase):
         buffer[:n] = self._piece[:n]
         self._piece = self._piece[n:]
         return n
+
+    def _fetch(self) -> bytes:
+        """The next chunk, fetched by the event loop; an error once the loop has stopped (its
+        task was cancelled and the loop closed: the fetch would never run and the thread, which
+        the interpreter waits for at exit, would wait forever)."""
+        fetch = asyncio.run_coroutine_threadsafe(_next_piece(self._chunks), self._loop)
+        while True:
+            try:
+                return fetch.result(timeout=LOOP_CHECK_SECONDS)
+            except TimeoutError:
+                if not self._loop.is_running():
+                    fetch.cancel()
+                    self._ended = True
+                    raise OSError("the reader's event loop stopped") from None
 
 
 async def _next_piece(chunks: AsyncIterator[bytes]) -> bytes:
