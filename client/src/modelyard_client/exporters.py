@@ -109,7 +109,13 @@ def export_torch(
     inputs, named = _torch_inputs(torch, module, example)
     dims = _torch_dims(torch, inputs, dynamic_axes)
     with torch.no_grad():
-        expected = _torch_outputs(torch, module(**inputs) if named else module(*inputs.values()))
+        try:
+            answer = module(**inputs) if named else module(*inputs.values())
+        except Exception as exc:  # the user's forward(): any error means a wrong example
+            raise ConfigurationError(
+                f"the {type(module).__name__} failed on input_example: {_first_line(exc)}"
+            ) from exc
+    expected = _torch_outputs(torch, answer)
     args: tuple[Any, ...] = () if named else tuple(inputs.values())
     with _quiet(), torch.no_grad():
         try:
