@@ -46,6 +46,24 @@ def test_the_client_depends_on_nothing_of_the_server() -> None:
     assert not names & SERVER_ONLY
 
 
+def test_the_client_imports_no_deep_learning_library_until_such_a_model_is_logged() -> None:
+    code = (
+        "import sys, modelyard_client, modelyard_client.exporters; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'torch', 'tensorflow', 'keras', 'tf2onnx', 'onnx', 'onnxruntime', 'numpy'}))"
+    )
+    done = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(CLIENT_SRC)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+
+    assert done.stdout.strip() == "[]"
+
+
 def test_the_client_trusts_exactly_the_servers_skops_types() -> None:
     assert list(CLIENT_SKOPS_TRUSTED) == list(SKOPS_TRUSTED)
 

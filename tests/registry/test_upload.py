@@ -110,6 +110,7 @@ async def test_upload_keeps_user_schema_metadata_and_hyperparameters(
     ("fields", "fragment"),
     [
         ({"framework": "onnx"}, "not onnx"),
+        ({"framework": "pytorch"}, "a pytorch model is uploaded as its ONNX export"),
         ({"task_type": "regression"}, "classification"),
         ({"input_schema": {"features": [{"name": "a"}]}}, "the model takes 4"),
     ],
@@ -139,7 +140,7 @@ async def test_upload_refuses_claims_the_file_contradicts(
         ({"metrics": '{"acc": NaN}'}, ["body", "metrics"]),
         ({"metrics": {"acc": "high"}}, ["body", "metrics", "acc"]),
         ({"tags": {"a": 1}}, ["body", "tags"]),
-        ({"framework": "tensorflow"}, ["body", "framework"]),
+        ({"framework": "torch"}, ["body", "framework"]),
         ({"experiment_id": "nope"}, ["body", "experiment_id"]),
     ],
 )

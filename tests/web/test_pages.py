@@ -17,6 +17,8 @@ from tests.factories import lifespan
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 PASSWORD = factories.DEFAULT_PASSWORD
+# A Keras model's ONNX export by tf2onnx (see tests/client/test_deep_learning.py).
+KERAS_MLP = Path(__file__).parents[1] / "serving" / "data" / "keras_mlp.onnx"
 
 
 def csrf_of(html: str) -> str:
@@ -337,6 +339,12 @@ async def test_models_list_filters_and_pages(client: httpx.AsyncClient, iris_sko
     assert ">beta<" not in found.text
     none = await client.get("/", params={"stage": "production"})
     assert "No models match" in none.text
+    assert (await upload_form(client, KERAS_MLP, "gamma", framework="keras")).status_code == 303
+    keras = await client.get("/", params={"framework": "keras"})
+    assert ">gamma<" in keras.text
+    assert ">alpha<" not in keras.text
+    assert '<option value="pytorch"' in keras.text
+    assert ">alpha<" in (await client.get("/", params={"framework": "sklearn"})).text
     bad = await client.get("/", params={"stage": "<bogus>", "offset": "-1"})
     assert bad.status_code == 422
     assert "<bogus>" not in bad.text

@@ -1,17 +1,19 @@
 """Estimators to model files (`log_model`) and model files back to Python (`load_model`).
 
 Files are written in safe formats only: skops for scikit-learn, the native formats of ONNX,
-XGBoost and LightGBM. Loading goes through the same restrictions as the server: skops with the
+XGBoost and LightGBM, ONNX exports for PyTorch and Keras. Loading goes through the same restrictions as the server: skops with the
 server's list of trusted types, never plain pickle.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from modelyard_client import exporters
 from modelyard_client.errors import ConfigurationError
 
 # Equal to modelyard.serving.loader.SKOPS_TRUSTED (a test keeps them equal): the classes that
@@ -183,6 +185,7 @@ class SavedModel:
     path: Path
     framework: str
     input_schema: dict[str, Any] | None
+    metadata: dict[str, Any] | None = None
 
 
 def _missing(package: str, extra: str = "ml") -> ConfigurationError:
@@ -191,12 +194,34 @@ def _missing(package: str, extra: str = "ml") -> ConfigurationError:
     )
 
 
-def save_model(estimator: Any, folder: Path, input_example: Any = None) -> SavedModel:
+def save_model(
+    estimator: Any,
+    folder: Path,
+    input_example: Any = None,
+    *,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    tolerance: float = exporters.DEFAULT_TOLERANCE,
+) -> SavedModel:
     """Write `estimator` into `folder` in its safe format; infer the schema from the example.
 
     Accepts a scikit-learn estimator (skops), an ONNX ModelProto, an XGBoost or LightGBM
-    booster or scikit-learn wrapper (native format), or a path to a model file.
+    booster or scikit-learn wrapper (native format), a PyTorch module or a Keras model (their
+    ONNX export, checked against the model on `input_example`: see `modelyard_client.exporters`),
+    or a path to a model file.
     """
+    if exporters.is_torch_module(estimator):
+        exported = exporters.export_torch(
+            estimator, input_example, folder, dynamic_axes=dynamic_axes, tolerance=tolerance
+        )
+        return SavedModel(exported.path, exported.framework, None, exported.metadata)
+    if exporters.is_keras_model(estimator):
+        if dynamic_axes:
+            raise ConfigurationError(
+                "dynamic_axes is for PyTorch modules: a Keras model's dimensions are dynamic "
+                "where its inputs declare None"
+            )
+        exported = exporters.export_keras(estimator, input_example, folder, tolerance=tolerance)
+        return SavedModel(exported.path, exported.framework, None, exported.metadata)
     schema = infer_input_schema(input_example) if input_example is not None else None
     if isinstance(estimator, str | os.PathLike):
         path = Path(estimator)
@@ -228,7 +253,8 @@ def save_model(estimator: Any, folder: Path, input_example: Any = None) -> Saved
         return SavedModel(path, "sklearn", schema)
     raise ConfigurationError(
         f"cannot log a {type(estimator).__name__}: give a scikit-learn estimator, an ONNX "
-        "model, an XGBoost or LightGBM booster, or a model file's path"
+        "model, an XGBoost or LightGBM booster, a PyTorch module, a Keras model, or a model "
+        "file's path"
     )
 
 

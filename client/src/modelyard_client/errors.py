@@ -17,6 +17,18 @@ class ConfigurationError(ModelyardClientError):
     """No server URL or credentials, or a local input the client cannot use."""
 
 
+class ExportMismatch(ConfigurationError):
+    """log_model: the ONNX export of a deep-learning model answers differently from the model
+    itself on the input example, beyond the tolerance (nothing was uploaded)."""
+
+    def __init__(self, message: str, *, output: str, difference: float) -> None:
+        self.output = output
+        """The name of the first output found to differ."""
+        self.difference = difference
+        """Its largest absolute difference (inf when the shapes differ)."""
+        super().__init__(message)
+
+
 class ConnectionFailed(ModelyardClientError):
     """The server could not be reached (or the connection broke) after the retries."""
 

@@ -22,6 +22,7 @@ from modelyard_client.errors import (
     ModelyardClientError,
     WaitTimedOut,
 )
+from modelyard_client.exporters import DEFAULT_TOLERANCE
 from modelyard_client.transfer import Progress, ProgressFile, RetryPolicy, is_retryable_error
 from modelyard_client.versions import pick_version
 
@@ -690,19 +691,37 @@ class Client:
         input_example: Any = None,
         experiment: str | t.Experiment | None = None,
         description: str | None = None,
+        dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+        tolerance: float = DEFAULT_TOLERANCE,
     ) -> t.Version:
         """Save an estimator in its safe format and upload it as the next version of `name`.
 
         scikit-learn goes through skops; ONNX, XGBoost and LightGBM through their native
         formats. The input schema is inferred from `input_example` (a DataFrame gives names).
+
+        A PyTorch module (`[torch]` extra) or a Keras model (`[tensorflow]` extra) is exported
+        to ONNX with a dynamic batch dimension on every input and output, run in ONNX Runtime on
+        `input_example` (a tensor or array, or a dict of them by input name; required) and
+        uploaded only if every output matches the model's within `tolerance` (else
+        `ExportMismatch`, which names the output and the difference). Its framework is recorded
+        as `pytorch` or `keras`; it is served as ONNX. `dynamic_axes` makes more dimensions of a
+        module's inputs dynamic, e.g. `{"input_ids": {1: "sequence"}}`.
         """
         with tempfile.TemporaryDirectory(prefix="modelyard-") as folder:
-            saved = artifacts.save_model(estimator, Path(folder), input_example)
+            saved = artifacts.save_model(
+                estimator,
+                Path(folder),
+                input_example,
+                dynamic_axes=dynamic_axes,
+                tolerance=tolerance,
+            )
             return self.upload(
                 saved.path,
                 name,
                 description=description,
                 input_schema=saved.input_schema,
+                framework=saved.framework or None,
+                metadata=saved.metadata,
                 metrics=metrics,
                 hyperparameters=params,
                 tags=tags,

@@ -58,7 +58,7 @@ from modelyard.registry import service as registry_service
 from modelyard.registry.schemas import ModelStatus, Stage
 from modelyard.serving.batching import Batcher
 from modelyard.serving.cache import ModelCache
-from modelyard.serving.formats import Framework, ModelFormat
+from modelyard.serving.formats import FRAMEWORK_OF, Framework, ModelFormat
 from modelyard.serving.runtimes import Runtime, fetch_runtime
 from modelyard.serving.runtimes.base import InferenceLimitExceeded
 from modelyard.serving.runtimes.onnx import DEFAULT_RUN_TIMEOUT_SECONDS
@@ -111,7 +111,7 @@ class Target:
             version_id=uuid.UUID(int=version.id.int),
             version=version.version,
             stage=version.stage,
-            framework=Framework(version.framework),
+            framework=FRAMEWORK_OF[ModelFormat(version.format)],
             format=ModelFormat(version.format),
             task_type=version.task_type,
             storage_key=version.storage_key,

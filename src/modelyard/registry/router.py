@@ -25,6 +25,7 @@ from modelyard.registry.schemas import (
     AliasName,
     AliasTarget,
     ModelDetail,
+    ModelFramework,
     ModelRead,
     ModelSort,
     ModelUpdate,
@@ -37,7 +38,6 @@ from modelyard.registry.schemas import (
 )
 from modelyard.routing import make_router
 from modelyard.schemas import DownloadUrl, Page, PageDep, make_page
-from modelyard.serving.formats import Framework
 from modelyard.state import StateDep
 
 router = make_router(prefix="/api/v1/models", tags=["registry"])
@@ -56,7 +56,7 @@ _UPLOAD_BODY: dict[str, Any] = {
                         "file": {"type": "string", "format": "binary"},
                         "name": _TEXT,
                         "description": _TEXT,
-                        "framework": {"type": "string", "enum": [f.value for f in Framework]},
+                        "framework": {"type": "string", "enum": [f.value for f in ModelFramework]},
                         "task_type": {"type": "string", "enum": [t.value for t in TaskType]},
                         "experiment_id": {"type": "string", "format": "uuid"},
                         "reference_path": {
@@ -150,7 +150,7 @@ async def list_models(
     page: PageDep,
     search: Annotated[str | None, Query(max_length=200)] = None,
     stage: Stage | None = None,
-    framework: Framework | None = None,
+    framework: ModelFramework | None = None,
     task_type: TaskType | None = None,
     tag: Annotated[str | None, Query(max_length=64)] = None,
     include_archived: bool = False,

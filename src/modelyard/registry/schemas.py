@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, StringConstraints
 
 from modelyard.schemas import JsonObject, ReadModel, StrictModel
-from modelyard.serving.formats import Framework, ModelFormat
+from modelyard.serving.formats import ModelFormat
 
 MAX_TAGS = 50
 
@@ -29,6 +29,27 @@ class TaskType(StrEnum):
     REGRESSION = "regression"
     CLUSTERING = "clustering"
     OTHER = "other"
+
+
+class ModelFramework(StrEnum):
+    """The library a version's model was made with.
+
+    PyTorch, TensorFlow and Keras models are stored and served as their ONNX export (format
+    `onnx`); the others in their own formats (modelyard.serving.formats.Framework: the runtime).
+    """
+
+    SKLEARN = "sklearn"
+    ONNX = "onnx"
+    XGBOOST = "xgboost"
+    LIGHTGBM = "lightgbm"
+    PYTORCH = "pytorch"
+    TENSORFLOW = "tensorflow"
+    KERAS = "keras"
+
+
+EXPORTED_TO_ONNX = frozenset(
+    {ModelFramework.PYTORCH, ModelFramework.TENSORFLOW, ModelFramework.KERAS}
+)
 
 
 class ModelStatus(StrEnum):
@@ -92,7 +113,7 @@ class UploadForm(StrictModel):
 
     name: ModelName
     description: Description | None = None
-    framework: Framework | None = None
+    framework: ModelFramework | None = None
     task_type: TaskType | None = None
     input_schema: InputSchema | None = None
     output_schema: JsonObject | None = None
@@ -147,7 +168,7 @@ class VersionRead(ReadModel):
     model_name: str
     version: int
     stage: Stage
-    framework: Framework
+    framework: ModelFramework
     format: ModelFormat
     task_type: str | None
     file_size: int
@@ -169,7 +190,7 @@ class VersionSummary(ReadModel):
     id: uuid.UUID
     version: int
     stage: Stage
-    framework: Framework
+    framework: ModelFramework
     format: ModelFormat
     created_at: datetime
 

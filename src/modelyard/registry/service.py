@@ -31,7 +31,9 @@ from modelyard.experiments import service as experiments_service
 from modelyard.files.tabular import TabularLimits
 from modelyard.registry import queries
 from modelyard.registry.schemas import (
+    EXPORTED_TO_ONNX,
     InputSchema,
+    ModelFramework,
     ModelSort,
     ModelStatus,
     ModelUpdate,
@@ -40,7 +42,7 @@ from modelyard.registry.schemas import (
     VersionUpdate,
 )
 from modelyard.schemas import DownloadUrl, PageParams
-from modelyard.serving.formats import FRAMEWORK_OF, Framework, detect_format
+from modelyard.serving.formats import FRAMEWORK_OF, Framework, ModelFormat, detect_format
 from modelyard.serving.probe import Prober, ProbeReport
 
 log = logging.getLogger(__name__)
@@ -500,11 +502,7 @@ async def register_version(
     await db.rollback()
     # Reading the first bytes is quick, but a file system call all the same.
     fmt = await asyncio.to_thread(detect_format, file.path)
-    framework = FRAMEWORK_OF[fmt]
-    if form.framework is not None and form.framework != framework:
-        raise Unprocessable(
-            f"the file is a {fmt.value} file ({framework.value}), not {form.framework.value}"
-        )
+    framework = _framework(form.framework, fmt)
     report = await prober.probe(file.path, fmt, owner=owner_id)
     task_type = _reconcile_task_type(form, report)
     input_schema = _input_schema(form.input_schema, report)
@@ -657,6 +655,25 @@ async def _next_version_number(
     return row.id, row.version_count
 
 
+def _framework(claimed: ModelFramework | None, fmt: ModelFormat) -> ModelFramework:
+    """Return the version's framework: the file's, or the one claimed for an ONNX export.
+
+    Raises:
+        Unprocessable: the file is not the framework claimed (nor its ONNX export).
+    """
+    detected = ModelFramework(FRAMEWORK_OF[fmt].value)
+    if claimed is None or claimed == detected:
+        return detected
+    if claimed in EXPORTED_TO_ONNX:
+        if fmt is ModelFormat.ONNX:
+            return claimed
+        raise Unprocessable(
+            f"the file is a {fmt.value} file ({detected.value}): a {claimed.value} model is "
+            "uploaded as its ONNX export"
+        )
+    raise Unprocessable(f"the file is a {fmt.value} file ({detected.value}), not {claimed.value}")
+
+
 def _reconcile_task_type(form: UploadForm, report: ProbeReport) -> str | None:
     if form.task_type is None:
         return report.task_type
@@ -762,6 +779,7 @@ def download_filename(model: RegisteredModel, version: ModelVersion) -> str:
 
 
 async def frameworks_in_use(db: AsyncSession) -> set[Framework]:
-    """Return the frameworks of the registry's versions (what a process may be asked to serve)."""
-    rows = await db.scalars(select(ModelVersion.framework).distinct())
-    return {Framework(value) for value in rows if value in set(Framework)}
+    """Return the runtimes the registry's versions need (what a process may be asked to serve):
+    by format, since a PyTorch, TensorFlow or Keras version is served as ONNX."""
+    rows = await db.scalars(select(ModelVersion.format).distinct())
+    return {FRAMEWORK_OF[ModelFormat(value)] for value in rows if value in set(ModelFormat)}

@@ -29,9 +29,15 @@ from modelyard.registry import queries as registry_queries
 from modelyard.registry import service as registry_service
 from modelyard.registry.deps import VersionNumber
 from modelyard.registry.router import parse_upload_form
-from modelyard.registry.schemas import UPLOAD_FIELDS, AliasName, AliasTarget, ModelSort, Stage
+from modelyard.registry.schemas import (
+    UPLOAD_FIELDS,
+    AliasName,
+    AliasTarget,
+    ModelFramework,
+    ModelSort,
+    Stage,
+)
 from modelyard.schemas import PageParams
-from modelyard.serving.formats import Framework
 from modelyard.web import charts
 from modelyard.web.http import (
     CSRF_FIELD,
@@ -93,7 +99,7 @@ async def models(
     offset: Offset = 0,
 ) -> Response:
     chosen_stage = _choice(stage, {s.value for s in Stage})
-    chosen_framework = _choice(framework, {f.value for f in Framework})
+    chosen_framework = _choice(framework, {f.value for f in ModelFramework})
     chosen_sort: ModelSort = sort if sort in SORTS else "-created_at"  # type: ignore[assignment]
     views, total = await registry_service.list_models(
         db,
@@ -118,7 +124,7 @@ async def models(
         sort=chosen_sort,
         sorts=SORTS,
         stages=[s.value for s in Stage],
-        frameworks=[f.value for f in Framework],
+        frameworks=[f.value for f in ModelFramework],
         query={
             "q": q,
             "stage": chosen_stage or "",
