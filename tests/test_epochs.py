@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from modelyard.epochs import Epoch, Epochs
+from modelyard.changes.epochs import Epoch, Epochs
 from tests import factories
 from tests.conftest import make_settings
 from tests.factories import make_account, make_version

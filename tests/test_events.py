@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from modelyard.epochs import Epoch, Epochs
-from modelyard.events import Event, EventKind, LocalEvents, RedisEvents
+from modelyard.changes.epochs import Epoch, Epochs
+from modelyard.changes.events import Event, EventKind, LocalEvents, RedisEvents
 from tests.conftest import REDIS_TEST_URL as REDIS_URL
 from tests.tcpproxy import TcpProxy
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.epochs import Epoch, Epochs
-from modelyard.hotcache import EpochCache
+from modelyard.changes.epochs import Epoch, Epochs
+from modelyard.changes.hotcache import EpochCache
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.epochs import Epoch, Epochs
+from modelyard.changes.epochs import Epoch, Epochs
+from modelyard.changes.outage import OutageCache
 from modelyard.errors import NotFound
-from modelyard.outage import OutageCache
 
 AUTH = Epoch.AUTH
 

@@ -27,15 +27,16 @@ from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.router import api_keys_router, auth_router, users_router
 from modelyard.auth.service import Caller, FailureLimit
 from modelyard.auth.tokens import TokenService
+from modelyard.changes.epochs import Epoch, Epochs
+from modelyard.changes.events import make_events
+from modelyard.changes.hotcache import REFRESH_GRACE_SECONDS, EpochCache
+from modelyard.changes.outage import OutageCache
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.drift.router import router as drift_router
-from modelyard.epochs import Epoch, Epochs
 from modelyard.errors import document_errors, install_error_handlers, v2_error_response
-from modelyard.events import make_events
 from modelyard.experiments.router import router as experiments_router
 from modelyard.files.router import router as files_router
-from modelyard.hotcache import REFRESH_GRACE_SECONDS, EpochCache
 from modelyard.jobs.queue import InProcessJobs, JobQueue, RedisJobs
 from modelyard.jobs.router import router as batch_jobs_router
 from modelyard.jobs.runner import JobRunner
@@ -44,7 +45,6 @@ from modelyard.observability.logging import configure_logging
 from modelyard.observability.metrics import Metrics
 from modelyard.observability.middleware import EdgeMiddleware
 from modelyard.observability.scrape import router as metrics_router
-from modelyard.outage import OutageCache
 from modelyard.predictions import fastpath, history, maintenance, oip, traffic, v2
 from modelyard.predictions.inputs import InputLimits
 from modelyard.predictions.log import PredictionLog

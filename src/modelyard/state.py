@@ -16,13 +16,13 @@ from modelyard.audit.service import AuditLog
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.service import Caller, FailureLimit
 from modelyard.auth.tokens import TokenService
+from modelyard.changes.epochs import Epochs
+from modelyard.changes.events import Events
+from modelyard.changes.hotcache import EpochCache
+from modelyard.changes.outage import OutageCache
 from modelyard.config import Settings
-from modelyard.epochs import Epochs
-from modelyard.events import Events
-from modelyard.hotcache import EpochCache
 from modelyard.jobs.queue import JobQueue
 from modelyard.observability.metrics import Metrics
-from modelyard.outage import OutageCache
 from modelyard.predictions.log import PredictionLog
 from modelyard.predictions.service import Predictor, Target
 from modelyard.ratelimit import RateLimiter

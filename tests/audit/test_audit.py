@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from modelyard.audit import service as audit
+from modelyard.changes.events import Action
 from modelyard.cli import app as cli
 from modelyard.db.tables import AuditEvent
 from modelyard.db.types import utcnow
-from modelyard.events import Action
 from modelyard.state import AppState
 from tests.factories import Account, make_api_key, make_version
 from tests.jobs.helpers import create_job, csv_bytes, finished, put_file, wait_for_job

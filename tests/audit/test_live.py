@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from modelyard.app import create_app
 from modelyard.audit import live, service
 from modelyard.auth.service import Caller
+from modelyard.changes.events import Action
 from modelyard.db.tables import BatchJob, User
-from modelyard.events import Action
 from modelyard.state import AppState
 from tests.audit.sse import opened, served
 from tests.conftest import make_settings

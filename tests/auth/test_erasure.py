@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import TextClause, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from modelyard.changes.events import Action
 from modelyard.db.tables import (
     ApiKey,
     Experiment,
@@ -28,7 +29,6 @@ from modelyard.db.tables import (
     prediction_rollups,
 )
 from modelyard.db.types import utcnow
-from modelyard.events import Action
 from modelyard.state import AppState
 from modelyard.web import sessions as web_sessions
 from tests import factories

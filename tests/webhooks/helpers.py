@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from modelyard.changes.events import Action
 from modelyard.db.tables import RegisteredModel
-from modelyard.events import Action
 from modelyard.state import AppState
 from tests import factories
 

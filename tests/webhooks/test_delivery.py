@@ -16,10 +16,10 @@ from fastapi import FastAPI
 from sqlalchemy import func, select, update
 
 from modelyard.app import create_app
+from modelyard.changes.events import Action
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.db.tables import WebhookDelivery
 from modelyard.db.types import utcnow
-from modelyard.events import Action
 from modelyard.webhooks.delivery import BACKOFF, MAX_ATTEMPTS, DeliveryWorker
 from modelyard.webhooks.outbound import Sender
 from tests import factories

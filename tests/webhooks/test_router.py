@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI
 
 from modelyard.auth.scopes import Scope, route_needs
-from modelyard.events import Action
+from modelyard.changes.events import Action
 from modelyard.state import AppState
 from tests import factories
 from tests.auth.test_scopes import api_routes

@@ -13,7 +13,7 @@ from modelyard.artifacts.links import LinkGone, check_link
 from modelyard.artifacts.signing import SIGNED_PATH, BadSignature, LinkTarget, UrlSigner
 from modelyard.artifacts.store import ObjectNotFound
 from modelyard.db.deps import SessionDep
-from modelyard.routing import make_router
+from modelyard.edge.routing import make_router
 from modelyard.state import app_state
 
 router = make_router(prefix=SIGNED_PATH, tags=["artifacts"])

@@ -43,19 +43,19 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import Receive, Scope, Send
 
-from modelyard import context
 from modelyard.audit import service
 from modelyard.audit.router import AuditEventRead, sees_everything
 from modelyard.audit.service import AuditFilter, AuditLog
 from modelyard.auth.deps import CallerDep, api_key_scheme, bearer_scheme, credentials
 from modelyard.auth.service import Caller
+from modelyard.changes.epochs import Epoch, Epochs
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import ApiKey, AuditEvent, BatchJob, RefreshToken, User, WebSession
 from modelyard.db.types import utcnow
-from modelyard.epochs import Epoch, Epochs
+from modelyard.edge import context
+from modelyard.edge.routing import make_router
 from modelyard.errors import RateLimited, ServiceUnavailable, is_dependency_down
 from modelyard.jobs.schemas import BatchJobProgress, JobStatus
-from modelyard.routing import make_router
 from modelyard.state import AppState, StateDep
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from modelyard.auth.deps import CallerDep
 from modelyard.auth.scopes import Scope
 from modelyard.auth.service import Caller
 from modelyard.db.deps import SessionDep
-from modelyard.routing import make_router
+from modelyard.edge.routing import make_router
 from modelyard.schemas import MAX_PAGE_SIZE, ReadModel
 
 router = make_router(prefix="/api/v1/audit", tags=["audit"])

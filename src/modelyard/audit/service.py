@@ -23,10 +23,10 @@ from sqlalchemy import ColumnElement, func, or_, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from modelyard import context
+from modelyard.changes.events import Action
 from modelyard.db.tables import AuditEvent, User
 from modelyard.db.types import utcnow
-from modelyard.events import Action
+from modelyard.edge import context
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class AuditLog:
     async def append(self, action: Action) -> AuditEvent:
         """Record `action` as the chain's next row, with who did it and from where.
 
-        The caller is the request's (`modelyard.context`) unless the action names its actor.
+        The caller is the request's (`modelyard.edge.context`) unless the action names its actor.
         """
         request = context.current()
         actor_user_id = action.actor_user_id

@@ -12,13 +12,13 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from modelyard import context
 from modelyard.auth import service
 from modelyard.auth.scopes import Scope, route_needs
 from modelyard.auth.service import Caller
+from modelyard.changes.epochs import Epoch
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import RegisteredModel, User
-from modelyard.epochs import Epoch
+from modelyard.edge import context
 from modelyard.errors import Forbidden, Unauthorized
 from modelyard.state import AppState, app_state
 

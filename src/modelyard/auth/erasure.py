@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.artifacts.store import ArtifactStore
 from modelyard.auth.service import Caller, count_owned, lock_admins
+from modelyard.changes.events import Action, Events
 from modelyard.db.tables import (
     ModelVersion,
     Prediction,
@@ -33,7 +34,6 @@ from modelyard.db.tables import (
     prediction_rollups,
 )
 from modelyard.errors import Conflict, Forbidden, ModelyardError, NotFound
-from modelyard.events import Action, Events
 from modelyard.files.service import area
 from modelyard.predictions.log import PredictionLog
 

@@ -26,8 +26,8 @@ from modelyard.auth.schemas import (
 )
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import User
+from modelyard.edge.routing import make_router
 from modelyard.errors import UnsupportedMediaType
-from modelyard.routing import make_router
 from modelyard.schemas import Page, PageDep, make_page
 from modelyard.state import StateDep
 

@@ -26,6 +26,7 @@ from modelyard.auth.schemas import (
 )
 from modelyard.auth.scopes import DEFAULT_SCOPES, MissingScope, OutsideModelLimit, Scope, ordered
 from modelyard.auth.tokens import TokenService
+from modelyard.changes.events import Action, Events
 from modelyard.db.tables import (
     ApiKey,
     Experiment,
@@ -43,7 +44,6 @@ from modelyard.errors import (
     Unauthorized,
     Unprocessable,
 )
-from modelyard.events import Action, Events
 from modelyard.ratelimit import RateLimiter
 from modelyard.schemas import PageParams
 

@@ -28,9 +28,9 @@ from pydantic import ValidationError
 
 from modelyard import __version__
 from modelyard.config import Settings
+from modelyard.edge.server import EdgeLimits, EdgeProtocolFactory
 from modelyard.errors import ModelyardError
 from modelyard.observability import metrics
-from modelyard.server import EdgeLimits, EdgeProtocolFactory
 from modelyard.serving import probehost
 
 if TYPE_CHECKING:  # imported by the command that uses it (see the module docstring)
@@ -156,7 +156,7 @@ def _run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None
         proxy_headers=False,
         server_header=False,
         # A callable, not a class (hence the ignore): uvicorn calls it per connection and
-        # pickles it for --workers (see modelyard.server).
+        # pickles it for --workers (see modelyard.edge.server).
         http=EdgeProtocolFactory(EdgeLimits.from_settings(settings)),  # type: ignore[arg-type]
         ws="none",
         timeout_keep_alive=math.ceil(settings.idle_timeout_seconds),
@@ -210,9 +210,9 @@ async def _create_admin(
     from modelyard.audit.service import AuditLog
     from modelyard.auth import service as auth_service
     from modelyard.auth.passwords import PasswordHasher
+    from modelyard.changes.epochs import Epochs
+    from modelyard.changes.events import make_events
     from modelyard.db.engine import make_engine, make_sessionmaker
-    from modelyard.epochs import Epochs
-    from modelyard.events import make_events
 
     engine = make_engine(settings.sqlalchemy_url)
     # The running server's workers share these epochs (and, with Redis, every replica hears the

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.artifacts.store import ArtifactStore
+from modelyard.changes.events import Action
 from modelyard.config import Settings
 from modelyard.db.tables import FeatureReference
 from modelyard.drift import stats
 from modelyard.drift.sources import Feature, InvalidReferenceFile, Summaries, summarise_file
-from modelyard.events import Action
 from modelyard.files import service as files_service
 from modelyard.files.tabular import TabularLimits
 

@@ -12,8 +12,8 @@ from modelyard.auth.deps import CallerDep
 from modelyard.db.deps import SessionDep
 from modelyard.drift import reference, service
 from modelyard.drift.schemas import DriftRead, ReferenceFile, ReferenceRead
+from modelyard.edge.routing import make_router
 from modelyard.registry.deps import OwnedModel, VersionNumber
-from modelyard.routing import make_router
 from modelyard.state import StateDep
 
 router = make_router(prefix="/api/v1/models", tags=["drift"])

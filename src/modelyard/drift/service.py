@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from modelyard.artifacts.store import ArtifactStore
 from modelyard.auth.scopes import Scope
 from modelyard.auth.service import Caller
+from modelyard.changes.events import Events
 from modelyard.db.tables import FeatureReference, ModelAlias, ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow
 from modelyard.drift import reference, stats
@@ -41,7 +42,6 @@ from modelyard.drift.sources import (
     sample_log,
 )
 from modelyard.errors import Conflict, NotFound, Unprocessable
-from modelyard.events import Events
 from modelyard.files.tabular import TabularLimits
 from modelyard.registry import service as registry_service
 from modelyard.registry.schemas import Stage

@@ -11,6 +11,7 @@ from pydantic import Field
 from modelyard.auth.deps import CurrentUser
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import Experiment, ExperimentMetric
+from modelyard.edge.routing import make_router
 from modelyard.experiments import service
 from modelyard.experiments.schemas import (
     MAX_METRICS_PER_REQUEST,
@@ -21,7 +22,6 @@ from modelyard.experiments.schemas import (
     MetricPoint,
     MetricRead,
 )
-from modelyard.routing import make_router
 from modelyard.schemas import Page, PageDep, make_page
 from modelyard.state import StateDep
 

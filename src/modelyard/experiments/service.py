@@ -9,6 +9,7 @@ from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from modelyard.changes.events import Action, Events
 from modelyard.db.tables import (
     Experiment,
     ExperimentMetric,
@@ -18,7 +19,6 @@ from modelyard.db.tables import (
 )
 from modelyard.db.types import utcnow
 from modelyard.errors import Conflict, NotFound
-from modelyard.events import Action, Events
 from modelyard.experiments.schemas import (
     ExperimentCreate,
     ExperimentUpdate,

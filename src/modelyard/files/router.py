@@ -13,9 +13,9 @@ from modelyard.artifacts.signing import UrlSigner
 from modelyard.artifacts.uploads import receive_upload
 from modelyard.auth.deps import CurrentUser
 from modelyard.db.deps import SessionDep
+from modelyard.edge.routing import make_router
 from modelyard.files import service
 from modelyard.files.schemas import FileRead, FileStored
-from modelyard.routing import make_router
 from modelyard.schemas import DownloadUrl, Page, PageDep
 from modelyard.state import StateDep, app_state
 

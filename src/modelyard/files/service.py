@@ -38,10 +38,10 @@ from modelyard.artifacts.store import (
     object_sha256,
 )
 from modelyard.artifacts.uploads import ReceivedFile
+from modelyard.changes.events import Action, Events
 from modelyard.db.tables import StoredFile, User
 from modelyard.db.types import utcnow
 from modelyard.errors import BadRequest, Forbidden, ModelyardError, PayloadTooLarge, Unprocessable
-from modelyard.events import Action, Events
 from modelyard.files.schemas import FileRead, FileStored
 from modelyard.schemas import DownloadUrl, PageParams
 

@@ -183,9 +183,9 @@ async def run_worker(settings: Settings) -> None:
 
     from modelyard.artifacts import make_store
     from modelyard.audit.service import AuditLog
+    from modelyard.changes.epochs import Epochs
+    from modelyard.changes.events import make_events
     from modelyard.db.engine import make_engine, make_sessionmaker
-    from modelyard.epochs import Epochs
-    from modelyard.events import make_events
     from modelyard.observability.logging import configure_logging
     from modelyard.observability.metrics import Metrics
     from modelyard.predictions.log import PredictionLog

@@ -10,9 +10,9 @@ from fastapi import Depends, Query, status
 from modelyard.auth.deps import CallerDep
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import BatchJob
+from modelyard.edge.routing import make_router
 from modelyard.jobs import service
 from modelyard.jobs.schemas import BATCH_JOBS_PATH, BatchJobCreate, BatchJobRead, JobStatus
-from modelyard.routing import make_router
 from modelyard.schemas import Page, PageDep, make_page
 from modelyard.state import StateDep
 

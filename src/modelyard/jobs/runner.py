@@ -36,11 +36,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelyard.artifacts.store import ArtifactStore, ObjectNotFound, ObjectStream, open_local
+from modelyard.changes.events import Events
 from modelyard.config import Settings
 from modelyard.db.tables import BatchJob, ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow, uuid7
 from modelyard.errors import ModelyardError, ServiceUnavailable, is_dependency_down
-from modelyard.events import Events
 from modelyard.files import service as files_service
 from modelyard.files import tabular
 from modelyard.files.service import StorageQuotaExceeded, file_key

@@ -31,10 +31,10 @@ from sqlalchemy.orm import aliased
 from modelyard.artifacts.store import ArtifactStore
 from modelyard.auth.scopes import Scope
 from modelyard.auth.service import Caller
+from modelyard.changes.events import Action, Events
 from modelyard.db.tables import BatchJob, User
 from modelyard.db.types import utcnow, uuid7
 from modelyard.errors import Conflict, NotFound, RateLimited, Unprocessable
-from modelyard.events import Action, Events
 from modelyard.files.service import FileNotFound, file_key
 from modelyard.jobs.schemas import FINISHED, BatchJobCreate, JobFormat, JobStatus
 from modelyard.predictions.service import resolve_target

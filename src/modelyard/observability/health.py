@@ -16,8 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from modelyard.auth.deps import api_key_scheme, bearer_scheme, check_credential, credentials
+from modelyard.edge.routing import make_router
 from modelyard.errors import ModelyardError
-from modelyard.routing import make_router
 from modelyard.state import AppState, CheckStatus, StateDep
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelyard.context import RequestContext, request_context
+from modelyard.edge.context import RequestContext, request_context
 from modelyard.errors import BodyTooLarge, problem_response
 from modelyard.observability.logging import request_id_var
 from modelyard.observability.metrics import Metrics

@@ -10,8 +10,8 @@ from fastapi import Depends, Request, Response
 
 from modelyard.auth.deps import admin_user, api_key_scheme, bearer_scheme, current_caller
 from modelyard.db.deps import SessionDep
+from modelyard.edge.routing import make_router
 from modelyard.observability.metrics import CONTENT_TYPE
-from modelyard.routing import make_router
 from modelyard.state import StateDep
 
 router = make_router(tags=["operations"])

@@ -43,11 +43,11 @@ from modelyard.auth.deps import CurrentUser
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import Prediction, RegisteredModel, User, prediction_rollups
 from modelyard.db.types import utcnow
+from modelyard.edge.routing import make_router
 from modelyard.errors import NotFound
 from modelyard.predictions import rollups
 from modelyard.registry import queries
 from modelyard.registry import service as registry_service
-from modelyard.routing import make_router
 from modelyard.schemas import Page, PageDep, PageParams, ReadModel
 
 router = make_router(tags=["predictions"])

@@ -8,11 +8,11 @@ from fastapi import Query, Request, Response
 
 from modelyard.auth.deps import CallerDep
 from modelyard.db.deps import SessionDep
+from modelyard.edge.routing import make_router
 from modelyard.predictions import service
 from modelyard.predictions.schemas import PredictRequest, PredictResponse
 from modelyard.registry.deps import ModelRef
 from modelyard.registry.schemas import AliasName, Stage
-from modelyard.routing import make_router
 from modelyard.state import StateDep
 
 router = make_router(prefix="/api/v1/predict", tags=["predictions"])

@@ -36,14 +36,14 @@ from starlette.background import BackgroundTask
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.auth.service import Caller
+from modelyard.changes.epochs import Epoch
+from modelyard.changes.hotcache import EpochCache
+from modelyard.changes.outage import OutageCache
 from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, TrafficPolicy, User
 from modelyard.db.types import utcnow, uuid7
-from modelyard.epochs import Epoch
 from modelyard.errors import BadRequest, Conflict, NotFound, Unprocessable
-from modelyard.hotcache import EpochCache
 from modelyard.observability import tracing
 from modelyard.observability.metrics import Metrics
-from modelyard.outage import OutageCache
 from modelyard.predictions import oip
 from modelyard.predictions.inputs import (
     InputLimits,

@@ -28,15 +28,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.auth.deps import CurrentUser
+from modelyard.changes.events import Action, Events
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import RegisteredModel, TrafficPolicy, User, shadow_rollups
 from modelyard.db.types import utcnow
+from modelyard.edge.routing import make_router
 from modelyard.errors import Conflict, NotFound
-from modelyard.events import Action, Events
 from modelyard.predictions import history, rollups, service
 from modelyard.registry.deps import OwnedModel
 from modelyard.registry.schemas import RESERVED_ALIAS, Stage
-from modelyard.routing import make_router
 from modelyard.schemas import ReadModel, StrictModel
 from modelyard.state import StateDep
 

@@ -15,9 +15,9 @@ from modelyard import __version__
 from modelyard.auth.deps import CallerDep
 from modelyard.auth.service import Caller
 from modelyard.db.deps import SessionDep
+from modelyard.edge.routing import make_router
 from modelyard.errors import v2_error_response
 from modelyard.predictions import oip, service
-from modelyard.routing import make_router
 from modelyard.state import AppState, StateDep
 
 router = make_router(prefix="/v2", tags=["open inference protocol"])

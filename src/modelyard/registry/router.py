@@ -17,6 +17,7 @@ from modelyard.auth.scopes import Scope
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import ModelVersion
 from modelyard.drift import reference as drift_reference
+from modelyard.edge.routing import make_router
 from modelyard.registry import service
 from modelyard.registry.deps import OwnedModel, VersionNumber
 from modelyard.registry.schemas import (
@@ -36,7 +37,6 @@ from modelyard.registry.schemas import (
     VersionRead,
     VersionUpdate,
 )
-from modelyard.routing import make_router
 from modelyard.schemas import DownloadUrl, Page, PageDep, make_page
 from modelyard.state import StateDep
 

@@ -22,11 +22,11 @@ from modelyard.artifacts import ArtifactStore
 from modelyard.artifacts.signing import LinkTarget, UrlSigner
 from modelyard.artifacts.store import download_link
 from modelyard.artifacts.uploads import ReceivedFile
+from modelyard.changes.events import Action, Events
 from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, User
 from modelyard.db.types import utcnow
 from modelyard.drift import reference as drift_reference
 from modelyard.errors import Conflict, NotFound, Unprocessable
-from modelyard.events import Action, Events
 from modelyard.experiments import service as experiments_service
 from modelyard.files.tabular import TabularLimits
 from modelyard.registry import queries

@@ -25,9 +25,9 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from modelyard import context
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import User, WebSession
+from modelyard.edge import context
 from modelyard.errors import Forbidden, ModelyardError
 from modelyard.state import AppState, StateDep
 from modelyard.web import sessions

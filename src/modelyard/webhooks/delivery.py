@@ -35,11 +35,11 @@ from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelyard import __version__
+from modelyard.changes.events import Action
 from modelyard.config import Settings
 from modelyard.db.tables import Webhook, WebhookDelivery
 from modelyard.db.types import utcnow
 from modelyard.errors import is_dependency_down
-from modelyard.events import Action
 from modelyard.polling import poll_forever
 from modelyard.webhooks import service
 from modelyard.webhooks.outbound import Attempt, Sender

@@ -10,7 +10,7 @@ from fastapi import Depends, status
 from modelyard.auth.deps import CurrentUser
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import Webhook, WebhookDelivery
-from modelyard.routing import make_router
+from modelyard.edge.routing import make_router
 from modelyard.schemas import Page, PageDep, make_page
 from modelyard.state import StateDep
 from modelyard.webhooks import service

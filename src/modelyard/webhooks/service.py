@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 from sqlalchemy import Select, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from modelyard.changes.events import Action, Events
 from modelyard.db.tables import RegisteredModel, User, Webhook, WebhookDelivery
 from modelyard.db.types import utcnow
 from modelyard.errors import Conflict, Forbidden, NotFound, Unprocessable
-from modelyard.events import Action, Events
 from modelyard.registry import queries
 from modelyard.schemas import PageParams
 from modelyard.webhooks.outbound import RefusedAddress, check_host

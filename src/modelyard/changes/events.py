@@ -26,7 +26,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from modelyard.epochs import Epoch, Epochs
+from modelyard.changes.epochs import Epoch, Epochs
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Action:
     what the audit log records and webhooks announce.
 
     `name` is `<target type>.<verb>` (`model_version.created`, `api_key.revoked`,
-    `auth.login_failed`). Who did it is the request's caller (`modelyard.context`) unless
+    `auth.login_failed`). Who did it is the request's caller (`modelyard.edge.context`) unless
     `actor_user_id` says otherwise (a sign-in, before there is a caller). `details` describe the
     change for people and receivers; never a secret.
     """

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-from modelyard.epochs import Epoch, Epochs
+from modelyard.changes.epochs import Epoch, Epochs
 from modelyard.errors import is_dependency_down
 
 K = TypeVar("K", bound=Hashable)

@@ -30,8 +30,8 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from modelyard import context
 from modelyard.config import Settings
+from modelyard.edge import context
 from modelyard.errors import PROBLEM_BASE, PROBLEM_JSON
 
 log = logging.getLogger("modelyard.access")

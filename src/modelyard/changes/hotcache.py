@@ -10,7 +10,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-from modelyard.epochs import Epoch, Epochs
+from modelyard.changes.epochs import Epoch, Epochs
 from modelyard.errors import is_dependency_down
 
 log = logging.getLogger(__name__)
