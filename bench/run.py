@@ -977,7 +977,8 @@ class Bench:
         lines += [
             "Modelyard: before the upload and after every worker served the model (the host's "
             "upload probe process, started by `serve`, is one of the processes from the start; "
-            "each worker imports scikit-learn at start, before its first request). "
+            "each worker has scikit-learn before its first request: with several, forked from "
+            "`serve`, which imported it). "
             "modelyard-serving: a `MODELYARD_ROLE=serving` replica with one worker on the same "
             "data, after serving every model. Others: all models loaded and warm. RSS counts a "
             "page once per process that maps it; PSS counts pages shared between processes "
