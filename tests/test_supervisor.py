@@ -54,6 +54,13 @@ def shared_mib(pid: int) -> float:
     return kib / 1024
 
 
+def blocked_signals(pid: int) -> int:
+    """The signal mask of `pid`'s main thread."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    (mask,) = (line.split()[1] for line in status if line.startswith("SigBlk:"))
+    return int(mask, 16)
+
+
 def mapped_files(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
@@ -70,6 +77,8 @@ def assert_forked_from_supervisor(server: Server, pids: set[int]) -> None:
     for pid in pids:
         # The heap the supervisor filled while importing is the worker's too, not copied.
         assert shared_mib(pid) >= MIN_SHARED_MIB, (pid, shared_mib(pid))
+        # Forked with signals blocked (see supervisor._ForkedWorker), and unblocked since.
+        assert blocked_signals(pid) == 0, (pid, blocked_signals(pid))
 
 
 def test_workers_are_forked_from_a_supervisor_that_imported_the_stack(server: Server) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
-import multiprocessing
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -34,8 +33,6 @@ from socket import socket
 from uvicorn._subprocess import subprocess_started
 from uvicorn.config import Config
 from uvicorn.supervisors import multiprocess
-
-_FORK = multiprocessing.get_context("fork")
 
 
 def preload() -> None:
@@ -79,15 +76,33 @@ def forked_workers() -> Iterator[None]:
         multiprocess.get_subprocess = original  # type: ignore[attr-defined]
 
 
+class _ForkedWorker(ForkProcess):
+    """A worker forked with the supervisor's signals blocked until it has dropped its handlers.
+
+    The supervisor's handlers only queue a signal for its own loop: a SIGTERM reaching a new
+    worker before it drops them would be queued where nobody reads it, and the supervisor
+    would wait for that worker for good. Blocked, it waits until the worker's own handlers
+    (Python's defaults, then uvicorn's) are in place.
+    """
+
+    def start(self) -> None:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, multiprocess.SIGNALS)
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def _fork_worker(config: Config, target: Callable[..., None], sockets: list[socket]) -> ForkProcess:
-    return _FORK.Process(target=_worker_main, args=(config, target, sockets))
+    return _ForkedWorker(target=_worker_main, args=(config, target, sockets))
 
 
 def _worker_main(config: Config, target: Callable[..., None], sockets: list[socket]) -> None:
     """Run in the forked worker: what a spawned one would start with, then uvicorn's server."""
-    # The supervisor's handlers only queue signals for its own loop; a spawned worker starts
-    # with Python's defaults, and uvicorn's server installs its own for SIGINT and SIGTERM.
+    # A spawned worker starts with Python's handlers; uvicorn's server installs its own for
+    # SIGINT and SIGTERM when it starts.
     for sig in multiprocess.SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, multiprocess.SIGNALS)
     subprocess_started(config, target, sockets, stdin_fileno=None)
