@@ -17,7 +17,7 @@ from modelyard.db.tables import Prediction
 from modelyard.state import AppState
 from tests.conftest import make_settings
 from tests.factories import make_account, make_version
-from tests.servers import running_server
+from tests.servers import ServerProcess, environment, running
 from tests.tcpproxy import TcpProxy
 
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
@@ -30,7 +30,11 @@ def test_sigterm_loses_no_prediction_and_a_restart_sees_them_all(
     tmp_path: Path, iris_skops: Path, workers: str
 ) -> None:
     n = 60
-    with running_server(tmp_path, "--workers", workers) as server:
+    # In a session of its own: if it does not stop, its workers are killed with it.
+    server = ServerProcess(
+        tmp_path, ("--workers", workers), environment(tmp_path), start_new_session=True
+    )
+    with running(server):
         credentials = {"email": "ada@example.com", "password": "correct horse battery"}
         # A new connection per request: with two workers, both answer some.
         with httpx.Client(
