@@ -218,15 +218,31 @@ def rss_by_process(pid: int) -> dict[str, int]:
     return found
 
 
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """PSS and USS in KiB of one process (`/proc/<pid>/smaps_rollup`; zeros once it is gone).
+
+    PSS divides each page among the processes that map it (summed over processes, shared pages
+    count once); USS counts the pages only this process maps (what its exit would free).
+    """
+    found = {"pss": 0, "uss": 0}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name == "Pss":
+                found["pss"] += int(rest.split()[0])
+            elif name in ("Private_Clean", "Private_Dirty"):
+                found["uss"] += int(rest.split()[0])
+    return found
+
+
 def pss_tree(pid: int) -> int:
     """Proportional set size in KiB of `pid` and its descendants: shared pages counted once."""
-    total = 0
-    for key in rss_by_process(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{key.split()[0]}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-    return total
+    return sum(smaps_rollup(int(key.split()[0]))["pss"] for key in rss_by_process(pid))
+
+
+def uss_tree(pid: int) -> int:
+    """Unique set size in KiB of `pid` and its descendants: pages no other process maps."""
+    return sum(smaps_rollup(int(key.split()[0]))["uss"] for key in rss_by_process(pid))
 
 
 def rss_tree(pid: int) -> tuple[int, int]:
@@ -570,6 +586,7 @@ class Bench:
             self.report.memory["modelyard-serving"] = {
                 "rss_mib": round(sum(per_process.values()) / 1024, 1),
                 "pss_mib": round(pss_tree(proc.pid) / 1024, 1),
+                "uss_mib": round(uss_tree(proc.pid) / 1024, 1),
                 "processes": len(per_process),
                 "models": list(self.args.models),
             }
@@ -645,9 +662,14 @@ class Bench:
                     "rss_before_mib": round(rss_before / 1024, 1),
                     "rss_after_mib": round(rss_after / 1024, 1),
                     "pss_after_mib": round(pss_tree(target.proc.pid) / 1024, 1),
+                    "uss_after_mib": round(uss_tree(target.proc.pid) / 1024, 1),
                     "delta_mib": round((rss_after - rss_before) / 1024, 1),
                     "processes": processes,
                     "after_by_process_mib": {k: round(v / 1024, 1) for k, v in per_process.items()},
+                    "after_by_process_pss_uss_mib": {
+                        k: [round(v / 1024, 1) for v in smaps_rollup(int(k.split()[0])).values()]
+                        for k in per_process
+                    },
                 }
                 say(
                     f"modelyard {model}: upload {self.report.cold_start[model]['upload_ms']} ms, "
@@ -840,6 +862,16 @@ class Bench:
                     "≤",
                 )
             )
+            # RSS counts a page shared by the workers once per process; PSS once in all.
+            rows.append(
+                (
+                    f"`serve --workers 2` with one {first_model} model, total PSS",
+                    "MiB",
+                    two["pss_after_mib"],
+                    TARGET_TWO_WORKERS_MIB,
+                    "≤",
+                )
+            )
         serving, mlserver = memory.get("modelyard-serving"), memory.get("mlserver")
         if serving and mlserver:
             rows.append(
@@ -945,29 +977,41 @@ class Bench:
         lines += [
             "Modelyard: before the upload and after every worker served the model (the host's "
             "upload probe process, started by `serve`, is one of the processes from the start; "
-            "each worker imports scikit-learn at start, before its first request). "
+            "each worker has scikit-learn before its first request: with several, forked from "
+            "`serve`, which imported it). "
             "modelyard-serving: a `MODELYARD_ROLE=serving` replica with one worker on the same "
-            "data, after serving every model. Others: all models loaded and warm. PSS counts "
-            "pages shared between processes (libraries) once.",
+            "data, after serving every model. Others: all models loaded and warm. RSS counts a "
+            "page once per process that maps it; PSS counts pages shared between processes "
+            "(libraries; what forked workers share with `serve`) once; USS only the pages no "
+            "other process maps.",
             "",
-            "| what | processes | before MiB | after MiB | delta MiB | PSS after MiB |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| what | processes | before MiB | after MiB | delta MiB | PSS after MiB "
+            "| USS after MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for what, mem in self.report.memory.items():
             if "delta_mib" in mem:
                 lines.append(
                     f"| {what} | {mem['processes']} | {mem['rss_before_mib']} "
-                    f"| {mem['rss_after_mib']} | {mem['delta_mib']} | {mem['pss_after_mib']} |"
+                    f"| {mem['rss_after_mib']} | {mem['delta_mib']} | {mem['pss_after_mib']} "
+                    f"| {mem.get('uss_after_mib', '')} |"
                 )
             else:
                 lines.append(
-                    f"| {what} | {mem['processes']} | | {mem['rss_mib']} | | {mem['pss_mib']} |"
+                    f"| {what} | {mem['processes']} | | {mem['rss_mib']} | | {mem['pss_mib']} "
+                    f"| {mem.get('uss_mib', '')} |"
                 )
         last = [m for w, m in self.report.memory.items() if "after_by_process_mib" in m]
         if last:
-            lines += ["", "Modelyard's processes at the end of the uploads (MiB):", ""]
             lines += [
-                f"- {mib}: `{what}`" for what, mib in last[-1]["after_by_process_mib"].items()
+                "",
+                "Modelyard's processes at the end of the uploads (RSS, PSS, USS MiB):",
+                "",
+            ]
+            pss_uss = last[-1].get("after_by_process_pss_uss_mib", {})
+            lines += [
+                f"- {mib}, {', '.join(map(str, pss_uss.get(what, [])))}: `{what}`"
+                for what, mib in last[-1]["after_by_process_mib"].items()
             ]
         log = self.report.prediction_log
         if log:
@@ -1003,6 +1047,7 @@ def memory_after(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     return {
         "rss_mib": round(kib / 1024, 1),
         "pss_mib": round(pss_tree(proc.pid) / 1024, 1),
+        "uss_mib": round(uss_tree(proc.pid) / 1024, 1),
         "processes": processes,
     }
 

@@ -134,9 +134,12 @@ def test_the_workers_folder_is_fresh_and_restored_after_use() -> None:
     with metrics.multiprocess_dir() as path:
         assert os.environ[metrics.MULTIPROC_DIR_ENV] == str(path)
         assert list(path.iterdir()) == []
+        # Workers forked from this process (prometheus-client imported already) write there.
+        assert metrics.Metrics().multiprocess_dir == path
 
     assert not path.exists()
     assert os.environ.get(metrics.MULTIPROC_DIR_ENV) == before
+    assert metrics.Metrics().multiprocess_dir is None
 
 
 def test_without_serve_metrics_stay_in_the_process() -> None:

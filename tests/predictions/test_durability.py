@@ -16,20 +16,29 @@ from modelyard.db.tables import Prediction
 from modelyard.state import AppState
 from tests.conftest import make_settings
 from tests.factories import lifespan, make_account, make_version
-from tests.servers import running_server
+from tests.servers import ServerProcess, environment, running
 from tests.tcpproxy import TcpProxy
 
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 REPLAY_TIMEOUT_SECONDS = 90
 
 
+# Two workers: forked by the supervisor, each with its own log writer to flush.
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigterm_loses_no_prediction_and_a_restart_sees_them_all(
-    tmp_path: Path, iris_skops: Path
+    tmp_path: Path, iris_skops: Path, workers: str
 ) -> None:
     n = 60
-    with running_server(tmp_path) as server:
+    # In a session of its own: if it does not stop, its workers are killed with it.
+    server = ServerProcess(
+        tmp_path, ("--workers", workers), environment(tmp_path), start_new_session=True
+    )
+    with running(server):
         credentials = {"email": "ada@example.com", "password": "correct horse battery"}
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        # A new connection per request: with two workers, both answer some.
+        with httpx.Client(
+            base_url=server.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)
+        ) as client:
             assert client.post("/api/v1/auth/register", json=credentials).status_code == 201
             token = client.post("/api/v1/auth/login", json=credentials).json()["access_token"]
             headers = {"Authorization": f"Bearer {token}"}

@@ -4,8 +4,9 @@ The `modelyard` command belongs to the client package (modelyard_client.cli); th
 these commands to it through the `modelyard.commands` entry point (`register`). `app` alone is
 the server's commands, for tests and for `python -m modelyard.cli`.
 
-Each command imports what it uses: with `--workers N`, the `serve` process only watches the
-workers, and the database, model and cloud libraries would sit in its memory unused.
+Each command imports what it uses, so a command's process holds only its own libraries. With
+`--workers N`, `serve` imports the serving stack on purpose before it forks its workers, who
+share those pages (`modelyard.cli.supervisor`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from modelyard import __version__
+from modelyard.cli import supervisor
 from modelyard.config import Settings
 from modelyard.edge.server import EdgeLimits, EdgeProtocolFactory
 from modelyard.errors import ModelyardError
@@ -109,7 +111,10 @@ def serve(
         # Several: each worker writes its values to a file in a fresh folder that any worker's
         # /metrics merges, so one scrape shows the sum over the workers.
         with metrics.multiprocess_dir():
-            _run_uvicorn(settings, host, port, workers)
+            # Forked from here: what they all import is imported once, and shared.
+            supervisor.preload()
+            with supervisor.forked_workers():
+                _run_uvicorn(settings, host, port, workers)
 
 
 @contextlib.contextmanager
@@ -155,8 +160,8 @@ def _run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None
         # handling would trust any local peer.
         proxy_headers=False,
         server_header=False,
-        # A callable, not a class (hence the ignore): uvicorn calls it per connection and
-        # pickles it for --workers (see modelyard.edge.server).
+        # A callable, not a class (hence the ignore): uvicorn calls it per connection (see
+        # modelyard.edge.server).
         http=EdgeProtocolFactory(EdgeLimits.from_settings(settings)),  # type: ignore[arg-type]
         ws="none",
         timeout_keep_alive=math.ceil(settings.idle_timeout_seconds),

@@ -60,7 +60,7 @@ class EdgeLimits:
 
 @dataclass(frozen=True)
 class EdgeProtocolFactory:
-    """What `uvicorn.run(http=...)` calls per connection; picklable, so `--workers` get it too."""
+    """What `uvicorn.run(http=...)` calls per connection."""
 
     limits: EdgeLimits
 

@@ -237,11 +237,15 @@ def multiprocess_dir() -> Iterator[Path]:
     The folder is removed on exit. It is this process's own, in the temporary directory rather
     than the data folder: several `serve` processes may share one data folder (compose's api and
     serving do), and neither may wipe, sum or sweep the other's workers. Set before the workers
-    are spawned: prometheus-client reads the variable when a worker first imports it.
+    are started. prometheus-client reads the variable when it is first imported, which this
+    process has done already: it is made to read it again, so workers forked from this process
+    (`cli.supervisor`) keep their values in the folder too.
     """
     path = Path(tempfile.mkdtemp(prefix="modelyard-metrics-"))
     previous = os.environ.get(MULTIPROC_DIR_ENV)
+    previous_class = prometheus_values.ValueClass
     os.environ[MULTIPROC_DIR_ENV] = str(path)
+    prometheus_values.ValueClass = prometheus_values.get_value_class()  # type: ignore[no-untyped-call]
     try:
         yield path
     finally:
@@ -249,4 +253,5 @@ def multiprocess_dir() -> Iterator[Path]:
             os.environ.pop(MULTIPROC_DIR_ENV, None)
         else:
             os.environ[MULTIPROC_DIR_ENV] = previous
+        prometheus_values.ValueClass = previous_class
         shutil.rmtree(path, ignore_errors=True)
