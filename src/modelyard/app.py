@@ -27,6 +27,7 @@ from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.router import api_keys_router, auth_router, users_router
 from modelyard.auth.service import Caller, FailureLimit
 from modelyard.auth.tokens import TokenService
+from modelyard.compare.router import router as compare_router
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.drift.router import router as drift_router
@@ -281,6 +282,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             drift_router,
             files_router,
             experiments_router,
+            compare_router,
             webhooks_router,
             history.router,
             traffic.router,
