@@ -104,6 +104,8 @@ async def test_list_filters_by_metric_thresholds(client: httpx.AsyncClient, user
         {"sort": "owner_id"},
         {"sort": "name; DROP TABLE experiments"},
         {"sort": "metrics."},
+        {"sort": "metrics.a\x00b"},
+        {"filter": "metrics.a\x00b>1"},
         {"filter": "accuracy>0.9"},
         {"filter": "metrics.accuracy>high"},
         {"filter": "metrics.accuracy>nan"},

@@ -113,7 +113,14 @@ class MetricFilter:
             value = math.nan
         if not math.isfinite(value):
             raise Unprocessable(f"filter {text!r}: {found['value']!r} is not a finite number")
-        return cls(key=found["key"].strip(), op=found["op"], value=value)
+        return cls(key=_metric_key(found["key"].strip()), op=found["op"], value=value)
+
+
+def _metric_key(key: str) -> str:
+    # PostgreSQL text cannot hold NUL, and no metric name needs a control character.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise Unprocessable("a metric key has no control characters")
+    return key
 
 
 def parse_sort(text: str | None) -> ExperimentSort | str:
@@ -125,7 +132,7 @@ def parse_sort(text: str | None) -> ExperimentSort | str:
     if text is None:
         return ExperimentSort.CREATED_AT
     if text.startswith(METRIC_PREFIX) and 0 < len(text) - len(METRIC_PREFIX) <= MAX_METRIC_KEY:
-        return text.removeprefix(METRIC_PREFIX)
+        return _metric_key(text.removeprefix(METRIC_PREFIX))
     try:
         return ExperimentSort(text)
     except ValueError:
