@@ -73,6 +73,8 @@ def _render(page: Any, found: Comparison, **context: Any) -> Response:
     serving = []
     for name, title in SERVING_ROWS:
         values = [getattr(figures, name) for figures in found.serving or ()]
+        if name == "drift":
+            values = [v.replace("_", " ") for v in values]
         if values:
             serving.append((title, values, len({orjson.dumps(v) for v in values}) > 1))
     return render(
