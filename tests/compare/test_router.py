@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from modelyard.state import AppState
 from tests.drift.test_router import SCHEMA, normal_rows, put_reference, to_csv, upload_file
-from tests.factories import Account, make_version
+from tests.factories import Account, make_api_key, make_version
 from tests.problems import assert_problem
 
 EXPERIMENTS = "/api/v1/experiments"
@@ -190,3 +190,18 @@ async def test_compare_needs_credentials(client: httpx.AsyncClient) -> None:
     ids = {"id": [str(uuid.uuid4()), str(uuid.uuid4())]}
     for url in (RUNS, VERSIONS):
         assert (await client.get(url, params=ids)).status_code == 401
+
+
+async def test_a_key_limited_to_models_cannot_compare(
+    client: httpx.AsyncClient, user: Account, iris_skops: Path
+) -> None:
+    """Comparing names no single model, so a key limited to models is refused (as lists are)."""
+    first = await make_version(client, user, iris_skops)
+    second = await make_version(client, user, iris_skops)
+    key = await make_api_key(client, user, scopes=["read"], models=["iris"])
+    ids = {"id": [first["id"], second["id"]]}
+    response = await client.get(VERSIONS, params=ids, headers={"X-API-Key": key})
+    assert assert_problem(response, 403)["type"].endswith("outside-model-limit")
+    everything = await make_api_key(client, user, scopes=["read"])
+    allowed = await client.get(VERSIONS, params=ids, headers={"X-API-Key": everything})
+    assert allowed.status_code == 200, allowed.text
