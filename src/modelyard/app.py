@@ -31,6 +31,7 @@ from modelyard.changes.epochs import Epoch, Epochs
 from modelyard.changes.events import make_events
 from modelyard.changes.hotcache import REFRESH_GRACE_SECONDS, EpochCache
 from modelyard.changes.outage import OutageCache
+from modelyard.compare.router import router as compare_router
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.drift.router import router as drift_router
@@ -281,6 +282,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             drift_router,
             files_router,
             experiments_router,
+            compare_router,
             webhooks_router,
             history.router,
             traffic.router,

@@ -462,9 +462,21 @@ class AsyncClient:
         tag: str | None = None,
         limit: int = calls.DEFAULT_LIMIT,
         offset: int = 0,
+        sort: str | None = None,
+        order: str | None = None,
+        filters: Sequence[str] = (),
     ) -> t.Page[t.Experiment]:
-        """List your experiments."""
-        return await self._run(calls.list_experiments(search, tag, limit, offset))
+        """List your experiments with their latest metrics (`latest_metrics`), newest first.
+
+        `sort` is `created_at`, `updated_at`, `ended_at`, `name` or `metrics.<key>` (by the
+        latest value; runs without it last), `order` `desc` (default) or `asc`; each of
+        `filters`, such as `"metrics.accuracy>=0.9"`, keeps the runs whose latest value passes.
+        """
+        return await self._run(
+            calls.list_experiments(
+                search, tag, limit, offset, sort=sort, order=order, filters=filters
+            )
+        )
 
     async def get_experiment(self, experiment_id: str) -> t.Experiment:
         """Return an experiment with its latest metrics and the versions it produced."""
@@ -491,6 +503,33 @@ class AsyncClient:
     async def get_metrics(self, experiment_id: str, key: str | None = None) -> list[t.Metric]:
         """Return an experiment's metric history, ordered by step."""
         return await self._run(calls.get_metrics(experiment_id, key))
+
+    async def finish_experiment(
+        self, experiment: str | t.Experiment, status: str = "completed"
+    ) -> t.Experiment:
+        """End a run: its status becomes `status` (`completed`, `failed` or `killed`) and its
+        `ended_at` is set."""
+        return await self._run(calls.finish_experiment(experiment, status))
+
+    async def compare_runs(self, *runs: str | t.Experiment) -> t.Comparison:
+        """Compare 2 to 10 of your runs: parameters and latest metrics side by side (each key
+        with `differs`), and every metric's history per run."""
+        return await self._run(calls.compare_runs(runs))
+
+    async def compare_versions(
+        self, *versions: str | t.Version, days: int | None = None
+    ) -> t.Comparison:
+        """Compare 2 to 10 model versions, each a `Version`, a version id or `"model:version"`:
+        hyperparameters and metrics side by side, their runs' metric histories, and their
+        serving figures (requests, failures, p50/p95 over the last `days` days, default 7;
+        drift status over the last 24 hours)."""
+        ids = []
+        for version in versions:
+            ref = None if isinstance(version, t.Version) else calls.version_ref(version)
+            if ref is not None:
+                version = await self.get_version(*ref)
+            ids.append(version.id if isinstance(version, t.Version) else version)
+        return await self._run(calls.compare_versions(ids, days))
 
     # --- predictions and analytics ---------------------------------------------------------
 
@@ -693,6 +732,7 @@ class AsyncClient:
         description: str | None = None,
         dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
         tolerance: float = DEFAULT_TOLERANCE,
+        finish_run: bool = False,
     ) -> t.Version:
         """Save an estimator in its safe format and upload it as the next version of `name`.
 
@@ -706,6 +746,9 @@ class AsyncClient:
         `ExportMismatch`, which names the output and the difference). Its framework is recorded
         as `pytorch` or `keras`; it is served as ONNX. `dynamic_axes` makes more dimensions of a
         module's inputs dynamic, e.g. `{"input_ids": {1: "sequence"}}`.
+
+        Linked to `experiment`, the version's metrics become the run's latest metrics; with
+        `finish_run`, the run is then marked `completed`.
         """
         with tempfile.TemporaryDirectory(prefix="modelyard-") as folder:
             # Serialising a large estimator is CPU-bound: off the event loop.
@@ -719,7 +762,7 @@ class AsyncClient:
                     tolerance=tolerance,
                 )
             )
-            return await self.upload(
+            version = await self.upload(
                 saved.path,
                 name,
                 description=description,
@@ -731,6 +774,9 @@ class AsyncClient:
                 tags=tags,
                 experiment_id=experiment.id if isinstance(experiment, t.Experiment) else experiment,
             )
+        if finish_run and experiment is not None:
+            await self.finish_experiment(experiment)
+        return version
 
     async def load_model(
         self,

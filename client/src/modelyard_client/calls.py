@@ -350,10 +350,47 @@ def create_experiment(
 
 
 def list_experiments(
-    search: str | None, tag: str | None, limit: int, offset: int
+    search: str | None,
+    tag: str | None,
+    limit: int,
+    offset: int,
+    *,
+    sort: str | None = None,
+    order: str | None = None,
+    filters: Sequence[str] = (),
 ) -> Call[t.Page[t.Experiment]]:
-    params = _params(search=search, tag=tag, limit=limit, offset=offset)
+    params = _params(search=search, tag=tag, limit=limit, offset=offset, sort=sort, order=order)
+    if filters:
+        params["filter"] = list(filters)
     return Call("GET", f"{API}/experiments", _page(t.Experiment), params=params)
+
+
+def experiment_id(experiment: str | t.Experiment) -> str:
+    """The id of an experiment given as its id or as the object."""
+    return experiment.id if isinstance(experiment, t.Experiment) else str(experiment)
+
+
+def finish_experiment(experiment: str | t.Experiment, status: str) -> Call[t.Experiment]:
+    return update_experiment(experiment_id(experiment), {"status": status})
+
+
+def compare_runs(runs: Sequence[str | t.Experiment]) -> Call[t.Comparison]:
+    params = {"id": [experiment_id(run) for run in runs]}
+    return Call("GET", f"{API}/compare/runs", _one(t.Comparison), params=params)
+
+
+def compare_versions(version_ids: Sequence[str], days: int | None) -> Call[t.Comparison]:
+    params = _params(days=days)
+    params["id"] = list(version_ids)
+    return Call("GET", f"{API}/compare/versions", _one(t.Comparison), params=params)
+
+
+def version_ref(ref: str) -> tuple[str, int] | None:
+    """Split a version reference `model:version` (None for anything else, e.g. a UUID)."""
+    name, sep, number = ref.rpartition(":")
+    if sep and name and number.isdecimal():
+        return name, int(number)
+    return None
 
 
 def get_experiment(experiment_id: str) -> Call[t.Experiment]:

@@ -464,9 +464,21 @@ class Client:
         tag: str | None = None,
         limit: int = calls.DEFAULT_LIMIT,
         offset: int = 0,
+        sort: str | None = None,
+        order: str | None = None,
+        filters: Sequence[str] = (),
     ) -> t.Page[t.Experiment]:
-        """List your experiments."""
-        return self._run(calls.list_experiments(search, tag, limit, offset))
+        """List your experiments with their latest metrics (`latest_metrics`), newest first.
+
+        `sort` is `created_at`, `updated_at`, `ended_at`, `name` or `metrics.<key>` (by the
+        latest value; runs without it last), `order` `desc` (default) or `asc`; each of
+        `filters`, such as `"metrics.accuracy>=0.9"`, keeps the runs whose latest value passes.
+        """
+        return self._run(
+            calls.list_experiments(
+                search, tag, limit, offset, sort=sort, order=order, filters=filters
+            )
+        )
 
     def get_experiment(self, experiment_id: str) -> t.Experiment:
         """Return an experiment with its latest metrics and the versions it produced."""
@@ -493,6 +505,31 @@ class Client:
     def get_metrics(self, experiment_id: str, key: str | None = None) -> list[t.Metric]:
         """Return an experiment's metric history, ordered by step."""
         return self._run(calls.get_metrics(experiment_id, key))
+
+    def finish_experiment(
+        self, experiment: str | t.Experiment, status: str = "completed"
+    ) -> t.Experiment:
+        """End a run: its status becomes `status` (`completed`, `failed` or `killed`) and its
+        `ended_at` is set."""
+        return self._run(calls.finish_experiment(experiment, status))
+
+    def compare_runs(self, *runs: str | t.Experiment) -> t.Comparison:
+        """Compare 2 to 10 of your runs: parameters and latest metrics side by side (each key
+        with `differs`), and every metric's history per run."""
+        return self._run(calls.compare_runs(runs))
+
+    def compare_versions(self, *versions: str | t.Version, days: int | None = None) -> t.Comparison:
+        """Compare 2 to 10 model versions, each a `Version`, a version id or `"model:version"`:
+        hyperparameters and metrics side by side, their runs' metric histories, and their
+        serving figures (requests, failures, p50/p95 over the last `days` days, default 7;
+        drift status over the last 24 hours)."""
+        ids = []
+        for version in versions:
+            ref = None if isinstance(version, t.Version) else calls.version_ref(version)
+            if ref is not None:
+                version = self.get_version(*ref)
+            ids.append(version.id if isinstance(version, t.Version) else version)
+        return self._run(calls.compare_versions(ids, days))
 
     # --- predictions and analytics ---------------------------------------------------------
 
@@ -693,6 +730,7 @@ class Client:
         description: str | None = None,
         dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
         tolerance: float = DEFAULT_TOLERANCE,
+        finish_run: bool = False,
     ) -> t.Version:
         """Save an estimator in its safe format and upload it as the next version of `name`.
 
@@ -706,6 +744,9 @@ class Client:
         `ExportMismatch`, which names the output and the difference). Its framework is recorded
         as `pytorch` or `keras`; it is served as ONNX. `dynamic_axes` makes more dimensions of a
         module's inputs dynamic, e.g. `{"input_ids": {1: "sequence"}}`.
+
+        Linked to `experiment`, the version's metrics become the run's latest metrics; with
+        `finish_run`, the run is then marked `completed`.
         """
         with tempfile.TemporaryDirectory(prefix="modelyard-") as folder:
             saved = artifacts.save_model(
@@ -715,7 +756,7 @@ class Client:
                 dynamic_axes=dynamic_axes,
                 tolerance=tolerance,
             )
-            return self.upload(
+            version = self.upload(
                 saved.path,
                 name,
                 description=description,
@@ -727,6 +768,9 @@ class Client:
                 tags=tags,
                 experiment_id=experiment.id if isinstance(experiment, t.Experiment) else experiment,
             )
+        if finish_run and experiment is not None:
+            self.finish_experiment(experiment)
+        return version
 
     def load_model(
         self,

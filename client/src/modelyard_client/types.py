@@ -186,10 +186,64 @@ class Experiment:
     status: str = "active"
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    ended_at: datetime | None = None
+    """When the status left `running` (None while it runs)."""
     metrics: list[Metric] = field(default_factory=list)
     """Filled by `get_experiment` only: the latest point of each key."""
+    latest_metrics: dict[str, float] = field(default_factory=dict)
+    """Filled by `list_experiments` only: the latest value of each key."""
     model_versions: list[ExperimentVersion] = field(default_factory=list)
     """Filled by `get_experiment` only."""
+
+
+@dataclass(frozen=True, slots=True)
+class ComparedItem:
+    """One compared run or version (the version fields are None for a run, and the reverse)."""
+
+    id: str
+    label: str
+    created_at: datetime | None = None
+    model_id: str | None = None
+    model_name: str | None = None
+    version: int | None = None
+    stage: str | None = None
+    experiment_id: str | None = None
+    status: str | None = None
+    ended_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ComparedValues:
+    """One parameter or metric across the compared items, in their order."""
+
+    key: str
+    values: list[Any]
+    differs: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServingFigures:
+    requests: int
+    failures: int
+    p50_inference_time_ms: float | None = None
+    p95_inference_time_ms: float | None = None
+    last_prediction_at: datetime | None = None
+    drift: str = "no_reference"
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Runs or versions side by side: see `Client.compare_runs` and `compare_versions`."""
+
+    kind: str
+    items: list[ComparedItem]
+    params: list[ComparedValues]
+    metrics: list[ComparedValues]
+    histories: dict[str, list[list[list[float]]]] = field(default_factory=dict)
+    """Per metric key, per item, its [step, value] points."""
+    serving: list[ServingFigures] | None = None
+    """Versions only: per item, requests, failures, latency and drift status."""
+    since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -227,6 +227,8 @@ class Experiment(Timestamped, Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     tags: Mapped[list[str]] = mapped_column(JSONType, default=list)
     status: Mapped[str] = mapped_column(String(16), default="running")
+    # Set when the status leaves `running`, cleared if it goes back.
+    ended_at: Mapped[datetime | None]
 
 
 class ExperimentMetric(Base):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, status
 from pydantic import Field
@@ -17,12 +17,13 @@ from modelyard.experiments.schemas import (
     MAX_METRICS_PER_REQUEST,
     ExperimentCreate,
     ExperimentDetail,
+    ExperimentListItem,
     ExperimentRead,
     ExperimentUpdate,
     MetricPoint,
     MetricRead,
 )
-from modelyard.schemas import Page, PageDep, make_page
+from modelyard.schemas import Page, PageDep
 from modelyard.state import StateDep
 
 router = make_router(prefix="/api/v1/experiments", tags=["experiments"])
@@ -47,17 +48,56 @@ async def create_experiment(
     return await service.create_experiment(db, user, body)
 
 
-@router.get("", response_model=Page[ExperimentRead])
+@router.get("", response_model=Page[ExperimentListItem])
 async def list_experiments(
     user: CurrentUser,
     db: SessionDep,
     page: PageDep,
     search: Annotated[str | None, Query(max_length=200)] = None,
     tag: Annotated[str | None, Query(max_length=64)] = None,
-) -> Page[ExperimentRead]:
-    """List the caller's experiments, newest first."""
-    rows, total = await service.list_experiments(db, user, page=page, search=search, tag=tag)
-    return make_page(ExperimentRead, rows, total, page)
+    sort: Annotated[
+        str | None,
+        Query(
+            max_length=260,
+            description="`created_at` (default), `updated_at`, `ended_at`, `name`, or "
+            "`metrics.<key>`: by the run's latest value of that metric (runs without it last)",
+        ),
+    ] = None,
+    order: Literal["asc", "desc"] = "desc",
+    filters: Annotated[
+        list[str],
+        Query(
+            alias="filter",
+            max_length=10,
+            description="`metrics.<key><op><number>`, op one of `<`, `<=`, `>`, `>=`, `=`, `!=`: "
+            "keeps the runs whose latest value passes; repeat to combine (and)",
+        ),
+    ] = [],  # noqa: B006 - FastAPI copies query defaults
+) -> Page[ExperimentListItem]:
+    """List the caller's experiments with their parameters and latest metrics, newest first or
+    sorted and filtered by a metric."""
+    rows, total = await service.list_experiments(
+        db,
+        user,
+        page=page,
+        search=search,
+        tag=tag,
+        sort=service.parse_sort(sort),
+        order=order,
+        filters=[service.MetricFilter.parse(f) for f in filters],
+    )
+    latest = await service.latest_values(db, [row.id for row in rows])
+    return Page(
+        items=[
+            ExperimentListItem(
+                **ExperimentRead.model_validate(row).model_dump(), latest_metrics=latest[row.id]
+            )
+            for row in rows
+        ],
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+    )
 
 
 @router.get("/{experiment_id}", response_model=ExperimentDetail)
@@ -74,7 +114,8 @@ async def get_experiment(experiment: OwnedExperiment, db: SessionDep) -> dict[st
 async def update_experiment(
     experiment: OwnedExperiment, body: ExperimentUpdate, db: SessionDep
 ) -> Experiment:
-    """Change an experiment's name, description, parameters, tags or status."""
+    """Change an experiment's name, description, parameters, tags or status; a status other
+    than `running` ends the run (`ended_at`)."""
     return await service.update_experiment(db, experiment, body)
 
 

@@ -30,6 +30,15 @@ class ExperimentCreate(StrictModel):
     tags: Tags = Field(default_factory=list)
 
 
+class ExperimentSort(StrEnum):
+    """What the list can be ordered by, besides `metrics.<key>`."""
+
+    CREATED_AT = "created_at"
+    UPDATED_AT = "updated_at"
+    ENDED_AT = "ended_at"
+    NAME = "name"
+
+
 class ExperimentUpdate(StrictModel):
     name: ExperimentName | None = None
     description: Description | None = None
@@ -62,6 +71,15 @@ class ExperimentRead(ReadModel):
     status: ExperimentStatus
     created_at: datetime
     updated_at: datetime
+    ended_at: datetime | None = Field(
+        description="when the status left `running` (null while it runs)"
+    )
+
+
+class ExperimentListItem(ExperimentRead):
+    latest_metrics: dict[str, float] = Field(
+        description="the latest value (highest step) of each metric key"
+    )
 
 
 class ExperimentVersion(ReadModel):

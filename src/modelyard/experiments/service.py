@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import operator
+import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import ColumnElement, Select, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,9 +23,11 @@ from modelyard.db.tables import (
     User,
 )
 from modelyard.db.types import utcnow
-from modelyard.errors import Conflict, NotFound
+from modelyard.errors import Conflict, NotFound, Unprocessable
 from modelyard.experiments.schemas import (
     ExperimentCreate,
+    ExperimentSort,
+    ExperimentStatus,
     ExperimentUpdate,
     ExperimentVersion,
     MetricPoint,
@@ -63,6 +70,91 @@ async def create_experiment(db: AsyncSession, user: User, data: ExperimentCreate
     return experiment
 
 
+METRIC_PREFIX = "metrics."
+MAX_METRIC_KEY = 250
+# `metrics.<key><op><number>`: the key is any text without an operator character.
+_FILTER = re.compile(
+    r"metrics\.(?P<key>[^<>=!]{1,250}?)\s*(?P<op><=|>=|!=|=|<|>)\s*(?P<value>[^\s<>=!]+)"
+)
+_OPERATORS: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "=": operator.eq,
+    "!=": operator.ne,
+}
+
+
+@dataclass(frozen=True)
+class MetricFilter:
+    """A threshold on a run's latest value of one metric: `metrics.accuracy>=0.9`."""
+
+    key: str
+    op: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> MetricFilter:
+        """Read `metrics.<key><op><number>` (op one of < <= > >= = !=).
+
+        Raises:
+            Unprocessable: anything else.
+        """
+        found = _FILTER.fullmatch(text.strip())
+        if found is None:
+            raise Unprocessable(
+                f"filter {text!r} is not metrics.<key><op><number> "
+                "(op one of <, <=, >, >=, =, !=), e.g. metrics.accuracy>=0.9"
+            )
+        try:
+            value = float(found["value"])
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise Unprocessable(f"filter {text!r}: {found['value']!r} is not a finite number")
+        return cls(key=_metric_key(found["key"].strip()), op=found["op"], value=value)
+
+
+def _metric_key(key: str) -> str:
+    # PostgreSQL text cannot hold NUL, and no metric name needs a control character.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise Unprocessable("a metric key has no control characters")
+    return key
+
+
+def parse_sort(text: str | None) -> ExperimentSort | str:
+    """Return the list's sort key: a column, or the metric key of `metrics.<key>`.
+
+    Raises:
+        Unprocessable: neither a known column nor a metric.
+    """
+    if text is None:
+        return ExperimentSort.CREATED_AT
+    if text.startswith(METRIC_PREFIX) and 0 < len(text) - len(METRIC_PREFIX) <= MAX_METRIC_KEY:
+        return _metric_key(text.removeprefix(METRIC_PREFIX))
+    try:
+        return ExperimentSort(text)
+    except ValueError:
+        known = ", ".join(s.value for s in ExperimentSort)
+        raise Unprocessable(f"sort {text!r} is not one of {known} or metrics.<key>") from None
+
+
+def latest_value(key: str) -> Any:
+    """Return a correlated subquery: the run's latest value (highest step) of metric `key`.
+
+    The key is a bound parameter, never SQL text.
+    """
+    return (
+        select(ExperimentMetric.value)
+        .where(ExperimentMetric.experiment_id == Experiment.id, ExperimentMetric.key == key)
+        .order_by(ExperimentMetric.step.desc(), ExperimentMetric.id.desc())
+        .limit(1)
+        .correlate(Experiment)
+        .scalar_subquery()
+    )
+
+
 async def list_experiments(
     db: AsyncSession,
     user: User,
@@ -70,31 +162,79 @@ async def list_experiments(
     page: PageParams,
     search: str | None = None,
     tag: str | None = None,
+    sort: ExperimentSort | str = ExperimentSort.CREATED_AT,
+    order: Literal["asc", "desc"] = "desc",
+    filters: Sequence[MetricFilter] = (),
 ) -> tuple[Sequence[Experiment], int]:
-    """Return one page of the caller's experiments, newest first, and their total."""
+    """Return one page of the caller's experiments and their total.
+
+    `sort` is a column or a metric key (by the latest value; runs without it come last);
+    `filters` keep the runs whose latest value of each filter's metric passes its threshold.
+    """
     query = owned_experiments(user)
     if search:
         query = query.where(queries.text_search([Experiment.name, Experiment.description], search))
     if tag:
         query = query.where(queries.json_array_contains(db, Experiment.tags, tag))
+    for f in filters:
+        query = query.where(_OPERATORS[f.op](latest_value(f.key), f.value))
     total = await db.scalar(select(func.count()).select_from(query.subquery()))
+    key = (
+        getattr(Experiment, sort.value) if isinstance(sort, ExperimentSort) else latest_value(sort)
+    )
+    ordered = (key.asc() if order == "asc" else key.desc()).nulls_last()
     rows = await db.scalars(
-        query.order_by(Experiment.created_at.desc(), Experiment.id)
+        query.order_by(ordered, Experiment.created_at.desc(), Experiment.id)
         .limit(page.limit)
         .offset(page.offset)
     )
     return list(rows), total or 0
 
 
+async def latest_values(
+    db: AsyncSession, experiment_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, float]]:
+    """Return the latest value (highest step) of each metric of each run, in one query."""
+    if not experiment_ids:
+        return {}
+    m = ExperimentMetric
+    rank = func.row_number().over(
+        partition_by=(m.experiment_id, m.key), order_by=(m.step.desc(), m.id.desc())
+    )
+    ranked = (
+        select(m.experiment_id, m.key, m.value, rank.label("rank"))
+        .where(m.experiment_id.in_(experiment_ids))
+        .subquery()
+    )
+    rows = await db.execute(
+        select(ranked.c.experiment_id, ranked.c.key, ranked.c.value)
+        .where(ranked.c.rank == 1)
+        .order_by(ranked.c.key)
+    )
+    values: dict[uuid.UUID, dict[str, float]] = {i: {} for i in experiment_ids}
+    for experiment_id, key, value in rows:
+        values[experiment_id][key] = value
+    return values
+
+
 async def update_experiment(
     db: AsyncSession, experiment: Experiment, data: ExperimentUpdate
 ) -> Experiment:
-    """Change an experiment's name, description, parameters, tags or status."""
-    for name, value in data.model_dump(exclude_unset=True).items():
+    """Change an experiment's name, description, parameters, tags or status.
+
+    A status leaving `running` (completed, failed, killed) ends the run: `ended_at` is set;
+    going back to `running` clears it.
+    """
+    now = utcnow()
+    changes = data.model_dump(exclude_unset=True)
+    status = changes.get("status")
+    if status is not None and status != experiment.status:
+        experiment.ended_at = None if status == ExperimentStatus.RUNNING else now
+    for name, value in changes.items():
         # Only the description can be cleared; null for the others means "unchanged".
         if value is not None or name == "description":
             setattr(experiment, name, value)
-    experiment.updated_at = utcnow()
+    experiment.updated_at = now
     await _commit_named(db, experiment.name)
     return experiment
 
@@ -141,6 +281,33 @@ async def log_metrics(
     experiment.updated_at = now
     await db.commit()
     return rows
+
+
+async def record_version_metrics(
+    db: AsyncSession, experiment_id: uuid.UUID, metrics: Mapping[str, float]
+) -> None:
+    """Append the metrics a version logged to the run it is linked to, each at its key's latest
+    step (0 for a new key), so they are the run's latest values, as `mlflow.log_metric` at the
+    end of a run would make them. Flushes only: the caller commits.
+    """
+    if not metrics:
+        return
+    m = ExperimentMetric
+    rows = await db.execute(
+        select(m.key, func.max(m.step))
+        .where(m.experiment_id == experiment_id, m.key.in_(list(metrics)))
+        .group_by(m.key)
+    )
+    steps: dict[str, int] = dict(rows.all())
+    now = utcnow()
+    db.add_all(
+        m(experiment_id=experiment_id, key=key, value=value, step=steps.get(key, 0), timestamp=now)
+        for key, value in metrics.items()
+    )
+    await db.execute(
+        update(Experiment).where(Experiment.id == experiment_id).values(updated_at=now)
+    )
+    await db.flush()
 
 
 async def metric_history(

@@ -311,9 +311,15 @@ async def update_version(
     if "metadata" in changes and COST_KEY in version.metadata_:
         # The server's cost estimate stays what the upload measured, whatever the metadata sent.
         changes["metadata"] = {**changes["metadata"], COST_KEY: version.metadata_[COST_KEY]}
+    linked = version.experiment_id
     for name, value in changes.items():
         setattr(version, "metadata_" if name == "metadata" else name, value)
     version.updated_at = utcnow()
+    if version.experiment_id is not None and (
+        version.experiment_id != linked or "metrics" in changes
+    ):
+        # Newly linked, or new metrics while linked: they become the run's latest values.
+        await experiments_service.record_version_metrics(db, version.experiment_id, version.metrics)
     await db.commit()
     # The input schema names the features predictions are matched by.
     await events.registry_changed(model_id=model.id)
@@ -544,6 +550,8 @@ async def register_version(
         )
         db.add(version)
         await db.flush()
+        if form.experiment_id is not None:
+            await experiments_service.record_version_metrics(db, form.experiment_id, form.metrics)
         if reference is not None:
             db.add(reference.row(version_id=version.id, model_id=model_id, created_by=owner_id))
         model = await db.get_one(RegisteredModel, model_id)

@@ -16,6 +16,7 @@ from modelyard.audit import service as audit_service
 from modelyard.auth.service import Caller
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import RegisteredModel
+from modelyard.errors import Unprocessable
 from modelyard.experiments import service as experiments_service
 from modelyard.predictions import history
 from modelyard.registry import queries as registry_queries
@@ -123,25 +124,57 @@ async def prediction(prediction_id: uuid.UUID, page: UserPage, db: SessionDep) -
     return render(page, "prediction.html", p=found, json=_as_json)
 
 
+PARAM_COLUMNS = 6  # parameter and metric columns shown, from the keys on the page
+METRIC_COLUMNS = 8
+
+
 @router.get("/experiments")
 async def experiments(
     page: UserPage,
     db: SessionDep,
     q: Annotated[str, Query(max_length=200)] = "",
+    sort: Annotated[str, Query(max_length=260)] = "",
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+    filter: Annotated[str, Query(max_length=300)] = "",
     offset: Offset = 0,
 ) -> Response:
+    """The runs with their parameters and latest metrics as columns; a column heading sorts by
+    it, `filter` keeps the runs passing a threshold; ticked runs go to the compare page."""
+    error = None
+    try:
+        sort_key = experiments_service.parse_sort(sort or None)
+        filters = [experiments_service.MetricFilter.parse(filter)] if filter else []
+    except Unprocessable as exc:
+        error, sort_key, filters = exc.detail, experiments_service.parse_sort(None), []
     rows, total = await experiments_service.list_experiments(
-        db, page.signed_in, page=PageParams(limit=PAGE_SIZE, offset=offset), search=q or None
+        db,
+        page.signed_in,
+        page=PageParams(limit=PAGE_SIZE, offset=offset),
+        search=q or None,
+        sort=sort_key,
+        order="asc" if order == "asc" else "desc",
+        filters=filters,
     )
+    latest = await experiments_service.latest_values(db, [row.id for row in rows])
+    params = list(dict.fromkeys(k for row in rows for k in sorted(row.parameters)))
+    metrics = list(dict.fromkeys(k for i in latest for k in latest[i]))
     return render(
         page,
         "experiments.html",
         experiments=rows,
+        latest=latest,
+        param_keys=params[:PARAM_COLUMNS],
+        metric_keys=sorted(metrics)[:METRIC_COLUMNS],
         total=total,
         offset=offset,
         limit=PAGE_SIZE,
         q=q,
-        query={"q": q},
+        sort=sort,
+        order=order,
+        filter=filter,
+        error=error,
+        query={"q": q, "sort": sort, "order": order, "filter": filter},
+        json=_as_json,
     )
 
 

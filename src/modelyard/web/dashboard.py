@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from modelyard.web import account_pages, activity_pages, job_pages, model_pages
+from modelyard.web import account_pages, activity_pages, compare_pages, job_pages, model_pages
 from modelyard.web.http import HERE, STATIC_URL
 
 
@@ -16,6 +16,7 @@ def install_dashboard(app: FastAPI) -> None:
         account_pages.router,
         model_pages.router,
         activity_pages.router,
+        compare_pages.router,
         job_pages.router,
     ):
         app.include_router(router)

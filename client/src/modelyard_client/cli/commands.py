@@ -1,5 +1,5 @@
 """The client's commands: login, models, push, versions, promote, alias, download, predict,
-keys, experiments, files, predictions, analytics, jobs, drift."""
+keys, experiments, files, predictions, analytics, jobs, drift, compare."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 
 from modelyard_client import __version__, credentials
 from modelyard_client import types as t
@@ -541,7 +542,7 @@ def keys_revoke(ctx: typer.Context, key_id: str, as_json: JsonFlag = False) -> N
 # --- experiments -----------------------------------------------------------------------------
 
 experiments = typer.Typer(help="Experiments, their parameters and metrics.", no_args_is_help=True)
-EXPERIMENT_COLUMNS = ("id", "name", "status", "tags", "created_at")
+EXPERIMENT_COLUMNS = ("id", "name", "status", "latest_metrics", "tags", "created_at")
 
 
 @experiments.command("list")
@@ -551,11 +552,28 @@ def experiments_list(
     tag: Annotated[str | None, typer.Option(help="Has this tag.")] = None,
     limit: Limit = 20,
     offset: Offset = 0,
+    sort: Annotated[
+        str | None,
+        typer.Option(help="created_at, updated_at, ended_at, name or metrics.KEY."),
+    ] = None,
+    order: Annotated[str | None, typer.Option(help="desc (default) or asc.")] = None,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option("--filter", "-f", help="e.g. 'metrics.accuracy>=0.9', repeatable."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List your experiments."""
+    """List your experiments with their latest metrics."""
     with _client(ctx) as client:
-        page = client.list_experiments(search=search, tag=tag, limit=limit, offset=offset)
+        page = client.list_experiments(
+            search=search,
+            tag=tag,
+            limit=limit,
+            offset=offset,
+            sort=sort,
+            order=order,
+            filters=filters or (),
+        )
     print_json(page) if as_json else print_table(page.items, EXPERIMENT_COLUMNS, total=page.total)
 
 
@@ -620,6 +638,22 @@ def experiments_metrics(
     with _client(ctx) as client:
         history = client.get_metrics(experiment_id, key)
     print_json(history) if as_json else print_table(history, ("key", "step", "value", "timestamp"))
+
+
+@experiments.command("finish")
+def experiments_finish(
+    ctx: typer.Context,
+    experiment_id: str,
+    status: Annotated[str, typer.Option(help="completed, failed or killed.")] = "completed",
+    as_json: JsonFlag = False,
+) -> None:
+    """End a run: set its status and its end time."""
+    with _client(ctx) as client:
+        finished = client.finish_experiment(experiment_id, status)
+    if as_json:
+        print_json(finished)
+    else:
+        say(f"experiment {finished.name} {finished.status} at {finished.ended_at}")
 
 
 @experiments.command("delete")
@@ -1045,6 +1079,67 @@ def drift(
     print_table(report.features, columns, title="features")
 
 
+# --- compare -------------------------------------------------------------------------------
+
+compare = typer.Typer(help="Runs or versions side by side.", no_args_is_help=True)
+
+
+@compare.command("runs")
+def compare_runs(
+    ctx: typer.Context,
+    experiment_ids: Annotated[list[str], typer.Argument(help="2 to 10 experiment ids.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare runs: parameters and latest metrics side by side, differences marked *."""
+    with _client(ctx) as client:
+        found = client.compare_runs(*experiment_ids)
+    print_json(found) if as_json else _print_comparison(found)
+
+
+@compare.command("versions")
+def compare_versions(
+    ctx: typer.Context,
+    versions: Annotated[
+        list[str], typer.Argument(help="2 to 10 versions: MODEL:VERSION (iris:3) or version ids.")
+    ],
+    days: Annotated[int, typer.Option(min=1, max=90, help="Serving window in days.")] = 7,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare versions: hyperparameters, metrics and serving figures (requests, failures,
+    latency, drift) side by side, differences marked *."""
+    with _client(ctx) as client:
+        found = client.compare_versions(*versions, days=days)
+    print_json(found) if as_json else _print_comparison(found)
+
+
+def _print_comparison(found: t.Comparison) -> None:
+    table = Table(header_style="bold")
+    table.add_column("")
+    table.add_column("")
+    for item in found.items:
+        table.add_column(item.label)
+    for section, rows in (("param", found.params), ("metric", found.metrics)):
+        for row in rows:
+            table.add_row(
+                "*" if row.differs else "", f"{section} {row.key}", *map(_value, row.values)
+            )
+    for name in ("requests", "failures", "p50_inference_time_ms", "p95_inference_time_ms", "drift"):
+        values = [getattr(s, name) for s in found.serving or ()]
+        if values:
+            differs = "*" if len(set(values)) > 1 else ""
+            table.add_row(differs, f"serving {name}", *map(_value, values))
+    Console().print(table)
+    say("* the values differ")
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def register(app: typer.Typer) -> None:
     """Add the client's commands to the root command."""
     app.callback()(_root)
@@ -1067,3 +1162,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(jobs, name="jobs")
     app.add_typer(traffic, name="traffic")
     app.command()(drift)
+    app.add_typer(compare, name="compare")
