@@ -129,7 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_shadows_in_flight=settings.shadow_max_in_flight,
         )
         # Registered with the first ONNX session (sessions pick the arena up when created).
-        configure_onnx_memory(settings.onnx_memory_bytes)
+        configure_onnx_memory(settings.onnx_memory_bytes, batch_rows=settings.batch_max_size)
         # ONNX graphs are estimated again on every load, against this process's budgets (#25).
         configure_onnx_cost(onnx_cost_limits(settings))
         # Each worker's share of the cores for one ONNX call.

@@ -8,6 +8,7 @@ what these test, so SQLite only.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,20 @@ import orjson
 import pytest
 import tritonclient.http as triton
 
+from modelyard.serving.formats import ModelFormat
+from modelyard.serving.runtimes import load_runtime
+from modelyard.serving.runtimes.base import estimate_nbytes
+from modelyard.serving.runtimes.onnx import (
+    DEFAULT_MEMORY_BYTES,
+    OnnxRuntime,
+    arena_bytes,
+    configure_onnx_memory,
+)
+from modelyard.serving.threads import AUTO, configure_onnx_threads, onnx_threads_per_worker
 from tests.factories import Account, make_version
 from tests.serving import dl_models
 
-pytestmark = pytest.mark.parametrize("dialect", ["sqlite"])
+SQLITE_ONLY = pytest.mark.parametrize("dialect", ["sqlite"])
 TOLERANCE = 1e-4
 # A Keras CNN converted by tf2onnx (images [-1, 32, 32, 3]): fixed dimensions to get wrong.
 KERAS_CNN = Path(__file__).parent / "data" / "keras_cnn.onnx"
@@ -96,6 +107,7 @@ def tokens(rows: int, sequence: int) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+@SQLITE_ONLY
 async def test_transformer_encoder_answers_on_rest_and_v2_json_and_binary(
     client: httpx.AsyncClient, user: Account, dl_export: Export
 ) -> None:
@@ -127,6 +139,7 @@ async def test_transformer_encoder_answers_on_rest_and_v2_json_and_binary(
     assert metadata["outputs"] == version["output_schema"]["tensors"]
 
 
+@SQLITE_ONLY
 async def test_lstm_takes_its_one_input_as_plain_nested_lists(
     client: httpx.AsyncClient, user: Account, dl_export: Export
 ) -> None:
@@ -145,6 +158,7 @@ async def test_lstm_takes_its_one_input_as_plain_nested_lists(
     assert_answers(by_binary, path, network, inputs)
 
 
+@SQLITE_ONLY
 async def test_resnet18_answers_an_image_on_v2_binary_and_rest(
     client: httpx.AsyncClient, user: Account, dl_export: Export
 ) -> None:
@@ -168,6 +182,7 @@ async def test_resnet18_answers_an_image_on_v2_binary_and_rest(
     )
 
 
+@SQLITE_ONLY
 async def test_inputs_that_do_not_fit_name_the_tensor_and_the_dimension(
     client: httpx.AsyncClient, user: Account, dl_export: Export
 ) -> None:
@@ -216,3 +231,36 @@ async def test_inputs_that_do_not_fit_name_the_tensor_and_the_dimension(
     response = await client.post("/v2/models/encoder/infer", json=body, headers=user.headers)
     assert response.status_code == 400
     assert "dimension 1 is 3 but input 'input_ids' dimension 1 is 4" in response.json()["error"]
+
+
+def test_served_sessions_take_the_workers_share_of_the_cores(dl_export: Export) -> None:
+    data = dl_export("lstm", "torchscript").read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    configure_onnx_threads(onnx_threads_per_worker(AUTO, workers=2, cores=6))
+    try:
+        runtime = load_runtime(data, ModelFormat.ONNX, sha256=sha256)
+    finally:
+        configure_onnx_threads(1)
+
+    assert isinstance(runtime, OnnxRuntime)
+    assert runtime._session.get_session_options().intra_op_num_threads == 3
+    assert onnx_threads_per_worker(AUTO, workers=4, cores=2) == 1
+    assert onnx_threads_per_worker(5, workers=4, cores=2) == 5
+
+
+def test_the_cache_counts_a_networks_arena_beside_its_weights(dl_export: Export) -> None:
+    data = dl_export("resnet18", "torchscript").read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    configure_onnx_memory(DEFAULT_MEMORY_BYTES, batch_rows=2)
+    try:
+        runtime = load_runtime(data, ModelFormat.ONNX, sha256=sha256)
+    finally:
+        configure_onnx_memory(DEFAULT_MEMORY_BYTES)
+
+    assert isinstance(runtime, OnnxRuntime)
+    cost = runtime.cost
+    assert cost.max_rows == 6
+    # Two of the six images of its largest call: a third of that call's intermediate tensors.
+    activations = cost.peak_memory_bytes - cost.weights_bytes
+    assert runtime.nbytes == estimate_nbytes(data, ModelFormat.ONNX) + -(-activations // 3)
+    assert arena_bytes(cost) == activations  # without a batch size: the largest call's

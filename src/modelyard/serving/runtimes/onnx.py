@@ -54,6 +54,9 @@ def _is_tensor(kind: str) -> bool:
 # The cap this process's settings ask for, and the one ONNX Runtime has registered: importing
 # ONNX Runtime costs ~30 MiB and is deferred to the first ONNX model, so is the arena.
 _configured_cap_bytes: int | None = None
+# Rows of the calls a busy model makes one after another (the batcher's batches), for the arena
+# memory the cache counts (`arena_bytes`); None: its largest call's.
+_arena_rows: int | None = None
 _registered_cap_bytes: int | None = None
 _cap_lock = threading.Lock()
 
@@ -68,14 +71,16 @@ def configure_onnx_cost(limits: CostLimits) -> None:
     _cost_limits = limits
 
 
-def configure_onnx_memory(max_bytes: int) -> None:
-    """Cap ONNX inferences of this process at `max_bytes`, from the first ONNX session on.
+def configure_onnx_memory(max_bytes: int, *, batch_rows: int | None = None) -> None:
+    """Cap ONNX inferences of this process at `max_bytes`, from the first ONNX session on; count
+    calls of `batch_rows` rows in the arena memory of a loaded model (`arena_bytes`).
 
     Imports nothing: `ensure_onnx_memory_cap` registers the arena before the first session.
     """
-    global _configured_cap_bytes
+    global _configured_cap_bytes, _arena_rows
     with _cap_lock:
         _configured_cap_bytes = max_bytes
+        _arena_rows = batch_rows
         if _registered_cap_bytes is not None and _registered_cap_bytes != max_bytes:
             cap_onnx_memory(max_bytes)  # already in use: new sessions get the new cap
 
@@ -296,9 +301,12 @@ class OnnxRuntime(Runtime):
 
 
 def arena_bytes(cost: OnnxCost) -> int:
-    """Estimate the arena memory a model's calls may hold: its largest call's intermediate
-    tensors (the cost estimate's peak memory less the weights), at most the process's cap."""
+    """Estimate the arena memory a busy model holds: the intermediate tensors of one call of a
+    batch's rows (the cost estimate's peak memory less the weights, scaled from its `max_rows`
+    to the batches' rows: cost is affine in rows), at most the process's cap."""
     activations = max(cost.peak_memory_bytes - cost.weights_bytes, 0)
+    if cost.max_rows and _arena_rows is not None and _arena_rows < cost.max_rows:
+        activations = -(-activations * _arena_rows // cost.max_rows)
     cap = _configured_cap_bytes
     return activations if cap is None else min(activations, cap)
 
