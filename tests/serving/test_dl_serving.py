@@ -19,7 +19,10 @@ import onnxruntime as ort
 import orjson
 import pytest
 import tritonclient.http as triton
+from fastapi import FastAPI
+from sqlalchemy import select
 
+from modelyard.db.tables import Prediction
 from modelyard.serving.formats import ModelFormat
 from modelyard.serving.runtimes import load_runtime
 from modelyard.serving.runtimes.base import estimate_nbytes
@@ -30,6 +33,7 @@ from modelyard.serving.runtimes.onnx import (
     configure_onnx_memory,
 )
 from modelyard.serving.threads import AUTO, configure_onnx_threads, onnx_threads_per_worker
+from modelyard.state import AppState
 from tests.factories import Account, make_version
 from tests.serving import dl_models
 
@@ -231,6 +235,44 @@ async def test_inputs_that_do_not_fit_name_the_tensor_and_the_dimension(
     response = await client.post("/v2/models/encoder/infer", json=body, headers=user.headers)
     assert response.status_code == 400
     assert "dimension 1 is 3 but input 'input_ids' dimension 1 is 4" in response.json()["error"]
+
+
+@SQLITE_ONLY
+async def test_a_networks_shadow_copy_runs_and_is_compared_by_value(
+    app: FastAPI, client: httpx.AsyncClient, user: Account, dl_export: Export
+) -> None:
+    path = dl_export("lstm", "torchscript")
+    for _ in range(2):
+        await make_version(client, user, path, name="lstm")
+    policy = {
+        "routes": [{"target": "v1", "weight": 1}],
+        "shadow": {"target": "v2", "sample_rate": 1.0},
+    }
+    put = await client.put("/api/v1/models/lstm/traffic", json=policy, headers=user.headers)
+    assert put.status_code == 200, put.text
+    inputs = {"input_ids": tokens(rows=2, sequence=5)["input_ids"]}
+
+    response = await rest(client, user, "lstm", {"input_ids": inputs["input_ids"]})
+    answers = await v2(client, user, "lstm", inputs, binary=True)
+
+    assert response.status_code == 200, response.text
+    state: AppState = app.state.modelyard
+    await state.predictor.drain_shadows()
+    await state.prediction_log.flush()
+    async with state.sessions() as db:
+        rows = list(await db.scalars(select(Prediction).order_by(Prediction.created_at)))
+    primary = [row for row in rows if not row.shadow]
+    shadows = [row for row in rows if row.shadow]
+    assert [(row.protocol, row.version, row.n_rows) for row in primary] == [
+        ("rest", 1, 2),
+        ("v2", 1, 2),
+    ]
+    assert primary[0].inputs == {"input_ids": inputs["input_ids"].tolist()}
+    assert isinstance(primary[1].outputs, dict)
+    np.testing.assert_allclose(primary[1].outputs["logits"], answers["logits"], rtol=1e-6)
+    assert [(row.status, row.version, row.n_rows) for row in shadows] == [("success", 2, 2)] * 2
+    # The same file in both versions: the same answers.
+    assert [row.abs_diff_sum for row in shadows] == [0.0, 0.0]
 
 
 def test_served_sessions_take_the_workers_share_of_the_cores(dl_export: Export) -> None:

@@ -255,6 +255,25 @@ def check_network_header(header: oip.InferHeader, *, runtime: Runtime, limits: I
         check_tensor_shape(spec, tensor.shape, sizes=sizes, limits=limits)
 
 
+def check_feeds(feeds: Mapping[str, np.ndarray], *, runtime: Runtime, limits: InputLimits) -> None:
+    """Refuse arrays made for another network (a shadow version's): names, dtypes and shapes.
+
+    Raises:
+        InvalidInput: naming the tensor, and the dimension when one does not fit.
+    """
+    specs = runtime.tensor_inputs or ()
+    _check_names(feeds, specs)
+    sizes: dict[str, tuple[str, int, int]] = {}
+    for spec in specs:
+        array = feeds[spec.name]
+        if array.dtype != spec.dtype:
+            raise InvalidInput(
+                f"input {oip.quote(spec.name)} is {oip.to_datatype(array.dtype)}; the model "
+                f"takes {oip.to_datatype(spec.dtype)}"
+            )
+        check_tensor_shape(spec, list(array.shape), sizes=sizes, limits=limits)
+
+
 def rest_feeds(inputs: Any, *, runtime: Runtime, limits: InputLimits) -> dict[str, np.ndarray]:
     """Turn a REST request's `inputs` into a network's named input arrays.
 

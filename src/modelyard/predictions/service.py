@@ -48,6 +48,7 @@ from modelyard.predictions import oip
 from modelyard.predictions.inputs import (
     InputLimits,
     InvalidInput,
+    check_feeds,
     check_network_header,
     check_tensor,
     rest_feeds,
@@ -521,14 +522,18 @@ class Predictor:
         by_label: bool,
         rows: Any = None,
         batch: np.ndarray | None = None,
+        feeds: dict[str, np.ndarray] | None = None,
     ) -> BackgroundTask:
         """Return the task that starts the shadow prediction of a request once it is answered.
 
         `rows` are a native request's inputs (checked again against the shadow's features),
-        `batch` a V2 request's tensor; `primary` the answer's predictions, compared by label
-        (classifiers) or by value.
+        `batch` a V2 request's tensor, `feeds` a network's named tensors (checked against the
+        shadow's inputs); `primary` the answer's predictions (a network's first output),
+        compared by label (classifiers) or by value.
         """
-        copy = ShadowCopy(shadow, caller, protocol, primary_id, primary, by_label, rows, batch)
+        copy = ShadowCopy(
+            shadow, caller, protocol, primary_id, primary, by_label, rows, batch, feeds
+        )
         return BackgroundTask(self._start_shadow, copy)
 
     async def _start_shadow(self, copy: ShadowCopy) -> None:
@@ -561,6 +566,9 @@ class Predictor:
         target = copy.target
         try:
             runtime = await self.runtime(target)
+            if copy.feeds is not None:
+                await self._run_network_shadow(copy, runtime)
+                return
             if copy.rows is not None:
                 batch = rows_batch(
                     copy.rows, runtime=runtime, feature_names=target.feature_names,
@@ -596,6 +604,34 @@ class Predictor:
         self._record_shadow(
             copy, outputs=outputs, n_rows=len(batch), inference_time_ms=elapsed_ms,
             agreed_rows=agreed, abs_diff_sum=abs_diff,
+        )  # fmt: skip
+
+    async def _run_network_shadow(self, copy: ShadowCopy, runtime: Runtime) -> None:
+        """The shadow copy of a network's request: its first output compared by value."""
+        assert copy.feeds is not None  # noqa: S101 - the caller's branch
+        target = copy.target
+        try:
+            if runtime.tensor_inputs is None:
+                raise InvalidInput("the shadow version takes a table, not named tensors")
+            check_feeds(copy.feeds, runtime=runtime, limits=self.limits)
+            rows = _rows(copy.feeds, runtime)
+            started = time.perf_counter()
+            try:
+                result = await self.batcher.run(target.version_id, runtime, copy.feeds, rows)
+            except (ValueError, TypeError) as exc:
+                raise ModelCouldNotPredict(exc) from exc
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if not all(_finite(value) for value in result.outputs.values()):
+                raise InvalidInput("the model produced a value that is not a finite number")
+        except _REFUSALS as exc:
+            error = exc.logged if isinstance(exc, ModelCouldNotPredict) else exc.detail
+            self._record_shadow(copy, error=error, n_rows=0)
+            return
+        first = result.outputs[runtime.tensor_outputs[0].name]
+        _, abs_diff = compare(copy.primary, first, by_label=False)
+        self._record_shadow(
+            copy, outputs=loggable_tensors(result.outputs), n_rows=rows,
+            inference_time_ms=elapsed_ms, abs_diff_sum=abs_diff,
         )  # fmt: skip
 
     def _record_shadow(
@@ -789,6 +825,7 @@ class ShadowCopy:
     by_label: bool
     rows: Any
     batch: np.ndarray | None
+    feeds: dict[str, np.ndarray] | None = None
 
 
 def compare(
@@ -897,7 +934,11 @@ async def predict_rest(
             network = await predictor.predict_tensors(
                 target, runtime, feeds, caller=caller, protocol="rest"
             )
-            return _network_answer(target, network)
+            return _network_answer(
+                target,
+                network,
+                _network_shadow(predictor, shadow, caller, "rest", network, feeds, runtime),
+            )
         batch = rows_batch(
             inputs, runtime=runtime, feature_names=target.feature_names, limits=predictor.limits
         )
@@ -931,7 +972,31 @@ async def predict_rest(
     return Answer(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), JSON_HEADERS, background)
 
 
-def _network_answer(target: Target, outcome: TensorOutcome) -> Answer:
+def _network_shadow(
+    predictor: Predictor,
+    shadow: Target | None,
+    caller: Caller,
+    protocol: str,
+    outcome: TensorOutcome,
+    feeds: dict[str, np.ndarray],
+    runtime: Runtime,
+) -> BackgroundTask | None:
+    if shadow is None:
+        return None
+    return predictor.shadow_copy(
+        shadow,
+        caller=caller,
+        protocol=protocol,
+        primary_id=outcome.prediction_id,
+        primary=outcome.outputs[runtime.tensor_outputs[0].name],
+        by_label=False,
+        feeds=feeds,
+    )
+
+
+def _network_answer(
+    target: Target, outcome: TensorOutcome, background: BackgroundTask | None
+) -> Answer:
     """A network's REST answer: its output tensors by name, nested as their shapes."""
     answer = {
         "prediction_id": str(outcome.prediction_id),
@@ -941,7 +1006,7 @@ def _network_answer(target: Target, outcome: TensorOutcome) -> Answer:
         "outputs": {name: jsonable(value) for name, value in outcome.outputs.items()},
         "inference_time_ms": round(outcome.inference_time_ms, 3),
     }
-    return Answer(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), JSON_HEADERS)
+    return Answer(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), JSON_HEADERS, background)
 
 
 # Tensors of at most this many values are logged whole; larger ones by datatype and shape only
@@ -1040,7 +1105,8 @@ async def predict_v2(
             network = await predictor.predict_tensors(
                 target, runtime, feeds, caller=caller, protocol="v2"
             )
-            return _network_v2_answer(name, target, request, network, wanted)
+            background = _network_shadow(predictor, shadow, caller, "v2", network, feeds, runtime)
+            return _network_v2_answer(name, target, request, network, wanted, background)
         attempt.inputs, attempt.n_rows = batch, len(batch)
         outcome = await predictor.predict(
             target, runtime, batch, caller=caller, protocol="v2", inputs=batch
@@ -1079,6 +1145,7 @@ def _network_v2_answer(
     request: oip.InferRequest,
     outcome: TensorOutcome,
     wanted: list[str],
+    background: BackgroundTask | None,
 ) -> Answer:
     tensors = [_tensor(output, outcome.outputs[output]) for output in wanted]
     content, headers = oip.encode_infer_response(
@@ -1088,7 +1155,7 @@ def _network_v2_answer(
         outputs=tensors,
         binary_outputs=oip.wanted_binary_outputs(request, wanted),
     )
-    return Answer(content, headers)
+    return Answer(content, headers, background)
 
 
 def _tensor(name: str, values: np.ndarray) -> oip.Tensor:
