@@ -46,9 +46,16 @@ def load_models() -> None:
     if onnx:
         import onnxruntime as ort
 
+        # The session options Modelyard's are made with: its threads, and a shared CPU arena
+        # (which makes small networks' runs about twice as fast as ONNX Runtime's default).
+        info = ort.OrtMemoryInfo(
+            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+        )
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(1024**3, -1, -1, -1))
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("BENCH_FLOOR_THREADS", "1"))
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.use_env_allocators", "1")
         for path in onnx:
             SESSIONS[path.stem] = ort.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]

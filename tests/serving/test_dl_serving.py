@@ -24,12 +24,14 @@ from sqlalchemy import select
 
 from modelyard.db.tables import Prediction
 from modelyard.serving.formats import ModelFormat
+from modelyard.serving.onnx_cost import CostLimits
 from modelyard.serving.runtimes import load_runtime
-from modelyard.serving.runtimes.base import estimate_nbytes
+from modelyard.serving.runtimes.base import InferenceLimitExceeded, estimate_nbytes
 from modelyard.serving.runtimes.onnx import (
     DEFAULT_MEMORY_BYTES,
     OnnxRuntime,
     arena_bytes,
+    configure_onnx_cost,
     configure_onnx_memory,
 )
 from modelyard.serving.threads import AUTO, configure_onnx_threads, onnx_threads_per_worker
@@ -306,3 +308,20 @@ def test_the_cache_counts_a_networks_arena_beside_its_weights(dl_export: Export)
     activations = cost.peak_memory_bytes - cost.weights_bytes
     assert runtime.nbytes == estimate_nbytes(data, ModelFormat.ONNX) + -(-activations // 3)
     assert arena_bytes(cost) == activations  # without a batch size: the largest call's
+
+
+def test_a_network_call_past_its_estimates_rows_is_refused_before_it_runs(
+    dl_export: Export,
+) -> None:
+    data = dl_export("lstm", "torchscript").read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    configure_onnx_cost(CostLimits(max_rows=2))
+    try:
+        runtime = load_runtime(data, ModelFormat.ONNX, sha256=sha256)
+    finally:
+        configure_onnx_cost(CostLimits())
+
+    assert runtime.max_rows == 2
+    assert runtime.run({"input_ids": np.ones((2, 4), np.int64)})["logits"].shape == (2, 3)
+    with pytest.raises(InferenceLimitExceeded, match="at most 2 rows per call"):
+        runtime.run({"input_ids": np.ones((3, 4), np.int64)})

@@ -258,8 +258,10 @@ class OnnxRuntime(Runtime):
         """
         if self.tensor_inputs is None:
             raise NotImplementedError("a tabular ONNX model takes a table, not named tensors")
-        if self.has_batch_axis:
-            self._check_rows(len(next(iter(feeds.values()))))
+        # The rows the cost estimate bounded: every input's dynamic first dimension (equal).
+        rows = next((s.name for s in self.tensor_inputs if s.symbols[:1] == (ROWS,)), None)
+        if rows is not None:
+            self._check_rows(len(feeds[rows]))
         names = [spec.name for spec in self.tensor_outputs]
         results = self._run_session(names, feeds)
         return {name: as_output(value) for name, value in zip(names, results, strict=True)}
