@@ -83,6 +83,7 @@ migrate: install
 bench: install
 	PYTHON=$(PYTHON) bench/setup.sh
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/dl.py $(BENCH_DL_ARGS)
 
 # The prediction log at scale on PostgreSQL: BENCH_LOG_ARGS="--rows 100000 --writer-rows 20000"
 # for a quick run (default: 1 M then 10 M rows, a database of its own, dropped at the end).

@@ -254,7 +254,14 @@ def rss_tree(pid: int) -> tuple[int, int]:
 WRK_RESULT = re.compile(r"^BENCH_RESULT (\{.*\})$", re.MULTILINE)
 
 
-def run_wrk(url: str, body: Path, api_key: str | None, connections: int, seconds: float) -> Any:
+def run_wrk(
+    url: str,
+    body: Path,
+    api_key: str | None,
+    connections: int,
+    seconds: float,
+    header_length: int | None = None,
+) -> Any:
     threads = 1 if connections == 1 else 2
     argv = [
         wrk_path(),
@@ -267,7 +274,12 @@ def run_wrk(url: str, body: Path, api_key: str | None, connections: int, seconds
         str(LUA),
         url,
     ]
-    env = {**os.environ, "BENCH_BODY_FILE": str(body), "BENCH_API_KEY": api_key or ""}
+    env = {
+        **os.environ,
+        "BENCH_BODY_FILE": str(body),
+        "BENCH_API_KEY": api_key or "",
+        "BENCH_HEADER_LENGTH": "" if header_length is None else str(header_length),
+    }
     done = subprocess.run(  # noqa: S603 - our own command line
         argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
     )

@@ -1,10 +1,17 @@
 -- POST one fixed JSON body, with the API key when one is given; print a parseable summary.
--- Environment: BENCH_BODY_FILE (the request body), BENCH_API_KEY (optional).
+-- Environment: BENCH_BODY_FILE (the request body), BENCH_API_KEY and BENCH_HEADER_LENGTH
+-- (optional).
 local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+-- A V2 body with binary tensors: BENCH_HEADER_LENGTH is its JSON part's length.
+local header_length = os.getenv("BENCH_HEADER_LENGTH")
+if header_length and header_length ~= "" then
+  wrk.headers["Content-Type"] = "application/octet-stream"
+  wrk.headers["Inference-Header-Content-Length"] = header_length
+end
 local key = os.getenv("BENCH_API_KEY")
 if key and key ~= "" then
   wrk.headers["X-API-Key"] = key

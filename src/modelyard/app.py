@@ -57,6 +57,7 @@ from modelyard.serving.batching import Batcher
 from modelyard.serving.cache import ModelCache
 from modelyard.serving.probe import make_prober, onnx_cost_limits
 from modelyard.serving.runtimes.onnx import configure_onnx_cost, configure_onnx_memory
+from modelyard.serving.threads import configure_onnx_threads, onnx_threads_per_worker
 from modelyard.serving.warmup import warm_up_process
 from modelyard.state import AppState
 from modelyard.web.dashboard import install_dashboard
@@ -129,9 +130,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_shadows_in_flight=settings.shadow_max_in_flight,
         )
         # Registered with the first ONNX session (sessions pick the arena up when created).
-        configure_onnx_memory(settings.onnx_memory_bytes)
+        configure_onnx_memory(settings.onnx_memory_bytes, batch_rows=settings.batch_max_size)
         # ONNX graphs are estimated again on every load, against this process's budgets (#25).
         configure_onnx_cost(onnx_cost_limits(settings))
+        # Each worker's share of the cores for one ONNX call.
+        configure_onnx_threads(
+            onnx_threads_per_worker(settings.onnx_intra_op_threads, settings.workers)
+        )
         epochs = Epochs(settings.data_dir)
         caller_cache: EpochCache[str, Caller] = EpochCache(
             epochs, Epoch.AUTH, ttl_seconds=CALLER_CACHE_SECONDS

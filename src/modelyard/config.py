@@ -176,6 +176,11 @@ class Settings(BaseSettings):
     """Memory the running ONNX inferences of one server process may allocate together (model
     weights not included); a prediction that needs more answers 422."""
 
+    onnx_intra_op_threads: int = Field(default=0, ge=0)
+    """Threads one ONNX inference uses (ONNX Runtime's intra-op threads); 0: the cores this
+    process may use divided by `workers`, at least 1, so the workers do not oversubscribe the
+    cores. (The upload probe and batch jobs use one.)"""
+
     # ONNX cost budgets (#25): what one call of an uploaded graph may cost, estimated at upload
     onnx_max_flops_per_request: int = Field(default=200 * 10**9, ge=10**6)
     """FLOPs one ONNX call may cost, estimated from the graph at upload and on every load (a

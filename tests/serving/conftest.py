@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,21 @@ def prober() -> ModelProber:
         allow_pickle=True,
         socket_path=PROBE_SOCKET,
     )
+
+
+@pytest.fixture(scope="session")
+def dl_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
+    """Export a test network (tests/serving/dl_models.py) by an exporter, once per run."""
+    from tests.serving import dl_models
+
+    folder = tmp_path_factory.mktemp("dl")
+    exported: dict[tuple[str, str], Path] = {}
+
+    def export(name: str, exporter: str) -> Path:
+        if (name, exporter) not in exported:
+            network = dl_models.NETWORKS[name]
+            path = folder / f"{name}-{exporter}.onnx"
+            exported[name, exporter] = dl_models.export(network, exporter, path)
+        return exported[name, exporter]
+
+    return export

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy.typing as npt
 
 from modelyard.serving.formats import Framework, ModelFormat
 from modelyard.serving.runtimes import Runtime
+from modelyard.serving.runtimes.base import ROWS, TensorSpec
 
 
 class FakeRuntime(Runtime):
@@ -21,7 +23,7 @@ class FakeRuntime(Runtime):
 
     framework = Framework.SKLEARN
     format = ModelFormat.SKOPS
-    task_type = "regression"
+    task_type: str | None = "regression"
     feature_names = None
     classes: list[int | float | str] | None = None
     has_proba = False
@@ -64,3 +66,35 @@ class FakeClassifier(FakeRuntime):
         first, _ = super().predict(x)
         labels = first.astype(np.int64)
         return labels, np.column_stack([1.0 - labels, labels.astype(np.float64)])
+
+
+class FakeNetwork(FakeRuntime):
+    """A network of two named inputs, `a` and `b` ([rows, n] each): outputs `sum` (a + b) and
+    `first` (a's first column), so every output row names its input row.
+
+    Records each call's rows like FakeRuntime; `has_batch_axis` says whether calls may stack.
+    """
+
+    framework = Framework.ONNX
+    format = ModelFormat.ONNX
+    task_type: str | None = None
+    is_cost_bounded_by_shape = False
+
+    def __init__(self, *, has_batch_axis: bool = True, gate: threading.Event | None = None) -> None:
+        super().__init__(gate=gate)
+        self.n_features = None
+        self.has_batch_axis = has_batch_axis
+        rows = -1 if has_batch_axis else 1
+        symbols = (ROWS if has_batch_axis else None, None)
+        self.tensor_inputs = tuple(
+            TensorSpec(name, np.dtype(np.float64), (rows, -1), symbols) for name in ("a", "b")
+        )
+        self.tensor_outputs = (
+            TensorSpec("sum", np.dtype(np.float64), (rows, -1), symbols),
+            TensorSpec("first", np.dtype(np.float64), (rows,), symbols[:1]),
+        )
+
+    def run(self, feeds: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Return a + b and a's first column, after waiting for the gate if there is one."""
+        first, _ = self.predict(feeds["a"])
+        return {"sum": feeds["a"] + feeds["b"], "first": first}

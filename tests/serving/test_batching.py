@@ -15,7 +15,7 @@ from modelyard.config import Settings
 from modelyard.observability.metrics import Metrics
 from modelyard.serving.batching import Batcher, BatchResult
 from modelyard.serving.runtimes import Runtime
-from tests.serving.fakes import FakeClassifier, FakeRuntime
+from tests.serving.fakes import FakeClassifier, FakeNetwork, FakeRuntime
 
 MakeBatcher = Callable[..., Batcher]
 # A safety net so that a broken batcher fails the test instead of hanging it; never a timing.
@@ -309,6 +309,81 @@ async def test_inline_predict_error_reaches_the_caller(make_batcher: MakeBatcher
         await batcher.predict("v1", runtime, rows(0, 1))
 
     assert runtime.threads[1] == threading.get_ident()
+
+
+def tensors(start: int, count: int, width: int = 2) -> dict[str, npt.NDArray[np.float64]]:
+    """A FakeNetwork's inputs of `count` rows: `a`'s first column counts up from `start`."""
+    a = rows(start, count, width)
+    return {"a": a, "b": np.ones_like(a)}
+
+
+async def blocked_network_call(batcher: Batcher, network: FakeNetwork) -> asyncio.Task[Any]:
+    first = asyncio.create_task(batcher.run("v1", network, tensors(1000, 1), 1))
+    await asyncio.to_thread(network.entered.wait)
+    return first
+
+
+async def test_network_requests_queued_behind_a_call_are_stacked_along_the_batch_axis(
+    make_batcher: MakeBatcher,
+) -> None:
+    batcher = make_batcher()
+    network = FakeNetwork(gate=threading.Event())
+    first = await blocked_network_call(batcher, network)
+    inputs = [tensors(0, 1), tensors(10, 3), tensors(20, 2)]
+    queued = [asyncio.create_task(batcher.run("v1", network, x, len(x["a"]))) for x in inputs]
+    await asyncio.sleep(0)
+
+    assert network.gate is not None
+    network.gate.set()
+    async with asyncio.timeout(HANG_SECONDS):
+        results = await asyncio.gather(*queued)
+
+    assert (await first).batch_rows == 1
+    assert network.calls == [1, 6]
+    for x, result in zip(inputs, results, strict=True):
+        assert result.outputs["first"].tolist() == x["a"][:, 0].tolist()
+        assert result.outputs["sum"].tolist() == (x["a"] + 1).tolist()
+        assert result.batch_rows == 6
+
+
+async def test_network_requests_of_other_trailing_shapes_are_not_stacked(
+    make_batcher: MakeBatcher,
+) -> None:
+    # Token ids of another sequence length cannot share a tensor with these.
+    batcher = make_batcher()
+    network = FakeNetwork(gate=threading.Event())
+    first = await blocked_network_call(batcher, network)
+    inputs = [tensors(0, 2, width=2), tensors(10, 2, width=5), tensors(20, 1, width=2)]
+    queued = [asyncio.create_task(batcher.run("v1", network, x, len(x["a"]))) for x in inputs]
+    await asyncio.sleep(0)
+
+    assert network.gate is not None
+    network.gate.set()
+    async with asyncio.timeout(HANG_SECONDS):
+        results = await asyncio.gather(first, *queued)
+
+    assert network.calls == [1, 3, 2]
+    for x, result in zip(inputs, results[1:], strict=True):
+        assert result.outputs["sum"].tolist() == (x["a"] + 1).tolist()
+
+
+async def test_network_without_a_batch_axis_runs_one_request_a_call(
+    make_batcher: MakeBatcher,
+) -> None:
+    batcher = make_batcher()
+    network = FakeNetwork(has_batch_axis=False, gate=threading.Event())
+    first = await blocked_network_call(batcher, network)
+    inputs = [tensors(0, 1), tensors(10, 1), tensors(20, 1)]
+    queued = [asyncio.create_task(batcher.run("v1", network, x, 1)) for x in inputs]
+    await asyncio.sleep(0)
+
+    assert network.gate is not None
+    network.gate.set()
+    async with asyncio.timeout(HANG_SECONDS):
+        results = await asyncio.gather(first, *queued)
+
+    assert network.calls == [1, 1, 1, 1]
+    assert [r.outputs["first"].tolist() for r in results[1:]] == [[0.0], [10.0], [20.0]]
 
 
 async def test_from_settings_takes_the_batching_settings(tmp_path) -> None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +38,9 @@ RESNET18_FLOPS = 2 * 1.82e9
 
 
 @pytest.fixture(scope="session")
-def dl_files(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+def dl_files(dl_export: Callable[[str, str], Path]) -> dict[tuple[str, str], Path]:
     """Every network exported by both exporters, once per run."""
-    folder = tmp_path_factory.mktemp("dl")
-    return {
-        (name, exporter): dl_models.export(
-            dl_models.NETWORKS[name], exporter, folder / f"{name}-{exporter}.onnx"
-        )
-        for name, exporter in CASES
-    }
+    return {(name, exporter): dl_export(name, exporter) for name, exporter in CASES}
 
 
 def _inputs(name: str, exporter: str, rows: int) -> dict[str, np.ndarray[Any, Any]]:

@@ -101,6 +101,8 @@ def serve(
     # Uvicorn handles SIGTERM itself (drain, lifespan shutdown), then restores the previous
     # handler and raises the signal again: make that previous handler a clean exit, status 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    # The workers read their settings again: `--workers` too (their share of the cores).
+    os.environ["MODELYARD_WORKERS"] = str(workers)
     with _probe_host(settings):
         if workers == 1:
             # One process: its metrics live in memory (an inherited folder would only cost

@@ -10,6 +10,7 @@ tensor (`check_tensor`, then `tensor_batch`); both end in the same checks and me
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from modelyard.errors import Unprocessable
 from modelyard.predictions import oip
 from modelyard.serving.runtimes import Runtime
+from modelyard.serving.runtimes.base import ROWS, TensorSpec
 
 # Most names (and characters of each) an error message lists; it says how many more there are.
 LISTED_NAMES = 5
@@ -225,3 +227,178 @@ def tensor_batch(tensor: oip.Tensor, dtype: np.dtype[Any]) -> np.ndarray:
     data = tensor.data
     is_json = tensor.parameters.get("binary_data_size") is None
     return to_batch(data.reshape(1, -1) if data.ndim == 1 else data, dtype, is_json=is_json)
+
+
+# --- networks: named tensors of any rank, both protocols ----------------------------------------
+
+
+def check_network_header(header: oip.InferHeader, *, runtime: Runtime, limits: InputLimits) -> None:
+    """Refuse a V2 request whose declared tensors do not fit the network, before any value is read.
+
+    O(inputs x dimensions): the names, each tensor's datatype, rank and dimensions (fixed ones
+    equal, dynamic ones within the cost estimate's bounds and agreeing across inputs).
+
+    Raises:
+        InvalidInput: naming the tensor, and the dimension when one does not fit.
+    """
+    specs = runtime.tensor_inputs or ()
+    sent = {tensor.name: tensor for tensor in header.inputs}
+    _check_names(sent, specs)
+    sizes: dict[str, tuple[str, int, int]] = {}
+    for spec in specs:
+        tensor = sent[spec.name]
+        datatype = oip.to_datatype(spec.dtype)
+        if tensor.datatype != datatype:
+            raise InvalidInput(
+                f"input {oip.quote(spec.name)} is {tensor.datatype}; the model takes {datatype}"
+            )
+        check_tensor_shape(spec, tensor.shape, sizes=sizes, limits=limits)
+
+
+def check_feeds(feeds: Mapping[str, np.ndarray], *, runtime: Runtime, limits: InputLimits) -> None:
+    """Refuse arrays made for another network (a shadow version's): names, dtypes and shapes.
+
+    Raises:
+        InvalidInput: naming the tensor, and the dimension when one does not fit.
+    """
+    specs = runtime.tensor_inputs or ()
+    _check_names(feeds, specs)
+    sizes: dict[str, tuple[str, int, int]] = {}
+    for spec in specs:
+        array = feeds[spec.name]
+        if array.dtype != spec.dtype:
+            raise InvalidInput(
+                f"input {oip.quote(spec.name)} is {oip.to_datatype(array.dtype)}; the model "
+                f"takes {oip.to_datatype(spec.dtype)}"
+            )
+        check_tensor_shape(spec, list(array.shape), sizes=sizes, limits=limits)
+
+
+def rest_feeds(inputs: Any, *, runtime: Runtime, limits: InputLimits) -> dict[str, np.ndarray]:
+    """Turn a REST request's `inputs` into a network's named input arrays.
+
+    `inputs` is an object of tensors by input name, each nested lists (`{"input_ids": [[...]],
+    "attention_mask": [[...]]}`); a network with one input also takes the nested lists alone.
+    Every tensor's shape is read from its first elements and checked (`check_tensor_shape`),
+    and the values counted against the element budget, before any array is built.
+
+    Raises:
+        InvalidInput: not such an object, a missing or unknown name, a shape that does not fit,
+            too many values, ragged lists, or values that do not fit the input's dtype.
+    """
+    specs = runtime.tensor_inputs or ()
+    if isinstance(inputs, list) and len(specs) == 1:
+        inputs = {specs[0].name: inputs}
+    if not isinstance(inputs, dict) or not inputs:
+        names = _listed([spec.name for spec in specs[:LISTED_NAMES]], len(specs))
+        raise InvalidInput(
+            f"inputs must be an object of the model's input tensors by name: {names}"
+        )
+    _check_names(inputs, specs)
+    sizes: dict[str, tuple[str, int, int]] = {}
+    shapes = []
+    total = 0
+    for spec in specs:
+        shape = _nested_shape(inputs[spec.name], len(spec.shape))
+        check_tensor_shape(spec, shape, sizes=sizes, limits=limits)
+        total += int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if total > limits.max_elements:
+            raise InvalidInput(
+                f"the inputs hold more than the {limits.max_elements} values allowed per request"
+            )
+        shapes.append(shape)
+    feeds = {}
+    for spec, shape in zip(specs, shapes, strict=True):
+        value = inputs[spec.name]
+        try:
+            feeds[spec.name] = oip.json_tensor(
+                spec.name, oip.to_datatype(spec.dtype), shape, value if shape else [value]
+            )
+        except oip.OIPError as exc:
+            raise InvalidInput(exc.message) from None
+    return feeds
+
+
+def check_tensor_shape(
+    spec: TensorSpec,
+    shape: list[int],
+    *,
+    sizes: dict[str, tuple[str, int, int]],
+    limits: InputLimits,
+) -> None:
+    """Refuse a tensor shape that does not fit an input; `sizes` collects the dynamic dimensions
+    seen so far (symbol -> (input, axis, size)), to check that inputs sharing one agree.
+
+    Raises:
+        InvalidInput: naming the input and the dimension.
+    """
+    name = f"input {oip.quote(spec.name)}"
+    if len(shape) != len(spec.shape):
+        raise InvalidInput(
+            f"{name} has {len(shape)} dimensions {_dims(shape)}; the model takes "
+            f"{len(spec.shape)} {_dims(spec.shape)} (-1: any size)"
+        )
+    for axis, (size, expected) in enumerate(zip(shape, spec.shape, strict=True)):
+        if expected != -1:
+            if size != expected:
+                raise InvalidInput(
+                    f"{name}: dimension {axis} is {size}; the model takes {expected} "
+                    f"(shape {_dims(spec.shape)}, -1: any size)"
+                )
+            continue
+        symbol = spec.symbols[axis]
+        if size == 0:
+            raise InvalidInput(
+                f"{name}: dimension {axis} is 0" + (" (no rows)" if axis == 0 else "")
+            )
+        if symbol == ROWS and size > limits.max_rows:
+            raise InvalidInput(
+                f"{name}: {size} rows (dimension 0) is more than the {limits.max_rows} allowed "
+                "per request"
+            )
+        if spec.bounds is not None and size > spec.bounds[axis] and symbol != ROWS:
+            # Rows past the estimate's are the runtime's refusal (InferenceLimitExceeded).
+            raise InvalidInput(
+                f"{name}: dimension {axis} is {size}, more than the {spec.bounds[axis]} this "
+                "model is admitted for within this server's cost budgets"
+            )
+        if symbol is None:
+            continue
+        seen = sizes.setdefault(symbol, (spec.name, axis, size))
+        if seen[2] != size:
+            raise InvalidInput(
+                f"{name}: dimension {axis} is {size} but input {oip.quote(seen[0])} dimension "
+                f"{seen[1]} is {seen[2]}; the model takes them equal ({symbol})"
+            )
+
+
+def _check_names(sent: Mapping[str, Any], specs: Sequence[TensorSpec]) -> None:
+    if len(sent) == len(specs) and all(spec.name in sent for spec in specs):
+        return
+    names = [spec.name for spec in specs]
+    missing = [name for name in names if name not in sent]
+    n_unknown = len(sent) - (len(names) - len(missing))
+    wanted = set(names)
+    unknown = list(itertools.islice((key for key in sent if key not in wanted), LISTED_NAMES))
+    parts = [f"the model takes the inputs {_listed(names[:LISTED_NAMES], len(names))}"]
+    if missing:
+        parts.append("missing " + _listed(missing[:LISTED_NAMES], len(missing)))
+    if n_unknown:
+        parts.append("unknown " + _listed([str(key) for key in unknown], n_unknown))
+    raise InvalidInput("; ".join(parts))
+
+
+def _nested_shape(value: Any, rank: int) -> list[int]:
+    """Return the shape of nested lists as read from their first elements (at most rank + 1
+    levels: one more is already a mismatch). Ragged lists are found when the array is built."""
+    shape: list[int] = []
+    while isinstance(value, list) and len(shape) <= rank:
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"

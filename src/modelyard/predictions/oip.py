@@ -395,6 +395,20 @@ def decode_inputs(header: InferHeader) -> InferRequest:
     )
 
 
+def json_tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -> npt.NDArray[Any]:
+    """Build the array of a tensor given as JSON `data` (nested as `shape`, or flat).
+
+    The same reading as a V2 JSON input's: values must fit `datatype` (no "1.5" for a number,
+    no 1.5 for an integer, nothing out of range), `shape` must hold at most what the caller
+    has checked.
+
+    Raises:
+        OIPError: data that does not fit the datatype or the shape, naming the input.
+    """
+    header = InputHeader(name, datatype, shape, math.prod(shape), {}, data, None)
+    return _array_from_json(header)
+
+
 def _input(name: str) -> str:
     """Name an input in an error message (quoted cut short; built only when refusing)."""
     return f"input {quote(name)}"

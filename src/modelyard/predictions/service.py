@@ -48,7 +48,10 @@ from modelyard.predictions import oip
 from modelyard.predictions.inputs import (
     InputLimits,
     InvalidInput,
+    check_feeds,
+    check_network_header,
     check_tensor,
+    rest_feeds,
     rows_batch,
     tensor_batch,
 )
@@ -60,7 +63,7 @@ from modelyard.serving.batching import Batcher
 from modelyard.serving.cache import ModelCache
 from modelyard.serving.formats import FRAMEWORK_OF, Framework, ModelFormat
 from modelyard.serving.runtimes import Runtime, fetch_runtime
-from modelyard.serving.runtimes.base import InferenceLimitExceeded
+from modelyard.serving.runtimes.base import InferenceLimitExceeded, TensorSpec
 from modelyard.serving.runtimes.onnx import DEFAULT_RUN_TIMEOUT_SECONDS
 
 log = logging.getLogger(__name__)
@@ -405,6 +408,13 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class TensorOutcome:
+    prediction_id: uuid.UUID
+    outputs: dict[str, np.ndarray]
+    inference_time_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
     """A predict response, encoded for its protocol: what a route or the fast path sends."""
 
@@ -512,14 +522,18 @@ class Predictor:
         by_label: bool,
         rows: Any = None,
         batch: np.ndarray | None = None,
+        feeds: dict[str, np.ndarray] | None = None,
     ) -> BackgroundTask:
         """Return the task that starts the shadow prediction of a request once it is answered.
 
         `rows` are a native request's inputs (checked again against the shadow's features),
-        `batch` a V2 request's tensor; `primary` the answer's predictions, compared by label
-        (classifiers) or by value.
+        `batch` a V2 request's tensor, `feeds` a network's named tensors (checked against the
+        shadow's inputs); `primary` the answer's predictions (a network's first output),
+        compared by label (classifiers) or by value.
         """
-        copy = ShadowCopy(shadow, caller, protocol, primary_id, primary, by_label, rows, batch)
+        copy = ShadowCopy(
+            shadow, caller, protocol, primary_id, primary, by_label, rows, batch, feeds
+        )
         return BackgroundTask(self._start_shadow, copy)
 
     async def _start_shadow(self, copy: ShadowCopy) -> None:
@@ -552,6 +566,9 @@ class Predictor:
         target = copy.target
         try:
             runtime = await self.runtime(target)
+            if copy.feeds is not None:
+                await self._run_network_shadow(copy, runtime)
+                return
             if copy.rows is not None:
                 batch = rows_batch(
                     copy.rows, runtime=runtime, feature_names=target.feature_names,
@@ -587,6 +604,34 @@ class Predictor:
         self._record_shadow(
             copy, outputs=outputs, n_rows=len(batch), inference_time_ms=elapsed_ms,
             agreed_rows=agreed, abs_diff_sum=abs_diff,
+        )  # fmt: skip
+
+    async def _run_network_shadow(self, copy: ShadowCopy, runtime: Runtime) -> None:
+        """The shadow copy of a network's request: its first output compared by value."""
+        assert copy.feeds is not None  # noqa: S101 - the caller's branch
+        target = copy.target
+        try:
+            if runtime.tensor_inputs is None:
+                raise InvalidInput("the shadow version takes a table, not named tensors")
+            check_feeds(copy.feeds, runtime=runtime, limits=self.limits)
+            rows = _rows(copy.feeds, runtime)
+            started = time.perf_counter()
+            try:
+                result = await self.batcher.run(target.version_id, runtime, copy.feeds, rows)
+            except (ValueError, TypeError) as exc:
+                raise ModelCouldNotPredict(exc) from exc
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if not all(_finite(value) for value in result.outputs.values()):
+                raise InvalidInput("the model produced a value that is not a finite number")
+        except _REFUSALS as exc:
+            error = exc.logged if isinstance(exc, ModelCouldNotPredict) else exc.detail
+            self._record_shadow(copy, error=error, n_rows=0)
+            return
+        first = result.outputs[runtime.tensor_outputs[0].name]
+        _, abs_diff = compare(copy.primary, first, by_label=False)
+        self._record_shadow(
+            copy, outputs=loggable_tensors(result.outputs), n_rows=rows,
+            inference_time_ms=elapsed_ms, abs_diff_sum=abs_diff,
         )  # fmt: skip
 
     def _record_shadow(
@@ -678,6 +723,44 @@ class Predictor:
             inference_time_ms=elapsed_ms,
         )
 
+    async def predict_tensors(
+        self,
+        target: Target,
+        runtime: Runtime,
+        feeds: dict[str, np.ndarray],
+        *,
+        caller: Caller,
+        protocol: str,
+    ) -> TensorOutcome:
+        """Run a network on its named inputs (stacked with concurrent calls) and log the success.
+
+        Call it inside `attempt`, which logs the failures.
+
+        Raises:
+            ModelCouldNotPredict, InvalidInput: the model refused the values, or produced a
+                value that is not a finite number.
+            InferenceLimitExceeded: the call passed its rows, time or memory budget.
+        """
+        rows = _rows(feeds, runtime)
+        started = time.perf_counter()
+        try:
+            with tracing.span("predict") as span:
+                if span is not None:
+                    span.set_attributes(_span_attributes(target, protocol, rows))
+                result = await self.batcher.run(target.version_id, runtime, feeds, rows)
+        except (ValueError, TypeError) as exc:
+            raise ModelCouldNotPredict(exc) from exc
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if not all(_finite(value) for value in result.outputs.values()):
+            raise InvalidInput("the model produced a value that is not a finite number")
+        prediction_id = uuid7()
+        self._record(
+            prediction_id, target, caller, protocol, inputs=loggable_tensors(feeds),
+            outputs=loggable_tensors(result.outputs), n_rows=rows, inference_time_ms=elapsed_ms,
+        )  # fmt: skip
+        self.metrics.prediction(target.model_id, target.version, protocol, "success")
+        return TensorOutcome(prediction_id, result.outputs, elapsed_ms)
+
     def record_failure(
         self,
         target: Target,
@@ -742,6 +825,7 @@ class ShadowCopy:
     by_label: bool
     rows: Any
     batch: np.ndarray | None
+    feeds: dict[str, np.ndarray] | None = None
 
 
 def compare(
@@ -844,6 +928,17 @@ async def predict_rest(
         inputs = document["inputs"]
         attempt.inputs = _loggable(inputs)
         runtime = await predictor.runtime(target)
+        if runtime.tensor_inputs is not None:
+            feeds = rest_feeds(inputs, runtime=runtime, limits=predictor.limits)
+            attempt.inputs, attempt.n_rows = loggable_tensors(feeds), _rows(feeds, runtime)
+            network = await predictor.predict_tensors(
+                target, runtime, feeds, caller=caller, protocol="rest"
+            )
+            return _network_answer(
+                target,
+                network,
+                _network_shadow(predictor, shadow, caller, "rest", network, feeds, runtime),
+            )
         batch = rows_batch(
             inputs, runtime=runtime, feature_names=target.feature_names, limits=predictor.limits
         )
@@ -875,6 +970,67 @@ async def predict_rest(
             rows=inputs,
         )
     return Answer(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), JSON_HEADERS, background)
+
+
+def _network_shadow(
+    predictor: Predictor,
+    shadow: Target | None,
+    caller: Caller,
+    protocol: str,
+    outcome: TensorOutcome,
+    feeds: dict[str, np.ndarray],
+    runtime: Runtime,
+) -> BackgroundTask | None:
+    if shadow is None:
+        return None
+    return predictor.shadow_copy(
+        shadow,
+        caller=caller,
+        protocol=protocol,
+        primary_id=outcome.prediction_id,
+        primary=outcome.outputs[runtime.tensor_outputs[0].name],
+        by_label=False,
+        feeds=feeds,
+    )
+
+
+def _network_answer(
+    target: Target, outcome: TensorOutcome, background: BackgroundTask | None
+) -> Answer:
+    """A network's REST answer: its output tensors by name, nested as their shapes."""
+    answer = {
+        "prediction_id": str(outcome.prediction_id),
+        "model_id": str(target.model_id),
+        "model_name": target.model_name,
+        "version": target.version,
+        "outputs": {name: jsonable(value) for name, value in outcome.outputs.items()},
+        "inference_time_ms": round(outcome.inference_time_ms, 3),
+    }
+    return Answer(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), JSON_HEADERS, background)
+
+
+# Tensors of at most this many values are logged whole; larger ones by datatype and shape only
+# (an image's 150,528 values would cost more to serialise than its prediction).
+LOGGED_TENSOR_VALUES = 4096
+
+
+def loggable_tensors(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Return a network's named tensors as the prediction log keeps them, bounded."""
+    logged: dict[str, Any] = {}
+    for name, value in tensors.items():
+        if value.size <= LOGGED_TENSOR_VALUES:
+            logged[name] = jsonable(value)
+        else:
+            logged[name] = {"datatype": oip.to_datatype(value.dtype), "shape": list(value.shape)}
+    return logged
+
+
+def _rows(feeds: Mapping[str, np.ndarray], runtime: Runtime) -> int:
+    """The rows of a network call: its batch dimension, or one call of one row without."""
+    if not runtime.has_batch_axis:
+        return 1
+    first = next(iter(feeds.values()))
+    return len(first) if first.ndim else 1
 
 
 def _loggable(inputs: Any) -> Any:
@@ -926,16 +1082,31 @@ async def predict_v2(
                 max_elements=limits.max_elements,
             )
             runtime = await predictor.runtime(target)
-            check_tensor(header, runtime=runtime, feature_names=target.feature_names, limits=limits)
-            wanted = oip.select_outputs(
-                header, V2_OUTPUTS_WITH_PROBA if runtime.has_proba else V2_OUTPUTS
-            )
-            request = oip.decode_inputs(header)
-            batch = tensor_batch(request.inputs[0], runtime.input_dtype)
+            if runtime.tensor_inputs is not None:
+                check_network_header(header, runtime=runtime, limits=limits)
+                wanted = oip.select_outputs(header, [t.name for t in runtime.tensor_outputs])
+                request = oip.decode_inputs(header)
+                feeds = {tensor.name: tensor.data for tensor in request.inputs}
+            else:
+                check_tensor(
+                    header, runtime=runtime, feature_names=target.feature_names, limits=limits
+                )
+                wanted = oip.select_outputs(
+                    header, V2_OUTPUTS_WITH_PROBA if runtime.has_proba else V2_OUTPUTS
+                )
+                request = oip.decode_inputs(header)
+                batch = tensor_batch(request.inputs[0], runtime.input_dtype)
         except oip.OIPError as exc:
             raise InvalidInferenceRequest(exc.message) from exc
         except InvalidInput as exc:
             raise InvalidInferenceRequest(exc.detail) from exc
+        if runtime.tensor_inputs is not None:
+            attempt.inputs, attempt.n_rows = loggable_tensors(feeds), _rows(feeds, runtime)
+            network = await predictor.predict_tensors(
+                target, runtime, feeds, caller=caller, protocol="v2"
+            )
+            background = _network_shadow(predictor, shadow, caller, "v2", network, feeds, runtime)
+            return _network_v2_answer(name, target, request, network, wanted, background)
         attempt.inputs, attempt.n_rows = batch, len(batch)
         outcome = await predictor.predict(
             target, runtime, batch, caller=caller, protocol="v2", inputs=batch
@@ -965,6 +1136,25 @@ async def predict_v2(
             by_label=runtime.classes is not None,
             batch=batch,
         )
+    return Answer(content, headers, background)
+
+
+def _network_v2_answer(
+    name: str,
+    target: Target,
+    request: oip.InferRequest,
+    outcome: TensorOutcome,
+    wanted: list[str],
+    background: BackgroundTask | None,
+) -> Answer:
+    tensors = [_tensor(output, outcome.outputs[output]) for output in wanted]
+    content, headers = oip.encode_infer_response(
+        model_name=name,
+        model_version=str(target.version),
+        request_id=request.id,
+        outputs=tensors,
+        binary_outputs=oip.wanted_binary_outputs(request, wanted),
+    )
     return Answer(content, headers, background)
 
 
@@ -1003,6 +1193,14 @@ async def describe_v2_model(
     versions = await servable_versions(db, target.model_id)
     await db.close()
     runtime = await predictor.runtime(target)
+    if runtime.tensor_inputs is not None:
+        return oip.model_metadata(
+            name=name,
+            versions=[str(v) for v in versions],
+            platform=PLATFORMS[target.framework],
+            inputs=[_tensor_metadata(spec) for spec in runtime.tensor_inputs],
+            outputs=[_tensor_metadata(spec) for spec in runtime.tensor_outputs],
+        )
     inputs = [
         {
             "name": runtime.input_name,
@@ -1021,6 +1219,10 @@ async def describe_v2_model(
         inputs=inputs,
         outputs=outputs,
     )
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": oip.to_datatype(spec.dtype), "shape": list(spec.shape)}
 
 
 def _label_datatype(runtime: Runtime) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -29,6 +30,7 @@ from modelyard.drift import reference as drift_reference
 from modelyard.errors import Conflict, NotFound, Unprocessable
 from modelyard.experiments import service as experiments_service
 from modelyard.files.tabular import TabularLimits
+from modelyard.predictions.oip import to_datatype
 from modelyard.registry import queries
 from modelyard.registry.schemas import (
     EXPORTED_TO_ONNX,
@@ -693,7 +695,14 @@ def _reconcile_task_type(form: UploadForm, report: ProbeReport) -> str | None:
 
 
 def _input_schema(given: InputSchema | None, report: ProbeReport) -> dict[str, Any] | None:
-    """Return the input schema: the given one checked against the model, else the inferred one."""
+    """Return the input schema: the given one checked against the model, else the inferred one.
+
+    A network's (an ONNX model that is not one table) records its input tensors under
+    `tensors`: name, V2 datatype and shape (-1 for a dynamic dimension).
+    """
+    if report.inputs and report.n_features is None:
+        tensors = {"tensors": [_tensor(spec, spec["type"]) for spec in report.inputs]}
+        return tensors if given is None else {**given.model_dump(), **tensors}
     if given is None:
         names = report.feature_names or (
             [f"f{i}" for i in range(report.n_features)] if report.n_features else None
@@ -720,7 +729,15 @@ def _metadata(given: dict[str, Any], report: ProbeReport) -> dict[str, Any]:
     return {**given, COST_KEY: report.cost}
 
 
+def _tensor(spec: dict[str, Any], dtype: str) -> dict[str, Any]:
+    datatype = to_datatype(np.dtype(dtype))
+    return {"name": spec["name"], "datatype": datatype, "shape": list(spec["shape"])}
+
+
 def _outputs(report: ProbeReport) -> dict[str, Any] | None:
+    if report.inputs and report.n_features is None:
+        # A network's output tensors, described like its inputs.
+        return {"tensors": [_tensor(spec, spec["dtype"]) for spec in report.outputs]}
     schema: dict[str, Any] = {"outputs": list(report.outputs)}
     if report.classes is not None:
         schema["classes"] = list(report.classes)

@@ -14,10 +14,11 @@ the loop, the rest on a small thread pool. Only for runtimes whose cost the inpu
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import weakref
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, Self
@@ -48,11 +49,24 @@ class BatchResult:
     batch_rows: int
 
 
+@dataclass(frozen=True, slots=True)
+class TensorResult:
+    """One request's share of a batched network call: its rows of every output tensor."""
+
+    outputs: dict[str, npt.NDArray[Any]]
+    inference_seconds: float
+    batch_rows: int
+
+
 @dataclass(slots=True)
 class _Request:
+    """A table `x` for `Runtime.predict`, or a network's `feeds` for `Runtime.run`."""
+
     runtime: Runtime
-    x: npt.NDArray[Any]
-    future: asyncio.Future[BatchResult]
+    x: npt.NDArray[Any] | None
+    feeds: Mapping[str, npt.NDArray[Any]] | None
+    rows: int
+    future: asyncio.Future[Any]
 
 
 @dataclass(slots=True)
@@ -61,6 +75,38 @@ class _Lane:
 
     queue: deque[_Request] = field(default_factory=deque)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _timed_run(
+    runtime: Runtime, feeds: Mapping[str, npt.NDArray[Any]], rows: int, *, stacked: bool
+) -> tuple[dict[str, npt.NDArray[Any]], float]:
+    """Run a network and measure the call; stacked calls must answer a row per input row."""
+    started = time.perf_counter()
+    outputs = runtime.run(feeds)
+    seconds = time.perf_counter() - started
+    if stacked and any(len(value) != rows for value in outputs.values()):
+        raise RuntimeError(f"the network did not answer one row per input row ({rows} rows)")
+    return outputs, seconds
+
+
+def _can_stack(head: _Request, request: _Request) -> bool:
+    """Tell whether `request` may share `head`'s call: the same runtime and kind of input, the
+    same row width and dtype; networks only along a batch dimension, every input alike."""
+    if request.runtime is not head.runtime:
+        return False
+    if head.x is not None:
+        return (
+            request.x is not None
+            and request.x.shape[1:] == head.x.shape[1:]
+            and request.x.dtype == head.x.dtype
+        )
+    if not head.runtime.has_batch_axis or head.feeds is None or request.feeds is None:
+        return False
+    for name, value in head.feeds.items():
+        other = request.feeds.get(name)
+        if other is None or other.shape[1:] != value.shape[1:] or other.dtype != value.dtype:
+            return False
+    return True
 
 
 def _timed_predict(
@@ -79,8 +125,10 @@ class Batcher:
     """Merges concurrent predict calls for the same version into one call; a lone call runs at once.
 
     Requests are merged only when they have the same runtime object, row width and dtype, up to
-    `max_rows` rows per call; a request with more rows runs alone, never split. Once requests
-    are queued, a call may wait up to `max_wait_ms` for more (0: never).
+    `max_rows` rows per call; a request with more rows runs alone, never split. Networks' named
+    tensors (`run`) are stacked along their batch dimension, every input alike, and only for
+    networks that have one (`Runtime.has_batch_axis`); others run one request a call. Once
+    requests are queued, a call may wait up to `max_wait_ms` for more (0: never).
     """
 
     def __init__(
@@ -128,7 +176,26 @@ class Batcher:
             self._observe(runtime, seconds, len(x), 1)
             return BatchResult(predictions, probabilities, seconds, len(x))
         loop = asyncio.get_running_loop()
-        request = _Request(runtime, x, loop.create_future())
+        request = _Request(runtime, x, None, len(x), loop.create_future())
+        result: BatchResult = await self._enqueue(key, lane, request)
+        return result
+
+    async def run(
+        self, key: Hashable, runtime: Runtime, feeds: Mapping[str, npt.NDArray[Any]], rows: int
+    ) -> TensorResult:
+        """Run a network on named tensors of `rows` rows, stacked with others of `key` if it has
+        a batch dimension; always on the predict threads (a network's call is never cheap).
+
+        Raises:
+            Exception: whatever the runtime's run raised, for every request of that call.
+        """
+        loop = asyncio.get_running_loop()
+        request = _Request(runtime, None, feeds, rows, loop.create_future())
+        result: TensorResult = await self._enqueue(key, self._lanes.get(key), request)
+        return result
+
+    async def _enqueue(self, key: Hashable, lane: _Lane | None, request: _Request) -> Any:
+        loop = asyncio.get_running_loop()
         if lane is None:
             lane = self._lanes[key] = _Lane()
             lane.queue.append(request)
@@ -179,7 +246,7 @@ class Batcher:
             head = lane.queue.popleft()
             if not head.future.done():  # a cancelled caller's request is dropped unrun
                 batch = [head]
-                return batch, self._extend(lane, batch, len(head.x))
+                return batch, self._extend(lane, batch, head.rows)
         return [], 0
 
     def _extend(self, lane: _Lane, batch: list[_Request], rows: int) -> int:
@@ -191,14 +258,9 @@ class Batcher:
             request = lane.queue.popleft()
             if request.future.done():
                 continue
-            if (
-                request.runtime is head.runtime
-                and request.x.shape[1:] == head.x.shape[1:]
-                and request.x.dtype == head.x.dtype
-                and rows + len(request.x) <= limit
-            ):
+            if rows + request.rows <= limit and _can_stack(head, request):
                 batch.append(request)
-                rows += len(request.x)
+                rows += request.rows
             else:
                 kept.append(request)
         kept.extend(lane.queue)
@@ -221,9 +283,13 @@ class Batcher:
 
     async def _run(self, batch: list[_Request], rows: int) -> None:
         """Make one predict call for the batch and hand each request its rows."""
+        if batch[0].feeds is not None:
+            await self._run_network(batch, rows)
+            return
         runtime = batch[0].runtime
         try:
-            x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
+            tables = [r.x for r in batch if r.x is not None]
+            x = tables[0] if len(tables) == 1 else np.concatenate(tables)
             if self.runs_inline(runtime, rows):
                 predictions, probabilities, seconds = _timed_predict(runtime, x)
             else:
@@ -243,7 +309,7 @@ class Batcher:
         self._observe(runtime, seconds, rows, len(batch))
         offset = 0
         for request in batch:
-            end = offset + len(request.x)
+            end = offset + request.rows
             if not request.future.done():
                 request.future.set_result(
                     BatchResult(
@@ -253,6 +319,42 @@ class Batcher:
                         rows,
                     )
                 )
+            offset = end
+
+    async def _run_network(self, batch: list[_Request], rows: int) -> None:
+        """Make one network call for the batch (stacked along the batch dimension) and hand
+        each request its rows of every output."""
+        runtime = batch[0].runtime
+        feeds = [r.feeds for r in batch if r.feeds is not None]
+        try:
+            stacked = feeds[0]
+            if len(feeds) > 1:
+                stacked = {name: np.concatenate([f[name] for f in feeds]) for name in stacked}
+            loop = asyncio.get_running_loop()
+            outputs, seconds = await loop.run_in_executor(
+                self._executor,
+                functools.partial(_timed_run, runtime, stacked, rows, stacked=len(feeds) > 1),
+            )
+        except asyncio.CancelledError:
+            for request in batch:
+                request.future.cancel()
+            raise
+        except Exception as exc:
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            return
+        self._observe(runtime, seconds, rows, len(batch))
+        if len(batch) == 1:
+            if not batch[0].future.done():
+                batch[0].future.set_result(TensorResult(outputs, seconds, rows))
+            return
+        offset = 0
+        for request in batch:
+            end = offset + request.rows
+            if not request.future.done():
+                shares = {name: value[offset:end] for name, value in outputs.items()}
+                request.future.set_result(TensorResult(shares, seconds, rows))
             offset = end
 
     def _observe(self, runtime: Runtime, seconds: float, rows: int, requests: int) -> None:

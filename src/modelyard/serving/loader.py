@@ -448,13 +448,17 @@ def check_onnx(data: bytes) -> Any:
     return model
 
 
-def load_onnx(data: bytes) -> Any:
-    """Check an ONNX model, then open an ONNX Runtime session on its bytes (one thread)."""
+def load_onnx(data: bytes, *, threads: int = 1) -> Any:
+    """Check an ONNX model, then open an ONNX Runtime session on its bytes.
+
+    A call runs on `threads` intra-op threads (one for the upload probe; a server's share of
+    the cores when serving, `modelyard.serving.threads`).
+    """
     import onnxruntime as ort
 
     check_onnx(data)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # The capped arena of modelyard.serving.runtimes.onnx.cap_onnx_memory, once registered.
     options.add_session_config_entry("session.use_env_allocators", "1")
@@ -508,8 +512,12 @@ def load_model(path: Path, fmt: ModelFormat) -> Any:
     return load_checked_model(path, fmt)[0]
 
 
-def load_checked_model(path: Path, fmt: ModelFormat) -> tuple[Any, StructureCost]:
+def load_checked_model(
+    path: Path, fmt: ModelFormat, *, onnx_threads: int = 1
+) -> tuple[Any, StructureCost]:
     """Load and check a model like load_model; also return the worst cost of one of its rows.
+
+    ONNX sessions run a call on `onnx_threads` intra-op threads.
 
     Raises:
         ModelRejected: the file failed a check or did not load; the message names the reason.
@@ -520,7 +528,7 @@ def load_checked_model(path: Path, fmt: ModelFormat) -> tuple[Any, StructureCost
         case ModelFormat.SKOPS:
             model = load_skops(path)
         case ModelFormat.ONNX:
-            model = load_onnx(path.read_bytes())
+            model = load_onnx(path.read_bytes(), threads=onnx_threads)
         case ModelFormat.XGBOOST_JSON | ModelFormat.XGBOOST_UBJ:
             model = load_xgboost(path.read_bytes())
         case ModelFormat.LIGHTGBM_TEXT:

@@ -64,7 +64,7 @@ INHERITED_PREFIXES: Final = ("PYTHON", "LC_", "OMP_", "OPENBLAS_", "MKL_", "VECL
 # LightGBM import in ~50 ms each once numpy is loaded, so a child imports them when an upload
 # needs them and the process stays ~50 MiB smaller.
 PRELOAD: Final = (
-    "modelyard.serving.threads",
+    "modelyard.serving.single_thread",
     "numpy",
     "scipy.sparse",
     "sklearn",

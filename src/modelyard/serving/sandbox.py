@@ -263,7 +263,10 @@ def describe_onnx(session: Any, proto: Any) -> dict[str, Any]:
         outputs.append({"name": meta.name, "type": value_type, "shape": dims})
         del value
     if not is_tabular:
-        # A network: what its outputs mean (logits, embeddings, boxes) is the uploader's to say.
+        # A network: what its outputs mean (logits, embeddings, boxes) is the uploader's to say;
+        # each is served as the tensor it is.
+        for output, value in zip(outputs, results, strict=True):
+            output["dtype"] = np.asarray(value).dtype.name
         return {
             "task_type": None,
             "n_features": None,

@@ -26,6 +26,7 @@ from modelyard.serving.runtimes.onnx import (
 )
 from modelyard.serving.runtimes.sklearn import SklearnRuntime
 from modelyard.serving.runtimes.xgboost import XGBoostRuntime
+from modelyard.serving.threads import onnx_threads
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def load_runtime(
     with tempfile.TemporaryDirectory(prefix="modelyard-load-") as folder:
         path = Path(folder) / "artifact"
         path.write_bytes(data)
-        model, cost = load_checked_model(path, fmt)
+        model, cost = load_checked_model(path, fmt, onnx_threads=onnx_threads())
     runtime: Runtime
     match FRAMEWORK_OF[fmt]:
         case Framework.SKLEARN:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 import numpy as np
@@ -11,6 +13,8 @@ import numpy.typing as npt
 from modelyard.errors import ModelyardError, Unprocessable
 from modelyard.serving.formats import Framework, ModelFormat
 
+# The symbol of a network's dynamic first dimension, which all its inputs share: the rows.
+ROWS: Final = "rows"
 # The V2 protocol needs an input tensor name; models that do not name their input get this one.
 DEFAULT_INPUT_NAME: Final = "input-0"
 # Added to every estimate: interpreter objects, session and booster handles, small buffers.
@@ -55,6 +59,24 @@ class InferenceLimitExceeded(Unprocessable):
     type: ClassVar[str] = "inference-limit-exceeded"
 
 
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A named input or output tensor of a network: its dtype and shape.
+
+    `shape` has -1 for a dynamic dimension; `symbols` names the dynamic ones as the graph does
+    ("batch", "sequence"; None when it does not), so that inputs sharing a dimension are
+    checked to agree before the model runs.
+    """
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    symbols: tuple[str | None, ...]
+    # The largest size of each dimension a request may send (inputs: what the version's cost
+    # estimate assumed, the rows at its `max_rows`); None: no bound but the request limits.
+    bounds: tuple[int, ...] | None = None
+
+
 class Runtime(ABC):
     """A loaded model version behind one small interface."""
 
@@ -77,6 +99,23 @@ class Runtime(ABC):
     # Most rows one predict call may carry (None: no bound but the request limits). ONNX
     # graphs get one from their cost estimate; the batcher never merges past it.
     max_rows: int | None = None
+    # Networks (models that are not one [rows, features] table): their named input and output
+    # tensors, served by `run`; None for tabular models, served by `predict`.
+    tensor_inputs: tuple[TensorSpec, ...] | None = None
+    tensor_outputs: tuple[TensorSpec, ...] = ()
+    # Whether every input and output tensor's first dimension is the same dynamic batch
+    # dimension: only then may the batcher stack requests along it.
+    has_batch_axis: bool = False
+
+    def run(self, feeds: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Run a network on its named input tensors; return every output tensor by name.
+
+        Safe to call from several threads at once.
+
+        Raises:
+            NotImplementedError: a tabular model (`tensor_inputs` is None).
+        """
+        raise NotImplementedError(f"{type(self).__name__} takes a table, not named tensors")
 
     @abstractmethod
     def predict(self, x: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:

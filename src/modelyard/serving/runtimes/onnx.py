@@ -13,6 +13,7 @@ import heapq
 import itertools
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -22,7 +23,13 @@ import numpy.typing as npt
 from modelyard.serving.formats import Framework, ModelFormat, ModelRejected
 from modelyard.serving.loader import check_onnx
 from modelyard.serving.onnx_cost import CostLimits, OnnxCost, estimate_onnx_cost
-from modelyard.serving.runtimes.base import InferenceLimitExceeded, Runtime, as_output
+from modelyard.serving.runtimes.base import (
+    ROWS,
+    InferenceLimitExceeded,
+    Runtime,
+    TensorSpec,
+    as_output,
+)
 from modelyard.serving.sandbox import CLASSIFICATION, TENSOR_DTYPES, describe_onnx
 
 DEFAULT_RUN_TIMEOUT_SECONDS: Final = 10.0
@@ -36,6 +43,10 @@ _ALLOCATION_FAILURES: Final = (
 )
 
 
+# What a network may answer: numeric and boolean tensors, and strings.
+OUTPUT_DTYPES: Final[dict[str, Any]] = {**TENSOR_DTYPES, "tensor(string)": np.object_}
+
+
 def _is_tensor(kind: str) -> bool:
     return kind.startswith("tensor(")
 
@@ -43,6 +54,9 @@ def _is_tensor(kind: str) -> bool:
 # The cap this process's settings ask for, and the one ONNX Runtime has registered: importing
 # ONNX Runtime costs ~30 MiB and is deferred to the first ONNX model, so is the arena.
 _configured_cap_bytes: int | None = None
+# Rows of the calls a busy model makes one after another (the batcher's batches), for the arena
+# memory the cache counts (`arena_bytes`); None: its largest call's.
+_arena_rows: int | None = None
 _registered_cap_bytes: int | None = None
 _cap_lock = threading.Lock()
 
@@ -57,14 +71,16 @@ def configure_onnx_cost(limits: CostLimits) -> None:
     _cost_limits = limits
 
 
-def configure_onnx_memory(max_bytes: int) -> None:
-    """Cap ONNX inferences of this process at `max_bytes`, from the first ONNX session on.
+def configure_onnx_memory(max_bytes: int, *, batch_rows: int | None = None) -> None:
+    """Cap ONNX inferences of this process at `max_bytes`, from the first ONNX session on; count
+    calls of `batch_rows` rows in the arena memory of a loaded model (`arena_bytes`).
 
     Imports nothing: `ensure_onnx_memory_cap` registers the arena before the first session.
     """
-    global _configured_cap_bytes
+    global _configured_cap_bytes, _arena_rows
     with _cap_lock:
         _configured_cap_bytes = max_bytes
+        _arena_rows = batch_rows
         if _registered_cap_bytes is not None and _registered_cap_bytes != max_bytes:
             cap_onnx_memory(max_bytes)  # already in use: new sessions get the new cap
 
@@ -190,7 +206,6 @@ class OnnxRuntime(Runtime):
         self.feature_names = None
         self.classes = described["classes"]
         self.has_proba = bool(described["has_proba"])
-        self.nbytes = nbytes
         self.input_dtype = np.dtype(TENSOR_DTYPES[graph_input.type])
         self.input_name = str(graph_input.name)
         if self.task_type == CLASSIFICATION:
@@ -202,6 +217,19 @@ class OnnxRuntime(Runtime):
             self._output_names = [str(label.name), str(scores[0].name)]
         else:
             self._output_names = [str(outputs[0].name)]
+        if self.n_features is None:
+            # A network: its named tensors, each input bounded as its cost estimate assumed.
+            self.tensor_inputs = _tensor_specs(
+                session.get_inputs(), self.cost.assumed_input, what="input"
+            )
+            self.tensor_outputs = _tensor_specs(outputs, {}, what="output")
+            if not self.tensor_outputs:
+                raise ModelRejected("model refused: the ONNX network has no tensor output")
+            self.has_batch_axis = self.cost.max_rows is not None and all(
+                spec.symbols[:1] == (ROWS,) for spec in (*self.tensor_inputs, *self.tensor_outputs)
+            )
+        # What the cache holds for it: the weights (`nbytes`), and the arena its calls use.
+        self.nbytes = nbytes + arena_bytes(self.cost)
 
     def predict(self, x: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[Any] | None]:
         """Run the session once, asking only for the outputs served, within the budgets.
@@ -210,22 +238,53 @@ class OnnxRuntime(Runtime):
             InferenceLimitExceeded: the run passed its time budget or the memory cap.
             ValueError: ONNX Runtime refused to run the model on these inputs.
         """
-        import onnxruntime as ort
+        self._check_rows(len(x))
+        results = self._run_session(self._output_names, {self.input_name: x})
+        predictions = as_output(results[0])
+        if predictions.ndim == 2 and predictions.shape[1] == 1:
+            # Regressors export [n, 1]; single-target predictions are [n] across frameworks.
+            predictions = predictions[:, 0]
+        probabilities = np.asarray(results[1]) if len(results) > 1 else None
+        return predictions, probabilities
 
-        if self.max_rows is not None and len(x) > self.max_rows:
+    def run(self, feeds: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Run a network once on its named inputs, within the budgets; every output by name.
+
+        Raises:
+            NotImplementedError: a tabular model.
+            InferenceLimitExceeded: more rows than the cost estimate admits, or the run passed
+                its time budget or the memory cap.
+            ValueError: ONNX Runtime refused to run the model on these inputs.
+        """
+        if self.tensor_inputs is None:
+            raise NotImplementedError("a tabular ONNX model takes a table, not named tensors")
+        # The rows the cost estimate bounded: every input's dynamic first dimension (equal).
+        rows = next((s.name for s in self.tensor_inputs if s.symbols[:1] == (ROWS,)), None)
+        if rows is not None:
+            self._check_rows(len(feeds[rows]))
+        names = [spec.name for spec in self.tensor_outputs]
+        results = self._run_session(names, feeds)
+        return {name: as_output(value) for name, value in zip(names, results, strict=True)}
+
+    def _check_rows(self, rows: int) -> None:
+        if self.max_rows is not None and rows > self.max_rows:
             # Before any work: past it, the call costs more than the budgets the graph was
             # admitted under (its cost estimate, modelyard.serving.onnx_cost).
             raise InferenceLimitExceeded(
                 f"this model answers at most {self.max_rows} rows per call within this "
-                f"server's cost budgets; got {len(x)}, send fewer rows"
+                f"server's cost budgets; got {rows}, send fewer rows"
             )
+
+    def _run_session(self, names: list[str], feeds: Mapping[str, Any]) -> list[Any]:
+        import onnxruntime as ort
+
         options = ort.RunOptions()
         # A terminated or refused run is reported by the exception below, not ONNX Runtime's log.
         options.log_severity_level = 4
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         watch = _WATCHDOG.watch(options, self.run_timeout_seconds)
         try:
-            results = self._session.run(self._output_names, {self.input_name: x}, options)
+            results: list[Any] = self._session.run(names, dict(feeds), options)
         except Exception as exc:  # ONNX Runtime's errors share no base class but Exception
             if watch.is_fired:
                 raise InferenceLimitExceeded(
@@ -240,9 +299,47 @@ class OnnxRuntime(Runtime):
             raise ValueError("ONNX Runtime could not run the model on these inputs") from exc
         finally:
             _WATCHDOG.release(watch)
-        predictions = as_output(results[0])
-        if predictions.ndim == 2 and predictions.shape[1] == 1:
-            # Regressors export [n, 1]; single-target predictions are [n] across frameworks.
-            predictions = predictions[:, 0]
-        probabilities = np.asarray(results[1]) if len(results) > 1 else None
-        return predictions, probabilities
+        return results
+
+
+def arena_bytes(cost: OnnxCost) -> int:
+    """Estimate the arena memory a busy model holds: the intermediate tensors of one call of a
+    batch's rows (the cost estimate's peak memory less the weights, scaled from its `max_rows`
+    to the batches' rows: cost is affine in rows), at most the process's cap."""
+    activations = max(cost.peak_memory_bytes - cost.weights_bytes, 0)
+    if cost.max_rows and _arena_rows is not None and _arena_rows < cost.max_rows:
+        activations = -(-activations * _arena_rows // cost.max_rows)
+    cap = _configured_cap_bytes
+    return activations if cap is None else min(activations, cap)
+
+
+def _tensor_specs(
+    metas: list[Any], bounds: Mapping[str, list[int]], *, what: str
+) -> tuple[TensorSpec, ...]:
+    """Describe a session's inputs or outputs; outputs of other types than tensors are left out."""
+    specs = []
+    for meta in metas:
+        dtype = OUTPUT_DTYPES.get(meta.type) if what == "output" else TENSOR_DTYPES.get(meta.type)
+        if dtype is None:
+            if what == "output":
+                continue  # sequences and maps: never a network's answer
+            raise ModelRejected(f"model refused: ONNX input of type {meta.type} is not served")
+        dims = list(meta.shape) if meta.shape is not None else [None]
+        shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in dims)
+        symbols = tuple(
+            None
+            if shape[axis] != -1
+            else (ROWS if axis == 0 else d if isinstance(d, str) else None)
+            for axis, d in enumerate(dims)
+        )
+        bound = bounds.get(str(meta.name))
+        specs.append(
+            TensorSpec(
+                name=str(meta.name),
+                dtype=np.dtype(dtype),
+                shape=shape,
+                symbols=symbols,
+                bounds=tuple(bound) if bound is not None and len(bound) == len(shape) else None,
+            )
+        )
+    return tuple(specs)
