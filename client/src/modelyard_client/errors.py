@@ -17,6 +17,11 @@ class ConfigurationError(ModelyardClientError):
     """No server URL or credentials, or a local input the client cannot use."""
 
 
+class InvalidInput(ModelyardClientError, ValueError):
+    """An argument the client cannot send: NaN or infinity in inputs or metrics, inputs of a
+    type that are not rows, an input file it cannot read. Nothing was sent to the server."""
+
+
 class ConnectionFailed(ModelyardClientError):
     """The server could not be reached (or the connection broke) after the retries."""
 
