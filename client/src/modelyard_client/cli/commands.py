@@ -536,7 +536,7 @@ def keys_create(
             if email is not None or _credentials(ctx).api_key is None:
                 raise
             raise ModelyardClientError(
-                f"{exc.message}\n  API keys are made from a signed-in session: run "
+                f"{exc.message}\n  sign in to make one: "
                 f"`modelyard keys create {name} --email EMAIL` (the password is asked for)"
             ) from exc
     if as_json:
