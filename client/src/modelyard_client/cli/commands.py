@@ -520,14 +520,16 @@ def keys_create(
 ) -> None:
     """Make an API key; shown once. Keys are made from a signed-in session, never with another
     key: give --email (the password is asked for), or set MODELYARD_TOKEN."""
+    secret = None
     if email is not None:
-        password = password or typer.prompt("Password", hide_input=True)
+        secret = password or str(typer.prompt("Password", hide_input=True))
         root: dict[str, Any] = ctx.find_root().obj or {}
         client = Client(root.get("url"))
-        client.login(email, password)
     else:
         client = _client(ctx)
     with client:
+        if email is not None and secret is not None:
+            client.login(email, secret)
         try:
             created = client.create_api_key(
                 name, expires_at=expires_at, scopes=scope or None, models=model or None
