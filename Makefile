@@ -61,8 +61,9 @@ lock:
 	$(BIN)/uv pip compile $(LOCK_FLAGS) -c requirements/dev.txt requirements/client.in -o requirements/client.txt
 	$(BIN)/uv pip compile $(LOCK_FLAGS) requirements/build.in -o requirements/build.txt
 
+# In development `serve` applies pending migrations itself (and says which), then logs the
+# dashboard's and the API docs' URLs once it answers.
 run: install
-	$(BIN)/modelyard migrate
 	$(BIN)/modelyard serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 test: $(TEST_STAMP)

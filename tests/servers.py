@@ -49,6 +49,8 @@ def environment(folder: Path, **settings: str) -> dict[str, str]:
         "MODELYARD_DATA_DIR": str(folder / "data"),
         # This checkout's code, whatever the interpreter has installed.
         "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+        # JSON lines, which tests read (in development the default is text for people).
+        "MODELYARD_LOG_FORMAT": "json",
         **{f"MODELYARD_{name.upper()}": value for name, value in settings.items()},
     }
 

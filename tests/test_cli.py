@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
+from alembic.script import ScriptDirectory
+from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
 from modelyard import __version__
 from modelyard.cli import app
 from modelyard.db import migrate
 from modelyard.db.tables import Base
-from tests.servers import CHEAP_ARGON2, ServerProcess, running_server
+from tests.client.conftest import make_login
+from tests.servers import CHEAP_ARGON2, ServerProcess, environment, running, running_server
+from tests.serving import legit
 
 ADMIN_EMAIL = "a@b.co"
 ADMIN_PASSWORD = "admin-password-1"
@@ -69,8 +75,41 @@ def test_migrate_creates_the_tables_on_a_fresh_data_dir(database_file: Path) -> 
     result = runner.invoke(app, ["migrate"])
 
     assert result.exit_code == 0, result.output
-    assert "up to date" in result.stdout
+    assert result.stdout == f"created the database schema at revision {migrate.head()}\n"
     assert table_names(database_file) >= set(Base.metadata.tables) | {"alembic_version"}
+
+
+def test_migrate_says_what_it_did(database_file: Path) -> None:
+    url = f"sqlite+aiosqlite:///{database_file}"
+    database_file.parent.mkdir(parents=True, exist_ok=True)
+    script = ScriptDirectory.from_config(migrate.alembic_config(url))
+    head = migrate.head()
+    previous = script.get_revision(head).down_revision
+    assert isinstance(previous, str)
+    migrate.upgrade(url, previous)
+
+    upgraded = runner.invoke(app, ["migrate"])
+    again = runner.invoke(app, ["migrate"])
+
+    assert upgraded.exit_code == 0, upgraded.output
+    assert upgraded.stdout == f"migrated the database from revision {previous} to {head}\n"
+    assert again.exit_code == 0, again.output
+    assert again.stdout == f"database already at the latest revision {head}: nothing to migrate\n"
+    assert migrate.current(url) == (head,)
+
+
+def test_make_run_migrates_once_through_serve() -> None:
+    planned = subprocess.run(
+        ["make", "-n", "run"],  # noqa: S607 - make from the PATH, as a developer runs it
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = planned.splitlines()
+
+    assert [line for line in lines if "bin/modelyard migrate" in line] == [], planned
+    assert len([line for line in lines if "bin/modelyard serve" in line]) == 1, planned
 
 
 def test_maintain_deletes_logged_predictions_past_retention(
@@ -205,3 +244,42 @@ def test_serve_answers_auth_flow_and_exits_cleanly_on_sigterm(server: ServerProc
     events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
     assert "stopped" in events, log
     assert returncode == 0, log
+
+
+def test_serve_in_development_logs_text_with_the_urls_and_migrates_once(tmp_path: Path) -> None:
+    env = environment(tmp_path)
+    del env["MODELYARD_LOG_FORMAT"]  # development's default
+    with running(ServerProcess(tmp_path, (), env)) as server:
+        server.wait_for("the started line", lambda: " started " in server.log())
+        log = server.log()
+
+    assert not [line for line in log.splitlines() if line.startswith("{")], log
+    started = next(line for line in log.splitlines() if " started " in line)
+    assert f"dashboard={server.url}/ " in started
+    assert f"docs={server.url}/docs" in started
+    assert log.count("created the database schema") == 1, log
+    assert "migrated" not in log
+
+
+def test_a_model_fitted_on_a_dataframe_predicts_without_a_feature_names_warning(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    x, y = legit.iris()
+    columns = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    fitted_on_names = LogisticRegression(max_iter=300).fit(pd.DataFrame(x, columns=columns), y)
+    path = legit.write_skops(fitted_on_names, tmp_path / "named.skops")
+    login = make_login(server.url)
+    headers = {"X-API-Key": login.api_key}
+
+    with httpx.Client(base_url=server.url, headers=headers, timeout=60) as client:
+        with path.open("rb") as file:
+            uploaded = client.post(
+                "/api/v1/models/upload", data={"name": "named"}, files={"file": file}
+            )
+        assert uploaded.status_code == 201, uploaded.text
+        rows = [dict(zip(columns, row, strict=True)) for row in x[:3].tolist()]
+        for body in ({"inputs": x[:3].tolist()}, {"inputs": rows}):
+            predicted = client.post("/api/v1/predict/named", json=body)
+            assert predicted.status_code == 200, predicted.text
+
+    assert "feature names" not in server.log()

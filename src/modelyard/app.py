@@ -225,7 +225,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # not start meanwhile.
         if isinstance(batch_jobs, InProcessJobs):
             batch_jobs.start()
-        log.info("started", extra={"version": __version__, "env": settings.env.value})
+        urls = {}
+        if settings.role != "serving":  # a serving process has neither page
+            urls = {"dashboard": f"{settings.local_url}/", "docs": f"{settings.local_url}/docs"}
+        log.info("started", extra={"version": __version__, "env": settings.env.value, **urls})
         try:
             yield
         finally:

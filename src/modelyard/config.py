@@ -117,8 +117,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Threshold of the process log."""
 
-    log_format: Literal["json", "console"] = "json"
-    """`json`, one object a line, or `console` for people."""
+    log_format: Literal["json", "console"] | None = None
+    """`json`, one object a line, or `console`, a line of text for people (default: `console`
+    in development, `json` in production)."""
 
     storage_url: str | None = None
     """Artifact store: `s3://bucket/prefix` for an S3-compatible store, or `file:///path` for a
@@ -429,6 +430,20 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.env is Environment.PRODUCTION
+
+    @property
+    def local_url(self) -> str:
+        """Where a browser on this host reaches `modelyard serve` (any address: 127.0.0.1)."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host  # noqa: S104
+        host = "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def log_lines(self) -> Literal["json", "console"]:
+        """`log_format`, or what suits the environment when it is not set."""
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.is_production else "console"
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -89,8 +89,21 @@ def test_a_stored_login_is_never_sent_to_another_server(
 
     result = run(app, "--url", "http://127.0.0.1:9", "whoami")
 
-    assert result.exit_code == 1
-    assert "cannot reach" in result.stderr
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        "error: not logged in to http://127.0.0.1:9: run `modelyard login --url http://127.0.0.1:9`"
+    )
+
+
+def test_without_credentials_a_command_says_to_log_in(app: typer.Typer, login: Login) -> None:
+    # Nothing stored, no key in the environment: not "cannot reach", whatever the server does.
+    for env in ({}, {"MODELYARD_URL": login.url}):
+        result = run(app, "models", "list", env=env)
+
+        assert result.exit_code == 2
+        assert "not logged in" in result.stderr
+        assert "run `modelyard login" in result.stderr
+        assert "cannot reach" not in result.stderr
 
 
 def test_a_wrong_key_exits_1_with_the_servers_message_and_no_traceback(
@@ -243,10 +256,35 @@ def test_keys_create_list_revoke(app: typer.Typer, login: Login) -> None:
         app, "whoami", env={"MODELYARD_URL": login.url, "MODELYARD_API_KEY": created["key"]}
     )
     assert refused.exit_code == 1
-    # An API key cannot mint keys: the server's 403 is shown.
+    # An API key cannot mint keys: the server's 403 is shown, and how to make one.
     denied = run(app, "keys", "create", "more", env=as_key(login))
     assert denied.exit_code == 1
     assert denied.stderr.startswith("error: 403")
+    assert "`modelyard keys create more --email EMAIL`" in denied.stderr
+
+
+def test_after_login_keys_are_made_by_signing_in_with_email(
+    app: typer.Typer, login: Login, config_file: Path
+) -> None:
+    logged_in = run(
+        app, "login", "--url", login.url, "--email", login.email, "--password", login.password
+    )
+    assert logged_in.exit_code == 0, logged_in.output
+    assert f"modelyard keys create NAME --email {login.email}" in logged_in.stderr
+
+    # As the message says, with the password asked for: the stored login's server is used.
+    created = runner.invoke(
+        app,
+        ["keys", "create", "ci", "--email", login.email, "--json"],
+        input=login.password + "\n",
+        prog_name="modelyard",
+    )
+    assert created.exit_code == 0, created.output
+    key = json.loads(created.stdout[created.stdout.index("{") :])["key"]
+    me = run(app, "whoami", "--json", env={"MODELYARD_URL": login.url, "MODELYARD_API_KEY": key})
+    assert parsed(me)["email"] == login.email
+    # The stored login is still the key `login` made.
+    assert json.loads(config_file.read_text())["api_key"] != key
 
 
 def test_keys_create_with_scopes_and_models(app: typer.Typer, login: Login) -> None:
@@ -266,6 +304,42 @@ def test_keys_create_with_scopes_and_models(app: typer.Typer, login: Login) -> N
     assert refused.exit_code == 1
     assert refused.stderr.startswith("error: 403")
     assert "`read`" in refused.stderr
+
+
+def test_tables_show_whole_ids_at_any_width(app: typer.Typer, login: Login) -> None:
+    env = {**as_key(login), "COLUMNS": "60"}
+    ids = [
+        parsed(run(app, "experiments", "create", f"a long experiment name {i}", "--json", env=env))[
+            "id"
+        ]
+        for i in range(2)
+    ]
+    key_env = {"MODELYARD_URL": login.url, "MODELYARD_TOKEN": login.access_token, "COLUMNS": "60"}
+    key_id = parsed(run(app, "keys", "create", "a key with a long name", "--json", env=key_env))[
+        "id"
+    ]
+
+    for listed, wanted in (
+        (run(app, "experiments", "list", env=env), ids),
+        (run(app, "keys", "list", env=key_env), [key_id]),
+        (run(app, "experiments", "show", ids[0], env=env), ids[:1]),
+    ):
+        assert listed.exit_code == 0, listed.output
+        assert "…" not in listed.stdout
+        for wanted_id in wanted:
+            assert wanted_id in listed.stdout
+
+
+def test_metrics_must_be_finite_numbers(app: typer.Typer, login: Login) -> None:
+    env = as_key(login)
+    run_id = parsed(run(app, "experiments", "create", "sweep", "--json", env=env))["id"]
+
+    for value in ("nan", "inf", "low"):
+        refused = run(app, "experiments", "log", run_id, "-m", f"loss={value}", env=env)
+        assert refused.exit_code == 2
+        assert "loss" in refused.stderr
+
+    assert parsed(run(app, "experiments", "metrics", run_id, "--json", env=env)) == []
 
 
 def test_experiments(app: typer.Typer, login: Login) -> None:

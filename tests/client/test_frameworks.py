@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from modelyard_client import Client
-from modelyard_client.errors import ConfigurationError
+from modelyard_client.errors import InvalidInput
 from tests.client.conftest import Login
 from tests.serving import legit
 
@@ -74,7 +74,7 @@ def test_a_model_file_path_is_uploaded_as_is(client: Client, iris_skops: Path) -
 
 
 def test_an_object_that_is_no_model_is_refused_before_any_upload(client: Client) -> None:
-    with pytest.raises(ConfigurationError, match="cannot log a dict"):
+    with pytest.raises(InvalidInput, match="cannot log a dict"):
         client.log_model({"not": "a model"}, "nothing")
 
     assert client.list_models().total == 0

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from modelyard_client.artifacts import infer_input_schema
-from modelyard_client.errors import ConfigurationError
+from modelyard_client.errors import InvalidInput
 from modelyard_client.inputs import read_input_file, to_rows
 
 
@@ -31,9 +31,9 @@ def test_dataframes_become_records_by_column_name() -> None:
 
 
 def test_non_finite_values_are_refused_before_sending() -> None:
-    with pytest.raises(ConfigurationError, match="finite"):
+    with pytest.raises(InvalidInput, match="finite"):
         to_rows(pd.DataFrame({"a": [np.nan]}))
-    with pytest.raises(ConfigurationError, match="cannot predict on str"):
+    with pytest.raises(InvalidInput, match="cannot predict on str"):
         to_rows("1,2,3")
 
 
@@ -73,5 +73,5 @@ def test_json_files_take_rows_records_or_an_inputs_object(tmp_path: Path) -> Non
         path.write_text(text)
         assert read_input_file(path) == [[1, 2]]
     path.write_text("{not json")
-    with pytest.raises(ConfigurationError, match="not valid JSON"):
+    with pytest.raises(InvalidInput, match="not valid JSON"):
         read_input_file(path)

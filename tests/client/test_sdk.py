@@ -18,6 +18,7 @@ from modelyard_client.errors import (
     ApiError,
     ConfigurationError,
     ConnectionFailed,
+    InvalidInput,
     NotFound,
     PayloadTooLarge,
     Unauthorized,
@@ -260,7 +261,7 @@ def test_predict_refusals_carry_the_reason(client: Client, iris: Version) -> Non
     assert caught.value.status == 422
     with pytest.raises(NotFound):
         client.predict("nope", ROWS)
-    with pytest.raises(ConfigurationError, match="finite"):
+    with pytest.raises(InvalidInput, match="finite"):
         client.predict("iris", [[float("nan"), 1.0, 1.0, 1.0]])
 
 
@@ -325,6 +326,47 @@ def test_experiments_and_their_metrics(client: Client, iris: Version) -> None:
     client.delete_experiment(created.id)
     with pytest.raises(NotFound):
         client.get_experiment(created.id)
+
+
+def test_an_experiment_object_is_taken_wherever_its_id_is(client: Client, iris: Version) -> None:
+    run = client.create_experiment("run")
+
+    client.log_metrics(run, {"loss": 0.5}, step=1)
+    client.update_version("iris", 1, experiment_id=run)
+
+    assert [m.value for m in client.get_metrics(run, "loss")] == [0.5]
+    assert client.get_version("iris", 1).experiment_id == run.id
+    assert client.update_experiment(run, description="d").description == "d"
+    assert [v.version for v in client.get_experiment(run).model_versions] == [1]
+    client.delete_experiment(run)
+    with pytest.raises(NotFound):
+        client.get_experiment(run.id)
+
+
+def test_non_finite_numbers_raise_the_input_error_before_anything_is_sent(
+    client: Client, iris_skops: Path
+) -> None:
+    run = client.create_experiment("run")
+
+    with pytest.raises(InvalidInput, match="finite"):
+        client.log_metrics(run, {"loss": float("nan")})
+    with pytest.raises(InvalidInput, match="finite"):
+        client.log_metrics(run, {"loss": float("inf")}, step=1)
+    with pytest.raises(InvalidInput, match="number"):
+        client.log_metrics(run, {"loss": "low"})  # type: ignore[dict-item]
+    with pytest.raises(InvalidInput, match="finite"):
+        client.upload(iris_skops, "iris", metrics={"accuracy": float("nan")})
+    with pytest.raises(InvalidInput, match="JSON"):
+        client.create_experiment("nan", parameters={"C": float("nan")})
+    with pytest.raises(InvalidInput, match="JSON"):
+        client.upload(iris_skops, "iris", hyperparameters={"C": float("inf")})
+    # An input error, not a configuration error: what the caller gave is wrong, not the setup.
+    assert not issubclass(InvalidInput, ConfigurationError)
+    assert issubclass(InvalidInput, ValueError)
+
+    assert client.get_metrics(run) == []
+    assert client.list_models().total == 0
+    assert client.list_experiments().total == 1
 
 
 def test_files(client: Client, tmp_path: Path) -> None:

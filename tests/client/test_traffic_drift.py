@@ -290,6 +290,39 @@ def test_the_drift_command_prints_the_report(
     assert "Traceback" not in no_reference.output
 
 
+def test_the_drift_commands_set_and_delete_a_reference(
+    client: Client, login: Login, two_versions: None, tmp_path: Path
+) -> None:
+    put_csv(client, tmp_path, "train.csv", [[5.0 + i / 100, 3.0, 1.5, 0.2] for i in range(80)])
+    cli = make_app()
+    env = {"MODELYARD_URL": login.url, "MODELYARD_API_KEY": login.api_key}
+
+    def run(*args: str) -> Result:
+        return CliRunner().invoke(cli, list(args), env=env, prog_name="modelyard")
+
+    human = run("drift", "set-reference", "iris", "2", "train.csv")
+    assert human.exit_code == 0, human.output
+    assert "iris version 2: reference train.csv (80 rows)" in human.stderr
+    assert client.get_reference("iris", 2).source_path == "train.csv"
+    as_json = run("drift", "set-reference", "iris", "1", "train.csv", "--json")
+    assert json.loads(as_json.stdout)["row_count"] == 80
+    missing = run("drift", "set-reference", "iris", "1", "nowhere.csv")
+    assert missing.exit_code == 1
+    assert missing.stderr.startswith("error: 404")
+
+    # The report, by its full name and by the short form, reads the new reference.
+    for args in (("drift", "show", "iris", "-v", "2"), ("drift", "iris", "--version", "2")):
+        report = run(*args, "--json")
+        assert report.exit_code == 0, report.output
+        assert json.loads(report.stdout)["reference"]["source_path"] == "train.csv"
+
+    deleted = run("drift", "delete-reference", "iris", "2")
+    assert deleted.exit_code == 0, deleted.output
+    with pytest.raises(NotFound):
+        client.get_reference("iris", 2)
+    assert run("drift", "iris", "-v", "2").exit_code == 1  # 409: no reference, too few rows
+
+
 def test_the_traffic_commands_set_show_compare_and_delete_a_policy(
     client: Client, login: Login, two_versions: None
 ) -> None:

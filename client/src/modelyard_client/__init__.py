@@ -7,6 +7,7 @@ from modelyard_client.errors import (
     ApiError,
     ConfigurationError,
     ConnectionFailed,
+    InvalidInput,
     ModelyardClientError,
 )
 from modelyard_client.sync import Client
@@ -17,6 +18,7 @@ __all__ = [
     "Client",
     "ConfigurationError",
     "ConnectionFailed",
+    "InvalidInput",
     "ModelyardClientError",
     "__version__",
 ]

@@ -116,7 +116,7 @@ class AsyncClient:
     async def _run(self, call: calls.Call[T]) -> T:
         kwargs: dict[str, Any] = {"params": call.params}
         if call.json is not None:
-            kwargs["json"] = call.json
+            kwargs.update(calls.json_body(call.json))
         if call.data is not None:
             kwargs["data"] = call.data
         if call.files is not None:
@@ -357,7 +357,7 @@ class AsyncClient:
         hyperparameters: Mapping[str, Any] | None = None,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
-        experiment_id: str | None = None,
+        experiment_id: t.ExperimentRef | None = None,
         reference_path: str | None = None,
         progress: Progress | None = None,
     ) -> t.Version:
@@ -478,21 +478,23 @@ class AsyncClient:
             )
         )
 
-    async def get_experiment(self, experiment_id: str) -> t.Experiment:
+    async def get_experiment(self, experiment_id: t.ExperimentRef) -> t.Experiment:
         """Return an experiment with its latest metrics and the versions it produced."""
         return await self._run(calls.get_experiment(experiment_id))
 
-    async def update_experiment(self, experiment_id: str, **fields: Any) -> t.Experiment:
+    async def update_experiment(
+        self, experiment_id: t.ExperimentRef, **fields: Any
+    ) -> t.Experiment:
         """Change an experiment's name, description, parameters, tags or status."""
         return await self._run(calls.update_experiment(experiment_id, fields))
 
-    async def delete_experiment(self, experiment_id: str) -> None:
+    async def delete_experiment(self, experiment_id: t.ExperimentRef) -> None:
         """Delete an experiment (its versions stay, unlinked)."""
         await self._run(calls.delete_experiment(experiment_id))
 
     async def log_metrics(
         self,
-        experiment_id: str,
+        experiment_id: t.ExperimentRef,
         metrics: Mapping[str, float] | Sequence[t.Metric],
         *,
         step: int | None = None,
@@ -500,7 +502,9 @@ class AsyncClient:
         """Record metric points ({"loss": 0.2} at `step`, or Metric objects)."""
         return await self._run(calls.log_metrics(experiment_id, metrics, step))
 
-    async def get_metrics(self, experiment_id: str, key: str | None = None) -> list[t.Metric]:
+    async def get_metrics(
+        self, experiment_id: t.ExperimentRef, key: str | None = None
+    ) -> list[t.Metric]:
         """Return an experiment's metric history, ordered by step."""
         return await self._run(calls.get_metrics(experiment_id, key))
 
@@ -728,7 +732,7 @@ class AsyncClient:
         params: Mapping[str, Any] | None = None,
         tags: Sequence[str] | None = None,
         input_example: Any = None,
-        experiment: str | t.Experiment | None = None,
+        experiment: t.ExperimentRef | None = None,
         description: str | None = None,
         dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
         tolerance: float = DEFAULT_TOLERANCE,
@@ -772,7 +776,7 @@ class AsyncClient:
                 metrics=metrics,
                 hyperparameters=params,
                 tags=tags,
-                experiment_id=experiment.id if isinstance(experiment, t.Experiment) else experiment,
+                experiment_id=experiment,
             )
         if finish_run and experiment is not None:
             await self.finish_experiment(experiment)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from modelyard_client import exporters
-from modelyard_client.errors import ConfigurationError
+from modelyard_client.errors import ConfigurationError, InvalidInput
 
 # Equal to modelyard.serving.loader.SKOPS_TRUSTED (a test keeps them equal): the classes that
 # scikit-learn models are made of, and nothing that can reach the file system or run code.
@@ -226,7 +226,7 @@ def save_model(
     if isinstance(estimator, str | os.PathLike):
         path = Path(estimator)
         if not path.is_file():
-            raise ConfigurationError(f"no model file at {path}")
+            raise InvalidInput(f"no model file at {path}")
         return SavedModel(path, "", schema)
     module = type(estimator).__module__.split(".")[0]
     if module == "onnx":
@@ -251,7 +251,7 @@ def save_model(
         path = folder / "model.skops"
         sio.dump(estimator, path)
         return SavedModel(path, "sklearn", schema)
-    raise ConfigurationError(
+    raise InvalidInput(
         f"cannot log a {type(estimator).__name__}: give a scikit-learn estimator, an ONNX "
         "model, an XGBoost or LightGBM booster, a PyTorch module, a Keras model, or a model "
         "file's path"

@@ -16,7 +16,8 @@ from urllib.parse import quote
 import httpx
 
 from modelyard_client import types as t
-from modelyard_client.inputs import to_rows
+from modelyard_client.errors import InvalidInput
+from modelyard_client.inputs import finite, to_rows
 
 T = TypeVar("T")
 API = "/api/v1"
@@ -33,6 +34,16 @@ class Call(Generic[T]):
     json: Any = None
     data: Mapping[str, str] | None = None
     files: Mapping[str, tuple[str, IO[bytes], str]] | None = None
+
+
+def json_body(value: Any) -> dict[str, Any]:
+    """A request's JSON body as httpx arguments; NaN, infinity or an object JSON cannot hold
+    is the caller's mistake (`InvalidInput`), found before anything is sent."""
+    try:
+        content = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"the request cannot be sent as JSON: {exc}") from exc
+    return {"content": content.encode(), "headers": {"Content-Type": "application/json"}}
 
 
 def _none(_: httpx.Response) -> None:
@@ -222,9 +233,10 @@ def get_version(name: str, version: int) -> Call[t.Version]:
 
 
 def update_version(name: str, version: int, fields: Mapping[str, Any]) -> Call[t.Version]:
-    return Call(
-        "PATCH", f"{_model(name)}/versions/{int(version)}", _one(t.Version), json=dict(fields)
-    )
+    body = dict(fields)
+    if isinstance(body.get("experiment_id"), t.Experiment):
+        body["experiment_id"] = t.experiment_id(body["experiment_id"])
+    return Call("PATCH", f"{_model(name)}/versions/{int(version)}", _one(t.Version), json=body)
 
 
 def set_stage(name: str, version: int, stage: str) -> Call[t.Version]:
@@ -259,7 +271,7 @@ def upload(
     hyperparameters: Mapping[str, Any] | None = None,
     tags: Sequence[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
-    experiment_id: str | None = None,
+    experiment_id: t.ExperimentRef | None = None,
     reference_path: str | None = None,
 ) -> Call[t.Version]:
     form: dict[str, str] = {"name": name}
@@ -267,7 +279,7 @@ def upload(
         ("description", description),
         ("framework", framework),
         ("task_type", task_type),
-        ("experiment_id", experiment_id),
+        ("experiment_id", None if experiment_id is None else t.experiment_id(experiment_id)),
         ("reference_path", reference_path),
     ):
         if text is not None:
@@ -275,13 +287,21 @@ def upload(
     for key, value in (
         ("input_schema", input_schema),
         ("output_schema", output_schema),
-        ("metrics", metrics),
+        (
+            "metrics",
+            None
+            if metrics is None
+            else {k: finite(f"metric {k!r}", v) for k, v in metrics.items()},
+        ),
         ("hyperparameters", hyperparameters),
         ("tags", None if tags is None else list(tags)),
         ("metadata", metadata),
     ):
         if value is not None:
-            form[key] = json.dumps(value, allow_nan=False)
+            try:
+                form[key] = json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:  # NaN, infinity, an object JSON cannot hold
+                raise InvalidInput(f"{key} cannot be sent: {exc}") from exc
     files = {"file": (filename, file, "application/octet-stream")}
     return Call("POST", f"{API}/models/upload", _one(t.Version), data=form, files=files)
 
@@ -329,8 +349,8 @@ def delete_file(path: str) -> Call[None]:
 # --- experiments -----------------------------------------------------------------------------
 
 
-def _experiment(experiment_id: str) -> str:
-    return f"{API}/experiments/{quote(str(experiment_id), safe='')}"
+def _experiment(experiment: t.ExperimentRef) -> str:
+    return f"{API}/experiments/{quote(t.experiment_id(experiment), safe='')}"
 
 
 def create_experiment(
@@ -365,17 +385,12 @@ def list_experiments(
     return Call("GET", f"{API}/experiments", _page(t.Experiment), params=params)
 
 
-def experiment_id(experiment: str | t.Experiment) -> str:
-    """The id of an experiment given as its id or as the object."""
-    return experiment.id if isinstance(experiment, t.Experiment) else str(experiment)
+def finish_experiment(experiment: t.ExperimentRef, status: str) -> Call[t.Experiment]:
+    return update_experiment(experiment, {"status": status})
 
 
-def finish_experiment(experiment: str | t.Experiment, status: str) -> Call[t.Experiment]:
-    return update_experiment(experiment_id(experiment), {"status": status})
-
-
-def compare_runs(runs: Sequence[str | t.Experiment]) -> Call[t.Comparison]:
-    params = {"id": [experiment_id(run) for run in runs]}
+def compare_runs(runs: Sequence[t.ExperimentRef]) -> Call[t.Comparison]:
+    params = {"id": [t.experiment_id(run) for run in runs]}
     return Call("GET", f"{API}/compare/runs", _one(t.Comparison), params=params)
 
 
@@ -393,28 +408,34 @@ def version_ref(ref: str) -> tuple[str, int] | None:
     return None
 
 
-def get_experiment(experiment_id: str) -> Call[t.Experiment]:
+def get_experiment(experiment_id: t.ExperimentRef) -> Call[t.Experiment]:
     return Call("GET", _experiment(experiment_id), _one(t.Experiment))
 
 
-def update_experiment(experiment_id: str, fields: Mapping[str, Any]) -> Call[t.Experiment]:
+def update_experiment(
+    experiment_id: t.ExperimentRef, fields: Mapping[str, Any]
+) -> Call[t.Experiment]:
     return Call("PATCH", _experiment(experiment_id), _one(t.Experiment), json=dict(fields))
 
 
-def delete_experiment(experiment_id: str) -> Call[None]:
+def delete_experiment(experiment_id: t.ExperimentRef) -> Call[None]:
     return Call("DELETE", _experiment(experiment_id), _none)
 
 
 def log_metrics(
-    experiment_id: str, metrics: Mapping[str, float] | Sequence[t.Metric], step: int | None
+    experiment_id: t.ExperimentRef,
+    metrics: Mapping[str, float] | Sequence[t.Metric],
+    step: int | None,
 ) -> Call[list[t.Metric]]:
     if isinstance(metrics, Mapping):
-        points = [_body(key=k, value=float(v), step=step) for k, v in metrics.items()]
+        points = [
+            _body(key=k, value=finite(f"metric {k!r}", v), step=step) for k, v in metrics.items()
+        ]
     else:
         points = [
             _body(
                 key=m.key,
-                value=m.value,
+                value=finite(f"metric {m.key!r}", m.value),
                 step=m.step,
                 timestamp=None if m.timestamp is None else _iso(m.timestamp),
             )
@@ -424,7 +445,7 @@ def log_metrics(
     return Call("POST", path, _many(t.Metric), json=points)
 
 
-def get_metrics(experiment_id: str, key: str | None) -> Call[list[t.Metric]]:
+def get_metrics(experiment_id: t.ExperimentRef, key: str | None) -> Call[list[t.Metric]]:
     path = f"{_experiment(experiment_id)}/metrics"
     return Call("GET", path, _many(t.Metric), params=_params(key=key))
 

@@ -29,6 +29,11 @@ class ExportMismatch(ConfigurationError):
         super().__init__(message)
 
 
+class InvalidInput(ModelyardClientError, ValueError):
+    """An argument the client cannot send: NaN or infinity in inputs or metrics, inputs of a
+    type that are not rows, an input file it cannot read. Nothing was sent to the server."""
+
+
 class ConnectionFailed(ModelyardClientError):
     """The server could not be reached (or the connection broke) after the retries."""
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from modelyard_client.errors import ConfigurationError
+from modelyard_client.errors import InvalidInput
 
 Rows = list[list[Any]] | list[dict[str, Any]]
 
@@ -40,7 +40,7 @@ def to_rows(inputs: Any) -> Rows:
             return [[_plain(v) for v in row] for row in rows]
         # A flat list of numbers is one row.
         return [[_plain(v) for v in rows]]
-    raise ConfigurationError(
+    raise InvalidInput(
         f"cannot predict on {type(inputs).__name__}: give rows (lists), records (dicts), "
         "a NumPy array or a pandas DataFrame"
     )
@@ -51,8 +51,19 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item") and type(value).__module__ == "numpy":
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigurationError(f"inputs must be finite numbers, got {value}")
+        raise InvalidInput(f"inputs must be finite numbers, got {value}")
     return value
+
+
+def finite(what: str, value: Any) -> float:
+    """A metric's value as a float; NaN, infinity and non-numbers are refused."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} must be a number, got {value!r}") from exc
+    if not math.isfinite(number):
+        raise InvalidInput(f"{what} must be a finite number, got {number}")
+    return number
 
 
 def read_input_file(path: Path) -> Rows:
@@ -61,14 +72,14 @@ def read_input_file(path: Path) -> Rows:
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text()
     except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from exc
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
         return [{k: _number(v) for k, v in row.items() if k is not None} for row in reader]
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise ConfigurationError(f"{path} is not valid JSON: {exc}") from exc
+        raise InvalidInput(f"{path} is not valid JSON: {exc}") from exc
     if isinstance(data, dict) and "inputs" in data:
         data = data["inputs"]
     return to_rows(data)

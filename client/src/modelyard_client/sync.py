@@ -120,7 +120,7 @@ class Client:
     def _run(self, call: calls.Call[T]) -> T:
         kwargs: dict[str, Any] = {"params": call.params}
         if call.json is not None:
-            kwargs["json"] = call.json
+            kwargs.update(calls.json_body(call.json))
         if call.data is not None:
             kwargs["data"] = call.data
         if call.files is not None:
@@ -359,7 +359,7 @@ class Client:
         hyperparameters: Mapping[str, Any] | None = None,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
-        experiment_id: str | None = None,
+        experiment_id: t.ExperimentRef | None = None,
         reference_path: str | None = None,
         progress: Progress | None = None,
     ) -> t.Version:
@@ -480,21 +480,21 @@ class Client:
             )
         )
 
-    def get_experiment(self, experiment_id: str) -> t.Experiment:
+    def get_experiment(self, experiment_id: t.ExperimentRef) -> t.Experiment:
         """Return an experiment with its latest metrics and the versions it produced."""
         return self._run(calls.get_experiment(experiment_id))
 
-    def update_experiment(self, experiment_id: str, **fields: Any) -> t.Experiment:
+    def update_experiment(self, experiment_id: t.ExperimentRef, **fields: Any) -> t.Experiment:
         """Change an experiment's name, description, parameters, tags or status."""
         return self._run(calls.update_experiment(experiment_id, fields))
 
-    def delete_experiment(self, experiment_id: str) -> None:
+    def delete_experiment(self, experiment_id: t.ExperimentRef) -> None:
         """Delete an experiment (its versions stay, unlinked)."""
         self._run(calls.delete_experiment(experiment_id))
 
     def log_metrics(
         self,
-        experiment_id: str,
+        experiment_id: t.ExperimentRef,
         metrics: Mapping[str, float] | Sequence[t.Metric],
         *,
         step: int | None = None,
@@ -502,7 +502,7 @@ class Client:
         """Record metric points ({"loss": 0.2} at `step`, or Metric objects)."""
         return self._run(calls.log_metrics(experiment_id, metrics, step))
 
-    def get_metrics(self, experiment_id: str, key: str | None = None) -> list[t.Metric]:
+    def get_metrics(self, experiment_id: t.ExperimentRef, key: str | None = None) -> list[t.Metric]:
         """Return an experiment's metric history, ordered by step."""
         return self._run(calls.get_metrics(experiment_id, key))
 
@@ -726,7 +726,7 @@ class Client:
         params: Mapping[str, Any] | None = None,
         tags: Sequence[str] | None = None,
         input_example: Any = None,
-        experiment: str | t.Experiment | None = None,
+        experiment: t.ExperimentRef | None = None,
         description: str | None = None,
         dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
         tolerance: float = DEFAULT_TOLERANCE,
@@ -766,7 +766,7 @@ class Client:
                 metrics=metrics,
                 hyperparameters=params,
                 tags=tags,
-                experiment_id=experiment.id if isinstance(experiment, t.Experiment) else experiment,
+                experiment_id=experiment,
             )
         if finish_run and experiment is not None:
             self.finish_experiment(experiment)

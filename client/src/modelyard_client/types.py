@@ -196,6 +196,15 @@ class Experiment:
     """Filled by `get_experiment` only."""
 
 
+# Where a method takes an experiment (a run): its id, or the `Experiment` itself.
+ExperimentRef = str | Experiment
+
+
+def experiment_id(experiment: ExperimentRef) -> str:
+    """The id of an experiment given by id or as the object."""
+    return experiment.id if isinstance(experiment, Experiment) else str(experiment)
+
+
 @dataclass(frozen=True, slots=True)
 class ComparedItem:
     """One compared run or version (the version fields are None for a run, and the reverse)."""

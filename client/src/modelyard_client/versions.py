@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from modelyard_client import types as t
-from modelyard_client.errors import ConfigurationError
+from modelyard_client.errors import ConfigurationError, InvalidInput
 
 
 def pick_version(
@@ -20,7 +20,7 @@ def pick_version(
         ConfigurationError: no version matches.
     """
     if sum(x is not None for x in (version, alias, stage)) > 1:
-        raise ConfigurationError("choose the version by one of version, alias or stage")
+        raise InvalidInput("choose the version by one of version, alias or stage")
     if version is not None:
         return int(version)
     if alias is not None:

@@ -61,13 +61,21 @@ def version() -> None:
 
 @app.command()
 def migrate() -> None:
-    """Apply pending database migrations."""
+    """Apply pending database migrations, and say which."""
     from modelyard.db import migrate as migrations
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    migrations.upgrade(settings.sqlalchemy_url)
-    typer.echo("database is up to date")
+    url = settings.sqlalchemy_url
+    before = migrations.current(url)
+    migrations.upgrade(url)
+    after = ", ".join(migrations.current(url))
+    if not before:
+        typer.echo(f"created the database schema at revision {after}")
+    elif ", ".join(before) == after:
+        typer.echo(f"database already at the latest revision {after}: nothing to migrate")
+    else:
+        typer.echo(f"migrated the database from revision {', '.join(before)} to {after}")
 
 
 @app.command()
@@ -92,6 +100,9 @@ def serve(
     host = settings.host if host is None else host
     port = settings.port if port is None else port
     workers = settings.workers if workers is None else workers
+    # The workers read the address they serve on from their settings (the URLs of the
+    # "started" line): the options win over the environment there too.
+    os.environ["MODELYARD_HOST"], os.environ["MODELYARD_PORT"] = host, str(port)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not settings.is_production:
         # In a child process: Alembic and the migrations would stay in this one's memory.

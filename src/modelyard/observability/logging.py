@@ -67,7 +67,7 @@ class ConsoleFormatter(logging.Formatter):
 def configure_logging(settings: Settings) -> None:
     """Send every log, uvicorn's included, through one handler in the configured format."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else ConsoleFormatter())
+    handler.setFormatter(JsonFormatter() if settings.log_lines == "json" else ConsoleFormatter())
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     # Replace only our own handler: test runners and embedding apps keep theirs.
@@ -81,3 +81,6 @@ def configure_logging(settings: Settings) -> None:
         logger.propagate = True
     # The middleware writes one access line per request with more fields than uvicorn's.
     logging.getLogger("uvicorn.access").disabled = True
+    # Libraries' warnings become records of the `py.warnings` logger, in the same format,
+    # rather than plain text on stderr.
+    logging.captureWarnings(True)

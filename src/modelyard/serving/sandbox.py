@@ -11,6 +11,7 @@ import json
 import math
 import os
 import resource
+import warnings
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,13 @@ import numpy as np
 from modelyard.serving.formats import FRAMEWORK_OF, ModelFormat, ModelRejected
 from modelyard.serving.loader import check_onnx, load_model
 from modelyard.serving.onnx_cost import CostLimits, estimate_onnx_cost
+
+# A model gets its columns as an array, in the order of the version's input schema, which the
+# upload checked against the names a DataFrame-fitted model holds (registry.service): giving it
+# no names is right, and scikit-learn's warning about it would come with every prediction.
+warnings.filterwarnings(
+    "ignore", message="X does not have valid feature names", category=UserWarning
+)
 
 CLASSIFICATION, REGRESSION, CLUSTERING = "classification", "regression", "clustering"
 # LightGBM objectives by task (LightGBM docs, "objective"); ranking ones report no task.

@@ -1,4 +1,5 @@
-"""Swagger UI at `/docs`, served from the installed swagger-ui-bundle: no CDN at run time."""
+"""Swagger UI at `/docs`, served from the copy of Swagger UI 5 in this package (swagger-ui/):
+no CDN at run time. Swagger UI 4 cannot read OpenAPI 3.1, the version FastAPI produces."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 
 ASSETS = "/static/swagger-ui"
+SWAGGER_UI = Path(__file__).resolve().parent / "swagger-ui"
 OAUTH2_REDIRECT = "/docs/oauth2-redirect"
 
 
 def install_docs(app: FastAPI) -> None:
     """Serve `/docs` (with the OAuth2 Authorize flow); `/` is the dashboard (web.dashboard)."""
-    app.mount(ASSETS, StaticFiles(directory=Path(str(swagger_ui_path))), name="swagger-ui")
+    app.mount(ASSETS, StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:

@@ -4,7 +4,6 @@ analytics."""
 from __future__ import annotations
 
 import math
-import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -81,8 +80,9 @@ def _choice(value: str | None, allowed: set[str]) -> str | None:
     return value if value in allowed else None
 
 
-async def _model(db: SessionDep, page: Page, model_id: uuid.UUID) -> RegisteredModel:
-    return await registry_service.get_model(db, page.signed_in, str(model_id))
+async def _model(db: SessionDep, page: Page, model_id: str) -> RegisteredModel:
+    """The signed-in user's model by UUID or name, as in the API (404 otherwise)."""
+    return await registry_service.get_model(db, page.signed_in, model_id)
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ async def _model_page(
         policy: traffic.TrafficPolicyRead | None = await traffic.get_policy(db, model)
     except traffic.NoTrafficPolicy:
         policy = None
-    context: dict[str, Any] = {"error": None, "alias_error": None, **extra}
+    context: dict[str, Any] = {"error": None, "alias_error": None, "notice": None, **extra}
     return render(
         page,
         "model.html",
@@ -173,10 +173,22 @@ async def _model_page(
 
 @router.get("/models/{model_id}")
 async def model_page(
-    model_id: uuid.UUID, page: UserPage, db: SessionDep, offset: Offset = 0
+    model_id: str,
+    page: UserPage,
+    db: SessionDep,
+    offset: Offset = 0,
+    changed: Annotated[int | None, Query(ge=1, le=2**31)] = None,
 ) -> Response:
     model = await _model(db, page, model_id)
-    return await _model_page(page, db, model, offset)
+    notice = None
+    if changed is not None:  # after a stage change: say where the version is now
+        try:
+            version = await registry_service.get_version(db, model, changed)
+        except ModelyardError:
+            version = None
+        if version is not None:
+            notice = f"Version {version.version} is now {version.stage}."
+    return await _model_page(page, db, model, offset, notice=notice)
 
 
 @router.post(UPLOAD_PATH)
@@ -231,7 +243,7 @@ async def upload(request: Request, page: UserPage, db: SessionDep) -> Response:
 
 
 @router.post("/models/{model_id}/aliases")
-async def set_alias(model_id: uuid.UUID, page: UserPage, form: FormDep, db: SessionDep) -> Response:
+async def set_alias(model_id: str, page: UserPage, form: FormDep, db: SessionDep) -> Response:
     model = await _model(db, page, model_id)
     alias, number = form.get("alias"), form.get("version")
     try:
@@ -251,7 +263,7 @@ async def set_alias(model_id: uuid.UUID, page: UserPage, form: FormDep, db: Sess
 
 @router.post("/models/{model_id}/aliases/{alias}/delete")
 async def delete_alias(
-    model_id: uuid.UUID, alias: str, page: UserPage, form: FormDep, db: SessionDep
+    model_id: str, alias: str, page: UserPage, form: FormDep, db: SessionDep
 ) -> Response:
     model = await _model(db, page, model_id)
     await registry_service.delete_alias(db, model, alias, events=page.state.events)
@@ -325,7 +337,7 @@ async def _version_page(
 
 @router.get("/models/{model_id}/versions/{number}")
 async def version_page(
-    model_id: uuid.UUID, number: VersionNumber, page: UserPage, db: SessionDep
+    model_id: str, number: VersionNumber, page: UserPage, db: SessionDep
 ) -> Response:
     model = await _model(db, page, model_id)
     return await _version_page(page, db, model, number)
@@ -333,7 +345,7 @@ async def version_page(
 
 @router.get("/models/{model_id}/versions/{number}/download")
 async def download(
-    model_id: uuid.UUID, number: VersionNumber, page: UserPage, db: SessionDep, request: Request
+    model_id: str, number: VersionNumber, page: UserPage, db: SessionDep, request: Request
 ) -> Response:
     model = await _model(db, page, model_id)
     row = await registry_service.get_version(db, model, number)
@@ -348,7 +360,7 @@ async def download(
 
 @router.get("/models/{model_id}/versions/{number}/stage")
 async def confirm_stage(
-    model_id: uuid.UUID, number: VersionNumber, page: UserPage, db: SessionDep, to: Stage
+    model_id: str, number: VersionNumber, page: UserPage, db: SessionDep, to: Stage
 ) -> Response:
     model = await _model(db, page, model_id)
     version = await registry_service.get_version(db, model, number)
@@ -366,7 +378,7 @@ async def confirm_stage(
 
 @router.post("/models/{model_id}/versions/{number}/stage")
 async def change_stage(
-    model_id: uuid.UUID, number: VersionNumber, page: UserPage, form: FormDep, db: SessionDep
+    model_id: str, number: VersionNumber, page: UserPage, form: FormDep, db: SessionDep
 ) -> Response:
     model = await _model(db, page, model_id)
     try:
@@ -378,12 +390,12 @@ async def change_stage(
         await registry_service.archive_version(db, model, number, events=events)
     else:
         await registry_service.transition_stage(db, model, number, stage, events=events)
-    return redirect(f"/models/{model_id}")
+    # The model page says what changed (read back from the database, not from the URL).
+    return redirect(f"/models/{model.id}?changed={number}#version-{number}")
 
 
-def _rows_from_form(form: FormDep, features: list[dict[str, Any]]) -> tuple[Any, dict[str, str]]:
+def _rows_from_form(values: dict[str, str], features: list[dict[str, Any]]) -> Any:
     """Return the `inputs` of a try-it form: one row of the feature fields, or the JSON rows."""
-    values = {k: v for k, v in form.items() if isinstance(v, str) and k != CSRF_FIELD}
     raw = values.get("inputs_json", "").strip()
     if raw:
         try:
@@ -392,7 +404,7 @@ def _rows_from_form(form: FormDep, features: list[dict[str, Any]]) -> tuple[Any,
             raise Unprocessable(f"the inputs are not JSON: {exc}") from exc
         if not isinstance(inputs, list) or len(inputs) > MAX_TRY_ROWS:
             raise Unprocessable(f"give a JSON list of at most {MAX_TRY_ROWS} rows")
-        return inputs, values
+        return inputs
     row: list[float] = []
     for i, feature in enumerate(features):
         text = values.get(f"f{i}", "").strip()
@@ -403,20 +415,21 @@ def _rows_from_form(form: FormDep, features: list[dict[str, Any]]) -> tuple[Any,
         if not math.isfinite(number):
             raise Unprocessable(f"{feature.get('name', f'f{i}')}: not a finite number")
         row.append(number)
-    return [row], values
+    return [row]
 
 
 @router.post("/models/{model_id}/versions/{number}/predict")
 async def try_it(
-    model_id: uuid.UUID, number: VersionNumber, page: UserPage, form: FormDep, db: SessionDep
+    model_id: str, number: VersionNumber, page: UserPage, form: FormDep, db: SessionDep
 ) -> Response:
     """Predict with the version from the page: the API's prediction path, logged like any."""
     model = await _model(db, page, model_id)
     version = await registry_service.get_version(db, model, number)
     features = (version.input_schema or {}).get("features") or []
-    values: dict[str, str] = {}
+    # What was typed comes back in the fields, whichever value is refused.
+    values = {k: v for k, v in form.items() if isinstance(v, str) and k != CSRF_FIELD}
     try:
-        inputs, values = _rows_from_form(form, features)
+        inputs = _rows_from_form(values, features)
         caller = Caller(page.signed_in, None)
         state = page.state
         await state.predictor.admit(caller)
@@ -439,7 +452,7 @@ async def try_it(
 
 @router.get("/models/{model_id}/drift")
 async def drift(
-    model_id: uuid.UUID,
+    model_id: str,
     page: UserPage,
     db: SessionDep,
     version: Annotated[str, Query(max_length=64)] = "",
@@ -481,7 +494,7 @@ async def drift(
 
 
 @router.get("/models/{model_id}/analytics")
-async def analytics(model_id: uuid.UUID, page: UserPage, db: SessionDep, days: int = 7) -> Response:
+async def analytics(model_id: str, page: UserPage, db: SessionDep, days: int = 7) -> Response:
     model = await _model(db, page, model_id)
     days = days if days in WINDOWS else 7
     user = page.signed_in

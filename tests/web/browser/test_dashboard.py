@@ -6,10 +6,12 @@ Each test writes a screenshot of the page it ends on to docs/screenshots/ (the R
 from __future__ import annotations
 
 import http.server
+import itertools
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from sqlalchemy import create_engine, update
 from sqlalchemy.orm import Session
 
 from modelyard.db.tables import BatchJob
-from tests.jobs.helpers import running_job
+from tests.jobs.helpers import csv_bytes, iris_rows, running_job
 from tests.servers import ServerProcess, free_port
 from tests.web.browser.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 
@@ -416,3 +418,110 @@ def test_the_jobs_page_moves_a_running_jobs_progress_live(
     assert notice.text == f"Batch job {job_id[:8]}… cancelled — reload"
     notice.find_element(By.LINK_TEXT, "reload").click()
     wait(driver).until(lambda d: "(stopping)" in text_of(d, f"{row} [data-status]"))
+
+
+def test_a_job_that_ends_while_its_page_is_open_shows_its_end_without_a_cancel_button(
+    live_server: ServerProcess, new_browser: NewBrowser, iris_skops: Path
+) -> None:
+    driver = new_browser()
+    email = sign_up(driver, live_server)
+    upload(driver, live_server, iris_skops, "ending-iris")
+    wait(driver).until(ec.url_contains("/versions/1"))
+    api, headers = api_session(live_server, email)
+    version = httpx.get(f"{api}/models/ending-iris/versions/1", headers=headers).json()
+    me = httpx.get(f"{api}/auth/me", headers=headers).json()
+    features = [f["name"] for f in version["input_schema"]["features"]]
+    stored = httpx.post(
+        f"{api}/files/upload",
+        headers=headers,
+        files={"file": ("in.csv", csv_bytes(iris_rows(3), features))},
+        data={"path": "in.csv"},
+    )
+    assert stored.status_code == 201, stored.text
+    job_id = start_running_job(live_server, version, me["id"])
+
+    driver.find_element(By.LINK_TEXT, "Jobs").click()
+    row = f"tr[data-job-id='{job_id}']"
+    wait(driver).until(lambda d: text_of(d, f"{row} [data-rows]") == "0 / 1,000 rows")
+    assert driver.find_elements(By.CSS_SELECTOR, f"{row} button.danger")  # Cancel
+    driver.execute_script("window.sameDocument = true")
+
+    # Its worker is gone: the server's own worker takes the job over and runs it to the end.
+    with server_database(live_server) as db:
+        db.execute(
+            update(BatchJob)
+            .where(BatchJob.id == uuid.UUID(job_id))
+            .values(lease_until=datetime(2000, 1, 1, tzinfo=UTC))
+        )
+        db.commit()
+
+    wait(driver).until(lambda d: text_of(d, f"{row} [data-status]") == "succeeded")
+    assert driver.execute_script("return window.sameDocument") is True  # no reload
+    assert text_of(driver, f"{row} [data-rows]") == "3 / 3 rows"
+    assert not driver.find_elements(By.CSS_SELECTOR, f"{row} button")
+    output = driver.find_element(By.CSS_SELECTOR, f"{row} a[href='/jobs/{job_id}/output']")
+    assert output.text == "Output"
+
+
+def with_iris(live_server: ServerProcess, new_browser: NewBrowser, iris_skops: Path) -> WebDriver:
+    """A browser signed in as a new person who has uploaded `iris` (on its version page)."""
+    driver: WebDriver = new_browser()
+    sign_up(driver, live_server)
+    upload(driver, live_server, iris_skops, "iris")
+    wait(driver).until(ec.url_contains("/versions/1"))
+    return driver
+
+
+def test_a_model_page_by_name(
+    live_server: ServerProcess, new_browser: NewBrowser, iris_skops: Path
+) -> None:
+    driver = with_iris(live_server, new_browser, iris_skops)
+
+    # As in the API, /models/iris: a name, not only a UUID.
+    driver.get(f"{live_server.url}/models/iris")
+
+    assert text_of(driver, "#model-name") == "iris"
+    driver.get(f"{live_server.url}/models/nothing-of-that-name")
+    assert "not found" in driver.page_source.lower()
+
+
+def test_a_versions_action_buttons_stand_apart(
+    live_server: ServerProcess, new_browser: NewBrowser, iris_skops: Path
+) -> None:
+    driver = with_iris(live_server, new_browser, iris_skops)
+    driver.find_element(By.CSS_SELECTOR, ".crumbs a[href^='/models/']").click()
+
+    buttons = driver.find_elements(By.CSS_SELECTOR, "#version-1 td.actions .button")
+
+    assert [b.text for b in buttons] == ["Promote", "Staging", "Deprecate", "Archive"]
+    boxes = [b.rect for b in buttons]
+    for left, right in itertools.pairwise(boxes):
+        if abs(left["y"] - right["y"]) < 1:  # side by side on one line
+            assert right["x"] - (left["x"] + left["width"]) >= 4, boxes
+
+
+def test_a_promotion_is_confirmed_on_the_model_page(
+    live_server: ServerProcess, new_browser: NewBrowser, iris_skops: Path
+) -> None:
+    driver = with_iris(live_server, new_browser, iris_skops)
+    driver.find_element(By.LINK_TEXT, "Promote to production").click()
+
+    submit(driver, "#confirm")
+
+    assert text_of(driver, "#stage-changed") == "Version 1 is now production."
+    driver.get(f"{live_server.url}/models/iris")
+    assert not driver.find_elements(By.ID, "stage-changed")  # said once, not on every visit
+
+
+def test_try_it_keeps_every_typed_value_when_one_is_refused(
+    live_server: ServerProcess, new_browser: NewBrowser, iris_skops: Path
+) -> None:
+    driver = with_iris(live_server, new_browser, iris_skops)
+    typed = ["5.1", "abc", "1.4", "0.2"]
+    for i, value in enumerate(typed):
+        driver.find_element(By.ID, f"f{i}").send_keys(value)
+
+    submit(driver, "#try-form button[type=submit]")
+
+    assert "not a number" in text_of(driver, "#try-error")
+    assert [driver.find_element(By.ID, f"f{i}").get_attribute("value") for i in range(4)] == typed

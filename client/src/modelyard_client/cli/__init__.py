@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from modelyard_client.errors import ConfigurationError, ModelyardClientError
+from modelyard_client.errors import ConfigurationError, InvalidInput, ModelyardClientError
 
 ENTRY_POINT_GROUP = "modelyard.commands"
 EXIT_REFUSED = 1
@@ -26,7 +26,7 @@ class _Root(TyperGroup):
     def invoke(self, ctx: Any) -> Any:  # typer.Context is a subclass of what typer passes
         try:
             return super().invoke(ctx)
-        except ConfigurationError as exc:
+        except (ConfigurationError, InvalidInput) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_USAGE) from exc
         except ModelyardClientError as exc:

@@ -24,13 +24,19 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from typer.core import TyperGroup
 
 from modelyard_client import __version__, credentials
 from modelyard_client import types as t
 from modelyard_client.cli import EXIT_REFUSED
 from modelyard_client.cli.output import print_json, print_record, print_table, say
-from modelyard_client.errors import ConfigurationError
-from modelyard_client.inputs import read_input_file
+from modelyard_client.errors import (
+    ConfigurationError,
+    Forbidden,
+    InvalidInput,
+    ModelyardClientError,
+)
+from modelyard_client.inputs import finite, read_input_file
 from modelyard_client.sync import Client
 from modelyard_client.transfer import Progress as ProgressCallback
 
@@ -47,9 +53,22 @@ MODEL_COLUMNS = ("name", "latest_version", "production_version", "version_count"
 VERSION_COLUMNS = ("version", "stage", "framework", "format", "task_type", "file_size", "created_at")  # fmt: skip
 
 
-def _client(ctx: typer.Context) -> Client:
+def _credentials(ctx: typer.Context) -> credentials.Credentials:
     options: dict[str, Any] = ctx.find_root().obj or {}
-    return Client(options.get("url"), api_key=options.get("api_key"))
+    return credentials.resolve(options.get("url"), api_key=options.get("api_key"))
+
+
+def _client(ctx: typer.Context) -> Client:
+    """A client with the command's credentials; without any, the user is told to log in
+    (rather than seeing a refusal or a connection failure from a server never chosen)."""
+    found = _credentials(ctx)
+    if not found.headers:
+        raise ConfigurationError(
+            f"not logged in to {found.url}: run `modelyard login"
+            + ("" if found.url == credentials.DEFAULT_URL else f" --url {found.url}")
+            + f"` (or set {credentials.API_KEY_ENV})"
+        )
+    return Client(found.url, api_key=found.api_key, token=found.token)
 
 
 def _pairs(values: list[str] | None, what: str, *, numbers: bool) -> dict[str, Any] | None:
@@ -63,9 +82,9 @@ def _pairs(values: list[str] | None, what: str, *, numbers: bool) -> dict[str, A
             raise typer.BadParameter(f"{what} {item!r} is not KEY=VALUE")
         if numbers:
             try:
-                out[key] = float(raw)
-            except ValueError as exc:
-                raise typer.BadParameter(f"{what} {key!r} must be a number, got {raw!r}") from exc
+                out[key] = finite(f"{what} {key!r}", raw)
+            except InvalidInput as exc:
+                raise typer.BadParameter(str(exc)) from exc
         else:
             try:
                 out[key] = json.loads(raw)
@@ -180,6 +199,8 @@ def login(
         credentials.StoredLogin(url=url, api_key=api_key, email=user.email, api_key_id=key_id)
     )
     say(f"logged in to {url} as {user.email} (stored in {path})")
+    # The stored key cannot make keys (a leaked key must not mint others): say what can.
+    say(f"more API keys: modelyard keys create NAME --email {user.email}")
     if as_json:
         print_json({"url": url, "email": user.email, "config": str(path)})
 
@@ -491,13 +512,36 @@ def keys_create(
         list[str] | None,
         typer.Option("--model", "-m", help="Limit the key to this model; repeat for several."),
     ] = None,
+    email: Annotated[
+        str | None,
+        typer.Option(help="Sign in with this email (and password) to make the key."),
+    ] = None,
+    password: Annotated[str | None, typer.Option(help="The password (default: asked for).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Make an API key (needs an email/password session, or a token); shown once."""
-    with _client(ctx) as client:
-        created = client.create_api_key(
-            name, expires_at=expires_at, scopes=scope or None, models=model or None
-        )
+    """Make an API key; shown once. Keys are made from a signed-in session, never with another
+    key: give --email (the password is asked for), or set MODELYARD_TOKEN."""
+    secret = None
+    if email is not None:
+        secret = password or str(typer.prompt("Password", hide_input=True))
+        root: dict[str, Any] = ctx.find_root().obj or {}
+        client = Client(root.get("url"))
+    else:
+        client = _client(ctx)
+    with client:
+        if email is not None and secret is not None:
+            client.login(email, secret)
+        try:
+            created = client.create_api_key(
+                name, expires_at=expires_at, scopes=scope or None, models=model or None
+            )
+        except Forbidden as exc:
+            if email is not None or _credentials(ctx).api_key is None:
+                raise
+            raise ModelyardClientError(
+                f"{exc.message}\n  sign in to make one: "
+                f"`modelyard keys create {name} --email EMAIL` (the password is asked for)"
+            ) from exc
     if as_json:
         print_json(created)
     else:
@@ -1050,13 +1094,32 @@ def traffic_stats(ctx: typer.Context, model: str, as_json: JsonFlag = False) -> 
         )
 
 
-def drift(
+class _ShowByDefault(TyperGroup):
+    """`modelyard drift MODEL` is `modelyard drift show MODEL`: the report, as before the
+    reference commands joined it."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer.Context subclasses it
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+drift = typer.Typer(
+    cls=_ShowByDefault,
+    help="Drift of a version's inputs from its reference, and the reference itself.",
+    no_args_is_help=True,
+)
+
+
+@drift.command("show")
+def drift_show(
     ctx: typer.Context,
     model: str,
     version: VersionRefOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Compare the last 24 hours of a version's inputs with its reference, feature by feature."""
+    """Compare the last 24 hours of a version's inputs with its reference, feature by feature
+    (`modelyard drift MODEL` for short)."""
     with _client(ctx) as client:
         report = client.drift(model, version=_version_ref(version))
     if as_json:
@@ -1140,6 +1203,39 @@ def _value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+@drift.command("set-reference")
+def drift_set_reference(
+    ctx: typer.Context,
+    model: str,
+    version: Annotated[int, typer.Argument(min=1, help="Version number.")],
+    path: Annotated[str, typer.Argument(help="A CSV (header row) or Parquet file of your area.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Make a file of your area the version's drift reference (replacing any)."""
+    with _client(ctx) as client:
+        reference = client.set_reference(model, version, path)
+    if as_json:
+        print_json(reference)
+    else:
+        say(f"{model} version {version}: reference {path} ({reference.row_count} rows)")
+
+
+@drift.command("delete-reference")
+def drift_delete_reference(
+    ctx: typer.Context,
+    model: str,
+    version: Annotated[int, typer.Argument(min=1, help="Version number.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove a version's drift reference: the next report makes one from served rows."""
+    with _client(ctx) as client:
+        client.delete_reference(model, version)
+    if as_json:
+        print_json({"model": model, "version": version, "deleted": True})
+    else:
+        say(f"{model} version {version}: no reference; the next report makes one from served rows")
+
+
 def register(app: typer.Typer) -> None:
     """Add the client's commands to the root command."""
     app.callback()(_root)
@@ -1161,5 +1257,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(analytics, name="analytics")
     app.add_typer(jobs, name="jobs")
     app.add_typer(traffic, name="traffic")
-    app.command()(drift)
+    app.add_typer(drift, name="drift")
     app.add_typer(compare, name="compare")

@@ -10,7 +10,13 @@ from enum import Enum
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+
+# Columns whose values are copied into the next command: never wrapped, never cut with "…".
+WHOLE = frozenset(
+    {"id", "name", "model_name", "path", "input_path", "output_path", "prefix", "key"}
+)
 
 
 def jsonable(value: Any) -> Any:
@@ -60,10 +66,11 @@ def print_table(
         return
     table = Table(title=title, show_lines=False, header_style="bold")
     for column in columns:
-        table.add_column(column)
+        whole = column in WHOLE or column.endswith("_id")
+        table.add_column(column, no_wrap=whole, overflow="fold")
     for row in rows:
         table.add_row(*(_cell(getattr(row, c, None)) for c in columns))
-    console.print(table)
+    _print_whole(console, table)
     if total is not None and total > len(rows):
         console.print(f"{len(rows)} of {total} (use --limit/--offset for more)")
 
@@ -72,11 +79,21 @@ def print_record(value: Any, fields: Sequence[str] | None = None) -> None:
     """Print one object as a two-column table of its fields."""
     console = Console()
     table = Table(show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
     data = jsonable(value)
     for name in fields or list(data):
         table.add_row(name, _cell(data.get(name)))
+    _print_whole(console, table)
+
+
+def _print_whole(console: Console, table: Table) -> None:
+    """Print the table, wider than the terminal if its unwrappable cells need it: rich would
+    otherwise cut them with "…", and a cut ID cannot be copied into the next command."""
+    unbounded = Console(width=1_000_000)
+    needed = Measurement.get(unbounded, unbounded.options, table).minimum
+    if needed > console.width:
+        console = Console(width=needed)
     console.print(table)
 
 

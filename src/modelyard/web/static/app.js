@@ -125,6 +125,45 @@ function rowsText(done, total) {
   return count(done) + (total === null || total === undefined ? "" : " / " + count(total)) + " rows";
 }
 
+// A job that ended, or was asked to stop, elsewhere: its row says so at once and offers no
+// Cancel any more (a succeeded job its output), as the page would after a reload.
+function showEnded(tr, jobId, details) {
+  const status = tr.querySelector("[data-status]");
+  if (status && details.status === "running") {  // cancelling: it stops after its chunk
+    if (!status.textContent.includes("(stopping)")) {
+      const stopping = document.createElement("span");
+      stopping.className = "muted";
+      stopping.textContent = "(stopping)";
+      status.append(" ", stopping);
+    }
+  } else if (status && details.status) {
+    status.textContent = details.status;
+    if (details.error) {
+      const error = document.createElement("span");
+      error.className = "error";
+      error.textContent = String(details.error).slice(0, 200);
+      status.append(document.createElement("br"), error);
+    }
+  }
+  if (details.status === "succeeded" && details.rows_done !== undefined) {
+    const bar = tr.querySelector("[data-progress]");
+    if (bar) { bar.max = Math.max(details.rows_done, 1); bar.value = details.rows_done; }
+    const rows = tr.querySelector("[data-rows]");
+    if (rows) rows.textContent = rowsText(details.rows_done, details.rows_done);
+  }
+  const cancel = tr.querySelector("[data-cancel]");
+  if (cancel) {
+    const cell = cancel.parentNode;
+    cancel.remove();
+    if (details.status === "succeeded") {
+      const output = document.createElement("a");
+      output.href = "/jobs/" + encodeURIComponent(String(jobId)) + "/output";
+      output.textContent = "Output";
+      cell.appendChild(output);
+    }
+  }
+}
+
 function setUpLiveJobs() {
   const main = document.getElementById("main");
   const notice = document.getElementById("live-notice");
@@ -152,6 +191,10 @@ function setUpLiveJobs() {
     try { row = JSON.parse(event.data); } catch (error) { return; }
     announceChange(
       notice, "Batch job " + String(row.target_id).slice(0, 8) + "… " + JOB_EVENTS[event.type]);
+    if (event.type === "batch_job.finished" || event.type === "batch_job.cancelled") {
+      const tr = document.querySelector('tr[data-job-id="' + CSS.escape(String(row.target_id)) + '"]');
+      if (tr) showEnded(tr, row.target_id, row.details || {});
+    }
   };
   for (const name of Object.keys(JOB_EVENTS)) source.addEventListener(name, announce);
 }
