@@ -18,7 +18,6 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from modelyard import __version__
 from modelyard.artifacts import make_store
-from modelyard.artifacts.router import router as artifacts_router
 from modelyard.audit.live import LiveFeed
 from modelyard.audit.live import router as live_events_router
 from modelyard.audit.router import router as audit_router
@@ -29,6 +28,7 @@ from modelyard.auth.service import Caller, FailureLimit
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
+from modelyard.downloads.router import router as downloads_router
 from modelyard.drift.router import router as drift_router
 from modelyard.epochs import Epoch, Epochs
 from modelyard.errors import document_errors, install_error_handlers, v2_error_response
@@ -36,9 +36,10 @@ from modelyard.events import make_events
 from modelyard.experiments.router import router as experiments_router
 from modelyard.files.router import router as files_router
 from modelyard.hotcache import REFRESH_GRACE_SECONDS, EpochCache
-from modelyard.jobs.queue import InProcessJobs, JobQueue, RedisJobs
+from modelyard.jobs.queue import InProcessJobs, RedisJobs
 from modelyard.jobs.router import router as batch_jobs_router
 from modelyard.jobs.runner import JobRunner
+from modelyard.jobs.service import JobQueue
 from modelyard.observability import health, tracing
 from modelyard.observability.logging import configure_logging
 from modelyard.observability.metrics import Metrics
@@ -51,9 +52,11 @@ from modelyard.predictions.log import PredictionLog
 from modelyard.predictions.router import router as predict_router
 from modelyard.predictions.service import Predictor, Target
 from modelyard.ratelimit import RateLimiter, SharedWindows
+from modelyard.registry import service as registry_service
 from modelyard.registry.router import router as registry_router
 from modelyard.serving.batching import Batcher
 from modelyard.serving.cache import ModelCache
+from modelyard.serving.formats import Framework
 from modelyard.serving.probe import make_prober, onnx_cost_limits
 from modelyard.serving.runtimes.onnx import configure_onnx_cost, configure_onnx_memory
 from modelyard.serving.warmup import warm_up_process
@@ -212,9 +215,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events.start()
         if state.webhooks is not None:
             state.webhooks.start()
+
+        async def frameworks_in_use() -> set[Framework]:
+            async with sessions() as db:
+                return await registry_service.frameworks_in_use(db)
+
         # Before the first request: the upload probe is starting and the registry's frameworks
         # are imported (a second or two), so neither an upload nor a first prediction waits.
-        await warm_up_process(state.prober, sessions)
+        await warm_up_process(state.prober, frameworks_in_use)
         # After the warm-up, which hides pyarrow from the imports it makes: a Parquet job must
         # not start meanwhile.
         if isinstance(batch_jobs, InProcessJobs):
@@ -276,7 +284,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             auth_router,
             api_keys_router,
             users_router,
-            artifacts_router,
+            downloads_router,
             registry_router,
             drift_router,
             files_router,

@@ -20,7 +20,7 @@ from modelyard.config import Settings
 from modelyard.epochs import Epochs
 from modelyard.events import Events
 from modelyard.hotcache import EpochCache
-from modelyard.jobs.queue import JobQueue
+from modelyard.jobs.service import JobQueue
 from modelyard.observability.metrics import Metrics
 from modelyard.outage import OutageCache
 from modelyard.predictions.log import PredictionLog

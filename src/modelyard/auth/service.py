@@ -26,6 +26,7 @@ from modelyard.auth.schemas import (
 )
 from modelyard.auth.scopes import DEFAULT_SCOPES, MissingScope, OutsideModelLimit, Scope, ordered
 from modelyard.auth.tokens import TokenService
+from modelyard.db.sql import rowcount
 from modelyard.db.tables import (
     ApiKey,
     Experiment,
@@ -311,7 +312,7 @@ async def rotate_refresh_token(
         )
         .values(used_at=now)
     )
-    if spent.rowcount != 1:  # type: ignore[attr-defined]
+    if rowcount(spent) != 1:
         row = await db.get(RefreshToken, claims.jti)
         # Spent means replayed (stolen, or a client bug): end the session. A token revoked by
         # logout, a password change or deactivation is simply no longer valid.

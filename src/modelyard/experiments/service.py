@@ -9,6 +9,7 @@ from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from modelyard.db import sql
 from modelyard.db.tables import (
     Experiment,
     ExperimentMetric,
@@ -25,7 +26,6 @@ from modelyard.experiments.schemas import (
     ExperimentVersion,
     MetricPoint,
 )
-from modelyard.registry import queries
 from modelyard.schemas import PageParams
 
 
@@ -74,9 +74,9 @@ async def list_experiments(
     """Return one page of the caller's experiments, newest first, and their total."""
     query = owned_experiments(user)
     if search:
-        query = query.where(queries.text_search([Experiment.name, Experiment.description], search))
+        query = query.where(sql.text_search([Experiment.name, Experiment.description], search))
     if tag:
-        query = query.where(queries.json_array_contains(db, Experiment.tags, tag))
+        query = query.where(sql.json_array_contains(db, Experiment.tags, tag))
     total = await db.scalar(select(func.count()).select_from(query.subquery()))
     rows = await db.scalars(
         query.order_by(Experiment.created_at.desc(), Experiment.id)

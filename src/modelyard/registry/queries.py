@@ -1,11 +1,11 @@
-"""The one place registry objects are filtered by who may see them, and cross-dialect helpers."""
+"""The one place registry objects are filtered by who may see them."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, literal, or_, select
+from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -42,24 +42,3 @@ async def find_model(db: AsyncSession, user: User, ref: str) -> RegisteredModel 
     else:
         query = owned_models(user).where(RegisteredModel.id == model_id)
     return (await db.execute(query)).scalar_one_or_none()
-
-
-def json_array_contains(db: AsyncSession, column: Any, value: str) -> ColumnElement[bool]:
-    """Return `value in column` for a JSON array column, on PostgreSQL and on SQLite."""
-    if db.get_bind().dialect.name == "postgresql":
-        # JSONB containment; served by a GIN index if one is ever needed.
-        return column.op("@>")(func.jsonb_build_array(value))  # type: ignore[no-any-return]
-    items = func.json_each(column).table_valued("value")
-    return select(literal(1)).select_from(items).where(items.c.value == value).exists()
-
-
-def like_pattern(text: str) -> str:
-    """Return a LIKE pattern matching `text` anywhere, its wildcards escaped (escape `\\`)."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def text_search(columns: list[Any], text: str) -> ColumnElement[bool]:
-    """Match `text` case-insensitively inside any of `columns`."""
-    pattern = like_pattern(text)
-    return or_(*(c.ilike(pattern, escape="\\") for c in columns))
