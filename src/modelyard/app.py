@@ -17,13 +17,14 @@ from redis.asyncio import Redis
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from modelyard import __version__
+from modelyard.accounts.router import me_router, users_router
 from modelyard.artifacts import make_store
 from modelyard.audit.live import LiveFeed
 from modelyard.audit.live import router as live_events_router
 from modelyard.audit.router import router as audit_router
 from modelyard.audit.service import AuditLog
 from modelyard.auth.passwords import PasswordHasher
-from modelyard.auth.router import api_keys_router, auth_router, users_router
+from modelyard.auth.router import api_keys_router, auth_router
 from modelyard.auth.service import Caller, FailureLimit
 from modelyard.auth.tokens import TokenService
 from modelyard.config import Settings
@@ -282,6 +283,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_docs(app)
         routers += [
             auth_router,
+            me_router,
             api_keys_router,
             users_router,
             downloads_router,

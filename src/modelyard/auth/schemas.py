@@ -60,15 +60,6 @@ class UserRead(ReadModel):
     updated_at: datetime
 
 
-class UserDetail(UserRead):
-    """A user as an admin sees one: the account, and how much it owns."""
-
-    model_count: int = Field(description="registered models (archived ones included)")
-    version_count: int = Field(description="model versions, across those models")
-    experiment_count: int
-    active_api_key_count: int = Field(description="API keys neither revoked nor expired")
-
-
 class MeUpdate(StrictModel):
     full_name: FullName | None = None
     password: Password | None = None

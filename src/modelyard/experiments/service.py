@@ -39,6 +39,14 @@ def owned_experiments(user: User) -> Select[Experiment]:
     return select(Experiment).where(Experiment.owner_id == user.id)
 
 
+async def count_experiments(db: AsyncSession, owner_id: uuid.UUID) -> int:
+    """Count the experiments `owner_id` owns."""
+    count = await db.scalar(
+        select(func.count()).select_from(Experiment).where(Experiment.owner_id == owner_id)
+    )
+    return int(count or 0)
+
+
 async def get_experiment(db: AsyncSession, user: User, experiment_id: uuid.UUID) -> Experiment:
     """Return the caller's experiment.
 
