@@ -67,7 +67,6 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     ("modelyard.registry.service", "experiments"): (
         "a version logged from a run checks the run belongs to the uploader"
     ),
-    ("modelyard.auth.schemas", "registry"): "an API key limited to models validates their names",
     ("modelyard.jobs.queue", "audit"): (
         "the batch-job worker builds its own components (#24 item 2: one composition root)"
     ),

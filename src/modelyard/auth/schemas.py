@@ -17,8 +17,7 @@ from pydantic import (
 
 from modelyard.auth.scopes import ALL_SCOPES, Scope
 from modelyard.db.types import utcnow
-from modelyard.registry.schemas import ModelName
-from modelyard.schemas import ReadModel, StrictModel
+from modelyard.schemas import ModelName, ReadModel, StrictModel
 
 MIN_PASSWORD_LENGTH = 8
 # Argon2 accepts any length; the cap keeps one request from buying minutes of hashing.
