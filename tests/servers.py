@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,9 +15,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
-import pytest
 
 import modelyard
+from tests.support.polling import wait_until_blocking
 
 SRC = str(Path(modelyard.__file__).resolve().parents[1])
 # Cheap password hashing: servers in tests log in far more often than people do.
@@ -121,13 +120,14 @@ class ServerProcess:
     ) -> None:
         """Poll `check` until it holds; fail with the server's log if the server exits first
         or `check` does not hold within `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while not check():
-            if self.process.poll() is not None:
-                pytest.fail(f"server exited with {self.process.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{condition}: not in time\n{self.log()}")
-            time.sleep(0.1)  # polling interval, not an assertion
+
+        def exited() -> str | None:
+            code = self.process.poll()
+            return None if code is None else f"server exited with {code}:\n{self.log()}"
+
+        wait_until_blocking(
+            check, lambda: f"{condition}\n{self.log()}", seconds=timeout, interval=0.1, stop=exited
+        )
 
 
 ServerT = TypeVar("ServerT", bound=ServerProcess)

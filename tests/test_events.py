@@ -3,9 +3,8 @@ missed message is caught up, and a Redis outage shortens what the caches keep.""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,10 @@ from redis.asyncio import Redis
 from modelyard.changes.epochs import Epoch, Epochs
 from modelyard.changes.events import Event, EventKind, LocalEvents, RedisEvents
 from tests.conftest import REDIS_TEST_URL as REDIS_URL
+from tests.support.polling import wait_until
 from tests.tcpproxy import TcpProxy
 
 WAIT_SECONDS = 10.0  # a bound, not a measurement: conditions are met in milliseconds
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll `condition` until it holds; fail if it never does within WAIT_SECONDS."""
-    async with asyncio.timeout(WAIT_SECONDS):
-        while not condition():  # noqa: ASYNC110 - the state lives in a file other hosts bump
-            await asyncio.sleep(0.01)
 
 
 class Host:

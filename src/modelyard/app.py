@@ -17,14 +17,14 @@ from redis.asyncio import Redis
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from modelyard import __version__
+from modelyard.accounts.router import me_router, users_router
 from modelyard.artifacts import make_store
-from modelyard.artifacts.router import router as artifacts_router
 from modelyard.audit.live import LiveFeed
 from modelyard.audit.live import router as live_events_router
 from modelyard.audit.router import router as audit_router
 from modelyard.audit.service import AuditLog
 from modelyard.auth.passwords import PasswordHasher
-from modelyard.auth.router import api_keys_router, auth_router, users_router
+from modelyard.auth.router import api_keys_router, auth_router
 from modelyard.auth.service import Caller, FailureLimit
 from modelyard.auth.tokens import TokenService
 from modelyard.changes.epochs import Epoch, Epochs
@@ -34,13 +34,15 @@ from modelyard.changes.outage import OutageCache
 from modelyard.compare.router import router as compare_router
 from modelyard.config import Settings
 from modelyard.db.engine import make_engine, make_sessionmaker
+from modelyard.downloads.router import router as downloads_router
 from modelyard.drift.router import router as drift_router
 from modelyard.errors import document_errors, install_error_handlers, v2_error_response
 from modelyard.experiments.router import router as experiments_router
 from modelyard.files.router import router as files_router
-from modelyard.jobs.queue import InProcessJobs, JobQueue, RedisJobs
+from modelyard.jobs.queue import InProcessJobs, RedisJobs
 from modelyard.jobs.router import router as batch_jobs_router
 from modelyard.jobs.runner import JobRunner
+from modelyard.jobs.service import JobQueue
 from modelyard.observability import health, tracing
 from modelyard.observability.logging import configure_logging
 from modelyard.observability.metrics import Metrics
@@ -52,9 +54,11 @@ from modelyard.predictions.log import PredictionLog
 from modelyard.predictions.router import router as predict_router
 from modelyard.predictions.service import Predictor, Target
 from modelyard.ratelimit import RateLimiter, SharedWindows
+from modelyard.registry import service as registry_service
 from modelyard.registry.router import router as registry_router
 from modelyard.serving.batching import Batcher
 from modelyard.serving.cache import ModelCache
+from modelyard.serving.formats import Framework
 from modelyard.serving.probe import make_prober, onnx_cost_limits
 from modelyard.serving.runtimes.onnx import configure_onnx_cost, configure_onnx_memory
 from modelyard.serving.threads import configure_onnx_threads, onnx_threads_per_worker
@@ -218,9 +222,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events.start()
         if state.webhooks is not None:
             state.webhooks.start()
+
+        async def frameworks_in_use() -> set[Framework]:
+            async with sessions() as db:
+                return await registry_service.frameworks_in_use(db)
+
         # Before the first request: the upload probe is starting and the registry's frameworks
         # are imported (a second or two), so neither an upload nor a first prediction waits.
-        await warm_up_process(state.prober, sessions)
+        await warm_up_process(state.prober, frameworks_in_use)
         # After the warm-up, which hides pyarrow from the imports it makes: a Parquet job must
         # not start meanwhile.
         if isinstance(batch_jobs, InProcessJobs):
@@ -283,9 +292,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_docs(app)
         routers += [
             auth_router,
+            me_router,
             api_keys_router,
             users_router,
-            artifacts_router,
+            downloads_router,
             registry_router,
             drift_router,
             files_router,

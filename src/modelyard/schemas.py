@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
@@ -18,6 +20,26 @@ MAX_PAGE_SIZE = 100
 # database's JSON encoder fail (a 500); nobody's parameters are that deep or that big.
 MAX_JSON_DEPTH = 32
 MAX_JSON_BYTES = 256 * 1024
+
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _model_name(value: str) -> str:
+    if not _MODEL_NAME.fullmatch(value):
+        raise ValueError(
+            "a model name is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    # `{model}` in a path is a UUID or a name: a name that parses as a UUID would be ambiguous.
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return value
+    raise ValueError("a model name cannot be a UUID")
+
+
+# A registered model's name (the registry's models, and the models an API key is limited to).
+ModelName = Annotated[str, AfterValidator(_model_name)]
 
 
 class StrictModel(BaseModel):

@@ -21,7 +21,7 @@ from modelyard.changes.events import Events
 from modelyard.changes.hotcache import EpochCache
 from modelyard.changes.outage import OutageCache
 from modelyard.config import Settings
-from modelyard.jobs.queue import JobQueue
+from modelyard.jobs.service import JobQueue
 from modelyard.observability.metrics import Metrics
 from modelyard.predictions.log import PredictionLog
 from modelyard.predictions.service import Predictor, Target

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +31,7 @@ from tests.factories import Account, lifespan, login, make_account, make_api_key
 from tests.jobs.helpers import running_job
 from tests.problems import assert_problem
 from tests.servers import running_server
+from tests.support.polling import wait_until
 from tests.web.test_pages import PASSWORD, post_form
 
 # A bound, not a measurement: an event that has not arrived by then never will.
@@ -75,13 +76,6 @@ async def next_event(stream: AsyncIterator[bytes]) -> dict[str, Any]:
             if "event" in message:
                 message["data"] = orjson.loads(message["data"])
                 return message
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll `condition` until it holds; fail if it never does within WAIT_SECONDS."""
-    async with asyncio.timeout(WAIT_SECONDS):
-        while not condition():  # noqa: ASYNC110 - the feed's state, read as it moves
-            await asyncio.sleep(0.01)  # polling interval, not an assertion
 
 
 async def upload(client: httpx.AsyncClient, account: Account, name: str) -> None:

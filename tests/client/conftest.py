@@ -4,12 +4,10 @@ run on PostgreSQL too), an account and an API key on it."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
@@ -17,12 +15,9 @@ from sqlalchemy import delete
 
 from modelyard.db.engine import make_engine
 from modelyard.db.tables import Base
-from modelyard_client.errors import NotFound
 from tests.factories import DEFAULT_PASSWORD
 from tests.servers import ServerProcess, running_server
 from tests.serving import legit
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -109,19 +104,6 @@ def make_login(url: str) -> Login:
         key = http.post("/api/v1/api-keys", json=body, headers=headers)
         assert key.status_code == 201, key.text
     return Login(url, email, DEFAULT_PASSWORD, key.json()["key"], tokens["access_token"])
-
-
-def eventually(check: Callable[[], T], *, seconds: float = 10.0) -> T:
-    """Return check()'s value once it stops raising AssertionError or NotFound (the prediction
-    log is written in the background), failing after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return check()
-        except (AssertionError, NotFound):
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.05)  # polling interval, not an assertion
 
 
 @pytest.fixture

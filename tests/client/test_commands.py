@@ -16,9 +16,10 @@ from typer.testing import CliRunner, Result
 
 from modelyard_client.cli import make_app
 from modelyard_client.cli.commands import PROGRESS_MIN_BYTES
-from tests.client.conftest import Login, eventually
+from tests.client.conftest import Login
 from tests.servers import ServerProcess
 from tests.serving import legit
+from tests.support.polling import eventually
 
 runner = CliRunner()
 

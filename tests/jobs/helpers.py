@@ -3,10 +3,8 @@ running job's row."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -19,6 +17,7 @@ import pytest
 from modelyard.db.tables import BatchJob
 from modelyard.db.types import utcnow, uuid7
 from tests.factories import Account
+from tests.support.polling import wait_until
 
 # A wait that reaches its bound has failed; none asserts a duration.
 WAIT_SECONDS = 60.0
@@ -65,16 +64,17 @@ async def wait_for_job(
     bound_seconds: float = WAIT_SECONDS,
 ) -> dict[str, Any]:
     """Poll the job until `condition` holds; fail with its last state past the bound."""
-    deadline = time.monotonic() + bound_seconds
-    while True:
+    job: dict[str, Any] = {}
+
+    async def holds() -> bool:
+        nonlocal job
         response = await client.get(f"/api/v1/batch-jobs/{job_id}", headers=account.headers)
         assert response.status_code == 200, response.text
-        job: dict[str, Any] = response.json()
-        if condition(job):
-            return job
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not in time; the job is {job}")
-        await asyncio.sleep(0.05)  # polling interval, not an assertion
+        job = response.json()
+        return condition(job)
+
+    await wait_until(holds, lambda: f"{what}; the job is {job}", seconds=bound_seconds)
+    return job
 
 
 def finished(job: dict[str, Any]) -> bool:
@@ -100,6 +100,17 @@ async def expected_output(
         ):
             lines.append([str(start + i), str(label), *(str(p) for p in proba)])
     return lines
+
+
+def assert_scored_like(lines: list[list[str]], expected: list[list[str]]) -> None:
+    """Assert a job's output lines are the direct predictions `expected`: the row numbers and
+    labels exactly, the probabilities to a tolerance (a batch's last digits differ from those of
+    other batch sizes on some CPUs, e.g. 1.3814790681165184e-06 and 1.381479068116513e-06)."""
+    assert [line[:2] for line in lines] == [line[:2] for line in expected]
+    assert [len(line) for line in lines] == [len(line) for line in expected]
+    got = [float(cell) for line in lines for cell in line[2:]]
+    want = [float(cell) for line in expected for cell in line[2:]]
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
 
 
 def read_csv(data: bytes) -> list[list[str]]:

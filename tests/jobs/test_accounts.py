@@ -4,8 +4,6 @@ deactivation and erasure stopping a person's jobs. Both databases."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,6 @@ from tests.conftest import make_settings
 from tests.factories import Account, make_api_key, make_version
 from tests.jobs.conftest import CHUNK_ROWS, JOB_SETTINGS
 from tests.jobs.helpers import (
-    WAIT_SECONDS,
     create_job,
     csv_bytes,
     finished,
@@ -32,6 +29,7 @@ from tests.jobs.helpers import (
     wait_for_job,
 )
 from tests.problems import assert_problem
+from tests.support.polling import wait_until
 
 MAX_ACTIVE = 4
 # Enough chunks that the job is still running when the test acts on it.
@@ -75,11 +73,11 @@ async def job_of(client: httpx.AsyncClient, account: Account, job_id: str) -> di
 async def wait_until_gone(app: FastAPI, prefix: str, what: str) -> None:
     """Wait (bounded) until the store holds nothing under `prefix`."""
     state: AppState = app.state.modelyard
-    deadline = time.monotonic() + WAIT_SECONDS
-    while [info.key async for info in state.store.list(prefix)]:
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not in time")
-        await asyncio.sleep(0.05)  # polling interval, not an assertion
+
+    async def gone() -> bool:
+        return not [info.key async for info in state.store.list(prefix)]
+
+    await wait_until(gone, what)
 
 
 # --- caps and order ------------------------------------------------------------------------------

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 import uuid
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from tests.factories import Account, make_account, make_api_key, make_version, s
 from tests.jobs.conftest import CHUNK_ROWS, JOB_SETTINGS
 from tests.jobs.helpers import (
     IRIS_HEADER,
-    WAIT_SECONDS,
+    assert_scored_like,
     create_job,
     csv_bytes,
     expected_output,
@@ -33,6 +31,7 @@ from tests.jobs.helpers import (
     wait_for_job,
 )
 from tests.problems import assert_problem
+from tests.support.polling import wait_until
 
 
 @pytest.fixture
@@ -59,13 +58,14 @@ async def test_csv_is_scored_end_to_end_like_direct_predictions(
     assert output.status_code == 200
     lines = read_csv(output.content)
     assert lines[0] == ["row", "prediction", "proba_0", "proba_1", "proba_2"]
-    assert lines[1:] == await expected_output(client, user, rows)
+    assert_scored_like(lines[1:], await expected_output(client, user, rows))
     # The parts (ceil(50 / 7) of them) were assembled, and go once the job has succeeded.
     state: AppState = app.state.modelyard
-    deadline = time.monotonic() + WAIT_SECONDS
-    while [info.key async for info in state.store.list("batch-jobs/")]:
-        assert time.monotonic() < deadline, "the parts are still in the store"
-        await asyncio.sleep(0.05)  # polling interval, not an assertion
+
+    async def parts_gone() -> bool:
+        return not [info.key async for info in state.store.list("batch-jobs/")]
+
+    await wait_until(parts_gone, "the parts leave the store")
 
 
 async def test_a_job_logs_one_summary_prediction(
@@ -84,11 +84,14 @@ async def test_a_job_logs_one_summary_prediction(
 
     # The worker queues the summary just after it commits the job's status, which a poll can
     # see first: wait (bounded) for it to be queued.
-    deadline = time.monotonic() + 30
-    logged = await log_rows()
-    while not logged and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)  # polling interval, not an assertion
+    logged: list[Prediction] = []
+
+    async def queued() -> bool:
+        nonlocal logged
         logged = await log_rows()
+        return bool(logged)
+
+    await wait_until(queued, "the job's summary is logged")
 
     assert len(logged) == 1
     assert logged[0].protocol == "batch"
@@ -134,7 +137,7 @@ async def test_columns_are_matched_by_name_and_extra_ones_ignored(
     output = await client.get("/api/v1/files/download/out/scored.csv", headers=user.headers)
 
     assert job["status"] == "succeeded", job
-    assert read_csv(output.content)[1:] == await expected_output(client, user, rows)
+    assert_scored_like(read_csv(output.content)[1:], await expected_output(client, user, rows))
 
 
 async def test_a_row_that_is_not_numbers_fails_the_job_saying_where(
@@ -293,7 +296,7 @@ async def test_parquet_is_scored_like_csv(
 
     assert job["status"] == "succeeded", job
     assert (job["rows_done"], job["rows_total"]) == (40, 40)
-    assert read_csv(output.content)[1:] == await expected_output(client, user, rows)
+    assert_scored_like(read_csv(output.content)[1:], await expected_output(client, user, rows))
 
 
 async def test_a_file_that_is_not_parquet_fails_the_job(
@@ -458,7 +461,9 @@ async def test_a_job_runs_on_s3_storage_parts_and_output_alike(
         output = await client.get("/api/v1/files/download/out/scored.csv", headers=account.headers)
 
         assert job["status"] == "succeeded", job
-        assert read_csv(output.content)[1:] == await expected_output(client, account, rows)
+        assert_scored_like(
+            read_csv(output.content)[1:], await expected_output(client, account, rows)
+        )
 
 
 async def test_a_chunk_holds_at_most_the_predict_element_budget(

@@ -3,11 +3,9 @@ mid-job (SIGKILL) leaves a job the next worker resumes from its last stored chun
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +22,7 @@ from tests.conftest import TEST_SECRET_KEY, make_settings
 from tests.deploy.sources import run_worker_healthcheck
 from tests.factories import Account, make_account, make_version, serve
 from tests.jobs.helpers import (
+    assert_scored_like,
     create_job,
     csv_bytes,
     expected_output,
@@ -33,6 +32,7 @@ from tests.jobs.helpers import (
     read_csv,
     wait_for_job,
 )
+from tests.support.polling import wait_until
 
 CHUNK_ROWS = 10
 # Enough chunks (each a stored part and a commit) that the job is still running when the test
@@ -122,16 +122,14 @@ def part_files(folder: Path) -> list[Path]:
     return [p for p in (folder / "data" / "artifacts" / "batch-jobs").rglob("*") if p.is_file()]
 
 
-async def wait_until(
-    process: subprocess.Popen[bytes], what: str, check: Callable[[], bool]
-) -> None:
-    deadline = time.monotonic() + servers.WAIT_SECONDS
-    while not check():
-        if process.poll() is not None:
-            pytest.fail(f"{what}: the worker exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not in time")
-        await asyncio.sleep(0.05)  # polling interval, not an assertion
+def exited(process: subprocess.Popen[bytes]) -> Callable[[], str | None]:
+    """Tell why waiting on the worker is pointless: it exited."""
+
+    def reason() -> str | None:
+        code = process.poll()
+        return None if code is None else f"the worker exited with {code}"
+
+    return reason
 
 
 def logged_events(path: Path, event: str) -> list[dict[str, object]]:
@@ -170,7 +168,9 @@ async def test_a_job_resumes_after_its_worker_is_killed_without_duplicate_rows(
     with worker(tmp_path, worker_settings, "second") as second:
         job = await wait_for_job(app_client, owner, job_id, finished, "the second worker finishes")
         # Once the output is written the parts go: the store keeps nothing of the job.
-        await wait_until(second, "the parts are deleted", lambda: not part_files(tmp_path))
+        await wait_until(
+            lambda: not part_files(tmp_path), "the parts are deleted", stop=exited(second)
+        )
     output = await app_client.get("/api/v1/files/download/out/scored.csv", headers=owner.headers)
 
     assert interrupted["status"] == "running"
@@ -186,7 +186,7 @@ async def test_a_job_resumes_after_its_worker_is_killed_without_duplicate_rows(
     # ...and the output holds every row once, in order, as direct predictions give them.
     assert output.status_code == 200
     lines = read_csv(output.content)
-    assert lines[1:] == await expected_output(app_client, owner, rows)
+    assert_scored_like(lines[1:], await expected_output(app_client, owner, rows))
 
 
 async def test_a_queued_job_waits_for_a_worker_and_can_be_cancelled(
@@ -222,7 +222,7 @@ async def test_a_worker_runs_a_job_and_logs_progress(
 
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 1
-    assert read_csv(output.content)[1:] == await expected_output(app_client, owner, rows)
+    assert_scored_like(read_csv(output.content)[1:], await expected_output(app_client, owner, rows))
 
 
 async def test_a_worker_starts_another_accounts_job_right_after_the_first_of_a_flood(
@@ -258,7 +258,7 @@ async def test_a_running_worker_passes_the_container_health_check_and_a_stopped_
     heartbeat = tmp_path / "worker.heartbeat"
     settings = {**worker_settings, "worker_heartbeat_file": str(heartbeat)}
     with worker(tmp_path, settings, "worker") as process:
-        await wait_until(process, "the first heartbeat", heartbeat.exists)
+        await wait_until(heartbeat.exists, "the first heartbeat", stop=exited(process))
         running = run_worker_healthcheck(heartbeat)
         process.terminate()
         assert process.wait(timeout=servers.STOP_TIMEOUT_SECONDS) == 0

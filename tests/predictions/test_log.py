@@ -7,7 +7,6 @@ import math
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -28,6 +27,7 @@ from modelyard.predictions import rollups
 from modelyard.predictions.log import PredictionLog, PredictionRecord
 from tests.predictions import sigterm_writer
 from tests.predictions.conftest import make_record, truncation
+from tests.support.polling import wait_until
 from tests.tcpproxy import TcpProxy
 
 # Bounds of the polling loops below: they wait for a final state, never assert a duration.
@@ -96,22 +96,24 @@ def expected_rollup(records: list[PredictionRecord]) -> dict[int, tuple[int, int
 
 
 async def wait_for_rows(engine: AsyncEngine, expected: int) -> int:
-    """Poll until the table holds `expected` rows (or the bound passes); return the last count."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    count = await count_rows(engine)
-    while count != expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)  # polling interval, not an assertion
+    """Poll until the table holds `expected` rows (failing past the bound); return the count."""
+    count = 0
+
+    async def reached() -> bool:
+        nonlocal count
         count = await count_rows(engine)
+        return count == expected
+
+    await wait_until(reached, lambda: f"{expected} rows in the log; there are {count}")
     return count
 
 
 async def wait_for_empty_spool(spool_dir: Path) -> list[Path]:
-    deadline = time.monotonic() + WAIT_SECONDS
-    left = spool_files(spool_dir)
-    while left and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)  # polling interval, not an assertion
-        left = spool_files(spool_dir)
-    return left
+    """Poll until the spool holds no file (failing past the bound); return what is left."""
+    await wait_until(
+        lambda: not spool_files(spool_dir), lambda: f"spool empty: {spool_files(spool_dir)}"
+    )
+    return spool_files(spool_dir)
 
 
 def spool_files(spool_dir: Path) -> list[Path]:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from modelyard.state import AppState
 from tests.conftest import make_settings
 from tests.factories import lifespan
 from tests.serving import legit
+from tests.support.polling import wait_until_blocking
 
 MEMORY_BYTES = 512 * 1024**2
 
@@ -56,13 +56,6 @@ def children_of(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry.name))
     return found
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def is_running(pid: int) -> bool:
@@ -121,7 +114,7 @@ async def test_probe_process_exits_after_its_last_lease(tmp_path: Path) -> None:
     assert pid is not None
     assert is_running(pid)
     await prober.aclose()
-    wait_until(lambda: not is_running(pid))
+    wait_until_blocking(lambda: not is_running(pid), "the probe host exits")
     assert not (tmp_path / "probe.sock").exists()
 
 
@@ -133,7 +126,7 @@ async def test_probe_process_killed_is_started_again(
     first = prober.host_pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    wait_until(lambda: not is_running(first))
+    wait_until_blocking(lambda: not is_running(first), "the first probe host exits")
     report = await prober.probe(legit_files["lr_skops"], ModelFormat.SKOPS)
     assert report.classes == legit.IRIS_CLASSES
     assert prober.host_pid not in {None, first}
@@ -167,7 +160,7 @@ async def test_probe_bounds_count_the_host_not_the_process(
     await asyncio.to_thread(worker_a.start)
     host = worker_a.host_pid
     assert host is not None
-    await asyncio.to_thread(wait_until, lambda: len(children_of(host)) == 1)
+    await asyncio.to_thread(wait_until_blocking, lambda: len(children_of(host)) == 1)
 
     with pytest.raises(RateLimited):
         await worker_b.probe(legit_files["onnx_regressor"], ModelFormat.ONNX, owner="alice")
@@ -188,13 +181,13 @@ async def test_abandoned_probe_leaves_no_child_behind(tmp_path: Path) -> None:
     await asyncio.to_thread(prober.start)
     host = prober.host_pid
     assert host is not None
-    await asyncio.to_thread(wait_until, lambda: len(children_of(host)) == 1)
+    await asyncio.to_thread(wait_until_blocking, lambda: len(children_of(host)) == 1)
 
     task.cancel()  # the upload's request went away
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    await asyncio.to_thread(wait_until, lambda: children_of(host) == [])
+    await asyncio.to_thread(wait_until_blocking, lambda: children_of(host) == [])
     await prober.aclose()
 
 

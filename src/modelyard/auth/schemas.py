@@ -17,8 +17,7 @@ from pydantic import (
 
 from modelyard.auth.scopes import ALL_SCOPES, Scope
 from modelyard.db.types import utcnow
-from modelyard.registry.schemas import ModelName
-from modelyard.schemas import ReadModel, StrictModel
+from modelyard.schemas import ModelName, ReadModel, StrictModel
 
 MIN_PASSWORD_LENGTH = 8
 # Argon2 accepts any length; the cap keeps one request from buying minutes of hashing.
@@ -58,15 +57,6 @@ class UserRead(ReadModel):
     is_admin: bool
     created_at: datetime
     updated_at: datetime
-
-
-class UserDetail(UserRead):
-    """A user as an admin sees one: the account, and how much it owns."""
-
-    model_count: int = Field(description="registered models (archived ones included)")
-    version_count: int = Field(description="model versions, across those models")
-    experiment_count: int
-    active_api_key_count: int = Field(description="API keys neither revoked nor expired")
 
 
 class MeUpdate(StrictModel):

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,18 +21,14 @@ from modelyard.auth.schemas import (
     MeUpdate,
     UserAdminUpdate,
     UserCreate,
-    UserDetail,
-    UserRead,
 )
 from modelyard.auth.scopes import DEFAULT_SCOPES, MissingScope, OutsideModelLimit, Scope, ordered
 from modelyard.auth.tokens import TokenService
 from modelyard.changes.events import Action, Events
+from modelyard.db.sql import rowcount
 from modelyard.db.tables import (
     ApiKey,
-    Experiment,
-    ModelVersion,
     RefreshToken,
-    RegisteredModel,
     User,
 )
 from modelyard.db.types import utcnow
@@ -311,7 +307,7 @@ async def rotate_refresh_token(
         )
         .values(used_at=now)
     )
-    if spent.rowcount != 1:  # type: ignore[attr-defined]
+    if rowcount(spent) != 1:
         row = await db.get(RefreshToken, claims.jti)
         # Spent means replayed (stolen, or a client bug): end the session. A token revoked by
         # logout, a password change or deactivation is simply no longer valid.
@@ -610,48 +606,8 @@ async def list_users(db: AsyncSession, page: PageParams) -> tuple[list[User], in
     return list(rows), total or 0
 
 
-@dataclass(frozen=True, slots=True)
-class OwnedCounts:
-    """How much an account owns, in the database (its files live in the store only)."""
-
-    models: int
-    versions: int
-    experiments: int
-    active_api_keys: int
-
-
-async def count_owned(db: AsyncSession, user_id: uuid.UUID) -> OwnedCounts:
-    """Count what `user_id` owns, in one query over the owner indexes."""
-    now = utcnow()
-    models = select(RegisteredModel.id).where(RegisteredModel.owner_id == user_id)
-    row = (
-        await db.execute(
-            select(
-                select(func.count()).select_from(models.subquery()).scalar_subquery(),
-                select(func.count())
-                .select_from(ModelVersion)
-                .where(ModelVersion.model_id.in_(models))
-                .scalar_subquery(),
-                select(func.count())
-                .select_from(Experiment)
-                .where(Experiment.owner_id == user_id)
-                .scalar_subquery(),
-                select(func.count())
-                .select_from(ApiKey)
-                .where(
-                    ApiKey.user_id == user_id,
-                    ApiKey.is_active.is_(True),
-                    (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > now),
-                )
-                .scalar_subquery(),
-            )
-        )
-    ).one()
-    return OwnedCounts(*(int(n or 0) for n in row))
-
-
-async def describe_user(db: AsyncSession, user_id: uuid.UUID) -> UserDetail:
-    """Return a user with how much it owns, for an admin.
+async def get_user(db: AsyncSession, user_id: uuid.UUID) -> User:
+    """Return a user, for an admin.
 
     Raises:
         NotFound: no such user.
@@ -659,16 +615,22 @@ async def describe_user(db: AsyncSession, user_id: uuid.UUID) -> UserDetail:
     user = await db.get(User, user_id)
     if user is None:
         raise NotFound("user not found")
-    counts = await count_owned(db, user_id)
-    return UserDetail.model_validate(
-        {
-            **UserRead.model_validate(user).model_dump(),
-            "model_count": counts.models,
-            "version_count": counts.versions,
-            "experiment_count": counts.experiments,
-            "active_api_key_count": counts.active_api_keys,
-        }
+    return user
+
+
+async def count_active_api_keys(db: AsyncSession, user_id: uuid.UUID) -> int:
+    """Count the user's API keys that still work (neither revoked nor expired)."""
+    now = utcnow()
+    count = await db.scalar(
+        select(func.count())
+        .select_from(ApiKey)
+        .where(
+            ApiKey.user_id == user_id,
+            ApiKey.is_active.is_(True),
+            (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > now),
+        )
     )
+    return int(count or 0)
 
 
 async def update_user(
@@ -743,6 +705,52 @@ async def lock_admins(db: AsyncSession, acting: uuid.UUID) -> None:
         .values(updated_at=User.updated_at)
         .execution_options(synchronize_session=False)
     )
+
+
+async def lock_for_erasure(db: AsyncSession, user_id: uuid.UUID) -> None:
+    """Begin an account's erasure: lock the user so that what is read next is all it has.
+
+    Leaves the transaction open (the caller erases and commits); rolls it back when it raises.
+
+    Raises:
+        NotFound: no such user.
+        Conflict: the user is the last active admin (nobody could administer the platform).
+    """
+    # Erasures, demotions and deactivations queue here: two admins erasing (or demoting) each
+    # other at once cannot both see the other as the admin who remains.
+    await lock_admins(db, user_id)
+    # A write first: on SQLite it takes the database's one write lock before anything below is
+    # read (so the reads see the latest commit and no other writer comes between), on
+    # PostgreSQL the user's row lock; and it tells whether the user exists.
+    bumped = await db.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(credentials_version=User.credentials_version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if rowcount(bumped) != 1:
+        await db.rollback()
+        raise NotFound("user not found")
+    # PostgreSQL: the row's strongest lock. It waits for the transactions that are adding rows
+    # under the user (an upload, a key, a login) and holds off new ones until the user is gone
+    # (their foreign key then fails), so what is read after it is all the user has.
+    await db.execute(select(User.id).where(User.id == user_id).with_for_update())
+    user = (await db.execute(select(User.is_admin, User.is_active).where(User.id == user_id))).one()
+    if user.is_admin and user.is_active:
+        others = await db.scalar(
+            select(func.count())
+            .select_from(User)
+            .where(User.is_admin, User.is_active, User.id != user_id)
+        )
+        if not others:
+            await db.rollback()
+            raise Conflict("the last active admin cannot be erased; make another admin first")
+
+
+async def delete_user(db: AsyncSession, user_id: uuid.UUID) -> None:
+    """Delete the user row (no commit); whatever names the user goes with it by the schema's
+    `ON DELETE CASCADE` (foreign keys are on for SQLite connections too)."""
+    await db.execute(delete(User).where(User.id == user_id))
 
 
 async def ensure_admin(

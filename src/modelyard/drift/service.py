@@ -23,6 +23,7 @@ from modelyard.artifacts.store import ArtifactStore
 from modelyard.auth.scopes import Scope
 from modelyard.auth.service import Caller
 from modelyard.changes.events import Events
+from modelyard.db.sql import rowcount
 from modelyard.db.tables import FeatureReference, ModelAlias, ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow
 from modelyard.drift import reference, stats
@@ -215,7 +216,7 @@ async def delete_reference(
     result = await db.execute(
         delete(FeatureReference).where(FeatureReference.version_id == v.version_id)
     )
-    if not getattr(result, "rowcount", 0):
+    if not rowcount(result):
         raise ReferenceNotFound(model, number)
     await db.commit()
     await events.record(

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.changes.events import Action, Events
+from modelyard.db import sql
 from modelyard.db.tables import (
     Experiment,
     ExperimentMetric,
@@ -32,7 +33,6 @@ from modelyard.experiments.schemas import (
     ExperimentVersion,
     MetricPoint,
 )
-from modelyard.registry import queries
 from modelyard.schemas import PageParams
 
 
@@ -44,6 +44,14 @@ class ExperimentNotFound(NotFound):
 def owned_experiments(user: User) -> Select[Experiment]:
     """Select the experiments `user` owns: the one place experiments are filtered by owner."""
     return select(Experiment).where(Experiment.owner_id == user.id)
+
+
+async def count_experiments(db: AsyncSession, owner_id: uuid.UUID) -> int:
+    """Count the experiments `owner_id` owns."""
+    count = await db.scalar(
+        select(func.count()).select_from(Experiment).where(Experiment.owner_id == owner_id)
+    )
+    return int(count or 0)
 
 
 async def get_experiment(db: AsyncSession, user: User, experiment_id: uuid.UUID) -> Experiment:
@@ -173,9 +181,9 @@ async def list_experiments(
     """
     query = owned_experiments(user)
     if search:
-        query = query.where(queries.text_search([Experiment.name, Experiment.description], search))
+        query = query.where(sql.text_search([Experiment.name, Experiment.description], search))
     if tag:
-        query = query.where(queries.json_array_contains(db, Experiment.tags, tag))
+        query = query.where(sql.json_array_contains(db, Experiment.tags, tag))
     for f in filters:
         query = query.where(_OPERATORS[f.op](latest_value(f.key), f.value))
     total = await db.scalar(select(func.count()).select_from(query.subquery()))

@@ -39,6 +39,7 @@ from modelyard.artifacts.store import (
 )
 from modelyard.artifacts.uploads import ReceivedFile
 from modelyard.changes.events import Action, Events
+from modelyard.db.sql import rowcount
 from modelyard.db.tables import StoredFile, User
 from modelyard.db.types import utcnow
 from modelyard.errors import BadRequest, Forbidden, ModelyardError, PayloadTooLarge, Unprocessable
@@ -400,7 +401,7 @@ async def settle(
         taken = await db.execute(
             update(StoredFile).where(StoredFile.id == reservation).values(path=path)
         )
-        if not getattr(taken, "rowcount", 0):
+        if not rowcount(taken):
             # Past its time to live (a very slow store): the file is counted all the same.
             db.add(StoredFile(id=reservation, owner_id=owner_id, path=path, size_bytes=size))
         try:

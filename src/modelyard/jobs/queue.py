@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
@@ -28,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from modelyard.config import Settings
 from modelyard.jobs import service
 from modelyard.jobs.runner import Heartbeat, JobRunner
+from modelyard.jobs.service import JobQueue
 from modelyard.polling import poll_forever
 
 if TYPE_CHECKING:  # saq is imported where Redis is used: a process without it never pays
@@ -64,18 +64,6 @@ async def run_fairest(
             return True
         # Another worker claimed it first, or its account reached its cap meanwhile.
     return False
-
-
-class JobQueue(ABC):
-    """Hands created jobs to workers."""
-
-    @abstractmethod
-    async def submit(self, job_id: uuid.UUID) -> None:
-        """Make the job reach a worker soon; never raises (the sweeps catch what is missed)."""
-
-    @abstractmethod
-    async def aclose(self) -> None:
-        """Stop what runs in the background and release connections."""
 
 
 class InProcessJobs(JobQueue):

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import importlib.util
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +33,7 @@ from modelyard.artifacts.store import ArtifactStore
 from modelyard.auth.scopes import Scope
 from modelyard.auth.service import Caller
 from modelyard.changes.events import Action, Events
+from modelyard.db.sql import rowcount
 from modelyard.db.tables import BatchJob, User
 from modelyard.db.types import utcnow, uuid7
 from modelyard.errors import Conflict, NotFound, RateLimited, Unprocessable
@@ -40,8 +42,18 @@ from modelyard.jobs.schemas import FINISHED, BatchJobCreate, JobFormat, JobStatu
 from modelyard.predictions.service import resolve_target
 from modelyard.schemas import PageParams
 
-if TYPE_CHECKING:  # the queue runs this module's functions: imported for its type only
-    from modelyard.jobs.queue import JobQueue
+
+class JobQueue(ABC):
+    """Hands created jobs to workers (`modelyard.jobs.queue` has the implementations, which run
+    this module's functions: the interface lives here, so the service never imports them)."""
+
+    @abstractmethod
+    async def submit(self, job_id: uuid.UUID) -> None:
+        """Make the job reach a worker soon; never raises (the sweeps catch what is missed)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop what runs in the background and release connections."""
 
 
 class BatchJobNotFound(NotFound):
@@ -257,7 +269,7 @@ async def cancel_job(
         .where(BatchJob.id == job_id, BatchJob.status == JobStatus.QUEUED)
         .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now)
     )
-    if not _rowcount(queued):
+    if not rowcount(queued):
         await db.execute(
             update(BatchJob)
             .where(BatchJob.id == job_id, BatchJob.status == JobStatus.RUNNING)
@@ -282,10 +294,6 @@ def action(name: str, job: BatchJob, *, outcome: str = "success", **details: Any
         outcome=outcome,
         details=details,
     )
-
-
-def _rowcount(result: Any) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def _check_output_path(store: ArtifactStore, owner_id: uuid.UUID, path: str) -> None:
@@ -435,7 +443,7 @@ async def claim(
         )
     )
     await db.commit()
-    if not _rowcount(result):
+    if not rowcount(result):
         return None
     return await db.scalar(
         select(BatchJob)
@@ -461,7 +469,7 @@ async def renew(db: AsyncSession, job_id: uuid.UUID, *, token: str, lease: timed
         .values(lease_until=utcnow() + lease)
     )
     await db.commit()
-    return _rowcount(result) == 1
+    return rowcount(result) == 1
 
 
 async def set_total(db: AsyncSession, job_id: uuid.UUID, *, token: str, rows_total: int) -> None:
@@ -545,7 +553,7 @@ async def finish(
         .values(**values)
     )
     await db.commit()
-    if not _rowcount(result):
+    if not rowcount(result):
         return None
     return await db.scalar(
         select(BatchJob).where(BatchJob.id == job_id).execution_options(populate_existing=True)

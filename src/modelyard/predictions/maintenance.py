@@ -27,6 +27,7 @@ from sqlalchemy import Executable, Table, delete, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from modelyard.config import Settings
+from modelyard.db.sql import rowcount
 from modelyard.db.tables import Prediction, prediction_rollups, shadow_rollups
 from modelyard.db.types import utcnow
 
@@ -232,7 +233,7 @@ async def _delete_batches(engine: AsyncEngine, statement: Executable) -> int:
     while True:
         async with engine.begin() as conn:
             result = await conn.execute(statement)
-        deleted = int(getattr(result, "rowcount", 0))
+        deleted = rowcount(result)
         total += deleted
         if deleted < DELETE_BATCH_ROWS:
             return total

@@ -1,15 +1,15 @@
-"""The one place registry objects are filtered by who may see them, and cross-dialect helpers."""
+"""The one place registry objects are filtered by who may see them, or by whom they belong to."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, literal, or_, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from modelyard.db.tables import RegisteredModel, User
+from modelyard.db.tables import ModelVersion, RegisteredModel, User
 
 
 def owned_by(
@@ -44,22 +44,34 @@ async def find_model(db: AsyncSession, user: User, ref: str) -> RegisteredModel 
     return (await db.execute(query)).scalar_one_or_none()
 
 
-def json_array_contains(db: AsyncSession, column: Any, value: str) -> ColumnElement[bool]:
-    """Return `value in column` for a JSON array column, on PostgreSQL and on SQLite."""
-    if db.get_bind().dialect.name == "postgresql":
-        # JSONB containment; served by a GIN index if one is ever needed.
-        return column.op("@>")(func.jsonb_build_array(value))  # type: ignore[no-any-return]
-    items = func.json_each(column).table_valued("value")
-    return select(literal(1)).select_from(items).where(items.c.value == value).exists()
+async def owned_model_ids(db: AsyncSession, owner_id: uuid.UUID) -> list[uuid.UUID]:
+    """Return the ids of every model `owner_id` owns, archived ones included."""
+    return list(
+        await db.scalars(select(RegisteredModel.id).where(RegisteredModel.owner_id == owner_id))
+    )
 
 
-def like_pattern(text: str) -> str:
-    """Return a LIKE pattern matching `text` anywhere, its wildcards escaped (escape `\\`)."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+async def owned_artifact_keys(db: AsyncSession, owner_id: uuid.UUID) -> list[str]:
+    """Return the storage keys of the artifacts of every version `owner_id` owns."""
+    models = select(RegisteredModel.id).where(RegisteredModel.owner_id == owner_id)
+    return list(
+        await db.scalars(select(ModelVersion.storage_key).where(ModelVersion.model_id.in_(models)))
+    )
 
 
-def text_search(columns: list[Any], text: str) -> ColumnElement[bool]:
-    """Match `text` case-insensitively inside any of `columns`."""
-    pattern = like_pattern(text)
-    return or_(*(c.ilike(pattern, escape="\\") for c in columns))
+async def count_owned(db: AsyncSession, owner_id: uuid.UUID) -> tuple[int, int]:
+    """Count the models `owner_id` owns (archived ones included) and their versions, in one
+    query over the owner index."""
+    models = select(RegisteredModel.id).where(RegisteredModel.owner_id == owner_id)
+    row = (
+        await db.execute(
+            select(
+                select(func.count()).select_from(models.subquery()).scalar_subquery(),
+                select(func.count())
+                .select_from(ModelVersion)
+                .where(ModelVersion.model_id.in_(models))
+                .scalar_subquery(),
+            )
+        )
+    ).one()
+    return int(row[0] or 0), int(row[1] or 0)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints
 
-from modelyard.schemas import JsonObject, ReadModel, StrictModel
+from modelyard.schemas import JsonObject, ModelName, ReadModel, StrictModel
 from modelyard.serving.formats import ModelFormat
 
 MAX_TAGS = 50
@@ -57,22 +57,8 @@ class ModelStatus(StrEnum):
     ARCHIVED = "archived"
 
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 RESERVED_ALIAS = re.compile(r"latest|v\d+")
-
-
-def _model_name(value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise ValueError(
-            "a model name is 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    # `{model}` in a path is a UUID or a name: a name that parses as a UUID would be ambiguous.
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return value
-    raise ValueError("a model name cannot be a UUID")
 
 
 def _alias_name(value: str) -> str:
@@ -85,7 +71,6 @@ def _alias_name(value: str) -> str:
     return value
 
 
-ModelName = Annotated[str, AfterValidator(_model_name)]
 AliasName = Annotated[str, AfterValidator(_alias_name)]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS)]

@@ -24,6 +24,7 @@ from modelyard.artifacts.signing import LinkTarget, UrlSigner
 from modelyard.artifacts.store import download_link
 from modelyard.artifacts.uploads import ReceivedFile
 from modelyard.changes.events import Action, Events
+from modelyard.db import sql
 from modelyard.db.tables import ModelAlias, ModelVersion, RegisteredModel, User
 from modelyard.db.types import utcnow
 from modelyard.drift import reference as drift_reference
@@ -181,12 +182,12 @@ async def list_models(
         query = query.where(RegisteredModel.status == ModelStatus.ACTIVE)
     if search:
         query = query.where(
-            queries.text_search([RegisteredModel.name, RegisteredModel.description], search)
+            sql.text_search([RegisteredModel.name, RegisteredModel.description], search)
         )
     if task_type:
         query = query.where(RegisteredModel.task_type == task_type)
     if tag:
-        query = query.where(queries.json_array_contains(db, RegisteredModel.tags, tag))
+        query = query.where(sql.json_array_contains(db, RegisteredModel.tags, tag))
     version_filters = []
     if stage:
         version_filters.append(ModelVersion.stage == stage)

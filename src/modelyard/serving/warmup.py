@@ -16,13 +16,11 @@ import importlib
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from modelyard.registry import service as registry_service
 from modelyard.serving.formats import Framework
 from modelyard.serving.probe import Prober
 from modelyard.serving.probehost import (
@@ -48,8 +46,14 @@ DEFAULT_FRAMEWORKS: Final = frozenset({Framework.SKLEARN})
 QUERY_TIMEOUT_SECONDS: Final = 2.0
 
 
-async def warm_up_process(prober: Prober, sessions: async_sessionmaker[AsyncSession]) -> None:
-    """Have the host's probe process started, then import what the registry's models need."""
+async def warm_up_process(
+    prober: Prober, frameworks_in_use: Callable[[], Awaitable[set[Framework]]]
+) -> None:
+    """Have the host's probe process started, then import what the models need.
+
+    `frameworks_in_use` tells which frameworks the registry's versions use (the caller asks the
+    registry: serving sits below it); when it fails or is slow, the default frameworks are used.
+    """
     try:
         # Ahead of the first upload (`modelyard serve` has usually started it already).
         await asyncio.to_thread(prober.start)
@@ -57,8 +61,8 @@ async def warm_up_process(prober: Prober, sessions: async_sessionmaker[AsyncSess
         log.warning("probe_start_failed", extra={"error": str(exc)})
     frameworks: frozenset[Framework] | set[Framework] = DEFAULT_FRAMEWORKS
     try:
-        async with asyncio.timeout(QUERY_TIMEOUT_SECONDS), sessions() as db:
-            frameworks = await registry_service.frameworks_in_use(db) or DEFAULT_FRAMEWORKS
+        async with asyncio.timeout(QUERY_TIMEOUT_SECONDS):
+            frameworks = await frameworks_in_use() or DEFAULT_FRAMEWORKS
     except (TimeoutError, OSError, SQLAlchemyError) as exc:
         log.warning("warmup_query_failed", extra={"error": type(exc).__name__})
     await asyncio.to_thread(warm_up, frameworks)

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from modelyard.auth import erasure
+from modelyard.accounts import erasure
 from modelyard.auth import service as auth_service
 from modelyard.auth.deps import auth_rate_limit
 from modelyard.auth.schemas import ApiKeyCreate, MeUpdate, UserAdminUpdate, UserCreate

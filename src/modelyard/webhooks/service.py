@@ -15,6 +15,8 @@ from sqlalchemy import Select, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.changes.events import Action, Events
+from modelyard.db import sql
+from modelyard.db.sql import rowcount
 from modelyard.db.tables import RegisteredModel, User, Webhook, WebhookDelivery
 from modelyard.db.types import utcnow
 from modelyard.errors import Conflict, Forbidden, NotFound, Unprocessable
@@ -240,7 +242,7 @@ async def redeliver(
     row = await db.scalar(select(WebhookDelivery).where(*where))
     if row is None:
         raise DeliveryNotFound(delivery_id)
-    if queued.rowcount != 1:  # type: ignore[attr-defined]
+    if rowcount(queued) != 1:
         raise Conflict("this delivery is being attempted right now; try again shortly")
     return row
 
@@ -258,7 +260,7 @@ async def queue_deliveries(db: AsyncSession, action: Action, *, now: datetime | 
     query = select(Webhook.id).where(
         Webhook.user_id == action.owner_id,
         Webhook.is_active.is_(True),
-        queries.json_array_contains(db, Webhook.events, action.name),
+        sql.json_array_contains(db, Webhook.events, action.name),
     )
     if action.model_id is None:
         query = query.where(Webhook.model_id.is_(None))

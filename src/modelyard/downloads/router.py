@@ -9,10 +9,10 @@ from fastapi import Query, Request, Response
 
 from modelyard.artifacts.deps import StoreDep
 from modelyard.artifacts.http import object_response
-from modelyard.artifacts.links import LinkGone, check_link
 from modelyard.artifacts.signing import SIGNED_PATH, BadSignature, LinkTarget, UrlSigner
 from modelyard.artifacts.store import ObjectNotFound
 from modelyard.db.deps import SessionDep
+from modelyard.downloads.links import LinkGone, check_link
 from modelyard.edge.routing import make_router
 from modelyard.state import app_state
 

@@ -10,14 +10,14 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from modelyard.accounts.erasure import erase_user
 from modelyard.artifacts import LocalStore
 from modelyard.artifacts.store import StorageUnavailable
-from modelyard.auth.erasure import erase_user
 from modelyard.cli import _gc
 from modelyard.config import Settings
 from modelyard.state import AppState
 from tests import factories
-from tests.auth.test_erasure import owned_rows, storage_keys, upload_file
+from tests.accounts.test_erasure import owned_rows, storage_keys, upload_file
 from tests.conftest import make_settings
 from tests.factories import Account
 from tests.problems import assert_unauthorized

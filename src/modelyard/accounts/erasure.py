@@ -19,23 +19,20 @@ import logging
 import uuid
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import case, delete, func, null, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from modelyard.accounts.service import count_owned
 from modelyard.artifacts.store import ArtifactStore
-from modelyard.auth.service import Caller, count_owned, lock_admins
+from modelyard.auth import service as auth_service
+from modelyard.auth.service import Caller
 from modelyard.changes.events import Action, Events
-from modelyard.db.tables import (
-    ModelVersion,
-    Prediction,
-    RegisteredModel,
-    User,
-    prediction_rollups,
-)
-from modelyard.errors import Conflict, Forbidden, ModelyardError, NotFound
+from modelyard.db.tables import User
+from modelyard.errors import Conflict, Forbidden, ModelyardError
 from modelyard.files.service import area
+from modelyard.predictions.erasure import unlink_person
 from modelyard.predictions.log import PredictionLog
+from modelyard.registry import queries as registry_queries
 
 log = logging.getLogger(__name__)
 
@@ -78,49 +75,17 @@ async def erase_user(
         NotFound: no such user.
         Conflict: the user is the last active admin (nobody could administer the platform).
     """
-    # Erasures, demotions and deactivations queue here: two admins erasing (or demoting) each
-    # other at once cannot both see the other as the admin who remains.
-    await lock_admins(db, user_id)
-    # A write first: on SQLite it takes the database's one write lock before anything below is
-    # read (so the reads see the latest commit and no other writer comes between), on
-    # PostgreSQL the user's row lock; and it tells whether the user exists.
-    bumped = await db.execute(
-        update(User)
-        .where(User.id == user_id)
-        .values(credentials_version=User.credentials_version + 1)
-        .execution_options(synchronize_session=False)
-    )
-    if bumped.rowcount != 1:  # type: ignore[attr-defined]
-        await db.rollback()
-        raise NotFound("user not found")
-    # PostgreSQL: the row's strongest lock. It waits for the transactions that are adding rows
-    # under the user (an upload, a key, a login) and holds off new ones until the user is gone
-    # (their foreign key then fails), so what is read below is all the user has.
-    await db.execute(select(User.id).where(User.id == user_id).with_for_update())
-    user = (await db.execute(select(User.is_admin, User.is_active).where(User.id == user_id))).one()
-    if user.is_admin and user.is_active:
-        others = await db.scalar(
-            select(func.count())
-            .select_from(User)
-            .where(User.is_admin, User.is_active, User.id != user_id)
-        )
-        if not others:
-            await db.rollback()
-            raise Conflict("the last active admin cannot be erased; make another admin first")
-
+    await auth_service.lock_for_erasure(db, user_id)
     counts = await count_owned(db, user_id)
-    models = select(RegisteredModel.id).where(RegisteredModel.owner_id == user_id)
-    model_ids = list(await db.scalars(models))
+    model_ids = await registry_queries.owned_model_ids(db, user_id)
     # Each version's artifact is under a key of its own (`registry.service.register_version`:
     # a fresh uuid per upload, unique in `model_versions`): no remaining row can share one.
-    artifact_keys = list(
-        await db.scalars(select(ModelVersion.storage_key).where(ModelVersion.model_id.in_(models)))
-    )
-    unlinked, rollups_unlinked = await _unlink_predictions(db, user_id)
-    # Everything else goes with the user row, by the schema's ON DELETE CASCADE (foreign keys
-    # are on for SQLite connections too): models, then their versions and aliases; experiments,
-    # then their metric history; API keys, refresh tokens, dashboard sessions, webhooks.
-    await db.execute(delete(User).where(User.id == user_id))
+    artifact_keys = await registry_queries.owned_artifact_keys(db, user_id)
+    unlinked, rollups_unlinked = await unlink_person(db, user_id)
+    # Everything else goes with the user row, by the schema's ON DELETE CASCADE: models, then
+    # their versions and aliases; experiments, then their metric history; API keys, refresh
+    # tokens, dashboard sessions, webhooks.
+    await auth_service.delete_user(db, user_id)
     await db.commit()
     log.info("user_erased", extra={"user_id": str(user_id), "models": len(model_ids)})
 
@@ -149,7 +114,7 @@ async def erase_user(
         # Requests of the user that were in flight at the commit logged after the first pass.
         try:
             await prediction_log.flush()
-            more, more_rollups = await _unlink_predictions(db, user_id)
+            more, more_rollups = await unlink_person(db, user_id)
             await db.commit()
             unlinked += more
             rollups_unlinked += more_rollups
@@ -220,36 +185,6 @@ async def erase_own_account(
     return await erase_user(
         db, caller.user.id, store=store, events=events, prediction_log=prediction_log
     )
-
-
-async def _unlink_predictions(db: AsyncSession, user_id: uuid.UUID) -> tuple[int, int]:
-    """Take the person out of the prediction log and the rollups; return the rows changed.
-
-    One UPDATE per table (on PostgreSQL it spans the log's partitions). Every SET expression
-    reads the row as it was, so a call the user made on their own model loses both links.
-    """
-    made = Prediction.user_id == user_id
-    owned = Prediction.owner_id == user_id
-    predictions = await db.execute(
-        update(Prediction)
-        .where(or_(made, owned))
-        .values(
-            user_id=case((made, null()), else_=Prediction.user_id),
-            api_key_id=case((made, null()), else_=Prediction.api_key_id),
-            inputs=case((made, null()), else_=Prediction.inputs),
-            outputs=case((made, null()), else_=Prediction.outputs),
-            # An error quotes the input it refused ("unknown alice@example.com").
-            error=case((made, null()), else_=Prediction.error),
-            owner_id=case((owned, null()), else_=Prediction.owner_id),
-        )
-        .execution_options(synchronize_session=False)
-    )
-    rollups = await db.execute(
-        update(prediction_rollups)
-        .where(prediction_rollups.c.owner_id == user_id)
-        .values(owner_id=None)
-    )
-    return predictions.rowcount, rollups.rowcount  # type: ignore[attr-defined]
 
 
 async def _delete_object(store: ArtifactStore, key: str) -> bool:

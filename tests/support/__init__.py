@@ -1,0 +1,1 @@
+"""Helpers the tests share (imported by name, never from a conftest)."""
