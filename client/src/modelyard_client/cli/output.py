@@ -25,6 +25,8 @@ def jsonable(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Enum):
         return value.value
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+        return value.tolist()  # a network's output tensor, or a NumPy scalar
     return value
 
 
@@ -41,7 +43,7 @@ def _cell(value: Any) -> str:
         return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, dict | list):
+    if isinstance(value, dict | list) or type(value).__module__ == "numpy":
         return json.dumps(jsonable(value))
     return str(value)
 
