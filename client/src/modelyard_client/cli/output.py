@@ -43,7 +43,7 @@ def _cell(value: Any) -> str:
         return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, dict | list) or type(value).__module__ == "numpy":
+    if isinstance(value, dict | list):
         return json.dumps(jsonable(value))
     return str(value)
 
