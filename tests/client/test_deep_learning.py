@@ -7,6 +7,7 @@ The torch tests are skipped only where torch is not installed, never in CI.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+from typer.testing import CliRunner
 
 from modelyard_client import AsyncClient, Client
+from modelyard_client.cli import make_app
 from modelyard_client.errors import ExportMismatch, Unprocessable
 from tests.client.conftest import Login
 from tests.serving import dl_models
@@ -106,8 +109,11 @@ def test_an_lstm_is_logged_with_its_token_ids_and_a_dynamic_sequence(
     longer = np.random.default_rng(1).integers(0, dl_models.VOCAB, (3, dl_models.SEQUENCE + 8))
     with torch.no_grad():
         expected = module(torch.from_numpy(longer)).numpy()
-    served = client.predict("lstm", longer.tolist()).predictions
-    np.testing.assert_allclose(np.array(served), expected, rtol=1e-4, atol=1e-4)
+    served = client.predict("lstm", longer.tolist())
+    assert served.predictions == []
+    np.testing.assert_allclose(served.outputs["output"], expected, rtol=1e-4, atol=1e-4)
+    by_name = client.predict("lstm", {"input_ids": torch.from_numpy(longer)})
+    np.testing.assert_allclose(by_name.outputs["output"], expected, rtol=1e-4, atol=1e-4)
     (logits,) = session.run(None, {"input_ids": longer})
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
 
@@ -160,3 +166,78 @@ def test_a_keras_model_converted_by_tf2onnx_is_recorded_as_keras(
         client.upload(iris_skops, "iris", framework="pytorch")
     assert client.get_model("iris").version_count == 1
     assert version.metadata["cost"]["flops"] > 0
+
+
+def test_a_transformer_logged_from_a_notebook_predicts_on_tensors_by_input_name(
+    client: Client, login: Login, torch: Any, tmp_path: Path
+) -> None:
+    module = dl_models.NETWORKS["transformer"].build()
+    example = {
+        k: torch.from_numpy(v) for k, v in dl_models.NETWORKS["transformer"].example().items()
+    }
+    sequence = {1: "sequence"}
+    client.log_model(
+        module,
+        "encoder",
+        input_example=example,
+        dynamic_axes={"input_ids": sequence, "attention_mask": sequence},
+    )
+    ids = np.random.default_rng(2).integers(0, dl_models.VOCAB, (3, dl_models.SEQUENCE + 4))
+    mask = np.ones_like(ids)
+    mask[2, 5:] = 0
+    with torch.no_grad():
+        expected = module(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+
+    # torch tensors, NumPy arrays and nested lists alike, by forward()'s parameter names.
+    for given in (
+        {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)},
+        {"input_ids": ids, "attention_mask": mask.tolist()},
+    ):
+        result = client.predict("encoder", given)
+        assert (result.model_name, result.version, result.predictions) == ("encoder", 1, [])
+        assert list(result.outputs) == ["output"]
+        assert isinstance(result.outputs["output"], np.ndarray)
+        assert result.outputs["output"].shape == (3, 3)
+        np.testing.assert_allclose(result.outputs["output"], expected, rtol=1e-4, atol=1e-4)
+
+    # The server's reason, by input name, for what does not fit.
+    with pytest.raises(Unprocessable, match="attention_mask"):
+        client.predict("encoder", {"input_ids": ids})
+    with pytest.raises(Unprocessable, match="attention_mask"):
+        client.predict("encoder", {"input_ids": ids, "attention_mask": mask[:, :4]})
+
+    # The command line reads the same tensors from a JSON file.
+    tensors = tmp_path / "tensors.json"
+    inputs = {"input_ids": ids.tolist(), "attention_mask": mask.tolist()}
+    tensors.write_text(json.dumps({"inputs": inputs}))
+    env = {"MODELYARD_URL": login.url, "MODELYARD_API_KEY": login.api_key}
+    app = make_app()
+    by_json = CliRunner().invoke(app, ["predict", "encoder", "-i", str(tensors), "--json"], env=env)
+    assert by_json.exit_code == 0, by_json.output
+    answer = json.loads(by_json.stdout)
+    np.testing.assert_allclose(answer["outputs"]["output"], expected, rtol=1e-4, atol=1e-4)
+    table = CliRunner().invoke(app, ["predict", "encoder", "-i", str(tensors)], env=env)
+    assert table.exit_code == 0, table.output
+    assert "encoder v1" in table.stdout
+    assert "3x3" in table.stdout
+
+
+async def test_a_module_with_fixed_dimensions_past_the_batch_is_served_as_a_table(
+    login: Login, torch: Any
+) -> None:
+    network = dl_models.NETWORKS["lstm"]
+    module = network.build()
+    ids = torch.from_numpy(network.example()["input_ids"])
+    async with AsyncClient(login.url, api_key=login.api_key) as sdk:
+        # No dynamic sequence: token ids of 16 are a table of 16 features.
+        await sdk.log_model(module, "lstm", input_example=ids)
+
+        # The tensor alone, or by its name, as for a one-input network.
+        alone = await sdk.predict("lstm", ids)
+        by_name = await sdk.predict("lstm", {"input_ids": ids[:1]})
+
+    with torch.no_grad():
+        expected = module(ids).numpy()
+    assert alone.outputs == by_name.outputs == {}
+    np.testing.assert_allclose(alone.predictions, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(by_name.predictions, expected[:1], rtol=1e-4, atol=1e-4)

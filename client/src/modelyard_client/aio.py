@@ -546,7 +546,9 @@ class AsyncClient:
         alias: str | None = None,
         stage: str | None = None,
     ) -> t.Prediction:
-        """Predict on rows, records, a NumPy array or a DataFrame (columns matched by name)."""
+        """Predict on rows, records, a NumPy array or a DataFrame (columns matched by name); a
+        network on a NumPy array, a torch tensor or nested lists, or a dict of them by input
+        name, answering its `outputs` by name."""
         return await self._run(
             calls.predict(name, inputs, version=version, alias=alias, stage=stage)
         )

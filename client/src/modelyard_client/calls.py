@@ -6,6 +6,7 @@ here once and both clients stay in step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import httpx
 
 from modelyard_client import types as t
 from modelyard_client.errors import InvalidInput
-from modelyard_client.inputs import finite, to_rows
+from modelyard_client.inputs import as_arrays, finite, to_inputs
 
 T = TypeVar("T")
 API = "/api/v1"
@@ -459,10 +460,18 @@ def predict(
     return Call(
         "POST",
         f"{API}/predict/{quote(str(name), safe='')}",
-        _one(t.Prediction),
+        _prediction,
         params=_target(version, alias, stage),
-        json={"inputs": to_rows(inputs)},
+        json={"inputs": to_inputs(inputs)},
     )
+
+
+def _prediction(response: httpx.Response) -> t.Prediction:
+    """A table's predictions as they came; a network's output tensors as NumPy arrays."""
+    result = t.parse(t.Prediction, response.json())
+    if not result.outputs:
+        return result
+    return dataclasses.replace(result, outputs=as_arrays(result.outputs))
 
 
 def list_predictions(

@@ -257,17 +257,21 @@ class Comparison:
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """The answer of `predict`: one prediction per input row."""
+    """The answer of `predict`: a table's one prediction per input row (`predictions`, and
+    for a classifier `probabilities`, `classes`, `confidence`), or a network's output tensors
+    by name (`outputs`: NumPy arrays, nested lists where NumPy is not installed; `predictions`
+    is then empty, as `outputs` is for a table)."""
 
     prediction_id: str
     model_id: str
     model_name: str
     version: int
-    predictions: list[Any]
+    predictions: list[Any] = field(default_factory=list)
     probabilities: list[list[float]] | None = None
     classes: list[Any] | None = None
     confidence: list[float] | None = None
     inference_time_ms: float = 0.0
+    outputs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

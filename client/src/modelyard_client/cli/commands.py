@@ -29,7 +29,7 @@ from typer.core import TyperGroup
 from modelyard_client import __version__, credentials
 from modelyard_client import types as t
 from modelyard_client.cli import EXIT_REFUSED
-from modelyard_client.cli.output import print_json, print_record, print_table, say
+from modelyard_client.cli.output import jsonable, print_json, print_record, print_table, say
 from modelyard_client.errors import (
     ConfigurationError,
     Forbidden,
@@ -453,7 +453,7 @@ def predict(
         typer.Option(
             "--input",
             "-i",
-            help='rows.json (rows, records or {"inputs": ...}) '
+            help='rows.json (rows, records, a network\'s tensors by input name, or {"inputs": ...}) '
             "or data.csv (a header row, columns matched by name); - reads JSON from stdin.",
         ),
     ],
@@ -462,12 +462,18 @@ def predict(
     stage: StageOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Predict on the rows of a JSON or CSV file."""
+    """Predict on the rows of a JSON or CSV file, or a network on its tensors."""
     rows = read_input_file(input_file)
     with _client(ctx) as client:
         result = client.predict(name, rows, version=version, alias=alias_name, stage=stage)
     if as_json:
         print_json(result)
+        return
+    if result.outputs:
+        # A network: one line per output tensor (--json gives every value).
+        tensors = [_tensor_row(key, value) for key, value in result.outputs.items()]
+        title = f"{result.model_name} v{result.version}"
+        print_table(tensors, ["output", "shape", "values"], title=title)
         return
     table_rows = []
     for i, value in enumerate(result.predictions):
@@ -484,6 +490,21 @@ def predict(
     if result.probabilities is not None and result.classes is not None:
         columns.append("probabilities")
     print_table(table_rows, columns, title=f"{result.model_name} v{result.version}")
+
+
+TENSOR_CELL_CHARS = 120
+
+
+def _tensor_row(name: str, value: Any) -> Any:
+    values = jsonable(value)
+    shape, inner = [], values
+    while isinstance(inner, list):
+        shape.append(len(inner))
+        inner = inner[0] if inner else None
+    text = json.dumps(values)
+    if len(text) > TENSOR_CELL_CHARS:
+        text = text[: TENSOR_CELL_CHARS - 1] + "…"
+    return type("Row", (), {"output": name, "shape": "x".join(map(str, shape)), "values": text})()
 
 
 # --- API keys --------------------------------------------------------------------------------
