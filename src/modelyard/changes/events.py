@@ -197,6 +197,9 @@ class RedisEvents(LocalEvents):
         self._seen = 0
         self._unsent = False  # an event could not be published: announce a catch-up later
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by aclose: the loops end by themselves even when a cancellation is lost (Python
+        # 3.11's wait_for can swallow one that races its own timeout; the loop then went on).
+        self._closing = False
 
     async def deliver(self, event: Event) -> None:
         await super().deliver(event)
@@ -222,6 +225,7 @@ class RedisEvents(LocalEvents):
         ]
 
     async def aclose(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -230,7 +234,7 @@ class RedisEvents(LocalEvents):
         self._tasks = []
 
     async def _listen(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
@@ -255,7 +259,7 @@ class RedisEvents(LocalEvents):
         self._seen = max(self._seen, seq)
 
     async def _watch(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 current = await asyncio.wait_for(
                     self.redis.get(self.sequence), REDIS_TIMEOUT_SECONDS
