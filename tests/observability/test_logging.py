@@ -17,6 +17,9 @@ from tests.conftest import make_settings
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
+    # As in a new process: an app an earlier test started captured warnings already, and pytest
+    # has since put its own `showwarning` back, which a second captureWarnings(True) keeps.
+    logging.captureWarnings(False)
     yield
     logging.captureWarnings(False)
     root = logging.getLogger()
