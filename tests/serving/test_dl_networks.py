@@ -196,7 +196,8 @@ def test_the_server_never_imports_torch(
         import asyncio, hashlib, json, sys
         from pathlib import Path
         import numpy as np
-                from modelyard.app import create_app
+        from asgi_lifespan import LifespanManager
+        from modelyard.app import create_app
         from modelyard.config import Settings
         from modelyard.serving.formats import Framework, ModelFormat
         from modelyard.serving.runtimes import load_runtime
@@ -211,7 +212,7 @@ def test_the_server_never_imports_torch(
                 probe_socket=Path(sys.argv[4]),
             )
             app = create_app(settings)
-            async with lifespan(app):
+            async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60):
                 warm_up(list(Framework))
                 data = Path(sys.argv[3]).read_bytes()
                 runtime = load_runtime(

@@ -247,7 +247,8 @@ def test_a_process_warms_only_the_frameworks_its_registry_uses(
     out = run_python(
         f"""
         import asyncio, sys, time
-                from modelyard.app import create_app
+        from asgi_lifespan import LifespanManager
+        from modelyard.app import create_app
         from modelyard.config import Settings
         settings = Settings(
             _env_file=None, data_dir={str(tmp_path / "data")!r}, database_url={sqlite_url!r},
@@ -255,7 +256,7 @@ def test_a_process_warms_only_the_frameworks_its_registry_uses(
         )
         async def main():
             app = create_app(settings)
-            async with lifespan(app):
+            async with LifespanManager(app, startup_timeout=120):
                 deadline = time.monotonic() + 120
                 while "skops.io" not in sys.modules and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
