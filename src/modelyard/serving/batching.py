@@ -297,15 +297,11 @@ class Batcher:
                 predictions, probabilities, seconds = await loop.run_in_executor(
                     self._executor, _timed_predict, runtime, x
                 )
-        except asyncio.CancelledError:
-            for request in batch:
-                request.future.cancel()
+        except (asyncio.CancelledError, Exception) as exc:
+            _fail(batch, exc)
+            if isinstance(exc, Exception):
+                return
             raise
-        except Exception as exc:
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(exc)
-            return
         self._observe(runtime, seconds, rows, len(batch))
         offset = 0
         for request in batch:
@@ -335,15 +331,11 @@ class Batcher:
                 self._executor,
                 functools.partial(_timed_run, runtime, stacked, rows, stacked=len(feeds) > 1),
             )
-        except asyncio.CancelledError:
-            for request in batch:
-                request.future.cancel()
+        except (asyncio.CancelledError, Exception) as exc:
+            _fail(batch, exc)
+            if isinstance(exc, Exception):
+                return
             raise
-        except Exception as exc:
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(exc)
-            return
         self._observe(runtime, seconds, rows, len(batch))
         if len(batch) == 1:
             if not batch[0].future.done():
@@ -379,3 +371,12 @@ class Batcher:
             drain.cancel()
         await asyncio.gather(*self._drains, return_exceptions=True)
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+
+
+def _fail(batch: list[_Request], error: BaseException) -> None:
+    """Hand every request of a failed call its error (cancelled with the call when it was)."""
+    for request in batch:
+        if isinstance(error, asyncio.CancelledError):
+            request.future.cancel()
+        elif not request.future.done():
+            request.future.set_exception(error)
