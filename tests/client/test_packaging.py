@@ -142,3 +142,18 @@ def test_python_dash_m_modelyard_serves_even_without_the_client_installed(
     assert done.returncode == 0, done.stderr
     assert "modelyard-client is not installed" in done.stderr
     assert "serve" in done.stdout
+
+
+def test_every_extra_the_client_suggests_exists() -> None:
+    """An error that says `pip install 'modelyard-client[x]'` names an extra that installs."""
+    import re
+
+    extras = set(pyproject(REPO / "client" / "pyproject.toml")["optional-dependencies"])
+    source = "\n".join(p.read_text() for p in (CLIENT_SRC / "modelyard_client").rglob("*.py"))
+    named = set(re.findall(r"_missing\(\"[\w-]+\", \"(\w+)\"\)", source))
+    named |= set(re.findall(r"_require\(\"[\w.-]+\", \"(\w+)\"\)", source))
+    named |= set(re.findall(r"modelyard-client\[(\w+)\]", source))
+    named.add("ml")  # _missing's default
+
+    assert named, "no suggested extra found: the patterns no longer match the client's code"
+    assert named <= extras, f"suggested extras that do not exist: {sorted(named - extras)}"

@@ -188,7 +188,10 @@ class SavedModel:
     metadata: dict[str, Any] | None = None
 
 
-def _missing(package: str, extra: str = "ml") -> ConfigurationError:
+def _missing(package: str, extra: str | None = "ml") -> ConfigurationError:
+    """The error for a missing optional package, naming the extra that brings it, if one does."""
+    if extra is None:
+        return ConfigurationError(f"{package} is not installed: pip install {package}")
     return ConfigurationError(
         f"{package} is not installed: pip install 'modelyard-client[{extra}]' (or {package})"
     )
@@ -318,18 +321,18 @@ def load_model_file(path: Path, fmt: str) -> Any:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise _missing("onnxruntime", "onnx") from exc
+            raise _missing("onnxruntime", None) from exc
         return ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"])
     if fmt.startswith("xgboost"):
         try:
             import xgboost as xgb
         except ImportError as exc:
-            raise _missing("xgboost", "xgboost") from exc
+            raise _missing("xgboost", None) from exc
         booster = xgb.Booster()
         booster.load_model(bytearray(path.read_bytes()))
         return booster
     try:
         import lightgbm as lgb
     except ImportError as exc:
-        raise _missing("lightgbm", "lightgbm") from exc
+        raise _missing("lightgbm", None) from exc
     return lgb.Booster(model_str=path.read_text())
