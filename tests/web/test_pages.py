@@ -400,6 +400,9 @@ async def test_analytics_and_log_show_predictions(
     assert analytics.status_code == 200
     assert 'id="total-requests">3<' in analytics.text
     assert '<rect class="bar s0"' in analytics.text
+    # One day is drawn by the hour: 24 hours, two series each (zero bars included).
+    assert 'id="requests-chart" data-bars="48"' in analytics.text
+    assert re.search(r"<title>\d\d:00 · succeeded: 3</title>", analytics.text)
     log = await client.get("/predictions")
     detail = re.search(r'href="(/predictions/[0-9a-f-]{36})"', log.text).group(1)  # type: ignore[union-attr]
     shown = await client.get(detail)
@@ -505,3 +508,44 @@ async def test_signing_in_again_clears_ended_sessions(
         await post_form(client, "/sign-in", "/sign-in", email=email, password=PASSWORD)
     async with app.state.modelyard.sessions() as db:
         assert await db.scalar(select(func.count()).select_from(WebSession)) == 1
+
+
+async def test_prediction_log_marks_and_filters_shadow_predictions(
+    client: httpx.AsyncClient, iris_skops: Path, app: FastAPI
+) -> None:
+    email = await sign_up(client)
+    for _ in range(2):
+        assert (await upload_form(client, iris_skops, "iris")).status_code == 303
+    login = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    api = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    policy = {
+        "routes": [{"target": "v1", "weight": 1}],
+        "shadow": {"target": "v2", "sample_rate": 1.0},
+    }
+    assert (await client.put("/api/v1/models/iris/traffic", json=policy, headers=api)).is_success
+    answer = await client.post(
+        "/api/v1/predict/iris", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]}, headers=api
+    )
+    assert answer.status_code == 200, answer.text
+    await app.state.modelyard.predictor.drain_shadows()  # the copy runs after the answer
+    await app.state.modelyard.prediction_log.flush()
+
+    def rows(html: str) -> list[str]:
+        return re.findall(r"<tr><td><a href=\"/predictions/.*?</tr>", html, re.DOTALL)
+
+    every = rows((await client.get("/predictions")).text)
+    assert len(every) == 2
+    assert sum('class="badge shadow"' in row for row in every) == 1
+    live = rows((await client.get("/predictions", params={"traffic": "live"})).text)
+    assert len(live) == 1
+    assert 'class="badge shadow"' not in live[0]
+    assert "<td>1</td>" in live[0]  # version 1 answered the caller
+    shadow_page = (await client.get("/predictions", params={"traffic": "shadow"})).text
+    shadow = rows(shadow_page)
+    assert len(shadow) == 1
+    assert 'class="badge shadow"' in shadow[0]
+    assert '<option value="shadow" selected>' in shadow_page
+    detail = re.search(r'href="(/predictions/[0-9a-f-]{36})"', shadow[0]).group(1)  # type: ignore[union-attr]
+    shown = (await client.get(detail)).text
+    assert 'id="shadow-of"' in shown
+

@@ -4,6 +4,7 @@ analytics."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -502,14 +503,22 @@ async def analytics(model_id: str, page: UserPage, db: SessionDep, days: int = 7
     stats = await history.version_stats(
         db, user, model_id=model.id, since=utcnow() - timedelta(days=days)
     )
-    labels = [d.date.strftime("%m-%d") for d in usage]
+    # One day is drawn by the hour (UTC), longer windows by the day.
+    buckets: Sequence[history.DailyUsage | history.HourlyUsage] = usage
+    if days == 1:
+        buckets = await history.hourly_usage(db, user, hours=24, model_id=model.id)
+    labels = [
+        b.hour.strftime("%H:00") if isinstance(b, history.HourlyUsage) else b.date.strftime("%m-%d")
+        for b in buckets
+    ]
     requests = charts.grouped_bars(
-        "Requests per day",
+        "Requests per hour (UTC)" if days == 1 else "Requests per day",
         labels,
         [
-            ("succeeded", [float(d.prediction_count - d.failed_count) for d in usage]),
-            ("failed", [float(d.failed_count) for d in usage]),
+            ("succeeded", [float(b.prediction_count - b.failed_count) for b in buckets]),
+            ("failed", [float(b.failed_count) for b in buckets]),
         ],
+        max_labels=6 if days == 1 else 10,
     )
     latency = charts.grouped_bars(
         "Inference time per version",
