@@ -118,3 +118,69 @@ def test_chart_series_colours_stay_apart_for_colour_blind_eyes(
         closest = min(math.dist(a, b) for a, b in itertools.combinations(seen, 2))
         assert closest >= 12, (vision, closest)  # CIE76 ΔE: clearly different
 
+
+CHECKBOX_GAPS = """
+return [...document.querySelectorAll(arguments[0])].map((label) => {
+  const box = label.querySelector("input").getBoundingClientRect();
+  const text = [...label.childNodes].find((n) => n.nodeType === Node.TEXT_NODE && n.textContent.trim());
+  const range = document.createRange();
+  range.selectNodeContents(text);
+  const words = range.getBoundingClientRect();
+  return {
+    name: text.textContent.trim(),
+    gap: words.left - box.right,
+    offset: Math.abs((words.top + words.bottom) / 2 - (box.top + box.bottom) / 2),
+  };
+});
+"""
+
+
+def test_scope_checkboxes_sit_beside_their_labels(
+    live_server: ServerProcess, new_browser: NewBrowser
+) -> None:
+    for width in (PHONE, 1280):
+        driver = new_browser(width=width, height=800)
+        sign_up(driver, live_server)
+        driver.get(f"{live_server.url}/api-keys")
+
+        boxes = driver.execute_script(CHECKBOX_GAPS, "#key-scopes label")
+
+        assert [b["name"] for b in boxes] == ["read", "predict", "write"]
+        for box in boxes:
+            assert 0 <= box["gap"] <= 8, (width, box)  # the text right after its box
+            assert box["offset"] <= 4, (width, box)  # on the same line
+        # Clicking the word ticks the box.
+        read = driver.find_element(By.CSS_SELECTOR, "#key-scopes input[value=read]")
+        ticked = read.is_selected()
+        driver.find_element(
+            By.XPATH, "//fieldset[@id='key-scopes']//label[contains(., 'read')]"
+        ).click()
+        assert read.is_selected() is not ticked
+
+
+def test_a_versions_key_fields_and_actions_stay_on_a_phone_screen(
+    live_server: ServerProcess, new_browser: NewBrowser, iris_skops: Path
+) -> None:
+    driver = with_iris(live_server, new_browser, iris_skops)
+    model_url = driver.current_url.split("/versions")[0]
+    driver.set_window_size(PHONE, 800)
+    driver.get(model_url)
+    viewport = driver.execute_script("return document.documentElement.clientWidth")
+
+    row = driver.find_element(By.ID, "version-1")
+    wanted = {
+        "version": row.find_element(By.LINK_TEXT, "v1"),
+        "stage": row.find_element(By.CSS_SELECTOR, ".badge"),
+        "created": row.find_element(By.TAG_NAME, "time"),
+        **{b.text: b for b in row.find_elements(By.CSS_SELECTOR, "td.actions .button")},
+    }
+
+    assert {"Promote", "Staging", "Deprecate", "Archive"} <= set(wanted)
+    for name, element in wanted.items():
+        box = driver.execute_script("return arguments[0].getBoundingClientRect().toJSON()", element)
+        assert element.is_displayed(), name
+        assert box["left"] >= 0, (name, box)
+        assert box["right"] <= viewport, (name, box, viewport)
+    # And the button works where it is: the confirmation page of a promotion.
+    wanted["Promote"].click()
+    assert "Promote to production?" in driver.find_element(By.TAG_NAME, "h1").text
