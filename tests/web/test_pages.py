@@ -400,6 +400,9 @@ async def test_analytics_and_log_show_predictions(
     assert analytics.status_code == 200
     assert 'id="total-requests">3<' in analytics.text
     assert '<rect class="bar s0"' in analytics.text
+    # One day is drawn by the hour: 24 hours, two series each (zero bars included).
+    assert 'id="requests-chart" data-bars="48"' in analytics.text
+    assert re.search(r"<title>\d\d:00 · succeeded: 3</title>", analytics.text)
     log = await client.get("/predictions")
     detail = re.search(r'href="(/predictions/[0-9a-f-]{36})"', log.text).group(1)  # type: ignore[union-attr]
     shown = await client.get(detail)
@@ -505,3 +508,165 @@ async def test_signing_in_again_clears_ended_sessions(
         await post_form(client, "/sign-in", "/sign-in", email=email, password=PASSWORD)
     async with app.state.modelyard.sessions() as db:
         assert await db.scalar(select(func.count()).select_from(WebSession)) == 1
+
+
+async def test_prediction_log_marks_and_filters_shadow_predictions(
+    client: httpx.AsyncClient, iris_skops: Path, app: FastAPI
+) -> None:
+    email = await sign_up(client)
+    for _ in range(2):
+        assert (await upload_form(client, iris_skops, "iris")).status_code == 303
+    login = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    api = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    policy = {
+        "routes": [{"target": "v1", "weight": 1}],
+        "shadow": {"target": "v2", "sample_rate": 1.0},
+    }
+    assert (await client.put("/api/v1/models/iris/traffic", json=policy, headers=api)).is_success
+    answer = await client.post(
+        "/api/v1/predict/iris", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]}, headers=api
+    )
+    assert answer.status_code == 200, answer.text
+    await app.state.modelyard.predictor.drain_shadows()  # the copy runs after the answer
+    await app.state.modelyard.prediction_log.flush()
+
+    def rows(html: str) -> list[str]:
+        return re.findall(r"<tr><td><a href=\"/predictions/.*?</tr>", html, re.DOTALL)
+
+    every = rows((await client.get("/predictions")).text)
+    assert len(every) == 2
+    assert sum('class="badge shadow"' in row for row in every) == 1
+    live = rows((await client.get("/predictions", params={"traffic": "live"})).text)
+    assert len(live) == 1
+    assert 'class="badge shadow"' not in live[0]
+    assert "<td>1</td>" in live[0]  # version 1 answered the caller
+    shadow_page = (await client.get("/predictions", params={"traffic": "shadow"})).text
+    shadow = rows(shadow_page)
+    assert len(shadow) == 1
+    assert 'class="badge shadow"' in shadow[0]
+    assert '<option value="shadow" selected>' in shadow_page
+    detail = re.search(r'href="(/predictions/[0-9a-f-]{36})"', shadow[0]).group(1)  # type: ignore[union-attr]
+    shown = (await client.get(detail)).text
+    assert 'id="shadow-of"' in shown
+
+
+async def test_a_models_description_and_tags_are_edited_on_its_page(
+    client: httpx.AsyncClient, iris_skops: Path
+) -> None:
+    email = await sign_up(client)
+    version_url = (await upload_form(client, iris_skops, "iris")).headers["location"]
+    model_url = version_url.split("/versions")[0]
+
+    saved = await post_form(
+        client,
+        model_url,
+        f"{model_url}/edit",
+        description="Irises, by petal",
+        tags="prod, iris, prod",
+    )
+
+    assert saved.status_code == 303
+    page = (await client.get(saved.headers["location"])).text
+    assert 'id="model-saved"' in page
+    assert '<p id="model-description">Irises, by petal</p>' in page
+    login = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    api = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    shown = (await client.get("/api/v1/models/iris", headers=api)).json()
+    assert (shown["description"], shown["tags"]) == ("Irises, by petal", ["prod", "iris"])
+    too_long = await post_form(
+        client,
+        model_url,
+        f"{model_url}/edit",
+        tags="t" * 65,  # a tag is 64 characters at most
+    )
+    assert too_long.status_code == 422
+    assert 'id="edit-error"' in too_long.text
+    cleared = await post_form(client, model_url, f"{model_url}/edit", description="", tags="")
+    assert cleared.status_code == 303
+    shown = (await client.get("/api/v1/models/iris", headers=api)).json()
+    assert (shown["description"], shown["tags"]) == (None, [])
+
+
+async def test_a_model_is_deleted_after_a_confirmation(
+    client: httpx.AsyncClient, iris_skops: Path
+) -> None:
+    await sign_up(client)
+    version_url = (await upload_form(client, iris_skops, "iris")).headers["location"]
+    model_url = version_url.split("/versions")[0]
+    assert f'href="{model_url}/delete"' in (await client.get(model_url)).text
+
+    confirm = await client.get(f"{model_url}/delete")
+    assert confirm.status_code == 200
+    assert "Delete iris?" in confirm.text
+    assert ">iris<" in (await client.get("/")).text  # asking deletes nothing
+    deleted = await post_form(client, f"{model_url}/delete", f"{model_url}/delete")
+
+    assert deleted.status_code == 303
+    assert ">iris<" not in (await client.get("/")).text
+    page = (await client.get(model_url)).text
+    assert "status archived" in page
+    assert 'id="delete-model"' not in page
+    assert "archived" in (await client.get(version_url)).text
+
+
+async def test_another_persons_model_cannot_be_edited_or_deleted(
+    client: httpx.AsyncClient, iris_skops: Path, app: FastAPI
+) -> None:
+    await sign_up(client)
+    version_url = (await upload_form(client, iris_skops, "iris")).headers["location"]
+    model_url = version_url.split("/versions")[0]
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url=str(client.base_url)
+    ) as other:
+        await sign_up(other)
+        for action in (f"{model_url}/edit", f"{model_url}/delete"):
+            refused = await post_form(other, "/", action, description="mine now")
+            assert refused.status_code == 404, action
+        assert (await other.get(f"{model_url}/delete")).status_code == 404
+    assert "mine now" not in (await client.get(model_url)).text
+    assert ">iris<" in (await client.get("/")).text
+
+
+async def test_api_key_is_limited_to_the_models_named(
+    client: httpx.AsyncClient, iris_skops: Path
+) -> None:
+    await sign_up(client)
+    for name in ("iris", "other"):
+        assert (await upload_form(client, iris_skops, name)).status_code == 303
+
+    created = await post_form(client, "/api-keys", "/api-keys", name="iris only", models=" iris ")
+
+    assert created.status_code == 201
+    key = re.search(r'id="new-key"[^>]*>([^<]+)<', created.text).group(1)  # type: ignore[union-attr]
+    headers = {"X-API-Key": key}
+    row = [[5.1, 3.5, 1.4, 0.2]]
+    allowed = await client.post("/api/v1/predict/iris", json={"inputs": row}, headers=headers)
+    assert allowed.status_code == 200, allowed.text
+    other = await client.post("/api/v1/predict/other", json={"inputs": row}, headers=headers)
+    assert other.status_code in (403, 404)
+    assert "(iris only)" in (await client.get("/api-keys")).text
+    bad = await post_form(client, "/api-keys", "/api-keys", name="bad", models="not a name!")
+    assert bad.status_code == 422
+
+
+async def test_upload_form_takes_the_input_schema(
+    client: httpx.AsyncClient, iris_skops: Path
+) -> None:
+    await sign_up(client)
+    names = "sepal_length, sepal_width, petal_length, petal_width"
+
+    uploaded = await upload_form(client, iris_skops, "iris", input_schema=names)
+
+    assert uploaded.status_code == 303, uploaded.text
+    page = (await client.get(uploaded.headers["location"])).text
+    assert '<label for="f2">petal_length</label>' in page
+    as_json = (
+        '{"features": [{"name": "a"}, {"name": "b"}, {"name": "c"}, {"name": "d", "type": "int"}]}'
+    )
+    uploaded = await upload_form(client, iris_skops, "iris", input_schema=as_json)
+    assert uploaded.status_code == 303, uploaded.text
+    page = (await client.get(uploaded.headers["location"])).text
+    assert "<td>d</td><td>int</td>" in page
+    refused = await upload_form(client, iris_skops, "iris", input_schema="a, b")
+    assert refused.status_code == 422
+    assert "input_schema lists 2 features; the model takes 4" in refused.text

@@ -140,6 +140,13 @@ class DailyUsage(ReadModel):
     avg_inference_time_ms: float | None
 
 
+class HourlyUsage(ReadModel):
+    hour: datetime = Field(description="the start of the UTC hour")
+    prediction_count: int
+    failed_count: int
+    avg_inference_time_ms: float | None
+
+
 # --- queries ----------------------------------------------------------------------------------
 
 
@@ -516,6 +523,29 @@ async def version_stats(
     return stats
 
 
+async def _usage_rows(
+    db: AsyncSession, scope: ColumnElement[bool], period: int, first: datetime
+) -> dict[datetime, Any]:
+    """Return the summed rollups of `period` seconds from `first` on, by period start."""
+    r = prediction_rollups.c
+    query = (
+        select(
+            r.start_at,
+            func.sum(r.requests).label("total"),
+            func.sum(r.failures).label("failed"),
+            func.sum(r.timed).label("timed"),
+            func.sum(r.time_sum_ms).label("time_sum"),
+        )
+        .where(scope, r.period_s == period, r.start_at >= first)
+        .group_by(r.start_at)
+    )
+    return {row.start_at: row for row in await db.execute(query)}
+
+
+def _mean_ms(row: Any) -> float | None:
+    return row.time_sum / int(row.timed) if row is not None and row.timed else None
+
+
 async def daily_usage(
     db: AsyncSession, user: User, *, days: int, model_id: uuid.UUID | None = None
 ) -> list[DailyUsage]:
@@ -529,23 +559,12 @@ async def daily_usage(
     scope = await _analytics_scope(db, user, model_id)
     today = utcnow().date()
     first = today - timedelta(days=days - 1)
-    r = prediction_rollups.c
-    query = (
-        select(
-            r.start_at,
-            func.sum(r.requests).label("total"),
-            func.sum(r.failures).label("failed"),
-            func.sum(r.timed).label("timed"),
-            func.sum(r.time_sum_ms).label("time_sum"),
-        )
-        .where(
-            scope,
-            r.period_s == rollups.DAY,
-            r.start_at >= datetime.combine(first, time(), tzinfo=UTC),
-        )
-        .group_by(r.start_at)
-    )
-    found = {row.start_at.date(): row for row in await db.execute(query)}
+    found = {
+        start.date(): row
+        for start, row in (
+            await _usage_rows(db, scope, rollups.DAY, datetime.combine(first, time(), tzinfo=UTC))
+        ).items()
+    }
     usage = []
     for offset in range(days):
         current = first + timedelta(days=offset)
@@ -555,7 +574,37 @@ async def daily_usage(
                 date=current,
                 prediction_count=int(row.total) if row else 0,
                 failed_count=int(row.failed) if row else 0,
-                avg_inference_time_ms=row.time_sum / int(row.timed) if row and row.timed else None,
+                avg_inference_time_ms=_mean_ms(row),
+            )
+        )
+    return usage
+
+
+async def hourly_usage(
+    db: AsyncSession, user: User, *, hours: int, model_id: uuid.UUID | None = None
+) -> list[HourlyUsage]:
+    """Return one row per UTC hour, oldest first, of the last `hours` hours (this one
+    included), as `daily_usage` does per day: for a one-day window that draws more than a bar.
+
+    Raises:
+        ModelNotFound: `model_id` is not a model the caller may open.
+    """
+    scope = await _analytics_scope(db, user, model_id)
+    first = rollups.floor_to(utcnow(), rollups.HOUR) - timedelta(hours=hours - 1)
+    found = {
+        start.astimezone(UTC): row
+        for start, row in (await _usage_rows(db, scope, rollups.HOUR, first)).items()
+    }
+    usage = []
+    for offset in range(hours):
+        current = first + timedelta(hours=offset)
+        row = found.get(current)
+        usage.append(
+            HourlyUsage(
+                hour=current,
+                prediction_count=int(row.total) if row else 0,
+                failed_count=int(row.failed) if row else 0,
+                avg_inference_time_ms=_mean_ms(row),
             )
         )
     return usage

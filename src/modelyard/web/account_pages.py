@@ -255,6 +255,9 @@ async def create_api_key(page: UserPage, form: FormDep, db: SessionDep) -> Respo
                 "expires_at": f"{expires}T00:00:00Z" if expires else None,
                 # The page's checkboxes (none ticked: 422); a form without them: the default.
                 "scopes": form.getlist("scopes") if "scopes_shown" in form else None,
+                # Model names, comma separated; none: every model.
+                "models": [m.strip() for m in _text(form, "models").split(",") if m.strip()]
+                or None,
             }
         )
         created = await auth_service.create_api_key(

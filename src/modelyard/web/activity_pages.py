@@ -50,6 +50,8 @@ async def live_events(page: UserPage, db: SessionDep) -> Response:
 
 
 PAGE_SIZE = 25
+# The log's traffic filter: a traffic policy's shadow copies, or what callers were answered.
+TRAFFIC = {"live": False, "shadow": True}
 MODEL_CHOICES = 200  # models offered in the log's filter
 Offset = Annotated[int, Query(ge=0, le=2**31)]
 
@@ -73,6 +75,7 @@ async def predictions(
     status: str = "",
     since: str = "",
     until: str = "",
+    traffic: str = "",
     offset: Offset = 0,
 ) -> Response:
     user = page.signed_in
@@ -81,6 +84,7 @@ async def predictions(
     except ValueError:
         chosen_model = None
     chosen_status = history.PredictionStatus(status) if status in ("success", "error") else None
+    chosen_traffic = traffic if traffic in TRAFFIC else ""
     listed = await history.list_predictions(
         db,
         user,
@@ -89,6 +93,7 @@ async def predictions(
         status=chosen_status,
         since=_day(since),
         until=_day(until),
+        shadow=TRAFFIC.get(chosen_traffic),
     )
     models = (
         await db.execute(
@@ -109,11 +114,13 @@ async def predictions(
         status=status if chosen_status else "",
         since=since if _day(since) else "",
         until=until if _day(until) else "",
+        traffic=chosen_traffic,
         query={
             "model_id": str(chosen_model or ""),
             "status": status if chosen_status else "",
             "since": since if _day(since) else "",
             "until": until if _day(until) else "",
+            "traffic": chosen_traffic,
         },
     )
 

@@ -4,6 +4,7 @@ analytics."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -34,6 +35,7 @@ from modelyard.registry.schemas import (
     AliasTarget,
     ModelFramework,
     ModelSort,
+    ModelUpdate,
     Stage,
 )
 from modelyard.schemas import PageParams
@@ -155,7 +157,14 @@ async def _model_page(
         policy: traffic.TrafficPolicyRead | None = await traffic.get_policy(db, model)
     except traffic.NoTrafficPolicy:
         policy = None
-    context: dict[str, Any] = {"error": None, "alias_error": None, "notice": None, **extra}
+    context: dict[str, Any] = {
+        "error": None,
+        "alias_error": None,
+        "edit_error": None,
+        "notice": None,
+        "saved": False,
+        **extra,
+    }
     return render(
         page,
         "model.html",
@@ -178,6 +187,7 @@ async def model_page(
     db: SessionDep,
     offset: Offset = 0,
     changed: Annotated[int | None, Query(ge=1, le=2**31)] = None,
+    saved: bool = False,
 ) -> Response:
     model = await _model(db, page, model_id)
     notice = None
@@ -188,7 +198,17 @@ async def model_page(
             version = None
         if version is not None:
             notice = f"Version {version.version} is now {version.stage}."
-    return await _model_page(page, db, model, offset, notice=notice)
+    return await _model_page(page, db, model, offset, notice=notice, saved=saved)
+
+
+def _input_schema_field(text: str) -> str:
+    """Return the upload's `input_schema` as the API takes it (JSON): given as JSON, or as
+    feature names, comma separated (each a float, as the inferred schemas say)."""
+    text = text.strip()
+    if text.startswith("{"):
+        return text
+    names = [n.strip() for n in text.split(",")]
+    return orjson.dumps({"features": [{"name": n, "type": "float"} for n in names]}).decode()
 
 
 @router.post(UPLOAD_PATH)
@@ -216,6 +236,8 @@ async def upload(request: Request, page: UserPage, db: SessionDep) -> Response:
                 if k != CSRF_FIELD and (v.strip() or k == "name")
             }
             name = fields.get("name", "")
+            if "input_schema" in fields:
+                fields["input_schema"] = _input_schema_field(fields["input_schema"])
             form = parse_upload_form(fields)
             version = await registry_service.register_version(
                 db,
@@ -240,6 +262,42 @@ async def upload(request: Request, page: UserPage, db: SessionDep) -> Response:
             model = await registry_queries.find_model(db, user, name)
         return render(page, "upload.html", status, model=model, error=detail, name=name)
     return redirect(f"/models/{version.model_id}/versions/{version.version}")
+
+
+def _tags(text: str) -> list[str]:
+    """Return the tags typed in a form: comma separated, blanks and repeats left out."""
+    return list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+
+
+@router.post("/models/{model_id}/edit")
+async def edit_model(model_id: str, page: UserPage, form: FormDep, db: SessionDep) -> Response:
+    """Change the description and tags, as `PATCH /api/v1/models/{model}` does."""
+    model = await _model(db, page, model_id)
+    description = str(form.get("description", "")).strip()
+    try:
+        data = ModelUpdate.model_validate(
+            {"description": description or None, "tags": _tags(str(form.get("tags", "")))}
+        )
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return await _model_page(page, db, model, 0, 422, edit_error=detail)
+    await registry_service.update_model(db, model, data)
+    return redirect(f"/models/{model.id}?saved=1")
+
+
+@router.get("/models/{model_id}/delete")
+async def confirm_delete(model_id: str, page: UserPage, db: SessionDep) -> Response:
+    model = await _model(db, page, model_id)
+    return render(page, "confirm_delete.html", model=model)
+
+
+@router.post("/models/{model_id}/delete")
+async def delete_model(model_id: str, page: UserPage, form: FormDep, db: SessionDep) -> Response:
+    """Delete a model as `DELETE /api/v1/models/{model}` does: it and its versions are archived
+    (kept, never served again)."""
+    model = await _model(db, page, model_id)
+    await registry_service.archive_model(db, model, events=page.state.events)
+    return redirect(f"/models/{model.id}")
 
 
 @router.post("/models/{model_id}/aliases")
@@ -502,14 +560,22 @@ async def analytics(model_id: str, page: UserPage, db: SessionDep, days: int = 7
     stats = await history.version_stats(
         db, user, model_id=model.id, since=utcnow() - timedelta(days=days)
     )
-    labels = [d.date.strftime("%m-%d") for d in usage]
+    # One day is drawn by the hour (UTC), longer windows by the day.
+    buckets: Sequence[history.DailyUsage | history.HourlyUsage] = usage
+    if days == 1:
+        buckets = await history.hourly_usage(db, user, hours=24, model_id=model.id)
+    labels = [
+        b.hour.strftime("%H:00") if isinstance(b, history.HourlyUsage) else b.date.strftime("%m-%d")
+        for b in buckets
+    ]
     requests = charts.grouped_bars(
-        "Requests per day",
+        "Requests per hour (UTC)" if days == 1 else "Requests per day",
         labels,
         [
-            ("succeeded", [float(d.prediction_count - d.failed_count) for d in usage]),
-            ("failed", [float(d.failed_count) for d in usage]),
+            ("succeeded", [float(b.prediction_count - b.failed_count) for b in buckets]),
+            ("failed", [float(b.failed_count) for b in buckets]),
         ],
+        max_labels=6 if days == 1 else 10,
     )
     latency = charts.grouped_bars(
         "Inference time per version",
