@@ -25,6 +25,7 @@ FLOORS: list[set[str]] = [
     # the mechanisms: what changed and which cache forgets it, the HTTP edge, storage, the database
     {"db", "artifacts", "changes", "edge", "ratelimit", "polling"},
     {"auth"},
+    {"teams"},
     {"observability", "files"},
     {"serving"},
     {"registry"},
@@ -50,6 +51,7 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     ("modelyard.experiments.router", "state"): _STATE,
     ("modelyard.drift.router", "state"): _STATE,
     ("modelyard.webhooks.router", "state"): _STATE,
+    ("modelyard.teams.router", "state"): _STATE,
     ("modelyard.predictions.router", "state"): _STATE,
     ("modelyard.predictions.traffic", "state"): _STATE,
     ("modelyard.predictions.v2", "state"): _STATE,

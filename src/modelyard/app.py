@@ -64,6 +64,7 @@ from modelyard.serving.runtimes.onnx import configure_onnx_cost, configure_onnx_
 from modelyard.serving.threads import configure_onnx_threads, onnx_threads_per_worker
 from modelyard.serving.warmup import warm_up_process
 from modelyard.state import AppState
+from modelyard.teams.router import router as teams_router
 from modelyard.web.dashboard import install_dashboard
 from modelyard.web.docs import install_docs
 from modelyard.web.model_pages import UPLOAD_PATH
@@ -302,6 +303,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             experiments_router,
             compare_router,
             webhooks_router,
+            teams_router,
             history.router,
             traffic.router,
             audit_router,

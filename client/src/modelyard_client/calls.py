@@ -546,6 +546,65 @@ def cancel_batch_job(job_id: str) -> Call[t.BatchJob]:
     return Call("POST", f"{_job(job_id)}/cancel", _one(t.BatchJob))
 
 
+# --- teams -----------------------------------------------------------------------------------
+
+
+def _team(slug: str) -> str:
+    return f"{API}/teams/{quote(str(slug), safe='')}"
+
+
+def create_team(slug: str, name: str, description: str | None) -> Call[t.Team]:
+    body = {"slug": slug, "name": name, "description": description}
+    return Call("POST", f"{API}/teams", _one(t.Team), json=body)
+
+
+def list_teams() -> Call[list[t.Team]]:
+    return Call("GET", f"{API}/teams", _many(t.Team))
+
+
+def get_team(slug: str) -> Call[t.Team]:
+    return Call("GET", _team(slug), _one(t.Team))
+
+
+def update_team(slug: str, fields: Mapping[str, Any]) -> Call[t.Team]:
+    return Call("PATCH", _team(slug), _one(t.Team), json=dict(fields))
+
+
+def delete_team(slug: str) -> Call[None]:
+    return Call("DELETE", _team(slug), _none)
+
+
+def list_members(slug: str) -> Call[list[t.TeamMember]]:
+    return Call("GET", f"{_team(slug)}/members", _many(t.TeamMember))
+
+
+def add_member(slug: str, email: str, role: str) -> Call[t.TeamMember]:
+    body = {"email": email, "role": role}
+    return Call("POST", f"{_team(slug)}/members", _one(t.TeamMember), json=body)
+
+
+def set_member_role(slug: str, user_id: str, role: str) -> Call[t.TeamMember]:
+    path = f"{_team(slug)}/members/{quote(str(user_id), safe='')}"
+    return Call("PATCH", path, _one(t.TeamMember), json={"role": role})
+
+
+def remove_member(slug: str, user_id: str) -> Call[None]:
+    return Call("DELETE", f"{_team(slug)}/members/{quote(str(user_id), safe='')}", _none)
+
+
+def invite(slug: str, email: str, role: str) -> Call[t.TeamInvitation]:
+    body = {"email": email, "role": role}
+    return Call("POST", f"{_team(slug)}/invitations", _one(t.TeamInvitation), json=body)
+
+
+def list_invitations(slug: str) -> Call[list[t.TeamInvitation]]:
+    return Call("GET", f"{_team(slug)}/invitations", _many(t.TeamInvitation))
+
+
+def accept_invitation(token: str) -> Call[t.Team]:
+    return Call("POST", f"{API}/teams/invitations/accept", _one(t.Team), json={"token": token})
+
+
 # --- traffic policies ------------------------------------------------------------------------
 
 

@@ -654,6 +654,60 @@ class Client:
 
     # --- traffic policies ------------------------------------------------------------------
 
+    # --- teams ---------------------------------------------------------------------------
+
+    def create_team(
+        self, slug: str, name: str | None = None, *, description: str | None = None
+    ) -> t.Team:
+        """Create a team (`slug`: its handle, lowercase letters, digits and -); you are its owner."""
+        return self._run(calls.create_team(slug, name or slug, description))
+
+    def list_teams(self) -> list[t.Team]:
+        """List your teams, with your role in each."""
+        return self._run(calls.list_teams())
+
+    def get_team(self, slug: str) -> t.Team:
+        """Return a team you are a member of (`NotFound` otherwise)."""
+        return self._run(calls.get_team(slug))
+
+    def update_team(self, slug: str, **fields: Any) -> t.Team:
+        """Change `name`, `description` (maintainer) or `require_approval`, `protected_stages`,
+        `protected_aliases` (owner)."""
+        return self._run(calls.update_team(slug, fields))
+
+    def delete_team(self, slug: str) -> None:
+        """Delete a team (owner)."""
+        self._run(calls.delete_team(slug))
+
+    def list_members(self, slug: str) -> list[t.TeamMember]:
+        """List a team's members and their roles, owners first."""
+        return self._run(calls.list_members(slug))
+
+    def add_member(self, slug: str, email: str, role: str = "viewer") -> t.TeamMember:
+        """Add an existing user to a team with a role (owner)."""
+        return self._run(calls.add_member(slug, email, role))
+
+    def set_member_role(self, slug: str, user_id: str, role: str) -> t.TeamMember:
+        """Give a member another role (owner); a team keeps one owner at least."""
+        return self._run(calls.set_member_role(slug, user_id, role))
+
+    def remove_member(self, slug: str, user_id: str) -> None:
+        """Remove a member (owner), or leave the team (your own id)."""
+        self._run(calls.remove_member(slug, user_id))
+
+    def invite(self, slug: str, email: str, role: str = "viewer") -> t.TeamInvitation:
+        """Invite an email to a team (owner); the answer's `token`, shown once, is what the
+        invitee accepts with."""
+        return self._run(calls.invite(slug, email, role))
+
+    def list_invitations(self, slug: str) -> list[t.TeamInvitation]:
+        """List a team's pending invitations (owner)."""
+        return self._run(calls.list_invitations(slug))
+
+    def accept_invitation(self, token: str) -> t.Team:
+        """Join the team an invitation of your email is for."""
+        return self._run(calls.accept_invitation(token))
+
     def set_traffic(
         self,
         name: str,

@@ -384,6 +384,43 @@ class ShadowRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class Team:
+    """A team, and the caller's role in it (`viewer`, `editor`, `maintainer` or `owner`)."""
+
+    id: str
+    slug: str
+    name: str
+    description: str | None = None
+    role: str | None = None
+    member_count: int = 0
+    require_approval: bool = False
+    protected_stages: list[str] = field(default_factory=list)
+    protected_aliases: list[str] = field(default_factory=list)
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TeamMember:
+    user_id: str
+    email: str
+    role: str
+    full_name: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TeamInvitation:
+    id: str
+    team_slug: str
+    email: str
+    role: str
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    token: str | None = None
+    """Only in the answer that made it: the invitee accepts with it."""
+
+
+@dataclass(frozen=True, slots=True)
 class TrafficPolicy:
     model_id: str
     model_name: str

@@ -33,6 +33,7 @@ from modelyard.files.service import area
 from modelyard.predictions.erasure import unlink_person
 from modelyard.predictions.log import PredictionLog
 from modelyard.registry import queries as registry_queries
+from modelyard.teams import service as teams_service
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,11 @@ async def erase_user(
 
     Raises:
         NotFound: no such user.
-        Conflict: the user is the last active admin (nobody could administer the platform).
+        Conflict: the user is the last active admin (nobody could administer the platform), or
+            the last owner of a team with other members.
     """
     await auth_service.lock_for_erasure(db, user_id)
+    await teams_service.before_user_erased(db, user_id)
     counts = await count_owned(db, user_id)
     model_ids = await registry_queries.owned_model_ids(db, user_id)
     # Each version's artifact is under a key of its own (`registry.service.register_version`:

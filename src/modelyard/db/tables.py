@@ -601,3 +601,60 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_attempt_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
+
+
+# --- teams ------------------------------------------------------------------------------------
+
+
+class Team(Timestamped, Base):
+    """A group of users sharing what it owns, each member with a role (`teams.roles.Role`).
+
+    `protected_stages` and `protected_aliases` are the stages and aliases that only a
+    maintainer may move a version to; with `require_approval`, a second maintainer approves it.
+    """
+
+    __tablename__ = "teams"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    require_approval: Mapped[bool] = mapped_column(default=False)
+    protected_stages: Mapped[list[str]] = mapped_column(JSONType)
+    protected_aliases: Mapped[list[str]] = mapped_column(JSONType)
+
+
+class TeamMember(Base):
+    __tablename__ = "team_members"
+
+    team_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True
+    )
+    # Indexed: "the teams of this user" is asked whenever a caller is resolved.
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TeamInvitation(Base):
+    """An invitation of an email address to a team: whoever signs in with that address and holds
+    the invitation's secret (shown once, stored as its SHA-256) joins with `role`."""
+
+    __tablename__ = "team_invitations"
+    __table_args__ = (UniqueConstraint("team_id", "email"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]

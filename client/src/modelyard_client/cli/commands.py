@@ -1280,3 +1280,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(traffic, name="traffic")
     app.add_typer(drift, name="drift")
     app.add_typer(compare, name="compare")
+    from modelyard_client.cli.teams import teams  # it builds on this module's helpers
+
+    app.add_typer(teams, name="teams")

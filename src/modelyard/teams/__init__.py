@@ -1,0 +1,1 @@
+"""Teams: groups of users with roles, and what each role may do."""
