@@ -5,7 +5,18 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from modelyard.web import account_pages, activity_pages, compare_pages, job_pages, model_pages
+from modelyard.web import (
+    account_pages,
+    activity_pages,
+    audit_pages,
+    compare_pages,
+    drift_pages,
+    file_pages,
+    job_pages,
+    model_pages,
+    traffic_pages,
+    webhook_pages,
+)
 from modelyard.web.http import HERE, STATIC_URL
 
 
@@ -18,5 +29,10 @@ def install_dashboard(app: FastAPI) -> None:
         activity_pages.router,
         compare_pages.router,
         job_pages.router,
+        file_pages.router,
+        traffic_pages.router,
+        drift_pages.router,
+        webhook_pages.router,
+        audit_pages.router,
     ):
         app.include_router(router)
