@@ -135,3 +135,24 @@ def test_set_a_canary_and_a_webhook_and_find_both_in_the_audit_log(
     ]
     assert actions == ["traffic.changed", "traffic.changed"]  # set, then cleared
     shoot(driver, screenshots / "audit.png")
+
+
+def test_the_new_pages_fit_a_phone_screen(
+    live_server: ServerProcess, new_browser: NewBrowser, iris_skops: Path
+) -> None:
+    driver = new_browser(width=375, height=812)
+    sign_up(driver, live_server)
+    upload(driver, live_server, iris_skops, "phone-pages")
+    wait(driver).until(ec.url_contains("/versions/1"))
+    for path in (
+        "/files",
+        "/jobs/new",
+        "/webhooks",
+        "/audit",
+        "/models/phone-pages/traffic",
+        "/models/phone-pages/drift",
+    ):
+        driver.get(f"{live_server.url}{path}")
+        width = driver.execute_script("return document.documentElement.scrollWidth")
+        viewport = driver.execute_script("return window.innerWidth")
+        assert width <= viewport, path
