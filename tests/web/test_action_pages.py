@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from modelyard.state import AppState
@@ -28,6 +29,29 @@ async def upload_page_file(
         data={"csrf_token": token, "path": path},
         files={"file": ("local name.csv", data, "text/csv")},
     )
+
+
+@pytest.mark.parametrize(
+    "path", ["/files", "/jobs/new", "/webhooks", "/audit", "/models/iris/traffic"]
+)
+async def test_the_new_pages_send_a_signed_out_browser_to_sign_in(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    response = await client.get(path)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/sign-in?next=")
+
+
+@pytest.mark.parametrize(
+    "action", ["/files/delete", "/jobs", "/webhooks", "/models/iris/traffic/delete"]
+)
+async def test_the_new_forms_need_their_csrf_token(
+    app: FastAPI, client: httpx.AsyncClient, action: str
+) -> None:
+    async with signed_in(app, await make_account(client)) as browser:
+        response = await browser.post(action, data={"csrf_token": "not the token of the session"})
+    assert response.status_code == 403
+    assert "reload" in response.text
 
 
 # --- files ------------------------------------------------------------------------------------
