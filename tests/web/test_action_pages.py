@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from modelyard.state import AppState
+from modelyard.web import file_pages
 from tests.factories import make_account, make_version
 from tests.jobs.helpers import csv_bytes, finished, iris_rows, put_file, wait_for_job
 from tests.web.test_job_pages import signed_in
@@ -112,6 +113,22 @@ async def test_a_refused_file_upload_says_why_and_stores_nothing(
 
 
 # --- a new batch job ----------------------------------------------------------------------------
+
+
+async def test_a_files_score_link_chooses_it_past_the_forms_first_choices(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = await make_account(client)
+    for path in ("a.csv", "b.csv", "c.csv"):
+        await put_file(client, owner, path, b"x\n1\n")
+    monkeypatch.setattr(file_pages, "CHOICES", 1)
+    async with signed_in(app, owner) as browser:
+        form = await browser.get("/jobs/new", params={"input_path": "c.csv"})
+
+    options = re.findall(
+        r"<option value=\"([^\"]+)\"( selected)?>", form.text.split('id="job-input"')[1]
+    )
+    assert options[:2] == [("c.csv", " selected"), ("a.csv", "")]
 
 
 async def test_a_batch_job_is_started_from_the_page(

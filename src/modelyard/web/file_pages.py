@@ -156,16 +156,21 @@ async def _new_job_page(
     files, _ = await files_service.list_files(
         page.state.store, owner_id=user.id, prefix=None, page=PageParams(limit=CHOICES, offset=0)
     )
+    # What was chosen (a file's Score link, a refused form) stays a choice past the first ones.
     return render(
         page,
         "job_new.html",
         status,
-        models=[view.model.name for view in models],
-        files=[f.path for f in files],
+        models=_with(values.get("model", ""), [view.model.name for view in models]),
+        files=_with(values.get("input_path", ""), [f.path for f in files]),
         formats=[f.value for f in JobFormat],
         values=values,
         error=error,
     )
+
+
+def _with(chosen: str, choices: list[str]) -> list[str]:
+    return [chosen, *choices] if chosen and chosen not in choices else choices
 
 
 @router.get("/jobs/new")
