@@ -15,7 +15,6 @@ from tests.servers import ServerProcess
 from tests.web.browser.test_dashboard import (
     NewBrowser,
     api_session,
-    shoot,
     sign_up,
     submit,
     text_of,
@@ -29,7 +28,6 @@ def test_upload_a_file_score_it_and_make_it_the_drift_reference(
     new_browser: NewBrowser,
     iris_skops: Path,
     tmp_path: Path,
-    screenshots: Path,
 ) -> None:
     driver = new_browser()
     email = sign_up(driver, live_server)
@@ -69,7 +67,6 @@ def test_upload_a_file_score_it_and_make_it_the_drift_reference(
     field.send_keys("data/train.csv")
     submit(driver, "#set-reference button[type=submit]")
     assert "data/train.csv (60 rows)" in text_of(driver, "#drift-summary")
-    shoot(driver, screenshots / "drift-reference.png")
     submit(driver, "#delete-reference button[type=submit]")
     # Batch jobs are not served traffic: without the file there is nothing to compare with.
     assert "has no drift reference" in text_of(driver, "#drift-error")
@@ -79,7 +76,7 @@ def test_upload_a_file_score_it_and_make_it_the_drift_reference(
 
 
 def test_set_a_canary_and_a_webhook_and_find_both_in_the_audit_log(
-    live_server: ServerProcess, new_browser: NewBrowser, iris_skops: Path, screenshots: Path
+    live_server: ServerProcess, new_browser: NewBrowser, iris_skops: Path
 ) -> None:
     driver = new_browser()
     sign_up(driver, live_server)
@@ -99,7 +96,6 @@ def test_set_a_canary_and_a_webhook_and_find_both_in_the_audit_log(
     share.send_keys("20")
     submit(driver, "#set-traffic button[type=submit]")
     assert text_of(driver, "#traffic-policy") == "v1: weight 80 → v1\nv2: weight 20 → v2"
-    shoot(driver, screenshots / "traffic.png")
 
     # A refusal keeps what was typed.
     driver.find_element(By.ID, "canary").clear()
@@ -134,7 +130,6 @@ def test_set_a_canary_and_a_webhook_and_find_both_in_the_audit_log(
         e.text for e in driver.find_elements(By.CSS_SELECTOR, "#audit tbody td:nth-child(3)")
     ]
     assert actions == ["traffic.changed", "traffic.changed"]  # set, then cleared
-    shoot(driver, screenshots / "audit.png")
 
 
 def test_the_new_pages_fit_a_phone_screen(
