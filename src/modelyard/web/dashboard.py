@@ -8,10 +8,15 @@ from fastapi.staticfiles import StaticFiles
 from modelyard.web import (
     account_pages,
     activity_pages,
+    audit_pages,
     compare_pages,
+    drift_pages,
+    file_pages,
     job_pages,
     model_pages,
     team_pages,
+    traffic_pages,
+    webhook_pages,
 )
 from modelyard.web.http import HERE, STATIC_URL
 
@@ -26,5 +31,10 @@ def install_dashboard(app: FastAPI) -> None:
         compare_pages.router,
         job_pages.router,
         team_pages.router,
+        file_pages.router,
+        traffic_pages.router,
+        drift_pages.router,
+        webhook_pages.router,
+        audit_pages.router,
     ):
         app.include_router(router)
