@@ -27,7 +27,8 @@ CHEAP_ARGON2 = {
     "MODELYARD_ARGON2_PARALLELISM": "1",
 }
 # Bounds: a wait that reaches one has failed. Every wait polls for a state, none asserts a time.
-START_TIMEOUT_SECONDS = 60
+# A start-up imports the ML stack and starts a probe process: over a minute on a loaded machine.
+START_TIMEOUT_SECONDS = 180
 STOP_TIMEOUT_SECONDS = 30
 WAIT_SECONDS = 30
 
