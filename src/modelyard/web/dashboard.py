@@ -5,7 +5,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from modelyard.web import account_pages, activity_pages, compare_pages, job_pages, model_pages
+from modelyard.web import (
+    account_pages,
+    activity_pages,
+    compare_pages,
+    job_pages,
+    model_pages,
+    sso_pages,
+)
 from modelyard.web.http import HERE, STATIC_URL
 
 
@@ -18,5 +25,6 @@ def install_dashboard(app: FastAPI) -> None:
         activity_pages.router,
         compare_pages.router,
         job_pages.router,
+        sso_pages.router,
     ):
         app.include_router(router)
