@@ -98,7 +98,7 @@ async def sign_in(
     except IntegrityError as exc:
         await db.rollback()
         raise Conflict("this sign-in is already under way; try again") from exc
-    log.info("sso_identity_added", extra={"user_id": str(user.id), "created": created})
+    log.info("sso_identity_added", extra={"user_id": str(user.id), "new_account": created})
     if created:
         await events.record(_action("user.registered", user, is_admin=False))
     else:

@@ -167,9 +167,10 @@ async def sso_callback(
     code: str | None = None,
     state: str | None = None,
     error: str | None = None,
+    iss: str | None = None,
 ) -> Response:
     try:
-        response = await _finish(page, db, code=code, given_state=state, error=error)
+        response = await _finish(page, db, code=code, given_state=state, error=error, iss=iss)
     except ModelyardError as exc:
         log.info("sso_sign_in_failed", extra={"reason": exc.type})
         response = render(page, "error.html", exc.status, title=exc.title, detail=exc.detail)
@@ -179,7 +180,13 @@ async def sso_callback(
 
 
 async def _finish(
-    page: Page, db: SessionDep, *, code: str | None, given_state: str | None, error: str | None
+    page: Page,
+    db: SessionDep,
+    *,
+    code: str | None,
+    given_state: str | None,
+    error: str | None,
+    iss: str | None,
 ) -> Response:
     app_state = page.state
     oidc = _oidc(app_state)
@@ -193,6 +200,9 @@ async def _finish(
         # link to this page.
         shown = error if PROVIDER_ERROR.match(error) else "unknown"
         raise SsoFailed(f"the identity provider did not sign you in ({shown})")
+    # RFC 9207: a provider that names itself must be ours (a mix-up of providers is refused).
+    if iss is not None and iss.rstrip("/") != oidc.issuer:
+        raise SsoFailed("the sign-in came back from another identity provider")
     if not code or len(code) > 2048:
         raise SsoFailed("the identity provider sent no sign-in code")
     id_token = await oidc.exchange_code(
