@@ -18,9 +18,9 @@ from tests.conftest import service_missing
 
 HERE = Path(__file__).parent / "oidc"
 CLIENT_ID = "modelyard"
-CLIENT_SECRET = "modelyard-test-secret"  # noqa: S105 - the test provider's client
+CLIENT_SECRET = "modelyard-test-secret"
 OTHER_CLIENT_ID = "other-app"
-OTHER_CLIENT_SECRET = "other-secret"  # noqa: S105 - the test provider's other client
+OTHER_CLIENT_SECRET = "other-secret"
 TEST_CALLBACK = "http://testserver/auth/sso/callback"
 NPM_TIMEOUT_SECONDS = 600
 STOP_TIMEOUT_SECONDS = 10
@@ -62,7 +62,8 @@ def _tools() -> tuple[str, str]:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         service_missing("Node.js and npm", "PATH", FileNotFoundError("node or npm"))
-    assert node is not None and npm is not None
+    assert node is not None
+    assert npm is not None
     if not (HERE / "node_modules" / "oidc-provider").is_dir():
         subprocess.run(  # noqa: S603 - fixed arguments
             [npm, "ci", "--no-audit", "--no-fund"],

@@ -135,7 +135,8 @@ async def test_sign_in_page_offers_sso_and_a_first_sign_in_creates_the_account(
 
     page = await client.get("/sign-in?next=/account")
     link = re.search(r'id="sso-sign-in" class="button" href="([^"]+)"', page.text)
-    assert link is not None and "Sign in with Test IdP" in page.text
+    assert link is not None
+    assert "Sign in with Test IdP" in page.text
     answer = await client.get(link.group(1).replace("&amp;", "&"), follow_redirects=True)
 
     assert answer.status_code == 200, answer.text[:500]
@@ -143,7 +144,8 @@ async def test_sign_in_page_offers_sso_and_a_first_sign_in_creates_the_account(
     assert person.email in answer.text
     identity = (await db.execute(select(SsoIdentity))).scalar_one()
     user = await db.get(User, identity.user_id)
-    assert user is not None and user.email == person.email
+    assert user is not None
+    assert user.email == person.email
     assert (identity.issuer, identity.subject) == (provider.url, person.sub)
     assert identity.groups == ["ml-team", "oncall"]
     # The account has no password: none signs in to it.
@@ -156,7 +158,7 @@ async def test_sign_in_page_offers_sso_and_a_first_sign_in_creates_the_account(
 async def test_a_second_sign_in_reaches_the_same_account(
     sso: tuple[FastAPI, httpx.AsyncClient], provider: OpenIdProvider, db: AsyncSession
 ) -> None:
-    app, client = sso
+    _app, client = sso
     person = new_person()
     provider.signs_in(person)
     first = await client.get("/auth/sso/start", follow_redirects=True)
@@ -165,7 +167,8 @@ async def test_a_second_sign_in_reaches_the_same_account(
     provider.signs_in(Person(person.sub, person.email, groups=("new-group",)))
     second = await client.get("/auth/sso/start", follow_redirects=True)
 
-    assert second.status_code == 200 and session_cookie(client)
+    assert second.status_code == 200
+    assert session_cookie(client)
     assert (await count(db, User), await count(db, SsoIdentity)) == (1, 1)
     assert (await db.execute(select(SsoIdentity))).scalar_one().groups == ["new-group"]
 
@@ -198,7 +201,8 @@ async def test_a_callback_without_the_browser_that_started_it_is_refused(
 
     answer = await client.get(callback)
 
-    assert answer.status_code == 400 and "not started in this browser" in answer.text
+    assert answer.status_code == 400
+    assert "not started in this browser" in answer.text
     assert await count(db, User) == 0
 
 
@@ -228,7 +232,8 @@ async def test_a_spent_code_is_refused(
     flow = client.cookies.get("modelyard_sso")
     assert flow is not None
     first = await client.get(callback)
-    assert first.status_code == 303 and session_cookie(client)
+    assert first.status_code == 303
+    assert session_cookie(client)
     client.cookies.clear()
 
     # Replayed with everything it had: the flow cookie, the state, the code.
@@ -313,7 +318,8 @@ async def test_linking_a_verified_email_when_allowed(
         provider.signs_in(new_person(email=local.email))
         verified = await client.get("/auth/sso/start", follow_redirects=True)
 
-    assert unverified.status_code == 403 and "not verified" in unverified.text
+    assert unverified.status_code == 403
+    assert "not verified" in unverified.text
     assert verified.status_code == 200
     identity = (await db.execute(select(SsoIdentity))).scalar_one()
     assert str(identity.user_id) == local.id
@@ -330,7 +336,8 @@ async def test_a_provider_that_is_down_gives_a_clear_page(
 
     assert answer.status_code == 502
     assert "the identity provider cannot be reached" in answer.text
-    assert "Traceback" not in answer.text and issuer not in answer.text
+    assert "Traceback" not in answer.text
+    assert issuer not in answer.text
     assert "modelyard_sso" not in answer.cookies
 
 
@@ -356,7 +363,8 @@ async def test_passwords_off_leaves_only_single_sign_on(
         assert refused.status_code == 403
         assert refused.headers["content-type"] == "application/problem+json"
         assert refused.json()["type"].endswith("/passwords-disabled")
-    assert "Sign in with Test IdP" in page.text and 'name="password"' not in page.text
+    assert "Sign in with Test IdP" in page.text
+    assert 'name="password"' not in page.text
     assert info.json() == {
         "enabled": True,
         "name": "Test IdP",
@@ -368,7 +376,7 @@ async def test_passwords_off_leaves_only_single_sign_on(
 
 def test_passwords_off_without_single_sign_on_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nobody could sign in"):
-        Settings(_env_file=None, data_dir=tmp_path, local_passwords=False)  # type: ignore[call-arg]
+        Settings(_env_file=None, data_dir=tmp_path, local_passwords=False)
 
 
 # --- the command line ---------------------------------------------------------------------------
