@@ -28,7 +28,6 @@ from modelyard.auth.oidc import OidcClient, SsoFailed, new_pkce_pair
 from modelyard.db.deps import SessionDep
 from modelyard.db.types import utcnow
 from modelyard.errors import BadRequest, ModelyardError, NotFound
-from modelyard.state import AppState
 from modelyard.web import sessions
 from modelyard.web.http import (
     Page,
@@ -54,10 +53,10 @@ CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 PROVIDER_ERROR = re.compile(r"^[a-z_]{1,64}$")
 
 
-def _oidc(state: AppState) -> OidcClient:
-    if state.oidc is None:
+def _oidc(page: Page) -> OidcClient:
+    if page.state.oidc is None:
         raise NotFound("single sign-on is not configured on this server")
-    return state.oidc
+    return page.state.oidc
 
 
 def _callback_url(request: Request) -> str:
@@ -102,7 +101,7 @@ async def sso_start(
     cli_challenge: str | None = None,
 ) -> Response:
     state = page.state
-    oidc = _oidc(state)
+    oidc = _oidc(page)
     cli: dict[str, str] | None = None
     if cli_redirect is not None or cli_state is not None or cli_challenge is not None:
         if not (cli_state and CLI_TOKEN.match(cli_state)):
@@ -145,11 +144,11 @@ async def sso_start(
     return response
 
 
-def _read_flow(request: Request, state: AppState) -> dict[str, Any]:
-    token = request.cookies.get(FLOW_COOKIE, "")
+def _read_flow(page: Page) -> dict[str, Any]:
+    token = page.request.cookies.get(FLOW_COOKIE, "")
     try:
         flow: dict[str, Any] = jwt.decode(
-            token, state.settings.secret, algorithms=["HS256"], options={"require": ["exp"]}
+            token, page.state.settings.secret, algorithms=["HS256"], options={"require": ["exp"]}
         )
     except jwt.PyJWTError as exc:
         raise SsoFailed(
@@ -189,8 +188,8 @@ async def _finish(
     iss: str | None,
 ) -> Response:
     app_state = page.state
-    oidc = _oidc(app_state)
-    flow = _read_flow(page.request, app_state)
+    oidc = _oidc(page)
+    flow = _read_flow(page)
     if given_state is None or not secrets.compare_digest(
         given_state.encode(), str(flow["state"]).encode()
     ):
