@@ -4,7 +4,10 @@ safely (wrong state or nonce, a spent code, another audience, a provider that is
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -14,15 +17,18 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import httpx
 import jwt
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from typer.testing import CliRunner
 
 from modelyard.app import create_app
 from modelyard.auth.oidc import SsoFailed, new_pkce_pair
 from modelyard.config import Settings
 from modelyard.db.tables import SsoHandoff, SsoIdentity, User
 from modelyard.state import AppState
+from modelyard_client.cli import make_app
 from modelyard_client.sso import browser_sign_in
 from modelyard_client.sync import Client
 from tests.auth.openid import (
@@ -38,7 +44,7 @@ from tests.auth.openid import (
 )
 from tests.conftest import make_settings
 from tests.factories import lifespan, make_account
-from tests.servers import ServerProcess, environment, free_port, running
+from tests.servers import free_port
 
 BASE = "http://testserver"
 
@@ -385,17 +391,27 @@ def test_passwords_off_without_single_sign_on_is_refused(tmp_path: Path) -> None
 @pytest.fixture
 def live(
     tmp_path: Path, dialect: str, database_url: str, engine: AsyncEngine, provider: OpenIdProvider
-) -> Iterator[ServerProcess]:
+) -> Iterator[str]:
+    """The app served over HTTP on the port the provider knows, for the command line's client
+    (uvicorn in a thread: the client is synchronous)."""
     port = provider.live_ports[0 if dialect == "sqlite" else 1]
-    settings = {
-        "secret_key": "sso-tests-secret-key-that-is-long-enough",
-        "database_url": database_url,
-        **{k: str(v) for k, v in sso_settings(provider.url).items()},
-    }
-    server = ServerProcess(tmp_path, (), environment(tmp_path, **settings), port=port)
-    with running(server):
-        yield server
-        server.stop()
+    settings = make_settings(tmp_path, database_url, **sso_settings(provider.url))
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    try:
+        # Polling a flag, not timing: the loop ends when the server has bound its socket.
+        tick = threading.Event()
+        while not server.started and thread.is_alive():
+            tick.wait(0.01)
+        assert server.started, "the test server did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
 
 
 def browse_in_thread(url: str) -> None:
@@ -410,17 +426,17 @@ def browse_in_thread(url: str) -> None:
 
 
 def test_cli_sign_in_hands_a_one_time_code_to_the_loopback(
-    live: ServerProcess, provider: OpenIdProvider
+    live: str, provider: OpenIdProvider
 ) -> None:
     person = new_person()
     provider.signs_in(person)
 
-    code, verifier = browser_sign_in(live.url, open_browser=browse_in_thread, timeout_seconds=60)
-    with Client(live.url) as client:
+    code, verifier = browser_sign_in(live, open_browser=browse_in_thread, timeout_seconds=60)
+    with Client(live) as client:
         client.login_sso(code, verifier)
         me = client.me()
         key = client.create_api_key("cli", scopes=["read"])
-    with httpx.Client(base_url=live.url) as http:
+    with httpx.Client(base_url=live) as http:
         replayed = http.post(
             "/api/v1/auth/sso/token", json={"code": code, "code_verifier": verifier}
         )
@@ -429,6 +445,27 @@ def test_cli_sign_in_hands_a_one_time_code_to_the_loopback(
     assert key.key.startswith("myd_")
     assert replayed.status_code == 401
     assert replayed.headers["content-type"] == "application/problem+json"
+
+
+def test_login_sso_command_stores_an_api_key_of_the_signed_in_person(
+    live: str, provider: OpenIdProvider, tmp_path: Path
+) -> None:
+    person = new_person()
+    provider.signs_in(person)
+    browser = f"{sys.executable} {Path(__file__).parent / 'browser.py'} %s"
+    config = tmp_path / "config" / "credentials.json"
+
+    result = CliRunner().invoke(
+        make_app(),
+        ["login", "--sso", "--url", live, "--json"],
+        env={"BROWSER": browser, "MODELYARD_CLIENT_CONFIG": str(config)},
+        prog_name="modelyard",
+    )
+
+    assert result.exit_code == 0, result.output
+    stored = json.loads(config.read_text())
+    with Client(live, api_key=stored["api_key"]) as client:
+        assert client.me().email == person.email
 
 
 async def test_a_handoff_code_needs_its_verifier_and_works_once(
