@@ -29,7 +29,7 @@ from modelyard.config import Settings
 from modelyard.db.tables import SsoHandoff, SsoIdentity, User
 from modelyard.state import AppState
 from modelyard_client.cli import make_app
-from modelyard_client.sso import browser_sign_in
+from modelyard_client.sso import SsoLoginFailed, browser_sign_in
 from modelyard_client.sync import Client
 from tests.auth.openid import (
     CLIENT_ID,
@@ -445,6 +445,19 @@ def test_cli_sign_in_hands_a_one_time_code_to_the_loopback(
     assert key.key.startswith("myd_")
     assert replayed.status_code == 401
     assert replayed.headers["content-type"] == "application/problem+json"
+
+
+def test_a_refused_cli_sign_in_tells_the_command_line_why(
+    live: str, provider: OpenIdProvider
+) -> None:
+    person = new_person()
+    with httpx.Client(base_url=live) as http:
+        body = {"email": person.email, "password": "a-long-password"}
+        assert http.post("/api/v1/auth/register", json=body).status_code == 201
+    provider.signs_in(person)
+
+    with pytest.raises(SsoLoginFailed, match="an account with this email already exists"):
+        browser_sign_in(live, open_browser=browse_in_thread, timeout_seconds=60)
 
 
 def test_login_sso_command_stores_an_api_key_of_the_signed_in_person(

@@ -58,10 +58,14 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(parts.query)
         state = query.get("state", [""])[0]
         code = query.get("code", [""])[0]
+        error = query.get("error_description", query.get("error", [""]))[0]
         # Another page on this machine could send the browser here: only our state counts.
-        if not hmac.compare_digest(state.encode(), self.server.expected_state.encode()) or not code:
-            self.server.failure = "the sign-in came back without this login's state or a code"
+        if not hmac.compare_digest(state.encode(), self.server.expected_state.encode()):
+            self.server.failure = "the sign-in came back without this login's state"
             message = b"Sign-in failed."
+        elif not code:
+            self.server.failure = f"the sign-in failed: {error[:300] or 'no code came back'}"
+            message = b"Sign-in failed; the terminal says why."
         else:
             self.server.code = code
             message = b"Signed in."

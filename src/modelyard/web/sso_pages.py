@@ -172,10 +172,25 @@ async def sso_callback(
         response = await _finish(page, db, code=code, given_state=state, error=error, iss=iss)
     except ModelyardError as exc:
         log.info("sso_sign_in_failed", extra={"reason": exc.type})
-        response = render(page, "error.html", exc.status, title=exc.title, detail=exc.detail)
+        response = _failed_page(page, exc)
     # One try per start: the flow's secrets go, whatever happened.
     response.delete_cookie(FLOW_COOKIE, path=FLOW_COOKIE_PATH, httponly=True, samesite="lax")
     return response
+
+
+def _failed_page(page: Page, exc: ModelyardError) -> Response:
+    """The page of a failed sign-in; a command line's sign-in tells its loopback address too,
+    so that the command stops waiting and says why."""
+    try:
+        cli = _read_flow(page).get("cli")
+    except SsoFailed:
+        cli = None
+    if isinstance(cli, dict):
+        query = urlencode(
+            {"error": exc.type, "error_description": exc.detail, "state": cli["state"]}
+        )
+        return redirect(f"{cli['redirect']}?{query}")
+    return render(page, "error.html", exc.status, title=exc.title, detail=exc.detail)
 
 
 async def _finish(
