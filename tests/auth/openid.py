@@ -18,7 +18,7 @@ from tests.conftest import service_missing
 
 HERE = Path(__file__).parent / "oidc"
 CLIENT_ID = "modelyard"
-CLIENT_SECRET = "modelyard-test-secret"
+CLIENT_SECRET = "modelyard-test-client-secret-at-least-32-bytes"
 OTHER_CLIENT_ID = "other-app"
 OTHER_CLIENT_SECRET = "other-secret"
 TEST_CALLBACK = "http://testserver/auth/sso/callback"

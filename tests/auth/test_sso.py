@@ -9,6 +9,7 @@ import json
 import re
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -289,6 +290,30 @@ async def test_an_id_token_for_another_audience_is_refused(
 
     with pytest.raises(SsoFailed, match="issued for another application"):
         await oidc.verify_id_token(id_token, nonce="nonce-of-the-other-app")
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "none"])
+async def test_an_id_token_signed_with_the_client_secret_or_unsigned_is_refused(
+    sso: tuple[FastAPI, httpx.AsyncClient], provider: OpenIdProvider, algorithm: str
+) -> None:
+    app, _ = sso
+    now = int(time.time())
+    claims = {
+        "iss": provider.url,
+        "aud": CLIENT_ID,
+        "sub": "forged",
+        "email": "victim@example.com",
+        "nonce": "n" * 32,
+        "iat": now,
+        "exp": now + 300,
+    }
+    key = CLIENT_SECRET if algorithm == "HS256" else None
+    forged = jwt.encode(claims, key, algorithm=algorithm)
+    oidc = state_of(app).oidc
+    assert oidc is not None
+
+    with pytest.raises(SsoFailed, match="not signed with an allowed algorithm"):
+        await oidc.verify_id_token(forged, nonce="n" * 32)
 
 
 async def test_an_existing_local_account_is_not_taken_over(

@@ -22,7 +22,7 @@ server.listen(0, '127.0.0.1', () => {
     token_endpoint_auth_method: 'client_secret_basic',
   });
   const provider = new Provider(issuer, {
-    clients: [client('modelyard', 'modelyard-test-secret'), client('other-app', 'other-secret')],
+    clients: [client('modelyard', 'modelyard-test-client-secret-at-least-32-bytes'), client('other-app', 'other-secret')],
     // Every client must use PKCE (S256, the library's only method by default).
     pkce: { required: () => true },
     features: { devInteractions: { enabled: false } },
