@@ -23,6 +23,7 @@ from modelyard.audit.live import LiveFeed
 from modelyard.audit.live import router as live_events_router
 from modelyard.audit.router import router as audit_router
 from modelyard.audit.service import AuditLog
+from modelyard.auth.oidc import OidcClient
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.router import api_keys_router, auth_router
 from modelyard.auth.service import Caller, FailureLimit
@@ -191,6 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if settings.role != "serving" and settings.webhook_delivery
                 else None
             ),
+            oidc=OidcClient(settings) if settings.sso_enabled else None,
         )
         app.state.modelyard = state
         # Registry actions queue webhook deliveries (in any role: the rows are sent by whichever
@@ -265,6 +267,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if state.redis is not None:
                 await state.redis.aclose()
             await state.prober.aclose()
+            if state.oidc is not None:
+                await state.oidc.aclose()
             await state.store.aclose()
             await engine.dispose()
             rate_limiter.close()

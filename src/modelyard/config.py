@@ -387,6 +387,39 @@ class Settings(BaseSettings):
     """Days a finished (delivered or failed) delivery stays in the delivery log after its last
     attempt (0: forever); the delivery workers delete older ones hourly, in small batches."""
 
+    # single sign-on with OpenID Connect (#27)
+    oidc_issuer: str | None = None
+    """Issuer URL of an OpenID provider (`https://keycloak.example.com/realms/acme`,
+    `https://accounts.google.com`): turns on "Sign in with ..." on the dashboard and
+    `modelyard login --sso`. Its `/.well-known/openid-configuration` is read on first use."""
+
+    oidc_client_id: str | None = None
+    """This server's client id at the provider (the ID token's audience must be it)."""
+
+    oidc_client_secret: SecretStr | None = None
+    """This server's client secret at the provider (a confidential client: the secret stays on
+    the server; the command line signs in through the server)."""
+
+    oidc_scopes: str = "openid email profile"
+    """Scopes asked for, space-separated; `openid` and `email` are added when missing."""
+
+    oidc_display_name: str = Field(default="single sign-on", min_length=1, max_length=60)
+    """Name of the provider on the sign-in page: "Sign in with <name>"."""
+
+    oidc_groups_claim: str | None = "groups"
+    """ID token claim holding the person's groups, stored with their identity at each sign-in
+    (mapping groups to team roles comes with teams, #27)."""
+
+    oidc_link_verified_email: bool = False
+    """Let a first SSO sign-in take over the existing local account with the same email, when
+    the provider says that email is verified. Off: such a sign-in is refused, so that whoever
+    controls an account at the provider cannot take over a local account with that email."""
+
+    local_passwords: bool = True
+    """Allow email and password registration and sign-in. `false` (needs `oidc_issuer`): only
+    single sign-on; registering or logging in with a password answers 403 `passwords-disabled`
+    (API keys and `modelyard create-admin` keep working)."""
+
     argon2_time_cost: int = Field(default=3, ge=1)
     """Argon2id passes for password hashes."""
 
@@ -410,6 +443,26 @@ class Settings(BaseSettings):
         if "predict_rate_limit_per_minute" not in self.model_fields_set and self.redis_url:
             self.predict_rate_limit_per_minute = SHARED_PREDICT_RATE_LIMIT_PER_MINUTE
         return self
+
+    @model_validator(mode="after")
+    def _check_sso(self) -> Self:
+        if self.oidc_issuer:
+            if not (self.oidc_client_id and self.oidc_client_secret):
+                raise ValueError(
+                    "MODELYARD_OIDC_ISSUER needs MODELYARD_OIDC_CLIENT_ID and "
+                    "MODELYARD_OIDC_CLIENT_SECRET"
+                )
+            if self.env is Environment.PRODUCTION and not self.oidc_issuer.startswith("https://"):
+                raise ValueError("MODELYARD_OIDC_ISSUER must be an https:// URL in production")
+        elif not self.local_passwords:
+            raise ValueError(
+                "MODELYARD_LOCAL_PASSWORDS=false needs MODELYARD_OIDC_ISSUER: nobody could sign in"
+            )
+        return self
+
+    @property
+    def sso_enabled(self) -> bool:
+        return bool(self.oidc_issuer)
 
     @model_validator(mode="after")
     def _resolve_secret_key(self) -> Self:

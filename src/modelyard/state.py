@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 
 from modelyard.artifacts.store import ArtifactStore
 from modelyard.audit.service import AuditLog
+from modelyard.auth.oidc import OidcClient
 from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.service import Caller, FailureLimit
 from modelyard.auth.tokens import TokenService
@@ -60,6 +61,9 @@ class AppState:
     redis: Redis | None = None
     # This process's webhook delivery worker (None: a serving replica, or delivery turned off).
     webhooks: DeliveryWorker | None = None
+
+    # The OpenID provider of single sign-on (None: not configured).
+    oidc: OidcClient | None = None
 
     # Where batch jobs go (None on a `serving` replica, which has no batch job routes).
     batch_jobs: JobQueue | None = None

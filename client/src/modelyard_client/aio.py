@@ -173,6 +173,13 @@ class AsyncClient:
         self._use_tokens(tokens)
         return tokens
 
+    async def login_sso(self, code: str, code_verifier: str) -> t.Tokens:
+        """Spend the one-time code of a single sign-on (see `modelyard_client.sso`) with its
+        PKCE verifier; this client then uses the session's tokens, as after `login`."""
+        tokens = await self._run(calls.login_sso(code, code_verifier))
+        self._use_tokens(tokens)
+        return tokens
+
     async def register(self, email: str, password: str, *, full_name: str | None = None) -> t.User:
         """Create an account."""
         return await self._run(calls.register(email, password, full_name))

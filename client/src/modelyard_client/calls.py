@@ -111,6 +111,11 @@ def login(email: str, password: str) -> Call[t.Tokens]:
     )
 
 
+def login_sso(code: str, code_verifier: str) -> Call[t.Tokens]:
+    body = {"code": code, "code_verifier": code_verifier}
+    return Call("POST", f"{API}/auth/sso/token", _one(t.Tokens), json=body)
+
+
 def register(email: str, password: str, full_name: str | None) -> Call[t.User]:
     body = _body(email=email, password=password, full_name=full_name)
     return Call("POST", f"{API}/auth/register", _one(t.User), json=body)

@@ -177,6 +177,13 @@ class Client:
         self._use_tokens(tokens)
         return tokens
 
+    def login_sso(self, code: str, code_verifier: str) -> t.Tokens:
+        """Spend the one-time code of a single sign-on (see `modelyard_client.sso`) with its
+        PKCE verifier; this client then uses the session's tokens, as after `login`."""
+        tokens = self._run(calls.login_sso(code, code_verifier))
+        self._use_tokens(tokens)
+        return tokens
+
     def register(self, email: str, password: str, *, full_name: str | None = None) -> t.User:
         """Create an account."""
         return self._run(calls.register(email, password, full_name))

@@ -189,3 +189,20 @@ async def auth_rate_limit(request: Request) -> None:
         limit=state.settings.auth_rate_limit_per_minute,
         window_seconds=AUTH_RATE_WINDOW_SECONDS,
     )
+
+
+class PasswordsDisabled(Forbidden):
+    type = "passwords-disabled"
+
+    def __init__(self) -> None:
+        super().__init__("passwords are turned off on this server; sign in with single sign-on")
+
+
+async def local_passwords(request: Request) -> None:
+    """Refuse a password registration or login when local passwords are turned off.
+
+    Raises:
+        PasswordsDisabled: `local_passwords` is false.
+    """
+    if not app_state(request).settings.local_passwords:
+        raise PasswordsDisabled

@@ -9,8 +9,8 @@ from fastapi import Depends, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from modelyard.auth import service
-from modelyard.auth.deps import CallerDep, CurrentUser, auth_rate_limit
+from modelyard.auth import service, sso
+from modelyard.auth.deps import CallerDep, CurrentUser, auth_rate_limit, local_passwords
 from modelyard.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -18,6 +18,8 @@ from modelyard.auth.schemas import (
     LoginRequest,
     MeUpdate,
     RefreshRequest,
+    SsoInfo,
+    SsoTokenRequest,
     TokenPair,
     UserCreate,
     UserRead,
@@ -31,6 +33,7 @@ from modelyard.state import StateDep
 
 auth_router = make_router(prefix="/api/v1/auth", tags=["auth"])
 RATE_LIMITED = [Depends(auth_rate_limit)]
+PASSWORDS = [Depends(local_passwords), *RATE_LIMITED]
 api_keys_router = make_router(prefix="/api/v1/api-keys", tags=["api keys"])
 
 _LOGIN_BODY: dict[str, Any] = {
@@ -57,7 +60,7 @@ _LOGIN_BODY: dict[str, Any] = {
     "/register",
     status_code=status.HTTP_201_CREATED,
     response_model=UserRead,
-    dependencies=RATE_LIMITED,
+    dependencies=PASSWORDS,
 )
 async def register(body: UserCreate, db: SessionDep, state: StateDep) -> User:
     """Create an account."""
@@ -65,7 +68,7 @@ async def register(body: UserCreate, db: SessionDep, state: StateDep) -> User:
 
 
 @auth_router.post(
-    "/login", response_model=TokenPair, openapi_extra=_LOGIN_BODY, dependencies=RATE_LIMITED
+    "/login", response_model=TokenPair, openapi_extra=_LOGIN_BODY, dependencies=PASSWORDS
 )
 async def login(request: Request, db: SessionDep, state: StateDep) -> TokenPair:
     """Exchange email and password for tokens: JSON, or the OAuth2 password form of /docs."""
@@ -96,6 +99,29 @@ async def _login_credentials(request: Request) -> LoginRequest:
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
         ) from exc
     raise UnsupportedMediaType("send JSON or an OAuth2 password form")
+
+
+@auth_router.get("/sso", response_model=SsoInfo)
+async def sso_info(state: StateDep) -> SsoInfo:
+    """Say whether single sign-on is on (and where a browser starts it), and whether passwords
+    are accepted."""
+    settings = state.settings
+    return SsoInfo(
+        enabled=settings.sso_enabled,
+        name=settings.oidc_display_name if settings.sso_enabled else None,
+        start_path="/auth/sso/start" if settings.sso_enabled else None,
+        local_passwords=settings.local_passwords,
+    )
+
+
+@auth_router.post("/sso/token", response_model=TokenPair, dependencies=RATE_LIMITED)
+async def sso_token(body: SsoTokenRequest, db: SessionDep, state: StateDep) -> TokenPair:
+    """Spend the one-time code a single sign-on gave the command line's loopback redirect,
+    with the PKCE verifier of the challenge it started with, for tokens."""
+    pair = await sso.redeem_handoff(
+        db, body.code, body.code_verifier, tokens=state.tokens, events=state.events
+    )
+    return TokenPair.model_validate(pair)
 
 
 @auth_router.post("/refresh", response_model=TokenPair, dependencies=RATE_LIMITED)

@@ -42,6 +42,26 @@ class RefreshRequest(StrictModel):
     refresh_token: Annotated[str, Field(max_length=4096)]
 
 
+# A PKCE code verifier (RFC 7636 4.1): 43 to 128 unreserved characters.
+CodeVerifier = Annotated[str, Field(min_length=43, max_length=128, pattern=r"^[A-Za-z0-9._~-]+$")]
+
+
+class SsoTokenRequest(StrictModel):
+    """The command line's one-time code from its loopback redirect, and its PKCE verifier."""
+
+    code: Annotated[str, Field(min_length=1, max_length=128)]
+    code_verifier: CodeVerifier
+
+
+class SsoInfo(ReadModel):
+    """How people sign in to this server."""
+
+    enabled: bool
+    name: str | None
+    start_path: str | None
+    local_passwords: bool
+
+
 class TokenPair(ReadModel):
     access_token: str
     refresh_token: str

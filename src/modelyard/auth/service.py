@@ -266,6 +266,12 @@ async def _login_failed(events: Events, user: User | None, reason: str) -> None:
     await events.record(_user_action("auth.login_failed", user, outcome="failure", reason=reason))
 
 
+def issue_session(db: AsyncSession, user: User, *, tokens: TokenService) -> IssuedPair:
+    """Start a new session (a new refresh token family) for a user who signed in some other
+    way than a password (single sign-on); the caller commits."""
+    return _issue_pair(db, user, uuid.uuid4(), tokens)
+
+
 def _issue_pair(
     db: AsyncSession, user: User, family_id: uuid.UUID, tokens: TokenService
 ) -> IssuedPair:

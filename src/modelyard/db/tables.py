@@ -120,6 +120,43 @@ class WebSession(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class SsoIdentity(Base):
+    """A person at an OpenID provider (issuer and subject, never the email alone) and the
+    account they sign in to; the groups claim of their last sign-in is kept for team roles."""
+
+    __tablename__ = "sso_identities"
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    issuer: Mapped[str] = mapped_column(String(500))
+    subject: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(320))
+    groups: Mapped[list[str] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_sign_in_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SsoHandoff(Base):
+    """A one-time code that hands an SSO sign-in to the command line: the server finished the
+    provider's flow, the CLI's loopback got this code, and the CLI spends it once, before it
+    expires, with the PKCE verifier whose challenge it gave when it began."""
+
+    __tablename__ = "sso_handoffs"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
 # --- registry ---------------------------------------------------------------------------------
 
 

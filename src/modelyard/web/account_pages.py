@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from modelyard.accounts import erasure
 from modelyard.auth import service as auth_service
-from modelyard.auth.deps import auth_rate_limit
+from modelyard.auth.deps import PasswordsDisabled, auth_rate_limit
 from modelyard.auth.schemas import ApiKeyCreate, MeUpdate, UserAdminUpdate, UserCreate
 from modelyard.auth.scopes import DEFAULT_SCOPES, Scope
 from modelyard.db.deps import SessionDep
@@ -58,7 +58,19 @@ def _validation_message(exc: ValidationError) -> str:
 async def sign_in_form(page: PageDep, next: str | None = None) -> Response:
     if page.user is not None:
         return redirect(safe_next(next))
-    return render(page, "sign_in.html", next=safe_next(next), email="", error=None)
+    return _sign_in_page(page, 200, next=safe_next(next), email="", error=None)
+
+
+def _sign_in_page(page: Page, status: int, **context: object) -> HTMLResponse:
+    settings = page.state.settings
+    return render(
+        page,
+        "sign_in.html",
+        status,
+        sso_name=settings.oidc_display_name if settings.sso_enabled else None,
+        local_passwords=settings.local_passwords,
+        **context,
+    )
 
 
 @router.post("/sign-in", dependencies=[Depends(auth_rate_limit)])
@@ -66,6 +78,8 @@ async def sign_in(page: PageDep, form: FormDep, db: SessionDep) -> Response:
     email, password = _text(form, "email")[:320], _text(form, "password")[:1024]
     target = safe_next(_text(form, "next"))
     state = page.state
+    if not state.settings.local_passwords:
+        return _sign_in_page(page, 403, next=target, email="", error=PasswordsDisabled().detail)
     try:
         user = await auth_service.check_password(
             db,
@@ -76,7 +90,7 @@ async def sign_in(page: PageDep, form: FormDep, db: SessionDep) -> Response:
             events=state.events,
         )
     except ModelyardError as exc:
-        return render(page, "sign_in.html", exc.status, next=target, email=email, error=exc.detail)
+        return _sign_in_page(page, exc.status, next=target, email=email, error=exc.detail)
     started = await sessions.start_session(db, user, lifetime=_lifetime(page))
     response = redirect(target)
     set_session_cookie(response, state, started.token, _lifetime(page))
@@ -87,6 +101,8 @@ async def sign_in(page: PageDep, form: FormDep, db: SessionDep) -> Response:
 async def sign_up_form(page: PageDep) -> Response:
     if page.user is not None:
         return redirect("/")
+    if not page.state.settings.local_passwords:
+        return redirect("/sign-in")
     return render(page, "sign_up.html", email="", full_name="", error=None)
 
 
@@ -98,6 +114,8 @@ async def sign_up(page: PageDep, form: FormDep, db: SessionDep) -> Response:
     def again(status: int, error: str) -> HTMLResponse:
         return render(page, "sign_up.html", status, email=email, full_name=full_name, error=error)
 
+    if not state.settings.local_passwords:
+        return again(403, PasswordsDisabled().detail)
     if _text(form, "password") != _text(form, "password_again"):
         return again(422, "the two passwords differ")
     try:

@@ -14,6 +14,7 @@ from modelyard.web import (
     file_pages,
     job_pages,
     model_pages,
+    sso_pages,
     team_pages,
     traffic_pages,
     webhook_pages,
@@ -36,5 +37,6 @@ def install_dashboard(app: FastAPI) -> None:
         drift_pages.router,
         webhook_pages.router,
         audit_pages.router,
+        sso_pages.router,
     ):
         app.include_router(router)

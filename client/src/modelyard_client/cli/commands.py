@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import webbrowser
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
@@ -37,6 +38,7 @@ from modelyard_client.errors import (
     ModelyardClientError,
 )
 from modelyard_client.inputs import finite, read_input_file
+from modelyard_client.sso import browser_sign_in
 from modelyard_client.sync import Client
 from modelyard_client.transfer import Progress as ProgressCallback
 
@@ -165,22 +167,36 @@ def login(
         str | None, typer.Option(help="Log in with an email and password instead.")
     ] = None,
     password: Annotated[str | None, typer.Option(help="The password (default: asked for).")] = None,
+    sso: Annotated[
+        bool, typer.Option("--sso", help="Sign in with the server's single sign-on, in a browser.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Log in and store the server URL and an API key (file mode 0600).
 
-    With an email and password, an API key named after this machine is made and stored, with
-    the scopes read, predict and write (and admin for an admin).
+    With an email and password, or with --sso (a browser signs in at the server's identity
+    provider and hands this command a one-time code on 127.0.0.1), an API key named after this
+    machine is made and stored, with the scopes read, predict and write (and admin for an admin).
     """
     root: dict[str, Any] = ctx.find_root().obj or {}
     url = credentials.normalize_url(
         url or root.get("url") or typer.prompt("Server URL", default=credentials.DEFAULT_URL)
     )
-    api_key = api_key or root.get("api_key")
-    if not api_key and not email:
+    api_key = None if sso else api_key or root.get("api_key")
+    if not api_key and not email and not sso:
         email = typer.prompt("Email")
     key_id: str | None = None
-    if api_key:
+    if sso:
+        code, verifier = browser_sign_in(url, open_browser=_open_browser)
+        with Client(url) as client:
+            client.login_sso(code, verifier)
+            user = client.me()
+            created = client.create_api_key(
+                f"modelyard cli on {platform.node() or 'host'}",
+                scopes=[*CLI_SCOPES, "admin"] if user.is_admin else CLI_SCOPES,
+            )
+        api_key, key_id = created.key, created.id
+    elif api_key:
         with Client(url, api_key=api_key) as client:
             user = client.me()
     else:
@@ -203,6 +219,11 @@ def login(
     say(f"more API keys: modelyard keys create NAME --email {user.email}")
     if as_json:
         print_json({"url": url, "email": user.email, "config": str(path)})
+
+
+def _open_browser(url: str) -> None:
+    say(f"sign in in your browser; if it does not open, open this address:\n  {url}")
+    webbrowser.open(url)
 
 
 def logout(ctx: typer.Context, as_json: JsonFlag = False) -> None:

@@ -1,7 +1,7 @@
 """Teams: teams, their members with roles, invitations
 
 Revision ID: 7c3e9a1b5d20
-Revises: 5b1d7e3a9c24
+Revises: 3f8b6d2a9c71
 Create Date: 2026-12-07 22:00:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "7c3e9a1b5d20"
-down_revision: str | None = "5b1d7e3a9c24"
+down_revision: str | None = "3f8b6d2a9c71"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
