@@ -1,8 +1,9 @@
 """Every shell and Python block of the README, the site's pages and the client's README, run as
 written against a live `modelyard serve`: what a reader copies works.
 
-The pages run in the order a reader meets them (README, then the site's nav, then the client's
-README), one server and one working folder for all, as someone following along on one machine.
+The README's walkthrough runs against a fresh server of its own, as a new user's would. Then the
+site's pages, in the order of its nav, and the client's README run against another fresh server,
+in one working folder, as someone following the site along on one machine.
 Each page's ```bash/```sh and ```python blocks run in order in one shell (a Python block as
 `python3 - <<EOF`, with the shell's exported variables): variables live for the page, files for
 the whole run. Blocks that need another host (Kubernetes, Docker) carry an HTML comment
@@ -86,11 +87,15 @@ def nav_pages(nav: list[object]) -> Iterator[str]:
                     yield from nav_pages(value)
 
 
-def pages() -> list[Path]:
-    """README, the site's pages in nav order (generated ones have no file), the client's README."""
+def site_pages() -> list[Path]:
+    """The site's pages in nav order (generated ones have no file), then the client's README."""
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
     site = [ROOT / "docs" / page for page in nav_pages(config["nav"])]
-    return [ROOT / "README.md", *(page for page in site if page.exists()), ROOT / "client/README.md"]
+    return [*(page for page in site if page.exists()), ROOT / "client" / "README.md"]
+
+
+def pages() -> list[Path]:
+    return [ROOT / "README.md", *site_pages()]
 
 
 def script(page: Path) -> str:
@@ -119,23 +124,37 @@ def test_every_page_has_its_blocks_found() -> None:
         assert len(blocks(text)) == len(runnable), page
 
 
+def reader_home(folder: Path) -> Path:
+    """A reader's working folder and HOME (their client login, their .curlrc)."""
+    home = folder / "reader"
+    home.mkdir()
+    (home / ".curlrc").write_text("fail-with-body\nshow-error\n")
+    return home
+
+
+def test_readme_walkthrough_runs(tmp_path: Path) -> None:
+    with running_server(tmp_path / "server", auth_rate_limit_per_minute="0") as server:
+        run_page(ROOT / "README.md", server, reader_home(tmp_path))
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def site_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("docs-server")
     with running_server(folder, auth_rate_limit_per_minute="0") as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reader's working folder and HOME (their client login, their .curlrc)."""
-    home = tmp_path_factory.mktemp("docs-reader")
-    (home / ".curlrc").write_text("fail-with-body\nshow-error\n")
-    return home
+def site_reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return reader_home(tmp_path_factory.mktemp("docs-reader"))
 
 
-@pytest.mark.parametrize("page", pages(), ids=lambda page: str(page.relative_to(ROOT)))
-def test_page_blocks_run(page: Path, server: ServerProcess, reader: Path) -> None:
+@pytest.mark.parametrize("page", site_pages(), ids=lambda page: str(page.relative_to(ROOT)))
+def test_site_page_runs(page: Path, site_server: ServerProcess, site_reader: Path) -> None:
+    run_page(page, site_server, site_reader)
+
+
+def run_page(page: Path, server: ServerProcess, reader: Path) -> None:
     bin_dir = str(Path(sys.executable).parent)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")},
