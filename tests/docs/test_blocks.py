@@ -161,6 +161,9 @@ def run_page(page: Path, server: ServerProcess, reader: Path) -> None:
         "HOME": str(reader),
         "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
         "MODELYARD_URL": server.url,
+        # Server commands in the blocks (`modelyard create-admin`) reach the server's database,
+        # as they do for a reader in the folder `make run` serves from.
+        "MODELYARD_DATA_DIR": server.env["MODELYARD_DATA_DIR"],
         # This checkout's code for the blocks' `modelyard` and Python, as for the server.
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "client" / "src")]),
     }
