@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ RUN_LANGUAGES = {"bash": "shell", "sh": "shell", "python": "python"}
 FENCE = re.compile(r"^```(\w*)\s*$")
 NO_RUN = re.compile(r"^<!--\s*no-run:\s*\S.*-->\s*$")
 PAGE_TIMEOUT_SECONDS = 300
+BASH = shutil.which("bash") or "/bin/bash"
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,9 @@ def script(page: Path) -> str:
             continue
         parts.append(f"echo '::block {block.number} (line {block.line})::' >&2")
         if block.language == "python":
-            parts.append(f"python3 - <<'MODELYARD_DOCS_PYTHON'\n{block.code}\nMODELYARD_DOCS_PYTHON")
+            parts.append(
+                f"python3 - <<'MODELYARD_DOCS_PYTHON'\n{block.code}\nMODELYARD_DOCS_PYTHON"
+            )
         else:
             parts.append(block.code)
     return "\n".join(parts) + "\n"
@@ -119,8 +123,8 @@ def test_every_page_has_its_blocks_found() -> None:
         text = page.read_text()
         fences = [line for line in text.splitlines() if line.startswith("```")]
         assert len(fences) % 2 == 0, f"{page}: an unclosed code fence"
-        opening = fences[::2]
-        runnable = [f for f in opening if FENCE.match(f) and FENCE.match(f).group(1) in RUN_LANGUAGES]  # type: ignore[union-attr]
+        languages = [line.removeprefix("```").strip() for line in fences[::2]]
+        runnable = [language for language in languages if language in RUN_LANGUAGES]
         assert len(blocks(text)) == len(runnable), page
 
 
@@ -168,7 +172,7 @@ def run_page(page: Path, server: ServerProcess, reader: Path) -> None:
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "client" / "src")]),
     }
     result = subprocess.run(  # noqa: S603 - our own pages
-        ["bash", "-c", script(page)],
+        [BASH, "-c", script(page)],
         cwd=reader,
         env=env,
         capture_output=True,
