@@ -60,7 +60,7 @@ def _default(value: ast.expr | None, source: str) -> str:
         return f"`{match.group(1).lower()}`"
     try:
         evaluated = eval(compile(ast.Expression(value), "config.py", "eval"), {"__builtins__": {}})  # noqa: S307 - literals and arithmetic of our own source
-    except Exception:  # noqa: BLE001 - anything else is shown as written
+    except Exception:
         return f"`{text}`"
     if evaluated is None:
         return "unset"
@@ -115,7 +115,10 @@ def openapi_document() -> dict[str, Any]:
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "client" / "src")])},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "client" / "src")]),
+        },
     )
     if result.returncode != 0:
         raise RuntimeError(
@@ -174,7 +177,10 @@ def http_reference(document: dict[str, Any]) -> str:
                 out += [operation["description"].strip(), ""]
             parameters = operation.get("parameters", [])
             if parameters:
-                out += ["| parameter | in | required | type | description |", "|---|---|---|---|---|"]
+                out += [
+                    "| parameter | in | required | type | description |",
+                    "|---|---|---|---|---|",
+                ]
                 for parameter in parameters:
                     out.append(
                         f"| `{parameter['name']}` | {parameter['in']} | "
@@ -186,18 +192,23 @@ def http_reference(document: dict[str, Any]) -> str:
             body = operation.get("requestBody")
             if body:
                 for media, content in body.get("content", {}).items():
-                    out += [f"Request body (`{media}`): {_schema_name(content.get('schema', {}))}", ""]
+                    out += [
+                        f"Request body (`{media}`): {_schema_name(content.get('schema', {}))}",
+                        "",
+                    ]
             out += ["| status | description | body |", "|---|---|---|"]
             for status, response in operation.get("responses", {}).items():
                 schemas = [
                     f"`{media}` {_schema_name(content.get('schema', {}))}"
                     for media, content in response.get("content", {}).items()
                 ]
-                out.append(f"| {status} | {_cell(response.get('description'))} | {', '.join(schemas)} |")
+                out.append(
+                    f"| {status} | {_cell(response.get('description'))} | {', '.join(schemas)} |"
+                )
             out.append("")
     out += ["## Schemas", ""]
     for name, schema in document.get("components", {}).get("schemas", {}).items():
-        out += [f'### {name} {{: #{_slug(name)} }}', ""]
+        out += [f"### {name} {{: #{_slug(name)} }}", ""]
         if schema.get("description"):
             out += [schema["description"].strip(), ""]
         properties = schema.get("properties", {})
