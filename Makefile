@@ -2,7 +2,8 @@
 # `make bench BENCH_ARGS="--quick"` benchmarks it against a bare ASGI floor and MLServer (bench/).
 # Each sets up what it needs (virtual environment, dependencies) on a fresh clone.
 # Dependencies come from the lock (requirements/dev.txt, hashes checked); `make lock` refreshes it
-# after a change to a pyproject.toml. `make image` / `make image-test` build and prove the image.
+# after a change to a pyproject.toml. `make image` / `make image-test` build and prove the image;
+# `make docs` builds the documentation site.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
@@ -14,7 +15,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: install lock run test lint format migrate bench bench-log image image-test clean
+.PHONY: install lock run test lint format migrate docs bench bench-log image image-test clean
 
 install: $(STAMP)
 
@@ -81,6 +82,12 @@ format: install
 migrate: install
 	$(BIN)/modelyard migrate
 
+# The documentation site (mkdocs.yml, docs/) into site/, strict: a broken link or anchor, or a
+# page missing from the nav, fails. docs/hooks.py generates the configuration table, the HTTP
+# reference (from the app's OpenAPI document) and the client page from the code.
+docs: install
+	$(BIN)/mkdocs build --strict
+
 bench: install
 	PYTHON=$(PYTHON) bench/setup.sh
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
@@ -91,7 +98,7 @@ bench: install
 bench-log: install
 	$(BIN)/python bench/log_bench.py $(BENCH_LOG_ARGS)
 
-# The image, built with podman on our machines (users: `docker build`, README). The first time,
+# The image, built with podman on our machines (users: `docker build`, docs/operations/deploy.md). The first time,
 # ../shared/tools/container-base.sh installs podman and builds the stand-in base image.
 IMAGE ?= localhost/modelyard:latest
 BASE_IMAGE := docker.io/library/python:3.11-slim

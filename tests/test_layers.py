@@ -2,7 +2,7 @@
 
 Every `import` and `from ... import` of a modelyard module is read with `ast` (those under
 `TYPE_CHECKING` and inside functions too: a hidden import is still a dependency). A package's floor
-comes from `FLOORS` (DESIGN.md's target layout, adapted to what exists); a module imports only
+comes from `FLOORS` (docs/architecture/design.md's target layout, adapted to what exists); a module imports only
 packages on its floor or below, except the composition root and the `EXCEPTIONS`, each with its
 reason. Run as a script (`python tests/test_layers.py [path/to/src/modelyard]`) it prints the
 counts: upward imports, package cycles and module cycles.

@@ -3,7 +3,7 @@ Redis and an S3 endpoint: what one answers, the other follows within a second (#
 
 Replica A serves the whole API; replica B is a `serving` replica. Redis sits behind a proxy the
 test cuts and restores. Propagation delays are measured from the answer of the change on A to
-the first answer on B that shows it; their maxima are printed for the README.
+the first answer on B that shows it; their maxima are printed for docs/operations/replicas.md.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from tests.serving import dl_models
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 # A Keras MLP (Dense 8 relu, Dense 3 softmax; seed 0) saved by keras 3.15 `model.export("saved")`
-# from tensorflow-cpu 2.21 and converted by tf2onnx 1.17 as README's "Supported formats" says:
+# from tensorflow-cpu 2.21 and converted by tf2onnx 1.17 as docs/guides/registry.md ("Supported formats") says:
 #   python -m tf2onnx.convert --saved-model saved --output keras_mlp.onnx --opset 17
 KERAS_MLP = Path(__file__).parents[1] / "serving" / "data" / "keras_mlp.onnx"
 # What the Keras model itself answered for ROWS[:2] (model(rows, training=False)).

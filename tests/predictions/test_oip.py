@@ -1,4 +1,4 @@
-"""The V2 codec: round trips through the real tritonclient, OIP.md's examples, every refusal."""
+"""The V2 codec: round trips through the real tritonclient, docs/architecture/oip.md's examples, every refusal."""
 
 from __future__ import annotations
 
@@ -438,7 +438,7 @@ def test_response_refuses_unknown_binary_output() -> None:
         )
 
 
-# OIP.md's JSON examples
+# docs/architecture/oip.md's JSON examples
 
 
 def test_parse_oip_example_flat_request() -> None:

@@ -97,7 +97,7 @@ def test_network_passes_the_graph_rules_and_gets_a_cost(
 def test_the_operators_of_every_network_are_recorded(
     dl_files: dict[tuple[str, str], Path],
 ) -> None:
-    # What the exporters emit (docs: README "Supported formats"); all admitted above.
+    # What the exporters emit (docs/guides/registry.md, "Supported formats"); all admitted above.
     emitted = {
         (name, exporter): sorted({node.op_type for node in onnx.load(str(path)).graph.node})
         for (name, exporter), path in dl_files.items()

@@ -36,7 +36,7 @@ class AuditEventRead(ReadModel):
     request_id: str | None
     details: dict[str, Any]
     prev_hash: str
-    hash: str = Field(description="sha256 of `prev_hash` and this row: see the README")
+    hash: str = Field(description="sha256 of `prev_hash` and this row: see docs/guides/audit.md")
 
 
 class AuditPage(ReadModel):

@@ -3,7 +3,7 @@
 While the database answers, every request is checked against it (revocations and deactivations
 work at once). When it cannot be reached, a credential or version resolution that succeeded
 within `max_age` still answers, so predictions on cached models keep flowing through a restart
-of PostgreSQL (SECURITY.md, degrade matrix) — unless something was revoked or changed since it
+of PostgreSQL (docs/architecture/security-notes.md, degrade matrix) — unless something was revoked or changed since it
 was remembered: each answer carries the shared epoch it was fetched under, and one fetched
 before a bump (on any worker of the host) is never recalled.
 """

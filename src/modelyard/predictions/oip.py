@@ -2,7 +2,7 @@
 
 Pure functions over bytes and numpy arrays, no HTTP and no database: the V2 router feeds them the
 body and the `Inference-Header-Content-Length` header and sends back what they return. Follows
-/work/shared/OIP.md, including Triton's binary tensor data extension, which stock `tritonclient`
+docs/architecture/oip.md, including Triton's binary tensor data extension, which stock `tritonclient`
 uses by default.
 """
 

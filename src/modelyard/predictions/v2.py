@@ -1,6 +1,6 @@
 """The Open Inference Protocol (KServe V2) routes, over the same predict use case as the REST route.
 
-Byte-compatible with what Triton, KServe and MLServer clients send and expect (see OIP.md):
+Byte-compatible with what Triton, KServe and MLServer clients send and expect (see docs/architecture/oip.md):
 JSON or binary tensors in and out, `{"error": ...}` on every failure. The codec is
 `predictions.oip`, the use case `predictions.service`.
 """

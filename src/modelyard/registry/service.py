@@ -630,7 +630,7 @@ async def _next_version_number(
 ) -> tuple[uuid.UUID, int]:
     """Create the model if new and take its next version number, without races.
 
-    `max(version) + 1` loses most concurrent uploads (SECURITY.md); insert-or-ignore then
+    `max(version) + 1` loses most concurrent uploads (docs/architecture/security-notes.md); insert-or-ignore then
     `UPDATE ... RETURNING` serialises them on the model row, on SQLite and PostgreSQL alike.
     """
     now = utcnow()

@@ -31,7 +31,7 @@ from modelyard.observability.metrics import Metrics
 from modelyard.serving.runtimes import Runtime
 
 # Calls expected to take less than this run on the event loop: 1 ms of stall is ~10x a thread
-# hop, and at the DESIGN.md targets (p50 <= 0.5 ms for a cached linear model) a hop alone
+# hop, and at the targets of docs/architecture/design.md (p50 <= 0.5 ms for a cached linear model) a hop alone
 # would take a fifth of the budget. Forests (~3 ms a call) stay off the loop.
 INLINE_BELOW_SECONDS: Final = 0.001
 # Weight of the newest call in a runtime's moving average of call cost: a handful of calls

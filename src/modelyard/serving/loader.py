@@ -24,7 +24,7 @@ from modelyard.serving.probehost import keep_array_backends_out
 from modelyard.serving.structure import StructureCost, check_lightgbm_text, check_structure
 
 # Every global a joblib or pickle upload may name: exact (module, qualname) pairs, no prefixes
-# (SECURITY.md items 1-2). Derived by recording the find_class calls made while loading ~45
+# (docs/architecture/security-notes.md, items 1-2). Derived by recording the find_class calls made while loading ~45
 # fitted estimators (linear, SVM, trees and ensembles, neighbours, naive Bayes, preprocessing,
 # pipelines, calibration, MLP, clustering) dumped with joblib and pickle protocol 5, then adding
 # the sibling classes of the same modules that models are made of. Only classes and the

@@ -1,6 +1,6 @@
 """What an ONNX graph may contain to be served: bounded operators and shapes fixed by the input.
 
-SECURITY.md, cost that depends on the input: the upload probe runs a model once on zeros, which
+docs/architecture/security-notes.md, cost that depends on the input: the upload probe runs a model once on zeros, which
 proves that it loads, not what it costs. A 0.5 KB graph whose `Loop` trip count was
 `Cast(ReduceMax(X))` held a worker for 27.5 s on `[[1e7, 0, 0, 0]]`; one whose
 `ConstantOfShape` size came from X grew a worker to 4.3 GiB. So a served graph keeps one

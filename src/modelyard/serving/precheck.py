@@ -8,7 +8,7 @@ from typing import Final
 
 from modelyard.serving.formats import ModelRejected
 
-# Zip bounds checked before skops reads a byte of the members (SECURITY.md item 5: a 2 MiB
+# Zip bounds checked before skops reads a byte of the members (docs/architecture/security-notes.md, item 5: a 2 MiB
 # skops zip reached 4.2 GiB): member count, total declared size and compression ratio.
 MAX_ZIP_MEMBERS: Final = 100_000
 MAX_ZIP_RATIO: Final = 200

@@ -1,6 +1,6 @@
 """The upload probe's client: each upload is loaded, checked and tried in a fresh, limited child.
 
-SECURITY.md items 3-4: a refused pickle can poison the process that read it, and crafted
+docs/architecture/security-notes.md, items 3-4: a refused pickle can poison the process that read it, and crafted
 trees or truncated files crash native code. So the server never loads an upload itself: the
 host's probe process (modelyard.serving.probehost, one per host, shared by its workers) forks
 a new child for each upload under memory, CPU and wall-clock limits, and only JSON comes back.

@@ -1,6 +1,6 @@
 """The host's upload probe: one process per host that forks a fresh, limited child per upload.
 
-SECURITY.md items 3-4: the server never loads an upload; each one is loaded in a new child under
+docs/architecture/security-notes.md, items 3-4: the server never loads an upload; each one is loaded in a new child under
 memory, CPU and wall-clock limits, and only JSON comes back. Importing the model libraries takes
 seconds and ~150 MiB, so one process per host does it once (at `modelyard serve`'s start, ahead
 of the first upload) and forks children from that warm state; every server process of the host

@@ -1,6 +1,6 @@
 """Structure checks for tree and index models: crafted indices must not reach native code.
 
-SECURITY.md item 4: crafted child or feature indices segfault or hang predict in scikit-learn
+docs/architecture/security-notes.md, item 4: crafted child or feature indices segfault or hang predict in scikit-learn
 trees, HistGradientBoosting, KNN trees, XGBoost and LightGBM, and one probe prediction does not
 walk every branch. So every load checks every node: children in range and pointing forward
 (which also rules out cycles), each node reached once, feature indices below the model's width.

@@ -138,7 +138,7 @@ def compose_env(backends: Backends) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def iris_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An iris logistic regression saved with skops (the README's first model)."""
+    """An iris logistic regression saved with skops (the README walkthrough's model)."""
     return legit.write_skops(legit.iris_lr(), tmp_path_factory.mktemp("image") / "iris.skops")
 
 

@@ -1,6 +1,6 @@
 """A user's first hour, through the containers: an admin made with `modelyard create-admin` in
 the api container, then register → upload → promote → predict (REST and V2) → batch job →
-download, over HTTP as the README shows."""
+download, over HTTP as docs/operations/deploy.md shows."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def settings(compose_env: dict[str, str], backends: Backends) -> dict[str, str]:
 def all_role(
     image: str, settings: dict[str, str], backends: Backends
 ) -> Iterator[tuple[Container, str]]:
-    # `docker run ... modelyard migrate` first, as the README says (a no-op after other modules).
+    # `docker run ... modelyard migrate` first, as docs/operations/deploy.md says (a no-op after other modules).
     migrated = one_off(
         image,
         Spec(

@@ -1,6 +1,6 @@
 """The dashboard in a real Chromium against a live server: the flows a person goes through.
 
-Each test writes a screenshot of the page it ends on to docs/screenshots/ (the README shows them).
+Each test writes a screenshot of the page it ends on to docs/screenshots/ (docs/guides/dashboard.md shows them).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Loaded model versions behind one interface: verify, load and wrap an artifact per framework.
 
-SECURITY.md, at serve time: fetch, verify sha256, load (the restricted loader the upload probe
+docs/architecture/security-notes.md, at serve time: fetch, verify sha256, load (the restricted loader the upload probe
 used), check structure; the cache (modelyard.serving.cache) keeps the result.
 """
 

@@ -1,6 +1,6 @@
 """The ONNX runtime: an ONNX Runtime session with one input tensor, run on one thread.
 
-Every run is bounded where it runs (SECURITY.md, cost that depends on the input): the graph
+Every run is bounded where it runs (docs/architecture/security-notes.md, cost that depends on the input): the graph
 rules (modelyard.serving.onnx_graph) make a call's cost a function of the input's shape, and
 what remains — big constants times many rows — meets a time budget ONNX Runtime enforces
 (`RunOptions.terminate`, set by a watchdog thread, checked between nodes and loop iterations)

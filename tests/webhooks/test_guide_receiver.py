@@ -1,4 +1,4 @@
-"""The README's receiver example, run against real deliveries: what users copy works."""
+"""The webhooks guide's receiver example, run against real deliveries: what users copy works."""
 
 from __future__ import annotations
 
@@ -18,23 +18,20 @@ from tests import factories
 from tests.webhooks.helpers import make_hook, record, state_of, version_created
 from tests.webhooks.receiver import Receiver
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "guides" / "webhooks.md"
 
 Verify = Callable[..., Any]
 
 
-def readme_verifier() -> Verify:
-    """Run the Python example of the README's Webhooks section; return its `verify_webhook`."""
-    text = README.read_text()
-    section = text[text.index("### Webhooks\n") :]
-    section = section[: section.index("\n## ")]
+def guide_verifier() -> Verify:
+    """Run the Python example of the webhooks guide; return its `verify_webhook`."""
     [example] = [
         block
-        for block in re.findall(r"```python\n(.*?)```", section, re.S)
+        for block in re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
         if "verify_webhook" in block
     ]
-    namespace: dict[str, Any] = {"__name__": "readme_example"}  # not "__main__": no server
-    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    namespace: dict[str, Any] = {"__name__": "guide_example"}  # not "__main__": no server
+    exec(compile(example, "webhooks.md", "exec"), namespace)  # noqa: S102 - our own guide
     verify: Verify = namespace["verify_webhook"]
     return verify
 
@@ -57,21 +54,21 @@ async def delivered(
     return hook["secret"], got.headers, got.body
 
 
-async def test_the_readme_receiver_accepts_a_real_delivery(
+async def test_the_guide_receiver_accepts_a_real_delivery(
     delivered: tuple[str, dict[str, str], bytes],
 ) -> None:
     secret, headers, body = delivered
 
-    event = readme_verifier()(secret, headers, body)
+    event = guide_verifier()(secret, headers, body)
 
     assert event["type"] == "model_version.created"
 
 
-async def test_the_readme_receiver_refuses_a_changed_body_another_secret_or_an_old_request(
+async def test_the_guide_receiver_refuses_a_changed_body_another_secret_or_an_old_request(
     delivered: tuple[str, dict[str, str], bytes],
 ) -> None:
     secret, headers, body = delivered
-    verify = readme_verifier()
+    verify = guide_verifier()
     other = "whsec_" + "A" * 43 + "="
     sent_at = int(headers["webhook-timestamp"])
 
