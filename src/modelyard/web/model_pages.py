@@ -22,8 +22,9 @@ from modelyard.db.types import utcnow
 from modelyard.drift import reference as drift_reference
 from modelyard.drift import service as drift_service
 from modelyard.errors import ModelyardError, Unprocessable
-from modelyard.predictions import history, traffic
-from modelyard.predictions import service as predict_service
+from modelyard.predictions import pipeline, rest, targets
+from modelyard.predictions.log import queries as log_queries
+from modelyard.predictions.traffic import policy as traffic
 from modelyard.registry import queries as registry_queries
 from modelyard.registry import service as registry_service
 from modelyard.registry.deps import VersionNumber
@@ -432,13 +433,16 @@ async def try_it(
         inputs = _rows_from_form(values, features)
         caller = Caller(page.signed_in, None)
         state = page.state
-        await state.predictor.admit(caller)
-        target = await predict_service.resolve_target(
-            db, page.signed_in, str(model.id), version=number
-        )
-        answer = await predict_service.predict_rest(
-            state.predictor, target, orjson.dumps({"inputs": inputs}), caller=caller
-        )
+        target = await targets.resolve_target(db, page.signed_in, str(model.id), version=number)
+        body = orjson.dumps({"inputs": inputs})
+
+        async def read() -> bytes:
+            return body
+
+        answer = await pipeline.predict(
+            state.predictor, target, caller=caller, routing_key=None, body=read,
+            codec=rest.predict_rest,
+        )  # fmt: skip
         result = orjson.loads(answer.body)
     except ModelyardError as exc:
         return await _version_page(
@@ -498,8 +502,8 @@ async def analytics(model_id: str, page: UserPage, db: SessionDep, days: int = 7
     model = await _model(db, page, model_id)
     days = days if days in WINDOWS else 7
     user = page.signed_in
-    usage = await history.daily_usage(db, user, days=days, model_id=model.id)
-    stats = await history.version_stats(
+    usage = await log_queries.daily_usage(db, user, days=days, model_id=model.id)
+    stats = await log_queries.version_stats(
         db, user, model_id=model.id, since=utcnow() - timedelta(days=days)
     )
     labels = [d.date.strftime("%m-%d") for d in usage]
