@@ -4,8 +4,9 @@ Under load, FastAPI's routing, middleware and dependency solving cost more than 
 prediction of a small model (bench/README.md has the profile). A predict request whose
 credential, version resolution and loaded model are all in this process's caches is answered
 here instead, by the same pipeline the routes run once they have resolved (`pipeline`: route →
-admit → answer): the same validation, prediction log, metrics, rate limit and errors. A model's traffic policy comes cached with its resolution: the split,
-the routing key and the shadow copy are honoured here exactly as in the routes.
+admit → answer): the same validation, prediction log, metrics, rate limit and errors. A model's
+traffic policy comes cached with its resolution: the split, the routing key and the shadow copy
+are honoured here exactly as in the routes.
 
 Everything else goes to FastAPI untouched: a query string, a cache miss (the first request of a
 credential or a model, one after a revocation or a promotion), a request without credentials,
