@@ -37,7 +37,7 @@ from modelyard.auth.passwords import PasswordHasher  # noqa: E402
 from modelyard.config import Settings  # noqa: E402
 from modelyard.db import migrate  # noqa: E402
 from modelyard.db.engine import make_engine, make_sessionmaker  # noqa: E402
-from modelyard.predictions import rollups  # noqa: E402
+from modelyard.predictions.log import rollups  # noqa: E402
 from modelyard.db.tables import (  # noqa: E402
     Experiment,
     ExperimentMetric,

@@ -37,8 +37,9 @@ from modelyard.db import migrate
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.db.tables import ModelVersion, Prediction, RegisteredModel, prediction_rollups
 from modelyard.observability.metrics import Metrics
-from modelyard.predictions import rollups
-from modelyard.predictions.log import PredictionLog, PredictionRecord
+from modelyard.predictions.log import rollups
+from modelyard.predictions.log.record import PredictionRecord
+from modelyard.predictions.log.writer import PredictionLog
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DAYS = 30

@@ -23,7 +23,7 @@ from modelyard.auth.service import Caller
 from modelyard.db import migrate
 from modelyard.db.engine import make_engine
 from modelyard.db.tables import ApiKey, Base, Prediction, User, prediction_rollups
-from modelyard.predictions import rollups
+from modelyard.predictions.log import rollups
 from tests.conftest import POSTGRES_ADMIN_URL, service_missing
 
 T = TypeVar("T")

@@ -49,11 +49,14 @@ from modelyard.observability.logging import configure_logging
 from modelyard.observability.metrics import Metrics
 from modelyard.observability.middleware import EdgeMiddleware
 from modelyard.observability.scrape import router as metrics_router
-from modelyard.predictions import fastpath, history, maintenance, oip, traffic, v2
+from modelyard.predictions import fastpath, oip, rest, v2
 from modelyard.predictions.inputs import InputLimits
-from modelyard.predictions.log import PredictionLog
-from modelyard.predictions.router import router as predict_router
-from modelyard.predictions.service import Predictor, Target
+from modelyard.predictions.log import maintenance
+from modelyard.predictions.log import router as log_router
+from modelyard.predictions.log.writer import PredictionLog
+from modelyard.predictions.predictor import Predictor
+from modelyard.predictions.targets import Target
+from modelyard.predictions.traffic import router as traffic_router
 from modelyard.ratelimit import RateLimiter, SharedWindows
 from modelyard.registry import service as registry_service
 from modelyard.registry.router import router as registry_router
@@ -290,7 +293,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     document_errors(app)
     # Starlette tries routes in order: the prediction routes first, they take the traffic.
-    routers = [predict_router, v2.router, health.router]
+    routers = [rest.router, v2.router, health.router]
     if settings.role != "serving":
         # A serving replica answers predictions only: everything else is 404 there, never a
         # half-working 500 (no uploads, so no upload probe; no docs of routes it lacks).
@@ -308,8 +311,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             compare_router,
             webhooks_router,
             teams_router,
-            history.router,
-            traffic.router,
+            log_router.router,
+            traffic_router.router,
             audit_router,
             live_events_router,
             batch_jobs_router,
@@ -325,7 +328,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fastpath.PredictFastPath,
         routes={
             r.path: r
-            for r in (*predict_router.routes, *v2.router.routes)
+            for r in (*rest.router.routes, *v2.router.routes)
             if isinstance(r, APIRoute) and r.path in fastpath.ROUTES
         },
     )

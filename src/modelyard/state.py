@@ -24,8 +24,9 @@ from modelyard.changes.outage import OutageCache
 from modelyard.config import Settings
 from modelyard.jobs.service import JobQueue
 from modelyard.observability.metrics import Metrics
-from modelyard.predictions.log import PredictionLog
-from modelyard.predictions.service import Predictor, Target
+from modelyard.predictions.log.writer import PredictionLog
+from modelyard.predictions.predictor import Predictor
+from modelyard.predictions.targets import Target
 from modelyard.ratelimit import RateLimiter
 from modelyard.serving.probe import Prober
 from modelyard.webhooks.delivery import DeliveryWorker

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.db.tables import ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow
-from modelyard.predictions.log import PredictionRecord
+from modelyard.predictions.log.record import PredictionRecord
 
 
 def make_record(**overrides: Any) -> PredictionRecord:

@@ -17,7 +17,8 @@ from pathlib import Path
 from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.db.types import utcnow
 from modelyard.observability.metrics import Metrics
-from modelyard.predictions.log import PredictionLog, PredictionRecord
+from modelyard.predictions.log.record import PredictionRecord, PredictionStatus
+from modelyard.predictions.log.writer import PredictionLog
 
 FLUSH_MS = 600_000
 
@@ -48,7 +49,7 @@ async def main(url: str, spool_dir: Path, n: int) -> None:
                 user_id=uuid.uuid4(),
                 api_key_id=None,
                 protocol="rest",
-                status="success",
+                status=PredictionStatus.SUCCESS,
                 error=None,
                 inputs=[[float(i)]],
                 outputs=[i],

@@ -15,9 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.db.tables import ROLLUP_BUCKETS
 from modelyard.db.types import utcnow
-from modelyard.predictions import history, rollups
-from modelyard.predictions.history import LIST_ERROR_CUT, LIST_ERROR_MAX_CHARS
-from modelyard.predictions.log import PredictionRecord
+from modelyard.predictions.log import queries as history
+from modelyard.predictions.log import rollups
+from modelyard.predictions.log.record import PredictionRecord
+from modelyard.predictions.log.schemas import LIST_ERROR_CUT, LIST_ERROR_MAX_CHARS
 from modelyard.state import AppState
 from tests import factories
 from tests.predictions.conftest import make_model, record_on

@@ -23,8 +23,9 @@ from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.db.tables import Prediction, prediction_rollups
 from modelyard.db.types import utcnow
 from modelyard.observability.metrics import Metrics
-from modelyard.predictions import rollups
-from modelyard.predictions.log import PredictionLog, PredictionRecord
+from modelyard.predictions.log import rollups
+from modelyard.predictions.log.record import PredictionRecord
+from modelyard.predictions.log.writer import PredictionLog
 from tests.predictions import sigterm_writer
 from tests.predictions.conftest import make_record, truncation
 from tests.support.polling import wait_until

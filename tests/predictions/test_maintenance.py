@@ -15,7 +15,7 @@ from modelyard.db import migrate
 from modelyard.db.engine import make_engine
 from modelyard.db.tables import Prediction, prediction_rollups
 from modelyard.db.types import utcnow
-from modelyard.predictions import maintenance
+from modelyard.predictions.log import maintenance
 from tests.conftest import make_settings
 from tests.predictions.conftest import make_record
 from tests.predictions.test_log import make_log

@@ -18,9 +18,12 @@ from sqlalchemy import select
 from modelyard.auth.service import Caller
 from modelyard.config import Settings
 from modelyard.db.tables import Prediction, User
-from modelyard.predictions import rollups, service
-from modelyard.predictions.log import _parse_row
-from modelyard.predictions.service import Target, Traffic
+from modelyard.predictions import rest, targets
+from modelyard.predictions.log import rollups
+from modelyard.predictions.log.spool import parse_row
+from modelyard.predictions.shadow import compare
+from modelyard.predictions.targets import Target, Traffic
+from modelyard.predictions.traffic import routing
 from modelyard.registry.schemas import Stage
 from modelyard.serving.formats import Framework, ModelFormat
 from modelyard.state import AppState
@@ -290,7 +293,7 @@ def split(weights: list[int], *, shadow_rate: float = 0.0) -> Traffic:
 def test_weighted_draws_follow_the_weights(app: FastAPI) -> None:
     predictor = state_of(app).predictor  # seeded by the settings
     traffic = split([90, 10], shadow_rate=0.25)
-    draws = [predictor.route(traffic, None) for _ in range(2000)]
+    draws = [routing.route(traffic, None, predictor.rng) for _ in range(2000)]
     second = sum(1 for target, _ in draws if target.version == 2)
     low, high = binomial_bounds(2000, 0.1)
     assert low <= second <= high, second
@@ -302,20 +305,25 @@ def test_weighted_draws_follow_the_weights(app: FastAPI) -> None:
 def test_a_zero_weight_route_is_never_chosen(app: FastAPI) -> None:
     predictor = state_of(app).predictor
     traffic = split([0, 5, 0])
-    assert {predictor.route(traffic, None)[0].version for _ in range(200)} == {2}
-    assert {predictor.route(traffic, f"k{i}")[0].version for i in range(200)} == {2}
+    assert {routing.route(traffic, None, predictor.rng)[0].version for _ in range(200)} == {2}
+    assert {routing.route(traffic, f"k{i}", predictor.rng)[0].version for i in range(200)} == {2}
 
 
 def test_routing_keys_are_sticky_and_spread(app: FastAPI) -> None:
     predictor = state_of(app).predictor
     traffic = split([90, 10])
-    chosen = {f"user-{i}": predictor.route(traffic, f"user-{i}")[0].version for i in range(2000)}
+    chosen = {
+        f"user-{i}": routing.route(traffic, f"user-{i}", predictor.rng)[0].version
+        for i in range(2000)
+    }
     for key, version in list(chosen.items())[:100]:
-        assert all(predictor.route(traffic, key)[0].version == version for _ in range(5))
+        assert all(
+            routing.route(traffic, key, predictor.rng)[0].version == version for _ in range(5)
+        )
     low, high = binomial_bounds(2000, 0.1)
     assert low <= Counter(chosen.values())[2] <= high
     # The point depends on the model too: another model's split treats the key on its own.
-    assert service.sticky_point(uuid.uuid4(), "k", 2**62) != service.sticky_point(
+    assert routing.sticky_point(uuid.uuid4(), "k", 2**62) != routing.sticky_point(
         uuid.uuid4(), "k", 2**62
     )
 
@@ -628,7 +636,7 @@ async def test_shadow_copies_past_the_bound_are_dropped(
     async with state.sessions() as db:
         caller_user = await db.get(User, uuid.UUID(user.id))
         assert caller_user is not None
-        target = await service.resolve_serving(db, caller_user, "iris")
+        target = await targets.resolve_serving(db, caller_user, "iris")
     assert target.traffic is not None
     assert target.traffic.shadow is not None
     caller = Caller(user=caller_user, api_key_id=None)
@@ -642,7 +650,7 @@ async def test_shadow_copies_past_the_bound_are_dropped(
 
     before = dropped()
     answers = [
-        await service.predict_rest(
+        await rest.predict_rest(
             predictor, target.traffic.routes[0], body, caller=caller, shadow=target.traffic.shadow
         )
         for _ in range(5)
@@ -661,18 +669,16 @@ async def test_shadow_copies_past_the_bound_are_dropped(
 
 def test_compare_by_label_and_by_value() -> None:
     labels = np.asarray([0, 1, 2, 2])
-    assert service.compare(labels, np.asarray([0, 1, 1, 2]), by_label=True) == (3, None)
-    assert service.compare(
+    assert compare(labels, np.asarray([0, 1, 1, 2]), by_label=True) == (3, None)
+    assert compare(
         np.asarray(["a", "b"], dtype=object), np.asarray(["a", "c"], dtype=object), by_label=True
     ) == (1, None)
-    assert service.compare(labels, np.asarray([0, 1]), by_label=True) == (0, None)
-    agreed, diff = service.compare(
-        np.asarray([1.0, 2.0, 3.0]), np.asarray([1.5, 2.0, 1.0]), by_label=False
-    )
+    assert compare(labels, np.asarray([0, 1]), by_label=True) == (0, None)
+    agreed, diff = compare(np.asarray([1.0, 2.0, 3.0]), np.asarray([1.5, 2.0, 1.0]), by_label=False)
     assert agreed is None
     assert diff == pytest.approx(2.5)
     # Multi-output regressors: a row's difference is the mean over its outputs.
-    _, diff = service.compare(
+    _, diff = compare(
         np.asarray([[1.0, 1.0], [0.0, 0.0]]), np.asarray([[2.0, 3.0], [0.0, 0.0]]), by_label=False
     )
     assert diff == pytest.approx(1.5)
@@ -696,17 +702,17 @@ def test_spooled_rows_from_before_shadows_replay() -> None:
         "inference_time_ms": None,
         "created_at": "2026-11-29T10:00:00+00:00",
     }
-    row = _parse_row(old)
+    row = parse_row(old)
     assert row["shadow"] is False
     assert row["shadow_of"] is None
     assert row["agreed_rows"] is None
 
 
 async def test_refs_parse_as_policies_write_them() -> None:
-    assert service.parse_ref("v12") == service.VersionRef(version=12)
-    assert service.parse_ref("latest") == service.VersionRef()
-    assert service.parse_ref("staging") == service.VersionRef(stage=Stage.STAGING)
-    assert service.parse_ref("champion") == service.VersionRef(alias="champion")
+    assert targets.parse_ref("v12") == targets.VersionRef(version=12)
+    assert targets.parse_ref("latest") == targets.VersionRef()
+    assert targets.parse_ref("staging") == targets.VersionRef(stage=Stage.STAGING)
+    assert targets.parse_ref("champion") == targets.VersionRef(alias="champion")
 
 
 async def test_another_user_cannot_route_by_naming_the_model(

@@ -30,8 +30,8 @@ from modelyard.changes.events import Action, Events
 from modelyard.db.tables import User
 from modelyard.errors import Conflict, Forbidden, ModelyardError
 from modelyard.files.service import area
-from modelyard.predictions.erasure import unlink_person
-from modelyard.predictions.log import PredictionLog
+from modelyard.predictions.log.erasure import unlink_person
+from modelyard.predictions.log.writer import PredictionLog
 from modelyard.registry import queries as registry_queries
 from modelyard.teams import service as teams_service
 

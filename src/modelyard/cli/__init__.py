@@ -37,7 +37,7 @@ from modelyard.serving import probehost
 
 if TYPE_CHECKING:  # imported by the command that uses it (see the module docstring)
     from modelyard.audit.service import Verification
-    from modelyard.predictions.maintenance import MaintenanceReport
+    from modelyard.predictions.log.maintenance import MaintenanceReport
 
 app = typer.Typer(help="Modelyard: model registry and serving platform.", no_args_is_help=True)
 
@@ -330,7 +330,7 @@ def maintain() -> None:
 
 async def _maintain(settings: Settings) -> MaintenanceReport:
     from modelyard.db.engine import make_engine
-    from modelyard.predictions import maintenance
+    from modelyard.predictions.log import maintenance
 
     engine = make_engine(settings.sqlalchemy_url)
     try:

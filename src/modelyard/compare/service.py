@@ -1,6 +1,6 @@
 """Use cases of comparing runs or model versions: one query per kind of fact, whatever the count.
 
-Serving figures come from the prediction rollups (`predictions.history.version_stats`, one
+Serving figures come from the prediction rollups (`predictions.log.queries.version_stats`, one
 query per model) and the drift report (`drift.service.measure_drift`, whose read of the log is
 bounded by `drift_window_max_rows`), never from a scan of the raw prediction log.
 """
@@ -33,7 +33,8 @@ from modelyard.db.types import utcnow
 from modelyard.drift import service as drift_service
 from modelyard.errors import NotFound, Unprocessable
 from modelyard.experiments import service as experiments_service
-from modelyard.predictions import history
+from modelyard.predictions.log import queries as log_queries
+from modelyard.predictions.log.schemas import VersionStats
 from modelyard.registry import queries
 
 
@@ -197,9 +198,9 @@ async def _serving(
     drift: DriftLimits,
     events: Events,
 ) -> list[ServingFigures]:
-    stats: dict[tuple[uuid.UUID, int | None], history.VersionStats] = {}
+    stats: dict[tuple[uuid.UUID, int | None], VersionStats] = {}
     for model_id in dict.fromkeys(m.id for _, m in pairs):  # one rollup query per model
-        for row in await history.version_stats(db, user, model_id=model_id, since=since):
+        for row in await log_queries.version_stats(db, user, model_id=model_id, since=since):
             stats[(row.model_id, row.version)] = row
     figures = []
     for version, model in pairs:

@@ -327,7 +327,7 @@ class Prediction(Base):
         ),
         # On PostgreSQL one partition a UTC day (and a default one), in the schema
         # prediction_partitions; made ahead and dropped past retention by
-        # modelyard.predictions.maintenance. SQLite keeps one table.
+        # modelyard.predictions.log.maintenance. SQLite keeps one table.
         {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
@@ -359,7 +359,7 @@ class Prediction(Base):
 
 
 # The latency distribution of prediction_rollups: counts in fixed, log-spaced buckets (see
-# modelyard.predictions.rollups for the boundaries and the percentile error they give).
+# modelyard.predictions.log.rollups for the boundaries and the percentile error they give).
 ROLLUP_BUCKETS = 90
 
 

@@ -176,8 +176,8 @@ async def run_worker(settings: Settings) -> None:
     from modelyard.db.engine import make_engine, make_sessionmaker
     from modelyard.observability.logging import configure_logging
     from modelyard.observability.metrics import Metrics
-    from modelyard.predictions.log import PredictionLog
-    from modelyard.predictions.service import Predictor
+    from modelyard.predictions.log.writer import PredictionLog
+    from modelyard.predictions.predictor import Predictor
     from modelyard.serving.batching import Batcher
     from modelyard.serving.cache import ModelCache
     from modelyard.serving.runtimes.onnx import configure_onnx_memory

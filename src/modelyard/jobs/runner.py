@@ -39,7 +39,6 @@ from modelyard.artifacts.store import ArtifactStore, ObjectNotFound, ObjectStrea
 from modelyard.changes.events import Events
 from modelyard.config import Settings
 from modelyard.db.tables import BatchJob, ModelVersion, RegisteredModel
-from modelyard.db.types import utcnow, uuid7
 from modelyard.errors import ModelyardError, ServiceUnavailable, is_dependency_down
 from modelyard.files import service as files_service
 from modelyard.files import tabular
@@ -47,8 +46,9 @@ from modelyard.files.service import StorageQuotaExceeded, file_key
 from modelyard.jobs import service
 from modelyard.jobs.schemas import JobFormat, JobStatus
 from modelyard.predictions.inputs import InvalidInput, feature_count, to_batch
-from modelyard.predictions.log import PredictionRecord
-from modelyard.predictions.service import Predictor, Target
+from modelyard.predictions.log.record import PredictionRecord
+from modelyard.predictions.predictor import Predictor
+from modelyard.predictions.targets import Target
 from modelyard.registry.schemas import ModelStatus, Stage
 from modelyard.serving.runtimes import Runtime
 
@@ -519,16 +519,11 @@ class JobRunner:
     def _log_summary(self, job: BatchJob, target: Target, error: str | None) -> None:
         """Log the job as one prediction: its rows and total inference time, not each row."""
         self.predictor.log.record(
-            PredictionRecord(
-                id=uuid7(),
-                model_id=target.model_id,
-                version_id=target.version_id,
-                version=target.version,
-                owner_id=target.owner_id,
+            PredictionRecord.of(
+                target,
                 user_id=job.owner_id,
                 api_key_id=job.api_key_id,
                 protocol="batch",
-                status="success" if error is None else "error",
                 error=error,
                 inputs={"batch_job_id": str(job.id), "input_path": job.input_path},
                 outputs={"output_path": job.output_path, "rows": job.rows_done}
@@ -536,7 +531,6 @@ class JobRunner:
                 else None,
                 n_rows=job.rows_done,
                 inference_time_ms=job.inference_time_ms,
-                created_at=utcnow(),
             )
         )
 

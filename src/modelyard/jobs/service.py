@@ -39,7 +39,7 @@ from modelyard.db.types import utcnow, uuid7
 from modelyard.errors import Conflict, NotFound, RateLimited, Unprocessable
 from modelyard.files.service import FileNotFound, file_key
 from modelyard.jobs.schemas import FINISHED, BatchJobCreate, JobFormat, JobStatus
-from modelyard.predictions.service import resolve_target
+from modelyard.predictions.targets import resolve_target
 from modelyard.schemas import PageParams
 
 

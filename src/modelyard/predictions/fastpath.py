@@ -3,10 +3,10 @@
 Under load, FastAPI's routing, middleware and dependency solving cost more than the whole
 prediction of a small model (bench/README.md has the profile). A predict request whose
 credential, version resolution and loaded model are all in this process's caches is answered
-here instead, by the same use case the routes call once they have resolved
-(`service.predict_rest`, `service.predict_v2`): the same validation, prediction log, metrics,
-rate limit and errors. A model's traffic policy comes cached with its resolution: the split,
-the routing key and the shadow copy are honoured here exactly as in the routes.
+here instead, by the same pipeline the routes run once they have resolved (`pipeline`: route →
+admit → answer): the same validation, prediction log, metrics, rate limit and errors. A model's
+traffic policy comes cached with its resolution: the split, the routing key and the shadow copy
+are honoured here exactly as in the routes.
 
 Everything else goes to FastAPI untouched: a query string, a cache miss (the first request of a
 credential or a model, one after a revocation or a promotion), a request without credentials,
@@ -30,8 +30,11 @@ from modelyard.auth.scopes import Scope as KeyScope
 from modelyard.auth.service import Caller
 from modelyard.db.tables import User
 from modelyard.errors import error_response
-from modelyard.predictions import oip, service
-from modelyard.predictions.service import Target, resolve_fresh, target_key
+from modelyard.predictions import oip, pipeline
+from modelyard.predictions.rest import predict_rest
+from modelyard.predictions.targets import Target, resolve_fresh, target_key
+from modelyard.predictions.traffic.routing import ROUTING_KEY_HEADER
+from modelyard.predictions.v2 import predict_v2
 from modelyard.state import AppState
 
 NATIVE_PREFIX = "/api/v1/predict/"
@@ -99,13 +102,9 @@ class PredictFastPath:
             await self.app(scope, receive, send)
             return
         target, due = resolved
-        shadow = None
-        if target.traffic is not None:
-            # The policy came cached with the target: the split costs no database round trip.
-            target, shadow = state.predictor.route(
-                target.traffic, headers.get(service.ROUTING_KEY_HEADER)
-            )
-        if state.predictor.cache.peek(target.version_id) is None:
+        # The policy came cached with the target: the split costs no database round trip.
+        routed = pipeline.route(state.predictor, target, headers.get(ROUTING_KEY_HEADER))
+        if state.predictor.cache.peek(routed.target.version_id) is None:
             # The route draws again (the same way for a routing key), then loads the model.
             await self.app(scope, receive, send)
             return
@@ -114,24 +113,16 @@ class PredictFastPath:
                 key, functools.partial(_resolve, state, caller.user, name, version)
             )
         scope["route"] = self.routes[route]
+        codec: pipeline.Codec = predict_rest
+        if route != NATIVE_ROUTE:
+            codec = functools.partial(
+                predict_v2, name=name, header_length=headers.get(oip.HEADER_LENGTH)
+            )
         response: Response
         try:
-            await state.predictor.admit(caller)
-            body = await request.body()
-            if route == NATIVE_ROUTE:
-                answer = await service.predict_rest(
-                    state.predictor, target, body, caller=caller, shadow=shadow
-                )
-            else:
-                answer = await service.predict_v2(
-                    state.predictor,
-                    target,
-                    body,
-                    caller=caller,
-                    name=name,
-                    header_length=headers.get(oip.HEADER_LENGTH),
-                    shadow=shadow,
-                )
+            answer = await pipeline.answer(
+                state.predictor, routed, caller=caller, body=request.body, codec=codec
+            )
             response = Response(answer.body, headers=answer.headers, background=answer.background)
         except Exception as exc:
             # The routes' exception handlers, for what they handle; anything else is a bug

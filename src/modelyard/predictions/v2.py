@@ -1,23 +1,43 @@
-"""The Open Inference Protocol (KServe V2) routes, over the same predict use case as the REST route.
+"""The Open Inference Protocol (KServe V2): its routes, and requests decoded and answers encoded
+around the same predict pipeline as the REST route (`pipeline`).
 
 Byte-compatible with what Triton, KServe and MLServer clients send and expect (see docs/architecture/oip.md):
 JSON or binary tensors in and out, `{"error": ...}` on every failure. The codec is
-`predictions.oip`, the use case `predictions.service`.
+`predictions.oip`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import numpy as np
 from fastapi import Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.background import BackgroundTask
 
 from modelyard import __version__
 from modelyard.auth.deps import CallerDep
 from modelyard.auth.service import Caller
 from modelyard.db.deps import SessionDep
+from modelyard.db.tables import User
 from modelyard.edge.routing import make_router
-from modelyard.errors import v2_error_response
-from modelyard.predictions import oip, service
+from modelyard.errors import BadRequest, v2_error_response
+from modelyard.predictions import oip, pipeline, targets
+from modelyard.predictions.inputs import (
+    InvalidInput,
+    check_network_header,
+    check_tensor,
+    tensor_batch,
+)
+from modelyard.predictions.pipeline import Answer
+from modelyard.predictions.predictor import Predictor, TensorOutcome, loggable_tensors, rows_of
+from modelyard.predictions.shadow import ShadowCopy, network_copy, shadow_task
+from modelyard.predictions.targets import Target
+from modelyard.predictions.traffic.routing import ROUTING_KEY_HEADER
+from modelyard.serving.formats import Framework
+from modelyard.serving.runtimes import Runtime
+from modelyard.serving.runtimes.base import TensorSpec
 from modelyard.state import AppState, StateDep
 
 router = make_router(prefix="/v2", tags=["open inference protocol"])
@@ -50,9 +70,7 @@ async def model_metadata(
     name: str, caller: CallerDep, db: SessionDep, state: StateDep
 ) -> dict[str, Any]:
     """Describe a model's default version: its inputs and outputs, and every servable version."""
-    return await service.describe_v2_model(
-        db, caller.user, name, version=None, predictor=state.predictor
-    )
+    return await describe_v2_model(db, caller.user, name, version=None, predictor=state.predictor)
 
 
 @router.get("/models/{name}/versions/{version}")
@@ -60,7 +78,7 @@ async def version_metadata(
     name: str, version: str, caller: CallerDep, db: SessionDep, state: StateDep
 ) -> dict[str, Any]:
     """Describe one version of a model, and list every servable version."""
-    return await service.describe_v2_model(
+    return await describe_v2_model(
         db, caller.user, name, version=oip.version_number(version), predictor=state.predictor
     )
 
@@ -68,7 +86,7 @@ async def version_metadata(
 @router.get("/models/{name}/ready")
 async def model_ready(name: str, caller: CallerDep, db: SessionDep) -> dict[str, Any]:
     """Answer 200 when the model has a version that can be served."""
-    await service.resolve_target(db, caller.user, name)
+    await targets.resolve_target(db, caller.user, name)
     return {"name": name, "ready": True}
 
 
@@ -77,7 +95,7 @@ async def version_ready(
     name: str, version: str, caller: CallerDep, db: SessionDep
 ) -> dict[str, Any]:
     """Answer 200 when this version can be served."""
-    await service.resolve_target(db, caller.user, name, version=oip.version_number(version))
+    await targets.resolve_target(db, caller.user, name, version=oip.version_number(version))
     return {"name": name, "ready": True}
 
 
@@ -106,8 +124,7 @@ async def _infer(
     db: SessionDep,
     state: AppState,
 ) -> Response:
-    await state.predictor.admit(caller)
-    target = await service.resolve_cached(
+    target = await targets.resolve_cached(
         db,
         caller.user,
         name,
@@ -116,18 +133,209 @@ async def _infer(
         outage=state.outage_cache,
     )
     await db.close()
-    shadow = None
-    if target.traffic is not None:
-        target, shadow = state.predictor.route(
-            target.traffic, request.headers.get(service.ROUTING_KEY_HEADER)
-        )
-    answer = await service.predict_v2(
+    answer = await pipeline.predict(
         state.predictor,
         target,
-        await request.body(),
         caller=caller,
-        name=name,
-        header_length=request.headers.get(oip.HEADER_LENGTH),
-        shadow=shadow,
+        routing_key=request.headers.get(ROUTING_KEY_HEADER),
+        body=request.body,
+        codec=functools.partial(
+            predict_v2, name=name, header_length=request.headers.get(oip.HEADER_LENGTH)
+        ),
     )
     return Response(answer.body, headers=answer.headers, background=answer.background)
+
+
+# --- the codec ------------------------------------------------------------------------------------
+
+
+class InvalidInferenceRequest(BadRequest):
+    """A V2 inference request the protocol refuses (400, `{"error": ...}` under `/v2`)."""
+
+    type = "invalid-inference-request"
+
+
+V2_OUTPUTS = ["predictions"]
+V2_OUTPUTS_WITH_PROBA = ["predictions", "probabilities"]
+PLATFORMS = {
+    Framework.SKLEARN: "sklearn",
+    Framework.ONNX: "onnxruntime_onnx",
+    Framework.XGBOOST: "xgboost",
+    Framework.LIGHTGBM: "lightgbm",
+}
+
+
+async def predict_v2(
+    predictor: Predictor,
+    target: Target,
+    body: bytes,
+    *,
+    caller: Caller,
+    name: str,
+    header_length: str | None,
+    shadow: Target | None = None,
+) -> Answer:
+    """Answer a V2 inference request body with a resolved version (`shadow`: as `predict_rest`).
+
+    `name` is the model as the path named it; `header_length` the request's
+    Inference-Header-Content-Length, if any. What is cheap to check is checked first: whether
+    the declared tensor fits the model costs O(1), building its array (a Python loop per
+    element for BYTES) only happens for one that does.
+
+    Raises:
+        InvalidInferenceRequest: the protocol or the model refuses the request (logged).
+        InvalidInput, InferenceLimitExceeded: the model could not predict the values (logged).
+    """
+    limits = predictor.limits
+    with predictor.attempt(target, caller=caller, protocol="v2") as attempt:
+        try:
+            header = oip.read_infer_request(
+                body,
+                json_length=oip.header_length_value(header_length),
+                max_elements=limits.max_elements,
+            )
+            runtime = await predictor.runtime(target)
+            if runtime.tensor_inputs is not None:
+                check_network_header(header, runtime=runtime, limits=limits)
+                wanted = oip.select_outputs(header, [t.name for t in runtime.tensor_outputs])
+                request = oip.decode_inputs(header)
+                feeds = {tensor.name: tensor.data for tensor in request.inputs}
+            else:
+                check_tensor(
+                    header, runtime=runtime, feature_names=target.feature_names, limits=limits
+                )
+                wanted = oip.select_outputs(
+                    header, V2_OUTPUTS_WITH_PROBA if runtime.has_proba else V2_OUTPUTS
+                )
+                request = oip.decode_inputs(header)
+                batch = tensor_batch(request.inputs[0], runtime.input_dtype)
+        except oip.OIPError as exc:
+            raise InvalidInferenceRequest(exc.message) from exc
+        except InvalidInput as exc:
+            raise InvalidInferenceRequest(exc.detail) from exc
+        if runtime.tensor_inputs is not None:
+            attempt.inputs, attempt.n_rows = loggable_tensors(feeds), rows_of(feeds, runtime)
+            network = await predictor.predict_tensors(
+                target, runtime, feeds, caller=caller, protocol="v2"
+            )
+            copy = network_copy(shadow, caller, "v2", network, feeds, runtime)
+            background = shadow_task(predictor, copy)
+            return _network_v2_answer(name, target, request, network, wanted, background)
+        attempt.inputs, attempt.n_rows = batch, len(batch)
+        outcome = await predictor.predict(
+            target, runtime, batch, caller=caller, protocol="v2", inputs=batch
+        )
+    tensors = []
+    if "predictions" in wanted:
+        tensors.append(_tensor("predictions", outcome.predictions))
+    if "probabilities" in wanted and outcome.probabilities is not None:
+        tensors.append(
+            _tensor("probabilities", outcome.probabilities.astype(np.float64, copy=False))
+        )
+    content, headers = oip.encode_infer_response(
+        model_name=name,
+        model_version=str(target.version),
+        request_id=request.id,
+        outputs=tensors,
+        binary_outputs=oip.wanted_binary_outputs(request, [t.name for t in tensors]),
+    )
+    copy = None
+    if shadow is not None:
+        copy = ShadowCopy(
+            shadow,
+            caller,
+            "v2",
+            primary_id=outcome.prediction_id,
+            primary=outcome.predictions,
+            by_label=runtime.classes is not None,
+            batch=batch,
+        )
+    return Answer(content, headers, shadow_task(predictor, copy))
+
+
+def _network_v2_answer(
+    name: str,
+    target: Target,
+    request: oip.InferRequest,
+    outcome: TensorOutcome,
+    wanted: list[str],
+    background: BackgroundTask | None,
+) -> Answer:
+    tensors = [_tensor(output, outcome.outputs[output]) for output in wanted]
+    content, headers = oip.encode_infer_response(
+        model_name=name,
+        model_version=str(target.version),
+        request_id=request.id,
+        outputs=tensors,
+        binary_outputs=oip.wanted_binary_outputs(request, wanted),
+    )
+    return Answer(content, headers, background)
+
+
+def _tensor(name: str, values: np.ndarray) -> oip.Tensor:
+    if values.dtype.kind in "OUS":
+        values = np.asarray([str(v) for v in values.ravel()], dtype=object).reshape(values.shape)
+        datatype = "BYTES"
+    else:
+        datatype = oip.to_datatype(values.dtype)
+    return oip.Tensor(name=name, datatype=datatype, shape=list(values.shape), data=values)
+
+
+async def describe_v2_model(
+    db: AsyncSession, user: User, name: str, *, version: int | None, predictor: Predictor
+) -> dict[str, Any]:
+    """Return the V2 metadata of a model's version (default: the one served without a version).
+
+    `versions` lists every version that may be requested explicitly (each servable one);
+    inputs and outputs are those of the version described. The session is closed before the
+    model is loaded.
+
+    Raises:
+        As `resolve_target`.
+    """
+    target = await targets.resolve_target(db, user, name, version=version)
+    versions = await targets.servable_versions(db, target.model_id)
+    await db.close()
+    runtime = await predictor.runtime(target)
+    if runtime.tensor_inputs is not None:
+        return oip.model_metadata(
+            name=name,
+            versions=[str(v) for v in versions],
+            platform=PLATFORMS[target.framework],
+            inputs=[_tensor_metadata(spec) for spec in runtime.tensor_inputs],
+            outputs=[_tensor_metadata(spec) for spec in runtime.tensor_outputs],
+        )
+    inputs = [
+        {
+            "name": runtime.input_name,
+            "datatype": oip.to_datatype(runtime.input_dtype),
+            "shape": [-1, runtime.n_features if runtime.n_features is not None else -1],
+        }
+    ]
+    outputs = [{"name": "predictions", "datatype": _label_datatype(runtime), "shape": [-1]}]
+    if runtime.has_proba:
+        n_classes = len(runtime.classes) if runtime.classes is not None else -1
+        outputs.append({"name": "probabilities", "datatype": "FP64", "shape": [-1, n_classes]})
+    return oip.model_metadata(
+        name=name,
+        versions=[str(v) for v in versions],
+        platform=PLATFORMS[target.framework],
+        inputs=inputs,
+        outputs=outputs,
+    )
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": oip.to_datatype(spec.dtype), "shape": list(spec.shape)}
+
+
+def _label_datatype(runtime: Runtime) -> str:
+    if runtime.classes:
+        sample = runtime.classes[0]
+        if isinstance(sample, str):
+            return "BYTES"
+        if isinstance(sample, bool):
+            return "BOOL"
+        if isinstance(sample, int):
+            return "INT64"
+    return "FP64" if runtime.input_dtype == np.float64 else "FP32"

@@ -18,7 +18,8 @@ from modelyard.db.deps import SessionDep
 from modelyard.db.tables import RegisteredModel
 from modelyard.errors import Unprocessable
 from modelyard.experiments import service as experiments_service
-from modelyard.predictions import history
+from modelyard.predictions.log import queries as log_queries
+from modelyard.predictions.log.record import PredictionStatus
 from modelyard.registry import queries as registry_queries
 from modelyard.schemas import PageParams
 from modelyard.web import charts
@@ -83,9 +84,9 @@ async def predictions(
         chosen_model = uuid.UUID(model_id) if model_id else None
     except ValueError:
         chosen_model = None
-    chosen_status = history.PredictionStatus(status) if status in ("success", "error") else None
+    chosen_status = PredictionStatus(status) if status in tuple(PredictionStatus) else None
     chosen_traffic = traffic if traffic in TRAFFIC else ""
-    listed = await history.list_predictions(
+    listed = await log_queries.list_predictions(
         db,
         user,
         page=PageParams(limit=PAGE_SIZE, offset=offset),
@@ -127,7 +128,7 @@ async def predictions(
 
 @router.get("/predictions/{prediction_id}")
 async def prediction(prediction_id: uuid.UUID, page: UserPage, db: SessionDep) -> Response:
-    found = await history.get_prediction(db, page.signed_in, prediction_id)
+    found = await log_queries.get_prediction(db, page.signed_in, prediction_id)
     return render(page, "prediction.html", p=found, json=_as_json)
 
 

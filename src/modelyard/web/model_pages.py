@@ -23,8 +23,10 @@ from modelyard.db.types import utcnow
 from modelyard.drift import reference as drift_reference
 from modelyard.drift import service as drift_service
 from modelyard.errors import ModelyardError, Unprocessable
-from modelyard.predictions import history, traffic
-from modelyard.predictions import service as predict_service
+from modelyard.predictions import pipeline, rest, targets
+from modelyard.predictions.log import queries as log_queries
+from modelyard.predictions.log import schemas as log_schemas
+from modelyard.predictions.traffic import policy as traffic
 from modelyard.registry import queries as registry_queries
 from modelyard.registry import service as registry_service
 from modelyard.registry.deps import VersionNumber
@@ -490,13 +492,16 @@ async def try_it(
         inputs = _rows_from_form(values, features)
         caller = Caller(page.signed_in, None)
         state = page.state
-        await state.predictor.admit(caller)
-        target = await predict_service.resolve_target(
-            db, page.signed_in, str(model.id), version=number
-        )
-        answer = await predict_service.predict_rest(
-            state.predictor, target, orjson.dumps({"inputs": inputs}), caller=caller
-        )
+        target = await targets.resolve_target(db, page.signed_in, str(model.id), version=number)
+        body = orjson.dumps({"inputs": inputs})
+
+        async def read() -> bytes:
+            return body
+
+        answer = await pipeline.predict(
+            state.predictor, target, caller=caller, routing_key=None, body=read,
+            codec=rest.predict_rest,
+        )  # fmt: skip
         result = orjson.loads(answer.body)
     except ModelyardError as exc:
         return await _version_page(
@@ -556,16 +561,18 @@ async def analytics(model_id: str, page: UserPage, db: SessionDep, days: int = 7
     model = await _model(db, page, model_id)
     days = days if days in WINDOWS else 7
     user = page.signed_in
-    usage = await history.daily_usage(db, user, days=days, model_id=model.id)
-    stats = await history.version_stats(
+    usage = await log_queries.daily_usage(db, user, days=days, model_id=model.id)
+    stats = await log_queries.version_stats(
         db, user, model_id=model.id, since=utcnow() - timedelta(days=days)
     )
     # One day is drawn by the hour (UTC), longer windows by the day.
-    buckets: Sequence[history.DailyUsage | history.HourlyUsage] = usage
+    buckets: Sequence[log_schemas.DailyUsage | log_schemas.HourlyUsage] = usage
     if days == 1:
-        buckets = await history.hourly_usage(db, user, hours=24, model_id=model.id)
+        buckets = await log_queries.hourly_usage(db, user, hours=24, model_id=model.id)
     labels = [
-        b.hour.strftime("%H:00") if isinstance(b, history.HourlyUsage) else b.date.strftime("%m-%d")
+        b.hour.strftime("%H:00")
+        if isinstance(b, log_schemas.HourlyUsage)
+        else b.date.strftime("%m-%d")
         for b in buckets
     ]
     requests = charts.grouped_bars(

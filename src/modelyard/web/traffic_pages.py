@@ -15,7 +15,8 @@ from modelyard.db.deps import SessionDep
 from modelyard.db.tables import RegisteredModel
 from modelyard.db.types import utcnow
 from modelyard.errors import ModelyardError, Unprocessable
-from modelyard.predictions import traffic
+from modelyard.predictions.traffic import policy as traffic
+from modelyard.predictions.traffic import stats as traffic_stats
 from modelyard.registry import service as registry_service
 from modelyard.web.file_pages import problem_text
 from modelyard.web.http import CSRF_FIELD, FormDep, Page, UserPage, WebRoute, redirect, render
@@ -92,7 +93,7 @@ async def _traffic_page(
         policy: traffic.TrafficPolicyRead | None = await traffic.get_policy(db, model)
     except traffic.NoTrafficPolicy:
         policy = None
-    stats = await traffic.traffic_stats(
+    stats = await traffic_stats.traffic_stats(
         db, page.signed_in, model, since=utcnow() - timedelta(days=days)
     )
     return render(

@@ -1,11 +1,11 @@
-"""Reading the prediction log back: `/api/v1/predictions` and `/api/v1/analytics`.
+"""Reading the prediction log back: what `/api/v1/predictions` and `/api/v1/analytics` answer.
 
 Visibility is filtered in one place, `visible_predictions`: a caller sees the predictions it made
 and those on models it owns; anything else does not exist for it (404, never 403). Analytics are
 for owners: they cover the predictions on the caller's own models, whoever made them, or on one
 model given by id that the caller may open (an admin may open any, as in the registry).
 
-Analytics read the rollups the log writer keeps (`modelyard.predictions.rollups`), so they cost
+Analytics read the rollups the log writer keeps (`predictions.log.rollups`), so they cost
 the same at 100 M logged rows as at 1,000: sums in SQL, then percentiles from the summed latency
 buckets. Percentiles follow the nearest-rank definition (the value at rank ceil(p * n) of n sorted
 times), estimated within the error `rollups` documents; only successful predictions with a time
@@ -18,12 +18,9 @@ import base64
 import binascii
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, time, timedelta
-from enum import StrEnum
-from typing import Annotated, Any
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
-from fastapi import Query
-from pydantic import AfterValidator, AwareDatetime, Field
 from sqlalchemy import (
     ColumnElement,
     Select,
@@ -39,24 +36,24 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from modelyard.auth.deps import CurrentUser
-from modelyard.db.deps import SessionDep
 from modelyard.db.tables import Prediction, RegisteredModel, User, prediction_rollups
 from modelyard.db.types import utcnow
-from modelyard.edge.routing import make_router
 from modelyard.errors import NotFound
-from modelyard.predictions import rollups
+from modelyard.predictions.log import rollups
+from modelyard.predictions.log.record import PredictionStatus
+from modelyard.predictions.log.schemas import (
+    LIST_ERROR_CUT,
+    LIST_ERROR_MAX_CHARS,
+    DailyUsage,
+    HourlyUsage,
+    PredictionPage,
+    PredictionRead,
+    VersionStats,
+)
 from modelyard.registry import queries
 from modelyard.registry import service as registry_service
-from modelyard.schemas import Page, PageDep, PageParams, ReadModel
+from modelyard.schemas import PageParams
 
-router = make_router(tags=["predictions"])
-
-MAX_USAGE_DAYS = 365
-# Characters of an error a list shows; the prediction itself shows it whole. Cut in SQL, so a
-# page of rows logged before errors had a budget does not carry megabytes each.
-LIST_ERROR_MAX_CHARS = 1024
-LIST_ERROR_CUT = "... (cut short in lists; the prediction itself shows it whole)"
 # Nearest-rank percentiles as fractions, so that ceil(p * n) is exact integer arithmetic.
 P50 = (50, 100)
 P95 = (95, 100)
@@ -69,85 +66,9 @@ CURSOR_BYTES = 24
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class PredictionStatus(StrEnum):
-    SUCCESS = "success"
-    ERROR = "error"
-
-
 class PredictionNotFound(NotFound):
     def __init__(self, ref: uuid.UUID) -> None:
         super().__init__(f"prediction '{ref}' not found")
-
-
-class Include(StrEnum):
-    PAYLOADS = "payloads"
-
-
-class PredictionRead(ReadModel):
-    id: uuid.UUID
-    model_id: uuid.UUID | None
-    model_name: str | None = None
-    version: int | None
-    status: str
-    error: str | None = Field(
-        description=f"in lists, at most {LIST_ERROR_MAX_CHARS} characters unless `include=payloads`"
-    )
-    protocol: str
-    inputs: Any = Field(
-        description="null in lists unless `include=payloads`; a payload larger than the log's "
-        'budget is stored as {"truncated": true, "bytes": N, "preview": "..."}'
-    )
-    outputs: Any = Field(description="as `inputs`")
-    n_rows: int
-    inference_time_ms: float | None
-    created_at: datetime
-    user_id: uuid.UUID | None
-    api_key_id: uuid.UUID | None
-    shadow: bool = Field(
-        default=False,
-        description="a shadow prediction: a traffic policy's copy of the prediction `shadow_of`, "
-        "made after the caller was answered (its inputs are the primary's)",
-    )
-    shadow_of: uuid.UUID | None = None
-
-
-class PredictionPage(Page[PredictionRead]):
-    total_is_estimate: bool = Field(
-        description=f"`total` is exact up to {10_000:,} predictions; past it an estimate, and true"
-    )
-    next: str | None = Field(
-        description="pass as `cursor` for the page after this one; null on the last page"
-    )
-
-
-class VersionStats(ReadModel):
-    model_id: uuid.UUID
-    model_name: str | None
-    version: int | None
-    total_predictions: int
-    failed_predictions: int
-    avg_inference_time_ms: float | None
-    p50_inference_time_ms: float | None
-    p95_inference_time_ms: float | None
-    p99_inference_time_ms: float | None
-    last_prediction_at: datetime
-
-
-class DailyUsage(ReadModel):
-    date: date
-    prediction_count: int
-    failed_count: int
-    avg_inference_time_ms: float | None
-
-
-class HourlyUsage(ReadModel):
-    hour: datetime = Field(description="the start of the UTC hour")
-    prediction_count: int
-    failed_count: int
-    avg_inference_time_ms: float | None
-
-
-# --- queries ----------------------------------------------------------------------------------
 
 
 def visible_predictions(user: User) -> Select[Prediction]:
@@ -226,7 +147,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     return created_at, uuid.UUID(bytes=raw[8:])
 
 
-def _valid_cursor(cursor: str | None) -> str | None:
+def valid_cursor(cursor: str | None) -> str | None:
     if cursor is not None:
         decode_cursor(cursor)
     return cursor
@@ -608,94 +529,3 @@ async def hourly_usage(
             )
         )
     return usage
-
-
-# --- routes -----------------------------------------------------------------------------------
-
-ModelFilter = Annotated[uuid.UUID | None, Query(description="only this model's predictions")]
-Since = Annotated[
-    AwareDatetime | None, Query(description="from this time on, inclusive (with a time zone)")
-]
-Until = Annotated[AwareDatetime | None, Query(description="before this time (with a time zone)")]
-
-
-@router.get("/api/v1/predictions", response_model=PredictionPage)
-async def list_prediction_log(
-    user: CurrentUser,
-    db: SessionDep,
-    page: PageDep,
-    cursor: Annotated[
-        str | None,
-        AfterValidator(_valid_cursor),
-        Query(description="the `next` of the previous page: the page after it"),
-    ] = None,
-    model_id: ModelFilter = None,
-    status: PredictionStatus | None = None,
-    since: Since = None,
-    until: Until = None,
-    include: Annotated[
-        Include | None,
-        Query(description="`payloads`: each item's inputs, outputs and whole error too"),
-    ] = None,
-    shadow: Annotated[
-        bool | None,
-        Query(description="only shadow predictions (true) or only primary ones (false)"),
-    ] = None,
-) -> PredictionPage:
-    """List the logged predictions the caller may see (its own, and those on its models), newest first.
-
-    Page with `cursor=<next of the previous page>` (`offset` still works, at a cost growing with
-    it). `total` is exact up to 1,000 and an estimate past it (`total_is_estimate: true`).
-    Items leave inputs and outputs out (null) and cut errors at 1024 characters unless
-    `include=payloads`; `GET /api/v1/predictions/{id}` shows one prediction whole.
-    """
-    return await list_predictions(
-        db,
-        user,
-        page=page,
-        cursor=cursor,
-        model_id=model_id,
-        status=status,
-        since=since,
-        until=until,
-        payloads=include is Include.PAYLOADS,
-        shadow=shadow,
-    )
-
-
-@router.get("/api/v1/predictions/{prediction_id}", response_model=PredictionRead)
-async def show_prediction(
-    prediction_id: uuid.UUID, user: CurrentUser, db: SessionDep
-) -> PredictionRead:
-    """Show one logged prediction."""
-    return await get_prediction(db, user, prediction_id)
-
-
-@router.get("/api/v1/analytics/models", response_model=list[VersionStats])
-async def model_analytics(
-    user: CurrentUser,
-    db: SessionDep,
-    model_id: ModelFilter = None,
-    since: Since = None,
-    until: Until = None,
-) -> Sequence[VersionStats]:
-    """Per version of the caller's models: counts, failures, mean and p50/p95/p99 inference time.
-
-    A list, not a page: one row per version with predictions in the window. With `model_id`,
-    that model's versions (admins: any model); an unknown or foreign one answers 404. Read from
-    per-minute, per-hour and per-day rollups: `since` and `until` are widened to whole minutes;
-    counts and means are exact; percentiles are nearest-rank estimates within 9.1 % of the exact
-    value (for times between 0.01 ms and 41.9 s).
-    """
-    return await version_stats(db, user, model_id=model_id, since=since, until=until)
-
-
-@router.get("/api/v1/analytics/usage", response_model=list[DailyUsage])
-async def usage_analytics(
-    user: CurrentUser,
-    db: SessionDep,
-    days: Annotated[int, Query(ge=1, le=MAX_USAGE_DAYS)] = 30,
-    model_id: ModelFilter = None,
-) -> Sequence[DailyUsage]:
-    """Predictions per UTC day on the caller's models over the last `days` days, zero days included."""
-    return await daily_usage(db, user, days=days, model_id=model_id)

@@ -18,20 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import os
 import time
-import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import IO, Self
 
-import orjson
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -41,12 +36,12 @@ from modelyard.db.tables import Prediction
 from modelyard.errors import is_dependency_down
 from modelyard.observability import tracing
 from modelyard.observability.metrics import Metrics
-from modelyard.predictions import rollups
+from modelyard.predictions.log import rollups, spool
+from modelyard.predictions.log.record import PredictionRecord, Row, storable
+from modelyard.predictions.log.spool import SPOOL_SUFFIX
 
 log = logging.getLogger(__name__)
 
-SPOOL_SUFFIX = ".jsonl"
-REPLAYING_SUFFIX = ".replaying"
 REJECTED_DIR = "rejected"
 # Bounds what one replay step reads into memory; the writer starts a new file past it.
 SPOOL_FILE_MAX_BYTES = 16 * 1024 * 1024
@@ -60,49 +55,6 @@ STATEMENT_ROWS = 100
 # SQLSTATE classes of an unavailable server: connection exception, insufficient resources,
 # operator intervention (admin shutdown, "the database system is starting up").
 _OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
-_UUID_FIELDS = ("id", "model_id", "version_id", "owner_id", "user_id", "api_key_id", "shadow_of")
-# Room an error's truncation note takes, within the payload budget.
-_MARKER_BYTES = 64
-
-
-@dataclass(slots=True)
-class PredictionRecord:
-    """One prediction as the predict endpoints hand it to the log."""
-
-    id: uuid.UUID
-    model_id: uuid.UUID | None
-    version_id: uuid.UUID | None
-    version: int | None
-    owner_id: uuid.UUID | None  # the model's owner
-    user_id: uuid.UUID | None  # the caller
-    api_key_id: uuid.UUID | None  # the caller's API key, when it used one
-    protocol: str  # "rest" | "v2"
-    status: str  # "success" | "error"
-    error: str | None
-    # JSON-safe values (lists, numeric arrays) or None; `record` turns them into JSON at once.
-    inputs: Any
-    outputs: Any
-    n_rows: int
-    inference_time_ms: float | None
-    created_at: datetime  # aware UTC
-    # A shadow prediction (see `modelyard.predictions.traffic`): the primary it copies and how
-    # it compared with it (classifiers: rows with the same label; regressors: absolute
-    # differences summed over the rows).
-    shadow: bool = False
-    shadow_of: uuid.UUID | None = None
-    agreed_rows: int | None = None
-    abs_diff_sum: float | None = None
-
-
-_FIELDS = tuple(f.name for f in dataclasses.fields(PredictionRecord))
-# Fields added after spool files may have been written: an older line replays with these.
-_LATER_FIELDS: dict[str, Any] = {
-    "shadow": False,
-    "shadow_of": None,
-    "agreed_rows": None,
-    "abs_diff_sum": None,
-}
-Row = dict[str, Any]
 
 
 class PredictionLog:
@@ -185,11 +137,11 @@ class PredictionLog:
 
         Call it from the event loop thread. Past `queue_size` queued records (or after `aclose`)
         the record is appended to the spool file at once, so memory stays bounded under overload.
-        Inputs, outputs and error longer than `max_payload_bytes` are cut here (see `_storable`).
+        Inputs, outputs and error longer than `max_payload_bytes` are cut here (see `record.storable`).
         """
         try:
             # Stored as it will be inserted: payloads as JSON within budget, no NUL in text.
-            row = _storable(rec, payloads=self._keep_payloads, max_bytes=self._max_payload_bytes)
+            row = storable(rec, payloads=self._keep_payloads, max_bytes=self._max_payload_bytes)
             if self._closed:
                 # No writer any more: spool it and close the file, which the next start replays.
                 self._spool_rows([row])
@@ -422,7 +374,7 @@ class PredictionLog:
         """Append rows to this process's spool file; what cannot be written is counted dropped."""
         if not rows:
             return
-        lines = _lines(rows, self._metrics)
+        lines = spool.lines(rows, self._metrics)
         try:
             file = self._spool_file or self._open_spool_file()
             file.write(lines)
@@ -467,7 +419,7 @@ class PredictionLog:
             folder = self._spool_dir / REJECTED_DIR
             folder.mkdir(parents=True, exist_ok=True)
             with (folder / f"{os.getpid()}{SPOOL_SUFFIX}").open("ab") as file:
-                file.write(_lines([row], self._metrics))
+                file.write(spool.lines([row], self._metrics))
         except OSError:
             log.exception("prediction_log_reject_failed", extra={"prediction_id": str(row["id"])})
 
@@ -490,7 +442,7 @@ class PredictionLog:
             # This process's own file is locked by it: close it so that it can be replayed.
             self._close_spool_file()
             self._spool_pending = False
-            for path in _spool_files(self._spool_dir):
+            for path in spool.spool_files(self._spool_dir):
                 if not await self._replay_file(path):
                     self._spool_pending = True
                     return
@@ -506,7 +458,7 @@ class PredictionLog:
     async def _replay_file(self, path: Path) -> bool:
         """Replay one file and delete it; False if the database went away (the file stays)."""
         # Off the event loop: a file holds up to SPOOL_FILE_MAX_BYTES of JSON to parse.
-        claiming = asyncio.ensure_future(asyncio.to_thread(_claim, path))
+        claiming = asyncio.ensure_future(asyncio.to_thread(spool.claim, path))
         try:
             claimed = await asyncio.shield(claiming)
         except asyncio.CancelledError:
@@ -534,152 +486,6 @@ class PredictionLog:
     def _back_off_quietly(self) -> None:
         self._backoff = min(self._backoff * 2, BACKOFF_MAX_SECONDS) or BACKOFF_INITIAL_SECONDS
         self._retry_at = time.monotonic() + self._backoff
-
-
-def _storable(rec: PredictionRecord, *, payloads: bool, max_bytes: int) -> Row:
-    """Return the row to insert: payloads made strictly JSON (NaN becomes null) or left out,
-    each payload and the error at most `max_bytes` long, no NUL in text.
-
-    A payload past the budget is stored as `{"truncated": true, "bytes": <its size as JSON>,
-    "preview": "<its first bytes, as text>"}`; an error past it is cut and says its size. One
-    15 MB failing request stored 30 MB, and listing a hundred such rows took 1.6 GiB.
-    """
-    row = {name: getattr(rec, name) for name in _FIELDS}
-    row["inputs"] = _json_safe(rec.inputs, max_bytes) if payloads else None
-    row["outputs"] = _json_safe(rec.outputs, max_bytes) if payloads else None
-    error = rec.error
-    if error is not None:
-        if "\x00" in error:
-            # PostgreSQL text cannot hold NUL; the message stays readable without it.
-            error = error.replace("\x00", "\ufffd")
-        # Characters are 1-4 bytes: only a long message needs encoding to be measured.
-        if len(error) * 4 > max_bytes and len(encoded := error.encode()) > max_bytes:
-            kept = encoded[: max_bytes - _MARKER_BYTES].decode(errors="ignore")
-            error = f"{kept}... (truncated from {len(encoded)} bytes)"
-        row["error"] = error
-    return row
-
-
-def _json_safe(value: Any, max_bytes: int) -> Any:
-    if value is None or isinstance(value, orjson.Fragment):
-        return value
-    try:
-        # Serialised once, here (NaN becomes null); the JSON column and the spool embed the
-        # fragment as it is, without building the payload again as Python objects.
-        data = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        log.warning("prediction_log_payload_not_json", extra={"type": type(value).__name__})
-        return None
-    return orjson.Fragment(data if len(data) <= max_bytes else _truncated(data, max_bytes))
-
-
-def _truncated(data: bytes, max_bytes: int) -> bytes:
-    """Return what stands for a payload past the budget: valid JSON of at most `max_bytes`."""
-
-    def marker(keep: int) -> bytes:
-        # A cut through a UTF-8 sequence drops its bytes; JSON text has no other invalid ones.
-        preview = data[: max(0, keep)].decode(errors="ignore")
-        return orjson.dumps({"truncated": True, "bytes": len(data), "preview": preview})
-
-    fixed = len(marker(0))
-    keep = max_bytes - fixed
-    stored = marker(keep)
-    if len(stored) > max_bytes:
-        # Escaping made the preview longer (a quote is written \"): shrink it in proportion...
-        keep = keep * (max_bytes - fixed) // (len(stored) - fixed)
-        stored = marker(keep)
-    while len(stored) > max_bytes:
-        # ...and if this prefix escapes more than the average, cut the excess: each byte cut
-        # shortens the marker by at least one, so this pass always fits.
-        keep -= len(stored) - max_bytes
-        stored = marker(keep)
-    return stored
-
-
-def _uuid_subclasses(value: Any) -> str:
-    """Serialise what orjson leaves out: UUID subclasses (asyncpg returns its own)."""
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise TypeError(type(value).__name__)
-
-
-def _lines(rows: Iterable[Row], metrics: Metrics) -> bytes:
-    out = bytearray()
-    for row in rows:
-        try:
-            out += orjson.dumps(row, default=_uuid_subclasses, option=orjson.OPT_SERIALIZE_NUMPY)
-        except TypeError:
-            try:
-                out += orjson.dumps(
-                    {**row, "inputs": None, "outputs": None}, default=_uuid_subclasses
-                )
-            except TypeError:
-                metrics.log_rows_dropped.inc()
-                log.error(
-                    "prediction_log_row_unserializable", extra={"prediction_id": str(row["id"])}
-                )
-                continue
-            log.warning("prediction_log_payload_not_json", extra={"prediction_id": str(row["id"])})
-        out += b"\n"
-    return bytes(out)
-
-
-def _spool_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    files = [p for p in folder.iterdir() if p.suffix in (SPOOL_SUFFIX, REPLAYING_SUFFIX)]
-    return sorted(files, key=lambda p: p.stem)
-
-
-def _claim(path: Path) -> tuple[IO[bytes], Path, list[Row], int] | None:
-    """Lock a spool file, rename it `.replaying` and read it; None if another process has it.
-
-    The returned file holds the lock until it is closed.
-    """
-    try:
-        file = path.open("rb")
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if path.suffix == SPOOL_SUFFIX:
-            replaying = path.with_suffix(REPLAYING_SUFFIX)
-            path.rename(replaying)
-            path = replaying
-        rows, bad = _read_spool(file)
-    except (BlockingIOError, FileNotFoundError):
-        # Locked: another process appends to it or replays it. Gone: replayed meanwhile.
-        file.close()
-        return None
-    except BaseException:
-        file.close()
-        raise
-    return file, path, rows, bad
-
-
-def _read_spool(file: IO[bytes]) -> tuple[list[Row], int]:
-    """Parse a spool file; the count is of lines that are not a record (a torn last write)."""
-    rows: list[Row] = []
-    bad = 0
-    for line in file:
-        if not line.strip():
-            continue
-        try:
-            rows.append(_parse_row(orjson.loads(line)))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            bad += 1
-    return rows, bad
-
-
-def _parse_row(data: dict[str, Any]) -> Row:
-    row = {name: data[name] if name in data else _LATER_FIELDS[name] for name in _FIELDS}
-    for name in _UUID_FIELDS:
-        if row[name] is not None:
-            row[name] = uuid.UUID(row[name])
-    row["created_at"] = datetime.fromisoformat(row["created_at"])
-    if row["created_at"].tzinfo is None:
-        raise ValueError("naive created_at")
-    return row
 
 
 def _is_refused_data(exc: BaseException) -> bool:

@@ -33,6 +33,7 @@ from modelyard.db.tables import (
     rollup_bucket_column,
     shadow_rollups,
 )
+from modelyard.predictions.log.record import PredictionStatus
 
 MINUTE = 60
 HOUR = 3600
@@ -134,7 +135,7 @@ def aggregate(rows: Iterable[Row]) -> list[Row]:
         out["rows"] += row["n_rows"] or 0
         if at > out["last_at"]:
             out["last_at"] = at
-        if row["status"] == "error":
+        if row["status"] == PredictionStatus.ERROR:
             out["failures"] += 1
             continue
         _add_time(out, row["inference_time_ms"])
@@ -216,7 +217,7 @@ def aggregate_shadows(rows: Iterable[Row]) -> list[Row]:
         out["requests"] += 1
         if at > out["last_at"]:
             out["last_at"] = at
-        if row["status"] == "error":
+        if row["status"] == PredictionStatus.ERROR:
             out["failures"] += 1
             continue
         _add_time(out, row["inference_time_ms"])
