@@ -91,6 +91,8 @@ async def open_core(settings: Settings) -> AsyncIterator[Core]:
     """Hold the database, the artifact store and the events for the block (a CLI command)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     core = _core(settings, epochs=Epochs(settings.data_dir), on_health=None)
+    # The command sends no delivery: a server process does.
+    core.events.on_action(feed_from_actions(core.sessions, None))
     try:
         yield core
     finally:

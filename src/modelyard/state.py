@@ -1,8 +1,8 @@
 """The components one process holds, as `modelyard.composition` builds them.
 
-Routes take the one component they need (`EventsDep`, `StoreDep`, ... beside each component's
-type, through `modelyard.components`); `StateDep`, the whole of them, remains only for the routes
-of `predictions/` and `web/` until they are converted (#24).
+Routes take the one component they need (`EventsDep`, `StoreDep`, ..., each beside its type,
+made with `modelyard.deps.component`); `StateDep`, the whole of them, remains only for the
+routes of `predictions/` and `web/` until they are converted (#24).
 """
 
 from __future__ import annotations
