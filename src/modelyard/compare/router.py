@@ -53,7 +53,6 @@ async def compare_versions(
 
     Another user's id answers 404; fewer than 2 or more than 10 ids, or a repeated one, 422.
     """
-    settings = settings
     return await service.compare_versions(
         db,
         user,
