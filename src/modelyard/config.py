@@ -300,10 +300,11 @@ class Settings(BaseSettings):
 
     # batch prediction jobs (#18)
     batch_job_chunk_rows: int = Field(default=10_000, ge=1, le=1_000_000)
-    """Input rows a batch job reads, scores and stores at a time, fewer for wide models: a chunk
-    holds at most `max_predict_elements` values (rows times features), like one prediction
-    request. Its memory is bounded by one chunk, and a resumed job starts again after the last
-    chunk it stored."""
+    """Input rows a batch job reads, scores and stores at a time, fewer where one prediction
+    request may carry less: a chunk holds at most `max_batch_rows` rows and
+    `max_predict_elements` values (rows times features; a job whose rows are each wider fails).
+    Its memory is bounded by one chunk, and a resumed job starts again after the last chunk it
+    stored."""
 
     batch_job_lease_seconds: float = Field(default=30.0, gt=0)
     """How long a running batch job stays its worker's without a sign of life; the worker renews

@@ -266,3 +266,34 @@ async def test_a_running_worker_passes_the_container_health_check_and_a_stopped_
 
     assert running.returncode == 0, running.stderr
     assert stopped.returncode == 1  # a clean stop removes the file
+
+
+async def test_a_worker_fails_a_job_whose_rows_are_wider_than_a_request_may_be(
+    tmp_path: Path,
+    worker_settings: dict[str, str],
+    engine: AsyncEngine,
+    redis_client: Redis,
+    iris_skops: Path,
+) -> None:
+    # iris takes 4 features: no request fits a budget of 3 values, and no job either (the
+    # worker predicts under the API's input limits).
+    limited = {**worker_settings, "max_predict_elements": "3", "batch_job_lease_seconds": "60"}
+    values = {k: v for k, v in limited.items() if k != "database_url"}
+    async with serve(make_settings(tmp_path, limited["database_url"], **values)) as client:
+        account = await make_account(client)
+        await make_version(client, account, iris_skops)
+        await put_file(client, account, "in.csv", csv_bytes(iris_rows(5)))
+        request = await client.post(
+            "/api/v1/predict/iris", json={"inputs": iris_rows(1)}, headers=account.headers
+        )
+        created = await create_job(client, account)
+        with worker(tmp_path, limited, "worker"):
+            job = await wait_for_job(
+                client, account, created.json()["id"], finished, "the worker ends the job"
+            )
+
+    refused = "1 rows of 4 values is 4 values, more than the 3 allowed per request"
+    assert request.status_code == 422
+    assert request.json()["detail"] == refused
+    assert job["status"] == "failed", job
+    assert (job["error"], job["rows_done"]) == (refused, 0)

@@ -7,16 +7,18 @@ import uuid
 from fastapi import status
 
 from modelyard.accounts import erasure
+from modelyard.accounts.deps import PredictionLogDep
 from modelyard.accounts.schemas import UserDetail
 from modelyard.accounts.service import describe_user
+from modelyard.artifacts.deps import StoreDep
 from modelyard.auth import service as auth_service
 from modelyard.auth.deps import AdminUser, CallerDep
 from modelyard.auth.schemas import UserAdminUpdate, UserRead
+from modelyard.changes.deps import EventsDep
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import User
 from modelyard.edge.routing import make_router
 from modelyard.schemas import Page, PageDep, make_page
-from modelyard.state import StateDep
 
 # The caller's own account, beside the other `/api/v1/auth` routes in the API.
 me_router = make_router(prefix="/api/v1/auth", tags=["auth"])
@@ -24,12 +26,18 @@ users_router = make_router(prefix="/api/v1/users", tags=["users"])
 
 
 @me_router.delete("/me", status_code=status.HTTP_204_NO_CONTENT)
-async def erase_me(caller: CallerDep, db: SessionDep, state: StateDep) -> None:
+async def erase_me(
+    caller: CallerDep,
+    db: SessionDep,
+    events: EventsDep,
+    store: StoreDep,
+    prediction_log: PredictionLogDep,
+) -> None:
     """Erase the caller's account and everything it owns, irreversibly: models, versions,
     artifacts, files, experiments, keys, sessions. Needs a signed-in session (a bearer token),
     not an API key; logged predictions keep their numbers without the person."""
     await erasure.erase_own_account(
-        db, caller, store=state.store, events=state.events, prediction_log=state.prediction_log
+        db, caller, store=store, events=events, prediction_log=prediction_log
     )
 
 
@@ -42,11 +50,11 @@ async def list_users(_: AdminUser, db: SessionDep, page: PageDep) -> Page[UserRe
 
 @users_router.patch("/{user_id}", response_model=UserRead)
 async def update_user(
-    user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, db: SessionDep, state: StateDep
+    user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, db: SessionDep, events: EventsDep
 ) -> User:
     """Activate, deactivate, promote or demote a user (admin only); any change ends the
     user's sessions and API keys."""
-    return await auth_service.update_user(db, admin, user_id, body, events=state.events)
+    return await auth_service.update_user(db, admin, user_id, body, events=events)
 
 
 @users_router.get("/{user_id}", response_model=UserDetail)
@@ -56,14 +64,21 @@ async def get_user(user_id: uuid.UUID, _: AdminUser, db: SessionDep) -> UserDeta
 
 
 @users_router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def erase_user(user_id: uuid.UUID, admin: AdminUser, db: SessionDep, state: StateDep) -> None:
+async def erase_user(
+    user_id: uuid.UUID,
+    admin: AdminUser,
+    db: SessionDep,
+    events: EventsDep,
+    store: StoreDep,
+    prediction_log: PredictionLogDep,
+) -> None:
     """Erase a user's account and everything it owns, irreversibly (admin only; an admin's
     own account goes through `DELETE /api/v1/auth/me`, and the last active admin stays)."""
     await erasure.erase_user_as_admin(
         db,
         admin,
         user_id,
-        store=state.store,
-        events=state.events,
-        prediction_log=state.prediction_log,
+        store=store,
+        events=events,
+        prediction_log=prediction_log,
     )

@@ -34,7 +34,7 @@ from collections import Counter, deque
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import orjson
 from fastapi import Depends, Header, Query
@@ -46,17 +46,18 @@ from starlette.types import Receive, Scope, Send
 from modelyard.audit import service
 from modelyard.audit.router import AuditEventRead, sees_everything
 from modelyard.audit.service import AuditFilter, AuditLog
-from modelyard.auth.deps import CallerDep, api_key_scheme, bearer_scheme, credentials
+from modelyard.auth.deps import CallerDep, TokensDep, api_key_scheme, bearer_scheme, credentials
 from modelyard.auth.service import Caller
+from modelyard.auth.tokens import TokenService
 from modelyard.changes.epochs import Epoch, Epochs
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import ApiKey, AuditEvent, BatchJob, RefreshToken, User, WebSession
 from modelyard.db.types import utcnow
+from modelyard.deps import component
 from modelyard.edge import context
 from modelyard.edge.routing import make_router
 from modelyard.errors import RateLimited, ServiceUnavailable, is_dependency_down
 from modelyard.jobs.schemas import BatchJobProgress, JobStatus
-from modelyard.state import AppState, StateDep
 
 log = logging.getLogger(__name__)
 
@@ -601,8 +602,33 @@ class LiveResponse(StreamingResponse):
             self.feed.close(self.subscription)
 
 
+LiveFeedDep = Annotated[LiveFeed, Depends(component("live"))]
+
+
+class FeedHolder(Protocol):
+    """What holds the process's feed (the app state, which the pages pass)."""
+
+    @property
+    def live(self) -> LiveFeed: ...
+
+
 async def open_stream(
-    state: AppState,
+    state: FeedHolder,
+    caller: Caller,
+    credential: Credential,
+    filters: AuditFilter,
+    after: int,
+    *,
+    valid_until: datetime | None,
+) -> LiveResponse:
+    """Return `open_feed_stream` on the feed of `state`."""
+    return await open_feed_stream(
+        state.live, caller, credential, filters, after, valid_until=valid_until
+    )
+
+
+async def open_feed_stream(
+    feed: LiveFeed,
     caller: Caller,
     credential: Credential,
     filters: AuditFilter,
@@ -615,10 +641,10 @@ async def open_stream(
     Raises:
         TooManyStreams: the account has its limit of streams open in this process.
     """
-    subscription = await state.live.open(
+    subscription = await feed.open(
         caller, credential, filters, after=after, valid_until=valid_until
     )
-    return response(state.live, subscription)
+    return response(feed, subscription)
 
 
 @router.get(
@@ -636,7 +662,8 @@ async def open_stream(
 async def stream_events(
     caller: CallerDep,
     db: SessionDep,
-    state: StateDep,
+    feed: LiveFeedDep,
+    tokens: TokensDep,
     bearer: Annotated[str | None, Depends(bearer_scheme)],
     api_key: Annotated[str | None, Depends(api_key_scheme)],
     last_event_id: Annotated[
@@ -667,10 +694,10 @@ async def stream_events(
         start = await service.head(db)
     # A stream lasts: the request's connection goes back to the pool now.
     await db.close()
-    return await open_stream(
-        state,
+    return await open_feed_stream(
+        feed,
         caller,
-        credential_of(state, caller, bearer=bearer, api_key=api_key),
+        credential_of(tokens, caller, bearer=bearer, api_key=api_key),
         AuditFilter(action=action),
         start,
         valid_until=caller.valid_until,
@@ -678,7 +705,7 @@ async def stream_events(
 
 
 def credential_of(
-    state: AppState, caller: Caller, *, bearer: str | None, api_key: str | None
+    tokens: TokenService, caller: Caller, *, bearer: str | None, api_key: str | None
 ) -> Credential:
     """The credential `caller` authenticated with: its API key, or its access token's session."""
     user = caller.user
@@ -687,7 +714,7 @@ def credential_of(
     _, token = credentials(api_key, bearer)
     if token is None:  # not reached: the caller was authenticated by one or the other
         return Credential.of_account(user)
-    claims = state.tokens.verify(token, "access")
+    claims = tokens.verify(token, "access")
     return Credential(user.id, user.is_admin, session_id=claims.family_id, version=claims.version)
 
 

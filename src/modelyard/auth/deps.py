@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Hashable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
@@ -13,19 +14,29 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.auth import service
+from modelyard.auth.passwords import PasswordHasher
 from modelyard.auth.scopes import Scope, route_needs
-from modelyard.auth.service import Caller
+from modelyard.auth.service import Caller, FailureLimit
+from modelyard.auth.tokens import TokenService
 from modelyard.changes.epochs import Epoch
+from modelyard.changes.hotcache import EpochCache
+from modelyard.changes.outage import OutageCache
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import RegisteredModel, User
+from modelyard.deps import SettingsDep, component
 from modelyard.edge import context
 from modelyard.errors import Forbidden, Unauthorized
-from modelyard.state import AppState, app_state
+from modelyard.ratelimit import RateLimiter
 
 # Declared as security schemes so that /docs offers the Authorize button for both. Neither
 # raises on its own: a missing credential is our 401 problem with WWW-Authenticate.
 bearer_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
 api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+TokensDep = Annotated[TokenService, Depends(component("tokens"))]
+PasswordsDep = Annotated[PasswordHasher, Depends(component("passwords"))]
+FailuresDep = Annotated[FailureLimit, Depends(component("failures"))]
+RateLimiterDep = Annotated[RateLimiter, Depends(component("rate_limiter"))]
 
 
 async def current_caller(
@@ -42,10 +53,11 @@ async def current_caller(
     api_key, bearer = credentials(api_key, bearer)
     if not api_key and not bearer:
         raise Unauthorized("not authenticated")
-    state = app_state(request)
+    # Every request's dependency: its parts are read here, not through three more dependencies.
+    parts: CredentialParts = request.app.state.modelyard
     # Hot path: a credential checked in the last minute, with nothing revoked since, is known.
-    caller = await state.caller_cache.fill(
-        api_key or bearer or "", lambda: check_credential(state, db, api_key, bearer)
+    caller = await parts.caller_cache.fill(
+        api_key or bearer or "", lambda: check_credential(parts, db, api_key, bearer)
     )
     context.set_caller(caller.user.id, caller.api_key_id)
     if caller.scopes is not None:
@@ -100,8 +112,35 @@ def credentials(api_key: str | None, bearer: str | None) -> tuple[str | None, st
     return api_key or None, bearer or None
 
 
+class CredentialParts(Protocol):
+    """The components that check credentials (the app state has them)."""
+
+    @property
+    def tokens(self) -> TokenService: ...
+
+    @property
+    def outage_cache(self) -> OutageCache[Hashable, Any]: ...
+
+    @property
+    def caller_cache(self) -> EpochCache[str, Caller]: ...
+
+
 async def check_credential(
-    state: AppState, db: AsyncSession, api_key: str | None, bearer: str | None
+    parts: CredentialParts, db: AsyncSession, api_key: str | None, bearer: str | None
+) -> tuple[Caller, float | None]:
+    """Return `verify_credential` with the tokens and outage cache of `parts`."""
+    return await verify_credential(
+        db, api_key, bearer, tokens=parts.tokens, outage=parts.outage_cache
+    )
+
+
+async def verify_credential(
+    db: AsyncSession,
+    api_key: str | None,
+    bearer: str | None,
+    *,
+    tokens: TokenService,
+    outage: OutageCache[Hashable, Any],
 ) -> tuple[Caller, float | None]:
     """Check an API key (else a bearer token) against the database, or while the database is
     down against the last success; return the caller and the seconds its credential has left.
@@ -116,7 +155,7 @@ async def check_credential(
                 caller = await service.authenticate_api_key(db, api_key)
             elif bearer:
                 user, expires_at = await service.authenticate_access_token(
-                    db, bearer, tokens=state.tokens
+                    db, bearer, tokens=tokens
                 )
                 caller = Caller(user, None, expires_at)
             else:
@@ -132,9 +171,7 @@ async def check_credential(
         return caller
 
     credential = api_key or bearer
-    caller, recalled = await state.outage_cache.call(
-        ("caller", credential), authenticate, epoch=Epoch.AUTH
-    )
+    caller, recalled = await outage.call(("caller", credential), authenticate, epoch=Epoch.AUTH)
     if recalled:
         # Good for this request only: cached, it would outlive the outage.
         return caller, 0.0
@@ -176,17 +213,18 @@ AdminUser = Annotated[User, Depends(admin_user)]
 AUTH_RATE_WINDOW_SECONDS = 60
 
 
-async def auth_rate_limit(request: Request) -> None:
+async def auth_rate_limit(
+    request: Request, rate_limiter: RateLimiterDep, settings: SettingsDep
+) -> None:
     """Limit unauthenticated auth attempts per client address (password guessing, spraying).
 
     Raises:
         RateLimited: past `auth_rate_limit_per_minute`.
     """
-    state = app_state(request)
     address = request.client.host if request.client else "unknown"
-    await state.rate_limiter.hit(
+    await rate_limiter.hit(
         f"auth:{address}",
-        limit=state.settings.auth_rate_limit_per_minute,
+        limit=settings.auth_rate_limit_per_minute,
         window_seconds=AUTH_RATE_WINDOW_SECONDS,
     )
 
@@ -198,11 +236,11 @@ class PasswordsDisabled(Forbidden):
         super().__init__("passwords are turned off on this server; sign in with single sign-on")
 
 
-async def local_passwords(request: Request) -> None:
+async def local_passwords(settings: SettingsDep) -> None:
     """Refuse a password registration or login when local passwords are turned off.
 
     Raises:
         PasswordsDisabled: `local_passwords` is false.
     """
-    if not app_state(request).settings.local_passwords:
+    if not settings.local_passwords:
         raise PasswordsDisabled

@@ -223,39 +223,22 @@ def create_admin(
 async def _create_admin(
     settings: Settings, email: str, password: str, promote_existing: bool
 ) -> bool:
-    from redis.asyncio import Redis
-
-    from modelyard.audit.service import AuditLog
     from modelyard.auth import service as auth_service
     from modelyard.auth.passwords import PasswordHasher
-    from modelyard.changes.epochs import Epochs
-    from modelyard.changes.events import make_events
-    from modelyard.db.engine import make_engine, make_sessionmaker
+    from modelyard.composition import open_core
 
-    engine = make_engine(settings.sqlalchemy_url)
-    # The running server's workers share these epochs (and, with Redis, every replica hears the
-    # event): they drop what they remembered of the account's old credentials at once.
-    epochs = Epochs(settings.data_dir)
-    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
-    events = make_events(epochs, redis)
-    sessions = make_sessionmaker(engine)
-    events.on_action(AuditLog(sessions))
-    try:
-        async with sessions() as db:
-            _, created = await auth_service.ensure_admin(
-                db,
-                email,
-                password,
-                passwords=PasswordHasher(settings),
-                events=events,
-                promote_existing=promote_existing,
-            )
-            return created
-    finally:
-        if redis is not None:
-            await redis.aclose()
-        epochs.close()
-        await engine.dispose()
+    # The running server's workers share the host's epochs (and, with Redis, every replica hears
+    # the event): they drop what they remembered of the account's old credentials at once.
+    async with open_core(settings) as core, core.sessions() as db:
+        _, created = await auth_service.ensure_admin(
+            db,
+            email,
+            password,
+            passwords=PasswordHasher(settings),
+            events=core.events,
+            promote_existing=promote_existing,
+        )
+        return created
 
 
 @app.command()
@@ -275,27 +258,23 @@ def gc(
 
 
 async def _gc(settings: Settings, older_than: timedelta) -> int:
-    from modelyard.artifacts import make_store
     from modelyard.artifacts.gc import collect_garbage
-    from modelyard.db.engine import make_engine, make_sessionmaker
+    from modelyard.composition import open_core
     from modelyard.files import service as files_service
     from modelyard.registry import service as registry_service
 
-    engine = make_engine(settings.sqlalchemy_url)
-    store = make_store(settings)
-    sessions = make_sessionmaker(engine)
+    async with open_core(settings) as core:
 
-    async def referenced_artifacts(keys: list[str]) -> set[str]:
-        async with sessions() as db:
-            return await registry_service.referenced_keys(db, keys)
+        async def referenced_artifacts(keys: list[str]) -> set[str]:
+            async with core.sessions() as db:
+                return await registry_service.referenced_keys(db, keys)
 
-    async def referenced_files(keys: list[str]) -> set[str]:
-        async with sessions() as db:
-            return await files_service.referenced_keys(db, keys)
+        async def referenced_files(keys: list[str]) -> set[str]:
+            async with core.sessions() as db:
+                return await files_service.referenced_keys(db, keys)
 
-    try:
         removed = await collect_garbage(
-            store,
+            core.store,
             prefix=registry_service.ARTIFACT_PREFIX,
             referenced=referenced_artifacts,
             older_than=older_than,
@@ -303,14 +282,11 @@ async def _gc(settings: Settings, older_than: timedelta) -> int:
         # Files have no rows: an area is referenced by its user (gone if an erasure could not
         # empty it).
         return removed + await collect_garbage(
-            store,
+            core.store,
             prefix=files_service.FILES_PREFIX + "/",
             referenced=referenced_files,
             older_than=older_than,
         )
-    finally:
-        await store.aclose()
-        await engine.dispose()
 
 
 @app.command()
@@ -329,14 +305,11 @@ def maintain() -> None:
 
 
 async def _maintain(settings: Settings) -> MaintenanceReport:
-    from modelyard.db.engine import make_engine
+    from modelyard.composition import open_core
     from modelyard.predictions.log import maintenance
 
-    engine = make_engine(settings.sqlalchemy_url)
-    try:
-        return await maintenance.maintain(engine, settings)
-    finally:
-        await engine.dispose()
+    async with open_core(settings) as core:
+        return await maintenance.maintain(core.engine, settings)
 
 
 @app.command()
@@ -351,9 +324,21 @@ def worker() -> None:
             err=True,
         )
         raise typer.Exit(2)
-    from modelyard.jobs.queue import run_worker
+    asyncio.run(_worker(settings))
 
-    asyncio.run(run_worker(settings))
+
+async def _worker(settings: Settings) -> None:
+    from modelyard.composition import open_components
+    from modelyard.jobs.queue import RedisJobs, run_worker
+    from modelyard.observability.logging import configure_logging
+
+    configure_logging(settings)
+    async with open_components(settings, role="worker") as parts:
+        assert isinstance(parts.batch_jobs, RedisJobs)  # noqa: S101 - the worker role's queue
+        assert parts.job_runner is not None  # noqa: S101 - and its runner
+        await run_worker(
+            settings, jobs=parts.batch_jobs, runner=parts.job_runner, sessions=parts.sessions
+        )
 
 
 audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
@@ -381,14 +366,10 @@ def audit_verify() -> None:
 
 async def _audit_verify(settings: Settings) -> Verification:
     from modelyard.audit import service as audit_service
-    from modelyard.db.engine import make_engine, make_sessionmaker
+    from modelyard.composition import open_core
 
-    engine = make_engine(settings.sqlalchemy_url)
-    try:
-        async with make_sessionmaker(engine)() as db:
-            return await audit_service.verify(db)
-    finally:
-        await engine.dispose()
+    async with open_core(settings) as core, core.sessions() as db:
+        return await audit_service.verify(db)
 
 
 def register(root: typer.Typer) -> None:

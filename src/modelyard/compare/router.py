@@ -8,11 +8,12 @@ from typing import Annotated
 from fastapi import Query
 
 from modelyard.auth.deps import CurrentUser
+from modelyard.changes.deps import EventsDep
 from modelyard.compare import service
 from modelyard.compare.schemas import MAX_ITEMS, Comparison
 from modelyard.db.deps import SessionDep
+from modelyard.deps import SettingsDep
 from modelyard.edge.routing import make_router
-from modelyard.state import StateDep
 
 router = make_router(prefix="/api/v1/compare", tags=["compare"])
 
@@ -41,7 +42,8 @@ async def compare_versions(
     ids: Ids,
     user: CurrentUser,
     db: SessionDep,
-    state: StateDep,
+    events: EventsDep,
+    settings: SettingsDep,
     days: Annotated[int, Query(ge=1, le=90, description="the serving window")] = 7,
 ) -> Comparison:
     """Compare 2 to 10 model versions (their UUIDs, of any of your models): hyperparameters and
@@ -51,7 +53,6 @@ async def compare_versions(
 
     Another user's id answers 404; fewer than 2 or more than 10 ids, or a repeated one, 422.
     """
-    settings = state.settings
     return await service.compare_versions(
         db,
         user,
@@ -62,5 +63,5 @@ async def compare_versions(
             max_rows=settings.drift_window_max_rows,
             max_payload_bytes=settings.prediction_log_max_payload_bytes,
         ),
-        events=state.events,
+        events=events,
     )

@@ -12,9 +12,9 @@ from modelyard.artifacts.http import object_response
 from modelyard.artifacts.signing import SIGNED_PATH, BadSignature, LinkTarget, UrlSigner
 from modelyard.artifacts.store import ObjectNotFound
 from modelyard.db.deps import SessionDep
+from modelyard.deps import SettingsDep
 from modelyard.downloads.links import LinkGone, check_link
 from modelyard.edge.routing import make_router
-from modelyard.state import app_state
 
 router = make_router(prefix=SIGNED_PATH, tags=["artifacts"])
 
@@ -47,6 +47,7 @@ async def download_signed(
     request: Request,
     store: StoreDep,
     db: SessionDep,
+    settings: SettingsDep,
     owner: uuid.UUID | None = None,
     sha256: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
     version: uuid.UUID | None = None,
@@ -56,7 +57,7 @@ async def download_signed(
     if owner is None or sha256 is None:  # a link from before links were bound
         raise BadSignature
     target = LinkTarget(key=key, owner_id=owner, sha256=sha256, version_id=version)
-    UrlSigner(app_state(request).settings.secret).verify(target, expires, filename, signature)
+    UrlSigner(settings.secret).verify(target, expires, filename, signature)
     await check_link(db, target)
     # Checked: give the connection back before a possibly long download.
     await db.close()

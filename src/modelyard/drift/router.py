@@ -8,13 +8,15 @@ from typing import Annotated
 from fastapi import Query, status
 from pydantic import AwareDatetime
 
+from modelyard.artifacts.deps import StoreDep
 from modelyard.auth.deps import CallerDep
+from modelyard.changes.deps import EventsDep
 from modelyard.db.deps import SessionDep
+from modelyard.deps import SettingsDep
 from modelyard.drift import reference, service
 from modelyard.drift.schemas import DriftRead, ReferenceFile, ReferenceRead
 from modelyard.edge.routing import make_router
 from modelyard.registry.deps import OwnedModel, VersionNumber
-from modelyard.state import StateDep
 
 router = make_router(prefix="/api/v1/models", tags=["drift"])
 
@@ -26,7 +28,9 @@ async def set_reference(
     body: ReferenceFile,
     caller: CallerDep,
     db: SessionDep,
-    state: StateDep,
+    events: EventsDep,
+    settings: SettingsDep,
+    store: StoreDep,
 ) -> ReferenceRead:
     """Compute a version's drift reference from a CSV or Parquet file in the caller's file area.
 
@@ -40,10 +44,10 @@ async def set_reference(
         model,
         version,
         path=body.path,
-        store=state.store,
-        tmp_dir=state.settings.data_dir / "tmp",
-        limits=reference.limits_of(state.settings),
-        events=state.events,
+        store=store,
+        tmp_dir=settings.data_dir / "tmp",
+        limits=reference.limits_of(settings),
+        events=events,
     )
 
 
@@ -55,10 +59,10 @@ async def get_reference(model: OwnedModel, version: VersionNumber, db: SessionDe
 
 @router.delete("/{model}/versions/{version}/reference", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_reference(
-    model: OwnedModel, version: VersionNumber, db: SessionDep, state: StateDep
+    model: OwnedModel, version: VersionNumber, db: SessionDep, events: EventsDep
 ) -> None:
     """Remove a version's drift reference; the next drift request computes one from served rows."""
-    await service.delete_reference(db, model, version, events=state.events)
+    await service.delete_reference(db, model, version, events=events)
 
 
 @router.get(
@@ -69,7 +73,8 @@ async def delete_reference(
 async def get_drift(
     model: OwnedModel,
     db: SessionDep,
-    state: StateDep,
+    events: EventsDep,
+    settings: SettingsDep,
     version: Annotated[
         str | None,
         Query(
@@ -100,8 +105,8 @@ async def get_drift(
         version_ref=version,
         since=since,
         until=until,
-        reference_rows=state.settings.drift_reference_rows,
-        max_rows=state.settings.drift_window_max_rows,
-        max_payload_bytes=state.settings.prediction_log_max_payload_bytes,
-        events=state.events,
+        reference_rows=settings.drift_reference_rows,
+        max_rows=settings.drift_window_max_rows,
+        max_payload_bytes=settings.prediction_log_max_payload_bytes,
+        events=events,
     )

@@ -9,6 +9,7 @@ from fastapi import Depends, Query, status
 from pydantic import Field
 
 from modelyard.auth.deps import CurrentUser
+from modelyard.changes.deps import EventsDep
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import Experiment, ExperimentMetric
 from modelyard.edge.routing import make_router
@@ -24,7 +25,6 @@ from modelyard.experiments.schemas import (
     MetricRead,
 )
 from modelyard.schemas import Page, PageDep
-from modelyard.state import StateDep
 
 router = make_router(prefix="/api/v1/experiments", tags=["experiments"])
 
@@ -120,9 +120,9 @@ async def update_experiment(
 
 
 @router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_experiment(experiment: OwnedExperiment, db: SessionDep, state: StateDep) -> None:
+async def delete_experiment(experiment: OwnedExperiment, db: SessionDep, events: EventsDep) -> None:
     """Delete an experiment; the versions it produced stay, with `experiment_id` null."""
-    await service.delete_experiment(db, experiment, events=state.events)
+    await service.delete_experiment(db, experiment, events=events)
 
 
 @router.post(

@@ -12,12 +12,13 @@ from modelyard.artifacts.http import absolute_url, object_response
 from modelyard.artifacts.signing import UrlSigner
 from modelyard.artifacts.uploads import receive_upload
 from modelyard.auth.deps import CurrentUser
+from modelyard.changes.deps import EventsDep
 from modelyard.db.deps import SessionDep
+from modelyard.deps import SettingsDep
 from modelyard.edge.routing import make_router
 from modelyard.files import service
 from modelyard.files.schemas import FileRead, FileStored
 from modelyard.schemas import DownloadUrl, Page, PageDep
-from modelyard.state import StateDep, app_state
 
 router = make_router(prefix="/api/v1/files", tags=["files"])
 
@@ -61,12 +62,16 @@ _UPLOAD_BODY: dict[str, Any] = {
     "nothing is kept. " + _PATH_RULES,
 )
 async def upload_file(
-    request: Request, user: CurrentUser, db: SessionDep, store: StoreDep
+    request: Request,
+    user: CurrentUser,
+    db: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    events: EventsDep,
 ) -> FileStored:
     """Upload a file (multipart `file`, optional `path`); 413 past the upload limit, 403 past
     the storage quota (as soon as the body passes what is left of it)."""
     owner_id = user.id
-    settings = app_state(request).settings
     max_bytes, too_large = await service.upload_room(
         db,
         store,
@@ -90,7 +95,7 @@ async def upload_file(
             path=upload.fields.get("path"),
             received=upload.file,
             quota_bytes=settings.storage_quota_bytes,
-            events=app_state(request).events,
+            events=events,
         )
 
 
@@ -134,11 +139,11 @@ async def presigned_url(
     request: Request,
     user: CurrentUser,
     store: StoreDep,
+    settings: SettingsDep,
+    events: EventsDep,
     expires_in: Annotated[int, Query(description="seconds, 1 up to the server's maximum")] = 300,
 ) -> DownloadUrl:
     """Make a temporary download link for one of the caller's files."""
-    state = app_state(request)
-    settings = state.settings
     link = await service.presign_file(
         store,
         UrlSigner(settings.secret),
@@ -147,7 +152,7 @@ async def presigned_url(
         expires_in=expires_in,
         max_expires_in=settings.presign_max_expires_seconds,
         via_app=settings.download_links_via_app,
-        events=state.events,
+        events=events,
     )
     return DownloadUrl(url=absolute_url(request, link.url), expires_at=link.expires_at)
 
@@ -158,7 +163,7 @@ async def presigned_url(
     description="Delete one of the caller's files. " + _PATH_RULES,
 )
 async def delete_file(
-    path: str, user: CurrentUser, db: SessionDep, store: StoreDep, state: StateDep
+    path: str, user: CurrentUser, db: SessionDep, store: StoreDep, events: EventsDep
 ) -> None:
     """Delete one of the caller's files."""
-    await service.delete_file(db, store, owner_id=user.id, path=path, events=state.events)
+    await service.delete_file(db, store, owner_id=user.id, path=path, events=events)

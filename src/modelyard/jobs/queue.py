@@ -164,49 +164,16 @@ class RedisJobs(JobQueue):
             await self.submit(job_id, key=f"{job_id}:{attempts}")
 
 
-async def run_worker(settings: Settings) -> None:
-    """Run batch jobs from the Redis queue until SIGTERM or SIGINT (`modelyard worker`)."""
-    from redis.asyncio import Redis
+async def run_worker(
+    settings: Settings,
+    *,
+    jobs: RedisJobs,
+    runner: JobRunner,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Run batch jobs from the Redis queue until SIGTERM or SIGINT (`modelyard worker`), with
+    the components the composition root built."""
     from saq import Worker
-
-    from modelyard.artifacts import make_store
-    from modelyard.audit.service import AuditLog
-    from modelyard.changes.epochs import Epochs
-    from modelyard.changes.events import make_events
-    from modelyard.db.engine import make_engine, make_sessionmaker
-    from modelyard.observability.logging import configure_logging
-    from modelyard.observability.metrics import Metrics
-    from modelyard.predictions.log.writer import PredictionLog
-    from modelyard.predictions.predictor import Predictor
-    from modelyard.serving.batching import Batcher
-    from modelyard.serving.cache import ModelCache
-    from modelyard.serving.runtimes.onnx import configure_onnx_memory
-
-    assert settings.redis_url is not None  # noqa: S101 - checked by the command
-    configure_logging(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.sqlalchemy_url)
-    sessions = make_sessionmaker(engine)
-    store = make_store(settings)
-    metrics = Metrics()
-    prediction_log = PredictionLog.from_settings(settings, sessions, metrics)
-    configure_onnx_memory(settings.onnx_memory_bytes)
-    epochs = Epochs(settings.data_dir)
-    redis = Redis.from_url(settings.redis_url)
-    events = make_events(epochs, redis)
-    events.on_action(AuditLog(sessions))
-    predictor = Predictor(
-        store=store,
-        cache=ModelCache.from_settings(settings, metrics),
-        batcher=Batcher.from_settings(settings, metrics),
-        log=prediction_log,
-        metrics=metrics,
-        run_timeout_seconds=settings.predict_timeout_seconds,
-    )
-    runner = JobRunner(
-        sessions=sessions, store=store, predictor=predictor, events=events, settings=settings
-    )
-    jobs = RedisJobs(settings)
 
     async def run_batch_job(ctx: Context, *, batch_job_id: str) -> None:
         # The entry (keyed by `batch_job_id`) only wakes this slot: it runs the fairest job,
@@ -246,7 +213,6 @@ async def run_worker(settings: Settings) -> None:
         functions=[(RUN_FUNCTION, run_batch_job)],
         concurrency=settings.batch_job_concurrency,
     )
-    await prediction_log.start()
     background = [
         asyncio.create_task(sweep_forever(), name="batch-jobs-sweep"),
         asyncio.create_task(heartbeat_forever(), name="worker-heartbeat"),
@@ -260,11 +226,4 @@ async def run_worker(settings: Settings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         settings.worker_heartbeat_file.unlink(missing_ok=True)
-        await jobs.aclose()
-        await predictor.batcher.aclose()
-        await prediction_log.aclose()
-        await redis.aclose()
-        await store.aclose()
-        await engine.dispose()
-        epochs.close()
         log.info("worker_stopped")

@@ -7,14 +7,17 @@ from typing import Annotated
 
 from fastapi import Depends, Query, status
 
+from modelyard.artifacts.deps import StoreDep
 from modelyard.auth.deps import CallerDep
+from modelyard.changes.deps import EventsDep
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import BatchJob
+from modelyard.deps import SettingsDep
 from modelyard.edge.routing import make_router
 from modelyard.jobs import service
+from modelyard.jobs.deps import JobQueueDep
 from modelyard.jobs.schemas import BATCH_JOBS_PATH, BatchJobCreate, BatchJobRead, JobStatus
 from modelyard.schemas import Page, PageDep, make_page
-from modelyard.state import StateDep
 
 router = make_router(prefix=BATCH_JOBS_PATH, tags=["batch jobs"])
 
@@ -39,7 +42,13 @@ OwnedJob = Annotated[BatchJob, Depends(owned_job)]
     },
 )
 async def create_batch_job(
-    body: BatchJobCreate, caller: CallerDep, db: SessionDep, state: StateDep
+    body: BatchJobCreate,
+    caller: CallerDep,
+    db: SessionDep,
+    events: EventsDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    jobs: JobQueueDep,
 ) -> BatchJob:
     """Score a CSV file of the caller's with a model version, in the background.
 
@@ -48,15 +57,15 @@ async def create_batch_job(
     succeeded. Needs the `predict` scope, and `read` and `write` (the job reads and writes
     files); a key limited to models may not start jobs (it may not name files).
     """
-    assert state.batch_jobs is not None  # noqa: S101 - set up with the API routes
+    assert jobs is not None  # noqa: S101 - set up with the API routes
     return await service.create_job(
         db,
         caller,
         body,
-        store=state.store,
-        queue=state.batch_jobs,
-        events=state.events,
-        max_active=state.settings.batch_job_max_active_per_account,
+        store=store,
+        queue=jobs,
+        events=events,
+        max_active=settings.batch_job_max_active_per_account,
     )
 
 
@@ -85,8 +94,8 @@ async def get_batch_job(job: OwnedJob) -> BatchJob:
     responses={409: {"description": "the job has succeeded or failed already"}},
 )
 async def cancel_batch_job(
-    job: OwnedJob, caller: CallerDep, db: SessionDep, state: StateDep
+    job: OwnedJob, caller: CallerDep, db: SessionDep, events: EventsDep
 ) -> BatchJob:
     """Cancel a batch job: a queued one at once; a running one stops after its current chunk
     (`cancel_requested` until then). No output file is written. Admins may cancel anyone's."""
-    return await service.cancel_job(db, caller, job, events=state.events)
+    return await service.cancel_job(db, caller, job, events=events)

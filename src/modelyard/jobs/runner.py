@@ -45,7 +45,7 @@ from modelyard.files import tabular
 from modelyard.files.service import StorageQuotaExceeded, file_key
 from modelyard.jobs import service
 from modelyard.jobs.schemas import JobFormat, JobStatus
-from modelyard.predictions.inputs import InvalidInput, feature_count, to_batch
+from modelyard.predictions.inputs import InvalidInput, check_batch, feature_count, to_batch
 from modelyard.predictions.log.record import PredictionRecord
 from modelyard.predictions.predictor import Predictor
 from modelyard.predictions.targets import Target
@@ -146,10 +146,10 @@ class JobRunner:
         self.store = store
         self.predictor = predictor
         self.events = events
-        self.chunk_rows = settings.batch_job_chunk_rows
-        # A chunk holds at most as many values as one prediction request may (the predict API's
-        # element budget), however wide the model: rows x features, not rows alone.
-        self.max_chunk_values = settings.max_predict_elements
+        # A chunk is at most what one prediction request may be (the predictor's input limits,
+        # the API's): rows, and values over all of them (rows x features) however wide the model.
+        self.input_limits = predictor.limits
+        self.chunk_rows = min(settings.batch_job_chunk_rows, self.input_limits.max_rows)
         self.limits = tabular.TabularLimits.of(settings, max_rows=settings.batch_job_max_rows)
         self.lease = timedelta(seconds=settings.batch_job_lease_seconds)
         self.max_running = settings.batch_job_max_running_per_account
@@ -269,10 +269,17 @@ class JobRunner:
                 if run.rows_total is None and reader.rows_total is not None:
                     await self._set_total(run, reader.rows_total)  # Parquet: from its metadata
                 width = len(reader.selection.positions)
+                try:
+                    # Before any row is scored: a row wider than a request may be never fits.
+                    check_batch(
+                        1, width, expected=None, limits=self.input_limits, what="the input file"
+                    )
+                except InvalidInput as exc:
+                    raise JobFailure(exc.detail) from exc
                 yield InputChunks(
                     reader,
                     runtime=runtime,
-                    chunk_rows=chunk_rows(self.chunk_rows, self.max_chunk_values, width),
+                    chunk_rows=chunk_rows(self.chunk_rows, self.input_limits.max_elements, width),
                     skip_rows=run.rows_done,
                 )
         except tabular.TabularError as exc:

@@ -6,25 +6,54 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Hashable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Response
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from modelyard.auth.deps import api_key_scheme, bearer_scheme, check_credential, credentials
+from modelyard.artifacts.deps import StoreDep
+from modelyard.artifacts.store import ArtifactStore
+from modelyard.auth.deps import (
+    TokensDep,
+    api_key_scheme,
+    bearer_scheme,
+    credentials,
+    verify_credential,
+)
+from modelyard.auth.tokens import TokenService
+from modelyard.changes.deps import OutageCacheDep
+from modelyard.changes.outage import OutageCache
+from modelyard.config import Settings
+from modelyard.db.deps import EngineDep, SessionsDep
+from modelyard.deps import RedisDep, SettingsDep, component
 from modelyard.edge.routing import make_router
 from modelyard.errors import ModelyardError
-from modelyard.state import AppState, CheckStatus, StateDep
 
 log = logging.getLogger(__name__)
 router = make_router(tags=["operations"])
 
 CHECK_TIMEOUT_SECONDS = 2.0
 READY_CACHE_SECONDS = 2.0
+
+CheckStatus = Literal["ok", "down", "disabled"]
+
+
+@dataclass
+class Readiness:
+    """Whether this process takes traffic: not once it is shutting down; and the state of its
+    dependencies when last checked (`checked`: when, by the monotonic clock, and what)."""
+
+    shutting_down: bool = False
+    checked: tuple[float, dict[str, CheckStatus]] | None = None
+
+
+ReadinessDep = Annotated[Readiness, Depends(component("readiness"))]
 
 
 class Live(BaseModel):
@@ -52,8 +81,14 @@ async def live() -> Live:
     responses={503: {"model": Ready}},
 )
 async def ready(
-    request: Request,
-    state: StateDep,
+    readiness: ReadinessDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    sessions: SessionsDep,
+    store: StoreDep,
+    redis: RedisDep,
+    tokens: TokensDep,
+    outage: OutageCacheDep,
     response: Response,
     bearer: Annotated[str | None, Depends(bearer_scheme)],
     api_key: Annotated[str | None, Depends(api_key_scheme)],
@@ -61,14 +96,14 @@ async def ready(
     """Answer 200 while the database and artifact store answer, 503 otherwise (Redis does not
     count). Anyone gets `{"status": ...}`; admins and the metrics scrape token also get `checks`,
     the state of each dependency."""
-    if state.shutting_down:
+    if readiness.shutting_down:
         response.status_code = 503
         return Ready(status="shutting down")
     now = time.monotonic()
     # Cached briefly: probes from every load balancer must not become load on the database.
-    if state.readiness is None or now - state.readiness[0] >= READY_CACHE_SECONDS:
-        state.readiness = (now, await _check(state))
-    checks = state.readiness[1]
+    if readiness.checked is None or now - readiness.checked[0] >= READY_CACHE_SECONDS:
+        readiness.checked = (now, await _check(engine, store, redis))
+    checks = readiness.checked[1]
     status: Literal["ok", "unavailable"] = "ok"
     if checks["database"] != "ok" or checks["artifact_store"] != "ok":
         response.status_code = 503
@@ -76,14 +111,25 @@ async def ready(
         status = "unavailable"
     # Which of our dependencies is down is of use to an attacker timing one: operators only.
     shown = (
-        checks if (bearer or api_key) and await _may_see_checks(state, bearer, api_key) else None
+        checks
+        if (bearer or api_key)
+        and await _may_see_checks(settings, sessions, bearer, api_key, tokens=tokens, outage=outage)
+        else None
     )
     return Ready(status=status, checks=shown)
 
 
-async def _may_see_checks(state: AppState, bearer: str | None, api_key: str | None) -> bool:
+async def _may_see_checks(
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    bearer: str | None,
+    api_key: str | None,
+    *,
+    tokens: TokenService,
+    outage: OutageCache[Hashable, Any],
+) -> bool:
     """Tell whether the caller is the scrape token or an admin; never fail readiness over it."""
-    token = state.settings.metrics_token
+    token = settings.metrics_token
     if (
         token is not None
         and bearer is not None
@@ -92,9 +138,10 @@ async def _may_see_checks(state: AppState, bearer: str | None, api_key: str | No
         return True
     api_key, bearer = credentials(api_key, bearer)
     try:
-        async with state.sessions() as db:
+        async with sessions() as db:
             caller, _ = await asyncio.wait_for(
-                check_credential(state, db, api_key, bearer), CHECK_TIMEOUT_SECONDS
+                verify_credential(db, api_key, bearer, tokens=tokens, outage=outage),
+                CHECK_TIMEOUT_SECONDS,
             )
     except (ModelyardError, SQLAlchemyError, OSError, TimeoutError):
         # A bad credential or the database down: the answer is the summary, not an error.
@@ -102,10 +149,12 @@ async def _may_see_checks(state: AppState, bearer: str | None, api_key: str | No
     return caller.user.is_admin
 
 
-async def _check(state: AppState) -> dict[str, CheckStatus]:
-    probes = {"database": _database(state), "artifact_store": _artifact_store(state)}
-    if state.redis is not None:
-        probes["redis"] = _redis(state.redis)
+async def _check(
+    engine: AsyncEngine, store: ArtifactStore, redis: Redis | None
+) -> dict[str, CheckStatus]:
+    probes = {"database": _database(engine), "artifact_store": store.check()}
+    if redis is not None:
+        probes["redis"] = _redis(redis)
     results = await asyncio.gather(*(_probe(name, check) for name, check in probes.items()))
     checks: dict[str, CheckStatus] = dict(zip(probes, results, strict=True))
     checks.setdefault("redis", "disabled")
@@ -121,13 +170,9 @@ async def _probe(name: str, check: Coroutine[Any, Any, None]) -> CheckStatus:
     return "ok"
 
 
-async def _database(state: AppState) -> None:
-    async with state.engine.connect() as conn:
+async def _database(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
-
-
-async def _artifact_store(state: AppState) -> None:
-    await state.store.check()
 
 
 async def _redis(redis: Redis) -> None:

@@ -10,22 +10,24 @@ from fastapi import Depends, Request, Response
 
 from modelyard.auth.deps import admin_user, api_key_scheme, bearer_scheme, current_caller
 from modelyard.db.deps import SessionDep
+from modelyard.deps import SettingsDep, component
 from modelyard.edge.routing import make_router
-from modelyard.observability.metrics import CONTENT_TYPE
-from modelyard.state import StateDep
+from modelyard.observability.metrics import CONTENT_TYPE, Metrics
 
 router = make_router(tags=["operations"])
+
+MetricsDep = Annotated[Metrics, Depends(component("metrics"))]
 
 
 async def metrics_reader(
     request: Request,
     db: SessionDep,
-    state: StateDep,
+    settings: SettingsDep,
     bearer: Annotated[str | None, Depends(bearer_scheme)],
     api_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> None:
     """Let the scrape token through; anyone else must be an admin (401 / 403 otherwise)."""
-    token = state.settings.metrics_token
+    token = settings.metrics_token
     if (
         token is not None
         and bearer is not None
@@ -42,11 +44,11 @@ async def metrics_reader(
     responses={200: {"content": {CONTENT_TYPE: {}}}},
     dependencies=[Depends(metrics_reader)],
 )
-async def metrics(state: StateDep) -> Response:
+async def metrics(metrics: MetricsDep) -> Response:
     """Serve the metrics: labelled by model ids, so for admins and the scraper only.
 
     With several workers, whichever answers serves the sum over all of them.
     """
     # In a thread: with several workers it reads and merges every worker's file.
-    body = await asyncio.to_thread(state.metrics.render)
+    body = await asyncio.to_thread(metrics.render)
     return Response(body, media_type=CONTENT_TYPE)

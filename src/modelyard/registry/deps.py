@@ -9,7 +9,9 @@ from fastapi import Depends, Path
 from modelyard.auth.deps import CurrentUser
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import RegisteredModel
+from modelyard.deps import component
 from modelyard.registry import service
+from modelyard.serving.probe import Prober
 
 ModelRef = Annotated[
     str,
@@ -29,3 +31,6 @@ async def owned_model(model: ModelRef, user: CurrentUser, db: SessionDep) -> Reg
 
 OwnedModel = Annotated[RegisteredModel, Depends(owned_model)]
 VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="The version number")]
+
+# The upload probe of this process (a `serving` one has none: no upload routes either).
+ProberDep = Annotated[Prober, Depends(component("prober"))]

@@ -9,17 +9,20 @@ from fastapi import Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from modelyard.artifacts.deps import StoreDep
 from modelyard.artifacts.http import absolute_url, stream_object_response
 from modelyard.artifacts.signing import UrlSigner
 from modelyard.artifacts.uploads import receive_upload
 from modelyard.auth.deps import CallerDep, CurrentUser
 from modelyard.auth.scopes import Scope
+from modelyard.changes.deps import EventsDep
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import ModelVersion
+from modelyard.deps import SettingsDep
 from modelyard.drift import reference as drift_reference
 from modelyard.edge.routing import make_router
 from modelyard.registry import service
-from modelyard.registry.deps import OwnedModel, VersionNumber
+from modelyard.registry.deps import OwnedModel, ProberDep, VersionNumber
 from modelyard.registry.schemas import (
     UPLOAD_FIELDS,
     UPLOAD_JSON_FIELDS,
@@ -38,7 +41,6 @@ from modelyard.registry.schemas import (
     VersionUpdate,
 )
 from modelyard.schemas import DownloadUrl, Page, PageDep, make_page
-from modelyard.state import StateDep
 
 router = make_router(prefix="/api/v1/models", tags=["registry"])
 
@@ -106,7 +108,14 @@ def parse_upload_form(fields: dict[str, str]) -> UploadForm:
     responses={413: {"description": "file too large"}, 415: {"description": "not a model file"}},
 )
 async def upload_model(
-    request: Request, caller: CallerDep, user: CurrentUser, db: SessionDep, state: StateDep
+    request: Request,
+    caller: CallerDep,
+    user: CurrentUser,
+    db: SessionDep,
+    events: EventsDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    prober: ProberDep,
 ) -> ModelVersion:
     """Upload a model file as the next version of the model `name` (created if new).
 
@@ -119,8 +128,8 @@ async def upload_model(
     await db.close()
     async with receive_upload(
         request,
-        tmp_dir=state.settings.data_dir / "tmp",
-        max_bytes=state.settings.max_upload_bytes,
+        tmp_dir=settings.data_dir / "tmp",
+        max_bytes=settings.max_upload_bytes,
         allowed_fields=UPLOAD_FIELDS,
     ) as upload:
         form = parse_upload_form(upload.fields)
@@ -134,11 +143,11 @@ async def upload_model(
             owner=user,
             form=form,
             file=upload.file,
-            store=state.store,
-            prober=state.prober,
-            events=state.events,
-            tmp_dir=state.settings.data_dir / "tmp",
-            reference_limits=drift_reference.limits_of(state.settings),
+            store=store,
+            prober=prober,
+            events=events,
+            tmp_dir=settings.data_dir / "tmp",
+            reference_limits=drift_reference.limits_of(settings),
         )
     return version
 
@@ -185,9 +194,9 @@ async def update_model(model: OwnedModel, body: ModelUpdate, db: SessionDep) -> 
 
 
 @router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_model(model: OwnedModel, db: SessionDep, state: StateDep) -> None:
+async def delete_model(model: OwnedModel, db: SessionDep, events: EventsDep) -> None:
     """Archive a model and all its versions (soft delete: nothing is erased)."""
-    await service.archive_model(db, model, events=state.events)
+    await service.archive_model(db, model, events=events)
 
 
 @router.get("/{model}/versions", response_model=Page[VersionRead])
@@ -210,42 +219,42 @@ async def update_version(
     body: VersionUpdate,
     db: SessionDep,
     user: CurrentUser,
-    state: StateDep,
+    events: EventsDep,
 ) -> ModelVersion:
     """Change a version's description, metrics, hyperparameters, tags, metadata or schemas."""
-    return await service.update_version(db, user, model, version, body, events=state.events)
+    return await service.update_version(db, user, model, version, body, events=events)
 
 
 @router.patch("/{model}/versions/{version}/lifecycle", response_model=VersionRead)
 async def transition_stage(
-    model: OwnedModel, version: VersionNumber, body: StageChange, db: SessionDep, state: StateDep
+    model: OwnedModel, version: VersionNumber, body: StageChange, db: SessionDep, events: EventsDep
 ) -> ModelVersion:
     """Move a version to another stage; a new production version deprecates the previous one."""
-    return await service.transition_stage(db, model, version, body.stage, events=state.events)
+    return await service.transition_stage(db, model, version, body.stage, events=events)
 
 
 @router.delete("/{model}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)
 async def archive_version(
-    model: OwnedModel, version: VersionNumber, db: SessionDep, state: StateDep
+    model: OwnedModel, version: VersionNumber, db: SessionDep, events: EventsDep
 ) -> None:
     """Archive a version: kept and downloadable, never served."""
-    await service.archive_version(db, model, version, events=state.events)
+    await service.archive_version(db, model, version, events=events)
 
 
 @router.put("/{model}/aliases/{alias}", response_model=VersionRead)
 async def set_alias(
-    model: OwnedModel, alias: AliasName, body: AliasTarget, db: SessionDep, state: StateDep
+    model: OwnedModel, alias: AliasName, body: AliasTarget, db: SessionDep, events: EventsDep
 ) -> ModelVersion:
     """Point an alias such as "champion" at one of the model's versions."""
-    return await service.set_alias(db, model, alias, body.version, events=state.events)
+    return await service.set_alias(db, model, alias, body.version, events=events)
 
 
 @router.delete("/{model}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_alias(
-    model: OwnedModel, alias: AliasName, db: SessionDep, state: StateDep
+    model: OwnedModel, alias: AliasName, db: SessionDep, events: EventsDep
 ) -> None:
     """Remove an alias."""
-    await service.delete_alias(db, model, alias, events=state.events)
+    await service.delete_alias(db, model, alias, events=events)
 
 
 @router.get(
@@ -254,12 +263,12 @@ async def delete_alias(
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def download_version(
-    request: Request, model: OwnedModel, version: VersionNumber, db: SessionDep, state: StateDep
+    request: Request, model: OwnedModel, version: VersionNumber, db: SessionDep, store: StoreDep
 ) -> Response:
     """Download the version's artifact, streamed, with its sha256 as `ETag`."""
     row = await service.get_version(db, model, version)
     return await stream_object_response(
-        state.store,
+        store,
         row.storage_key,
         filename=service.download_filename(model, row),
         etag=row.sha256,
@@ -273,7 +282,9 @@ async def download_url(
     model: OwnedModel,
     version: VersionNumber,
     db: SessionDep,
-    state: StateDep,
+    events: EventsDep,
+    settings: SettingsDep,
+    store: StoreDep,
     expires_in: Annotated[int, Query(description="seconds, 1 up to the server's maximum")] = 300,
 ) -> DownloadUrl:
     """Return a URL that downloads the artifact without credentials until it expires.
@@ -285,12 +296,12 @@ async def download_url(
         db,
         model,
         version,
-        store=state.store,
-        signer=UrlSigner(state.settings.secret),
+        store=store,
+        signer=UrlSigner(settings.secret),
         expires_in=expires_in,
-        max_expires_in=state.settings.presign_max_expires_seconds,
-        via_app=state.settings.download_links_via_app,
-        events=state.events,
+        max_expires_in=settings.presign_max_expires_seconds,
+        via_app=settings.download_links_via_app,
+        events=events,
     )
     return DownloadUrl(url=absolute_url(request, link.url), expires_at=link.expires_at)
 

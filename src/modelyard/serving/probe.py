@@ -165,13 +165,6 @@ def onnx_cost_limits(settings: Settings) -> CostLimits:
     )
 
 
-def make_prober(settings: Settings) -> Prober:
-    """Return the prober of a process: the host's shared probe; none in a `serving` process."""
-    if settings.role == "serving":
-        return NoProber()
-    return ModelProber.from_settings(settings)
-
-
 class ModelProber:
     """Loads and probes uploads in disposable children of the host's probe process."""
 

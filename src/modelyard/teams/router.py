@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, status
 
 from modelyard.auth.deps import CurrentUser
+from modelyard.changes.deps import EventsDep
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import Team, TeamInvitation, TeamMember, User
 from modelyard.edge.routing import make_router
-from modelyard.state import StateDep
 from modelyard.teams import service
 from modelyard.teams.roles import Role
 from modelyard.teams.schemas import (
@@ -80,10 +80,10 @@ def _invitation(invitation: TeamInvitation, team: Team) -> InvitationRead:
     responses={409: {"description": "the slug is taken"}},
 )
 async def create_team(
-    body: TeamCreate, user: CurrentUser, db: SessionDep, state: StateDep
+    body: TeamCreate, user: CurrentUser, db: SessionDep, events: EventsDep
 ) -> TeamRead:
     """Create a team; the caller becomes its owner."""
-    membership = await service.create_team(db, user, body, events=state.events)
+    membership = await service.create_team(db, user, body, events=events)
     return _read(membership, 1)
 
 
@@ -104,10 +104,10 @@ async def list_teams(user: CurrentUser, db: SessionDep) -> list[TeamRead]:
     },
 )
 async def accept_invitation(
-    body: InvitationAccept, user: CurrentUser, db: SessionDep, state: StateDep
+    body: InvitationAccept, user: CurrentUser, db: SessionDep, events: EventsDep
 ) -> TeamRead:
     """Join a team with the token of an invitation sent to the caller's email."""
-    membership = await service.accept_invitation(db, user, body.token, events=state.events)
+    membership = await service.accept_invitation(db, user, body.token, events=events)
     counts = await service.member_counts(db, [membership.team.id])
     return _read(membership, counts.get(membership.team.id, 0))
 
@@ -120,18 +120,20 @@ async def get_team(team: TeamDep, db: SessionDep) -> TeamRead:
 
 
 @router.patch("/{slug}", response_model=TeamRead, responses={**NOT_FOUND, **ROLE})
-async def update_team(body: TeamUpdate, team: TeamDep, db: SessionDep, state: StateDep) -> TeamRead:
+async def update_team(
+    body: TeamUpdate, team: TeamDep, db: SessionDep, events: EventsDep
+) -> TeamRead:
     """Change a team's name or description (maintainer), or its protected stages and aliases
     and whether promotions need an approval (owner)."""
-    await service.update_team(db, team, body, events=state.events)
+    await service.update_team(db, team, body, events=events)
     counts = await service.member_counts(db, [team.team.id])
     return _read(team, counts.get(team.team.id, 0))
 
 
 @router.delete("/{slug}", status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **ROLE})
-async def delete_team(team: TeamDep, db: SessionDep, state: StateDep) -> None:
+async def delete_team(team: TeamDep, db: SessionDep, events: EventsDep) -> None:
     """Delete a team, its memberships and invitations (owner)."""
-    await service.delete_team(db, team, events=state.events)
+    await service.delete_team(db, team, events=events)
 
 
 @router.get("/{slug}/members", response_model=list[MemberRead], responses=NOT_FOUND)
@@ -150,9 +152,11 @@ async def list_members(team: TeamDep, db: SessionDep) -> list[MemberRead]:
         409: {"description": "a member already, or the team is full"},
     },
 )
-async def add_member(body: MemberAdd, team: TeamDep, db: SessionDep, state: StateDep) -> MemberRead:
+async def add_member(
+    body: MemberAdd, team: TeamDep, db: SessionDep, events: EventsDep
+) -> MemberRead:
     """Add an existing user to the team with a role (owner)."""
-    return _member(await service.add_member(db, team, body, events=state.events))
+    return _member(await service.add_member(db, team, body, events=events))
 
 
 @router.patch(
@@ -161,10 +165,10 @@ async def add_member(body: MemberAdd, team: TeamDep, db: SessionDep, state: Stat
     responses={**NOT_FOUND, **ROLE, 409: {"description": "the team would have no owner"}},
 )
 async def change_role(
-    user_id: uuid.UUID, body: MemberUpdate, team: TeamDep, db: SessionDep, state: StateDep
+    user_id: uuid.UUID, body: MemberUpdate, team: TeamDep, db: SessionDep, events: EventsDep
 ) -> MemberRead:
     """Give a member another role (owner)."""
-    row = await service.change_role(db, team, user_id, body.role, events=state.events)
+    row = await service.change_role(db, team, user_id, body.role, events=events)
     return _member(row)
 
 
@@ -174,10 +178,10 @@ async def change_role(
     responses={**NOT_FOUND, **ROLE, 409: {"description": "the team would have no owner"}},
 )
 async def remove_member(
-    user_id: uuid.UUID, team: TeamDep, user: CurrentUser, db: SessionDep, state: StateDep
+    user_id: uuid.UUID, team: TeamDep, user: CurrentUser, db: SessionDep, events: EventsDep
 ) -> None:
     """Remove a member (owner), or leave the team (any member, with their own id)."""
-    await service.remove_member(db, team, user, user_id, events=state.events)
+    await service.remove_member(db, team, user, user_id, events=events)
 
 
 @router.post(
@@ -187,11 +191,11 @@ async def remove_member(
     responses={**NOT_FOUND, **ROLE},
 )
 async def invite(
-    body: InvitationCreate, team: TeamDep, db: SessionDep, state: StateDep
+    body: InvitationCreate, team: TeamDep, db: SessionDep, events: EventsDep
 ) -> InvitationCreated:
     """Invite an email to the team (owner). The answer holds the invitation's token, once:
     give it to the invitee, who accepts it signed in with that email."""
-    invitation, token = await service.invite(db, team, body, events=state.events)
+    invitation, token = await service.invite(db, team, body, events=events)
     read = _invitation(invitation, team.team)
     return InvitationCreated(**read.model_dump(), token=token)
 

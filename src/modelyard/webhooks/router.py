@@ -8,12 +8,14 @@ from typing import Annotated, Any
 from fastapi import Depends, status
 
 from modelyard.auth.deps import CurrentUser
+from modelyard.changes.deps import EventsDep
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import Webhook, WebhookDelivery
+from modelyard.deps import SettingsDep
 from modelyard.edge.routing import make_router
 from modelyard.schemas import Page, PageDep, make_page
-from modelyard.state import StateDep
 from modelyard.webhooks import service
+from modelyard.webhooks.deps import DeliveryWorkerDep
 from modelyard.webhooks.schemas import (
     DeliveryRead,
     WebhookCreate,
@@ -56,7 +58,7 @@ def _created(new: service.NewSecret) -> WebhookCreated:
     },
 )
 async def create_webhook(
-    body: WebhookCreate, user: CurrentUser, db: SessionDep, state: StateDep
+    body: WebhookCreate, user: CurrentUser, db: SessionDep, events: EventsDep, settings: SettingsDep
 ) -> WebhookCreated:
     """Subscribe a URL to events of the caller's models (one model with `model`); the signing
     secret is in this answer only."""
@@ -64,9 +66,9 @@ async def create_webhook(
         db,
         user,
         body,
-        allow_private_networks=state.settings.webhook_allow_private_networks,
-        events=state.events,
-        max_per_account=state.settings.webhook_max_per_account,
+        allow_private_networks=settings.webhook_allow_private_networks,
+        events=events,
+        max_per_account=settings.webhook_max_per_account,
     )
     return _created(new)
 
@@ -86,7 +88,12 @@ async def get_webhook(webhook: OwnedWebhook) -> Webhook:
 
 @router.patch("/{webhook_id}", response_model=WebhookRead, responses={**NOT_FOUND, **INVALID})
 async def update_webhook(
-    webhook: OwnedWebhook, body: WebhookUpdate, user: CurrentUser, db: SessionDep, state: StateDep
+    webhook: OwnedWebhook,
+    body: WebhookUpdate,
+    user: CurrentUser,
+    db: SessionDep,
+    events: EventsDep,
+    settings: SettingsDep,
 ) -> Webhook:
     """Change a webhook's URL, events, model (`null`: every model), description or `active`."""
     return await service.update_webhook(
@@ -94,21 +101,21 @@ async def update_webhook(
         user,
         webhook,
         body,
-        allow_private_networks=state.settings.webhook_allow_private_networks,
-        events=state.events,
+        allow_private_networks=settings.webhook_allow_private_networks,
+        events=events,
     )
 
 
 @router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-async def delete_webhook(webhook: OwnedWebhook, db: SessionDep, state: StateDep) -> None:
+async def delete_webhook(webhook: OwnedWebhook, db: SessionDep, events: EventsDep) -> None:
     """Delete a webhook and its delivery log; what it had pending is never sent."""
-    await service.delete_webhook(db, webhook, events=state.events)
+    await service.delete_webhook(db, webhook, events=events)
 
 
 @router.post("/{webhook_id}/rotate-secret", response_model=WebhookCreated, responses=NOT_FOUND)
-async def rotate_secret(webhook: OwnedWebhook, db: SessionDep, state: StateDep) -> WebhookCreated:
+async def rotate_secret(webhook: OwnedWebhook, db: SessionDep, events: EventsDep) -> WebhookCreated:
     """Replace the signing secret (in this answer only); the old one stops signing at once."""
-    return _created(await service.rotate_secret(db, webhook, events=state.events))
+    return _created(await service.rotate_secret(db, webhook, events=events))
 
 
 @router.get("/{webhook_id}/deliveries", response_model=Page[DeliveryRead], responses=NOT_FOUND)
@@ -130,11 +137,11 @@ async def list_deliveries(
     },
 )
 async def redeliver(
-    webhook: OwnedWebhook, delivery_id: uuid.UUID, db: SessionDep, state: StateDep
+    webhook: OwnedWebhook, delivery_id: uuid.UUID, db: SessionDep, webhooks: DeliveryWorkerDep
 ) -> WebhookDelivery:
     """Queue a delivery again (delivered or failed alike), due now, with the same `webhook-id`
     and a fresh retry schedule."""
     row = await service.redeliver(db, webhook, delivery_id)
-    if state.webhooks is not None:
-        state.webhooks.wake()
+    if webhooks is not None:
+        webhooks.wake()
     return row
