@@ -40,14 +40,10 @@ ROOT = {"app", "cli", "__main__", "composition", "state"}
 
 # Imports that go up a floor today, each with its reason; (importing module, imported package).
 _STATE = (
-    "routes of predictions/ and web/ still take the whole app state (#24 item 2 converted the"
-    " others to the component they need)"
+    "the dashboard's page context hands its pages the process's components (web/ is the top"
+    " floor: every route below it takes the one component it needs)"
 )
 EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("modelyard.predictions.rest", "state"): _STATE,
-    ("modelyard.predictions.traffic.router", "state"): _STATE,
-    ("modelyard.predictions.v2", "state"): _STATE,
-    ("modelyard.predictions.fastpath", "state"): _STATE,
     ("modelyard.web.http", "state"): _STATE,
     ("modelyard.registry.service", "drift"): (
         "registering a version stores its drift reference in the same transaction"

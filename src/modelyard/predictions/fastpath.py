@@ -17,25 +17,27 @@ FastAPI then fills the caches, so the next request takes this path.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Hashable, Mapping
+from typing import Any, Protocol
 
 from fastapi.security.utils import get_authorization_scheme_param
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelyard.auth.deps import check_credential, credentials
+from modelyard.auth.deps import CredentialParts, check_credential, credentials
 from modelyard.auth.scopes import Scope as KeyScope
 from modelyard.auth.service import Caller
+from modelyard.changes.hotcache import EpochCache
 from modelyard.db.tables import User
 from modelyard.errors import error_response
 from modelyard.predictions import oip, pipeline
+from modelyard.predictions.predictor import Predictor
 from modelyard.predictions.rest import predict_rest
 from modelyard.predictions.targets import Target, resolve_fresh, target_key
 from modelyard.predictions.traffic.routing import ROUTING_KEY_HEADER
 from modelyard.predictions.v2 import predict_v2
-from modelyard.state import AppState
 
 NATIVE_PREFIX = "/api/v1/predict/"
 V2_PREFIX = "/v2/models/"
@@ -46,6 +48,20 @@ NATIVE_ROUTE = "/api/v1/predict/{model}"
 V2_ROUTE = "/v2/models/{name}/infer"
 V2_VERSION_ROUTE = "/v2/models/{name}/versions/{version}/infer"
 ROUTES = (NATIVE_ROUTE, V2_ROUTE, V2_VERSION_ROUTE)
+
+
+class FastPathParts(CredentialParts, Protocol):
+    """The components the fast path reads off its app (the app state has them): what checks a
+    credential, the cache of resolutions, the predictor and the database sessions."""
+
+    @property
+    def target_cache(self) -> EpochCache[Hashable, Target]: ...
+
+    @property
+    def predictor(self) -> Predictor: ...
+
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]: ...
 
 
 class PredictFastPath:
@@ -69,7 +85,7 @@ class PredictFastPath:
             return
         path: str = scope["path"]
         match = _match(path)
-        state: AppState | None = getattr(scope["app"].state, "modelyard", None)
+        state: FastPathParts | None = getattr(scope["app"].state, "modelyard", None)
         if match is None or state is None:
             await self.app(scope, receive, send)
             return
@@ -158,14 +174,14 @@ def _match(path: str) -> tuple[str, str, int | None] | None:
 
 
 async def _check(
-    state: AppState, api_key: str | None, bearer: str | None
+    state: FastPathParts, api_key: str | None, bearer: str | None
 ) -> tuple[Caller, float | None]:
     async with state.sessions() as db:
         return await check_credential(state, db, api_key, bearer)
 
 
 async def _resolve(
-    state: AppState, user: User, name: str, version: int | None
+    state: FastPathParts, user: User, name: str, version: int | None
 ) -> tuple[Target, float | None]:
     async with state.sessions() as db:
         return await resolve_fresh(db, user, name, state.outage_cache, version=version)

@@ -13,10 +13,12 @@ from starlette.background import BackgroundTask
 
 from modelyard.auth.deps import CallerDep
 from modelyard.auth.service import Caller
+from modelyard.changes.deps import OutageCacheDep
 from modelyard.db.deps import SessionDep
 from modelyard.edge.routing import make_router
 from modelyard.errors import BadRequest
 from modelyard.predictions import pipeline, targets
+from modelyard.predictions.deps import PredictorDep, TargetCacheDep
 from modelyard.predictions.inputs import InvalidInput, rest_feeds, rows_batch
 from modelyard.predictions.pipeline import JSON_HEADERS, Answer
 from modelyard.predictions.predictor import (
@@ -32,7 +34,6 @@ from modelyard.predictions.targets import Target
 from modelyard.predictions.traffic.routing import ROUTING_KEY_HEADER
 from modelyard.registry.deps import ModelRef
 from modelyard.registry.schemas import AliasName, Stage
-from modelyard.state import StateDep
 
 
 class PredictRequest(BaseModel):
@@ -76,7 +77,9 @@ async def predict(
     model: ModelRef,
     caller: CallerDep,
     db: SessionDep,
-    state: StateDep,
+    predictor: PredictorDep,
+    target_cache: TargetCacheDep,
+    outage: OutageCacheDep,
     version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     alias: AliasName | None = None,
     stage: Stage | None = None,
@@ -98,13 +101,13 @@ async def predict(
         version=version,
         alias=alias,
         stage=stage,
-        targets=state.target_cache,
-        outage=state.outage_cache,
+        targets=target_cache,
+        outage=outage,
     )
     # Resolved: the connection goes back before the (possibly slow) load and predict.
     await db.close()
     answer = await pipeline.predict(
-        state.predictor,
+        predictor,
         target,
         caller=caller,
         routing_key=request.headers.get(ROUTING_KEY_HEADER),

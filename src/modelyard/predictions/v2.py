@@ -9,21 +9,28 @@ JSON or binary tensors in and out, `{"error": ...}` on every failure. The codec 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.background import BackgroundTask
 
 from modelyard import __version__
 from modelyard.auth.deps import CallerDep
 from modelyard.auth.service import Caller
+from modelyard.changes.deps import OutageCacheDep
+from modelyard.changes.hotcache import EpochCache
+from modelyard.changes.outage import OutageCache
 from modelyard.db.deps import SessionDep
 from modelyard.db.tables import User
 from modelyard.edge.routing import make_router
 from modelyard.errors import BadRequest, v2_error_response
+from modelyard.observability.health import ReadinessDep
 from modelyard.predictions import oip, pipeline, targets
+from modelyard.predictions.deps import PredictorDep, TargetCacheDep
 from modelyard.predictions.inputs import (
     InvalidInput,
     check_network_header,
@@ -38,7 +45,6 @@ from modelyard.predictions.traffic.routing import ROUTING_KEY_HEADER
 from modelyard.serving.formats import Framework
 from modelyard.serving.runtimes import Runtime
 from modelyard.serving.runtimes.base import TensorSpec
-from modelyard.state import AppState, StateDep
 
 router = make_router(prefix="/v2", tags=["open inference protocol"])
 
@@ -57,29 +63,47 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
+@dataclass(frozen=True, slots=True)
+class _InferParts:
+    """What an inference route takes: the predictor and the caches that resolve a version."""
+
+    predictor: Predictor
+    targets: EpochCache[Hashable, Target]
+    outage: OutageCache[Hashable, Any]
+
+
+async def _infer_parts(
+    predictor: PredictorDep, targets: TargetCacheDep, outage: OutageCacheDep
+) -> _InferParts:
+    return _InferParts(predictor, targets, outage)
+
+
+InferParts = Annotated[_InferParts, Depends(_infer_parts)]
+
+
 @router.get("/health/ready")
-async def ready(state: StateDep) -> Response:
+async def ready(readiness: ReadinessDep) -> Response:
     """Answer 200 while the server takes requests, 503 once shutdown has begun."""
-    if state.shutting_down:
+    if readiness.shutting_down:
         return v2_error_response(503, "shutting down")
     return Response(b'{"ready":true}', media_type="application/json")
 
 
 @router.get("/models/{name}")
 async def model_metadata(
-    name: str, caller: CallerDep, db: SessionDep, state: StateDep
+    name: str, caller: CallerDep, db: SessionDep, predictor: PredictorDep
 ) -> dict[str, Any]:
     """Describe a model's default version: its inputs and outputs, and every servable version."""
-    return await describe_v2_model(db, caller.user, name, version=None, predictor=state.predictor)
+    return await describe_v2_model(db, caller.user, name, version=None, predictor=predictor)
 
 
 @router.get("/models/{name}/versions/{version}")
 async def version_metadata(
-    name: str, version: str, caller: CallerDep, db: SessionDep, state: StateDep
+    name: str, version: str, caller: CallerDep, db: SessionDep, predictor: PredictorDep
 ) -> dict[str, Any]:
     """Describe one version of a model, and list every servable version."""
     return await describe_v2_model(
-        db, caller.user, name, version=oip.version_number(version), predictor=state.predictor
+        db, caller.user, name, version=oip.version_number(version), predictor=predictor
     )
 
 
@@ -101,19 +125,19 @@ async def version_ready(
 
 @router.post("/models/{name}/infer", response_class=Response)
 async def infer(
-    name: str, request: Request, caller: CallerDep, db: SessionDep, state: StateDep
+    name: str, request: Request, caller: CallerDep, db: SessionDep, parts: InferParts
 ) -> Response:
     """Run an inference request on the model's default version, or the version its traffic
     policy chooses (sticky per `X-Routing-Key`); `model_version` says which served."""
-    return await _infer(name, None, request, caller, db, state)
+    return await _infer(name, None, request, caller, db, parts)
 
 
 @router.post("/models/{name}/versions/{version}/infer", response_class=Response)
 async def infer_version(
-    name: str, version: str, request: Request, caller: CallerDep, db: SessionDep, state: StateDep
+    name: str, version: str, request: Request, caller: CallerDep, db: SessionDep, parts: InferParts
 ) -> Response:
     """Run an inference request on one version of a model."""
-    return await _infer(name, oip.version_number(version), request, caller, db, state)
+    return await _infer(name, oip.version_number(version), request, caller, db, parts)
 
 
 async def _infer(
@@ -122,19 +146,19 @@ async def _infer(
     request: Request,
     caller: Caller,
     db: SessionDep,
-    state: AppState,
+    parts: _InferParts,
 ) -> Response:
     target = await targets.resolve_cached(
         db,
         caller.user,
         name,
         version=version,
-        targets=state.target_cache,
-        outage=state.outage_cache,
+        targets=parts.targets,
+        outage=parts.outage,
     )
     await db.close()
     answer = await pipeline.predict(
-        state.predictor,
+        parts.predictor,
         target,
         caller=caller,
         routing_key=request.headers.get(ROUTING_KEY_HEADER),

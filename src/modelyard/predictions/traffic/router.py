@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import status
 
 from modelyard.auth.deps import CurrentUser
+from modelyard.changes.deps import EventsDep
 from modelyard.db.deps import SessionDep
 from modelyard.edge.routing import make_router
 from modelyard.predictions.log.schemas import Since, Until
@@ -17,7 +18,6 @@ from modelyard.predictions.traffic.policy import (
 )
 from modelyard.predictions.traffic.stats import TrafficStats, traffic_stats
 from modelyard.registry.deps import OwnedModel
-from modelyard.state import StateDep
 
 router = make_router(prefix="/api/v1/models", tags=["traffic"])
 
@@ -34,7 +34,7 @@ async def show_traffic(model: OwnedModel, db: SessionDep) -> TrafficPolicyRead:
     responses={409: {"description": "a target resolves to no servable version now"}},
 )
 async def put_traffic(
-    model: OwnedModel, body: TrafficPolicyIn, db: SessionDep, state: StateDep
+    model: OwnedModel, body: TrafficPolicyIn, db: SessionDep, events: EventsDep
 ) -> TrafficPolicyRead:
     """Split the requests that name no version between versions by weight, and copy a sample
     of them to a shadow version after they are answered.
@@ -44,13 +44,13 @@ async def put_traffic(
     stage or an alias, resolved again whenever the registry changes. A request with an
     `X-Routing-Key` header always takes the same route for the same key while the policy holds.
     """
-    return await set_policy(db, model, body, events=state.events)
+    return await set_policy(db, model, body, events=events)
 
 
 @router.delete("/{model}/traffic", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_traffic(model: OwnedModel, db: SessionDep, state: StateDep) -> None:
+async def delete_traffic(model: OwnedModel, db: SessionDep, events: EventsDep) -> None:
     """Remove the model's traffic policy: its production version (else its newest) serves all."""
-    await delete_policy(db, model, events=state.events)
+    await delete_policy(db, model, events=events)
 
 
 @router.get("/{model}/traffic/stats", response_model=TrafficStats)
