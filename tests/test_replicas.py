@@ -22,10 +22,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.db.tables import Prediction
-from tests.conftest import S3_TEST_CREDENTIALS, TEST_SECRET_KEY
-from tests.servers import CHEAP_ARGON2, SRC, ServerProcess, running_server
 from tests.serving import legit
-from tests.tcpproxy import TcpProxy
+from tests.support.servers import CHEAP_ARGON2, SRC, ServerProcess, running_server
+from tests.support.settings import S3_TEST_CREDENTIALS, TEST_SECRET_KEY
+from tests.support.tcpproxy import TcpProxy
 
 PROPAGATION_BOUND_SECONDS = 1.0  # the promise with Redis
 # Redis down: resolutions live 2 s, the fast path's grace 1 s, detecting the outage 0.5 s.

@@ -22,9 +22,9 @@ from modelyard.cli import app as cli
 from modelyard.db.tables import AuditEvent
 from modelyard.db.types import utcnow
 from modelyard.state import AppState
-from tests.factories import Account, make_api_key, make_version
 from tests.jobs.helpers import create_job, csv_bytes, finished, put_file, wait_for_job
-from tests.problems import assert_problem
+from tests.support.factories import Account, make_api_key, make_version
+from tests.support.problems import assert_problem
 
 AUDIT = "/api/v1/audit"
 WAIT_SECONDS = 30.0  # a bound, not a measurement

@@ -20,7 +20,7 @@ from modelyard.app import create_app
 from modelyard.config import Settings
 from modelyard.observability import tracing
 from modelyard.state import AppState
-from tests.factories import Account, lifespan, make_account, make_version
+from tests.support.factories import Account, lifespan, make_account, make_version
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

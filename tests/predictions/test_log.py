@@ -26,9 +26,9 @@ from modelyard.observability.metrics import Metrics
 from modelyard.predictions import rollups
 from modelyard.predictions.log import PredictionLog, PredictionRecord
 from tests.predictions import sigterm_writer
-from tests.predictions.conftest import make_record, truncation
 from tests.support.polling import wait_until
-from tests.tcpproxy import TcpProxy
+from tests.support.predictions import make_record, truncation
+from tests.support.tcpproxy import TcpProxy
 
 # Bounds of the polling loops below: they wait for a final state, never assert a duration.
 WAIT_SECONDS = 60

@@ -21,10 +21,10 @@ from modelyard.serving import probehost
 from modelyard.serving.formats import ModelFormat
 from modelyard.serving.probe import ModelProber, NoProber, UploadsNotServed
 from modelyard.state import AppState
-from tests.conftest import make_settings
-from tests.factories import lifespan
 from tests.serving import legit
+from tests.support.factories import lifespan
 from tests.support.polling import wait_until_blocking
+from tests.support.settings import make_settings
 
 MEMORY_BYTES = 512 * 1024**2
 

@@ -1,4 +1,4 @@
-"""Prediction log fixtures: records and model rows."""
+"""Prediction log test data: records, and models inserted as rows."""
 
 from __future__ import annotations
 
