@@ -80,12 +80,12 @@ def test_a_conftest_holds_only_fixtures_and_hooks(path: Path) -> None:
 
 
 def test_the_checks_see_imports_of_a_conftest_in_code_and_in_scripts() -> None:
-    source = '''
+    source = """
 import tests.conftest
 from tests.jobs.conftest import JOB_SETTINGS
 SCRIPT = "from tests.client.conftest import make_login; make_login(url)"
 from tests.support.settings import make_settings
-'''
+"""
     assert conftest_imports(source) == [
         "tests.conftest",
         "tests.jobs.conftest",
@@ -94,7 +94,7 @@ from tests.support.settings import make_settings
 
 
 def test_the_checks_see_a_helper_defined_in_a_conftest() -> None:
-    source = '''
+    source = """
 import pytest
 
 def make_thing(): ...
@@ -110,5 +110,5 @@ async def things(): ...
 def _private(): ...
 
 def pytest_configure(config): ...
-'''
+"""
     assert public_helpers(source) == ["make_thing", "Thing"]
