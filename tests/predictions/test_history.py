@@ -20,7 +20,8 @@ from modelyard.predictions.history import LIST_ERROR_CUT, LIST_ERROR_MAX_CHARS
 from modelyard.predictions.log import PredictionRecord
 from modelyard.state import AppState
 from tests.support import factories
-from tests.support.predictions import make_model, record_on
+from tests.support.predictions import record_on
+from tests.support.rows import make_model
 
 PREDICTIONS = "/api/v1/predictions"
 MODEL_ANALYTICS = "/api/v1/analytics/models"
