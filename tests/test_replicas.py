@@ -122,15 +122,13 @@ async def replicas(
     # Started and ended in a thread: the Redis proxy lives on this event loop, and the servers
     # reach Redis through it while they start.
     with ExitStack() as servers:
-        server_a, server_b = await asyncio.gather(
-            asyncio.to_thread(
-                servers.enter_context,
-                running_server(tmp_path / "host-a", "--workers", "2", role="all", **shared),
-            ),
-            asyncio.to_thread(
-                servers.enter_context,
-                running_server(tmp_path / "host-b", "--workers", "2", role="serving", **shared),
-            ),
+        server_a = await asyncio.to_thread(
+            servers.enter_context,
+            running_server(tmp_path / "host-a", "--workers", "2", role="all", **shared),
+        )
+        server_b = await asyncio.to_thread(
+            servers.enter_context,
+            running_server(tmp_path / "host-b", "--workers", "2", role="serving", **shared),
         )
         a, b = Replica(server_a), Replica(server_b)
         try:
