@@ -149,7 +149,11 @@ async def replicas(
         finally:
             await a.client.aclose()
             await b.client.aclose()
-            await asyncio.to_thread(servers.close)
+            # SIGTERM, not the kill `running_server` ends with: a killed server's workers
+            # would outlive it and write their prediction logs into the next test's rows.
+            for replica in (b, a):
+                if replica.server.process.poll() is None:
+                    await asyncio.to_thread(replica.server.stop)
 
 
 async def test_b_serves_what_a_uploaded_and_takes_no_uploads(
