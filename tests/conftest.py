@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,26 +25,19 @@ from modelyard.db.engine import make_engine, make_sessionmaker
 from modelyard.db.tables import Base
 from modelyard.serving import probehost
 from modelyard.serving.warmup import DEFAULT_FRAMEWORKS, warm_up
-from tests import factories
-from tests.factories import lifespan
 from tests.serving import legit
-from tests.tcpproxy import TcpProxy
-
-POSTGRES_ADMIN_URL = os.environ.get(
-    "MODELYARD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+from tests.support import factories
+from tests.support.factories import lifespan
+from tests.support.services import service_missing
+from tests.support.settings import (
+    POSTGRES_ADMIN_URL,
+    PROBE_SOCKET,
+    REDIS_TEST_URL,
+    S3_TEST_BUCKET,
+    S3_TEST_CREDENTIALS,
+    make_settings,
 )
-TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
-# One upload probe process for the run, as one host's workers share one: otherwise each test's
-# app (each with its own data folder) would start its own and import scikit-learn in it.
-PROBE_SOCKET = Path(tempfile.mkdtemp(prefix="modelyard-test-probe-")) / probehost.SOCKET_NAME
-
-
-def service_missing(what: str, address: str, exc: BaseException) -> None:
-    """Skip a test whose service is absent; in CI a missing service is a failure."""
-    message = f"{what} not reachable at {address}: {type(exc).__name__}: {exc}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+from tests.support.tcpproxy import TcpProxy
 
 
 async def _postgres_admin(sql: str) -> None:
@@ -144,27 +136,6 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     return make_settings(tmp_path, database_url)
 
 
-def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
-    """Settings for a test: its own data dir, cheap password hashing, the test database."""
-    values: dict[str, object] = {
-        "data_dir": tmp_path / "data",
-        "database_url": database_url,
-        "secret_key": TEST_SECRET_KEY,
-        "argon2_time_cost": 1,
-        "argon2_memory_kib": 8,
-        "argon2_parallelism": 1,
-        "log_format": "json",
-        # Tests log in far more often than a person; the limit has tests of its own.
-        "auth_rate_limit_per_minute": 0,
-        "probe_socket": PROBE_SOCKET,
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
-
-
-REDIS_TEST_URL = os.environ.get("MODELYARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
 @pytest.fixture
 async def redis_url() -> str:
     """The test Redis server's URL (the test is skipped, in CI failed, when it is not running)."""
@@ -240,9 +211,6 @@ async def admin(client: httpx.AsyncClient, app: FastAPI) -> factories.Account:
 # overrides for it (S3 objects under a prefix of the test's own); `store` is that backend built
 # by make_store on `tmp_path / "data"`. To run app tests on both backends, override `settings`
 # in a package conftest: `make_settings(tmp_path, database_url, **storage_settings)`.
-
-S3_TEST_BUCKET = "modelyard-test"
-S3_TEST_CREDENTIALS = {"s3_access_key_id": "testing", "s3_secret_access_key": "testing"}
 
 
 @pytest.fixture(scope="session")

@@ -20,9 +20,9 @@ from modelyard import __version__
 from modelyard.cli import app
 from modelyard.db import migrate
 from modelyard.db.tables import Base
-from tests.client.conftest import make_login
-from tests.servers import CHEAP_ARGON2, ServerProcess, environment, running, running_server
 from tests.serving import legit
+from tests.support.live import make_login
+from tests.support.servers import CHEAP_ARGON2, ServerProcess, environment, running, running_server
 
 ADMIN_EMAIL = "a@b.co"
 ADMIN_PASSWORD = "admin-password-1"

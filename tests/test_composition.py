@@ -17,7 +17,7 @@ from modelyard.composition import open_components
 from modelyard.jobs.queue import RedisJobs
 from modelyard.serving.probe import NoProber
 from modelyard.state import AppState
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 def api_routes(routes: Sequence[BaseRoute]) -> Iterator[APIRoute]:

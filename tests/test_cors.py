@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests import factories
-from tests.conftest import make_settings
+from tests.support import factories
+from tests.support.settings import make_settings
 
 ALLOWED = "https://app.example.com"
 REFUSED = "https://evil.example.net"

@@ -7,9 +7,9 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.changes.epochs import Epoch, Epochs
-from tests import factories
-from tests.conftest import make_settings
-from tests.factories import make_account, make_version
+from tests.support import factories
+from tests.support.factories import make_account, make_version
+from tests.support.settings import make_settings
 
 ROWS = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
 

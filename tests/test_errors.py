@@ -19,8 +19,8 @@ from modelyard.config import Settings
 from modelyard.db.tables import User
 from modelyard.errors import error_response, is_dependency_down
 from modelyard.state import AppState
-from tests.conftest import make_settings
-from tests.factories import Account, lifespan
+from tests.support.factories import Account, lifespan
+from tests.support.settings import make_settings
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_KEYS = {"type", "title", "status", "detail"}

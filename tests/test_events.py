@@ -12,9 +12,9 @@ from redis.asyncio import Redis
 
 from modelyard.changes.epochs import Epoch, Epochs
 from modelyard.changes.events import Event, EventKind, LocalEvents, RedisEvents
-from tests.conftest import REDIS_TEST_URL as REDIS_URL
 from tests.support.polling import wait_until
-from tests.tcpproxy import TcpProxy
+from tests.support.settings import REDIS_TEST_URL as REDIS_URL
+from tests.support.tcpproxy import TcpProxy
 
 WAIT_SECONDS = 10.0  # a bound, not a measurement: conditions are met in milliseconds
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import running_server
+from tests.support.servers import running_server
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 CHECKS = (

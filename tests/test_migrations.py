@@ -24,7 +24,8 @@ from modelyard.db import migrate
 from modelyard.db.engine import make_engine
 from modelyard.db.tables import ApiKey, Base, Prediction, User, prediction_rollups
 from modelyard.predictions.log import rollups
-from tests.conftest import POSTGRES_ADMIN_URL, service_missing
+from tests.support.services import service_missing
+from tests.support.settings import POSTGRES_ADMIN_URL
 
 T = TypeVar("T")
 

@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from modelyard.app import create_app
 from modelyard.errors import RateLimited
 from modelyard.ratelimit import RateLimiter, SharedWindows
-from tests import factories
-from tests.conftest import make_settings
-from tests.factories import lifespan
+from tests.support import factories
+from tests.support.factories import lifespan
+from tests.support.settings import make_settings
 
 LOGIN = "/api/v1/auth/login"
 BAD_LOGIN = {"email": "nobody@example.com", "password": "wrong-password"}

@@ -12,7 +12,9 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.db.tables import Prediction
-from tests.conftest import S3_TEST_CREDENTIALS, TEST_SECRET_KEY
-from tests.servers import CHEAP_ARGON2, SRC, ServerProcess, running_server
 from tests.serving import legit
-from tests.tcpproxy import TcpProxy
+from tests.support.servers import CHEAP_ARGON2, SRC, ServerProcess, running_server
+from tests.support.settings import S3_TEST_CREDENTIALS, TEST_SECRET_KEY
+from tests.support.tcpproxy import TcpProxy
 
 PROPAGATION_BOUND_SECONDS = 1.0  # the issue's promise with Redis
 # Redis down: resolutions live 2 s, the fast path's grace 1 s, detecting the outage 0.5 s.
@@ -84,7 +86,20 @@ async def json_of(response: Awaitable[httpx.Response], status: int) -> Any:
     return answer.json() if answer.content else None
 
 
-async def test_two_replicas_agree_within_a_second(
+@dataclass
+class Replicas:
+    """Replica A (the whole API) and replica B (serving), sharing the backends; Ada's two iris
+    versions were uploaded on A."""
+
+    a: Replica
+    b: Replica
+    me: dict[str, str]  # Ada's credentials
+    shared: dict[str, str]  # the settings both replicas run with
+    redis_proxy: TcpProxy
+
+
+@pytest.fixture
+async def replicas(
     tmp_path: Path,
     postgresql_url: str,
     engine: AsyncEngine,
@@ -92,7 +107,7 @@ async def test_two_replicas_agree_within_a_second(
     s3_bucket: str,
     redis_proxy: TcpProxy,
     model_file: legit.ModelFile,
-) -> None:
+) -> AsyncIterator[Replicas]:
     shared = {
         "database_url": postgresql_url,
         "redis_url": f"redis://127.0.0.1:{redis_proxy.port}/0",
@@ -104,66 +119,59 @@ async def test_two_replicas_agree_within_a_second(
         "log_level": "WARNING",
         **{name: str(value) for name, value in S3_TEST_CREDENTIALS.items()},
     }
-    with (
-        running_server(tmp_path / "host-a", "--workers", "2", role="all", **shared) as server_a,
-        running_server(tmp_path / "host-b", "--workers", "2", role="serving", **shared) as server_b,
-    ):
+    # Started and ended in a thread: the Redis proxy lives on this event loop, and the servers
+    # reach Redis through it while they start.
+    with ExitStack() as servers:
+        server_a = await asyncio.to_thread(
+            servers.enter_context,
+            running_server(tmp_path / "host-a", "--workers", "2", role="all", **shared),
+        )
+        server_b = await asyncio.to_thread(
+            servers.enter_context,
+            running_server(tmp_path / "host-b", "--workers", "2", role="serving", **shared),
+        )
         a, b = Replica(server_a), Replica(server_b)
         try:
-            await _exercise(a, b, redis_proxy, model_file, shared)
+            me = await _register(a, "ada")
+            path = model_file("lr_skops")
+            for _ in range(2):
+                with path.open("rb") as f:
+                    await json_of(
+                        a.client.post(
+                            "/api/v1/models/upload",
+                            data={"name": "iris"},
+                            files={"file": ("iris.skops", f)},
+                            headers=me,
+                        ),
+                        201,
+                    )
+            yield Replicas(a, b, me, shared, redis_proxy)
         finally:
             await a.client.aclose()
             await b.client.aclose()
-        # Both flush their prediction logs on SIGTERM: every answered prediction is one row.
-        # In a thread: the Redis proxy lives on this event loop and must keep running.
-        assert await asyncio.to_thread(server_a.stop) == 0
-        assert await asyncio.to_thread(server_b.stop) == 0
-    async with engine.connect() as conn:
-        rows = await conn.scalar(select(func.count()).select_from(Prediction))
-        distinct = await conn.scalar(select(func.count(func.distinct(Prediction.id))))
-        succeeded = await conn.scalar(
-            select(func.count()).select_from(Prediction).where(Prediction.status == "success")
-        )
-    assert rows == distinct
-    assert succeeded == a.predictions + b.predictions
-    assert a.predictions > 0
-    assert b.predictions > 0
+            # SIGTERM, not the kill `running_server` ends with: a killed server's workers
+            # would outlive it and write their prediction logs into the next test's rows.
+            for replica in (b, a):
+                if replica.server.process.poll() is None:
+                    await asyncio.to_thread(replica.server.stop)
 
 
-async def _exercise(
-    a: Replica,
-    b: Replica,
-    redis_proxy: TcpProxy,
-    model_file: legit.ModelFile,
-    shared: dict[str, str],
+async def test_b_serves_what_a_uploaded_and_takes_no_uploads(
+    replicas: Replicas, model_file: legit.ModelFile
 ) -> None:
-    user = {"email": f"ada-{uuid.uuid4().hex[:8]}@example.com", "password": "correct horse"}
-    await json_of(a.client.post("/api/v1/auth/register", json=user), 201)
-    token = (await json_of(a.client.post("/api/v1/auth/login", json=user), 200))["access_token"]
-    me = bearer(token)
-
-    # Upload on A, predict on B; B is a serving replica: no uploads there.
-    path = model_file("lr_skops")
-    for _ in range(2):
-        with path.open("rb") as f:
-            await json_of(
-                a.client.post(
-                    "/api/v1/models/upload",
-                    data={"name": "iris"},
-                    files={"file": ("iris.skops", f)},
-                    headers=me,
-                ),
-                201,
-            )
+    a, b, me = replicas.a, replicas.b, replicas.me
     assert await served_version(b, me) == 2
-    with path.open("rb") as f:
+    with model_file("lr_skops").open("rb") as f:
         refused = await b.client.post(
             "/api/v1/models/upload", data={"name": "iris"}, files={"file": f}, headers=me
         )
     assert refused.status_code == 404
     assert (await b.client.get("/api/v1/models", headers=me)).status_code == 404
+    assert (await a.client.get("/api/v1/models", headers=me)).status_code == 200
 
-    # Promotions on A reach B within a second.
+
+async def test_promotions_on_a_reach_b_within_a_second(replicas: Replicas) -> None:
+    a, b, me = replicas.a, replicas.b, replicas.me
     delays = []
     for i in range(20):
         target = 1 + i % 2
@@ -177,48 +185,82 @@ async def _exercise(
     print(f"\npromotion propagation A→B: max {max(delays) * 1000:.1f} ms over 20")  # noqa: T201
     assert max(delays) <= PROPAGATION_BOUND_SECONDS
 
-    # A revoked key and a deactivated user are refused on B within a second.
+
+async def test_a_key_revoked_on_a_is_refused_on_b_within_a_second(replicas: Replicas) -> None:
+    a, b, me = replicas.a, replicas.b, replicas.me
     created = await json_of(a.client.post("/api/v1/api-keys", json={"name": "k"}, headers=me), 201)
     key = {"X-API-Key": created["key"]}
     assert (await b.predict(key)).status_code == 200
     await json_of(a.client.delete(f"/api/v1/api-keys/{created['id']}", headers=me), 204)
     revoked = await until(lambda: _status(b, key, 401), what="revoked key on B")
-    other = {"email": f"bob-{uuid.uuid4().hex[:8]}@example.com", "password": "correct horse"}
-    await json_of(a.client.post("/api/v1/auth/register", json=other), 201)
-    other_login = await json_of(a.client.post("/api/v1/auth/login", json=other), 200)
-    other_headers = bearer(other_login["access_token"])
-    assert (await b.predict(other_headers, name="iris")).status_code == 404  # not bob's model
-    admin = await _admin(a, shared)
+    print(f"\nrevocation A→B: key {revoked * 1000:.1f} ms")  # noqa: T201
+    assert revoked <= PROPAGATION_BOUND_SECONDS
+
+
+async def test_a_user_deactivated_on_a_is_refused_on_b_within_a_second(
+    replicas: Replicas,
+) -> None:
+    a, b = replicas.a, replicas.b
+    bob = await _register(a, "bob")
+    assert (await b.predict(bob, name="iris")).status_code == 404  # not bob's model
+    bob_id = (await json_of(a.client.get("/api/v1/auth/me", headers=bob), 200))["id"]
+    admin = await _admin(a, replicas.shared)
     await json_of(
-        a.client.patch(
-            f"/api/v1/users/{(await json_of(a.client.get('/api/v1/auth/me', headers=other_headers), 200))['id']}",
-            json={"is_active": False},
-            headers=admin,
-        ),
-        200,
+        a.client.patch(f"/api/v1/users/{bob_id}", json={"is_active": False}, headers=admin), 200
     )
-    deactivated = await until(lambda: _status(b, other_headers, 401), what="deactivated on B")
-    print(f"revocation A→B: key {revoked * 1000:.1f} ms, user {deactivated * 1000:.1f} ms")  # noqa: T201
-    assert max(revoked, deactivated) <= PROPAGATION_BOUND_SECONDS
+    deactivated = await until(lambda: _status(b, bob, 401), what="deactivated on B")
+    print(f"\nrevocation A→B: user {deactivated * 1000:.1f} ms")  # noqa: T201
+    assert deactivated <= PROPAGATION_BOUND_SECONDS
 
-    # The predict limit is one count for both replicas.
-    await _rate_limit_is_shared(a, b, me)
 
-    # Redis stopped mid-traffic: predictions go on; replicas converge by the fallback lifetimes.
-    await redis_proxy.cut()
+async def test_the_predict_limit_is_one_count_for_both_replicas(replicas: Replicas) -> None:
+    a, b = replicas.a, replicas.b
+    created = await json_of(
+        a.client.post("/api/v1/api-keys", json={"name": "rl"}, headers=replicas.me), 201
+    )
+    key = {"X-API-Key": created["key"]}
+    # One fixed window for the whole count: start early in a minute.
+    if time.time() % 60 > 40:
+        await asyncio.sleep(60 - time.time() % 60 + 0.1)  # scheduling, not an assertion
+    statuses: dict[str, list[int]] = {"a": [], "b": []}
+    for _ in range(PREDICT_LIMIT_PER_MINUTE // 2 + 50):
+        for name, replica in (("a", a), ("b", b)):
+            statuses[name].append((await replica.predict(key)).status_code)
+    granted = sum(s.count(200) for s in statuses.values())
+    block = max(1, PREDICT_LIMIT_PER_MINUTE // 100)
+    # Four workers may each hold one unspent block when the limit is reached.
+    assert PREDICT_LIMIT_PER_MINUTE - 4 * block <= granted <= PREDICT_LIMIT_PER_MINUTE
+    assert statuses["a"].count(429) > 0
+    assert statuses["b"].count(429) > 0
+
+
+async def test_with_redis_cut_predictions_go_on_and_b_follows_by_the_fallback_lifetimes(
+    replicas: Replicas,
+) -> None:
+    a, b, me = replicas.a, replicas.b, replicas.me
+    await replicas.redis_proxy.cut()
     for replica in (a, b, a, b):
         assert (await replica.predict(me)).status_code == 200
-    current = await served_version(b, me)
-    target = 2 if current == 1 else 1
+    target = 2 if await served_version(b, me) == 1 else 1
     await _promote(a, me, target)
     fallback = await until(
         lambda: _serves(b, me, target), what="promotion while Redis is down", every=0.05
     )
-    print(f"promotion A→B with Redis down: {fallback * 1000:.1f} ms")  # noqa: T201
+    print(f"\npromotion A→B with Redis down: {fallback * 1000:.1f} ms")  # noqa: T201
     assert fallback <= FALLBACK_BOUND_SECONDS
 
-    # Redis back: events resume.
-    await redis_proxy.restore()
+
+async def test_with_redis_restored_promotions_reach_b_within_a_second_again(
+    replicas: Replicas,
+) -> None:
+    a, b, me = replicas.a, replicas.b, replicas.me
+    admin = await _admin(a, replicas.shared)
+    # Redis down long enough for B to follow a promotion without it.
+    await replicas.redis_proxy.cut()
+    target = 2 if await served_version(b, me) == 1 else 1
+    await _promote(a, me, target)
+    await until(lambda: _serves(b, me, target), what="promotion while Redis is down", every=0.05)
+    await replicas.redis_proxy.restore()
     await until(lambda: _redis_ready(b, admin), what="B's Redis back")
     await asyncio.sleep(1.5)  # B's listener reconnects (1 s backoff); not an assertion
     delays = []
@@ -226,8 +268,36 @@ async def _exercise(
         target = 2 if target == 1 else 1
         await _promote(a, me, target)
         delays.append(await until(lambda t=target: _serves(b, me, t), what=f"resumed {i}"))  # type: ignore[misc]
-    print(f"promotion A→B after Redis came back: max {max(delays) * 1000:.1f} ms")  # noqa: T201
+    print(f"\npromotion A→B after Redis came back: max {max(delays) * 1000:.1f} ms")  # noqa: T201
     assert max(delays) <= PROPAGATION_BOUND_SECONDS
+
+
+async def test_every_answered_prediction_is_logged_once_when_both_stop(
+    replicas: Replicas, engine: AsyncEngine
+) -> None:
+    a, b, me = replicas.a, replicas.b, replicas.me
+    for replica in (a, b) * 10:
+        assert (await replica.predict(me)).status_code == 200
+    # Both flush their prediction logs on SIGTERM: every answered prediction is one row.
+    # In a thread: the Redis proxy lives on this event loop and must keep running.
+    assert await asyncio.to_thread(a.server.stop) == 0
+    assert await asyncio.to_thread(b.server.stop) == 0
+    async with engine.connect() as conn:
+        rows = await conn.scalar(select(func.count()).select_from(Prediction))
+        distinct = await conn.scalar(select(func.count(func.distinct(Prediction.id))))
+        succeeded = await conn.scalar(
+            select(func.count()).select_from(Prediction).where(Prediction.status == "success")
+        )
+    assert rows == distinct
+    assert succeeded == a.predictions + b.predictions == 20
+
+
+async def _register(a: Replica, name: str) -> dict[str, str]:
+    """Register an account on A and return its bearer credentials."""
+    user = {"email": f"{name}-{uuid.uuid4().hex[:8]}@example.com", "password": "correct horse"}
+    await json_of(a.client.post("/api/v1/auth/register", json=user), 201)
+    token = (await json_of(a.client.post("/api/v1/auth/login", json=user), 200))["access_token"]
+    return bearer(token)
 
 
 async def _promote(a: Replica, headers: dict[str, str], version: int) -> None:
@@ -282,22 +352,3 @@ async def _admin(a: Replica, shared: dict[str, str]) -> dict[str, str]:
         200,
     )
     return bearer(login["access_token"])
-
-
-async def _rate_limit_is_shared(a: Replica, b: Replica, me: dict[str, str]) -> None:
-    created = await json_of(a.client.post("/api/v1/api-keys", json={"name": "rl"}, headers=me), 201)
-    key = {"X-API-Key": created["key"]}
-    # One fixed window for the whole count: start early in a minute.
-    if time.time() % 60 > 40:
-        await asyncio.sleep(60 - time.time() % 60 + 0.1)  # scheduling, not an assertion
-    statuses: dict[str, list[int]] = {"a": [], "b": []}
-    for _ in range(PREDICT_LIMIT_PER_MINUTE // 2 + 50):
-        for name, replica in (("a", a), ("b", b)):
-            statuses[name].append((await replica.predict(key)).status_code)
-    granted = sum(s.count(200) for s in statuses.values())
-    block = max(1, PREDICT_LIMIT_PER_MINUTE // 100)
-    # Four workers may each hold one unspent block when the limit is reached.
-    assert PREDICT_LIMIT_PER_MINUTE - 4 * block <= granted <= PREDICT_LIMIT_PER_MINUTE
-    assert 429 in statuses["a"]
-    assert 429 in statuses["b"]
-    assert set(statuses["a"] + statuses["b"]) == {200, 429}

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.servers import ServerProcess, running_server
+from tests.support.servers import ServerProcess, running_server
 
 # Far above every timeout the servers below are given: a wait that reaches it is a failure.
 READ_TIMEOUT_SECONDS = 20.0

@@ -31,9 +31,9 @@ from modelyard.db.tables import (
 from modelyard.db.types import utcnow
 from modelyard.state import AppState
 from modelyard.web import sessions as web_sessions
-from tests import factories
-from tests.factories import Account
-from tests.problems import assert_problem, assert_unauthorized
+from tests.support import factories
+from tests.support.factories import Account
+from tests.support.problems import assert_problem, assert_unauthorized
 
 USERS = "/api/v1/users"
 ME = "/api/v1/auth/me"

@@ -16,11 +16,11 @@ from modelyard.artifacts.store import StorageUnavailable
 from modelyard.cli import _gc
 from modelyard.config import Settings
 from modelyard.state import AppState
-from tests import factories
 from tests.accounts.test_erasure import owned_rows, storage_keys, upload_file
-from tests.conftest import make_settings
-from tests.factories import Account
-from tests.problems import assert_unauthorized
+from tests.support import factories
+from tests.support.factories import Account
+from tests.support.problems import assert_unauthorized
+from tests.support.settings import make_settings
 
 
 @pytest.fixture

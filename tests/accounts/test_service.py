@@ -14,8 +14,8 @@ from modelyard.accounts.service import OwnedCounts, count_owned
 from modelyard.db.tables import ApiKey
 from modelyard.db.types import utcnow
 from modelyard.state import AppState
-from tests import factories
-from tests.factories import Account
+from tests.support import factories
+from tests.support.factories import Account
 
 
 async def test_counts_only_the_accounts_own_objects_and_working_keys(

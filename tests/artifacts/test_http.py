@@ -14,8 +14,8 @@ from modelyard.artifacts.http import content_disposition
 from modelyard.artifacts.signing import LinkTarget, UrlSigner
 from modelyard.state import AppState
 from tests.artifacts.test_store import chunks_of
-from tests.conftest import TEST_SECRET_KEY
-from tests.factories import Account
+from tests.support.factories import Account
+from tests.support.settings import TEST_SECRET_KEY
 
 DATA = b"1,2,3"
 DATA_SHA256 = hashlib.sha256(DATA).hexdigest()

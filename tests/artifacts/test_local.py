@@ -13,7 +13,7 @@ from modelyard.artifacts import LocalStore, make_store, store
 from modelyard.artifacts.local import INCOMING
 from modelyard.artifacts.store import InvalidKey, StorageUnavailable
 from modelyard.errors import Conflict
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 @pytest.fixture

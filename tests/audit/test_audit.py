@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,9 @@ from modelyard.cli import app as cli
 from modelyard.db.tables import AuditEvent
 from modelyard.db.types import utcnow
 from modelyard.state import AppState
-from tests.factories import Account, make_api_key, make_version
 from tests.jobs.helpers import create_job, csv_bytes, finished, put_file, wait_for_job
-from tests.problems import assert_problem
+from tests.support.factories import Account, make_api_key, make_version
+from tests.support.problems import assert_problem
 
 AUDIT = "/api/v1/audit"
 WAIT_SECONDS = 30.0  # a bound, not a measurement
@@ -114,11 +115,25 @@ async def test_registry_changes_are_recorded_with_actor_and_request(
     assert all(r["actor_api_key_id"] is None for r in rows)
 
 
-async def test_sign_ins_keys_and_secrets(
-    client: httpx.AsyncClient, user: Account, admin: Account
-) -> None:
+WRONG_PASSWORD = "not-the-password-9"
+
+
+@dataclass(frozen=True)
+class Session:
+    """What `signed_in_and_used_a_key` did: a key made, used and revoked, and the email of a
+    sign-in attempt on no account."""
+
+    key: str
+    key_id: str
+    stranger: str
+
+
+@pytest.fixture
+async def session(client: httpx.AsyncClient, user: Account) -> Session:
+    """The user fails to sign in once, someone tries an unknown email, then the user makes a
+    key, uploads a file with it and revokes it."""
     wrong = await client.post(
-        "/api/v1/auth/login", json={"email": user.email, "password": "not-the-password-9"}
+        "/api/v1/auth/login", json={"email": user.email, "password": WRONG_PASSWORD}
     )
     assert wrong.status_code == 401
     stranger = f"nobody-{uuid.uuid4().hex[:6]}@example.com"
@@ -128,22 +143,22 @@ async def test_sign_ins_keys_and_secrets(
     assert unknown.status_code == 401
     key = await make_api_key(client, user, "deploy", scopes=["read", "write"])
     key_id = (await client.get("/api/v1/api-keys", headers=user.headers)).json()["items"][0]["id"]
-    # An action taken with the key names the key.
-    upload = await client.get("/api/v1/auth/me", headers={"X-API-Key": key})
-    assert upload.status_code == 200
     file = await client.post(
         "/api/v1/files/upload",
         files={"file": ("data.csv", b"a,b\n1,2\n")},
         headers={"X-API-Key": key},
     )
     assert file.status_code == 201, file.text
-    assert (
-        await client.delete(f"/api/v1/api-keys/{key_id}", headers=user.headers)
-    ).status_code == 204
+    revoked = await client.delete(f"/api/v1/api-keys/{key_id}", headers=user.headers)
+    assert revoked.status_code == 204
+    return Session(key, key_id, stranger)
 
-    mine = await audit_rows(client, user)
-    actions = [r["action"] for r in reversed(mine)]
-    assert actions == [
+
+async def test_sign_ins_and_refused_ones_are_recorded_on_the_account(
+    client: httpx.AsyncClient, user: Account, session: Session
+) -> None:
+    mine = list(reversed(await audit_rows(client, user)))
+    assert [r["action"] for r in mine] == [
         "user.registered",
         "auth.login",
         "auth.login_failed",
@@ -151,33 +166,50 @@ async def test_sign_ins_keys_and_secrets(
         "file.uploaded",
         "api_key.revoked",
     ]
-    registered, login, failed, created, uploaded, revoked = reversed(mine)
+    registered, login, failed = mine[:3]
     assert registered["actor_user_id"] is None  # nobody was signed in
     assert login["actor_user_id"] == user.id
     assert failed["outcome"] == "failure"
     assert failed["actor_user_id"] is None
     assert failed["target_id"] == user.id
     assert failed["details"] == {"reason": "wrong password"}
-    assert created["target_id"] == key_id
-    assert created["details"]["scopes"] == ["read", "write"]
-    assert created["details"]["prefix"] == key[: len(created["details"]["prefix"])]
-    assert uploaded["actor_api_key_id"] == key_id
-    assert uploaded["target_id"] == "data.csv"
-    assert revoked["target_id"] == key_id
-    # Never a secret: neither the key nor a password appears anywhere in the log.
-    everything = json.dumps(await audit_rows(client, admin))
-    assert key not in everything
-    assert key[len(created["details"]["prefix"]) :] not in everything  # the part never shown
-    assert user.password not in everything
-    assert "not-the-password-9" not in everything
-    assert stranger not in everything
 
-    # The failed sign-in on an unknown email concerns no account: admins only see it.
+
+async def test_a_keys_life_is_recorded_and_an_action_taken_with_it_names_it(
+    client: httpx.AsyncClient, user: Account, session: Session
+) -> None:
+    created, uploaded, revoked = list(reversed(await audit_rows(client, user)))[3:]
+    assert created["target_id"] == session.key_id
+    assert created["details"]["scopes"] == ["read", "write"]
+    assert created["details"]["prefix"] == session.key[: len(created["details"]["prefix"])]
+    assert uploaded["actor_api_key_id"] == session.key_id
+    assert uploaded["target_id"] == "data.csv"
+    assert revoked["target_id"] == session.key_id
+
+
+async def test_no_secret_reaches_the_log(
+    client: httpx.AsyncClient, user: Account, admin: Account, session: Session
+) -> None:
+    rows = await audit_rows(client, admin)
+    [created] = [r for r in rows if r["action"] == "api_key.created" and r["owner_id"] == user.id]
+    everything = json.dumps(rows)
+    assert session.key not in everything
+    assert session.key[len(created["details"]["prefix"]) :] not in everything  # never shown
+    assert user.password not in everything
+    assert WRONG_PASSWORD not in everything
+    assert session.stranger not in everything
+
+
+async def test_a_refused_sign_in_on_an_unknown_email_is_seen_by_admins_only(
+    client: httpx.AsyncClient, user: Account, admin: Account, session: Session
+) -> None:
     failures = await audit_rows(client, admin, action="auth.login_failed")
     assert [(r["target_id"], r["details"]["reason"]) for r in failures] == [
         (None, "unknown email"),
         (user.id, "wrong password"),
     ]
+    mine = await audit_rows(client, user, action="auth.login_failed")
+    assert [r["details"]["reason"] for r in mine] == ["wrong password"]
 
 
 async def test_who_sees_what(
@@ -264,55 +296,68 @@ async def test_filters_and_pages(
         assert_problem(await client.get(AUDIT, params=params, headers=user.headers), 422)
 
 
-async def test_the_chain_shows_changed_and_missing_rows(
-    app: FastAPI,
-    client: httpx.AsyncClient,
-    engine: AsyncEngine,
-    user: Account,
-) -> None:
-    state = state_of(app)
+@pytest.fixture
+async def chain(app: FastAPI, client: httpx.AsyncClient, user: Account) -> list[dict[str, Any]]:
+    """The user's audit rows, newest first, after four uploads (an intact chain)."""
     for n in range(4):
         await client.post(
             "/api/v1/files/upload", files={"file": (f"c{n}.txt", b"x")}, headers=user.headers
         )
-    async with state.sessions() as db:
-        result = await audit.verify(db)
+    return await audit_rows(client, user)
+
+
+async def verified(app: FastAPI) -> audit.Verification:
+    async with state_of(app).sessions() as db:
+        return await audit.verify(db)
+
+
+async def test_each_row_follows_the_hash_of_the_one_before(
+    app: FastAPI, chain: list[dict[str, Any]]
+) -> None:
+    result = await verified(app)
+
     assert result.intact
     assert result.checked == result.head_seq
-    total = result.checked
-    rows = await audit_rows(client, user)
-    assert rows[0]["hash"] == result.head_hash
-    assert all(a["prev_hash"] == b["hash"] for a, b in itertools.pairwise(rows))
+    assert chain[0]["hash"] == result.head_hash
+    assert all(a["prev_hash"] == b["hash"] for a, b in itertools.pairwise(chain))
 
-    target = rows[2]["seq"]
+
+async def test_a_changed_row_breaks_the_chain_until_it_is_put_back(
+    app: FastAPI, engine: AsyncEngine, chain: list[dict[str, Any]]
+) -> None:
+    target = chain[2]["seq"]
     async with engine.begin() as conn:
         await conn.execute(
             update(AuditEvent)
             .where(AuditEvent.seq == target)
             .values(details={"path": "something-else.txt"})
         )
-    async with state.sessions() as db:
-        result = await audit.verify(db)
+
+    result = await verified(app)
+
     assert not result.intact
     assert (result.broken_seq, result.checked, result.head_seq) == (target, target - 1, target - 1)
-    assert "changed" in (result.problem or "")
-
-    # Put back, then remove a row: the gap shows.
+    assert result.problem == f"row {target} was changed after it was written"
     async with engine.begin() as conn:
         await conn.execute(
-            update(AuditEvent).where(AuditEvent.seq == target).values(details=rows[2]["details"])
+            update(AuditEvent).where(AuditEvent.seq == target).values(details=chain[2]["details"])
         )
-    async with state.sessions() as db:
-        assert (await audit.verify(db)).intact
+    assert (await verified(app)).intact
+
+
+async def test_a_missing_row_breaks_the_chain_at_the_next(
+    app: FastAPI, engine: AsyncEngine, chain: list[dict[str, Any]]
+) -> None:
+    target = chain[2]["seq"]
     async with engine.begin() as conn:
         await conn.execute(delete(AuditEvent).where(AuditEvent.seq == target))
-    async with state.sessions() as db:
-        result = await audit.verify(db)
+
+    result = await verified(app)
+
     assert (result.broken_seq, result.problem) == (
         target + 1,
         f"row {target} is missing (the next row is {target + 1})",
     )
-    assert total > target
 
 
 @pytest.mark.parametrize("seq", [0, -1, -(2**40)])

@@ -26,12 +26,19 @@ from modelyard.changes.events import Action
 from modelyard.db.tables import BatchJob, User
 from modelyard.state import AppState
 from tests.audit.sse import opened, served
-from tests.conftest import make_settings
-from tests.factories import Account, lifespan, login, make_account, make_api_key, make_version
 from tests.jobs.helpers import running_job
-from tests.problems import assert_problem
-from tests.servers import running_server
+from tests.support.factories import (
+    Account,
+    lifespan,
+    login,
+    make_account,
+    make_api_key,
+    make_version,
+)
 from tests.support.polling import wait_until
+from tests.support.problems import assert_problem
+from tests.support.servers import running_server
+from tests.support.settings import make_settings
 from tests.web.test_pages import PASSWORD, post_form
 
 # A bound, not a measurement: an event that has not arrived by then never will.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import service_missing
+from tests.support.services import service_missing
 
 HERE = Path(__file__).parent / "oidc"
 CLIENT_ID = "modelyard"

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.db.tables import ApiKey
 from modelyard.state import AppState
-from tests import factories
-from tests.problems import assert_problem, assert_unauthorized
+from tests.support import factories
+from tests.support.problems import assert_problem, assert_unauthorized
 
 KEYS = "/api/v1/api-keys"
 ME = "/api/v1/auth/me"

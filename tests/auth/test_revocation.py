@@ -22,11 +22,11 @@ from modelyard.config import Settings
 from modelyard.db.tables import User
 from modelyard.errors import Conflict
 from modelyard.state import AppState
-from tests import factories
-from tests.conftest import make_settings
-from tests.factories import lifespan
-from tests.problems import assert_problem
-from tests.tcpproxy import TcpProxy
+from tests.support import factories
+from tests.support.factories import lifespan
+from tests.support.problems import assert_problem
+from tests.support.settings import make_settings
+from tests.support.tcpproxy import TcpProxy
 
 ME = "/api/v1/auth/me"
 USERS = "/api/v1/users"

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.db.tables import RefreshToken, User
-from tests import factories
+from tests.support import factories
 
 REGISTER = "/api/v1/auth/register"
 LOGIN = "/api/v1/auth/login"

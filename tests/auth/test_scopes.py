@@ -15,8 +15,8 @@ from fastapi.routing import APIRoute
 from modelyard.auth.deps import current_caller
 from modelyard.auth.scopes import Scope, route_needs
 from modelyard.observability.scrape import metrics_reader
-from tests import factories
-from tests.problems import assert_problem
+from tests.support import factories
+from tests.support.problems import assert_problem
 
 KEYS = "/api/v1/api-keys"
 MODELS = "/api/v1/models"

@@ -43,9 +43,9 @@ from tests.auth.openid import (
     new_person,
     running_provider,
 )
-from tests.conftest import make_settings
-from tests.factories import lifespan, make_account
-from tests.servers import free_port
+from tests.support.factories import lifespan, make_account
+from tests.support.servers import free_port
+from tests.support.settings import make_settings
 
 BASE = "http://testserver"
 

@@ -13,8 +13,8 @@ import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
-from tests import factories
-from tests.conftest import TEST_SECRET_KEY
+from tests.support import factories
+from tests.support.settings import TEST_SECRET_KEY
 
 ME = "/api/v1/auth/me"
 REFRESH = "/api/v1/auth/refresh"

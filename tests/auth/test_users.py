@@ -15,8 +15,8 @@ from modelyard.auth.schemas import UserAdminUpdate
 from modelyard.db.tables import User
 from modelyard.errors import Forbidden
 from modelyard.state import AppState
-from tests import factories
-from tests.problems import assert_problem, assert_unauthorized
+from tests.support import factories
+from tests.support.problems import assert_problem, assert_unauthorized
 
 USERS = "/api/v1/users"
 ME = "/api/v1/auth/me"

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from modelyard_client import AsyncClient, Client
 from modelyard_client.errors import NotFound, Unauthorized
 from modelyard_client.types import LoggedPrediction, Page
-from tests.factories import Account
+from tests.support.factories import Account
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 

@@ -19,10 +19,10 @@ from modelyard_client import AsyncClient, Client
 from modelyard_client.cli import make_app
 from modelyard_client.errors import Conflict, NotFound, Unprocessable, WaitTimedOut
 from modelyard_client.types import BatchJob, Page
-from tests.client.conftest import Login, live_on_each_database
 from tests.jobs.helpers import csv_bytes, iris_rows, read_csv
-from tests.servers import ServerProcess
+from tests.support.live import Login, live_on_each_database
 from tests.support.polling import eventually
+from tests.support.servers import ServerProcess
 
 # A wait that reaches its bound has failed; none asserts a duration.
 WAIT_SECONDS = 60.0

@@ -16,10 +16,10 @@ from typer.testing import CliRunner, Result
 
 from modelyard_client.cli import make_app
 from modelyard_client.cli.commands import PROGRESS_MIN_BYTES
-from tests.client.conftest import Login
-from tests.servers import ServerProcess
 from tests.serving import legit
+from tests.support.live import Login
 from tests.support.polling import eventually
+from tests.support.servers import ServerProcess
 
 runner = CliRunner()
 

@@ -15,9 +15,9 @@ from modelyard_client import AsyncClient, Client
 from modelyard_client.cli import make_app
 from modelyard_client.errors import NotFound, Unprocessable
 from modelyard_client.types import Comparison
-from tests.client.conftest import Login
 from tests.client.test_commands import as_key, parsed, run
 from tests.client.test_sdk import ROWS
+from tests.support.live import Login
 from tests.support.polling import eventually
 
 IRIS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]] * 10)

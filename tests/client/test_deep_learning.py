@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from modelyard_client import AsyncClient, Client
 from modelyard_client.cli import make_app
 from modelyard_client.errors import ExportMismatch, Unprocessable
-from tests.client.conftest import Login
 from tests.serving import dl_models
+from tests.support.live import Login
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 # A Keras MLP (Dense 8 relu, Dense 3 softmax; seed 0) saved by keras 3.15 `model.export("saved")`

@@ -11,8 +11,8 @@ import pytest
 
 from modelyard_client import Client
 from modelyard_client.errors import InvalidInput
-from tests.client.conftest import Login
 from tests.serving import legit
+from tests.support.live import Login
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 

@@ -34,10 +34,10 @@ from modelyard_client.types import (
     Prediction,
     Version,
 )
-from tests.client.conftest import Login
-from tests.servers import free_port
 from tests.serving import legit
+from tests.support.live import Login
 from tests.support.polling import eventually
+from tests.support.servers import free_port
 
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]

@@ -10,8 +10,8 @@ import typer
 from modelyard_client import AsyncClient, Client
 from modelyard_client.cli import make_app
 from modelyard_client.errors import Forbidden, NotFound
-from tests.client.conftest import Login, make_login
 from tests.client.test_commands import as_key, parsed, run
+from tests.support.live import Login, make_login
 
 
 @pytest.fixture

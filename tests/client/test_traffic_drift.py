@@ -25,10 +25,10 @@ from modelyard_client.types import (
     TrafficRoute,
     TrafficStats,
 )
-from tests.client.conftest import Login, live_on_each_database
 from tests.jobs.helpers import IRIS_HEADER, csv_bytes
-from tests.servers import ServerProcess
+from tests.support.live import Login, live_on_each_database
 from tests.support.polling import eventually
+from tests.support.servers import ServerProcess
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 SCHEMA = {"features": [{"name": name, "type": "float"} for name in IRIS_HEADER]}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.conftest import Login
+from tests.support.live import Login
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_TIMEOUT_SECONDS = 150

@@ -12,8 +12,8 @@ from fastapi import FastAPI
 
 from modelyard.state import AppState
 from tests.drift.test_router import SCHEMA, normal_rows, put_reference, to_csv, upload_file
-from tests.factories import Account, make_api_key, make_version
-from tests.problems import assert_problem
+from tests.support.factories import Account, make_api_key, make_version
+from tests.support.problems import assert_problem
 
 EXPERIMENTS = "/api/v1/experiments"
 RUNS = "/api/v1/compare/runs"

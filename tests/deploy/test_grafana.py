@@ -15,10 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.app import create_app
 from modelyard.db import migrate
-from tests.conftest import make_settings
 from tests.deploy.sources import DASHBOARD
-from tests.factories import lifespan, make_account, make_version
 from tests.observability.workers import serve_workers
+from tests.support.factories import lifespan, make_account, make_version
+from tests.support.settings import make_settings
 
 SCRAPE_TOKEN = "dashboard-scrape-token-0123456789"
 # Labels Prometheus adds to every scraped series.

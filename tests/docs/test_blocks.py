@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.servers import ServerProcess, running_server
+from tests.support.servers import ServerProcess, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_LANGUAGES = {"bash": "shell", "sh": "shell", "python": "python"}

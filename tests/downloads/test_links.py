@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from modelyard.config import Settings
-from tests.conftest import make_settings
-from tests.factories import Account, make_version
+from tests.support.factories import Account, make_version
+from tests.support.settings import make_settings
 
 FILES = "/api/v1/files"
 MODELS = "/api/v1/models"

@@ -1,6 +1,6 @@
 """A drift reference file costs a worker a bounded amount of memory, however wide or expanding
 it is (#23: a reference CSV used to take about 17 times its size). Measured in a fresh
-interpreter (`tests.peak_memory`), against a bound derived from the reader's limits."""
+interpreter (`tests.support.peak_memory`), against a bound derived from the reader's limits."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.files.tabular_files import (
     write_constant_parquet,
     write_wide_csv,
 )
-from tests.peak_memory import peak_growth
+from tests.support.peak_memory import peak_growth
 
 FEATURES = [Feature(name, "float") for name in IRIS]
 LIMITS = TabularLimits()

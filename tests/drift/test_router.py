@@ -23,8 +23,7 @@ from modelyard.config import Settings
 from modelyard.drift import stats
 from modelyard.state import AppState
 from tests.audit.test_audit import audit_rows
-from tests.conftest import make_settings
-from tests.factories import (
+from tests.support.factories import (
     Account,
     lifespan,
     make_account,
@@ -32,7 +31,8 @@ from tests.factories import (
     make_version,
     upload_model,
 )
-from tests.problems import assert_problem
+from tests.support.problems import assert_problem
+from tests.support.settings import make_settings
 
 NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 SCHEMA = {"features": [{"name": n, "type": "float"} for n in NAMES]}

@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.factories import Account
+from tests.support.factories import Account
 
 API = "/api/v1/experiments"
 

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.factories import Account, make_version, upload_model
-from tests.problems import assert_problem
+from tests.support.factories import Account, make_version, upload_model
+from tests.support.problems import assert_problem
 
 API = "/api/v1/experiments"
 

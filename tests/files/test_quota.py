@@ -25,10 +25,10 @@ from modelyard.files import service as files_service
 from modelyard.files.service import StorageQuotaExceeded
 from modelyard.state import AppState
 from tests.artifacts.multipart import CONTENT_TYPE, body, in_chunks, part
-from tests.conftest import make_settings
-from tests.factories import Account, make_version
 from tests.files.test_router import upload
-from tests.problems import assert_problem
+from tests.support.factories import Account, make_version
+from tests.support.problems import assert_problem
+from tests.support.settings import make_settings
 
 QUOTA = 1_000
 

@@ -16,8 +16,8 @@ from modelyard.artifacts.signing import LinkTarget, UrlSigner
 from modelyard.config import Settings
 from modelyard.state import AppState
 from tests.artifacts.multipart import CONTENT_TYPE, body, in_chunks, part
-from tests.conftest import TEST_SECRET_KEY
-from tests.factories import Account
+from tests.support.factories import Account
+from tests.support.settings import TEST_SECRET_KEY
 
 CANARY = b"canary: must stay unread and unchanged"
 

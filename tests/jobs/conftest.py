@@ -1,5 +1,5 @@
-"""Batch job tests: the in-process worker polls often and scores in small chunks, so a small
-file still goes through several chunks, parts and progress commits."""
+"""Batch job tests run an app whose in-process worker polls often and scores in small chunks
+(JOB_SETTINGS)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 
 from modelyard.config import Settings
-from tests.conftest import make_settings
-
-CHUNK_ROWS = 7
-JOB_SETTINGS: dict[str, object] = {
-    "batch_job_chunk_rows": CHUNK_ROWS,
-    "batch_job_poll_seconds": 0.05,
-    "prediction_log_flush_ms": 10,
-}
+from tests.jobs.helpers import JOB_SETTINGS
+from tests.support.settings import make_settings
 
 
 @pytest.fixture

@@ -16,12 +16,20 @@ import pytest
 
 from modelyard.db.tables import BatchJob
 from modelyard.db.types import utcnow, uuid7
-from tests.factories import Account
+from tests.support.factories import Account
 from tests.support.polling import wait_until
 
 # A wait that reaches its bound has failed; none asserts a duration.
 WAIT_SECONDS = 60.0
 IRIS_HEADER = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+# The in-process worker polls often and scores in small chunks, so a small file still goes
+# through several chunks, parts and progress commits.
+CHUNK_ROWS = 7
+JOB_SETTINGS: dict[str, object] = {
+    "batch_job_chunk_rows": CHUNK_ROWS,
+    "batch_job_poll_seconds": 0.05,
+    "prediction_log_flush_ms": 10,
+}
 
 
 def iris_rows(n: int, *, seed: int = 7) -> list[list[float]]:

@@ -17,10 +17,9 @@ from modelyard.files.service import area
 from modelyard.jobs.queue import InProcessJobs
 from modelyard.jobs.runner import PARTS_PREFIX
 from modelyard.state import AppState
-from tests.conftest import make_settings
-from tests.factories import Account, make_api_key, make_version
-from tests.jobs.conftest import CHUNK_ROWS, JOB_SETTINGS
 from tests.jobs.helpers import (
+    CHUNK_ROWS,
+    JOB_SETTINGS,
     create_job,
     csv_bytes,
     finished,
@@ -28,8 +27,10 @@ from tests.jobs.helpers import (
     put_file,
     wait_for_job,
 )
-from tests.problems import assert_problem
+from tests.support.factories import Account, make_api_key, make_version
 from tests.support.polling import wait_until
+from tests.support.problems import assert_problem
+from tests.support.settings import make_settings
 
 MAX_ACTIVE = 4
 # Enough chunks that the job is still running when the test acts on it.

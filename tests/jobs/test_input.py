@@ -1,6 +1,6 @@
 """A batch job's input read in chunks: at most the predict API's element budget per chunk, and
 a worker's memory bounded however wide the model (#23: a 1,000-feature model took 10 million
-values a chunk, +718 MiB). Memory is measured in a fresh interpreter (`tests.peak_memory`)."""
+values a chunk, +718 MiB). Memory is measured in a fresh interpreter (`tests.support.peak_memory`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from modelyard.config import Settings
 from modelyard.files import tabular
 from modelyard.jobs.runner import InputChunks, chunk_rows
 from tests.files.tabular_files import MIB, file_chunks, memory_bound, write_wide_csv
-from tests.peak_memory import peak_growth
 from tests.serving.fakes import FakeRuntime
+from tests.support.peak_memory import peak_growth
 
 FEATURES = 1_000
 LIMITS = tabular.TabularLimits()

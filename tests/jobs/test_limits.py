@@ -10,10 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from modelyard.db.tables import BatchJob
-from tests.conftest import make_settings
-from tests.factories import make_account, make_version, serve
-from tests.jobs.conftest import CHUNK_ROWS, JOB_SETTINGS
 from tests.jobs.helpers import (
+    CHUNK_ROWS,
+    JOB_SETTINGS,
     assert_scored_like,
     create_job,
     csv_bytes,
@@ -23,6 +22,8 @@ from tests.jobs.helpers import (
     read_csv,
     wait_for_job,
 )
+from tests.support.factories import make_account, make_version, serve
+from tests.support.settings import make_settings
 
 # Fewer than CHUNK_ROWS: the request's row limit, not the job's chunk size, bounds a chunk.
 MAX_BATCH_ROWS = 3

@@ -16,10 +16,9 @@ from modelyard.config import Settings
 from modelyard.jobs.queue import InProcessJobs
 from modelyard.jobs.runner import INTERNAL_FAILURE, MAX_ATTEMPTS, PARTS_PREFIX
 from modelyard.state import AppState
-from tests.conftest import make_settings
-from tests.factories import Account, make_version
-from tests.jobs.conftest import CHUNK_ROWS, JOB_SETTINGS
 from tests.jobs.helpers import (
+    CHUNK_ROWS,
+    JOB_SETTINGS,
     assert_scored_like,
     create_job,
     csv_bytes,
@@ -30,6 +29,8 @@ from tests.jobs.helpers import (
     read_csv,
     wait_for_job,
 )
+from tests.support.factories import Account, make_version
+from tests.support.settings import make_settings
 
 
 @pytest.fixture

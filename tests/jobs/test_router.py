@@ -15,11 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from modelyard.db.tables import BatchJob, Prediction, StoredFile
 from modelyard.jobs import service as jobs_service
 from modelyard.state import AppState
-from tests.conftest import S3_TEST_CREDENTIALS, make_settings
-from tests.factories import Account, make_account, make_api_key, make_version, serve
-from tests.jobs.conftest import CHUNK_ROWS, JOB_SETTINGS
 from tests.jobs.helpers import (
+    CHUNK_ROWS,
     IRIS_HEADER,
+    JOB_SETTINGS,
     assert_scored_like,
     create_job,
     csv_bytes,
@@ -30,8 +29,10 @@ from tests.jobs.helpers import (
     read_csv,
     wait_for_job,
 )
-from tests.problems import assert_problem
+from tests.support.factories import Account, make_account, make_api_key, make_version, serve
 from tests.support.polling import wait_until
+from tests.support.problems import assert_problem
+from tests.support.settings import S3_TEST_CREDENTIALS, make_settings
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from modelyard.db.types import utcnow, uuid7
 from modelyard.jobs import service
 from modelyard.jobs.queue import InProcessJobs
 from modelyard.state import AppState
-from tests.factories import Account, make_version
+from tests.support.factories import Account, make_version
 
 LEASE = timedelta(minutes=5)
 

@@ -17,10 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.config import Settings
-from tests import servers
-from tests.conftest import TEST_SECRET_KEY, make_settings
 from tests.deploy.sources import run_worker_healthcheck
-from tests.factories import Account, make_account, make_version, serve
 from tests.jobs.helpers import (
     assert_scored_like,
     create_job,
@@ -32,7 +29,10 @@ from tests.jobs.helpers import (
     read_csv,
     wait_for_job,
 )
+from tests.support import servers
+from tests.support.factories import Account, make_account, make_version, serve
 from tests.support.polling import wait_until
+from tests.support.settings import TEST_SECRET_KEY, make_settings
 
 CHUNK_ROWS = 10
 # Enough chunks (each a stored part and a commit) that the job is still running when the test

@@ -16,8 +16,8 @@ from sqlalchemy import event
 
 from modelyard.observability.middleware import control_character_parameter
 from modelyard.state import AppState
-from tests.factories import Account
-from tests.problems import assert_problem
+from tests.support.factories import Account
+from tests.support.problems import assert_problem
 
 
 @pytest.fixture

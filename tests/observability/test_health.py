@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 from modelyard.app import create_app
 from modelyard.config import Settings
 from modelyard.state import AppState
-from tests.conftest import make_settings, service_missing
-from tests.factories import Account, lifespan
+from tests.support.factories import Account, lifespan
+from tests.support.services import service_missing
+from tests.support.settings import make_settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 CLOSED_REDIS_URL = "redis://127.0.0.1:1/0"

@@ -12,7 +12,7 @@ import pytest
 
 from modelyard.config import Settings
 from modelyard.observability.logging import configure_logging
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 @pytest.fixture

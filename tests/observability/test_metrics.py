@@ -8,8 +8,8 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.app import create_app
-from tests.conftest import make_settings
-from tests.factories import Account, lifespan, make_account, make_version
+from tests.support.factories import Account, lifespan, make_account, make_version
+from tests.support.settings import make_settings
 
 SCRAPE_TOKEN = "scrape-token-for-tests-0123456789"
 

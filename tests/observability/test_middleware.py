@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import factories
-from tests.conftest import make_settings
+from tests.support import factories
+from tests.support.settings import make_settings
 
 GENERATED_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -4,6 +4,7 @@ statements, model loads, predictions and prediction log flushes (the SDK's in-me
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from modelyard.app import create_app
 from modelyard.config import Settings
 from modelyard.observability import tracing
 from modelyard.state import AppState
-from tests.factories import Account, lifespan, make_account, make_version
+from tests.support.factories import Account, lifespan, make_account, make_version
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -92,12 +93,27 @@ def by_name(spans: Any, name: str) -> list[ReadableSpan]:
     return [s for s in spans if s.name == name]
 
 
-async def test_a_prediction_is_traced_end_to_end(
+@dataclass(frozen=True)
+class Traced:
+    """A first prediction of iris made with the caller's trace context, and its spans."""
+
+    account: Account
+    response: httpx.Response
+    spans: list[ReadableSpan]
+
+    @property
+    def request(self) -> ReadableSpan:
+        (request,) = by_name(self.spans, "POST /api/v1/predict/{model}")
+        return request
+
+
+@pytest.fixture
+async def first_prediction(
     traced_app: FastAPI,
     traced_client: httpx.AsyncClient,
     exporter: InMemorySpanExporter,
     iris_skops: Path,
-) -> None:
+) -> Traced:
     account: Account = await make_account(traced_client)
     await make_version(traced_client, account, iris_skops, name="iris")
     exporter.clear()
@@ -109,56 +125,87 @@ async def test_a_prediction_is_traced_end_to_end(
     assert response.status_code == 200, response.text
     state: AppState = traced_app.state.modelyard
     await state.prediction_log.flush()
-    spans = exporter.get_finished_spans()
+    return Traced(account, response, list(exporter.get_finished_spans()))
 
-    (request,) = by_name(spans, "POST /api/v1/predict/{model}")
+
+def trace_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return int(span.context.trace_id)
+
+
+async def test_the_callers_trace_continues_in_the_request_span(first_prediction: Traced) -> None:
+    request = first_prediction.request
+
     assert request.kind is SpanKind.SERVER
-    assert request.context is not None
     assert request.parent is not None
-    # The caller's trace continues here.
-    assert format(request.context.trace_id, "032x") == TRACE_ID
+    assert format(trace_id(request), "032x") == TRACE_ID
     assert request.attributes is not None
     assert request.attributes["http.response.status_code"] == 200
     assert request.attributes["http.route"] == "/api/v1/predict/{model}"
     assert request.attributes["modelyard.request_id"] == "trace-me"
 
-    (predict,) = by_name(spans, "predict")
+
+async def test_the_predict_span_names_the_model_version_protocol_and_rows(
+    first_prediction: Traced,
+) -> None:
+    (predict,) = by_name(first_prediction.spans, "predict")
+
     assert predict.parent is not None
-    assert predict.parent.span_id == request.context.span_id
+    assert first_prediction.request.context is not None
+    assert predict.parent.span_id == first_prediction.request.context.span_id
     assert predict.attributes is not None
     assert dict(predict.attributes) == {
         "modelyard.model": "iris",
-        "modelyard.model_id": response.json()["model_id"],
+        "modelyard.model_id": first_prediction.response.json()["model_id"],
         "modelyard.version": 1,
         "modelyard.protocol": "rest",
         "modelyard.rows": 2,
     }
-    (load,) = by_name(spans, "model.load")  # the first prediction loads the model
-    assert load.context is not None
-    assert load.context.trace_id == request.context.trace_id
 
-    statements = [s for s in spans if s.name.startswith("db.")]
+
+async def test_the_first_prediction_loads_the_model_in_the_requests_trace(
+    first_prediction: Traced,
+) -> None:
+    (load,) = by_name(first_prediction.spans, "model.load")
+
+    assert trace_id(load) == trace_id(first_prediction.request)
+
+
+async def test_database_statements_are_client_spans_in_the_requests_trace(
+    traced_app: FastAPI, first_prediction: Traced
+) -> None:
+    statements = [s for s in first_prediction.spans if s.name.startswith("db.")]
+
     assert statements, "the request's database statements are spans"
-    in_request = [
-        s for s in statements if s.context and s.context.trace_id == request.context.trace_id
-    ]
+    request_trace = trace_id(first_prediction.request)
+    in_request = [s for s in statements if s.context and s.context.trace_id == request_trace]
     assert in_request, "statements made for the request are in its trace"
     assert all(s.kind is SpanKind.CLIENT for s in statements)
     assert {s.attributes["db.system.name"] for s in statements if s.attributes} == {
         traced_app.state.modelyard.engine.dialect.name
     }
 
-    flushes = by_name(spans, "prediction_log.flush")
+
+async def test_the_prediction_log_flush_is_a_span_of_what_it_wrote(
+    first_prediction: Traced,
+) -> None:
+    flushes = by_name(first_prediction.spans, "prediction_log.flush")
+
     assert flushes
     assert flushes[-1].attributes is not None
     assert flushes[-1].attributes["modelyard.written"] is True
     assert all(f.attributes and f.attributes["modelyard.rows"] == 1 for f in flushes)
 
-    # A second prediction: the model is cached, no load.
+
+async def test_a_second_prediction_uses_the_loaded_model(
+    traced_client: httpx.AsyncClient, exporter: InMemorySpanExporter, first_prediction: Traced
+) -> None:
     exporter.clear()
+
     again = await traced_client.post(
-        "/api/v1/predict/iris", json={"inputs": ROWS}, headers=account.headers
+        "/api/v1/predict/iris", json={"inputs": ROWS}, headers=first_prediction.account.headers
     )
+
     assert again.status_code == 200
     spans = exporter.get_finished_spans()
     assert by_name(spans, "model.load") == []

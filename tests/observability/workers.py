@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from modelyard.observability import metrics
-from tests.servers import ServerProcess, environment, running
+from tests.support.servers import ServerProcess, environment, running
 
 
 @dataclass

@@ -18,9 +18,6 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelyard.app import create_app
-from tests.conftest import make_settings
-from tests.factories import Account, lifespan, make_account, make_version
-from tests.predictions.conftest import truncation
 from tests.predictions.test_fastpath import (
     IRIS_ROWS,
     NATIVE,
@@ -29,6 +26,9 @@ from tests.predictions.test_fastpath import (
     handed_to_fastapi,
     logged,
 )
+from tests.support.factories import Account, lifespan, make_account, make_version
+from tests.support.predictions import truncation
+from tests.support.settings import make_settings
 
 V2_VERSION_PATH = "/v2/models/iris/versions/{}/infer"
 LOG_BUDGET = 64 * 1024  # MODELYARD_PREDICTION_LOG_MAX_PAYLOAD_BYTES's default

@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from modelyard.app import create_app
 from modelyard.db.tables import Prediction
 from modelyard.state import AppState
-from tests.conftest import make_settings
-from tests.factories import lifespan, make_account, make_version
-from tests.servers import ServerProcess, environment, running
-from tests.tcpproxy import TcpProxy
+from tests.support.factories import lifespan, make_account, make_version
+from tests.support.servers import ServerProcess, environment, running
+from tests.support.settings import make_settings
+from tests.support.tcpproxy import TcpProxy
 
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 REPLAY_TIMEOUT_SECONDS = 90

@@ -21,8 +21,8 @@ from modelyard.app import create_app
 from modelyard.db.tables import Prediction
 from modelyard.predictions.fastpath import PredictFastPath
 from modelyard.state import AppState
-from tests.conftest import make_settings
-from tests.factories import Account, lifespan, make_account, make_version
+from tests.support.factories import Account, lifespan, make_account, make_version
+from tests.support.settings import make_settings
 
 NATIVE = "/api/v1/predict/iris"
 V2 = "/v2/models/iris/infer"

@@ -20,8 +20,9 @@ from modelyard.predictions.log import rollups
 from modelyard.predictions.log.record import PredictionRecord
 from modelyard.predictions.log.schemas import LIST_ERROR_CUT, LIST_ERROR_MAX_CHARS
 from modelyard.state import AppState
-from tests import factories
-from tests.predictions.conftest import make_model, record_on
+from tests.support import factories
+from tests.support.predictions import record_on
+from tests.support.rows import make_model
 
 PREDICTIONS = "/api/v1/predictions"
 MODEL_ANALYTICS = "/api/v1/analytics/models"

@@ -27,9 +27,9 @@ from modelyard.predictions.log import rollups
 from modelyard.predictions.log.record import PredictionRecord
 from modelyard.predictions.log.writer import PredictionLog
 from tests.predictions import sigterm_writer
-from tests.predictions.conftest import make_record, truncation
 from tests.support.polling import wait_until
-from tests.tcpproxy import TcpProxy
+from tests.support.predictions import make_record, truncation
+from tests.support.tcpproxy import TcpProxy
 
 # Bounds of the polling loops below: they wait for a final state, never assert a duration.
 WAIT_SECONDS = 60

@@ -16,9 +16,9 @@ from modelyard.db.engine import make_engine
 from modelyard.db.tables import Prediction, prediction_rollups
 from modelyard.db.types import utcnow
 from modelyard.predictions.log import maintenance
-from tests.conftest import make_settings
-from tests.predictions.conftest import make_record
 from tests.predictions.test_log import make_log
+from tests.support.predictions import make_record
+from tests.support.settings import make_settings
 from tests.test_migrations import fresh_url  # noqa: F401 - a fixture: a database of its own
 
 

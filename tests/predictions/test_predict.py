@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from modelyard.db.tables import Prediction
 from modelyard.state import AppState
-from tests.factories import Account, lifespan, make_version
 from tests.predictions.reference import features, reference
 from tests.serving import legit
+from tests.support.factories import Account, lifespan, make_version
 
 API = "/api/v1/predict"
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
@@ -259,9 +259,9 @@ async def test_onnx_prediction_past_its_time_budget_answers_422_and_is_logged(
 ) -> None:
 
     from modelyard.app import create_app
-    from tests.conftest import make_settings
-    from tests.factories import make_account
     from tests.serving import hostile
+    from tests.support.factories import make_account
+    from tests.support.settings import make_settings
 
     # Cheap on the probe's one row, ~100x heavier on 32: the shape of the attack.
     model = hostile.onnx_costly_per_row(tmp_path, repeats=25_000, passes=100)

@@ -27,9 +27,9 @@ from modelyard.predictions.traffic import routing
 from modelyard.registry.schemas import Stage
 from modelyard.serving.formats import Framework, ModelFormat
 from modelyard.state import AppState
-from tests.conftest import make_settings
-from tests.factories import Account, make_account, make_api_key, make_version
 from tests.predictions.test_fastpath import handed_to_fastapi, stable
+from tests.support.factories import Account, make_account, make_api_key, make_version
+from tests.support.settings import make_settings
 
 NATIVE = "/api/v1/predict/iris"
 V2 = "/v2/models/iris/infer"

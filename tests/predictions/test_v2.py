@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tritonclient.utils import InferenceServerException
 
 from modelyard.config import Settings
-from tests.factories import DEFAULT_PASSWORD, Account, make_account, make_version
 from tests.predictions.live import live_server
 from tests.serving import legit
+from tests.support.factories import DEFAULT_PASSWORD, Account, make_account, make_version
 
 IRIS = np.asarray(legit.iris()[0][:6], dtype=np.float64)
 

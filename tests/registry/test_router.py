@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.factories import Account, make_version, upload_model
 from tests.serving import legit
+from tests.support.factories import Account, make_version, upload_model
 
 API = "/api/v1/models"
 

@@ -15,9 +15,9 @@ from modelyard.cli import _gc
 from modelyard.config import Settings
 from modelyard.db.tables import ModelVersion
 from modelyard.state import AppState
-from tests.conftest import make_settings
-from tests.factories import Account, make_version, upload_model
 from tests.serving import hostile
+from tests.support.factories import Account, make_version, upload_model
+from tests.support.settings import make_settings
 
 API = "/api/v1/models"
 

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 
 from modelyard.db.tables import ModelVersion, RegisteredModel
 from modelyard.state import AppState
-from tests.factories import Account, lifespan, make_version, upload_model
 from tests.serving import hostile, legit
+from tests.support.factories import Account, lifespan, make_version, upload_model
 
 API = "/api/v1/models"
 
@@ -196,8 +196,8 @@ async def test_upload_over_the_limit_is_413_and_keeps_nothing(
 ) -> None:
 
     from modelyard.app import create_app
-    from tests.conftest import make_settings
-    from tests.factories import make_account
+    from tests.support.factories import make_account
+    from tests.support.settings import make_settings
 
     settings = make_settings(tmp_path, database_url, max_upload_bytes=64 * 1024)
     app = create_app(settings)
@@ -224,8 +224,8 @@ async def test_pickle_uploads_can_be_switched_off(
 ) -> None:
 
     from modelyard.app import create_app
-    from tests.conftest import make_settings
-    from tests.factories import make_account
+    from tests.support.factories import make_account
+    from tests.support.settings import make_settings
 
     app = create_app(make_settings(tmp_path, database_url, allow_pickle=False))
     async with lifespan(app):
@@ -270,8 +270,8 @@ async def test_concurrent_uploads_of_a_new_name_number_versions_one_to_n(
 ) -> None:
 
     from modelyard.app import create_app
-    from tests.conftest import make_settings
-    from tests.factories import make_account
+    from tests.support.factories import make_account
+    from tests.support.settings import make_settings
 
     n = 8
     # Probe bounds wide enough for all n at once: this test is about numbering, not probes.
@@ -324,8 +324,8 @@ async def test_decompression_bomb_is_refused_by_the_probe_memory_limit(
 ) -> None:
 
     from modelyard.app import create_app
-    from tests.conftest import make_settings
-    from tests.factories import make_account
+    from tests.support.factories import make_account
+    from tests.support.settings import make_settings
 
     settings = make_settings(tmp_path, database_url, probe_memory_bytes=512 * 1024**2)
     app = create_app(settings)
@@ -361,8 +361,8 @@ async def test_upload_past_the_probe_bounds_answers_429_or_503_and_keeps_nothing
     import uuid
 
     from modelyard.app import create_app
-    from tests.conftest import make_settings
-    from tests.factories import make_account
+    from tests.support.factories import make_account
+    from tests.support.settings import make_settings
 
     settings = make_settings(
         tmp_path, database_url, probe_max_concurrent=2, probe_max_concurrent_per_user=1

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from modelyard.serving.probe import ModelProber
-from tests.conftest import PROBE_SOCKET
 from tests.serving import legit
+from tests.support.settings import PROBE_SOCKET
 
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
 

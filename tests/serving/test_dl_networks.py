@@ -27,9 +27,9 @@ from modelyard.serving.loader import check_onnx
 from modelyard.serving.onnx_cost import CostLimits, estimate_onnx_cost
 from modelyard.serving.probe import ModelProber
 from modelyard.serving.runtimes.onnx import configure_onnx_cost
-from tests.conftest import PROBE_SOCKET, make_settings
-from tests.factories import Account, lifespan, make_account, make_version, upload_model
 from tests.serving import dl_models
+from tests.support.factories import Account, lifespan, make_account, make_version, upload_model
+from tests.support.settings import PROBE_SOCKET, make_settings
 
 CASES = [(name, exporter) for name in dl_models.NETWORKS for exporter in dl_models.EXPORTERS]
 IDS = [f"{name}-{exporter}" for name, exporter in CASES]

@@ -36,8 +36,8 @@ from modelyard.serving.runtimes.onnx import (
 )
 from modelyard.serving.threads import AUTO, configure_onnx_threads, onnx_threads_per_worker
 from modelyard.state import AppState
-from tests.factories import Account, make_version
 from tests.serving import dl_models
+from tests.support.factories import Account, make_version
 
 SQLITE_ONLY = pytest.mark.parametrize("dialect", ["sqlite"])
 TOLERANCE = 1e-4

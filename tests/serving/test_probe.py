@@ -20,8 +20,8 @@ from modelyard.serving.formats import (
     detect_format,
 )
 from modelyard.serving.probe import ModelProber, ProbeReport
-from tests.conftest import PROBE_SOCKET
 from tests.serving import hostile, legit
+from tests.support.settings import PROBE_SOCKET
 
 TEST_MEMORY_BYTES = 512 * 1024**2
 

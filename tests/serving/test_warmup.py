@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.servers import SRC
+from tests.support.servers import SRC
 
 # Run in a fresh interpreter: the test process has imported everything already.
 SCRIPT = """

@@ -15,8 +15,8 @@ from modelyard.db.tables import TeamInvitation
 from modelyard.db.types import utcnow
 from modelyard.registry.schemas import Stage
 from modelyard.state import AppState
-from tests.factories import Account, make_account, make_api_key
-from tests.problems import assert_problem
+from tests.support.factories import Account, make_account, make_api_key
+from tests.support.problems import assert_problem
 
 API = "/api/v1/teams"
 

@@ -13,8 +13,8 @@ from fastapi import FastAPI
 
 from modelyard.state import AppState
 from modelyard.web import file_pages
-from tests.factories import make_account, make_version
 from tests.jobs.helpers import csv_bytes, finished, iris_rows, put_file, wait_for_job
+from tests.support.factories import make_account, make_version
 from tests.web.test_job_pages import signed_in
 from tests.web.test_pages import csrf_of, post_form
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from tests.factories import make_account, make_version
+from tests.support.factories import make_account, make_version
 from tests.web.test_job_pages import signed_in
 
 

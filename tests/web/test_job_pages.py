@@ -14,8 +14,8 @@ from fastapi import FastAPI
 
 from modelyard.state import AppState
 from tests.audit.test_live import count_rows, start_running_job
-from tests.factories import Account, make_account, make_version
 from tests.jobs.helpers import create_job, csv_bytes, finished, iris_rows, put_file, wait_for_job
+from tests.support.factories import Account, make_account, make_version
 from tests.web.test_pages import PASSWORD, post_form
 
 

@@ -9,7 +9,7 @@ import httpx
 from fastapi import FastAPI
 
 from tests.drift.test_router import SCHEMA, normal_rows, served, to_csv, upload_file
-from tests.factories import make_account, make_version
+from tests.support.factories import make_account, make_version
 from tests.web.test_job_pages import signed_in
 
 

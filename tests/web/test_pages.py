@@ -11,9 +11,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests import factories
 from tests.audit.test_audit import audit_rows
-from tests.factories import lifespan
+from tests.support import factories
+from tests.support.factories import lifespan
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 PASSWORD = factories.DEFAULT_PASSWORD
@@ -485,7 +485,7 @@ async def test_page_assets_are_served_by_the_app(client: httpx.AsyncClient) -> N
 async def test_serving_role_has_no_dashboard(tmp_path: Path, database_url: str) -> None:
 
     from modelyard.app import create_app
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     app = create_app(make_settings(tmp_path, database_url, role="serving"))
     async with lifespan(app):

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from modelyard.changes.events import Action
 from modelyard.db.tables import RegisteredModel
 from modelyard.state import AppState
-from tests import factories
+from tests.support import factories
 
 HOOKS = "/api/v1/webhooks"
 WAIT_SECONDS = 30.0  # a bound, not a measurement

@@ -22,10 +22,10 @@ from modelyard.db.tables import WebhookDelivery
 from modelyard.db.types import utcnow
 from modelyard.webhooks.delivery import BACKOFF, MAX_ATTEMPTS, DeliveryWorker
 from modelyard.webhooks.outbound import Sender
-from tests import factories
-from tests.conftest import make_settings
-from tests.factories import lifespan
-from tests.problems import assert_problem
+from tests.support import factories
+from tests.support.factories import lifespan
+from tests.support.problems import assert_problem
+from tests.support.settings import make_settings
 from tests.webhooks.helpers import (
     HOOKS,
     delivery_log,

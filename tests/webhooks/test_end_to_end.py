@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from modelyard.config import Settings
-from tests import factories
-from tests.conftest import make_settings
+from tests.support import factories
+from tests.support.settings import make_settings
 from tests.webhooks.helpers import delivery_log, make_hook, settled_log
 from tests.webhooks.receiver import Receiver, verify
 

@@ -20,9 +20,9 @@ from modelyard.db.tables import Webhook, WebhookDelivery
 from modelyard.db.types import utcnow
 from modelyard.webhooks.delivery import DeliveryWorker
 from modelyard.webhooks.outbound import Sender
-from tests import factories
-from tests.conftest import make_settings
-from tests.problems import assert_problem
+from tests.support import factories
+from tests.support.problems import assert_problem
+from tests.support.settings import make_settings
 from tests.webhooks.helpers import (
     HOOKS,
     WAIT_SECONDS,

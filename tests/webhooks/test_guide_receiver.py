@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from modelyard.db.types import utcnow
 from modelyard.webhooks.delivery import DeliveryWorker
 from modelyard.webhooks.outbound import Sender
-from tests import factories
+from tests.support import factories
 from tests.webhooks.helpers import make_hook, record, state_of, version_created
 from tests.webhooks.receiver import Receiver
 

@@ -19,10 +19,10 @@ from fastapi import FastAPI
 from modelyard.auth.scopes import Scope, route_needs
 from modelyard.changes.events import Action
 from modelyard.state import AppState
-from tests import factories
 from tests.auth.test_scopes import api_routes
-from tests.conftest import make_settings
-from tests.problems import assert_problem
+from tests.support import factories
+from tests.support.problems import assert_problem
+from tests.support.settings import make_settings
 
 HOOKS = "/api/v1/webhooks"
 URL = "https://hooks.example.com/modelyard?token=abc"

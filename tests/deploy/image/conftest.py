@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,8 @@ import asyncpg
 import pytest
 import redis
 
-from tests.deploy.image.podman import Container, Memory, PodmanError, podman, remove
+from tests.deploy.image.helpers import MEASUREMENTS, Backends
+from tests.deploy.image.podman import PodmanError, podman
 from tests.deploy.sources import ENV_EXAMPLE, read_dotenv
 from tests.serving import legit
 
@@ -28,41 +27,6 @@ POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_TEST_DB = int(os.environ.get("TEST_IMAGE_REDIS_DB", "13"))
 # compose.yaml's secrets, made up for the run as a user is told to (deploy/.env.example).
 COMPOSE_SECRETS = ("MODELYARD_SECRET_KEY", "MODELYARD_METRICS_TOKEN", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Backends:
-    """Where the containers find PostgreSQL, Redis and S3, and the run's made-up secrets."""
-
-    database_url: str
-    redis_url: str
-    s3_endpoint: str
-    run_id: str
-    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(48))
-    metrics_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-
-    def addresses(self, port: int | None = None) -> dict[str, str]:
-        """The variables the image test sets over the deploy files' values: the backends'
-        addresses (compose's service names and the manifests' example hosts do not resolve
-        here) and, on the shared host network, the server's port."""
-        values = {
-            "MODELYARD_DATABASE_URL": self.database_url,
-            "MODELYARD_REDIS_URL": self.redis_url,
-            "MODELYARD_S3_ENDPOINT_URL": self.s3_endpoint,
-        }
-        if port is not None:
-            values["MODELYARD_PORT"] = str(port)
-        return values
-
-
-@dataclass
-class Measurements:
-    """Memory of each role under a small load, printed at the end of the run."""
-
-    rows: list[tuple[str, Memory, str]] = field(default_factory=list)
-
-
-_MEASUREMENTS = Measurements()
 
 
 @pytest.fixture(scope="session")
@@ -142,34 +106,11 @@ def iris_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return legit.write_skops(legit.iris_lr(), tmp_path_factory.mktemp("image") / "iris.skops")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def record_memory(role: str, memory: Memory, note: str) -> None:
-    _MEASUREMENTS.rows.append((role, memory, note))
-
-
-def stop_all(containers: list[Container]) -> None:
-    """Remove containers; print the logs of any that exited with an error."""
-    for container in containers:
-        try:
-            state = container.state()
-        except PodmanError:
-            continue
-        if not state["Running"] and state.get("ExitCode"):
-            print(f"--- {container.name} exited {state['ExitCode']}:\n{container.logs()[-4000:]}")  # noqa: T201 - shown with the failing test
-        remove(container)
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _MEASUREMENTS.rows:
+    if not MEASUREMENTS.rows:
         return
     terminalreporter.section("image: memory of each role under a small load")
-    for role, memory, note in _MEASUREMENTS.rows:
+    for role, memory, note in MEASUREMENTS.rows:
         terminalreporter.line(
             f"{role:<34} RSS {memory.rss_mib:7.0f} MiB  PSS {memory.pss_mib:7.0f} MiB"
             f"  {memory.processes} processes  {note}"

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.deploy.image import flow
-from tests.deploy.image.conftest import Backends, free_port, record_memory, stop_all
+from tests.deploy.image.helpers import Backends, record_memory, stop_all
 from tests.deploy.image.podman import (
     Container,
     Spec,
@@ -29,6 +29,7 @@ from tests.deploy.image.podman import (
     run,
 )
 from tests.deploy.sources import COMPOSE, Interpolation, dockerfile_stages, service_environment
+from tests.support.servers import free_port
 
 SERVERS = ("api", "serving")
 MIGRATE_TIMEOUT_SECONDS = 300.0

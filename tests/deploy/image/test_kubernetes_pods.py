@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.deploy.image import flow
-from tests.deploy.image.conftest import Backends, free_port, record_memory, stop_all
+from tests.deploy.image.helpers import Backends, record_memory, stop_all
 from tests.deploy.image.podman import (
     Container,
     Spec,
@@ -26,6 +26,7 @@ from tests.deploy.image.podman import (
     run,
 )
 from tests.deploy.sources import find
+from tests.support.servers import free_port
 
 DEPLOYMENTS = {"api": "modelyard-api", "serving": "modelyard-serving", "worker": "modelyard-worker"}
 SERVERS = ("api", "serving")

@@ -15,10 +15,11 @@ import yaml
 from packaging.utils import canonicalize_name
 
 from tests.deploy.image import flow
-from tests.deploy.image.conftest import Backends, free_port, record_memory, stop_all
+from tests.deploy.image.helpers import Backends, record_memory, stop_all
 from tests.deploy.image.podman import Container, Spec, one_off, podman, run
 from tests.deploy.locks import REPO, REQUIREMENTS, applicable, read_lock
 from tests.deploy.sources import COMPOSE, Interpolation, dockerfile_stages
+from tests.support.servers import free_port
 
 REFUSAL_TIMEOUT_SECONDS = 120.0
 COMMANDS = {

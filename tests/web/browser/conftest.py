@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import service_missing
-from tests.servers import CHEAP_ARGON2, SRC, ServerProcess, running_server
+from tests.support.browser import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.support.servers import CHEAP_ARGON2, SRC, ServerProcess, running_server
+from tests.support.services import service_missing
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -30,8 +31,6 @@ FLAGS = (
     "--disable-dev-shm-usage",
 )
 SCREENSHOTS = Path(__file__).resolve().parents[3] / "docs" / "screenshots"
-ADMIN_EMAIL = "admin@example.com"
-ADMIN_PASSWORD = "admin password of the browser tests"
 
 Browser = Callable[..., object]
 

@@ -11,7 +11,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select
 
 from tests.jobs.helpers import csv_bytes, iris_rows
-from tests.servers import ServerProcess
+from tests.support.servers import ServerProcess
 from tests.web.browser.test_dashboard import (
     NewBrowser,
     api_session,

@@ -8,7 +8,7 @@ from typing import Any
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.servers import ServerProcess
+from tests.support.servers import ServerProcess
 
 WAIT_SECONDS = 30  # a bound on the wait, not a timing assertion
 

@@ -14,7 +14,7 @@ import httpx
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.servers import ServerProcess
+from tests.support.servers import ServerProcess
 from tests.web.browser.test_dashboard import (
     NewBrowser,
     api_session,

@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session
 
 from modelyard.db.tables import BatchJob
 from tests.jobs.helpers import csv_bytes, iris_rows, running_job
-from tests.servers import ServerProcess, free_port
-from tests.web.browser.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.support.browser import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.support.servers import ServerProcess, free_port
 
 PASSWORD = "browser test password"
 WAIT_SECONDS = 20  # a bound on each wait, not a timing assertion

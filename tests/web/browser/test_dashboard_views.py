@@ -11,7 +11,7 @@ from pathlib import Path
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.servers import ServerProcess
+from tests.support.servers import ServerProcess
 from tests.web.browser.test_dashboard import (
     NewBrowser,
     predict,

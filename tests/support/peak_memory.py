@@ -5,7 +5,7 @@ grows past where it stood just before the call (Linux: `VmHWM` after resetting i
 The call runs twice, on a small input first, so that imports and first-use caches are paid
 before the measured run. No time is measured.
 
-    python -m tests.peak_memory MODULE:FUNCTION WARM_UP_PATH MEASURED_PATH
+    python -m tests.support.peak_memory MODULE:FUNCTION WARM_UP_PATH MEASURED_PATH
 
 `FUNCTION` is an `async def f(path: Path) -> None` of an importable module.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLEAR_REFS = Path("/proc/self/clear_refs")
 MIB = 1024 * 1024
 # A call that hangs fails the test instead of stalling it.
@@ -35,7 +35,7 @@ def peak_growth(target: str, warm_up: Path, measured: Path) -> int:
         pytest.skip("peak memory is read from /proc (Linux)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(  # noqa: S603 - our own interpreter and this module
-        [sys.executable, "-m", "tests.peak_memory", target, str(warm_up), str(measured)],
+        [sys.executable, "-m", "tests.support.peak_memory", target, str(warm_up), str(measured)],
         capture_output=True,
         text=True,
         cwd=ROOT,

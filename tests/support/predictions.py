@@ -1,4 +1,4 @@
-"""Prediction log fixtures: records and model rows."""
+"""Prediction log test data: records of a prediction."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelyard.db.tables import ModelVersion, RegisteredModel
 from modelyard.db.types import utcnow
@@ -45,36 +44,6 @@ def truncation(payload: object, *, budget: int) -> dict[str, Any]:
     assert payload["bytes"] > budget
     assert len(orjson.dumps(payload)) <= budget
     return payload
-
-
-async def make_model(
-    db: AsyncSession, owner_id: str | uuid.UUID, *, name: str | None = None, versions: int = 1
-) -> tuple[RegisteredModel, list[ModelVersion]]:
-    """Insert a model and its versions as rows (uploads are slow and not what is tested here)."""
-    model = RegisteredModel(
-        owner_id=uuid.UUID(str(owner_id)),
-        name=name or f"model-{uuid.uuid4().hex[:8]}",
-        version_count=versions,
-    )
-    db.add(model)
-    await db.flush()
-    rows = []
-    for number in range(1, versions + 1):
-        key = uuid.uuid4().hex
-        rows.append(
-            ModelVersion(
-                model_id=model.id,
-                version=number,
-                framework="sklearn",
-                format="skops",
-                storage_key=f"models/{key}.skops",
-                file_size=1,
-                sha256="0" * 64,
-            )
-        )
-    db.add_all(rows)
-    await db.commit()
-    return model, rows
 
 
 def record_on(
