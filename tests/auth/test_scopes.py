@@ -28,6 +28,10 @@ PUBLIC_ROUTES = {
     ("POST", "/api/v1/auth/register"),
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/auth/refresh"),
+    # Single sign-on: whether it is on, and the command line's one-time code (with its PKCE
+    # verifier) spent for tokens: the code is the credential.
+    ("GET", "/api/v1/auth/sso"),
+    ("POST", "/api/v1/auth/sso/token"),
     ("GET", "/api/v1/artifacts/signed/{key:path}"),  # the signature is the credential
     ("GET", "/v2"),
     ("GET", "/v2/health/live"),
