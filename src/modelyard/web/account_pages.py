@@ -27,6 +27,8 @@ from modelyard.web.http import (
     UserPage,
     WebRoute,
     clear_session_cookie,
+    form_text,
+    problem_text,
     redirect,
     render,
     safe_next,
@@ -41,17 +43,6 @@ Offset = Annotated[int, Query(ge=0, le=2**31)]
 
 def _lifetime(page: Page) -> timedelta:
     return timedelta(days=page.state.settings.refresh_token_expire_days)
-
-
-def _text(form: FormDep, name: str) -> str:
-    value = form.get(name)
-    return value if isinstance(value, str) else ""
-
-
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
-    )
 
 
 @router.get("/sign-in")
@@ -75,8 +66,8 @@ def _sign_in_page(page: Page, status: int, **context: object) -> HTMLResponse:
 
 @router.post("/sign-in", dependencies=[Depends(auth_rate_limit)])
 async def sign_in(page: PageDep, form: FormDep, db: SessionDep) -> Response:
-    email, password = _text(form, "email")[:320], _text(form, "password")[:1024]
-    target = safe_next(_text(form, "next"))
+    email, password = form_text(form, "email")[:320], form_text(form, "password")[:1024]
+    target = safe_next(form_text(form, "next"))
     state = page.state
     if not state.settings.local_passwords:
         return _sign_in_page(page, 403, next=target, email="", error=PasswordsDisabled().detail)
@@ -108,7 +99,7 @@ async def sign_up_form(page: PageDep) -> Response:
 
 @router.post("/sign-up", dependencies=[Depends(auth_rate_limit)])
 async def sign_up(page: PageDep, form: FormDep, db: SessionDep) -> Response:
-    email, full_name = _text(form, "email"), _text(form, "full_name")
+    email, full_name = form_text(form, "email"), form_text(form, "full_name")
     state = page.state
 
     def again(status: int, error: str) -> HTMLResponse:
@@ -116,14 +107,14 @@ async def sign_up(page: PageDep, form: FormDep, db: SessionDep) -> Response:
 
     if not state.settings.local_passwords:
         return again(403, PasswordsDisabled().detail)
-    if _text(form, "password") != _text(form, "password_again"):
+    if form_text(form, "password") != form_text(form, "password_again"):
         return again(422, "the two passwords differ")
     try:
         data = UserCreate(
-            email=email, password=_text(form, "password"), full_name=full_name or None
+            email=email, password=form_text(form, "password"), full_name=full_name or None
         )
     except ValidationError as exc:
-        return again(422, _validation_message(exc))
+        return again(422, problem_text(exc))
     try:
         user = await auth_service.register_user(
             db, data, passwords=state.passwords, events=state.events
@@ -161,17 +152,17 @@ async def update_account(page: UserPage, form: FormDep, db: SessionDep) -> Respo
     state = page.state
     fields: dict[str, str | None] = {}
     if "full_name" in form:
-        fields["full_name"] = _text(form, "full_name") or None
-    if _text(form, "password"):
-        fields["password"] = _text(form, "password")
-        fields["current_password"] = _text(form, "current_password")
+        fields["full_name"] = form_text(form, "full_name") or None
+    if form_text(form, "password"):
+        fields["password"] = form_text(form, "password")
+        fields["current_password"] = form_text(form, "current_password")
     try:
         data = MeUpdate.model_validate(fields)
         await auth_service.update_me(
             db, user, data, passwords=state.passwords, failures=state.failures, events=state.events
         )
     except ValidationError as exc:
-        return render(page, "account.html", 422, message=None, error=_validation_message(exc))
+        return render(page, "account.html", 422, message=None, error=problem_text(exc))
     except ModelyardError as exc:
         return render(page, "account.html", exc.status, message=None, error=exc.detail)
     if "password" in fields:
@@ -200,7 +191,7 @@ async def delete_account(page: UserPage, form: FormDep, db: SessionDep) -> Respo
         await auth_service.check_password(
             db,
             user.email,
-            _text(form, "password")[:1024],
+            form_text(form, "password")[:1024],
             passwords=state.passwords,
             failures=state.failures,
             events=state.events,
@@ -265,16 +256,16 @@ async def api_keys(page: UserPage, db: SessionDep, offset: Offset = 0) -> Respon
 
 @router.post("/api-keys")
 async def create_api_key(page: UserPage, form: FormDep, db: SessionDep) -> Response:
-    expires = _text(form, "expires_at")
+    expires = form_text(form, "expires_at")
     try:
         data = ApiKeyCreate.model_validate(
             {
-                "name": _text(form, "name"),
+                "name": form_text(form, "name"),
                 "expires_at": f"{expires}T00:00:00Z" if expires else None,
                 # The page's checkboxes (none ticked: 422); a form without them: the default.
                 "scopes": form.getlist("scopes") if "scopes_shown" in form else None,
                 # Model names, comma separated; none: every model.
-                "models": [m.strip() for m in _text(form, "models").split(",") if m.strip()]
+                "models": [m.strip() for m in form_text(form, "models").split(",") if m.strip()]
                 or None,
             }
         )
@@ -282,7 +273,7 @@ async def create_api_key(page: UserPage, form: FormDep, db: SessionDep) -> Respo
             db, auth_service.Caller(page.signed_in, None), data, events=page.state.events
         )
     except ValidationError as exc:
-        return await _keys_page(page, db, 0, 422, error=_validation_message(exc))
+        return await _keys_page(page, db, 0, 422, error=problem_text(exc))
     except ModelyardError as exc:
         return await _keys_page(page, db, 0, exc.status, error=exc.detail)
     # Shown on this answer only (not a redirect): the secret is never stored to be shown again.
@@ -322,7 +313,7 @@ async def admin_update_user(
     changes: dict[str, bool] = {}
     for name in ("is_active", "is_admin"):
         if name in form:
-            changes[name] = _text(form, name) == "true"
+            changes[name] = form_text(form, name) == "true"
     await auth_service.update_user(
         db, page.signed_in, user_id, UserAdminUpdate(**changes), events=page.state.events
     )

@@ -29,6 +29,7 @@ from modelyard.web.http import (
     WebRoute,
     check_csrf,
     check_origin,
+    problem_text,
     redirect,
     render,
 )
@@ -39,14 +40,6 @@ PAGE_SIZE = 50
 CHOICES = 100  # models and files offered in the new job's form
 Offset = Annotated[int, Query(ge=0, le=2**31)]
 FilePath = Annotated[str, Query(min_length=1, max_length=1024)]
-
-
-def problem_text(exc: ValidationError) -> str:
-    """A form's validation errors as one line: `field: why; ...`."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
-        for e in exc.errors()
-    )
 
 
 async def _files_page(

@@ -21,6 +21,7 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
+from pydantic import ValidationError
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -174,6 +175,20 @@ async def checked_form(page: PageDep) -> FormData:
 
 
 FormDep = Annotated[FormData, Depends(checked_form)]
+
+
+def form_text(form: FormData, name: str) -> str:
+    """A form field's text ("" when absent, or a file rather than text)."""
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def problem_text(exc: ValidationError) -> str:
+    """A form's validation errors as one line: `field: why; ...`."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+        for e in exc.errors()
+    )
 
 
 def render(page: Page, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:

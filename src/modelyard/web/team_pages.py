@@ -14,18 +14,18 @@ from modelyard.errors import ModelyardError
 from modelyard.teams import service
 from modelyard.teams.roles import Role
 from modelyard.teams.schemas import InvitationCreate, MemberAdd, TeamCreate
-from modelyard.web.http import FormDep, Page, UserPage, WebRoute, redirect, render
+from modelyard.web.http import (
+    FormDep,
+    Page,
+    UserPage,
+    WebRoute,
+    form_text,
+    problem_text,
+    redirect,
+    render,
+)
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
-
-
-def _text(form: FormDep, name: str) -> str:
-    value = form.get(name)
-    return value if isinstance(value, str) else ""
-
-
-def _problem(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
 async def _list(page: Page, db: SessionDep, status: int = 200, **context: Any) -> Response:
@@ -64,12 +64,12 @@ async def teams_page(page: UserPage, db: SessionDep) -> Response:
 
 @router.post("/teams")
 async def create_team(page: UserPage, form: FormDep, db: SessionDep) -> Response:
-    slug, name = _text(form, "slug"), _text(form, "name")
+    slug, name = form_text(form, "slug"), form_text(form, "name")
     try:
         data = TeamCreate(slug=slug, name=name or slug)
         await service.create_team(db, page.signed_in, data, events=page.state.events)
     except ValidationError as exc:
-        return await _list(page, db, 422, error=_problem(exc), slug=slug, name=name)
+        return await _list(page, db, 422, error=problem_text(exc), slug=slug, name=name)
     except ModelyardError as exc:
         return await _list(page, db, exc.status, error=exc.detail, slug=slug, name=name)
     return redirect(f"/teams/{data.slug}")
@@ -77,7 +77,7 @@ async def create_team(page: UserPage, form: FormDep, db: SessionDep) -> Response
 
 @router.post("/teams/accept")
 async def accept_invitation(page: UserPage, form: FormDep, db: SessionDep) -> Response:
-    token = _text(form, "token").strip()[:200]
+    token = form_text(form, "token").strip()[:200]
     try:
         joined = await service.accept_invitation(
             db, page.signed_in, token, events=page.state.events
@@ -96,10 +96,10 @@ async def team_page(slug: str, page: UserPage, db: SessionDep) -> Response:
 async def add_member(slug: str, page: UserPage, form: FormDep, db: SessionDep) -> Response:
     membership = await service.get_team(db, page.signed_in, slug)
     try:
-        data = MemberAdd(email=_text(form, "email"), role=_text(form, "role") or "viewer")
+        data = MemberAdd(email=form_text(form, "email"), role=form_text(form, "role") or "viewer")
         added = await service.add_member(db, membership, data, events=page.state.events)
     except ValidationError as exc:
-        return await _team(page, db, slug, 422, error=_problem(exc))
+        return await _team(page, db, slug, 422, error=problem_text(exc))
     except ModelyardError as exc:
         return await _team(page, db, slug, exc.status, error=exc.detail)
     return await _team(page, db, slug, message=f"Added {added[1].email} as {added[0].role}.")
@@ -111,7 +111,7 @@ async def change_role(
 ) -> Response:
     membership = await service.get_team(db, page.signed_in, slug)
     try:
-        role = Role(_text(form, "role"))
+        role = Role(form_text(form, "role"))
         member, user = await service.change_role(
             db, membership, user_id, role, events=page.state.events
         )
@@ -141,10 +141,12 @@ async def remove_member(
 async def invite(slug: str, page: UserPage, form: FormDep, db: SessionDep) -> Response:
     membership = await service.get_team(db, page.signed_in, slug)
     try:
-        data = InvitationCreate(email=_text(form, "email"), role=_text(form, "role") or "viewer")
+        data = InvitationCreate(
+            email=form_text(form, "email"), role=form_text(form, "role") or "viewer"
+        )
         invitation, token = await service.invite(db, membership, data, events=page.state.events)
     except ValidationError as exc:
-        return await _team(page, db, slug, 422, error=_problem(exc))
+        return await _team(page, db, slug, 422, error=problem_text(exc))
     except ModelyardError as exc:
         return await _team(page, db, slug, exc.status, error=exc.detail)
     return await _team(page, db, slug, invited={"email": invitation.email, "token": token})
@@ -165,7 +167,7 @@ async def revoke_invitation(
 @router.post("/teams/{slug}/delete")
 async def delete_team(slug: str, page: UserPage, form: FormDep, db: SessionDep) -> Response:
     membership = await service.get_team(db, page.signed_in, slug)
-    if _text(form, "confirm") != slug:
+    if form_text(form, "confirm") != slug:
         return await _team(page, db, slug, 422, error=f"type {slug} to confirm the deletion")
     try:
         await service.delete_team(db, membership, events=page.state.events)

@@ -18,8 +18,16 @@ from modelyard.errors import ModelyardError, Unprocessable
 from modelyard.predictions.traffic import policy as traffic
 from modelyard.predictions.traffic import stats as traffic_stats
 from modelyard.registry import service as registry_service
-from modelyard.web.file_pages import problem_text
-from modelyard.web.http import CSRF_FIELD, FormDep, Page, UserPage, WebRoute, redirect, render
+from modelyard.web.http import (
+    CSRF_FIELD,
+    FormDep,
+    Page,
+    UserPage,
+    WebRoute,
+    problem_text,
+    redirect,
+    render,
+)
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
 

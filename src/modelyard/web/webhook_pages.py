@@ -15,8 +15,16 @@ from modelyard.db.deps import SessionDep
 from modelyard.errors import ModelyardError
 from modelyard.registry import service as registry_service
 from modelyard.schemas import PageParams
-from modelyard.web.file_pages import problem_text
-from modelyard.web.http import CSRF_FIELD, FormDep, Page, UserPage, WebRoute, redirect, render
+from modelyard.web.http import (
+    CSRF_FIELD,
+    FormDep,
+    Page,
+    UserPage,
+    WebRoute,
+    problem_text,
+    redirect,
+    render,
+)
 from modelyard.webhooks import service as webhooks_service
 from modelyard.webhooks.schemas import EventType, WebhookCreate
 
