@@ -291,7 +291,7 @@ async def _start(state: AppState, *, role: Role) -> asyncio.Task[None] | None:
 async def _stop(state: AppState, upkeep: asyncio.Task[None] | None) -> None:
     """Stop the components, each once nothing that uses it runs any more."""
     # Readiness answers 503 from here on, so load balancers stop sending traffic.
-    state.shutting_down = True
+    state.readiness.shutting_down = True
     # Event streams end (their clients reconnect elsewhere), and their poller stops.
     await state.live.aclose()
     if upkeep is not None:

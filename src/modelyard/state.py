@@ -88,15 +88,6 @@ class AppState(Core):
     # The OpenID provider of single sign-on (None: not configured).
     oidc: OidcClient | None = None
 
-    @property
-    def shutting_down(self) -> bool:
-        """Tell whether this process is shutting down (readiness answers 503)."""
-        return self.readiness.shutting_down
-
-    @shutting_down.setter
-    def shutting_down(self, value: bool) -> None:
-        self.readiness.shutting_down = value
-
 
 async def state_dependency(conn: HTTPConnection) -> AppState:
     """Return the app's components (async: FastAPI runs a sync dependency in a thread pool)."""

@@ -122,7 +122,7 @@ async def test_ready_stays_200_when_redis_is_down(tmp_path: Path, database_url: 
 
 async def test_ready_is_503_once_shutdown_has_begun(app: FastAPI) -> None:
     state: AppState = app.state.modelyard
-    state.shutting_down = True
+    state.readiness.shutting_down = True
 
     async with client_for(app) as client:
         response = await client.get("/health/ready")
