@@ -51,6 +51,11 @@ def _read(membership: service.Membership, members: int) -> TeamRead:
     return read.model_copy(update={"role": membership.role, "member_count": members})
 
 
+async def _read_one(db: SessionDep, membership: service.Membership) -> TeamRead:
+    counts = await service.member_counts(db, [membership.team.id])
+    return _read(membership, counts.get(membership.team.id, 0))
+
+
 def _member(row: tuple[TeamMember, User]) -> MemberRead:
     member, user = row
     return MemberRead(
@@ -108,15 +113,13 @@ async def accept_invitation(
 ) -> TeamRead:
     """Join a team with the token of an invitation sent to the caller's email."""
     membership = await service.accept_invitation(db, user, body.token, events=events)
-    counts = await service.member_counts(db, [membership.team.id])
-    return _read(membership, counts.get(membership.team.id, 0))
+    return await _read_one(db, membership)
 
 
 @router.get("/{slug}", response_model=TeamRead, responses=NOT_FOUND)
 async def get_team(team: TeamDep, db: SessionDep) -> TeamRead:
     """Show a team and the caller's role in it."""
-    counts = await service.member_counts(db, [team.team.id])
-    return _read(team, counts.get(team.team.id, 0))
+    return await _read_one(db, team)
 
 
 @router.patch("/{slug}", response_model=TeamRead, responses={**NOT_FOUND, **ROLE})
@@ -126,8 +129,7 @@ async def update_team(
     """Change a team's name or description (maintainer), or its protected stages and aliases
     and whether promotions need an approval (owner)."""
     await service.update_team(db, team, body, events=events)
-    counts = await service.member_counts(db, [team.team.id])
-    return _read(team, counts.get(team.team.id, 0))
+    return await _read_one(db, team)
 
 
 @router.delete("/{slug}", status_code=status.HTTP_204_NO_CONTENT, responses={**NOT_FOUND, **ROLE})
